@@ -1,0 +1,37 @@
+"""The scanner's exception tree: every error a user can cause is a ScannerError with a clear message."""
+
+from __future__ import annotations
+
+
+class ScannerError(Exception):
+    """Base of every error the scanner raises on purpose."""
+
+
+class ConfigError(ScannerError):
+    """A configuration file or flag is invalid."""
+
+
+class InputError(ScannerError):
+    """An input file is unreadable or malformed; the message names the file and, where known, the line."""
+
+    def __init__(self, path: str, message: str, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {message}")
+
+
+class SourceError(InputError):
+    """A dataset shard is malformed (bad Parquet, missing URL column, undecodable text)."""
+
+
+class HashListError(InputError):
+    """A hash list is malformed (bad length, non-hex, unknown type, duplicate id, empty)."""
+
+
+class ResumeError(ScannerError):
+    """An output directory holds a scan of different inputs, lists or settings."""
+
+
+class ContentAtRestError(ScannerError):
+    """Something tried to write a file outside the report directory during a scan."""
