@@ -1,0 +1,72 @@
+"""What every source yields: rows with a URL and an optional key, grouped in deterministic units."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+URL_COLUMNS = ("URL", "url", "image_url", "img_url", "link")
+KEY_COLUMNS = ("SAMPLE_ID", "uid", "key", "id")
+
+
+@dataclass(slots=True)
+class Row:
+    """One input row: where it came from, its URL and key, and any extra columns asked for."""
+
+    shard: str
+    row: int
+    url: str | None
+    key: str | None
+    columns: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOptions:
+    """How to read shards: column names (None = detect) and the unit size for resumable work."""
+
+    url_col: str | None = None
+    key_col: str | None = None
+    extra_cols: tuple[str, ...] = ()
+    rows_per_unit: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A contiguous range of rows in one shard: the unit of work, checkpointing and distribution."""
+
+    start: int
+    stop: int
+    row_groups: tuple[int, ...] = ()
+    offset: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+class Source(Protocol):
+    """A shard that can split itself into spans and read any span back as rows."""
+
+    path: str
+    kind: str
+
+    def spans(self) -> list[Span]: ...
+
+    def read(self, span: Span) -> Iterator[list[Row]]: ...
+
+
+def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...]) -> str | None:
+    """Return the wanted column if present, else the first candidate present, else None."""
+    if wanted is not None:
+        return wanted if wanted in columns else None
+    return next((c for c in candidates if c in columns), None)
+
+
+def cell_to_str(value: object) -> str | None:
+    """Turn a cell into a stripped string; empty and null cells become None."""
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    text = text.strip()
+    return text or None
