@@ -1,0 +1,67 @@
+"""Per-unit committed outputs: a killed scan resumes where it stopped, with no row lost or repeated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from scanner.errors import ResumeError
+from scanner.reports.files import atomic_open, private_dir, write_json, write_jsonl
+from scanner.reports.records import UnitReport, outcomes_table
+
+UNITS_DIR = ".units"
+FINGERPRINT = "fingerprint.json"
+
+
+class Checkpoint:
+    """The units directory inside --out: one committed outcomes file per finished unit."""
+
+    def __init__(self, out_dir: Path, fingerprint: dict, restart: bool = False) -> None:
+        self.dir = Path(out_dir) / UNITS_DIR
+        if restart and self.dir.exists():
+            shutil.rmtree(self.dir)
+        private_dir(self.dir)
+        self._adopt(fingerprint)
+
+    def _adopt(self, fingerprint: dict) -> None:
+        """Refuse to mix units from a scan of other inputs, lists or settings."""
+        path = self.dir / FINGERPRINT
+        if path.exists():
+            previous = json.loads(path.read_text())
+            if previous != fingerprint:
+                changed = sorted(k for k in fingerprint.keys() | previous.keys() if fingerprint.get(k) != previous.get(k))
+                raise ResumeError(
+                    f"{self.dir.parent} holds a scan with different {', '.join(changed)}; "
+                    "use a new --out, or --restart to discard it"
+                )
+        else:
+            write_json(path, fingerprint)
+
+    def done(self) -> set[int]:
+        """Ids of units whose outputs were committed."""
+        return {int(p.name[1:7]) for p in self.dir.glob("u*.outcomes.parquet")}
+
+    def commit(self, report: UnitReport) -> None:
+        """Write a unit's side files first and its outcomes last: the outcomes file is the commit."""
+        stem = self.dir / f"u{report.unit_id:06d}"
+        for suffix, records in ((".matches.jsonl", report.matches), (".evidence.jsonl", report.evidence)):
+            with atomic_open(f"{stem}{suffix}", "w") as handle:
+                write_jsonl(handle, records)
+        with atomic_open(f"{stem}.outcomes.parquet") as handle:
+            pq.write_table(outcomes_table(report.outcomes), handle)
+
+    def outcome_files(self, unit_ids: list[int]) -> Iterator[Path]:
+        """Committed outcomes files in unit order."""
+        return (self.dir / f"u{i:06d}.outcomes.parquet" for i in sorted(unit_ids))
+
+    def side_files(self, unit_ids: list[int], suffix: str) -> Iterator[Path]:
+        """Committed match or evidence files in unit order."""
+        return (self.dir / f"u{i:06d}{suffix}" for i in sorted(unit_ids))
+
+    def discard(self) -> None:
+        """Remove the units once they are merged into the final reports."""
+        shutil.rmtree(self.dir, ignore_errors=True)

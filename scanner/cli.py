@@ -1,0 +1,157 @@
+"""Command line: parse flags, build the config, call a runner, print a one-screen summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from scanner import __version__
+from scanner.errors import ScannerError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+SCAN_FLAGS: list[tuple[str, str, dict]] = [
+    ("--url-col", "source.url_col", {"help": "URL column (default: URL or url)"}),
+    ("--key-col", "source.key_col", {"help": "key column carried into reports (default: SAMPLE_ID, uid, key or id)"}),
+    ("--rows-per-unit", "source.rows_per_unit", {"type": int, "help": "rows per resumable work unit"}),
+    ("--max-in-flight", "fetch.max_in_flight", {"type": int, "help": "requests in flight overall"}),
+    ("--per-host", "fetch.max_per_host", {"type": int, "help": "requests in flight per host"}),
+    ("--timeout", "fetch.total_timeout", {"type": float, "help": "total seconds per URL, redirects included"}),
+    ("--max-bytes", "fetch.max_bytes", {"type": int, "help": "body cap in bytes"}),
+    ("--contact", "fetch.contact", {"help": "contact URL put in the User-Agent"}),
+    ("--client", "fetch.client", {"choices": ["aiohttp", "httpx"], "help": "HTTP client (default aiohttp)"}),
+    ("--pdq-threshold", "match.pdq_threshold", {"type": int, "help": "PDQ Hamming distance (default 31)"}),
+    ("--pdq-min-quality", "match.pdq_min_quality", {"type": int, "help": "ignore PDQ below this quality (50)"}),
+    ("--workers", "run.workers", {"type": int, "help": "hashing processes (default: one per core)"}),
+    ("--on-bad-shard", "run.on_bad_shard", {"choices": ["fail", "skip"], "help": "stop on a bad shard, or skip it"}),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `scanner` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except ScannerError as exc:
+        print(f"scanner: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("scanner: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scanner", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"scanner {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add(commands, "scan", "scan URL-list shards and match the images against hash lists", cmd_scan, _scan_args)
+    _add(commands, "demo", "offline demo: generated images served on 127.0.0.1, scanned", cmd_demo, _demo_args)
+    _add(commands, "hash", "print the hashes of image files, exactly as a scan computes them", cmd_hash, _hash_args)
+    return parser
+
+
+def _add(commands, name: str, help_text: str, handler: Callable, add_args: Callable) -> None:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    add_args(sub)
+    sub.set_defaults(handler=handler)
+
+
+def _scan_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("inputs", nargs="+", help="shards: Parquet, CSV, TSV, JSONL or TXT files, directories or globs")
+    sub.add_argument("--hashlist", action="append", default=[], metavar="[NAME=][TYPE:]PATH", help="a hash list")
+    sub.add_argument("--out", help="report directory (created 0700)")
+    sub.add_argument("--config", help="TOML config file (flags override it)")
+    sub.add_argument("--allow-private-networks", action="store_true", default=None,
+                     help="allow URLs that resolve to private, loopback or reserved addresses")
+    sub.add_argument("--pdq-dihedral", action="store_true", default=None, help="also match rotations and flips")
+    sub.add_argument("--restart", action="store_true", help="discard a previous partial scan in --out")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    for flag, _key, options in SCAN_FLAGS:
+        sub.add_argument(flag, **options)
+
+
+def scan_overrides(args: argparse.Namespace) -> dict:
+    """Map parsed flags onto config keys; None means not given."""
+    overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key, _ in SCAN_FLAGS}
+    overrides.update(
+        {
+            "inputs": args.inputs,
+            "out": args.out,
+            "fetch.allow_private_networks": args.allow_private_networks,
+            "match.pdq_dihedral": args.pdq_dihedral,
+        }
+    )
+    if args.hashlist:
+        overrides["hashlist"] = args.hashlist
+    return overrides
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from scanner.config import load_config
+
+    config = load_config(args.config, scan_overrides(args))
+    result = run_with_guard(config, args.restart, args.quiet)
+    if not args.quiet:
+        print_summary(result)
+    return EXIT_OK
+
+
+def run_with_guard(config, restart: bool, quiet: bool):
+    """Run a local scan with the write guard on: nothing may be written outside the report directory."""
+    import os
+
+    from scanner import nostore
+    from scanner.progress import bar_for
+    from scanner.runners.local import scan
+
+    os.makedirs(config.out, mode=0o700, exist_ok=True)
+    nostore.install([config.out])
+    show = not quiet and config.run.progress
+    return scan(config, restart, bar_for if show else None)
+
+
+def print_summary(result) -> None:
+    """One screen: where the reports are, the outcome counts and the matches by list."""
+    s = result.summary
+    print(f"scanned {s['rows']} rows in {s['duration_seconds']:.1f}s ({s['rows_per_second']:.0f} rows/s)")
+    print("outcomes: " + ", ".join(f"{k} {v}" for k, v in s["outcomes"].items()))
+    print(f"live rate: {100 * s['live_rate']:.1f}%")
+    matches = s["matches"]
+    print(f"matches: {matches['total']} on {matches['rows']} rows")
+    for name, counts in matches["by_list"].items():
+        print(f"  {name}: {counts['matches']} matches on {counts.get('rows', 0)} rows")
+    if s["skipped_shards"]:
+        print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
+    print(f"reports: {result.out}")
+
+
+def _demo_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--out", default="reports/demo", help="report directory (default reports/demo)")
+    sub.add_argument("--images", type=int, default=60, help="how many images the demo serves")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scanner.demo import run_demo
+
+    result = run_demo(args.out, images=args.images, quiet=args.quiet)
+    print_summary(result)
+    return EXIT_OK
+
+
+def _hash_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("files", nargs="+", help="image files")
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    from scanner.hashing import hash_file_record
+
+    for path in args.files:
+        print(json.dumps(hash_file_record(path), sort_keys=False))
+    return EXIT_OK

@@ -1,0 +1,145 @@
+"""The offline demo: generated images served on 127.0.0.1, a LAION-style shard of their URLs, a real scan."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+from scanner.config import build_config
+from scanner.hashing import hash_image
+from scanner.reports.files import atomic_open, private_dir
+from scanner.scan import ScanResult
+
+FORMATS = ("JPEG", "PNG", "WEBP")
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+def make_image(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A deterministic photo-like picture: smooth noise plus shapes, textured enough for PDQ quality."""
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, (size[1] // 24 + 2, size[0] // 24 + 2, 3), dtype=np.uint8)
+    image = Image.fromarray(low).resize(size, Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
+        r = int(rng.integers(10, 80))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    return image
+
+
+def encode(image: Image.Image, fmt: str, quality: int = 90) -> bytes:
+    """Encode a picture in memory."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, quality=quality)
+    return buffer.getvalue()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, str, bytes, dict[str, str]]] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        status, content_type, body, headers = self.routes.get(self.path, (404, "text/plain", b"not found", {}))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the demo's terminal clean."""
+
+
+@contextmanager
+def serve(routes: dict[str, tuple[int, str, bytes, dict[str, str]]]) -> Iterator[str]:
+    """Serve fixed routes on 127.0.0.1 on a free port; yield the base URL."""
+    handler = type("DemoHandler", (_Handler,), {"routes": routes})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def demo_routes(images: int) -> tuple[dict, list[str], list[bytes]]:
+    """Images in three formats plus the usual failures: missing, erroring, redirected, lying, truncated."""
+    routes: dict[str, tuple[int, str, bytes, dict[str, str]]] = {}
+    paths, bodies = [], []
+    for i in range(images):
+        fmt = FORMATS[i % len(FORMATS)]
+        body = encode(make_image(i), fmt)
+        path = f"/img/{i:05d}.{fmt.lower()}"
+        routes[path] = (200, CONTENT_TYPES[fmt], body, {})
+        paths.append(path)
+        bodies.append(body)
+    routes["/gone.jpg"] = (410, "text/plain", b"gone", {})
+    routes["/error.jpg"] = (500, "text/plain", b"error", {})
+    routes["/moved.jpg"] = (301, "text/plain", b"", {"Location": paths[0]})
+    routes["/page.jpg"] = (200, "image/jpeg", b"<!doctype html><html><body>not an image</body></html>", {})
+    routes["/truncated.jpg"] = (200, "image/jpeg", bodies[0][: len(bodies[0]) // 3], {})
+    extra = ["/gone.jpg", "/error.jpg", "/missing.jpg", "/moved.jpg", "/page.jpg", "/truncated.jpg"]
+    return routes, paths + extra, bodies
+
+
+def write_demo_list(path: Path, bodies: list[bytes]) -> None:
+    """A synthetic list, NOT REAL: one exact MD5 and one PDQ of a re-encoded, resized copy."""
+    exact = hashlib.md5(bodies[3]).hexdigest()
+    original = Image.open(io.BytesIO(bodies[7])).convert("RGB")
+    altered = encode(original.resize((400, 300)), "JPEG", quality=60)
+    near = hash_image(altered, frozenset({"pdq"})).pdq.hex()
+    with atomic_open(path, "w") as handle:
+        handle.write("hash_type,hash,id,category\n")
+        handle.write(f"md5,{exact},demo-0001,demo-not-real\n")
+        handle.write(f"pdq,{near},demo-0002,demo-not-real\n")
+
+
+def write_demo_shard(path: Path, base: str, paths: list[str]) -> None:
+    """A LAION-400M style shard: SAMPLE_ID, URL, TEXT, plus an empty URL and a file: URL."""
+    urls = [base + p for p in paths] + ["", "file:///etc/passwd"]
+    table = pa.table(
+        {
+            "SAMPLE_ID": list(range(len(urls))),
+            "URL": urls,
+            "TEXT": [f"demo caption {i}" for i in range(len(urls))],
+        }
+    )
+    with atomic_open(path) as handle:
+        pq.write_table(table, handle, row_group_size=32)
+
+
+def run_demo(out: str, images: int = 60, quiet: bool = False) -> ScanResult:
+    """Build the demo inputs inside out/, serve them on loopback, and scan them with the real pipeline."""
+    from scanner.cli import run_with_guard
+
+    out_dir = private_dir(out)
+    inputs = private_dir(out_dir / "demo-input")
+    routes, paths, bodies = demo_routes(max(images, 8))
+    write_demo_list(inputs / "demo-NOT-REAL.csv", bodies)
+    with serve(routes) as base:
+        write_demo_shard(inputs / "demo-shard-00000.parquet", base, paths)
+        config = build_config(
+            {
+                "inputs": [str(inputs / "demo-shard-00000.parquet")],
+                "out": str(out_dir),
+                "hashlist": [f"demo={inputs / 'demo-NOT-REAL.csv'}"],
+                "fetch": {"allow_private_networks": True},
+                "source": {"rows_per_unit": 32},
+            },
+            "demo",
+        )
+        return run_with_guard(config, restart=True, quiet=quiet)

@@ -1,0 +1,47 @@
+"""Fail closed on any file write outside the report directory, so image content can never land on disk."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+
+from scanner.errors import ContentAtRestError
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_allowed: tuple[str, ...] = ()
+_installed = False
+
+
+def is_write(mode: object, flags: object) -> bool:
+    """Tell whether an audited open() call can create or modify a file."""
+    if isinstance(mode, str) and any(c in mode for c in "wax+"):
+        return True
+    return isinstance(flags, int) and bool(flags & WRITE_FLAGS)
+
+
+def is_allowed(path: str) -> bool:
+    """Writes may go to the report directory and to device files (stdout, /dev/null), nowhere else."""
+    real = os.path.realpath(path)
+    return real.startswith("/dev/") or any(real == root or real.startswith(root + os.sep) for root in _allowed)
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if event != "open" or len(args) < 3:
+        return
+    path, mode, flags = args[0], args[1], args[2]
+    if isinstance(path, int) or not is_write(mode, flags):
+        return
+    name = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    if not is_allowed(name):
+        raise ContentAtRestError(f"refused to write {name!r}: a scan writes only inside its report directory")
+
+
+def install(allowed_dirs: Iterable[str]) -> None:
+    """Install the write guard for this process; a later call replaces the allowed directories."""
+    global _allowed, _installed
+    _allowed = tuple(os.path.realpath(d) for d in allowed_dirs)
+    sys.dont_write_bytecode = True
+    if not _installed:
+        sys.addaudithook(_audit)
+        _installed = True

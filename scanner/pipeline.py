@@ -1,0 +1,157 @@
+"""Runs one work unit through source -> fetch -> hash -> match; the only place the stages meet."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from scanner.fetch import FetchResult, Fetcher
+from scanner.hashing import ImageHashes
+from scanner.lists import Match, Matcher, Query
+from scanner.planner import WorkUnit
+from scanner.reports.records import Outcome, UnitReport
+from scanner.sources import Row, Source
+
+HashFn = Callable[[bytes], Awaitable[tuple[ImageHashes | None, str | None]]]
+QUERY_TYPES = ("md5", "sha1", "sha256", "pdq", "phash", "dhash")
+
+
+class Progress:
+    """Receives per-row and per-unit events; the default ignores them."""
+
+    def row_done(self, outcome: str) -> None:
+        """A row finished fetching and hashing (its final outcome may still become match)."""
+
+    def matched(self, rows: int) -> None:
+        """A unit's batched match found this many matching rows."""
+
+    def close(self) -> None:
+        """The scan is over."""
+
+
+@dataclass(slots=True)
+class Stages:
+    """The stage objects a pipeline drives, built once per process by a runner."""
+
+    fetcher: Fetcher
+    hash: HashFn
+    matcher: Matcher
+
+
+@dataclass(slots=True)
+class _Checked:
+    """A row after fetching and hashing, waiting for the unit's batched match."""
+
+    outcome: Outcome
+    query: Query | None = None
+    fetch: FetchResult | None = None
+
+
+class Pipeline:
+    """Drives rows through the stages with a bound on rows in flight (and so on bodies in memory)."""
+
+    def __init__(
+        self,
+        stages: Stages,
+        sources: dict[str, Source],
+        rows_in_flight: int,
+        progress: Progress | None = None,
+    ) -> None:
+        self.stages = stages
+        self.sources = sources
+        self._slots = asyncio.Semaphore(rows_in_flight)
+        self._progress = progress or Progress()
+
+    async def run_unit(self, unit: WorkUnit) -> UnitReport:
+        """Check every row of the unit and return exactly one outcome per row, in row order."""
+        tasks: list[asyncio.Task[_Checked]] = []
+        for batch in self.sources[unit.shard].read(unit.span):
+            for row in batch:
+                await self._slots.acquire()
+                tasks.append(asyncio.create_task(self._check(row)))
+        checked = list(await asyncio.gather(*tasks))
+        return self._matched(unit.id, checked)
+
+    async def _check(self, row: Row) -> _Checked:
+        try:
+            checked = await self._fetch_and_hash(row)
+        finally:
+            self._slots.release()
+        self._progress.row_done(checked.outcome.outcome)
+        return checked
+
+    async def _fetch_and_hash(self, row: Row) -> _Checked:
+        outcome = Outcome(row.shard, row.row, row.url, row.key, "invalid")
+        if row.url is None:
+            outcome.reason = "empty_url"
+            return _Checked(outcome)
+        result = await self.stages.fetcher.fetch(row.url)
+        body, result.body = result.body, None
+        outcome.http_status, outcome.fetched_at = result.status, result.fetched_at
+        if result.outcome != "ok" or body is None:
+            outcome.outcome, outcome.reason = result.outcome, result.reason
+            return _Checked(outcome)
+        outcome.bytes = len(body)
+        hashes, reason = await self.stages.hash(body)
+        del body
+        if hashes is None:
+            outcome.reason = reason
+            return _Checked(outcome, fetch=result)
+        outcome.outcome = "clean"
+        return _Checked(outcome, to_query(hashes), result)
+
+    def _matched(self, unit_id: int, checked: list[_Checked]) -> UnitReport:
+        """Match the unit's hashed rows in one batch and assemble its report."""
+        hashed = [c for c in checked if c.query is not None]
+        found = self.stages.matcher.match_batch([c.query for c in hashed]) if hashed else []
+        report = UnitReport(unit_id, [c.outcome for c in checked])
+        for item, matches in zip(hashed, found):
+            if matches:
+                item.outcome.outcome = "match"
+                report.matches.extend(match_record(item.outcome, m) for m in matches)
+                report.evidence.append(evidence_record(item.outcome, item.fetch))
+        self._progress.matched(sum(1 for o in report.outcomes if o.outcome == "match"))
+        return report
+
+
+def to_query(hashes: ImageHashes) -> Query:
+    """The hash values a matcher looks up, from the hashing stage's result."""
+    values = {t: getattr(hashes, t) for t in QUERY_TYPES if getattr(hashes, t) is not None}
+    return Query(values, hashes.pdq_quality, tuple(hashes.pdq_dihedral or ()))
+
+
+def match_record(outcome: Outcome, match: Match) -> dict:
+    """One line of matches.jsonl: the fewest fields a referral needs."""
+    record = {
+        "shard": outcome.shard,
+        "row": outcome.row,
+        "url": outcome.url,
+        "key": outcome.key,
+        "list": match.list,
+        "entry_id": match.entry_id,
+        "category": match.category,
+        "hash_type": match.hash_type,
+        "distance": match.distance,
+        "quality": match.quality,
+    }
+    if match.transform:
+        record["transform"] = match.transform
+    return record
+
+
+def evidence_record(outcome: Outcome, fetch: FetchResult | None) -> dict:
+    """What a referral form asks about the response that carried a matched image."""
+    fetched = fetch.fetched_at if fetch else None
+    return {
+        "shard": outcome.shard,
+        "row": outcome.row,
+        "url": outcome.url,
+        "final_url": fetch.final_url if fetch else None,
+        "http_status": outcome.http_status,
+        "server_ip": fetch.server_ip if fetch else None,
+        "content_type": fetch.content_type if fetch else None,
+        "content_length": outcome.bytes,
+        "observed_at": datetime.fromtimestamp(fetched, tz=timezone.utc).isoformat() if fetched else None,
+    }

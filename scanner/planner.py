@@ -1,0 +1,49 @@
+"""Inputs -> deterministic work units (shard x row span), the same for every runner and every resume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scanner.errors import SourceError
+from scanner.sources import Source, SourceOptions, Span, open_source
+
+
+@dataclass(frozen=True, slots=True)
+class WorkUnit:
+    """One span of one shard: the unit of scheduling, checkpointing and retry."""
+
+    id: int
+    shard: str
+    span: Span
+
+
+@dataclass(slots=True)
+class Plan:
+    """The units to run, the opened sources they read from, and the shards skipped as bad."""
+
+    units: list[WorkUnit]
+    sources: dict[str, Source]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(unit.span.rows for unit in self.units)
+
+
+def plan(paths: list[str], options: SourceOptions, on_bad_shard: str = "fail") -> Plan:
+    """Open and validate every shard before any fetch; bad shards stop the plan or are skipped by policy."""
+    sources: dict[str, Source] = {}
+    skipped: dict[str, str] = {}
+    units: list[WorkUnit] = []
+    for path in paths:
+        try:
+            source = open_source(path, options)
+            spans = source.spans()
+        except SourceError as exc:
+            if on_bad_shard != "skip":
+                raise
+            skipped[path] = str(exc)
+            continue
+        sources[path] = source
+        units.extend(WorkUnit(len(units) + i, path, span) for i, span in enumerate(spans))
+    return Plan(units, sources, skipped)

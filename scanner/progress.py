@@ -1,0 +1,45 @@
+"""A tqdm progress bar on stderr: rows/s, live rate and matches so far."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+from scanner.pipeline import Progress
+from scanner.scan import Prepared
+
+LIVE = frozenset({"clean", "match", "invalid"})
+
+
+def bar_for(prepared: Prepared) -> BarProgress:
+    """A bar sized to the whole plan, starting at the rows already committed by a previous run."""
+    done = sum(u.span.rows for u in prepared.plan.units if u.id in prepared.done)
+    return BarProgress(prepared.plan.total_rows, done)
+
+
+class BarProgress(Progress):
+    """Progress shown as one tqdm line, refreshed at most a few times a second."""
+
+    def __init__(self, total: int, done: int = 0) -> None:
+        self._bar = tqdm(total=total, initial=done, unit="row", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        self._rows = self._live = self._matches = 0
+
+    def row_done(self, outcome: str) -> None:
+        self._rows += 1
+        self._live += outcome in LIVE
+        self._bar.update(1)
+        if self._rows % 64 == 0:
+            self._show()
+
+    def matched(self, rows: int) -> None:
+        self._matches += rows
+        self._show()
+
+    def _show(self) -> None:
+        live = 100.0 * self._live / self._rows if self._rows else 0.0
+        self._bar.set_postfix_str(f"live {live:.1f}%, matches {self._matches}", refresh=False)
+
+    def close(self) -> None:
+        self._show()
+        self._bar.close()

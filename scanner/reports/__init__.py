@@ -1,0 +1,1 @@
+"""Report files: outcomes, matches, summary and manifest, written atomically and privately."""

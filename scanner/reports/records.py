@@ -1,0 +1,60 @@
+"""The rows a scan reports: one Outcome per input row, plus match and evidence records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+OUTCOMES = ("match", "clean", "dead", "invalid", "blocked")
+
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("row", pa.int64()),
+        ("url", pa.string()),
+        ("key", pa.string()),
+        ("outcome", pa.string()),
+        ("http_status", pa.int32()),
+        ("reason", pa.string()),
+        ("fetched_at", pa.timestamp("ms", tz="UTC")),
+        ("bytes", pa.int64()),
+    ]
+)
+
+MATCH_FIELDS = ("shard", "row", "url", "key", "list", "entry_id", "category", "hash_type", "distance", "quality")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one input row."""
+
+    shard: str
+    row: int
+    url: str | None
+    key: str | None
+    outcome: str
+    http_status: int | None = None
+    reason: str | None = None
+    fetched_at: float | None = None
+    bytes: int | None = None
+
+
+@dataclass(slots=True)
+class UnitReport:
+    """Everything one work unit produced: committed together, merged in unit order."""
+
+    unit_id: int
+    outcomes: list[Outcome]
+    matches: list[dict] = field(default_factory=list)
+    evidence: list[dict] = field(default_factory=list)
+
+
+def outcomes_table(outcomes: list[Outcome]) -> pa.Table:
+    """Build the outcomes table with the fixed schema (timestamps in ms since the epoch, UTC)."""
+    columns = {name: [] for name in OUTCOME_SCHEMA.names}
+    for outcome in outcomes:
+        for name, value in asdict(outcome).items():
+            columns[name].append(value)
+    columns["fetched_at"] = [None if t is None else int(t * 1000) for t in columns["fetched_at"]]
+    return pa.table(columns, schema=OUTCOME_SCHEMA)

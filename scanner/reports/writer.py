@@ -1,0 +1,108 @@
+"""Merge committed units into the final reports and write summary.json and manifest.json."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from scanner.checkpoint import Checkpoint
+from scanner.reports.files import atomic_open, sha256_file, write_json
+from scanner.reports.records import OUTCOME_SCHEMA, OUTCOMES
+
+SUMMARY_SCHEMA_VERSION = 1
+REPORT_FILES = ("outcomes.parquet", "matches.jsonl", "evidence.jsonl", "summary.json")
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counts gathered while merging, the raw material of summary.json."""
+
+    rows: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    status_classes: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    matches: int = 0
+    by_list: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_category: Counter = field(default_factory=Counter)
+    by_hash_type: Counter = field(default_factory=Counter)
+    matched_rows_by_list: dict[str, set] = field(default_factory=dict)
+
+
+def merge_reports(out_dir: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> Tally:
+    """Concatenate the units' outputs in unit order into outcomes.parquet, matches.jsonl and evidence.jsonl."""
+    tally = Tally()
+    with atomic_open(out_dir / "outcomes.parquet") as handle, pq.ParquetWriter(handle, OUTCOME_SCHEMA) as writer:
+        for path in checkpoint.outcome_files(unit_ids):
+            table = pq.read_table(path, schema=OUTCOME_SCHEMA)
+            writer.write_table(table, row_group_size=64 * 1024)
+            _count_outcomes(tally, table.to_pydict())
+    with atomic_open(out_dir / "matches.jsonl", "w") as handle:
+        for path in checkpoint.side_files(unit_ids, ".matches.jsonl"):
+            for line in path.read_text().splitlines():
+                handle.write(line + "\n")
+                _count_match(tally, json.loads(line))
+    with atomic_open(out_dir / "evidence.jsonl", "w") as handle:
+        for path in checkpoint.side_files(unit_ids, ".evidence.jsonl"):
+            handle.write(path.read_text())
+    return tally
+
+
+def _count_outcomes(tally: Tally, columns: dict[str, list]) -> None:
+    tally.rows += len(columns["outcome"])
+    tally.outcomes.update(columns["outcome"])
+    tally.status_classes.update(f"{s // 100}xx" if s else "none" for s in columns["http_status"])
+    tally.reasons.update(r for r in columns["reason"] if r)
+
+
+def _count_match(tally: Tally, match: dict) -> None:
+    tally.matches += 1
+    name = match["list"]
+    tally.matched_rows_by_list.setdefault(name, set()).add((match["shard"], match["row"]))
+    tally.by_list.setdefault(name, {"matches": 0})["matches"] += 1
+    tally.by_category[match.get("category") or "uncategorised"] += 1
+    tally.by_hash_type[match["hash_type"]] += 1
+
+
+def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[str, str]) -> dict:
+    """The documented, versioned summary (schema: scanner/schemas/summary.schema.json)."""
+    duration = max(finished_at - started_at, 1e-9)
+    reached = sum(tally.outcomes[o] for o in ("match", "clean", "invalid"))
+    for name, rows in tally.matched_rows_by_list.items():
+        tally.by_list[name]["rows"] = len(rows)
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "rows": tally.rows,
+        "outcomes": {o: tally.outcomes.get(o, 0) for o in (*OUTCOMES, *sorted(set(tally.outcomes) - set(OUTCOMES)))},
+        "live_rate": round(reached / tally.rows, 6) if tally.rows else 0.0,
+        "http_status_classes": dict(sorted(tally.status_classes.items())),
+        "reasons": dict(sorted(tally.reasons.items())),
+        "matches": {
+            "total": tally.matches,
+            "rows": tally.outcomes.get("match", 0),
+            "by_list": dict(sorted(tally.by_list.items())),
+            "by_category": dict(sorted(tally.by_category.items())),
+            "by_hash_type": dict(sorted(tally.by_hash_type.items())),
+        },
+        "skipped_shards": dict(sorted(skipped.items())),
+        "started_at": _iso(started_at),
+        "finished_at": _iso(finished_at),
+        "duration_seconds": round(duration, 3),
+        "rows_per_second": round(tally.rows / duration, 1),
+    }
+
+
+def write_summary_and_manifest(out_dir: Path, summary_data: dict, manifest: dict) -> None:
+    """Write summary.json, then manifest.json naming every report file with its SHA-256."""
+    write_json(out_dir / "summary.json", summary_data)
+    files = {name: sha256_file(out_dir / name) for name in REPORT_FILES if (out_dir / name).exists()}
+    write_json(out_dir / "manifest.json", {**manifest, "files": files})
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,1 @@
+"""Runners execute the planned work units: on this machine (local) or on a Ray cluster (ray)."""

@@ -1,0 +1,102 @@
+"""A whole scan: plan, load lists, resume, run the units with a runner, merge the reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scanner import __version__
+from scanner.checkpoint import Checkpoint
+from scanner.config import ScanConfig
+from scanner.errors import ConfigError
+from scanner.lists import HashList, Matcher, load_hashlist
+from scanner.planner import Plan, plan
+from scanner.reports.files import private_dir
+from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
+from scanner.sources import expand_inputs
+
+
+@dataclass(slots=True)
+class Prepared:
+    """Everything a runner needs: the plan, the loaded lists, the checkpoint and what is left to do."""
+
+    config: ScanConfig
+    out: Path
+    plan: Plan
+    lists: list[HashList]
+    matcher: Matcher
+    checkpoint: Checkpoint
+    done: set[int]
+
+    @property
+    def todo(self) -> list:
+        return [u for u in self.plan.units if u.id not in self.done]
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """Where the reports are and what the summary says."""
+
+    out: Path
+    summary: dict
+
+
+def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
+    """Validate inputs and lists before any fetch, and pick up a previous run's committed units."""
+    if not config.inputs:
+        raise ConfigError("no input shards given")
+    if not config.hashlists:
+        raise ConfigError("no hash list given (--hashlist PATH); a scan without lists only checks liveness")
+    work = plan(expand_inputs(list(config.inputs)), config.source, config.run.on_bad_shard)
+    lists = [load_hashlist(spec.spec, thresholds=spec.thresholds) for spec in config.hashlists]
+    matcher = Matcher.from_lists(lists, config.match)
+    out = private_dir(config.out)
+    checkpoint = Checkpoint(out, fingerprint(config, work, lists), restart)
+    return Prepared(config, out, work, lists, matcher, checkpoint, checkpoint.done())
+
+
+def fingerprint(config: ScanConfig, work: Plan, lists: list[HashList]) -> dict:
+    """What must not change between a scan and its resumption: inputs, lists and result-affecting settings."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
+    return {
+        "inputs": [[p, os.path.getsize(p), os.stat(p).st_mtime_ns] for p in work.sources],
+        "skipped": sorted(work.skipped),
+        "lists": [[hl.name, hl.digest] for hl in lists],
+        "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
+    }
+
+
+def finish(prepared: Prepared, started_at: float) -> ScanResult:
+    """Merge every unit into the final reports, write summary and manifest, and drop the units."""
+    out, work = prepared.out, prepared.plan
+    tally = merge_reports(out, prepared.checkpoint, [u.id for u in work.units])
+    finished_at = time.time()
+    summary_data = summary(tally, started_at, finished_at, work.skipped)
+    write_summary_and_manifest(out, summary_data, manifest(prepared, summary_data))
+    prepared.checkpoint.discard()
+    return ScanResult(out, summary_data)
+
+
+def manifest(prepared: Prepared, summary_data: dict) -> dict:
+    """Provenance: version, command, effective config, lists with digests, inputs with sizes, times."""
+    config = prepared.config
+    return {
+        "scanner_version": __version__,
+        "command": sys.argv,
+        "config": config.to_dict(),
+        "allow_private_networks": config.fetch.allow_private_networks,
+        "lists": [hl.describe() for hl in prepared.lists],
+        "inputs": [
+            {"path": path, "kind": source.kind, "bytes": os.path.getsize(path)}
+            for path, source in prepared.plan.sources.items()
+        ],
+        "skipped_shards": summary_data["skipped_shards"],
+        "units": len(prepared.plan.units),
+        "started_at": summary_data["started_at"],
+        "finished_at": summary_data["finished_at"],
+    }

@@ -1,0 +1,19 @@
+"""What runs in hashing worker processes: the write guard and one hashing job; bytes arrive over a pipe."""
+
+from __future__ import annotations
+
+from scanner import nostore
+from scanner.hashing import DecodeError, DecodeLimits, ImageHashes, hash_image
+
+
+def init_worker(allowed_dirs: tuple[str, ...]) -> None:
+    """Guard the worker like the main process: no file writes outside the report directory."""
+    nostore.install(allowed_dirs)
+
+
+def hash_job(body: bytes, want: frozenset[str], limits: DecodeLimits) -> tuple[ImageHashes | None, str | None]:
+    """Hash one body in memory; return the hashes, or the reason it is not a usable image."""
+    try:
+        return hash_image(body, want, limits), None
+    except DecodeError as exc:
+        return None, exc.reason
