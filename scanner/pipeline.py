@@ -84,6 +84,8 @@ class Pipeline:
 
     async def _fetch_and_hash(self, row: Row) -> _Checked:
         outcome = Outcome(row.shard, row.row, row.url, row.key, "invalid")
+        if row.body is not None:
+            return await self._hash(outcome, row.body, None)
         if row.url is None:
             outcome.reason = "empty_url"
             return _Checked(outcome)
@@ -93,14 +95,16 @@ class Pipeline:
         if result.outcome != "ok" or body is None:
             outcome.outcome, outcome.reason = result.outcome, result.reason
             return _Checked(outcome)
+        return await self._hash(outcome, body, result)
+
+    async def _hash(self, outcome: Outcome, body: bytes, fetched: FetchResult | None) -> _Checked:
         outcome.bytes = len(body)
         hashes, reason = await self.stages.hash(body)
-        del body
         if hashes is None:
             outcome.reason = reason
-            return _Checked(outcome, fetch=result)
+            return _Checked(outcome, fetch=fetched)
         outcome.outcome = "clean"
-        return _Checked(outcome, to_query(hashes), result)
+        return _Checked(outcome, to_query(hashes), fetched)
 
     def _matched(self, unit_id: int, checked: list[_Checked]) -> UnitReport:
         """Match the unit's hashed rows in one batch and assemble its report."""

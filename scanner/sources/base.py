@@ -12,13 +12,16 @@ KEY_COLUMNS = ("SAMPLE_ID", "uid", "key", "id")
 
 @dataclass(slots=True)
 class Row:
-    """One input row: where it came from, its URL and key, and any extra columns asked for."""
+    """One input row: where it came from, its URL and key, extra columns asked for, and for already-downloaded
+    corpora the image bytes (held in memory only) and the member path inside the shard."""
 
     shard: str
     row: int
     url: str | None
     key: str | None
     columns: dict[str, object] = field(default_factory=dict)
+    body: bytes | None = None
+    member: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
