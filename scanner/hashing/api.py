@@ -1,0 +1,53 @@
+"""hash_image: every wanted hash of one body in one pass; the image is decoded at most once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scanner.errors import InputError
+from scanner.hashing.decode import DEFAULT_LIMITS, DecodeError, DecodeLimits, decode_image, open_image
+from scanner.hashing.hashers import HASH_TYPES, HASHERS, HashInput, ImageHashes
+
+# What `scanner hash FILE` reports: every type but the dihedral set, which is a matching option.
+FILE_RECORD_TYPES = frozenset({"md5", "sha1", "sha256", "pdq", "phash", "dhash"})
+
+
+def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT_LIMITS) -> ImageHashes:
+    """Hash one body; raises DecodeError unless it is a usable image (only its header is read when no
+    perceptual hash is wanted, so truncation goes unnoticed then)."""
+    unknown = want - HASH_TYPES
+    if unknown:
+        raise ValueError(f"unknown hash types {sorted(unknown)}; known: {sorted(HASH_TYPES)}")
+    hashers = [HASHERS[name] for name in sorted(want)]
+    if any(hasher.needs_pixels for hasher in hashers):
+        decoded = decode_image(data, limits)
+        header, fmt = decoded.frame, decoded.format
+        source = HashInput(data, decoded)
+    else:
+        header, fmt = open_image(data, limits)
+        source = HashInput(data, None)
+    fields: dict[str, object] = {"width": header.width, "height": header.height, "format": fmt}
+    for hasher in hashers:
+        fields.update(hasher.compute(source))
+    return ImageHashes(**fields)  # type: ignore[arg-type]
+
+
+def hash_file_record(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, object]:
+    """The `scanner hash FILE` record: every hash of one local file as lower-case hex, plus its header."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(str(path), f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        hashes = hash_image(data, FILE_RECORD_TYPES, limits)
+    except DecodeError as exc:
+        raise InputError(str(path), f"not a usable image ({exc})") from exc
+    return {
+        "path": str(path),
+        **{name: getattr(hashes, name).hex() for name in ("md5", "sha1", "sha256", "pdq")},
+        "pdq_quality": hashes.pdq_quality,
+        **{name: getattr(hashes, name).hex() for name in ("phash", "dhash")},
+        "width": hashes.width,
+        "height": hashes.height,
+        "format": hashes.format,
+    }

@@ -1,0 +1,178 @@
+"""Bytes to pixels, bounded: sniff the format, check the header against limits, decode the first frame."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image
+
+from scanner.errors import ScannerError
+
+DecodeReason = Literal[
+    "not_an_image",
+    "unsupported_format",
+    "corrupt_image",
+    "truncated_image",
+    "too_many_pixels",
+    "too_many_frames",
+]
+
+# Pillow's own decompression-bomb threshold: at or below it Pillow never warns before our check runs.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+# Sniffed format -> the Pillow plugins allowed to parse it (None: recognised, but not decodable here).
+# Naming the plugin keeps Pillow from guessing among its ~40 formats on untrusted bytes.
+_PILLOW_FORMATS: dict[str, tuple[str, ...] | None] = {
+    "jpeg": ("JPEG",),
+    "png": ("PNG",),
+    "gif": ("GIF",),
+    "webp": ("WEBP",),
+    "bmp": ("BMP",),
+    "tiff": ("TIFF",),
+    "ico": ("ICO",),
+    "avif": ("AVIF",),
+    "jpeg2000": ("JPEG2000",),
+    "heif": None,
+}
+
+_BMP_INFO_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+
+# 16-bit PNG rows are big-endian; reading them as little-endian keeps each sample's LOW byte (see pdq.py).
+_PNG_LOW_BYTE_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+
+
+class DecodeError(ScannerError):
+    """The bytes are not a usable image; `reason` is a short, stable snake_case code for reports."""
+
+    def __init__(self, reason: DecodeReason, detail: str | None = None) -> None:
+        self.reason: DecodeReason = reason
+        super().__init__(reason if detail is None else f"{reason}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds checked from the header, before any pixel is decoded."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_frames: int = 1000
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name the image format from its magic bytes (never from a Content-Type), or None if it is not one."""
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"BM") and int.from_bytes(head[14:18], "little") in _BMP_INFO_HEADER_SIZES:
+        return "bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "tiff"
+    if head.startswith(b"\x00\x00\x01\x00") and head[4:6] != b"\x00\x00":
+        return "ico"
+    if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
+        return "jpeg2000"
+    if head[4:8] == b"ftyp":
+        return _sniff_isobmff(data)
+    return None
+
+
+def _sniff_isobmff(data: bytes) -> str | None:
+    """AVIF or HEIF from the brands of an ISO-BMFF `ftyp` box."""
+    box_size = int.from_bytes(data[:4], "big")
+    brands = data[8:12] + data[16 : min(box_size, 256)]
+    names = {brands[i : i + 4] for i in range(0, len(brands) - 3, 4)}
+    if names & {b"avif", b"avis"}:
+        return "avif"
+    if names & _HEIF_BRANDS:
+        return "heif"
+    return None
+
+
+def open_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[Image.Image, str]:
+    """Parse the header only (no pixels) and enforce the limits; returns the lazy image and its format."""
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise DecodeError("not_an_image")
+    plugins = _PILLOW_FORMATS[fmt]
+    Image.init()  # registers every plugin once, so Image.OPEN lists what this Pillow can decode
+    if plugins is None or not set(plugins) <= Image.OPEN.keys():
+        raise DecodeError("unsupported_format", fmt)
+    try:
+        image = Image.open(io.BytesIO(data), formats=plugins)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError("too_many_pixels", str(exc)) from exc
+    # Pillow raises many exception types on hostile headers; all of them mean "not usable".
+    except Exception as exc:
+        raise _failure(exc, data, fmt) from exc
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise DecodeError("too_many_pixels", f"{width}x{height}")
+    if width <= 0 or height <= 0:
+        raise DecodeError("corrupt_image", f"{width}x{height}")
+    try:
+        frames = getattr(image, "n_frames", 1)
+    except Exception as exc:
+        raise _failure(exc, data, fmt) from exc
+    if frames > limits.max_frames:
+        raise DecodeError("too_many_frames", str(frames))
+    return image, fmt
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """The first frame, decoded as Pillow does (what imagehash sees) and as the C++ PDQ reference does."""
+
+    frame: Image.Image
+    reference_frame: Image.Image
+    format: str
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
+    """Check the header against the limits, then decode the pixels of the first frame."""
+    image, fmt = open_image(data, limits)
+    low_byte_rawmode = _png_low_byte_rawmode(image)
+    frame = _load(image, data, fmt)
+    if low_byte_rawmode is None:
+        return DecodedImage(frame, frame, fmt)
+    reference, _ = open_image(data, limits)
+    reference.tile = [tile._replace(args=low_byte_rawmode) for tile in reference.tile]
+    return DecodedImage(frame, _load(reference, data, fmt), fmt)
+
+
+def _png_low_byte_rawmode(image: Image.Image) -> str | None:
+    """For a 16-bit colour PNG, the raw mode that keeps the low byte of each sample (see pdq.py)."""
+    if image.format != "PNG" or len(image.tile) != 1:
+        return None
+    return _PNG_LOW_BYTE_RAWMODES.get(image.tile[0].args)
+
+
+def _load(image: Image.Image, data: bytes, fmt: str) -> Image.Image:
+    """Decode the pixels of the current (first) frame."""
+    try:
+        image.load()
+    except Exception as exc:
+        raise _failure(exc, data, fmt) from exc
+    return image
+
+
+def _failure(exc: Exception, data: bytes, fmt: str) -> DecodeError:
+    """Classify a Pillow failure as truncated (the data stops early) or corrupt (anything else)."""
+    if isinstance(exc, EOFError) or "truncated" in str(exc).lower() or _riff_is_short(data, fmt):
+        return DecodeError("truncated_image", str(exc))
+    return DecodeError("corrupt_image", f"{type(exc).__name__}: {exc}")
+
+
+def _riff_is_short(data: bytes, fmt: str) -> bool:
+    """WebP's decoder gives no reason on failure, but its RIFF header states the full length."""
+    return fmt == "webp" and int.from_bytes(data[4:8], "little") + 8 > len(data)

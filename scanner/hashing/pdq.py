@@ -1,0 +1,82 @@
+"""PDQ as the C++ reference `pdq-photo-hasher` computes it: same input pixels, same 256 bits, same quality.
+
+The reference decodes with CImg into 8-bit samples, ignores EXIF orientation, and when either side exceeds
+512 px resizes to exactly 512x512 by nearest neighbour, taking source pixel floor(dst * size / 512).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pdqhash
+from PIL import Image
+
+DOWNSAMPLE_SIDE = 512
+
+# The 8 dihedral hashes, in the order of the reference's --pdqdih output and pdqhash.compute_dihedral.
+DIHEDRAL_TRANSFORMS = (
+    "original",
+    "rotate90",
+    "rotate180",
+    "rotate270",
+    "flipx",
+    "flipy",
+    "flipplus1",
+    "flipminus1",
+)
+
+_INTEGER_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+_GREY_MODES = frozenset({"1", "L", "LA"})
+
+
+def pdq_pixels(frame: Image.Image) -> np.ndarray:
+    """The reference's PDQ input as an (h, w, 3) uint8 array, at most 512x512; grey is a zero-copy view."""
+    image = _to_8bit(nearest_512(frame) if max(frame.size) > DOWNSAMPLE_SIDE else frame)
+    if image.mode in _GREY_MODES:
+        grey = np.asarray(image.convert("L") if image.mode != "L" else image)
+        # pdqhash turns (v, v, v) into exactly v: three views of one channel are bit-exact and half the work.
+        return np.broadcast_to(grey[:, :, np.newaxis], (*grey.shape, 3))
+    return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+
+
+def pdq_hash(pixels: np.ndarray) -> tuple[bytes, int]:
+    """The 32-byte PDQ hash (most significant bit first, as the reference prints it) and its quality."""
+    bits, quality = pdqhash.compute(pixels)
+    return _pack(bits), int(quality)
+
+
+def pdq_dihedral(pixels: np.ndarray) -> tuple[tuple[bytes, ...], int]:
+    """The 8 dihedral PDQ hashes in DIHEDRAL_TRANSFORMS order, and the quality."""
+    hashes, quality = pdqhash.compute_dihedral(pixels)
+    return tuple(_pack(bits) for bits in hashes), int(quality)
+
+
+def nearest_512(image: Image.Image) -> Image.Image:
+    """Resize to 512x512 taking source pixel floor(dst * size / 512), as CImg's nearest neighbour does."""
+    width, height = image.size
+    x_scale, y_scale = width / DOWNSAMPLE_SIDE, height / DOWNSAMPLE_SIDE
+    # Pillow samples at (dst + 0.5) * scale + offset; the -scale/2 offset makes that dst * scale, and every
+    # term is exact in binary because the scales are integers divided by 512.
+    return image.transform(
+        (DOWNSAMPLE_SIDE, DOWNSAMPLE_SIDE),
+        Image.Transform.AFFINE,
+        (x_scale, 0, -x_scale / 2, 0, y_scale, -y_scale / 2),
+        resample=Image.Resampling.NEAREST,
+    )
+
+
+def _to_8bit(frame: Image.Image) -> Image.Image:
+    """Bring integer and float samples to 8 bits the way the reference's CImg<uint8_t> cast does."""
+    if frame.mode in _INTEGER_MODES:
+        # CImg casts each 16-bit (or wider) sample to uint8, which keeps the LOW byte (value & 0xFF); the
+        # reference hashes of 16-bit PNGs match this bit for bit, while value >> 8 is ~130 bits away.
+        samples = np.asarray(frame)
+        return Image.fromarray((samples & 0xFF).astype(np.uint8), mode="L")
+    if frame.mode == "F":
+        samples = np.asarray(frame)
+        return Image.fromarray(np.clip(np.nan_to_num(samples), 0, 255).astype(np.uint8), mode="L")
+    return frame
+
+
+def _pack(bits: np.ndarray) -> bytes:
+    """Pack pdqhash's 256-element bit vector, first element as the most significant bit."""
+    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes()
