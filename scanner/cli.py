@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "scan", "scan URL-list shards and match the images against hash lists", cmd_scan, _scan_args)
     _add(commands, "demo", "offline demo: generated images served on 127.0.0.1, scanned", cmd_demo, _demo_args)
     _add(commands, "hash", "print the hashes of image files, exactly as a scan computes them", cmd_hash, _hash_args)
+    _add(commands, "report", "write again a scan's self-contained report.html", cmd_report, _report_args)
+    _add(commands, "export", "write a referral file of a scan's matched rows", cmd_export, _export_args)
+    _add(commands, "verify", "check a scan's files against its manifest and schema", cmd_verify, _dir_arg)
     return parser
 
 
@@ -155,3 +158,46 @@ def cmd_hash(args: argparse.Namespace) -> int:
     for path in args.files:
         print(json.dumps(hash_file_record(path), sort_keys=False))
     return EXIT_OK
+
+
+def _dir_arg(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("dir", help="a finished scan's report directory (its --out)")
+
+
+def _report_args(sub: argparse.ArgumentParser) -> None:
+    _dir_arg(sub)
+    sub.add_argument("--show-urls", action="store_true", help="list matched URLs (the file may travel far)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from scanner.reports.html import write_html_report
+    from scanner.reports.writer import refresh_digests
+
+    path = write_html_report(args.dir, show_urls=args.show_urls)
+    refresh_digests(args.dir, [path.name])
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+def _export_args(sub: argparse.ArgumentParser) -> None:
+    _dir_arg(sub)
+    sub.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="file format (default csv)")
+    sub.add_argument("--with-captions", action="store_true", help="add each row's caption (Parquet shards)")
+    sub.add_argument("--output", help="file to write (default DIR/referrals.csv or .jsonl), created 0600")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from scanner.reports.export import write_referrals
+
+    path, count = write_referrals(args.dir, args.format, with_captions=args.with_captions, output=args.output)
+    print(f"{count} referral rows: {path}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from scanner.reports.verify import verify_report
+
+    result = verify_report(args.dir)
+    for line in result.lines():
+        print(line)
+    return EXIT_OK if result.ok else EXIT_ERROR
