@@ -70,10 +70,10 @@ def _to_8bit(frame: Image.Image) -> Image.Image:
         # CImg casts each 16-bit (or wider) sample to uint8, which keeps the LOW byte (value & 0xFF); the
         # reference hashes of 16-bit PNGs match this bit for bit, while value >> 8 is ~130 bits away.
         samples = np.asarray(frame)
-        return Image.fromarray((samples & 0xFF).astype(np.uint8), mode="L")
+        return Image.fromarray((samples & 0xFF).astype(np.uint8))
     if frame.mode == "F":
         samples = np.asarray(frame)
-        return Image.fromarray(np.clip(np.nan_to_num(samples), 0, 255).astype(np.uint8), mode="L")
+        return Image.fromarray(np.clip(np.nan_to_num(samples), 0, 255).astype(np.uint8))
     return frame
 
 
