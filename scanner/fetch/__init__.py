@@ -1,0 +1,18 @@
+"""The fetch stage: URLs into memory (never to disk) behind an SSRF guard, with deadlines, caps, retries."""
+
+from scanner.fetch.base import FetchConfig, Fetcher, FetchFailure, FetchResult, Outcome
+from scanner.fetch.fetcher import GuardedFetcher, make_fetcher
+from scanner.fetch.guard import AddressPolicy, Target, parse_url
+
+__all__ = [
+    "AddressPolicy",
+    "FetchConfig",
+    "FetchFailure",
+    "FetchResult",
+    "Fetcher",
+    "GuardedFetcher",
+    "Outcome",
+    "Target",
+    "make_fetcher",
+    "parse_url",
+]

@@ -1,0 +1,109 @@
+"""The fetch stage's contract: configuration, result, the Fetcher protocol and the failure a hop ends in."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Literal, Protocol
+
+from scanner import __version__
+from scanner.errors import ConfigError, ScannerError
+
+Outcome = Literal["ok", "dead", "invalid", "blocked"]
+CLIENTS = ("aiohttp", "httpx")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """How URLs are fetched: limits, deadlines, caps, retries and the address policy."""
+
+    client: str = "aiohttp"
+    max_in_flight: int = 64
+    max_per_host: int = 8
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    total_timeout: float = 30.0
+    dns_timeout: float = 5.0
+    max_bytes: int = 32 * 1024 * 1024
+    max_url_length: int = 4096
+    max_redirects: int = 10
+    max_retries: int = 2
+    retry_backoff: float = 0.5
+    max_retry_after: float = 10.0
+    max_header_size: int = 8190
+    max_headers: int = 128
+    contact: str = ""
+    user_agent: str = ""
+    allow_private_networks: bool = False
+    allowed_networks: tuple[str, ...] = ()
+    verify_tls: bool = True
+
+    def __post_init__(self) -> None:
+        if self.client not in CLIENTS:
+            raise ConfigError(f"fetch.client must be one of {', '.join(CLIENTS)}, not {self.client!r}")
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"fetch.{spec.name} must not be negative, not {value!r}")
+        for name in ("max_in_flight", "max_per_host", "max_bytes", "max_url_length", "total_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"fetch.{name} must be positive")
+        for network in self.allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"fetch.allowed_networks: {exc}") from exc
+
+    @property
+    def user_agent_header(self) -> str:
+        """The User-Agent sent: names the scanner and version, and the operator's contact URL if given."""
+        if self.user_agent:
+            return self.user_agent
+        contact = f"+{self.contact}; " if self.contact else ""
+        return f"scanner/{__version__} ({contact}dataset hygiene)"
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """What fetching one URL gave: an outcome with a stable reason, response metadata, the body in memory."""
+
+    url: str | None
+    final_url: str | None = None
+    status: int | None = None
+    body: bytes | None = None
+    outcome: Outcome = "ok"
+    reason: str | None = None
+    content_type: str | None = None
+    content_length: int | None = None
+    server_ip: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    fetched_at: float = 0.0
+
+
+class Fetcher(Protocol):
+    """Fetches URLs into memory; never raises for a per-URL failure."""
+
+    async def fetch(
+        self, url: str | None, *, read_body: bool = True, headers: Mapping[str, str] | None = None
+    ) -> FetchResult:
+        """Fetch one URL; read_body=False asks for headers only (HEAD); headers adds e.g. If-None-Match."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close connections; the fetcher is unusable afterwards."""
+        ...
+
+
+class FetchFailure(ScannerError):
+    """Why a URL (or one hop of it) gave no usable response; caught inside the fetcher, never escapes it."""
+
+    def __init__(
+        self, outcome: Outcome, reason: str, *, retryable: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{outcome}: {reason}")
+        self.outcome: Outcome = outcome
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after

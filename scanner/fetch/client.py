@@ -1,0 +1,161 @@
+"""The production transport on aiohttp: one session, a resolver that returns only checked addresses.
+
+aiohttp costs about a tenth of httpx's CPU per request here (benchmarks/bench_http_clients.py). The connector
+asks `GuardedResolver` for addresses and connects to exactly those, so a name is checked and connected to
+from one lookup; IP literals never reach a resolver, and the fetcher checks them before calling us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from yarl import URL
+
+from scanner.fetch.base import FetchConfig, FetchFailure
+from scanner.fetch.fetcher import failure_in_chain
+from scanner.fetch.guard import AddressPolicy, Lookup, Target, resolve_checked, system_lookup
+
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+_CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp >= 3.10
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that looks a name up once and returns only addresses the policy permits."""
+
+    def __init__(self, policy: AddressPolicy, timeout: float, lookup: Lookup | None = None) -> None:
+        self._policy = policy
+        self._timeout = timeout
+        self._lookup = lookup or system_lookup
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await resolve_checked(
+            host, port, self._policy, timeout=self._timeout, lookup=self._lookup
+        )
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(ip),
+                port=port,
+                family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for ip in addresses
+        ]
+
+    async def close(self) -> None:
+        """Nothing to release: lookups run on the event loop's executor."""
+
+
+class _AiohttpExchange:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self.server_ip = _peer_ip(response)
+        self._response = response
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._response.content.iter_any():
+            yield chunk
+
+
+class AiohttpTransport:
+    """Transport on one shared aiohttp ClientSession, created lazily inside the running loop."""
+
+    def __init__(self, config: FetchConfig, policy: AddressPolicy, lookup: Lookup | None = None) -> None:
+        self._config = config
+        self._resolver = GuardedResolver(policy, config.dns_timeout, lookup)
+        self._session: aiohttp.ClientSession | None = None
+
+    @asynccontextmanager
+    async def exchange(
+        self, target: Target, method: str, headers: Mapping[str, str]
+    ) -> AsyncIterator[_AiohttpExchange]:
+        session = self._session or self._open_session()
+        try:
+            async with session.request(
+                method, URL(target.url, encoded=True), headers=headers, allow_redirects=False
+            ) as response:
+                yield _AiohttpExchange(response)
+        except FetchFailure:
+            raise
+        except (aiohttp.ClientError, OSError, ssl.SSLError, ValueError) as exc:
+            raise aiohttp_failure(exc) from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        config = self._config
+        connector = aiohttp.TCPConnector(
+            limit=config.max_in_flight,
+            limit_per_host=config.max_per_host,
+            resolver=self._resolver,
+            ssl=None if config.verify_tls else False,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=config.connect_timeout or None, sock_read=config.read_timeout or None
+            ),
+            auto_decompress=False,  # body.py inflates under the byte cap instead
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,  # no proxies or .netrc from the environment
+            max_line_size=config.max_header_size,
+            max_field_size=config.max_header_size,
+            max_headers=config.max_headers,
+        )
+        return self._session
+
+
+def aiohttp_failure(exc: BaseException) -> FetchFailure:
+    """The outcome and reason for an aiohttp error."""
+    failure = failure_in_chain(exc)
+    if failure is not None:
+        return failure
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return FetchFailure("dead", "tls_error")
+    if isinstance(exc, _CONNECT_TIMEOUT):
+        return FetchFailure("dead", "connect_timeout")
+    if isinstance(exc, asyncio.TimeoutError):
+        return FetchFailure("dead", "read_timeout")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return FetchFailure("dead", "connection_reset", retryable=True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return FetchFailure("dead", "truncated_body")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return _protocol_failure(exc)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        refused = exc.os_error.errno == errno.ECONNREFUSED
+        return FetchFailure("dead", "connection_refused" if refused else "connection_failed")
+    if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
+        return FetchFailure("dead", "connection_reset", retryable=True)
+    if isinstance(exc, (aiohttp.InvalidURL, ValueError)):
+        return FetchFailure("invalid", "invalid_url")
+    return FetchFailure("dead", "client_error")
+
+
+def _protocol_failure(exc: aiohttp.ClientResponseError) -> FetchFailure:
+    cause = exc.__cause__
+    too_many = isinstance(cause, BadHttpMessage) and "headers" in str(cause).lower()
+    if isinstance(cause, LineTooLong) or too_many:
+        return FetchFailure("invalid", "headers_too_large")
+    return FetchFailure("invalid", "bad_response")
+
+
+def _peer_ip(response: aiohttp.ClientResponse) -> str | None:
+    connection = response.connection
+    transport = connection.transport if connection is not None else None
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else None
