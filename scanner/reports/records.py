@@ -19,6 +19,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("fetched_at", pa.timestamp("ms", tz="UTC")),
         ("bytes", pa.int64()),
+        ("member", pa.string()),
     ]
 )
 
@@ -38,6 +39,7 @@ class Outcome:
     reason: str | None = None
     fetched_at: float | None = None
     bytes: int | None = None
+    member: str | None = None
 
 
 @dataclass(slots=True)
