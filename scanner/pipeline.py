@@ -83,7 +83,7 @@ class Pipeline:
         return checked
 
     async def _fetch_and_hash(self, row: Row) -> _Checked:
-        outcome = Outcome(row.shard, row.row, row.url, row.key, "invalid")
+        outcome = Outcome(row.shard, row.row, row.url, row.key, "invalid", member=row.member)
         if row.body is not None:
             return await self._hash(outcome, row.body, None)
         if row.url is None:
