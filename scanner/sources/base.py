@@ -13,7 +13,8 @@ KEY_COLUMNS = ("SAMPLE_ID", "uid", "key", "id")
 @dataclass(slots=True)
 class Row:
     """One input row: where it came from, its URL and key, extra columns asked for, and for already-downloaded
-    corpora the image bytes (held in memory only) and the member path inside the shard."""
+    corpora the image bytes (held in memory only) and the member path inside the shard. A source that already
+    knows the row is unusable (a damaged tar member) sets `error` to the reason instead of a body."""
 
     shard: str
     row: int
@@ -22,16 +23,20 @@ class Row:
     columns: dict[str, object] = field(default_factory=dict)
     body: bytes | None = None
     member: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SourceOptions:
-    """How to read shards: column names (None = detect) and the unit size for resumable work."""
+    """How to read shards: column names (None = detect), the unit size for resumable work, and the largest
+    image member an already-downloaded corpus may hold (a bigger one is reported, never read)."""
 
     url_col: str | None = None
     key_col: str | None = None
     extra_cols: tuple[str, ...] = ()
     rows_per_unit: int = 10_000
+    image_col: str | None = None
+    max_member_bytes: int = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
