@@ -84,6 +84,9 @@ class Pipeline:
 
     async def _fetch_and_hash(self, row: Row) -> _Checked:
         outcome = Outcome(row.shard, row.row, row.url, row.key, "invalid", member=row.member)
+        if row.error is not None:
+            outcome.reason = row.error
+            return _Checked(outcome)
         if row.body is not None:
             return await self._hash(outcome, row.body, None)
         if row.url is None:
