@@ -237,6 +237,19 @@ def test_non_images_are_not_an_image_even_for_digests(body: bytes) -> None:
         assert isinstance(caught.value, ScannerError)
 
 
+@pytest.mark.parametrize(
+    "body", [HTML, raw_png(30000, 30000, 8, 2), b"\x00\x00\x00\x20ftypisom" + b"\x00" * 40]
+)
+def test_failures_carry_the_wanted_digests(body: bytes) -> None:
+    """A page, a bomb or a video cannot be hashed perceptually, but its digests still reach exact matching."""
+    with pytest.raises(DecodeError) as caught:
+        hash_image(body, ALL)
+    assert caught.value.digests == {name: hashlib.new(name, body).digest() for name in DIGESTS}
+    with pytest.raises(DecodeError) as caught:
+        hash_image(body, frozenset({"pdq"}))
+    assert caught.value.digests == {}
+
+
 def test_heif_is_recognised_but_unsupported() -> None:
     """HEIF/HEIC is an image this Pillow cannot decode: `unsupported_format`, not `not_an_image`."""
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64

@@ -13,21 +13,32 @@ FILE_RECORD_TYPES = frozenset({"md5", "sha1", "sha256", "pdq", "phash", "dhash"}
 
 
 def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT_LIMITS) -> ImageHashes:
-    """Hash one body; raises DecodeError unless it is a usable image (only its header is read when no
-    perceptual hash is wanted, so truncation goes unnoticed then)."""
+    """Hash one body; raises DecodeError (carrying the wanted digests) unless it is a usable image.
+
+    Pixels are decoded only when a perceptual hash is wanted; otherwise only the header is read, so a
+    truncated body passes a digest-only call.
+    """
     unknown = want - HASH_TYPES
     if unknown:
         raise ValueError(f"unknown hash types {sorted(unknown)}; known: {sorted(HASH_TYPES)}")
-    hashers = [HASHERS[name] for name in sorted(want)]
-    if any(hasher.needs_pixels for hasher in hashers):
-        decoded = decode_image(data, limits)
-        header, fmt = decoded.frame, decoded.format
-        source = HashInput(data, decoded)
-    else:
-        header, fmt = open_image(data, limits)
-        source = HashInput(data, None)
-    fields: dict[str, object] = {"width": header.width, "height": header.height, "format": fmt}
-    for hasher in hashers:
+    digesters = [HASHERS[name] for name in sorted(want) if not HASHERS[name].needs_pixels]
+    perceptual = [HASHERS[name] for name in sorted(want) if HASHERS[name].needs_pixels]
+    source = HashInput(data, None)
+    fields: dict[str, object] = {}
+    for hasher in digesters:
+        fields.update(hasher.compute(source))
+    try:
+        if perceptual:
+            decoded = decode_image(data, limits)
+            header, fmt = decoded.frame, decoded.format
+            source = HashInput(data, decoded)
+        else:
+            header, fmt = open_image(data, limits)
+    except DecodeError as exc:
+        exc.digests = {name: value for name, value in fields.items() if isinstance(value, bytes)}
+        raise
+    fields.update(width=header.width, height=header.height, format=fmt)
+    for hasher in perceptual:
         fields.update(hasher.compute(source))
     return ImageHashes(**fields)  # type: ignore[arg-type]
 

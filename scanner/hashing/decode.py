@@ -45,10 +45,15 @@ _PNG_LOW_BYTE_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 
 
 class DecodeError(ScannerError):
-    """The bytes are not a usable image; `reason` is a short, stable snake_case code for reports."""
+    """The bytes are not a usable image; `reason` is a short, stable snake_case code for reports.
+
+    `digests` holds the wanted digests of the bytes (hash_image computes them before decoding), so a body
+    that is not a usable image (a video, a huge or corrupt file) can still be matched against exact lists.
+    """
 
     def __init__(self, reason: DecodeReason, detail: str | None = None) -> None:
         self.reason: DecodeReason = reason
+        self.digests: dict[str, bytes] = {}
         super().__init__(reason if detail is None else f"{reason}: {detail}")
 
 
