@@ -16,11 +16,12 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.connector import Connection
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from yarl import URL
 
 from scanner.fetch.base import FetchConfig, FetchFailure
-from scanner.fetch.fetcher import failure_in_chain
+from scanner.fetch.fetcher import exception_chain, failure_in_chain
 from scanner.fetch.guard import AddressPolicy, Lookup, Target, resolve_checked, system_lookup
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
@@ -61,7 +62,7 @@ class _AiohttpExchange:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
-        self.server_ip = _peer_ip(response)
+        self.server_ip = getattr(response, "peer_ip", None)
         self._response = response
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -115,6 +116,7 @@ class AiohttpTransport:
             max_line_size=config.max_header_size,
             max_field_size=config.max_header_size,
             max_headers=config.max_headers,
+            response_class=_PeerRecordingResponse,
         )
         return self._session
 
@@ -147,15 +149,20 @@ def aiohttp_failure(exc: BaseException) -> FetchFailure:
 
 
 def _protocol_failure(exc: aiohttp.ClientResponseError) -> FetchFailure:
-    cause = exc.__cause__
-    too_many = isinstance(cause, BadHttpMessage) and "headers" in str(cause).lower()
-    if isinstance(cause, LineTooLong) or too_many:
-        return FetchFailure("invalid", "headers_too_large")
+    for cause in exception_chain(exc):
+        too_many = isinstance(cause, BadHttpMessage) and "too many headers" in str(cause).lower()
+        if isinstance(cause, LineTooLong) or too_many:
+            return FetchFailure("invalid", "headers_too_large")
     return FetchFailure("invalid", "bad_response")
 
 
-def _peer_ip(response: aiohttp.ClientResponse) -> str | None:
-    connection = response.connection
-    transport = connection.transport if connection is not None else None
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    return str(peer[0]) if peer else None
+class _PeerRecordingResponse(aiohttp.ClientResponse):
+    """Notes the peer address when the response starts: a fully read response has already let go of it."""
+
+    peer_ip: str | None = None
+
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        transport = connection.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        self.peer_ip = str(peer[0]) if peer else None
+        return await super().start(connection)

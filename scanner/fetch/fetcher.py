@@ -11,7 +11,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -150,7 +150,9 @@ class GuardedFetcher:
             location = response.headers.get("Location")
             if status in REDIRECT_STATUSES and location:
                 return location
-            if status == 304 or (200 <= status < 300 and not (read_body and method == "GET")):
+            if status == 304 or (method == "HEAD" and (status in HEAD_REFUSED_STATUSES or status < 300)):
+                return None
+            if 200 <= status < 300 and not read_body:
                 return None
             if 200 <= status < 300:
                 result.body = await read_body_of(response, self.config.max_bytes)
@@ -190,16 +192,19 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def failure_in_chain(exc: BaseException) -> FetchFailure | None:
-    """A FetchFailure the guard raised inside a client, found through the client's exception wrapping."""
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """exc and the exceptions it was raised from, through a client's wrapping."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, FetchFailure):
-            return current
+        yield current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
+
+
+def failure_in_chain(exc: BaseException) -> FetchFailure | None:
+    """A FetchFailure the guard raised inside a client, found through the client's exception wrapping."""
+    return next((e for e in exception_chain(exc) if isinstance(e, FetchFailure)), None)
 
 
 def _record(result: FetchResult, response: Exchange) -> None:
