@@ -389,6 +389,15 @@ def test_16bit_colour_png_keeps_low_bytes_for_pdq_and_pillow_bytes_for_imagehash
     assert hashes.pdq != np.packbits(high_bits.astype(np.uint8)).tobytes()
 
 
+def test_float_tiff_is_clipped_to_8_bits_for_pdq() -> None:
+    """Float samples (which the reference has no rule for) are clipped to 0..255 and truncated."""
+    samples = np.asarray(photo(120, 90, seed=22).convert("L")).astype(np.float32) * 1.4 - 30.5
+    hashes = hash_image(encode(Image.fromarray(samples), "TIFF"), frozenset({"pdq"}))
+    grey = np.clip(samples, 0, 255).astype(np.uint8)
+    bits, quality = pdqhash.compute(np.ascontiguousarray(np.stack([grey, grey, grey], axis=2)))
+    assert (hashes.pdq, hashes.pdq_quality) == (np.packbits(bits.astype(np.uint8)).tobytes(), quality)
+
+
 def test_animated_gif_hashes_its_first_frame(corpus: dict[str, bytes]) -> None:
     """An animation is hashed by its first frame: the same hashes as a still GIF of that frame."""
     first = Image.open(io.BytesIO(corpus["gif_animated"]))

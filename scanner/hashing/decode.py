@@ -59,7 +59,11 @@ class DecodeError(ScannerError):
 
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
-    """Bounds checked from the header, before any pixel is decoded."""
+    """Bounds checked from the header, before any pixel is decoded.
+
+    A max_pixels above Pillow's Image.MAX_IMAGE_PIXELS lets Pillow warn on sizes between the two, and
+    Pillow itself refuses twice its own limit (reported as too_many_pixels all the same).
+    """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_frames: int = 1000
@@ -151,7 +155,8 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedI
     if low_byte_rawmode is None:
         return DecodedImage(frame, frame, fmt)
     reference, _ = open_image(data, limits)
-    reference.tile = [tile._replace(args=low_byte_rawmode) for tile in reference.tile]
+    # A tile is (decoder, extents, offset, decoder args); for PNG the args are the raw mode.
+    reference.tile = [(*tile[:3], low_byte_rawmode) for tile in reference.tile]
     return DecodedImage(frame, _load(reference, data, fmt), fmt)
 
 
@@ -159,7 +164,7 @@ def _png_low_byte_rawmode(image: Image.Image) -> str | None:
     """For a 16-bit colour PNG, the raw mode that keeps the low byte of each sample (see pdq.py)."""
     if image.format != "PNG" or len(image.tile) != 1:
         return None
-    return _PNG_LOW_BYTE_RAWMODES.get(image.tile[0].args)
+    return _PNG_LOW_BYTE_RAWMODES.get(image.tile[0][3])
 
 
 def _load(image: Image.Image, data: bytes, fmt: str) -> Image.Image:
