@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import struct
 import warnings
 import zlib
@@ -248,6 +249,18 @@ def test_failures_carry_the_wanted_digests(body: bytes) -> None:
     with pytest.raises(DecodeError) as caught:
         hash_image(body, frozenset({"pdq"}))
     assert caught.value.digests == {}
+
+
+def test_decode_error_survives_pickling() -> None:
+    """Hashing runs in worker processes: reason, message and digests must cross the pipe intact."""
+    with pytest.raises(DecodeError) as caught:
+        hash_image(b"\xff\xd8\xff" + HTML, ALL)
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (copy.reason, str(copy), copy.digests) == (
+        "corrupt_image",
+        str(caught.value),
+        caught.value.digests,
+    )
 
 
 def test_heif_is_recognised_but_unsupported() -> None:

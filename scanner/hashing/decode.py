@@ -53,8 +53,13 @@ class DecodeError(ScannerError):
 
     def __init__(self, reason: DecodeReason, detail: str | None = None) -> None:
         self.reason: DecodeReason = reason
+        self.detail = detail
         self.digests: dict[str, bytes] = {}
         super().__init__(reason if detail is None else f"{reason}: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle reason, detail and digests intact, for errors crossing a process boundary."""
+        return (type(self), (self.reason, self.detail), {"digests": self.digests})
 
 
 @dataclass(frozen=True, slots=True)
