@@ -33,7 +33,7 @@ def pdq_pixels(frame: Image.Image) -> np.ndarray:
     image = _to_8bit(nearest_512(frame) if max(frame.size) > DOWNSAMPLE_SIDE else frame)
     if image.mode in _GREY_MODES:
         grey = np.asarray(image.convert("L") if image.mode != "L" else image)
-        # pdqhash turns (v, v, v) into exactly v: three views of one channel are bit-exact and half the work.
+        # pdqhash turns (v, v, v) into exactly v: three views of one channel are bit-exact, and no RGB copy.
         return np.broadcast_to(grey[:, :, np.newaxis], (*grey.shape, 3))
     return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
 
