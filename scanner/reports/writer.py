@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 
 from scanner.checkpoint import Checkpoint
 from scanner.reports.files import atomic_open, sha256_file, write_json
+from scanner.reports.html import write_html_report
 from scanner.reports.records import OUTCOME_SCHEMA, OUTCOMES
 
 SUMMARY_SCHEMA_VERSION = 1
-REPORT_FILES = ("outcomes.parquet", "matches.jsonl", "evidence.jsonl", "summary.json")
+REPORT_FILES = ("outcomes.parquet", "matches.jsonl", "evidence.jsonl", "summary.json", "report.html")
 
 
 @dataclass(slots=True)
@@ -96,10 +97,19 @@ def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[s
 
 
 def write_summary_and_manifest(out_dir: Path, summary_data: dict, manifest: dict) -> None:
-    """Write summary.json, then manifest.json naming every report file with its SHA-256."""
+    """Write summary.json and report.html, then manifest.json naming every report file with its SHA-256."""
     write_json(out_dir / "summary.json", summary_data)
+    write_html_report(out_dir, manifest=manifest)
     files = {name: sha256_file(out_dir / name) for name in REPORT_FILES if (out_dir / name).exists()}
     write_json(out_dir / "manifest.json", {**manifest, "files": files})
+
+
+def refresh_digests(out_dir: str | Path, names: list[str]) -> None:
+    """Record new SHA-256s in manifest.json for report files regenerated after the scan (report.html)."""
+    path = Path(out_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"].update({name: sha256_file(Path(out_dir) / name) for name in names})
+    write_json(path, manifest)
 
 
 def _iso(timestamp: float) -> str:

@@ -1,0 +1,188 @@
+"""scanner export: one referral record per match, with what hotline intake forms ask for and nothing more."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import csv
+import io
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scanner.errors import InputError
+from scanner.reports.files import atomic_open
+
+FORMATS = ("csv", "jsonl")
+CAPTION_COLUMNS = ("TEXT", "caption", "text")
+REFERRAL_FIELDS = (
+    "url",
+    "final_url",
+    "observed_at",
+    "http_status",
+    "server_ip",
+    "content_length",
+    "content_type",
+    "list",
+    "entry_id",
+    "category",
+    "hash_type",
+    "distance",
+    "quality",
+    "transform",
+    "dataset",
+    "shard",
+    "row",
+    "key",
+)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def write_referrals(
+    out_dir: str | Path, fmt: str = "csv", with_captions: bool = False, output: str | Path | None = None
+) -> tuple[Path, int]:
+    """Write the referral file (0600, atomically; default DIR/referrals.FORMAT); return path and row count."""
+    if fmt not in FORMATS:
+        raise InputError(str(output or out_dir), f"unknown export format {fmt!r}; expected csv or jsonl")
+    out = Path(out_dir)
+    if not (out / "matches.jsonl").is_file():
+        raise InputError(str(out), "no matches.jsonl here; is this a finished scan's directory?")
+    path = Path(output) if output else out / f"referrals.{fmt}"
+    fields = [*REFERRAL_FIELDS, "caption"] if with_captions else list(REFERRAL_FIELDS)
+    with atomic_open(path, "wb") as raw, _utf8(raw) as handle:
+        count = _write(handle, fmt, fields, referrals(out, with_captions))
+    return path, count
+
+
+def referrals(out_dir: Path, with_captions: bool = False) -> Iterator[dict]:
+    """Stream-join matches.jsonl and evidence.jsonl: both in unit order, one evidence line per matched row."""
+    evidence = _records(out_dir / "evidence.jsonl")
+    captions = _Captions() if with_captions else None
+    current: dict | None = None
+    for number, match in _records(out_dir / "matches.jsonl"):
+        where = (match["shard"], match["row"])
+        while current is None or (current["shard"], current["row"]) != where:
+            current = next(evidence, (0, None))[1]
+            if current is None:
+                raise InputError(
+                    str(out_dir / "matches.jsonl"), "no evidence.jsonl record for this match", number
+                )
+        record = referral(match, current)
+        if captions is not None:
+            record["caption"] = captions.get(match["shard"], match["row"])
+        yield record
+
+
+def referral(match: dict, evidence: dict) -> dict:
+    """One referral record from a match and the evidence of the response that carried the image."""
+    return {
+        "url": match["url"],
+        "final_url": evidence.get("final_url"),
+        "observed_at": evidence.get("observed_at"),
+        "http_status": evidence.get("http_status"),
+        "server_ip": evidence.get("server_ip"),
+        "content_length": evidence.get("content_length"),
+        "content_type": evidence.get("content_type"),
+        "list": match["list"],
+        "entry_id": match["entry_id"],
+        "category": match.get("category"),
+        "hash_type": match["hash_type"],
+        "distance": match["distance"],
+        "quality": match.get("quality"),
+        "transform": match.get("transform"),
+        "dataset": str(Path(match["shard"]).parent),
+        "shard": match["shard"],
+        "row": match["row"],
+        "key": match.get("key"),
+    }
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict]]:
+    if not path.is_file():
+        raise InputError(str(path), "no such file; is this a finished scan's directory?")
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise InputError(str(path), f"not JSON ({exc})", number) from exc
+            if not isinstance(record, dict) or "shard" not in record or "row" not in record:
+                raise InputError(str(path), "not a report record (needs shard and row)", number)
+            yield number, record
+
+
+def _write(handle: IO[str], fmt: str, fields: list[str], records: Iterator[dict]) -> int:
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: _csv_cell(v) for k, v in record.items()})
+            count += 1
+    else:
+        for record in records:
+            handle.write(json.dumps({k: record.get(k) for k in fields}, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def _csv_cell(value: object) -> object:
+    """Keep spreadsheets from running a URL, key or caption that looks like a formula (CSV injection)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+@contextlib.contextmanager
+def _utf8(raw: IO[bytes]) -> Iterator[IO[str]]:
+    """UTF-8 text over a binary handle whatever the locale; the handle stays open for atomic_open to sync."""
+    text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    try:
+        yield text
+    finally:
+        text.flush()
+        text.detach()
+
+
+class _Captions:
+    """Captions by row from Parquet shards, one row group in memory at a time (matches come in row order)."""
+
+    def __init__(self) -> None:
+        self._shard: str | None = None
+        self._file: pq.ParquetFile | None = None
+        self._column = ""
+        self._starts: list[int] = []
+        self._group = (-1, [])
+
+    def get(self, shard: str, row: int) -> str | None:
+        if shard != self._shard:
+            self._open(shard)
+        index = bisect.bisect_right(self._starts, row) - 1
+        if index < 0 or row >= self._starts[-1]:
+            raise InputError(shard, f"no row {row} (the shard has {self._starts[-1]} rows)")
+        if self._group[0] != index:
+            table = self._file.read_row_group(index, columns=[self._column])
+            self._group = (index, table.column(0).to_pylist())
+        value = self._group[1][row - self._starts[index]]
+        return None if value is None else str(value)
+
+    def _open(self, shard: str) -> None:
+        if not shard.lower().endswith(".parquet"):
+            raise InputError(shard, "--with-captions reads captions from Parquet shards only")
+        try:
+            self._file = pq.ParquetFile(shard)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(shard, f"cannot read the shard for captions ({exc})") from exc
+        names = self._file.schema_arrow.names
+        column = next((c for c in CAPTION_COLUMNS if c in names), None)
+        if column is None:
+            raise InputError(shard, f"no caption column ({', '.join(CAPTION_COLUMNS)}); columns are: {names}")
+        meta = self._file.metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        self._starts = [0, *itertools.accumulate(sizes)]
+        self._shard, self._column, self._group = shard, column, (-1, [])

@@ -1,0 +1,463 @@
+"""report.html: one self-contained page of a scan's figures, with inline SVG charts and no script at all.
+
+Everything shown is escaped (URLs, keys and list names are untrusted); matched URLs appear only on request,
+since the page may travel further than the reports it summarises. It never holds image content.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections import Counter
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from scanner.errors import InputError
+from scanner.reports.files import atomic_open
+from scanner.reports.records import OUTCOMES
+
+REPORT_NAME = "report.html"
+PERCEPTUAL = ("pdq", "phash", "dhash")
+DISTANCE_AXIS = {"pdq": 31, "phash": 16, "dhash": 16}  # histograms span at least the usual thresholds
+LISTED_MATCHES = 200
+TOP_BARS = 25
+BATCH_ROWS = 64 * 1024
+COLOURS = {
+    "match": "#b3261e",
+    "clean": "#2e7d32",
+    "dead": "#6b7280",
+    "invalid": "#d97706",
+    "blocked": "#7c3aed",
+}
+ACCENT = "#1f5fa8"
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'; base-uri 'none'"
+
+
+@dataclass(slots=True)
+class OutcomeFigures:
+    """Counts read from outcomes.parquet: per outcome, status class, reason, and outcome per shard."""
+
+    rows: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    status_classes: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    by_shard: dict[str, Counter] = field(default_factory=dict)
+
+    @property
+    def live_rate(self) -> float:
+        return sum(self.outcomes[o] for o in ("match", "clean", "invalid")) / self.rows if self.rows else 0.0
+
+    @property
+    def link_rot(self) -> float:
+        return self.outcomes["dead"] / self.rows if self.rows else 0.0
+
+
+@dataclass(slots=True)
+class MatchFigures:
+    """Counts read from matches.jsonl, plus the first few records for the table."""
+
+    total: int = 0
+    by_list: Counter = field(default_factory=Counter)
+    by_category: Counter = field(default_factory=Counter)
+    by_hash_type: Counter = field(default_factory=Counter)
+    by_shard: Counter = field(default_factory=Counter)
+    distances: dict[str, Counter] = field(default_factory=dict)
+    listed: list[dict] = field(default_factory=list)
+
+
+def write_html_report(out_dir: str | Path, show_urls: bool = False, manifest: dict | None = None) -> Path:
+    """Write out_dir/report.html (0600, atomically) from the reports beside it (manifest: manifest.json's)."""
+    out = Path(out_dir)
+    page = render_report(out, show_urls, manifest)
+    with atomic_open(out / REPORT_NAME) as handle:
+        handle.write(page.encode("utf-8"))
+    return out / REPORT_NAME
+
+
+def render_report(out: Path, show_urls: bool = False, manifest: dict | None = None) -> str:
+    """The whole page as a string; figures come from outcomes.parquet and matches.jsonl in bounded memory."""
+    summary = _read_json(out / "summary.json")
+    manifest = manifest if manifest is not None else _read_json(out / "manifest.json")
+    outcomes = outcome_figures(out / "outcomes.parquet")
+    matches = match_figures(out / "matches.jsonl")
+    body = "".join(
+        [
+            _header(summary, manifest, show_urls),
+            _tiles(outcomes, matches, summary),
+            _outcome_section(outcomes),
+            _match_section(matches),
+            _link_rot_section(outcomes, summary),
+            _matched_rows_section(matches, show_urls),
+            _lists_section(manifest),
+            _provenance_section(manifest),
+        ]
+    )
+    return _page(body)
+
+
+def outcome_figures(path: Path) -> OutcomeFigures:
+    """Group outcomes.parquet batch by batch with pyarrow, so millions of rows never become Python objects."""
+    figures = OutcomeFigures()
+    try:
+        batches = pq.ParquetFile(path).iter_batches(
+            BATCH_ROWS, columns=["shard", "outcome", "http_status", "reason"]
+        )
+        for batch in batches:
+            _add_batch(figures, pa.Table.from_batches([batch]))
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(str(path), f"cannot read outcomes ({exc})") from exc
+    return figures
+
+
+def _add_batch(figures: OutcomeFigures, table: pa.Table) -> None:
+    figures.rows += table.num_rows
+    for group in _counts(table, ["shard", "outcome"]):
+        figures.by_shard.setdefault(group["shard"], Counter())[group["outcome"]] += group["count_all"]
+        figures.outcomes[group["outcome"]] += group["count_all"]
+    classes = table.append_column("class", pc.divide(table["http_status"], 100))
+    for group in _counts(classes, ["class"]):
+        figures.status_classes[f"{group['class']}xx" if group["class"] else "none"] += group["count_all"]
+    for group in _counts(table, ["reason"]):
+        if group["reason"]:
+            figures.reasons[group["reason"]] += group["count_all"]
+
+
+def _counts(table: pa.Table, keys: list[str]) -> list[dict]:
+    return table.group_by(keys).aggregate([([], "count_all")]).to_pylist()
+
+
+def match_figures(path: Path) -> MatchFigures:
+    """Stream matches.jsonl line by line into counters (a file of millions of matches is still bounded)."""
+    figures = MatchFigures()
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                _add_match(figures, json.loads(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InputError(str(path), f"not a match record ({exc})", number) from exc
+    return figures
+
+
+def _add_match(figures: MatchFigures, record: dict) -> None:
+    figures.total += 1
+    figures.by_list[record["list"]] += 1
+    figures.by_category[record.get("category") or "uncategorised"] += 1
+    figures.by_hash_type[record["hash_type"]] += 1
+    figures.by_shard[record["shard"]] += 1
+    if record["hash_type"] in PERCEPTUAL:
+        figures.distances.setdefault(record["hash_type"], Counter())[int(record["distance"])] += 1
+    if len(figures.listed) < LISTED_MATCHES:
+        figures.listed.append(record)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise InputError(
+            str(path), f"cannot read ({exc.strerror}); is this a finished scan's directory?"
+        ) from exc
+    except ValueError as exc:
+        raise InputError(str(path), f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(str(path), "expected a JSON object")
+    return data
+
+
+# Page sections. Every value that reaches the page goes through _e (html.escape) or a number formatter.
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def _pct(part: float, whole: float = 1.0) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "0.0%"
+
+
+def _header(summary: dict, manifest: dict, show_urls: bool) -> str:
+    warning = (
+        '<p class="warn">This copy lists matched URLs. Handle it like the referral files: '
+        "do not open the URLs, do not forward it beyond the people who act on it.</p>"
+        if show_urls
+        else '<p class="note">Matched URLs are left out of this page; '
+        "<code>scanner report DIR --show-urls</code> adds them.</p>"
+    )
+    return (
+        f"<header><h1>Scan report</h1><p>Finished {_e(summary.get('finished_at', '?'))} &middot; "
+        f"scanner {_e(manifest.get('scanner_version', '?'))} &middot; "
+        f"summary schema {_e(summary.get('schema_version', '?'))}</p>{warning}"
+        "<p class=note>This page never contains image content.</p></header>"
+    )
+
+
+def _tiles(outcomes: OutcomeFigures, matches: MatchFigures, summary: dict) -> str:
+    tiles = [
+        ("Rows scanned", _n(outcomes.rows)),
+        ("Live rate", _pct(outcomes.live_rate)),
+        ("Matched rows", _n(outcomes.outcomes["match"])),
+        ("Match records", _n(matches.total)),
+        ("Link rot", _pct(outcomes.link_rot)),
+        ("Duration", f"{float(summary.get('duration_seconds', 0)):,.1f} s"),
+        ("Rows per second", f"{float(summary.get('rows_per_second', 0)):,.1f}"),
+        ("Skipped shards", _n(len(summary.get("skipped_shards", {})))),
+    ]
+    cells = "".join(
+        f'<div class="tile"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>' for k, v in tiles
+    )
+    return f'<section class="tiles">{cells}</section>'
+
+
+def _outcome_section(figures: OutcomeFigures) -> str:
+    order = [*OUTCOMES, *sorted(set(figures.outcomes) - set(OUTCOMES))]
+    outcomes = [(o, figures.outcomes[o]) for o in order]
+    return _section(
+        "Outcomes",
+        _figure("Rows per outcome", bar_chart(outcomes, figures.rows, COLOURS)),
+        _figure(
+            "HTTP status class of the final response",
+            bar_chart(sorted(figures.status_classes.items()), figures.rows),
+        ),
+        _figure("Failure reasons", bar_chart(_top(figures.reasons), figures.rows), _more(figures.reasons)),
+    )
+
+
+def _match_section(figures: MatchFigures) -> str:
+    if not figures.total:
+        return _section("Matches", "<p>No row matched any list.</p>")
+    distances = [
+        _figure(f"Hamming distance of {kind} matches", column_chart(counts, DISTANCE_AXIS.get(kind, 0)))
+        for kind, counts in sorted(figures.distances.items())
+    ]
+    shard_bars = [(Path(s).name, n) for s, n in _top(figures.by_shard)]
+    return _section(
+        "Matches",
+        _figure("Match records by list", bar_chart(_top(figures.by_list), figures.total)),
+        _figure("Match records by category", bar_chart(_top(figures.by_category), figures.total)),
+        _figure("Match records by hash type", bar_chart(_top(figures.by_hash_type), figures.total)),
+        *distances,
+        _figure("Match records per shard", bar_chart(shard_bars, figures.total), _more(figures.by_shard)),
+    )
+
+
+def _link_rot_section(figures: OutcomeFigures, summary: dict) -> str:
+    rot = Counter(
+        {shard: counts["dead"] / sum(counts.values()) for shard, counts in figures.by_shard.items()}
+    )
+    bars = [(Path(shard).name, share) for shard, share in _top(rot)]
+    points = _rot_over_time(figures, summary)
+    trend = (
+        _figure("Link rot across scans of these inputs", line_chart(points))
+        if len(points) > 1
+        else "<p>One scan so far; rescans of the same inputs add a trend here.</p>"
+    )
+    return _section(
+        f"Link rot: {_pct(figures.link_rot)} of rows are dead",
+        _figure("Share of dead rows per shard, highest first", bar_chart(bars, 1, counts=False), _more(rot)),
+        trend,
+    )
+
+
+def _rot_over_time(figures: OutcomeFigures, summary: dict) -> list[tuple[str, float]]:
+    """(finished_at, dead share) of each earlier scan in summary["history"], then of this one."""
+    points = [
+        (str(h["finished_at"]), h["outcomes"].get("dead", 0) / h["rows"] if h["rows"] else 0.0)
+        for h in summary.get("history", [])
+    ]
+    return [*points, (str(summary.get("finished_at", "now")), figures.link_rot)]
+
+
+def _matched_rows_section(figures: MatchFigures, show_urls: bool) -> str:
+    if not figures.total:
+        return ""
+    columns = ["shard", "row", "key", "list", "entry_id", "category", "hash_type", "distance"]
+    columns += ["url"] if show_urls else []
+    rows = [[_cell(record, c) for c in columns] for record in figures.listed]
+    shown = (
+        f"the first {len(figures.listed)} of {_n(figures.total)}"
+        if figures.total > len(figures.listed)
+        else "all"
+    )
+    return _section(
+        "Matched rows",
+        f"<p>Showing {shown} match records; <code>scanner export DIR</code> writes them all "
+        "with their evidence.</p>",
+        _table(columns, rows),
+    )
+
+
+def _cell(record: dict, column: str) -> object:
+    value = record.get(column)
+    return Path(value).name if column == "shard" and value else value
+
+
+def _lists_section(manifest: dict) -> str:
+    lists = manifest.get("lists") or []
+    if not lists:
+        return _section("Hash lists", "<p>The manifest names no list.</p>")
+    columns = list(dict.fromkeys(k for item in lists for k in item))
+    return _section("Hash lists", _table(columns, [[item.get(c) for c in columns] for item in lists]))
+
+
+def _provenance_section(manifest: dict) -> str:
+    inputs = manifest.get("inputs") or []
+    rows = [[i.get("path"), i.get("kind"), _n(int(i.get("bytes") or 0))] for i in inputs]
+    config = json.dumps(manifest.get("config", {}), indent=2, sort_keys=True, default=str)
+    return _section(
+        "Scanner and configuration",
+        f"<p>scanner {_e(manifest.get('scanner_version', '?'))}; "
+        f"{_n(int(manifest.get('units') or 0))} work units; "
+        f"command: <code>{_e(_command(manifest.get('command')))}</code></p>",
+        _table(["input", "kind", "bytes"], rows),
+        f"<details open><summary>Effective configuration</summary><pre>{_e(config)}</pre></details>",
+    )
+
+
+def _table(columns: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(_plain(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _command(argv: object) -> str:
+    return shlex.join(str(a) for a in argv) if isinstance(argv, list) else _plain(argv)
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(", ", ": "))
+    return "" if value is None else str(value)
+
+
+def _top(counts: Counter) -> list[tuple[str, float]]:
+    return sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))[:TOP_BARS]
+
+
+def _more(counts: Counter) -> str:
+    hidden = len(counts) - TOP_BARS
+    return f"<p class=note>{_n(hidden)} more not shown.</p>" if hidden > 0 else ""
+
+
+def _section(title: str, *parts: str) -> str:
+    return f"<section><h2>{_e(title)}</h2>{''.join(parts)}</section>"
+
+
+def _figure(caption: str, chart: str, after: str = "") -> str:
+    return f"<figure><figcaption>{_e(caption)}</figcaption>{chart}{after}</figure>"
+
+
+# Charts: plain SVG with text labels, readable without colour and without any script.
+
+
+def bar_chart(
+    items: list[tuple[str, float]], whole: float, colours: dict[str, str] | None = None, counts: bool = True
+) -> str:
+    """Horizontal bars with the count (unless counts is False) and its share of whole printed beside each."""
+    if not items:
+        return "<p>None.</p>"
+    label_w, bar_w, row_h = 190, 330, 24
+    top = max(v for _, v in items) or 1
+    rows = []
+    for i, (label, value) in enumerate(items):
+        y = i * row_h
+        width = max(value / top * bar_w, 1 if value else 0)
+        colour = (colours or {}).get(label, ACCENT)
+        short = label if len(str(label)) <= 28 else str(label)[:27] + "…"
+        rows.append(
+            f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end">'
+            f"{_e(short)}<title>{_e(label)}</title></text>"
+            f'<rect x="{label_w}" y="{y + 4}" width="{width:.1f}" height="16" fill="{colour}"/>'
+            f'<text x="{label_w + width + 6:.1f}" y="{y + 16}">{_value(value, whole, counts)}</text>'
+        )
+    return _svg(label_w + bar_w + 120, len(items) * row_h + 4, "".join(rows))
+
+
+def _value(value: float, whole: float, counts: bool) -> str:
+    return f"{_n(int(value))} ({_pct(value, whole)})" if counts else _pct(value, whole)
+
+
+def column_chart(counts: dict[int, int], span: int = 0) -> str:
+    """Vertical bars for a histogram of small integers: a slot per value from 0 to the largest (or span)."""
+    slots = range(max(*counts, span) + 1)
+    width, height, left, bottom = 600, 150, 36, 22
+    slot_w = (width - left) / len(slots)
+    top = max(counts.values())
+    parts = [f'<text x="{left - 4}" y="14" text-anchor="end">{_n(top)}</text>']
+    for x in slots:
+        value = counts.get(x, 0)
+        h = value / top * (height - bottom - 20)
+        bx = left + x * slot_w
+        parts.append(
+            f'<rect x="{bx + 1:.1f}" y="{height - bottom - h:.1f}" width="{max(slot_w - 2, 1):.1f}" '
+            f'height="{h:.1f}" fill="{ACCENT}"><title>distance {x}: {_n(value)}</title></rect>'
+        )
+        if x % max(1, len(slots) // 16) == 0:
+            parts.append(f'<text x="{bx + slot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">{x}</text>')
+    parts.append(
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" stroke="#999"/>'
+    )
+    return _svg(width, height, "".join(parts))
+
+
+def line_chart(points: list[tuple[str, float]]) -> str:
+    """A share (0..1) over successive scans, each point labelled with its value."""
+    width, height, left, bottom = 640, 190, 44, 28
+    step = (width - left - 40) / max(len(points) - 1, 1)
+    plot_h = height - bottom - 16
+    xy = [(left + 20 + i * step, 16 + plot_h * (1 - share)) for i, (_, share) in enumerate(points)]
+    parts = [
+        f'<line x1="{left}" y1="{16 + plot_h}" x2="{width}" y2="{16 + plot_h}" stroke="#999"/>',
+        f'<text x="{left - 4}" y="20" text-anchor="end">100%</text>',
+        f'<text x="{left - 4}" y="{16 + plot_h}" text-anchor="end">0%</text>',
+        '<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>'.format(
+            ACCENT, " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+        ),
+    ]
+    for (label, share), (x, y) in zip(points, xy, strict=True):
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{ACCENT}"/>'
+            f'<text x="{x:.1f}" y="{y - 8:.1f}" text-anchor="middle">{_pct(share)}</text>'
+            f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" class="small">{_e(label[:10])}</text>'
+        )
+    return _svg(width, height, "".join(parts))
+
+
+def _svg(width: float, height: float, content: str) -> str:
+    return (
+        f'<svg role="img" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}">{content}</svg>'
+    )
+
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;margin:0 auto;
+max-width:1100px;padding:24px}
+h1{margin:0 0 4px}h2{border-bottom:1px solid #d8dce3;padding-bottom:4px;margin-top:32px}
+.note{color:#555}.warn{background:#fdecea;border:1px solid #b3261e;padding:8px 12px}
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(122px,1fr));gap:10px;margin-top:18px}
+.tile{border:1px solid #d8dce3;border-radius:6px;padding:10px 12px}.tile .v{font-size:22px;font-weight:600}
+.tile .k{color:#555}figure{margin:14px 0}figcaption{font-weight:600;margin-bottom:6px}
+svg{font:12px system-ui,sans-serif;fill:#1d2330;max-width:100%;height:auto}svg .small{font-size:10px}
+table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #d8dce3;padding:3px 6px;text-align:left;
+vertical-align:top;overflow-wrap:anywhere}.scroll{overflow-x:auto}pre{background:#f5f6f8;padding:10px;overflow-x:auto}
+"""
+
+
+def _page(body: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="referrer" content="no-referrer"><meta name="robots" content="noindex">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Scan report</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
+    )
