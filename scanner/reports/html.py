@@ -412,7 +412,7 @@ def column_chart(counts: dict[int, int], span: int = 0) -> str:
 def line_chart(points: list[tuple[str, float]]) -> str:
     """A share (0..1) over successive scans, each point labelled with its value."""
     width, height, left, bottom = 640, 190, 44, 28
-    step = (width - left - 40) / max(len(points) - 1, 1)
+    step = (width - left - 80) / max(len(points) - 1, 1)
     plot_h = height - bottom - 16
     xy = [(left + 20 + i * step, 16 + plot_h * (1 - share)) for i, (_, share) in enumerate(points)]
     parts = [
