@@ -21,7 +21,7 @@ class Row:
     url: str | None
     key: str | None
     columns: dict[str, object] = field(default_factory=dict)
-    body: bytes | None = None
+    body: bytes | None = field(default=None, repr=False)  # image content never goes into a repr or a log
     member: str | None = None
     error: str | None = None
 
