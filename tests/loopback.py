@@ -13,7 +13,8 @@ Usage::
 If-Modified-Since with 304. `host` may be any loopback address (127.0.0.2 is reachable on Linux); `port=0`
 picks a free port. `tls=(certfile, keyfile)` serves HTTPS, and `server.sni_names` lists the SNI names seen.
 The server is threaded (one thread per connection, HTTP/1.1 keep-alive) and thread-safe; `requests()` returns
-(method, path, headers) for every request, `reset_hits()` clears the counters. Sleeping routes wake up when
+(method, path, headers) for every request, `peak_in_flight` the most requests it served at once, and
+`reset_hits()` clears the counters. Sleeping routes wake up when
 the server stops, so a test never waits for them.
 
 Hostile routes (query parameters in brackets, with defaults):
@@ -21,7 +22,7 @@ Hostile routes (query parameters in brackets, with defaults):
     /redirect/<n>                302 chain: /redirect/<n-1> ... /redirect/0 answers 200 b"end of chain"
     /loop, /loop/back            302 to each other forever
     /redirect-to?url=U[&status=302]   one redirect to U
-    /slow[?seconds=30]           sleeps before answering 200
+    /slow[?seconds=30]           sleeps (fractions allowed) before answering 200
     /trickle[?length=1000]       declares length bytes and sends one byte a second
     /huge[?length=N]             N zeros with Content-Length N; without length endless, Connection: close
     /gzipbomb[?size=1073741824]  Content-Encoding: gzip, ~1 KB per MiB on the wire, inflating to size zeros
@@ -48,7 +49,8 @@ import struct
 import threading
 import zlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -78,6 +80,8 @@ class LoopbackServer:
         self._hits: Counter[str] = Counter()
         self._log: list[tuple[str, str, dict[str, str]]] = []
         self._keys: Counter[str] = Counter()
+        self._active = 0
+        self.peak_in_flight = 0
         self.stopping = threading.Event()
         self._httpd = _Server((host, port), _Handler, self)
         if tls is not None:
@@ -138,6 +142,18 @@ class LoopbackServer:
             self._hits[urlsplit(target).path] += 1
             self._log.append((method, target, headers))
 
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Counts a request as in progress, keeping peak_in_flight up to date."""
+        with self._lock:
+            self._active += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._active)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
     def take_turn(self, key: str) -> int:
         """How many earlier requests used this key (for routes that misbehave only the first times)."""
         with self._lock:
@@ -186,13 +202,14 @@ class _Handler(BaseHTTPRequestHandler):
         path = split.path
         self.query = {k: v[0] for k, v in parse_qs(split.query).items()}
         self.owner.record(self.command, self.path, dict(self.headers.items()))
-        if path in self.owner.files:
-            return self._file(*self.owner.files[path])
-        head, _, rest = path[1:].partition("/")
-        route = getattr(self, "route_" + head.replace("-", "_"), None)
-        if route is None:
-            return self._send(404, b"not found", "text/plain")
-        return route(rest)
+        with self.owner.serving():
+            if path in self.owner.files:
+                return self._file(*self.owner.files[path])
+            head, _, rest = path[1:].partition("/")
+            route = getattr(self, "route_" + head.replace("-", "_"), None)
+            if route is None:
+                return self._send(404, b"not found", "text/plain")
+            return route(rest)
 
     # -- plain responses -------------------------------------------------------------------------------
 
@@ -244,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(self._int("status", 302), b"", "text/plain", {"Location": self.query["url"]})
 
     def route_slow(self, rest: str) -> None:
-        if not self._wait(self._int("seconds", 30)):
+        if not self._wait(float(self.query.get("seconds", 30))):
             self._send(200, b"slow", "text/plain")
 
     def route_trickle(self, rest: str) -> None:

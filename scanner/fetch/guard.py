@@ -105,8 +105,9 @@ class AddressPolicy:
 def is_forbidden_address(ip: IPAddress) -> bool:
     """True for any address that is not plainly public, including private IPv4 inside IPv6 (6to4, NAT64)."""
     if isinstance(ip, IPv6Address):
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None and is_forbidden_address(embedded):
+        if ip in _NAT64:  # DNS64 answers on IPv6-only networks: as public as the IPv4 address they carry
+            return is_forbidden_address(IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None and is_forbidden_address(ip.sixtofour):
             return True
         if ip.is_site_local:
             return True
@@ -120,16 +121,6 @@ def is_forbidden_address(ip: IPAddress) -> bool:
         or ip.is_unspecified
         or any(ip in network for network in _FORBIDDEN_NETWORKS)
     )
-
-
-def _embedded_ipv4(ip: IPv6Address) -> IPv4Address | None:
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
 
 
 def check_address(ip: IPAddress, policy: AddressPolicy) -> None:
