@@ -9,23 +9,34 @@ import pyarrow.parquet as pq
 
 from scanner.errors import SourceError
 from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, Span, cell_to_str, pick_column
+from scanner.sources.storage import is_remote, open_input
 
 READ_BATCH_ROWS = 8192
+
+
+def open_parquet_file(path: str) -> pq.ParquetFile:
+    """Open a Parquet shard (local, or remote through fsspec) reading only its footer."""
+    try:
+        return pq.ParquetFile(open_input(path) if is_remote(path) else path)
+    except (OSError, pa.ArrowException) as exc:
+        raise SourceError(path, f"not a readable Parquet file ({exc})") from exc
 
 
 class ParquetSource:
     """A LAION / img2dataset / DataComp / COYO style Parquet shard of URLs."""
 
     kind = "parquet"
+    read_batch_rows = READ_BATCH_ROWS
 
-    def __init__(self, path: str, options: SourceOptions) -> None:
+    def __init__(self, path: str, options: SourceOptions, file: pq.ParquetFile | None = None) -> None:
         self.path = path
         self.options = options
-        try:
-            self._file = pq.ParquetFile(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise SourceError(path, f"not a readable Parquet file ({exc})") from exc
-        names = self._file.schema_arrow.names
+        self._file = file or open_parquet_file(path)
+        self._pick_columns(self._file.schema_arrow.names)
+
+    def _pick_columns(self, names: list[str]) -> None:
+        """Find the URL (required), key and extra columns, or fail listing the columns there are."""
+        path, options = self.path, self.options
         self.url_col = pick_column(names, options.url_col, URL_COLUMNS)
         if self.url_col is None:
             wanted = options.url_col or " or ".join(URL_COLUMNS)
@@ -48,7 +59,9 @@ class ParquetSource:
             if size > per_unit:
                 if groups:
                     spans.append(Span(start, row, tuple(groups)))
-                spans.extend(Span(s, min(s + per_unit, row + size), (index,)) for s in range(row, row + size, per_unit))
+                spans.extend(
+                    Span(s, min(s + per_unit, row + size), (index,)) for s in range(row, row + size, per_unit)
+                )
                 row += size
                 start, groups = row, []
                 continue
@@ -63,11 +76,12 @@ class ParquetSource:
 
     def read(self, span: Span) -> Iterator[list[Row]]:
         """Yield the span's rows in batches, reading only its row groups and the columns the scan needs."""
-        columns = list(dict.fromkeys(c for c in (self.url_col, self.key_col, *self.options.extra_cols) if c))
         row = self._first_row(span.row_groups[0]) if span.row_groups else span.start
         try:
             batches = self._file.iter_batches(
-                batch_size=READ_BATCH_ROWS, row_groups=list(span.row_groups), columns=columns
+                batch_size=self.read_batch_rows,
+                row_groups=list(span.row_groups),
+                columns=self._read_columns(),
             )
             for batch in batches:
                 low, high = max(span.start - row, 0), min(span.stop - row, batch.num_rows)
@@ -77,12 +91,15 @@ class ParquetSource:
         except (OSError, pa.ArrowException) as exc:
             raise SourceError(self.path, f"corrupt data near row {row} ({exc})") from exc
 
+    def _read_columns(self) -> list[str]:
+        return list(dict.fromkeys(c for c in (self.url_col, self.key_col, *self.options.extra_cols) if c))
+
     def _first_row(self, group: int) -> int:
         meta = self._file.metadata
         return sum(meta.row_group(i).num_rows for i in range(group))
 
     def _rows(self, batch: pa.RecordBatch, first_row: int) -> list[Row]:
-        urls = batch.column(self.url_col).to_pylist()
+        urls = batch.column(self.url_col).to_pylist() if self.url_col else [None] * batch.num_rows
         keys = batch.column(self.key_col).to_pylist() if self.key_col else [None] * len(urls)
         extras = {c: batch.column(c).to_pylist() for c in self.options.extra_cols}
         return [
