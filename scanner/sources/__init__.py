@@ -7,48 +7,53 @@ import os
 
 from scanner.errors import SourceError
 from scanner.sources.base import Row, Source, SourceOptions, Span
-from scanner.sources.parquet import ParquetSource
+from scanner.sources.folder import FolderSource, directory_inputs, drop_metadata
+from scanner.sources.imagebytes import open_parquet
+from scanner.sources.storage import input_exists, is_remote, remote_glob
 from scanner.sources.text import TextSource
+from scanner.sources.webdataset import WebDatasetSource
 
 TEXT_KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
-KNOWN_SUFFIXES = (".parquet", *TEXT_KINDS)
+KNOWN_SUFFIXES = (".parquet", ".tar", *TEXT_KINDS)
 
 __all__ = ["Row", "Source", "SourceOptions", "Span", "expand_inputs", "open_source"]
 
 
 def open_source(path: str, options: SourceOptions) -> Source:
-    """Open one shard by its suffix; unknown suffixes are an error naming the file."""
+    """Open one shard by its suffix, or a local directory as a folder of images; unknown suffixes fail."""
     suffix = os.path.splitext(path)[1].lower()
-    if not os.path.isfile(path):
+    if not is_remote(path) and os.path.isdir(path):
+        return FolderSource(path, options)
+    if not input_exists(path):
         raise SourceError(path, "no such file")
     if suffix == ".parquet":
-        return ParquetSource(path, options)
+        return open_parquet(path, options)
+    if suffix == ".tar":
+        return WebDatasetSource(path, options)
     if suffix in TEXT_KINDS:
+        if is_remote(path):
+            raise SourceError(path, "remote URL lists are not supported: copy the list to a local file")
         return TextSource(path, TEXT_KINDS[suffix], options)
     raise SourceError(path, f"unknown shard type {suffix!r}; expected one of {', '.join(KNOWN_SUFFIXES)}")
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Turn files, directories and globs into a sorted, de-duplicated list of shard paths."""
+    """Turn files, directories and globs into a sorted, de-duplicated list of shard paths.
+
+    A directory expands to the shards it holds, or stays one input when it is a tree of images; remote URLs
+    (fsspec) are kept as given, their globs expanded.
+    """
     paths: list[str] = []
     for item in inputs:
-        if os.path.isdir(item):
-            paths.extend(_shards_in(item))
+        if is_remote(item):
+            paths.extend(drop_metadata(remote_glob(item)) if glob.has_magic(item) else [item])
+        elif os.path.isdir(item):
+            paths.extend(directory_inputs(item, KNOWN_SUFFIXES))
         elif glob.has_magic(item):
             matched = sorted(glob.glob(item, recursive=True))
             if not matched:
                 raise SourceError(item, "pattern matches no file")
-            paths.extend(m for m in matched if os.path.isfile(m))
+            paths.extend(drop_metadata([m for m in matched if os.path.isfile(m)]))
         else:
             paths.append(item)
-    return list(dict.fromkeys(os.path.abspath(p) for p in paths))
-
-
-def _shards_in(directory: str) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        found.extend(os.path.join(root, f) for f in sorted(files) if f.lower().endswith(KNOWN_SUFFIXES))
-    if not found:
-        raise SourceError(directory, f"directory holds no shard ({', '.join(KNOWN_SUFFIXES)})")
-    return found
+    return list(dict.fromkeys(p if is_remote(p) else os.path.abspath(p) for p in paths))

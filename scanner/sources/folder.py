@@ -1,0 +1,145 @@
+"""Directories of image files, and how a directory given as input is read: as shards, or as one folder.
+
+Every file whose first bytes sniff as an image, or whose name says it is one, is a row (recursively, sorted,
+symlinked directories not followed): a `.jpg` that is an HTML error page is reported `invalid`, not skipped.
+Other files (README, captions, JSON) are skipped and counted. A file that cannot be read is a row too,
+`invalid` with `unreadable_file`, so nothing goes unchecked silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+from scanner.errors import SourceError
+from scanner.hashing import sniff_format
+from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, Span, cell_to_str, pick_column
+from scanner.sources.webdataset import IMAGE_EXTENSIONS, SIDECAR_MAX_BYTES
+
+SNIFF_BYTES = 256
+READ_BATCH_ROWS = 16
+
+
+class FolderSource:
+    """A directory tree of image files: one shard, spans are runs of its sorted image paths."""
+
+    kind = "folder"
+
+    def __init__(self, path: str, options: SourceOptions) -> None:
+        self.path = path
+        self.options = options
+        self.images: list[str] = []
+        self.other_files = 0
+        for relative in walk_files(path):
+            if extension(relative) in IMAGE_EXTENSIONS or sniffs_as_image(os.path.join(path, relative)):
+                self.images.append(relative)
+            else:
+                self.other_files += 1
+        self.images.sort()
+        if not self.images:
+            raise SourceError(
+                path, f"no dataset shard and no image in the directory ({self.other_files} files)"
+            )
+
+    def spans(self) -> list[Span]:
+        per_unit = self.options.rows_per_unit
+        return [Span(s, min(s + per_unit, len(self.images))) for s in range(0, len(self.images), per_unit)]
+
+    def read(self, span: Span) -> Iterator[list[Row]]:
+        """Yield the span's files as rows in small batches, each file read whole into memory."""
+        for start in range(span.start, span.stop, READ_BATCH_ROWS):
+            yield [self._row(i) for i in range(start, min(start + READ_BATCH_ROWS, span.stop))]
+
+    def _row(self, index: int) -> Row:
+        relative = self.images[index]
+        full = os.path.join(self.path, relative)
+        meta = sidecar(os.path.splitext(full)[0] + ".json")
+        url = cell_to_str(meta.get(pick_column(list(meta), self.options.url_col, URL_COLUMNS) or ""))
+        key = cell_to_str(meta.get(pick_column(list(meta), self.options.key_col, KEY_COLUMNS) or ""))
+        row = Row(self.path, index, url, key or os.path.splitext(relative)[0], member=relative)
+        row.columns = {c: meta.get(c) for c in self.options.extra_cols}
+        row.body, row.error = read_file(full, self.options.max_member_bytes)
+        return row
+
+
+def walk_files(directory: str) -> Iterator[str]:
+    """Relative paths (with `/`) of every file under a directory; an unreadable directory fails."""
+
+    def fail(error: OSError) -> None:
+        raise SourceError(error.filename or directory, f"cannot list directory ({error.strerror})")
+
+    for root, _dirs, files in os.walk(directory, onerror=fail):
+        for name in files:
+            yield os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
+
+
+def sniffs_as_image(path: str) -> bool:
+    """Sniff the first bytes; an unreadable file counts as an image, so it is reported, not skipped."""
+    try:
+        with open(path, "rb") as handle:
+            return sniff_format(handle.read(SNIFF_BYTES)) is not None
+    except OSError:
+        return True
+
+
+def read_file(path: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """A file's bytes, or why they are not read: too large, or unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            body = handle.read(max_bytes + 1)
+    except OSError:
+        return None, "unreadable_file"
+    return (None, "member_too_large") if len(body) > max_bytes else (body, None)
+
+
+def sidecar(path: str) -> dict[str, object]:
+    """An image's `.json` metadata beside it (img2dataset's `files` layout), or {}."""
+    try:
+        if os.path.getsize(path) > SIDECAR_MAX_BYTES:
+            return {}
+        with open(path, "rb") as handle:
+            value = json.loads(handle.read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def directory_inputs(directory: str, shard_suffixes: tuple[str, ...]) -> list[str]:
+    """The shards a directory tree holds, or the directory itself when it is a tree of images.
+
+    A directory holding image files is image data: its `.txt`/`.json` files are captions and metadata, not
+    URL lists. A `.parquet` beside a same-named `.tar` or directory is img2dataset's metadata for those
+    samples, not a list to fetch. Shards and images in one tree are ambiguous: refused, not half-scanned.
+    """
+    shards: list[str] = []
+    image_dir: str | None = None
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        if any(extension(name) in IMAGE_EXTENSIONS for name in files):
+            image_dir = image_dir or root
+            continue
+        shards.extend(
+            os.path.join(root, name) for name in sorted(files) if name.lower().endswith(shard_suffixes)
+        )
+    shards = drop_metadata(shards)
+    if shards and image_dir is not None:
+        raise SourceError(
+            directory, f"holds dataset shards and image files (in {image_dir}); give them separately"
+        )
+    return shards or [directory]
+
+
+def drop_metadata(paths: list[str]) -> list[str]:
+    """Leave out each `X.parquet` beside an `X.tar` or a directory `X/`: img2dataset's sample record."""
+    present = set(paths)
+
+    def is_metadata(path: str) -> bool:
+        stem = path.removesuffix(".parquet")
+        return stem != path and (f"{stem}.tar" in present or os.path.isdir(stem))
+
+    return [p for p in paths if not is_metadata(p)]
+
+
+def extension(name: str) -> str:
+    return name.rpartition(".")[2].lower() if "." in name else ""

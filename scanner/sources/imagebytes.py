@@ -1,0 +1,104 @@
+"""Parquet shards that embed the images: Hugging Face `image` structs and img2dataset `jpg`/`png` columns.
+
+Rows carry the bytes in memory (no fetch); `url` and `key` are filled where the shard has such columns.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scanner.errors import SourceError
+from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, cell_to_str, pick_column
+from scanner.sources.parquet import ParquetSource, open_parquet_file
+
+BINARY_IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image", "img")
+# Images are large: a small batch keeps the decoded rows waiting for the pipeline to a few MB.
+IMAGE_BATCH_ROWS = 32
+
+
+def open_parquet(path: str, options: SourceOptions) -> ParquetSource:
+    """A Parquet shard of embedded images when it has an image column (named or detected), else of URLs."""
+    file = open_parquet_file(path)
+    column = image_column(path, file.schema_arrow, options.image_col)
+    if column is None:
+        return ParquetSource(path, options, file)
+    return ImageParquetSource(path, options, file, column)
+
+
+def image_column(path: str, schema: pa.Schema, wanted: str | None) -> str | None:
+    """The named image column, or the one column that holds image bytes; several candidates must be named."""
+    if wanted is not None:
+        if wanted not in schema.names:
+            raise SourceError(path, f"no image column {wanted!r}; columns are: {', '.join(schema.names)}")
+        if not holds_bytes(schema.field(wanted).type):
+            raise SourceError(
+                path, f"column {wanted!r} is {schema.field(wanted).type}, not binary or an image"
+            )
+        return wanted
+    structs = [f.name for f in schema if is_image_struct(f.type)]
+    binaries = [f.name for f in schema if f.name.lower() in BINARY_IMAGE_COLUMNS and is_binary(f.type)]
+    found = structs + binaries
+    if len(found) > 1:
+        raise SourceError(path, f"several image columns ({', '.join(found)}); choose one with --image-col")
+    return found[0] if found else None
+
+
+def is_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+def is_image_struct(kind: pa.DataType) -> bool:
+    """The Hugging Face `Image` feature: struct<bytes: binary, path: string>."""
+    if not pa.types.is_struct(kind) or kind.get_field_index("bytes") < 0:
+        return False
+    return is_binary(kind.field("bytes").type)
+
+
+def holds_bytes(kind: pa.DataType) -> bool:
+    return is_binary(kind) or is_image_struct(kind)
+
+
+class ImageParquetSource(ParquetSource):
+    """A Parquet shard whose rows embed the image: spans and row-group reading as for URL shards."""
+
+    kind = "parquet-images"
+    read_batch_rows = IMAGE_BATCH_ROWS
+
+    def __init__(self, path: str, options: SourceOptions, file: pq.ParquetFile, column: str) -> None:
+        self.image_col = column
+        super().__init__(path, options, file)
+
+    def _pick_columns(self, names: list[str]) -> None:
+        """URL and key columns are optional here: the bytes are the row."""
+        self.url_col = pick_column(names, self.options.url_col, URL_COLUMNS)
+        self.key_col = pick_column(names, self.options.key_col, KEY_COLUMNS)
+        for wanted, found in ((self.options.url_col, self.url_col), (self.options.key_col, self.key_col)):
+            if wanted is not None and found is None:
+                raise SourceError(self.path, f"no column {wanted!r}; columns are: {', '.join(names)}")
+        missing = [c for c in self.options.extra_cols if c not in names]
+        if missing:
+            raise SourceError(self.path, f"no column {', '.join(missing)}; columns are: {', '.join(names)}")
+
+    def _read_columns(self) -> list[str]:
+        return list(dict.fromkeys([self.image_col, *super()._read_columns()]))
+
+    def _rows(self, batch: pa.RecordBatch, first_row: int) -> list[Row]:
+        rows = super()._rows(batch, first_row)
+        for row, cell in zip(rows, batch.column(self.image_col).to_pylist(), strict=True):
+            body, row.member = cell_parts(cell)
+            if body is None:
+                row.error = "no_image_bytes"
+            elif len(body) > self.options.max_member_bytes:
+                row.error = "member_too_large"
+            else:
+                row.body = body
+        return rows
+
+
+def cell_parts(cell: object) -> tuple[bytes | None, str | None]:
+    """The image bytes and original file name of one cell (a struct's `path`, when it has one)."""
+    if isinstance(cell, dict):
+        body, name = cell.get("bytes"), cell_to_str(cell.get("path"))
+        return (body or None), name
+    return (cell or None), None

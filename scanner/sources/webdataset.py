@@ -1,0 +1,253 @@
+"""WebDataset tar shards (img2dataset output), read member by member into memory and never extracted.
+
+Members are grouped into samples by key (directory plus file name up to its first dot, as WebDataset does);
+each image member (by extension) is one row, with `url` and `key` from the sample's `.json` sidecar where it
+has them. A sample without an image member is one `invalid` row (`no_image_member`). Damage is one `invalid`
+row where it is and the walk resynchronises on the next valid header: `corrupt_member` for a stretch that is
+not a valid header, `truncated_tar` for data or an end-of-archive marker cut short by the end of the file.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from scanner.errors import SourceError
+from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, Span, cell_to_str, pick_column
+from scanner.sources.storage import input_size, open_input
+
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
+SIDECAR_MAX_BYTES = 1024 * 1024
+BLOCK = tarfile.BLOCKSIZE
+ZERO_CHUNK = 1024 * 1024
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """A stretch of the archive that cannot be read as members."""
+
+    reason: str
+    offset: int
+    member: str | None = None
+
+
+@dataclass(slots=True)
+class Sample:
+    """Consecutive regular members that share a key, or one damaged stretch; `offset` is where it starts."""
+
+    offset: int
+    key: str | None
+    members: list[tarfile.TarInfo] = field(default_factory=list)
+    damage: Damage | None = None
+
+    @property
+    def images(self) -> list[tarfile.TarInfo]:
+        return [m for m in self.members if extension(m.name) in IMAGE_EXTENSIONS]
+
+    @property
+    def rows(self) -> int:
+        return max(len(self.images), 1)
+
+
+def sample_key(name: str) -> str:
+    """WebDataset's key: the member's directory and file name up to the first dot (leading dots kept)."""
+    directory, base = posixpath.split(name)
+    head = base.lstrip(".")
+    stem = base[: len(base) - len(head)] + head.partition(".")[0]
+    return posixpath.join(directory, stem)
+
+
+def extension(name: str) -> str:
+    """The last extension of a member name, lower-cased."""
+    base = posixpath.basename(name)
+    return base.rpartition(".")[2].lower() if "." in base.lstrip(".") else ""
+
+
+class WebDatasetSource:
+    """A `.tar` shard of samples; spans are runs of whole samples, located by their byte offset."""
+
+    kind = "webdataset"
+
+    def __init__(self, path: str, options: SourceOptions) -> None:
+        self.path = path
+        self.options = options
+        self.size = input_size(path)
+        if self.size == 0:
+            raise SourceError(path, "empty file: not a tar archive")
+        with open_input(path) as handle:
+            head = handle.read(8)
+        for magic, name in COMPRESSION_MAGIC.items():
+            if head.startswith(magic):
+                raise SourceError(
+                    path, f"{name}-compressed: decompress it first (members are read by seeking)"
+                )
+
+    def spans(self) -> list[Span]:
+        """Walk the headers once (no member data is read) and cut spans of about rows_per_unit rows."""
+        spans: list[Span] = []
+        start = rows = 0
+        offset: int | None = None
+        sample: Sample | None = None
+        with open_input(self.path) as handle:
+            for sample in self._samples(handle, 0):
+                if offset is None:
+                    offset = sample.offset
+                rows += sample.rows
+                if rows - start >= self.options.rows_per_unit:
+                    spans.append(Span(start, rows, offset=offset))
+                    start, offset = rows, None
+        if offset is not None:
+            spans.append(Span(start, rows, offset=offset))
+        if rows == 1 and sample is not None and sample.damage is not None and sample.damage.member is None:
+            raise SourceError(self.path, "not a tar archive (no valid member header)")
+        return spans
+
+    def read(self, span: Span) -> Iterator[list[Row]]:
+        """Yield the span's rows one sample at a time, so at most one sample's images are held here."""
+        row = span.start
+        with open_input(self.path) as handle:
+            for sample in self._samples(handle, span.offset):
+                if row >= span.stop:
+                    return
+                batch = self._rows(handle, sample, row)
+                row += len(batch)
+                yield batch
+
+    def _samples(self, handle: BinaryIO, start: int) -> Iterator[Sample]:
+        """Group the walk's regular members into samples; damage is a sample of its own."""
+        current: Sample | None = None
+        for item in walk(handle, start, self.size, self.path):
+            if isinstance(item, Damage):
+                if current is not None:
+                    yield current
+                    current = None
+                yield Sample(item.offset, None, damage=item)
+                continue
+            if not item.isreg():
+                continue
+            key = sample_key(item.name)
+            if current is None or current.key != key:
+                if current is not None:
+                    yield current
+                current = Sample(item.offset, key)
+            current.members.append(item)
+        if current is not None:
+            yield current
+
+    def _rows(self, handle: BinaryIO, sample: Sample, first_row: int) -> list[Row]:
+        damage = sample.damage
+        if damage is not None:
+            return [Row(self.path, first_row, None, None, member=damage.member, error=damage.reason)]
+        images = sample.images
+        if not images:
+            first = sample.members[0].name
+            return [Row(self.path, first_row, None, sample.key, member=first, error="no_image_member")]
+        url, key, columns = sidecar_fields(self._sidecar(handle, sample), self.options)
+        rows = []
+        for index, member in enumerate(images):
+            row = Row(self.path, first_row + index, url, key or sample.key, dict(columns), member=member.name)
+            row.body, row.error = self._body(handle, member)
+            rows.append(row)
+        return rows
+
+    def _body(self, handle: BinaryIO, member: tarfile.TarInfo) -> tuple[bytes | None, str | None]:
+        """An image member's bytes, or why they are not read: too large, or cut short by the file's end."""
+        if member.size > self.options.max_member_bytes:
+            return None, "member_too_large"
+        body = read_member(handle, member)
+        return (body, None) if len(body) == member.size else (None, "truncated_tar")
+
+    def _sidecar(self, handle: BinaryIO, sample: Sample) -> dict[str, object]:
+        """The sample's `.json` metadata, or {} when it has none that is a small JSON object."""
+        meta = next((m for m in sample.members if m.name.lower() == f"{sample.key}.json".lower()), None)
+        if meta is None or meta.size > SIDECAR_MAX_BYTES:
+            return {}
+        try:
+            value = json.loads(read_member(handle, meta))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+def sidecar_fields(meta: dict[str, object], options: SourceOptions) -> tuple[str | None, str | None, dict]:
+    """The URL, key and extra columns a sample's metadata gives (img2dataset writes `url` and `key`)."""
+    url_field = pick_column(list(meta), options.url_col, URL_COLUMNS)
+    key_field = pick_column(list(meta), options.key_col, KEY_COLUMNS)
+    url = cell_to_str(meta.get(url_field)) if url_field else None
+    key = cell_to_str(meta.get(key_field)) if key_field else None
+    return url, key, {c: meta.get(c) for c in options.extra_cols}
+
+
+def read_member(handle: BinaryIO, member: tarfile.TarInfo) -> bytes:
+    """A member's bytes, read by seeking to its data (short if the file ends early)."""
+    handle.seek(member.offset_data)
+    return handle.read(member.size)
+
+
+def walk(handle: BinaryIO, start: int, size: int, path: str) -> Iterator[tarfile.TarInfo | Damage]:
+    """Yield the members from byte `start` on, and each damaged stretch once; stop at the first truncation.
+
+    tarfile's ignore_zeros mode steps over zero and invalid blocks one at a time; a jump between where a
+    member should start and where tarfile found it is damage unless the skipped bytes are all zeros.
+    """
+    expected = restart = start
+    reported = False
+    while True:
+        handle.seek(restart)
+        tar: tarfile.TarFile | None = None
+        try:
+            with tarfile.open(fileobj=handle, mode="r:", ignore_zeros=True, errors="replace") as tar:
+                while (member := tar.next()) is not None:
+                    tar.members.clear()  # TarFile keeps every member it has seen; a walk needs none of them
+                    skipped = member.offset > expected and not reported
+                    if skipped and not zeros(handle, expected, member.offset):
+                        yield Damage("corrupt_member", expected)
+                    if member.offset_data + member.size > size:
+                        yield Damage("truncated_tar", member.offset, member.name)
+                        return
+                    yield member
+                    expected, reported = tar.offset, False
+        except tarfile.ReadError:
+            if expected >= size:  # the last member's padding is cut off: tarfile cannot step past it
+                yield Damage("truncated_tar", expected)
+                return
+            # A valid extended header followed by an invalid one: report it and resume one block further on.
+            if not reported:
+                yield Damage("corrupt_member", expected)
+                reported = True
+            restart = max(restart, expected, tar.offset if tar is not None else 0) + BLOCK
+            continue
+        except OSError as exc:
+            raise SourceError(path, f"read failed near byte {expected} ({exc})") from exc
+        break
+    tail = tail_damage(handle, expected, size)
+    if tail is not None and not reported:
+        yield tail
+
+
+def tail_damage(handle: BinaryIO, end: int, size: int) -> Damage | None:
+    """What follows the last member: a proper end-of-archive marker is zeros; nothing or garbage is damage."""
+    if end >= size:
+        return Damage("truncated_tar", end)
+    if zeros(handle, end, size):
+        return None
+    handle.seek(size - BLOCK)
+    ends_with_marker = size - end >= BLOCK and not any(handle.read(BLOCK))
+    return Damage("corrupt_member" if ends_with_marker else "truncated_tar", end)
+
+
+def zeros(handle: BinaryIO, start: int, stop: int) -> bool:
+    """Tell whether the bytes in [start, stop) are all zero, reading in bounded chunks."""
+    handle.seek(start)
+    remaining = stop - start
+    while remaining > 0:
+        chunk = handle.read(min(remaining, ZERO_CHUNK))
+        if not chunk or chunk.count(0) != len(chunk):
+            return False
+        remaining -= len(chunk)
+    return True
