@@ -1,0 +1,369 @@
+"""Already-downloaded corpora: WebDataset tars, Parquet with image bytes, folders of images."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from scanner.errors import SourceError
+from scanner.sources import SourceOptions, expand_inputs, open_source
+
+
+def image_bytes(seed: int, fmt: str = "JPEG") -> bytes:
+    """A small, distinct image encoded in memory."""
+    image = Image.new("RGB", (24, 16), (seed * 37 % 256, seed * 91 % 256, seed * 13 % 256))
+    image.putpixel((seed % 24, seed % 16), (255, 255, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def img2dataset_tar(path, count: int, shard: int = 0) -> dict[str, bytes]:
+    """A shard as img2dataset writes it: per sample `.jpg`, `.txt` and a `.json` with url and key."""
+    images = {}
+    with tarfile.open(path, "w") as tar:
+        for index in range(count):
+            key = f"{shard:05d}{index:04d}"
+            images[f"{key}.jpg"] = image_bytes(index)
+            add_member(tar, f"{key}.jpg", images[f"{key}.jpg"])
+            add_member(tar, f"{key}.txt", f"caption {index}".encode())
+            meta = {"url": f"http://images.test/{index}.jpg", "key": key, "status": "success", "caption": "c"}
+            add_member(tar, f"{key}.json", json.dumps(meta).encode())
+    return images
+
+
+def read_rows(path, **options):
+    source = open_source(str(path), SourceOptions(**options))
+    return [row for span in source.spans() for batch in source.read(span) for row in batch]
+
+
+def summary(rows):
+    return [(r.row, r.key, r.member, r.error) for r in rows]
+
+
+def member_offset(path, name: str) -> tarfile.TarInfo:
+    with tarfile.open(path) as tar:
+        return tar.getmember(name)
+
+
+# WebDataset tars
+
+
+def test_webdataset_rows_carry_bytes_url_key_and_member(tmp_path):
+    path = tmp_path / "00000.tar"
+    images = img2dataset_tar(path, 5)
+    source = open_source(str(path), SourceOptions())
+    rows = read_rows(path)
+    assert source.kind == "webdataset"
+    assert [r.row for r in rows] == list(range(5))
+    assert [r.member for r in rows] == list(images)
+    assert all(r.body == images[r.member] and r.error is None for r in rows)
+    assert [r.url for r in rows] == [f"http://images.test/{i}.jpg" for i in range(5)]
+    assert [r.key for r in rows] == [f"{i:09d}" for i in range(5)]
+    assert all(r.shard == str(path) for r in rows)
+
+
+@pytest.mark.parametrize("per_unit", [1, 2, 3, 7, 1000])
+def test_webdataset_spans_cover_every_sample_once(tmp_path, per_unit):
+    path = tmp_path / "s.tar"
+    images = img2dataset_tar(path, 7)
+    source = open_source(str(path), SourceOptions(rows_per_unit=per_unit))
+    spans = source.spans()
+    assert [s.start for s in spans] == [0, *(s.stop for s in spans[:-1])]
+    assert spans[-1].stop == 7 and all(s.rows >= 1 for s in spans)
+    # Each span read on its own (as a resumed or distributed unit would be) yields exactly its rows.
+    by_span = [[r for batch in source.read(span) for r in batch] for span in reversed(spans)]
+    rows = sorted((r for rows in by_span for r in rows), key=lambda r: r.row)
+    assert [r.row for r in rows] == list(range(7))
+    assert [r.member for r in rows] == list(images)
+    assert all(r.body == images[r.member] for r in rows)
+
+
+def test_samples_without_image_several_images_nested_names_and_no_sidecar(tmp_path):
+    path = tmp_path / "mixed.tar"
+    first, second, mask = image_bytes(1), image_bytes(2, "PNG"), image_bytes(3, "PNG")
+    with tarfile.open(path, "w") as tar:
+        add_member(tar, "part/a.jpg", first)
+        add_member(tar, "part/b.txt", b"caption only")
+        add_member(tar, "part/b.json", json.dumps({"url": "http://x.test/b", "key": "b"}).encode())
+        add_member(tar, "part/c.png", second)
+        add_member(tar, "part/c.seg.png", mask)
+        add_member(tar, "part/c.json", json.dumps({"url": "http://x.test/c", "key": "kc"}).encode())
+    rows = read_rows(path)
+    assert summary(rows) == [
+        (0, "part/a", "part/a.jpg", None),
+        (1, "part/b", "part/b.txt", "no_image_member"),
+        (2, "kc", "part/c.png", None),
+        (3, "kc", "part/c.seg.png", None),
+    ]
+    assert [r.url for r in rows] == [None, None, "http://x.test/c", "http://x.test/c"]
+    assert [r.body for r in rows] == [first, None, second, mask]
+
+
+def test_garbage_with_an_image_name_is_read_for_hashing_to_judge(tmp_path):
+    path = tmp_path / "g.tar"
+    with tarfile.open(path, "w") as tar:
+        add_member(tar, "1.jpg", b"<html>not found</html>")
+    (row,) = read_rows(path)
+    assert row.body == b"<html>not found</html>" and row.error is None
+
+
+def test_long_names_in_pax_headers_are_members_not_damage(tmp_path):
+    path = tmp_path / "pax.tar"
+    name = "d" * 120 + "/sample.jpg"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        add_member(tar, name, image_bytes(4))
+        add_member(tar, "z" * 150 + ".jpg", image_bytes(5))
+    assert summary(read_rows(path)) == [(0, name[:-4], name, None), (1, "z" * 150, "z" * 150 + ".jpg", None)]
+
+
+def test_corrupt_member_header_is_one_row_and_the_walk_goes_on(tmp_path):
+    path = tmp_path / "c.tar"
+    images = img2dataset_tar(path, 6)
+    broken = member_offset(path, "000000003.jpg")
+    data = bytearray(path.read_bytes())
+    data[broken.offset : broken.offset + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    expected = [
+        *((i, f"00000000{i}", f"00000000{i}.jpg", None) for i in range(3)),
+        (3, None, None, "corrupt_member"),
+        (4, "000000003", "000000003.txt", "no_image_member"),
+        *((i + 1, f"00000000{i}", f"00000000{i}.jpg", None) for i in range(4, 6)),
+    ]
+    for per_unit in (1, 2, 1000):
+        rows = read_rows(path, rows_per_unit=per_unit)
+        assert summary(rows) == expected
+        assert all(r.body == images[r.member] for r in rows if r.error is None)
+
+
+def test_damaged_data_before_the_end_marker_is_corrupt_member(tmp_path):
+    path = tmp_path / "tail.tar"
+    img2dataset_tar(path, 2)
+    last = member_offset(path, "000000001.json")
+    data = bytearray(path.read_bytes())
+    data[last.offset : last.offset + 512] = b"\x01" * 512
+    path.write_bytes(bytes(data))
+    rows = read_rows(path)
+    assert summary(rows)[-1] == (2, None, None, "corrupt_member")
+    assert [r.member for r in rows[:2]] == ["000000000.jpg", "000000001.jpg"]
+
+
+@pytest.mark.parametrize(
+    "cut, last",
+    [
+        ("inside_image_data", (3, None, "000000003.jpg", "truncated_tar")),
+        ("inside_header", (4, None, None, "truncated_tar")),
+        ("after_member_padding", (4, None, None, "truncated_tar")),
+        ("inside_member_padding", (4, None, None, "truncated_tar")),
+    ],
+)
+def test_truncated_tar_is_one_row_after_the_complete_samples(tmp_path, cut, last):
+    path = tmp_path / "t.tar"
+    img2dataset_tar(path, 5)
+    image = member_offset(path, "000000003.jpg")
+    sidecar = member_offset(path, "000000003.json")
+    end = {
+        "inside_image_data": image.offset_data + image.size // 2,
+        "inside_header": sidecar.offset + sidecar.size + 1024 + 100,
+        "after_member_padding": sidecar.offset_data + 512,
+        "inside_member_padding": sidecar.offset_data + sidecar.size,
+    }[cut]
+    path.write_bytes(path.read_bytes()[:end])
+    for per_unit in (1, 3, 1000):
+        rows = read_rows(path, rows_per_unit=per_unit)
+        assert [r.member for r in rows[:3]] == [f"00000000{i}.jpg" for i in range(3)]
+        assert summary(rows)[-1] == last
+        assert len(rows) == last[0] + 1
+
+
+def test_oversized_member_is_reported_not_read(tmp_path):
+    path = tmp_path / "big.tar"
+    images = img2dataset_tar(path, 2)
+    limit = min(len(b) for b in images.values()) - 1
+    rows = read_rows(path, max_member_bytes=limit)
+    assert [(r.error, r.body) for r in rows] == [("member_too_large", None)] * 2
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty file"),
+        (b"\x1f\x8b\x08\x00" + b"\x00" * 600, "gzip-compressed"),
+        (bytes(range(256)) * 8, "not a tar archive"),
+    ],
+)
+def test_files_that_are_not_tars_are_named_errors(tmp_path, content, message):
+    path = tmp_path / "bad.tar"
+    path.write_bytes(content)
+    with pytest.raises(SourceError, match=rf"bad\.tar: .*{message}"):
+        open_source(str(path), SourceOptions()).spans()
+
+
+# Parquet with embedded images
+
+
+def test_hugging_face_image_struct(tmp_path):
+    path = tmp_path / "hf.parquet"
+    images = [image_bytes(i, "PNG") for i in range(5)]
+    cells = [{"bytes": b, "path": f"img_{i}.png"} for i, b in enumerate(images)]
+    cells += [None, {"bytes": None, "path": "external.png"}]
+    pq.write_table(pa.table({"image": cells, "text": ["caption"] * 7}), path, row_group_size=3)
+    source = open_source(str(path), SourceOptions(rows_per_unit=2))
+    rows = read_rows(path, rows_per_unit=2)
+    assert source.kind == "parquet-images"
+    assert [r.row for r in rows] == list(range(7))
+    assert [r.body for r in rows] == [*images, None, None]
+    assert [r.member for r in rows] == [*(f"img_{i}.png" for i in range(5)), None, "external.png"]
+    assert [r.error for r in rows] == [None] * 5 + ["no_image_bytes"] * 2
+    assert all(r.url is None and r.key is None for r in rows)
+
+
+def test_img2dataset_parquet_with_jpg_column_url_and_key(tmp_path):
+    path = tmp_path / "00000.parquet"
+    images = [image_bytes(i) for i in range(4)]
+    table = pa.table(
+        {"key": [f"k{i}" for i in range(4)], "url": [f"http://u.test/{i}" for i in range(4)], "jpg": images}
+    )
+    pq.write_table(table, path, row_group_size=2)
+    rows = read_rows(path, rows_per_unit=3)
+    assert [(r.row, r.key, r.url) for r in rows] == [(i, f"k{i}", f"http://u.test/{i}") for i in range(4)]
+    assert [r.body for r in rows] == images
+
+
+def test_image_column_choice(tmp_path):
+    path = tmp_path / "two.parquet"
+    table = pa.table({"url": ["http://u.test/a"], "jpg": [image_bytes(1)], "png": [image_bytes(2, "PNG")]})
+    pq.write_table(table, path)
+    with pytest.raises(SourceError, match=r"several image columns \(jpg, png\).*--image-col"):
+        open_source(str(path), SourceOptions())
+    assert [r.body for r in read_rows(path, image_col="png")] == [image_bytes(2, "PNG")]
+    with pytest.raises(SourceError, match="column 'url' is string, not binary"):
+        open_source(str(path), SourceOptions(image_col="url"))
+    with pytest.raises(SourceError, match="no image column 'photo'"):
+        open_source(str(path), SourceOptions(image_col="photo"))
+
+
+def test_url_parquet_is_still_a_url_list(tmp_path):
+    path = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": ["http://u.test/1"], "caption": ["c"]}), path)
+    source = open_source(str(path), SourceOptions())
+    (row,) = read_rows(path)
+    assert source.kind == "parquet" and row.url == "http://u.test/1" and row.body is None
+
+
+# Folders of images
+
+
+def test_folder_rows_sorted_sniffed_and_keyed_by_relative_path(tmp_path):
+    root = tmp_path / "photos"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a.png").write_bytes(image_bytes(1, "PNG"))
+    (root / "b" / "deep" / "no_extension").write_bytes(image_bytes(2))
+    (root / "b" / "deep" / "x.jpg").write_bytes(image_bytes(3))
+    (root / "b" / "deep" / "x.json").write_text(json.dumps({"url": "http://x.test/x.jpg", "key": "000x"}))
+    (root / "b" / "error.jpg").write_bytes(b"<html>403</html>")
+    (root / "README.md").write_text("# photos\n")
+    (root / "b" / "notes.txt").write_text("not an image")
+    source = open_source(str(root), SourceOptions(rows_per_unit=2))
+    rows = read_rows(root, rows_per_unit=2)
+    assert source.kind == "folder" and source.other_files == 3
+    assert [(r.row, r.member, r.key, r.url) for r in rows] == [
+        (0, "a.png", "a", None),
+        (1, "b/deep/no_extension", "b/deep/no_extension", None),
+        (2, "b/deep/x.jpg", "000x", "http://x.test/x.jpg"),
+        (3, "b/error.jpg", "b/error", None),
+    ]
+    assert rows[1].body == image_bytes(2) and rows[3].body == b"<html>403</html>"
+    assert [s.rows for s in source.spans()] == [2, 2]
+
+
+def test_folder_oversized_and_unreadable_files_are_rows(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "big.png").write_bytes(image_bytes(1, "PNG"))
+    (root / "gone.jpg").symlink_to(root / "missing-target.jpg")
+    rows = read_rows(root, max_member_bytes=10)
+    assert [(r.member, r.error, r.body) for r in rows] == [
+        ("big.png", "member_too_large", None),
+        ("gone.jpg", "unreadable_file", None),
+    ]
+
+
+def test_folder_without_images_is_a_named_error(tmp_path):
+    (tmp_path / "README.md").write_text("nothing here")
+    with pytest.raises(SourceError, match="no dataset shard and no image"):
+        open_source(str(tmp_path), SourceOptions())
+
+
+# How directories and globs expand
+
+
+def test_img2dataset_webdataset_output_expands_to_its_tars_only(tmp_path):
+    for shard in range(2):
+        img2dataset_tar(tmp_path / f"{shard:05d}.tar", 1, shard)
+        pq.write_table(pa.table({"url": ["http://u.test/"], "key": ["k"]}), tmp_path / f"{shard:05d}.parquet")
+        (tmp_path / f"{shard:05d}_stats.json").write_text("{}")
+    expected = [str(tmp_path / "00000.tar"), str(tmp_path / "00001.tar")]
+    assert expand_inputs([str(tmp_path)]) == expected
+    assert expand_inputs([str(tmp_path / "0000?.[pt]a*")]) == expected
+
+
+def test_img2dataset_files_output_is_one_folder(tmp_path):
+    sample_dir = tmp_path / "00000"
+    sample_dir.mkdir()
+    (sample_dir / "000000000.jpg").write_bytes(image_bytes(1))
+    (sample_dir / "000000000.txt").write_text("a caption, not a URL list")
+    (sample_dir / "000000000.json").write_text(json.dumps({"url": "http://u.test/0", "key": "000000000"}))
+    pq.write_table(pa.table({"url": ["http://u.test/0"]}), tmp_path / "00000.parquet")
+    assert expand_inputs([str(tmp_path)]) == [str(tmp_path)]
+    (row,) = read_rows(tmp_path)
+    assert (row.member, row.key, row.url) == ("00000/000000000.jpg", "000000000", "http://u.test/0")
+
+
+def test_directory_mixing_shards_and_images_is_refused(tmp_path):
+    img2dataset_tar(tmp_path / "a.tar", 1)
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "p.jpg").write_bytes(image_bytes(1))
+    with pytest.raises(SourceError, match=r"shards and image files .*pics"):
+        expand_inputs([str(tmp_path)])
+
+
+# Remote paths through fsspec (its in-process memory filesystem: no network, no disk)
+
+
+def test_fsspec_tar_and_parquet_read_like_local_files(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    local = tmp_path / "00000.tar"
+    images = img2dataset_tar(local, 3)
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/corpus/00000.tar", local.read_bytes())
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"jpg": [image_bytes(9)]}), buffer)
+    memory.pipe("/corpus/00001.parquet", buffer.getvalue())
+    try:
+        paths = expand_inputs(["memory://corpus/*"])
+        assert paths == ["memory:///corpus/00000.tar", "memory:///corpus/00001.parquet"]
+        rows = read_rows(paths[0], rows_per_unit=2)
+        assert [r.body for r in rows] == list(images.values())
+        assert [r.url for r in rows] == [f"http://images.test/{i}.jpg" for i in range(3)]
+        assert [r.body for r in read_rows(paths[1])] == [image_bytes(9)]
+    finally:
+        memory.rm("/corpus", recursive=True)
+
+
+def test_remote_path_without_its_backend_names_what_to_install():
+    pytest.importorskip("fsspec")
+    with pytest.raises(SourceError, match=r"nosuchscheme://bucket/a\.tar: cannot open remote path"):
+        open_source("nosuchscheme://bucket/a.tar", SourceOptions())
