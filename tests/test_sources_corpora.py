@@ -148,6 +148,41 @@ def test_corrupt_member_header_is_one_row_and_the_walk_goes_on(tmp_path):
         assert all(r.body == images[r.member] for r in rows if r.error is None)
 
 
+def test_damaged_header_after_an_extended_header_is_one_row(tmp_path):
+    path = tmp_path / "pax.tar"
+    long_name = "x" * 150 + ".jpg"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        add_member(tar, "a.jpg", image_bytes(1))
+        add_member(tar, long_name, image_bytes(2))
+        add_member(tar, "c.jpg", image_bytes(3))
+    damaged = member_offset(path, long_name)
+    data = bytearray(path.read_bytes())
+    header_after_pax = damaged.offset_data - tarfile.BLOCKSIZE
+    data[header_after_pax : header_after_pax + 20] = b"\xff" * 20
+    path.write_bytes(bytes(data))
+    for per_unit in (1, 1000):
+        rows = read_rows(path, rows_per_unit=per_unit)
+        assert summary(rows) == [
+            (0, "a", "a.jpg", None),
+            (1, None, None, "corrupt_member"),
+            (2, "c", "c.jpg", None),
+        ]
+        assert rows[2].body == image_bytes(3)
+
+
+def test_directory_and_link_entries_are_not_rows(tmp_path):
+    path = tmp_path / "links.tar"
+    with tarfile.open(path, "w") as tar:
+        folder = tarfile.TarInfo("part")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        add_member(tar, "part/1.jpg", image_bytes(1))
+        link = tarfile.TarInfo("part/2.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "1.jpg"
+        tar.addfile(link)
+    assert summary(read_rows(path)) == [(0, "part/1", "part/1.jpg", None)]
+
+
 def test_damaged_data_before_the_end_marker_is_corrupt_member(tmp_path):
     path = tmp_path / "tail.tar"
     img2dataset_tar(path, 2)
