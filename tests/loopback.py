@@ -88,7 +88,9 @@ class LoopbackServer:
             self._wrap_tls(*tls)
         self.host, self.port = self._httpd.server_address[:2]
         self.scheme = "https" if tls else "http"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.02,), name="loopback", daemon=True
+        )
 
     @property
     def base_url(self) -> str:

@@ -211,6 +211,8 @@ def httpx_failure(exc: BaseException) -> FetchFailure:
 
 def _protocol_failure(message: str) -> FetchFailure:
     message = message.lower()
+    if "location header" in message:  # httpx reads Location even when it does not follow it
+        return FetchFailure("dead", "invalid_redirect")
     if "without sending" in message and "response" in message:
         return FetchFailure("dead", "connection_reset", retryable=True)
     if "incomplete" in message or "complete message body" in message:
