@@ -13,6 +13,7 @@ from PIL import Image
 
 from scanner.errors import SourceError
 from scanner.sources import SourceOptions, expand_inputs, open_source
+from scanner.sources.storage import input_signature
 
 
 def image_bytes(seed: int, fmt: str = "JPEG") -> bytes:
@@ -402,3 +403,19 @@ def test_remote_path_without_its_backend_names_what_to_install():
     pytest.importorskip("fsspec")
     with pytest.raises(SourceError, match=r"nosuchscheme://bucket/a\.tar: cannot open remote path"):
         open_source("nosuchscheme://bucket/a.tar", SourceOptions())
+
+
+def test_input_signature_changes_with_the_content_of_a_folder_or_shard(tmp_path):
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.jpg").write_bytes(image_bytes(1))
+    before = input_signature(str(root))
+    assert input_signature(str(root)) == before and before[0] == 1
+    (root / "sub" / "b.jpg").write_bytes(image_bytes(2))
+    added = input_signature(str(root))
+    assert added[0] == 2 and added != before
+    (root / "sub" / "a.jpg").write_bytes(image_bytes(3) + b"more")
+    assert input_signature(str(root)) not in (before, added)
+    shard = tmp_path / "s.tar"
+    img2dataset_tar(shard, 1)
+    assert input_signature(str(shard))[0] == shard.stat().st_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, BinaryIO
 
@@ -41,6 +42,34 @@ def input_exists(path: str) -> bool:
         return os.path.isfile(path)
     filesystem, inner = _filesystem(path)
     return bool(filesystem.isfile(inner))
+
+
+def input_signature(path: str) -> list[object]:
+    """What changes when a shard's content does, for the resume fingerprint: size and mtime (or ETag);
+    for a folder of images, its file count and a digest of every file's path, size and mtime."""
+    if is_remote(path):
+        filesystem, inner = _filesystem(path)
+        info = filesystem.info(inner)
+        version = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        return [info.get("size"), str(version)]
+    if os.path.isdir(path):
+        return _folder_signature(path)
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _folder_signature(path: str) -> list[object]:
+    entries = []
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                stat = os.stat(full)
+                entries.append(f"{os.path.relpath(full, path)}\0{stat.st_size}\0{stat.st_mtime_ns}")
+            except OSError:
+                entries.append(f"{os.path.relpath(full, path)}\0unreadable")
+    digest = hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape"))
+    return [len(entries), digest.hexdigest()]
 
 
 def remote_glob(pattern: str) -> list[str]:
