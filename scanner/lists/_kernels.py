@@ -1,0 +1,255 @@
+"""Numba kernels for the Hamming index: posting-list construction and multi-index search.
+
+Compiled code is cached next to this module (numba's cache holds machine code, never hashed content).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def popcount(typingctx, x):  # type: ignore[no-untyped-def]
+    """Number of set bits of a uint64, as the CPU's popcnt instruction."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ctpop = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+        return builder.call(ctpop, args)
+
+    return types.int64(types.uint64), codegen
+
+
+@numba.njit(inline="always")
+def chunk_value(row: np.ndarray, start: int, width: int) -> np.uint64:
+    """Bits [start, start + width) of a row of uint64 words, bit 0 being the lowest bit of word 0."""
+    word = start >> 6
+    shift = start & 63
+    value = row[word] >> np.uint64(shift)
+    if shift + width > 64:
+        value |= row[word + 1] << np.uint64(64 - shift)
+    return value & ((np.uint64(1) << np.uint64(width)) - np.uint64(1))
+
+
+@numba.njit(nogil=True, cache=True)
+def build_postings(
+    words: np.ndarray,
+    starts: np.ndarray,
+    widths: np.ndarray,
+    offset_base: np.ndarray,
+    offsets: np.ndarray,
+    postings: np.ndarray,
+) -> None:
+    """Counting-sort every entry by each chunk's value into offsets (per chunk, 2**width + 1) and postings."""
+    n = words.shape[0]
+    for c in range(len(starts)):
+        base = offset_base[c]
+        for i in range(n):
+            offsets[base + 1 + np.int64(chunk_value(words[i], starts[c], widths[c]))] += 1
+        for v in range(1, offset_base[c + 1] - base):
+            offsets[base + v] += offsets[base + v - 1]
+        fill = offsets[base : offset_base[c + 1]].copy()
+        for i in range(n):
+            v = np.int64(chunk_value(words[i], starts[c], widths[c]))
+            postings[c * n + fill[v]] = i
+            fill[v] += 1
+
+
+@intrinsic
+def prefetch(typingctx, array, index):  # type: ignore[no-untyped-def]
+    """Hint the CPU to start loading array.flat[index]: lets independent cache misses overlap."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+        llvm_prefetch = builder.module.declare_intrinsic("llvm.prefetch", [byte_pointer], function_type)
+        address = builder.bitcast(builder.gep(data, [args[1]]), byte_pointer)
+        # read access, keep in all cache levels, data (not instruction) cache
+        builder.call(llvm_prefetch, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.int64), codegen
+
+
+@numba.njit(inline="always")
+def _gather_buckets(query, n, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, ahead, stride):  # type: ignore[no-untyped-def]
+    """Fill buckets (rows lo, hi, chunk) with the non-empty posting ranges a query probes.
+
+    Prefetches ahead.flat[lo * stride] for each, the first thing the next pass reads.
+
+    Returns (bucket count, total postings in them).
+    """
+    count = 0
+    total = 0
+    for c in range(len(starts)):
+        value = chunk_value(query, starts[c], widths[c])
+        for m in range(mask_ptr[c], mask_ptr[c + 1]):
+            probe = offset_base[c] + np.int64(value ^ masks[m])
+            lo = np.int64(offsets[probe]) + c * n
+            hi = np.int64(offsets[probe + 1]) + c * n
+            if hi > lo:
+                buckets[count, 0] = lo
+                buckets[count, 1] = hi
+                buckets[count, 2] = c
+                count += 1
+                total += hi - lo
+                prefetch(ahead, lo * stride)
+    return count, total
+
+
+@numba.njit(inline="always")
+def _found_earlier(
+    xor: np.ndarray, c: int, starts: np.ndarray, widths: np.ndarray, radii: np.ndarray
+) -> bool:
+    """Whether a chunk before c is within its radius, so that chunk already reported this entry."""
+    for earlier in range(c):
+        if popcount(chunk_value(xor, starts[earlier], widths[earlier])) <= radii[earlier]:
+            return True
+    return False
+
+
+@numba.njit(nogil=True, cache=True)
+def mih_search(
+    queries: np.ndarray,
+    first_query: int,
+    out_query: np.ndarray,
+    out_entry: np.ndarray,
+    out_distance: np.ndarray,
+    words: np.ndarray,
+    offsets: np.ndarray,
+    postings: np.ndarray,
+    offset_base: np.ndarray,
+    starts: np.ndarray,
+    widths: np.ndarray,
+    radii: np.ndarray,
+    masks: np.ndarray,
+    mask_ptr: np.ndarray,
+    threshold: int,
+) -> tuple[int, int]:
+    """Search queries from first_query on until the output is full: (next query, rows written).
+
+    Postings hold entry numbers; keys are read from words. Per query, three passes over small buffers
+    (buckets, then candidates, then distances) rather than one nested loop, so the cache misses of each
+    pass are independent and prefetched instead of serialised. Each match is written once, by the first
+    chunk within its radius; a query's rows are written whole or not at all, so the caller can grow the
+    output and resume at the returned query.
+    """
+    n, n_words = words.shape
+    written = 0
+    buckets = np.empty((len(masks), 3), dtype=np.int64)
+    candidates = np.empty((4096, 2), dtype=np.int64)
+    xor = np.empty(n_words, dtype=np.uint64)
+    for q in range(first_query, queries.shape[0]):
+        query = queries[q]
+        count, total = _gather_buckets(
+            query, n, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, postings, 1
+        )
+        if total > len(candidates):
+            candidates = np.empty((2 * total, 2), dtype=np.int64)
+        found = 0
+        for b in range(count):
+            for p in range(buckets[b, 0], buckets[b, 1]):
+                entry = np.int64(postings[p])
+                prefetch(words, entry * n_words)
+                candidates[found, 0] = entry
+                candidates[found, 1] = buckets[b, 2]
+                found += 1
+        query_start = written
+        for i in range(found):
+            entry = candidates[i, 0]
+            distance = 0
+            for w in range(n_words):
+                distance += popcount(query[w] ^ words[entry, w])
+            if distance > threshold:
+                continue
+            for w in range(n_words):
+                xor[w] = query[w] ^ words[entry, w]
+            if _found_earlier(xor, candidates[i, 1], starts, widths, radii):
+                continue
+            if written == len(out_query):
+                return q, query_start
+            out_query[written] = q
+            out_entry[written] = entry
+            out_distance[written] = distance
+            written += 1
+    return queries.shape[0], written
+
+
+@numba.njit(nogil=True, cache=True)
+def mih_search_embedded(
+    queries: np.ndarray,
+    first_query: int,
+    out_query: np.ndarray,
+    out_entry: np.ndarray,
+    out_distance: np.ndarray,
+    posted_words: np.ndarray,
+    offsets: np.ndarray,
+    postings: np.ndarray,
+    offset_base: np.ndarray,
+    starts: np.ndarray,
+    widths: np.ndarray,
+    radii: np.ndarray,
+    masks: np.ndarray,
+    mask_ptr: np.ndarray,
+    threshold: int,
+) -> tuple[int, int]:
+    """As mih_search, for postings that carry each entry's key beside its number (posted_words[p]).
+
+    Candidates are then verified where they lie, in sequence, with no random read of the key.
+    """
+    n = len(postings) // len(starts)
+    n_words = posted_words.shape[1]
+    written = 0
+    buckets = np.empty((len(masks), 3), dtype=np.int64)
+    xor = np.empty(n_words, dtype=np.uint64)
+    for q in range(first_query, queries.shape[0]):
+        query = queries[q]
+        count, _ = _gather_buckets(
+            query, n, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, posted_words, n_words
+        )
+        query_start = written
+        for b in range(count):
+            for p in range(buckets[b, 0], buckets[b, 1]):
+                distance = 0
+                for w in range(n_words):
+                    distance += popcount(query[w] ^ posted_words[p, w])
+                if distance > threshold:
+                    continue
+                for w in range(n_words):
+                    xor[w] = query[w] ^ posted_words[p, w]
+                if _found_earlier(xor, buckets[b, 2], starts, widths, radii):
+                    continue
+                if written == len(out_query):
+                    return q, query_start
+                out_query[written] = q
+                out_entry[written] = postings[p]
+                out_distance[written] = distance
+                written += 1
+    return queries.shape[0], written
+
+
+def collect(
+    kernel: Callable[..., tuple[int, int]], queries: np.ndarray, *args: object
+) -> tuple[np.ndarray, ...]:
+    """Run a resumable search kernel over all queries, growing the output buffers until everything fits."""
+    capacity = max(1024, 4 * len(queries))
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    first = 0
+    while True:
+        out = (np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.int32))
+        first, written = kernel(queries, first, *out, *args)
+        parts.append(tuple(a[:written] for a in out))
+        if first == len(queries):
+            break
+        if written == 0:
+            capacity *= 4
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))

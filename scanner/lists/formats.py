@@ -1,0 +1,321 @@
+"""Hash list file formats: one small reader per format, picked by sniffing the first line.
+
+A reader turns file text into a RawList (hash text, type, id, category and extra columns per row, with
+line numbers); hashlist.py decodes and checks the hashes. Adding a format is one class here and a line
+in FORMATS. Every reader works on whole columns (pyarrow), never a Python loop per line.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from scanner.lists.hashtypes import HASH_TYPES
+
+
+class FormatError(ValueError):
+    """A list that does not fit its format; line is 1-based, or None for the file as a whole."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ListText:
+    """A list file's bytes (UTF-8 checked, BOM removed) split into lines."""
+
+    data: bytes
+    lines: pa.Array  # every line, without its line break
+    first_line: str  # the first line that is neither blank nor a comment ("" if none)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ListText:
+        """Split checked UTF-8 bytes into lines (a vectorised split, no Python string per line)."""
+        whole = pa.array([data], pa.large_binary()).cast(pa.large_string())
+        lines = pc.utf8_rtrim(pc.split_pattern(whole, "\n").flatten(), "\r")
+        kept = _content_mask(lines)
+        first = np.flatnonzero(kept.to_numpy(zero_copy_only=False))
+        first_line = str(lines[int(first[0])].as_py()).strip() if len(first) else ""
+        return cls(data, lines, first_line)
+
+
+def _content_mask(lines: pa.Array) -> pa.Array:
+    """Lines that are neither blank nor '#' comments."""
+    trimmed = pc.utf8_trim_whitespace(lines)
+    return pc.and_(pc.not_equal(trimmed, ""), pc.invert(pc.starts_with(trimmed, "#")))
+
+
+@dataclass(frozen=True, slots=True)
+class RawList:
+    """A list's rows before their hashes are decoded: all columns as text, with the line of each row."""
+
+    hashes: pa.Array
+    types: pa.Array | str  # one type name per row, or one for every row
+    lines: np.ndarray  # 1-based line number of each row
+    ids: pa.Array | None = None
+    categories: pa.Array | None = None
+    metadata: pa.Table | None = None
+
+
+class ListFormat(ABC):
+    """A list file format: recognises its first line and reads a whole file into a RawList."""
+
+    name: ClassVar[str]
+    typed: ClassVar[bool] = False  # rows name their own hash type (a TYPE: prefix is then refused)
+
+    @classmethod
+    @abstractmethod
+    def sniff(cls, first_line: str, hash_type: str | None) -> bool:
+        """Whether a file whose first content line is first_line is in this format."""
+
+    @abstractmethod
+    def read(self, text: ListText, hash_type: str | None) -> RawList:
+        """All rows of the file; raises FormatError naming the line of the first malformed one."""
+
+
+class CsvFormat(ListFormat):
+    """A CSV with a header naming a type column and a hash column; other columns become metadata."""
+
+    typed = True
+    roles: ClassVar[Mapping[str, tuple[str, ...]]]  # role -> accepted header names (lower case)
+    type_names: ClassVar[Mapping[str, str]]  # type column value (lower case) -> hash type
+
+    @classmethod
+    def sniff(cls, first_line: str, hash_type: str | None) -> bool:
+        found = cls._roles_of(_header(first_line))
+        return "type" in found.values() and "hash" in found.values()
+
+    @classmethod
+    def _roles_of(cls, header: list[str]) -> dict[str, str]:
+        """Header name -> role, for the columns this format recognises."""
+        roles = {}
+        for name in header:
+            for role, accepted in cls.roles.items():
+                if name.strip().lower() in accepted and role not in roles.values():
+                    roles[name] = role
+        return roles
+
+    def read(self, text: ListText, hash_type: str | None) -> RawList:
+        header = _header(text.first_line)
+        if len(set(header)) != len(header):
+            raise FormatError(
+                f"the header repeats a column name: {text.first_line!r}", _content_lines(text)[0]
+            )
+        table = _read_csv(text, header)
+        roles = self._roles_of(header)
+        column = {role: table.column(name).combine_chunks() for name, role in roles.items()}
+        lines = _content_lines(text)[1:]
+        extra = [name for name in header if name not in roles]
+        return RawList(
+            hashes=pc.utf8_trim_whitespace(column["hash"]),
+            types=_hash_types(column["type"], self.type_names, lines),
+            lines=lines,
+            ids=_optional(column.get("id")),
+            categories=_optional(column.get("category")),
+            metadata=table.select(extra) if extra else None,
+        )
+
+
+class CanonicalCsv(CsvFormat):
+    """The scanner's own CSV: `hash_type,hash` and optional `id,category`, with any hash type."""
+
+    name = "csv"
+    roles: ClassVar = {"type": ("hash_type",), "hash": ("hash",), "id": ("id",), "category": ("category",)}
+    type_names: ClassVar = {name: name for name in HASH_TYPES}
+
+
+class NcmecCsv(CsvFormat):
+    """Hash-sharing exports (NCMEC style): liberal in column names, strict in type values."""
+
+    name = "ncmec-csv"
+    roles: ClassVar = {
+        "type": ("hash_type", "type", "algorithm", "hash_algorithm", "hashtype", "hash type"),
+        "hash": ("hash", "hash_value", "hashvalue", "hash value", "value", "digest"),
+        "id": ("id", "hash_id", "entry_id", "image_id", "record_id", "file_id"),
+        "category": ("category", "classification", "label", "class"),
+    }
+    type_names: ClassVar = {"md5": "md5", "sha1": "sha1", "sha-1": "sha1", "sha256": "sha256", "pdq": "pdq"}
+
+
+class ThreatExchangeText(ListFormat):
+    """python-threatexchange signal lines: `<signal_type> <hash>`, e.g. `pdq 5f1c...` or `video_md5 ...`."""
+
+    name = "threatexchange"
+    typed = True
+    type_names: ClassVar = {
+        "pdq": "pdq",
+        "md5": "md5",
+        "photo_md5": "md5",
+        "video_md5": "md5",
+        "url": "url",
+        "url_md5": "url_md5",
+    }
+    _line = re.compile(r"^(\S+)\s+(\S+)$")
+
+    @classmethod
+    def sniff(cls, first_line: str, hash_type: str | None) -> bool:
+        match = cls._line.match(first_line)
+        return match is not None and match.group(1).lower() in cls.type_names
+
+    def read(self, text: ListText, hash_type: str | None) -> RawList:
+        values, lines = _content(text)
+        parts = pc.extract_regex(values, r"^(?P<signal>\S+)\s+(?P<hash>\S+)$")
+        if parts.null_count:
+            row = _first_true(parts.is_null())
+            raise FormatError("expected '<signal_type> <hash>'", int(lines[row]))
+        return RawList(
+            hashes=parts.field("hash"),
+            types=_hash_types(parts.field("signal"), self.type_names, lines),
+            lines=lines,
+        )
+
+
+class PdqHashio(ListFormat):
+    """Lists read by the PDQ C++ tools (hashio): `[hash=]<64 hex>[,metadata]`; metadata is the entry id."""
+
+    name = "pdq-hashio"
+    _line = re.compile(r"^(hash=)?[0-9a-fA-F]{64}(,.*)?$")
+
+    @classmethod
+    def sniff(cls, first_line: str, hash_type: str | None) -> bool:
+        marked = first_line.startswith("hash=") or "," in first_line
+        return marked and cls._line.match(first_line) is not None
+
+    def read(self, text: ListText, hash_type: str | None) -> RawList:
+        values, lines = _content(text)
+        parts = pc.extract_regex(values, r"^(?:hash=)?(?P<hash>[^,]*)(?:,(?P<id>.*))?$")
+        return RawList(
+            hashes=pc.utf8_trim_whitespace(parts.field("hash")),
+            types=hash_type or "pdq",
+            lines=lines,
+            ids=_optional(pc.utf8_trim_whitespace(parts.field("id"))),
+        )
+
+
+class PlainText(ListFormat):
+    """One hash a line. The type is the spec's TYPE: or else told by length (md5 = 32 hex, sha1 = 40)."""
+
+    name = "text"
+    by_length: ClassVar = {32: "md5", 40: "sha1"}
+    ambiguous: ClassVar = {64: "sha256 or pdq", 16: "phash or dhash"}
+
+    @classmethod
+    def sniff(cls, first_line: str, hash_type: str | None) -> bool:
+        return hash_type is not None or re.fullmatch(r"[0-9a-fA-F]+", first_line) is not None
+
+    def read(self, text: ListText, hash_type: str | None) -> RawList:
+        values, lines = _content(text)
+        return RawList(hashes=values, types=hash_type or self._type_by_length(text, lines), lines=lines)
+
+    def _type_by_length(self, text: ListText, lines: np.ndarray) -> str:
+        length = len(text.first_line)
+        if length in self.by_length:
+            return self.by_length[length]
+        if length in self.ambiguous:
+            raise FormatError(
+                f"{length} hex digits could be {self.ambiguous[length]}: name the type as TYPE:PATH",
+                int(lines[0]),
+            )
+        raise FormatError(
+            f"cannot tell the hash type of a {length}-character line: use TYPE:PATH", int(lines[0])
+        )
+
+
+FORMATS: tuple[type[ListFormat], ...] = (CanonicalCsv, NcmecCsv, ThreatExchangeText, PdqHashio, PlainText)
+"""Every format, in the order they are tried: the first whose sniff accepts the file reads it."""
+
+
+def read_list(text: ListText, hash_type: str | None) -> tuple[str, RawList]:
+    """The format name and rows of a list file; hash_type is the spec's TYPE: prefix, if any."""
+    if not text.first_line:
+        raise FormatError("the list is empty")
+    for list_format in FORMATS:
+        if list_format.sniff(text.first_line, hash_type):
+            if hash_type is not None and list_format.typed:
+                raise FormatError(
+                    f"this {list_format.name} list names its own hash types: drop the TYPE: prefix"
+                )
+            return list_format.name, list_format().read(text, hash_type)
+    raise FormatError(f"unrecognised list format: {text.first_line[:80]!r}", _content_lines(text)[0])
+
+
+def _header(first_line: str) -> list[str]:
+    return [name.strip() for name in next(csv.reader([first_line]))]
+
+
+def _content(text: ListText) -> tuple[pa.Array, np.ndarray]:
+    """The trimmed non-blank, non-comment lines and their 1-based line numbers."""
+    kept = _content_mask(text.lines)
+    values = pc.utf8_trim_whitespace(text.lines.filter(kept))
+    return values, np.flatnonzero(kept.to_numpy(zero_copy_only=False)) + 1
+
+
+def _content_lines(text: ListText) -> np.ndarray:
+    """1-based numbers of the lines a CSV reader sees as rows (pyarrow skips only empty lines)."""
+    non_empty = pc.not_equal(text.lines, "").to_numpy(zero_copy_only=False)
+    return np.flatnonzero(non_empty) + 1
+
+
+def _read_csv(text: ListText, header: list[str]) -> pa.Table:
+    """All columns as strings; a row with the wrong number of fields is an error at its line."""
+    bad_rows: list[int] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad_rows.append(row.number)
+        return "skip"
+
+    body = text.data.lstrip()
+    table = pacsv.read_csv(
+        pa.BufferReader(body),
+        read_options=pacsv.ReadOptions(use_threads=False, column_names=header, skip_rows=1),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
+    )
+    if bad_rows:
+        line = int(_content_lines(text)[bad_rows[0] - 1])
+        raise FormatError(f"expected {len(header)} comma-separated fields", line)
+    for name in header:
+        if pc.any(pc.match_substring(table.column(name), "\n")).as_py():
+            raise FormatError(f"a value in column {name!r} spans lines")
+    return table
+
+
+def _hash_types(values: pa.Array, names: Mapping[str, str], lines: np.ndarray) -> pa.Array:
+    """Row type names mapped to hash types; an unknown name is an error at its first line."""
+    values = pc.utf8_lower(pc.utf8_trim_whitespace(values.cast(pa.string())))
+    known = pc.is_in(values, value_set=pa.array(list(names), pa.string()))
+    if not pc.all(known).as_py():
+        row = _first_true(pc.invert(known))
+        accepted = ", ".join(sorted(names))
+        raise FormatError(
+            f"unknown hash type {values[row].as_py()!r} (accepted: {accepted})", int(lines[row])
+        )
+    unique = pc.unique(values)
+    targets = pa.array([names[name] for name in unique.to_pylist()], pa.string())
+    return pc.take(targets, pc.index_in(values, value_set=unique))
+
+
+def _optional(values: pa.Array | None) -> pa.Array | None:
+    """Trimmed text with empty values as nulls; None when the column is absent or all empty."""
+    if values is None:
+        return None
+    trimmed = pc.utf8_trim_whitespace(values.cast(pa.string()))
+    empty = pc.fill_null(pc.equal(trimmed, ""), True)
+    if pc.all(empty).as_py():
+        return None
+    return pc.if_else(empty, pa.scalar(None, pa.string()), trimmed)
+
+
+def _first_true(mask: pa.Array) -> int:
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])

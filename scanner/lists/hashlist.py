@@ -1,0 +1,208 @@
+"""Loaded hash lists: spec parsing, file checks, decoding, duplicate handling and per-type entries."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scanner.errors import HashListError
+from scanner.lists.formats import FormatError, ListText, RawList, read_list
+from scanner.lists.hashtypes import HASH_TYPES, BadValue, HashType
+from scanner.lists.index import first_occurrences
+
+
+class DuplicateHashWarning(UserWarning):
+    """A list repeats a hash; the repeats were merged into the first entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListSpec:
+    """A parsed list spec: NAME=TYPE:PATH, with NAME defaulting to the file stem."""
+
+    name: str
+    hash_type: str | None
+    path: Path
+
+    @classmethod
+    def parse(cls, spec: str) -> ListSpec:
+        """Split PATH | NAME=PATH | TYPE:PATH | NAME=TYPE:PATH; a TYPE must be a known hash type."""
+        name = None
+        named = re.match(r"^([A-Za-z0-9_.-]+)=(.+)$", spec)
+        if named:
+            name, spec = named.groups()
+        hash_type = None
+        typed = re.match(r"^([A-Za-z0-9_]+):(.+)$", spec)
+        if typed and not Path(spec).exists():
+            hash_type, spec = typed.group(1).lower(), typed.group(2)
+            if hash_type not in HASH_TYPES:
+                known = ", ".join(HASH_TYPES)
+                raise HashListError(spec, f"unknown hash type {hash_type!r} in list spec (known: {known})")
+        path = Path(spec)
+        return cls(name or path.stem, hash_type, path)
+
+
+@dataclass(frozen=True, eq=False)
+class HashEntries:
+    """The entries of one hash type in one list, in file order (repeats merged)."""
+
+    hash_type: HashType
+    keys: np.ndarray  # (n, nbytes) uint8
+    ids: pa.Array | None = None  # entry ids; null (or no array) means the hash's own text
+    categories: pa.Array | None = None
+    metadata: pa.Table | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def entry_id(self, row: int) -> str:
+        """The list's id for an entry: its id column, or the hash in lower-case hex."""
+        if self.ids is not None and self.ids[row].is_valid:
+            return str(self.ids[row].as_py())
+        return self.keys[row].tobytes().hex()
+
+    def category(self, row: int) -> str | None:
+        """The entry's category, if the list gives one."""
+        if self.categories is None:
+            return None
+        value = self.categories[row].as_py()
+        return None if value is None else str(value)
+
+
+@dataclass(frozen=True, eq=False)
+class HashList:
+    """One loaded list file: where it came from, what format it was, and its entries by hash type."""
+
+    name: str
+    path: Path
+    digest: str  # sha256 hex of the file's bytes
+    format: str
+    entries: Mapping[str, HashEntries]
+    duplicates_merged: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Entries per hash type."""
+        return {name: len(entries) for name, entries in self.entries.items()}
+
+    @property
+    def stats(self) -> dict[str, object]:
+        """A JSON-ready summary for reports and manifests."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "sha256": self.digest,
+            "format": self.format,
+            "counts": self.counts,
+            "duplicates_merged": self.duplicates_merged,
+        }
+
+
+def load_hashlist(spec: str | ListSpec) -> HashList:
+    """Read, check and decode one list; raises HashListError naming the file and line of any problem."""
+    spec = spec if isinstance(spec, ListSpec) else ListSpec.parse(spec)
+    path = str(spec.path)
+    try:
+        data = spec.path.read_bytes()
+    except OSError as error:
+        raise HashListError(path, f"cannot read the list: {error.strerror or error}") from None
+    text = _checked_text(data, path)
+    try:
+        format_name, raw = read_list(text, spec.hash_type)
+    except FormatError as error:
+        raise HashListError(path, error.message, error.line) from None
+    entries, merged = _decode(raw, path)
+    return HashList(spec.name, spec.path, hashlib.sha256(data).hexdigest(), format_name, entries, merged)
+
+
+def _checked_text(data: bytes, path: str) -> ListText:
+    """The file as lines, refusing text that is not UTF-8 (the error names the first bad line)."""
+    body = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return ListText.from_bytes(body)
+    except pa.ArrowInvalid:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = body.count(b"\n", 0, error.start) + 1
+            raise HashListError(path, "not UTF-8 text", line) from None
+        raise
+
+
+def _decode(raw: RawList, path: str) -> tuple[dict[str, HashEntries], int]:
+    """Entries per hash type and how many repeated hashes were merged."""
+    if len(raw.hashes) == 0:
+        raise HashListError(path, "the list has no entries")
+    if isinstance(raw.types, str):
+        groups = {raw.types: None}
+    else:
+        groups = {str(name): pc.equal(raw.types, name) for name in pc.unique(raw.types).to_pylist()}
+    entries = {}
+    merged = 0
+    for type_name in sorted(groups):
+        rows = groups[type_name]
+        entries[type_name], repeats = _decode_type(HASH_TYPES[type_name], raw, rows, path)
+        merged += repeats
+    return entries, merged
+
+
+def _decode_type(
+    hash_type: HashType, raw: RawList, rows: pa.Array | None, path: str
+) -> tuple[HashEntries, int]:
+    """One type's entries: decoded keys, repeats merged, ids checked."""
+    pick = (lambda column: column) if rows is None else (lambda column: column.filter(rows))
+    lines = raw.lines if rows is None else raw.lines[rows.to_numpy(zero_copy_only=False)]
+    try:
+        parsed = hash_type.parse(pick(raw.hashes))
+    except BadValue as error:
+        raise HashListError(path, error.message, int(lines[error.row])) from None
+    ids = pick(raw.ids) if raw.ids is not None else parsed.names
+    keep = first_occurrences(parsed.keys)
+    repeats = int(len(keep) - keep.sum())
+    if repeats:
+        first_repeat = int(lines[np.flatnonzero(~keep)[0]])
+        warnings.warn(
+            f"{path}: {repeats} repeated {hash_type.name} hash(es) merged into their first entry "
+            f"(first repeat at line {first_repeat})",
+            DuplicateHashWarning,
+            stacklevel=2,
+        )
+    kept = pa.array(keep)
+    ids = None if ids is None else ids.filter(kept)
+    _check_unique_ids(ids, lines[keep], hash_type.name, path)
+    entries = HashEntries(
+        hash_type=hash_type,
+        keys=parsed.keys[keep] if repeats else parsed.keys,
+        ids=ids,
+        categories=None if raw.categories is None else pick(raw.categories).filter(kept),
+        metadata=None if raw.metadata is None else pick(raw.metadata).filter(kept),
+    )
+    return entries, repeats
+
+
+def _check_unique_ids(ids: pa.Array | None, lines: np.ndarray, type_name: str, path: str) -> None:
+    """Refuse one id given to two different hashes of the same type (repeats are already merged)."""
+    if ids is None:
+        return
+    valid = np.flatnonzero(ids.is_valid().to_numpy(zero_copy_only=False))
+    order = valid[pc.sort_indices(ids.take(valid)).to_numpy()]  # a stable sort: file order within an id
+    ordered = ids.take(order)
+    same = pc.equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)
+    if not same.any():
+        return
+    later, earlier = order[1:][same], order[:-1][same]
+    first_repeat = int(np.argmin(later))
+    row, first_row = int(later[first_repeat]), int(earlier[first_repeat])
+    raise HashListError(
+        path,
+        f"id {ids[row].as_py()!r} is given to two different {type_name} hashes "
+        f"(the first at line {lines[first_row]})",
+        int(lines[row]),
+    )

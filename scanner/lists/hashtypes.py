@@ -1,0 +1,198 @@
+"""The hash types a list can hold: how each is written in a list, stored as a key, and looked up.
+
+Keys are fixed-width bytes, so one index serves every type. Hex types store their raw bytes. Text types
+(url, domain) store a 16-byte BLAKE2b digest of the normalised text and keep the text as the entry id.
+Adding a type is one class instance in HASH_TYPES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scanner.lists.index import aligned_empty
+
+
+class BadValue(ValueError):
+    """A list value that is not a valid hash of its type; row is its position among the values parsed."""
+
+    def __init__(self, row: int, message: str) -> None:
+        super().__init__(message)
+        self.row = row
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKeys:
+    """Keys decoded from a column of list values, and entry names where the type supplies them."""
+
+    keys: np.ndarray  # (n, nbytes) uint8
+    names: pa.Array | None = None
+
+
+class HashType(ABC):
+    """One kind of hash: its name, key width, matching rule, and how list values become keys."""
+
+    def __init__(self, name: str, nbytes: int, hamming: bool = False) -> None:
+        self.name = name
+        self.nbytes = nbytes
+        self.hamming = hamming  # matched within a Hamming distance; otherwise exactly
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    @abstractmethod
+    def parse(self, values: pa.Array) -> ParsedKeys:
+        """Decode list values (strings) to keys; raises BadValue naming the first bad one."""
+
+    @abstractmethod
+    def query_keys(self, value: bytes) -> list[bytes]:
+        """The keys to look up for one query value (a domain also looks up its parent domains)."""
+
+
+class HexHash(HashType):
+    """A digest or perceptual hash written as hex: md5, sha1, sha256, pdq, phash, dhash, url_*."""
+
+    def parse(self, values: pa.Array) -> ParsedKeys:
+        return ParsedKeys(decode_hex(values, self.nbytes, self.name))
+
+    def query_keys(self, value: bytes) -> list[bytes]:
+        if len(value) != self.nbytes:
+            raise ValueError(f"a {self.name} query must be {self.nbytes} bytes, got {len(value)}")
+        return [value]
+
+
+class TextKey(HashType):
+    """A string matched exactly after normalisation: keyed by the digest of its normal form.
+
+    With match_parents, a query also matches entries for its parent domains (a.b.example.com matches a
+    list entry example.com).
+    """
+
+    def __init__(self, name: str, normalise: Callable[[str], str], match_parents: bool = False) -> None:
+        super().__init__(name, nbytes=16)
+        self.normalise = normalise
+        self.match_parents = match_parents
+
+    def parse(self, values: pa.Array) -> ParsedKeys:
+        names = []
+        for row, value in enumerate(values.to_pylist()):
+            try:
+                names.append(self.normalise(value or ""))
+            except ValueError as error:
+                raise BadValue(row, f"not a valid {self.name}: {error}") from None
+        keys = aligned_empty((len(names), self.nbytes))
+        for row, name in enumerate(names):
+            keys[row] = np.frombuffer(text_key(name), dtype=np.uint8)
+        return ParsedKeys(keys, pa.array(names, pa.string()))
+
+    def query_keys(self, value: bytes) -> list[bytes]:
+        try:
+            normal = self.normalise(value.decode("utf-8", errors="strict"))
+        except (UnicodeDecodeError, ValueError):
+            return []
+        if not self.match_parents:
+            return [text_key(normal)]
+        labels = normal.split(".")
+        return [text_key(".".join(labels[i:])) for i in range(len(labels))]
+
+
+def text_key(text: str) -> bytes:
+    """The 16-byte key of a normalised text value."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+_DOMAIN = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+
+
+def normalise_domain(value: str) -> str:
+    """Lower-case ASCII (IDNA) host name without a trailing dot; refuses anything else."""
+    host = value.strip().rstrip(".").lower()
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError as error:
+        raise ValueError(f"{value!r}: {error}") from None
+    if not _DOMAIN.match(host):
+        raise ValueError(f"{value!r} is not a host name")
+    return host
+
+
+def normalise_url(value: str) -> str:
+    """URL with lower-case scheme and host, no default port, no fragment, and at least '/' as path."""
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    host = normalise_domain(parts.hostname)
+    default_port = {"http": 80, "https": 443}[parts.scheme.lower()]
+    port = parts.port
+    netloc = host if port in (None, default_port) else f"{host}:{port}"
+    if parts.username or parts.password:
+        raise ValueError(f"{value!r} carries credentials")
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
+
+
+_HEX_VALUES = np.full(256, 255, dtype=np.uint8)
+for _digits, _first in ((b"0123456789", 0), (b"abcdef", 10), (b"ABCDEF", 10)):
+    _HEX_VALUES[np.frombuffer(_digits, dtype=np.uint8)] = np.arange(_first, _first + len(_digits))
+
+_DECODE_ROWS = 1 << 20  # rows decoded at a time, to bound the temporary nibble arrays
+
+
+def decode_hex(values: pa.Array, nbytes: int, type_name: str) -> np.ndarray:
+    """(n, nbytes) uint8 keys from a string array of hex, vectorised; BadValue names the first bad row."""
+    if values.null_count:
+        raise BadValue(_first(values.is_null()), "missing hash")
+    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(lengths != 2 * nbytes)
+    if len(wrong):
+        row = int(wrong[0])
+        raise BadValue(row, f"a {type_name} hash has {2 * nbytes} hex digits, this has {lengths[row]}")
+    digits = _ascii_rows(values, 2 * nbytes)
+    keys = aligned_empty((len(values), nbytes))
+    for first in range(0, len(values), _DECODE_ROWS):
+        nibbles = _HEX_VALUES[digits[first : first + _DECODE_ROWS]]
+        bad = np.flatnonzero((nibbles == 255).any(axis=1))
+        if len(bad):
+            raise BadValue(first + int(bad[0]), f"{type_name} hash is not hexadecimal")
+        keys[first : first + _DECODE_ROWS] = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+    return keys
+
+
+def _ascii_rows(values: pa.Array, width: int) -> np.ndarray:
+    """The bytes of equal-length strings as an (n, width) view of the array's data buffer."""
+    values = values.cast(pa.large_string())
+    _, offsets, data = values.buffers()
+    offsets_array = np.frombuffer(offsets, dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    start, end = int(offsets_array[0]), int(offsets_array[-1])
+    return np.frombuffer(data, dtype=np.uint8)[start:end].reshape(len(values), width)
+
+
+def _first(mask: pa.Array) -> int:
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+HASH_TYPES: dict[str, HashType] = {
+    t.name: t
+    for t in (
+        HexHash("md5", 16),
+        HexHash("sha1", 20),
+        HexHash("sha256", 32),
+        HexHash("pdq", 32, hamming=True),
+        HexHash("phash", 8, hamming=True),
+        HexHash("dhash", 8, hamming=True),
+        HexHash("url_md5", 16),
+        HexHash("url_sha1", 20),
+        HexHash("url_sha256", 32),
+        TextKey("url", normalise_url),
+        TextKey("domain", normalise_domain, match_parents=True),
+    )
+}
+"""Every hash type by name. Hex digests of a URL (url_*) are of its normalised form (normalise_url)."""

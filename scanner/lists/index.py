@@ -1,0 +1,274 @@
+"""In-memory indexes over fixed-width hashes: exact lookup and Hamming-radius search with exact recall."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from math import comb
+
+import numpy as np
+
+from scanner.lists import _kernels
+
+SearchResult = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""(query_idx, entry_idx, distance): one row per (query, entry) pair found, grouped by query."""
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def as_words(keys: np.ndarray) -> np.ndarray:
+    """View (N, nbytes) uint8 hashes as (N, nbytes // 8) native uint64 words without copying."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint8)
+    if keys.ndim != 2 or keys.shape[1] % 8:
+        raise ValueError(f"expected an (N, 8k) uint8 array, got shape {keys.shape}")
+    return keys.view(np.uint64)
+
+
+def aligned_empty(shape: tuple[int, int], alignment: int = 64) -> np.ndarray:
+    """An uninitialised uint8 array starting on a cache-line boundary, so that 32-byte rows never straddle."""
+    size = shape[0] * shape[1]
+    raw = np.empty(size + alignment, dtype=np.uint8)
+    skip = -raw.ctypes.data % alignment
+    return raw[skip : skip + size].reshape(shape)
+
+
+def row_hash(keys: np.ndarray) -> np.ndarray:
+    """A well-mixed uint64 per row of a (N, nbytes) uint8 array: equal rows, equal values."""
+    n, width = keys.shape
+    padded = keys if width % 8 == 0 else np.pad(keys, ((0, 0), (0, 8 - width % 8)))
+    words = np.ascontiguousarray(padded).view(np.uint64)
+    h = np.full(n, width, dtype=np.uint64)
+    for column in words.T:
+        h = (h ^ column) * _MIX
+        h ^= h >> np.uint64(29)
+    return h
+
+
+def first_occurrences(keys: np.ndarray) -> np.ndarray:
+    """Boolean mask of rows that are the first of their value (later exact duplicates are False)."""
+    keep = np.ones(len(keys), dtype=bool)
+    if len(keys) < 2:
+        return keep
+    h = row_hash(keys)
+    order = np.argsort(h, kind="stable")
+    same_hash = h[order[1:]] == h[order[:-1]]
+    later, earlier = order[1:][same_hash], order[:-1][same_hash]
+    if not (keys[later] == keys[earlier]).all():
+        # Two different rows share a 64-bit mix: rare enough that the slow exact path is fine.
+        _, first = np.unique(keys, axis=0, return_index=True)
+        keep[:] = False
+        keep[first] = True
+        return keep
+    keep[later] = False
+    return keep
+
+
+class ExactIndex:
+    """Exact lookup of fixed-width hashes: a sorted uint64 mix of each row, then a full-bytes check."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = np.ascontiguousarray(keys, dtype=np.uint8)
+        h = row_hash(self.keys)
+        index_type = np.int32 if len(h) < 2**31 else np.int64
+        self._order = np.argsort(h).astype(index_type)
+        self._sorted = h[self._order]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held beyond the keys themselves."""
+        return self._order.nbytes + self._sorted.nbytes
+
+    def search(self, queries: np.ndarray, threshold: int = 0) -> SearchResult:
+        """Every (query, entry) pair with equal bytes; distance is always 0."""
+        queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.keys.shape[1])
+        h = row_hash(queries)
+        lo = np.searchsorted(self._sorted, h, side="left")
+        hi = np.searchsorted(self._sorted, h, side="right")
+        counts = hi - lo
+        query_idx = np.repeat(np.arange(len(queries)), counts)
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        entry_idx = self._order[np.repeat(lo, counts) + within].astype(np.int64)
+        equal = (self.keys[entry_idx] == queries[query_idx]).all(axis=1)
+        query_idx, entry_idx = query_idx[equal], entry_idx[equal]
+        return query_idx, entry_idx, np.zeros(len(query_idx), dtype=np.int32)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLayout:
+    """How the bits of a hash are cut: chunk c covers bits [starts[c], starts[c] + widths[c])."""
+
+    starts: tuple[int, ...]
+    widths: tuple[int, ...]
+
+    @classmethod
+    def even(cls, n_bits: int, n_chunks: int) -> ChunkLayout:
+        """n_chunks contiguous chunks whose widths differ by at most one bit, widest first."""
+        base, extra = divmod(n_bits, n_chunks)
+        widths = tuple(base + 1 if c < extra else base for c in range(n_chunks))
+        starts = tuple(int(s) for s in np.cumsum((0, *widths[:-1])))
+        return cls(starts, widths)
+
+    def offsets_size(self) -> int:
+        """Entries in all chunks' offset tables together."""
+        return sum(2**w + 1 for w in self.widths)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchCost:
+    """Relative costs of the memory reads of a search, in units of one cache miss."""
+
+    probe: float = 1.0  # reading a chunk's offsets for one probed value
+    candidate: float = 1.0  # reading one candidate's key (a miss unless keys sit in the postings)
+
+    def of(self, width: int, radius: int, n_entries: int) -> float:
+        """Cost of probing one chunk of this width to this radius."""
+        probes = sum(comb(width, k) for k in range(radius + 1))
+        return probes * (self.probe + self.candidate * n_entries / 2**width)
+
+
+INDIRECT_COST = SearchCost()
+EMBEDDED_COST = SearchCost(candidate=0.1)  # keys read in sequence from the postings
+
+# Memory bound on offsets + postings: 64 bytes per entry plus 256 MB, which keeps a 10M-entry PDQ index
+# (with its 320 MB of keys) under 1 GB while leaving small lists free to use wide, fast chunks.
+_INDEX_BYTES_PER_ENTRY = 64
+_INDEX_BYTES_ALLOWANCE = 2**28
+
+
+def chunk_radii(widths: tuple[int, ...], threshold: int, n_entries: int, cost: SearchCost) -> tuple[int, ...]:
+    """Per-chunk probe radii that sum to threshold - chunks + 1, spent where probing costs least.
+
+    Generalised pigeonhole: if every chunk c differed from the query in more than radii[c] bits, the hash
+    would differ in at least sum(radii) + chunks = threshold + 1 bits. So every entry within threshold is
+    within radii[c] of the query in some chunk c, and probing each chunk to its radius finds every match.
+    A radius of -1 skips the chunk.
+    """
+    radii = [-1] * len(widths)
+    for _ in range(threshold + 1):
+        extra = [
+            cost.of(w, r + 1, n_entries) - cost.of(w, r, n_entries)
+            for w, r in zip(widths, radii, strict=True)
+        ]
+        radii[int(np.argmin(extra))] += 1
+    return tuple(radii)
+
+
+def index_bytes(layout: ChunkLayout, n_entries: int, embedded: bool) -> int:
+    """Memory of the offsets and postings (and posted keys) of a layout, beyond the keys themselves."""
+    per_posting = 4 + (8 if embedded else 0)
+    return 4 * layout.offsets_size() + per_posting * len(layout.widths) * n_entries
+
+
+def choose_layout(n_bits: int, n_entries: int, threshold: int, embedded: bool) -> ChunkLayout:
+    """The even chunking with the lowest modelled search cost that fits the memory bound."""
+    cost = EMBEDDED_COST if embedded else INDIRECT_COST
+    limit = _INDEX_BYTES_PER_ENTRY * n_entries + _INDEX_BYTES_ALLOWANCE
+    layouts = [ChunkLayout.even(n_bits, m) for m in range(1, n_bits // 4 + 1)]
+    fitting = [layout for layout in layouts if index_bytes(layout, n_entries, embedded) <= limit]
+
+    def search_cost(layout: ChunkLayout) -> float:
+        radii = chunk_radii(layout.widths, threshold, n_entries, cost)
+        return sum(cost.of(w, r, n_entries) for w, r in zip(layout.widths, radii, strict=True) if r >= 0)
+
+    return min(fitting, key=search_cost)
+
+
+def _probe_masks(width: int, radius: int) -> np.ndarray:
+    """Every width-bit mask with at most radius bits set, fewest bits first (none for radius -1)."""
+    masks = [0] if radius >= 0 else []
+    for k in range(1, radius + 1):
+        masks.extend(sum(1 << b for b in bits) for bits in combinations(range(width), k))
+    return np.array(masks, dtype=np.uint64)
+
+
+def _aligned_copy(keys: np.ndarray) -> np.ndarray:
+    copy = aligned_empty(keys.shape)
+    copy[:] = keys
+    return copy
+
+
+class HammingIndex:
+    """Multi-index hashing over fixed-width binary hashes: every entry within a Hamming radius, exactly.
+
+    Each hash is cut into chunks; each chunk has a CSR posting list (entry numbers sorted by chunk value,
+    and an offsets table of 2**width + 1). A search probes every chunk value within that chunk's radius of
+    the query's (see chunk_radii) and verifies each candidate's full distance by popcount. Single-word
+    (64-bit) hashes are copied into the postings, so candidates are checked without a random read.
+    """
+
+    def __init__(self, keys: np.ndarray, threshold: int, layout: ChunkLayout | None = None) -> None:
+        if keys.ctypes.data % 64 or not keys.flags.c_contiguous:
+            keys = _aligned_copy(keys)
+        self.keys = keys
+        self.words = as_words(keys)
+        self.threshold = threshold
+        self.embedded = self.words.shape[1] == 1
+        self.cost = EMBEDDED_COST if self.embedded else INDIRECT_COST
+        n_bits = 64 * self.words.shape[1]
+        self.layout = layout or choose_layout(n_bits, len(keys), threshold, self.embedded)
+        self._starts = np.array(self.layout.starts, dtype=np.int64)
+        self._widths = np.array(self.layout.widths, dtype=np.int64)
+        self._offset_base = np.cumsum([0, *(2**w + 1 for w in self.layout.widths)], dtype=np.int64)
+        index_type = np.int32 if len(keys) < 2**31 else np.int64
+        self._offsets = np.zeros(self._offset_base[-1], dtype=index_type)
+        self._postings = np.empty(len(self.layout.widths) * len(keys), dtype=index_type)
+        _kernels.build_postings(
+            self.words, self._starts, self._widths, self._offset_base, self._offsets, self._postings
+        )
+        self._posted_words = self.words[self._postings] if self.embedded else None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held beyond the keys themselves."""
+        posted = 0 if self._posted_words is None else self._posted_words.nbytes
+        return self._offsets.nbytes + self._postings.nbytes + posted
+
+    def search(self, queries: np.ndarray, threshold: int | None = None) -> SearchResult:
+        """Every (query, entry) pair within threshold bits (default: the build threshold) and its distance."""
+        threshold = self.threshold if threshold is None else threshold
+        queries = as_words(np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.keys.shape[1]))
+        radii = chunk_radii(self.layout.widths, threshold, len(self.keys), self.cost)
+        masks = [_probe_masks(w, r) for w, r in zip(self.layout.widths, radii, strict=True)]
+        mask_ptr = np.cumsum([0, *(len(m) for m in masks)], dtype=np.int64)
+        kernel, source = (
+            (_kernels.mih_search_embedded, self._posted_words)
+            if self.embedded
+            else (_kernels.mih_search, self.words)
+        )
+        return _kernels.collect(
+            kernel,
+            queries,
+            source,
+            self._offsets,
+            self._postings,
+            self._offset_base,
+            self._starts,
+            self._widths,
+            np.array(radii, dtype=np.int64),
+            np.concatenate(masks),
+            mask_ptr,
+            threshold,
+        )
+
+
+def brute_force(keys: np.ndarray, queries: np.ndarray, threshold: int) -> SearchResult:
+    """Reference search by full popcount of every pair in numpy: the test oracle and a benchmark baseline."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint8)
+    queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, keys.shape[1])
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    block = max(1, 2**22 // max(1, len(keys)))
+    for first in range(0, len(queries), block):
+        xor = np.bitwise_xor(queries[first : first + block, None, :], keys[None, :, :])
+        distance = np.unpackbits(xor, axis=2).sum(axis=2, dtype=np.int32)
+        q, e = np.nonzero(distance <= threshold)
+        found.append((q + first, e, distance[q, e]))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+    q, e, d = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return q.astype(np.int64), e.astype(np.int64), d.astype(np.int32)

@@ -1,0 +1,217 @@
+"""Matching image and URL hashes against loaded lists: every entry of every list, in a stable order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scanner.errors import ConfigError
+from scanner.lists.hashlist import HashEntries, HashList
+from scanner.lists.index import ExactIndex, HammingIndex
+
+DIHEDRAL_TRANSFORMS = (
+    "original",
+    "rotate90",
+    "rotate180",
+    "rotate270",
+    "flipx",
+    "flipy",
+    "flipplus1",
+    "flipminus1",
+)
+"""Names of the 8 PDQ dihedral hashes, in pdqhash.compute_dihedral (and pdq-photo-hasher --pdqdih) order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One list entry that a query matched."""
+
+    list: str
+    entry_id: str
+    category: str | None
+    hash_type: str
+    distance: int  # 0 for exact types
+    quality: int | None  # the query's PDQ quality, for pdq matches
+    transform: str | None = None  # the dihedral transform that matched, when not the original image
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The hashes of one image or URL. pdq_dihedral holds all 8 dihedral PDQ hashes (original first)."""
+
+    hashes: Mapping[str, bytes]
+    pdq_quality: int | None = None
+    pdq_dihedral: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MatchConfig:
+    """Match thresholds (Hamming distance, inclusive) and the PDQ quality gate.
+
+    PDQ: Meta's recommendation, distance <= 31 of 256 bits, ignoring hashes of quality below 50.
+    pHash/dHash default to 8 of 64 bits: the same 1/8 of the bits as PDQ's 31/256. Two unrelated random
+    64-bit hashes come that close with probability 2.8e-10 (at 10 bits, 1e-8), so against a 1M-entry
+    list about one query in 3,600 matches by chance (one in 100 at 10 bits). Real images' bits are
+    correlated, which makes it worse: treat these matches as leads to review, and PDQ and exact digests
+    as the evidence.
+    """
+
+    pdq_threshold: int = 31
+    pdq_min_quality: int = 50
+    phash_threshold: int = 8
+    dhash_threshold: int = 8
+    pdq_dihedral: bool = False
+    list_thresholds: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # list -> type -> bits
+
+    def __post_init__(self) -> None:
+        for name, bits, limit in (
+            ("pdq_threshold", self.pdq_threshold, 256),
+            ("pdq_min_quality", self.pdq_min_quality, 100),
+            ("phash_threshold", self.phash_threshold, 64),
+            ("dhash_threshold", self.dhash_threshold, 64),
+        ):
+            if not 0 <= bits <= limit:
+                raise ConfigError(f"{name} must be within 0..{limit}, got {bits}")
+
+    def threshold(self, list_name: str, hash_type: str) -> int:
+        """The Hamming threshold for one list's hashes of one type (0 for exact types)."""
+        defaults = {"pdq": self.pdq_threshold, "phash": self.phash_threshold, "dhash": self.dhash_threshold}
+        return self.list_thresholds.get(list_name, {}).get(hash_type, defaults.get(hash_type, 0))
+
+
+@dataclass(frozen=True, eq=False)
+class _Searchable:
+    """One list's entries of one hash type, indexed."""
+
+    list_name: str
+    entries: HashEntries
+    index: ExactIndex | HammingIndex
+    threshold: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Probes:
+    """The keys to look up for a batch: for each, the query it came from and its dihedral transform."""
+
+    keys: np.ndarray
+    query: np.ndarray
+    transform: np.ndarray  # index into DIHEDRAL_TRANSFORMS; 0 (original) for everything else
+
+
+class Matcher:
+    """All the loaded lists, indexed per list and hash type, ready to match batches of queries."""
+
+    def __init__(self, searchables: Sequence[_Searchable], config: MatchConfig) -> None:
+        self._searchables = tuple(searchables)
+        self.config = config
+        types = {s.entries.hash_type.name for s in self._searchables}
+        dihedral = {"pdq_dihedral"} if config.pdq_dihedral and "pdq" in types else set()
+        self.needed_hash_types: frozenset[str] = frozenset(types | dihedral)
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[HashList], config: MatchConfig | None = None) -> Matcher:
+        """Index every list's entries; refuses duplicate list names and overrides for unknown lists."""
+        config = config or MatchConfig()
+        names = [hash_list.name for hash_list in lists]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"two hash lists share a name: {sorted(names)}; name them as NAME=PATH")
+        _check_overrides(config, lists)
+        searchables = []
+        for hash_list in lists:
+            for type_name, entries in hash_list.entries.items():
+                threshold = config.threshold(hash_list.name, type_name)
+                index = (
+                    HammingIndex(entries.keys, threshold)
+                    if entries.hash_type.hamming
+                    else ExactIndex(entries.keys)
+                )
+                searchables.append(_Searchable(hash_list.name, entries, index, threshold))
+        return cls(searchables, config)
+
+    def match_batch(self, queries: Sequence[Query]) -> list[list[Match]]:
+        """Every match of every query, each query's sorted by list, hash type, distance and entry id."""
+        results: list[list[Match]] = [[] for _ in queries]
+        for searchable in self._searchables:
+            probes = self._probes(queries, searchable.entries)
+            if len(probes.query) == 0:
+                continue
+            for q, entry, distance, transform in _best_per_entry(searchable, probes):
+                results[q].append(self._match(searchable, queries[q], entry, distance, transform))
+        for matches in results:
+            matches.sort(key=lambda m: (m.list, m.hash_type, m.distance, m.entry_id))
+        return results
+
+    def _probes(self, queries: Sequence[Query], entries: HashEntries) -> _Probes:
+        hash_type = entries.hash_type
+        keys: list[bytes] = []
+        owners: list[int] = []
+        transforms: list[int] = []
+        for q, query in enumerate(queries):
+            value = query.hashes.get(hash_type.name)
+            if value is None or not self._passes_quality(hash_type.name, query):
+                continue
+            for transform, variant in self._variants(hash_type.name, value, query):
+                for key in hash_type.query_keys(variant):
+                    keys.append(key)
+                    owners.append(q)
+                    transforms.append(transform)
+        array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), hash_type.nbytes)
+        return _Probes(array, np.array(owners, dtype=np.int64), np.array(transforms, dtype=np.int64))
+
+    def _passes_quality(self, type_name: str, query: Query) -> bool:
+        """PDQ hashes of too little quality (flat or tiny images) match too much to be evidence."""
+        if type_name != "pdq" or query.pdq_quality is None:
+            return True
+        return query.pdq_quality >= self.config.pdq_min_quality
+
+    def _variants(self, type_name: str, value: bytes, query: Query) -> list[tuple[int, bytes]]:
+        """The query's value, and for PDQ with dihedral matching on, its 7 rotated and flipped hashes."""
+        if type_name != "pdq" or not self.config.pdq_dihedral or not query.pdq_dihedral:
+            return [(0, value)]
+        if len(query.pdq_dihedral) != len(DIHEDRAL_TRANSFORMS):
+            raise ValueError(f"pdq_dihedral needs 8 hashes, got {len(query.pdq_dihedral)}")
+        return [(0, value), *((t, query.pdq_dihedral[t]) for t in range(1, len(DIHEDRAL_TRANSFORMS)))]
+
+    @staticmethod
+    def _match(searchable: _Searchable, query: Query, entry: int, distance: int, transform: int) -> Match:
+        entries = searchable.entries
+        is_pdq = entries.hash_type.name == "pdq"
+        return Match(
+            list=searchable.list_name,
+            entry_id=entries.entry_id(entry),
+            category=entries.category(entry),
+            hash_type=entries.hash_type.name,
+            distance=distance,
+            quality=query.pdq_quality if is_pdq else None,
+            transform=DIHEDRAL_TRANSFORMS[transform] if transform else None,
+        )
+
+
+def _best_per_entry(searchable: _Searchable, probes: _Probes) -> list[tuple[int, int, int, int]]:
+    """(query, entry, distance, transform) with one row per query and entry: the closest probe wins,
+    the original image before any transform."""
+    probe, entry, distance = searchable.index.search(probes.keys, searchable.threshold)
+    query, transform = probes.query[probe], probes.transform[probe]
+    order = np.lexsort((transform, distance, entry, query))
+    query, entry, distance, transform = query[order], entry[order], distance[order], transform[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (query[1:] != query[:-1]) | (entry[1:] != entry[:-1])
+    rows = zip(query[first], entry[first], distance[first], transform[first], strict=True)
+    return [(int(q), int(e), int(d), int(t)) for q, e, d, t in rows]
+
+
+def _check_overrides(config: MatchConfig, lists: Sequence[HashList]) -> None:
+    """Per-list thresholds must name a loaded list and a Hamming type it holds, within the hash's bits."""
+    by_name = {hash_list.name: hash_list for hash_list in lists}
+    for list_name, overrides in config.list_thresholds.items():
+        if list_name not in by_name:
+            raise ConfigError(f"threshold override for unknown hash list {list_name!r}")
+        for type_name, bits in overrides.items():
+            entries = by_name[list_name].entries.get(type_name)
+            if entries is None or not entries.hash_type.hamming:
+                raise ConfigError(f"list {list_name!r} has no {type_name} hashes to override a threshold for")
+            n_bits = 8 * entries.hash_type.nbytes
+            if not 0 <= bits <= n_bits:
+                raise ConfigError(f"threshold {bits} for {list_name}/{type_name} is outside 0..{n_bits}")
