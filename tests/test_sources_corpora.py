@@ -9,6 +9,8 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from scanner.errors import SourceError
@@ -222,6 +224,34 @@ def test_truncated_tar_is_one_row_after_the_complete_samples(tmp_path, cut, last
         assert [r.member for r in rows[:3]] == [f"00000000{i}.jpg" for i in range(3)]
         assert summary(rows)[-1] == last
         assert len(rows) == last[0] + 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    damage=st.lists(st.tuples(st.integers(0, 30_000), st.binary(min_size=1, max_size=700)), max_size=3),
+    keep=st.integers(1, 40_000),
+)
+def test_any_damage_reads_the_same_whole_or_span_by_span(tmp_path, damage, keep):
+    path = tmp_path / "fuzz.tar"
+    if not path.with_suffix(".orig").exists():
+        img2dataset_tar(path.with_suffix(".orig"), 8)
+    data = bytearray(path.with_suffix(".orig").read_bytes())
+    for at, garbage in damage:
+        data[at : at + len(garbage)] = garbage
+    path.write_bytes(bytes(data[:keep]))
+    try:
+        whole = read_rows(path, rows_per_unit=1_000_000)
+    except SourceError as exc:
+        assert "not a tar archive" in str(exc) or "compressed" in str(exc)
+        return
+    one_by_one = read_rows(path, rows_per_unit=1)
+    assert [r.row for r in whole] == list(range(len(whole)))
+
+    def full(rows):
+        return [(r.row, r.key, r.member, r.error, r.url, r.body) for r in rows]
+
+    assert full(one_by_one) == full(whole)
+    assert all((r.body is None) == (r.error is not None) for r in whole)
 
 
 def test_oversized_member_is_reported_not_read(tmp_path):

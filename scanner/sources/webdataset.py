@@ -236,8 +236,7 @@ def tail_damage(handle: BinaryIO, end: int, size: int) -> Damage | None:
         return Damage("truncated_tar", end)
     if zeros(handle, end, size):
         return None
-    handle.seek(size - BLOCK)
-    ends_with_marker = size - end >= BLOCK and not any(handle.read(BLOCK))
+    ends_with_marker = size - end >= BLOCK and zeros(handle, size - BLOCK, size)
     return Damage("corrupt_member" if ends_with_marker else "truncated_tar", end)
 
 
