@@ -136,6 +136,7 @@ EMBEDDED_COST = SearchCost(candidate=0.1)  # keys read in sequence from the post
 # (with its 320 MB of keys) under 1 GB while leaving small lists free to use wide, fast chunks.
 _INDEX_BYTES_PER_ENTRY = 64
 _INDEX_BYTES_ALLOWANCE = 2**28
+_MAX_CHUNK_BITS = 28
 
 
 def chunk_radii(widths: tuple[int, ...], threshold: int, n_entries: int, cost: SearchCost) -> tuple[int, ...]:
@@ -209,6 +210,8 @@ class HammingIndex:
         self.cost = EMBEDDED_COST if self.embedded else INDIRECT_COST
         n_bits = 64 * self.words.shape[1]
         self.layout = layout or choose_layout(n_bits, len(keys), threshold, self.embedded)
+        if max(self.layout.widths) > _MAX_CHUNK_BITS or sum(self.layout.widths) != n_bits:
+            raise ValueError(f"chunks must cover the {n_bits} bits, each at most {_MAX_CHUNK_BITS} wide")
         self._starts = np.array(self.layout.starts, dtype=np.int64)
         self._widths = np.array(self.layout.widths, dtype=np.int64)
         self._offset_base = np.cumsum([0, *(2**w + 1 for w in self.layout.widths)], dtype=np.int64)
@@ -257,18 +260,22 @@ class HammingIndex:
         )
 
 
+_POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
+_BRUTE_FORCE_BYTES = 1 << 24  # bytes of XOR compared at a time
+
+
 def brute_force(keys: np.ndarray, queries: np.ndarray, threshold: int) -> SearchResult:
     """Reference search by full popcount of every pair in numpy: the test oracle and a benchmark baseline."""
     keys = np.ascontiguousarray(keys, dtype=np.uint8)
     queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, keys.shape[1])
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    block = max(1, 2**22 // max(1, len(keys)))
+    block = max(1, _BRUTE_FORCE_BYTES // max(1, keys.size))
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
+        (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
+    ]
     for first in range(0, len(queries), block):
         xor = np.bitwise_xor(queries[first : first + block, None, :], keys[None, :, :])
-        distance = np.unpackbits(xor, axis=2).sum(axis=2, dtype=np.int32)
+        distance = _POPCOUNT[xor].sum(axis=2, dtype=np.int32)
         q, e = np.nonzero(distance <= threshold)
         found.append((q + first, e, distance[q, e]))
-    if not found:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
-    q, e, d = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    q, e, d = (np.concatenate(column) for column in zip(*found, strict=True))
     return q.astype(np.int64), e.astype(np.int64), d.astype(np.int32)
