@@ -115,6 +115,20 @@ def test_samples_without_image_several_images_nested_names_and_no_sidecar(tmp_pa
     assert [r.body for r in rows] == [first, None, second, mask]
 
 
+@pytest.mark.parametrize(
+    "sidecar",
+    [b"not json", b"[" * 100_000, b'["a list"]', b"\xff\xfe{}", b"{" * 2_000_000],
+    ids=["not-json", "too-deep", "not-an-object", "not-utf8", "over-1MiB"],
+)
+def test_unusable_sidecar_leaves_url_empty_and_key_from_the_name(tmp_path, sidecar):
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tar:
+        add_member(tar, "k1.jpg", image_bytes(1))
+        add_member(tar, "k1.json", sidecar)
+    (row,) = read_rows(path)
+    assert (row.key, row.url, row.error, row.body) == ("k1", None, None, image_bytes(1))
+
+
 def test_garbage_with_an_image_name_is_read_for_hashing_to_judge(tmp_path):
     path = tmp_path / "g.tar"
     with tarfile.open(path, "w") as tar:

@@ -100,7 +100,7 @@ def sidecar(path: str) -> dict[str, object]:
             return {}
         with open(path, "rb") as handle:
             value = json.loads(handle.read())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, or nested too deep
         return {}
     return value if isinstance(value, dict) else {}
 

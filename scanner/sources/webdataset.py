@@ -169,7 +169,7 @@ class WebDatasetSource:
             return {}
         try:
             value = json.loads(read_member(handle, meta))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
             return {}
         return value if isinstance(value, dict) else {}
 
