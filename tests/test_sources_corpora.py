@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +21,8 @@ from PIL import Image
 from scanner.errors import SourceError
 from scanner.sources import SourceOptions, expand_inputs, open_source
 from scanner.sources.storage import input_signature
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def image_bytes(seed: int, fmt: str = "JPEG") -> bytes:
@@ -463,3 +470,85 @@ def test_input_signature_changes_with_the_content_of_a_folder_or_shard(tmp_path)
     shard = tmp_path / "s.tar"
     img2dataset_tar(shard, 1)
     assert input_signature(str(shard))[0] == shard.stat().st_size
+
+
+# A whole scan of all three kinds, audited for writes
+
+
+def test_scan_of_a_tar_an_image_parquet_and_a_folder_matches_and_stores_nothing(tmp_path):
+    from test_no_content_at_rest import AUDIT_SITECUSTOMIZE
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    tar_path = corpus / "00000.tar"
+    tar_images = img2dataset_tar(tar_path, 5)
+    broken = member_offset(tar_path, "000000003.jpg")
+    data = bytearray(tar_path.read_bytes())
+    data[broken.offset : broken.offset + 64] = b"\xff" * 64
+    tar_path.write_bytes(bytes(data))
+    parquet_images = [image_bytes(10 + i, "PNG") for i in range(3)]
+    cells = [{"bytes": body, "path": f"p{i}.png"} for i, body in enumerate(parquet_images)]
+    hf_path = corpus / "hf.parquet"
+    pq.write_table(pa.table({"image": cells, "url": [f"http://hf.test/{i}" for i in range(3)]}), hf_path)
+    folder = tmp_path / "photos"
+    (folder / "album").mkdir(parents=True)
+    (folder / "album" / "a.jpg").write_bytes(image_bytes(20))
+    (folder / "album" / "b.jpg").write_bytes(b"<html>403 Forbidden</html>")
+    (folder / "README.md").write_text("holiday photos\n")
+    wanted = [tar_images["000000001.jpg"], parquet_images[2], image_bytes(20)]
+    listfile = tmp_path / "list.txt"
+    listfile.write_text("".join(hashlib.md5(body).hexdigest() + "\n" for body in wanted))
+
+    out, log = audited_scan(tmp_path, AUDIT_SITECUSTOMIZE, [tar_path, hf_path, folder], listfile)
+
+    assert [line for line in log if line.startswith("VIOLATION")] == []
+    assert len({line for line in log if line.startswith("start ")}) >= 2, "main process and worker audited"
+    table = pq.read_table(out / "outcomes.parquet").to_pydict()
+    rows = list(zip(*(table[c] for c in ("shard", "row", "outcome", "reason", "member")), strict=True))
+    tar, hf, photos = str(tar_path), str(hf_path), str(folder)
+    assert rows == [
+        (tar, 0, "clean", None, "000000000.jpg"),
+        (tar, 1, "match", None, "000000001.jpg"),
+        (tar, 2, "clean", None, "000000002.jpg"),
+        (tar, 3, "invalid", "corrupt_member", None),
+        (tar, 4, "invalid", "no_image_member", "000000003.txt"),
+        (tar, 5, "clean", None, "000000004.jpg"),
+        (hf, 0, "clean", None, "p0.png"),
+        (hf, 1, "clean", None, "p1.png"),
+        (hf, 2, "match", None, "p2.png"),
+        (photos, 0, "match", None, "album/a.jpg"),
+        (photos, 1, "invalid", "not_an_image", "album/b.jpg"),
+    ]
+    assert table["url"][1] == "http://images.test/1.jpg" and table["url"][8] == "http://hf.test/2"
+    matches = [json.loads(line) for line in (out / "matches.jsonl").read_text().splitlines()]
+    assert [(m["shard"], m["row"], m["key"], m["hash_type"]) for m in matches] == [
+        (tar, 1, "000000001", "md5"),
+        (hf, 2, None, "md5"),
+        (photos, 0, "album/a", "md5"),
+    ]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [i["kind"] for i in manifest["inputs"]] == ["webdataset", "parquet-images", "folder"]
+    every_image = [*tar_images.values(), *parquet_images, image_bytes(20)]
+    needles = [body[len(body) // 2 : len(body) // 2 + 64] for body in every_image]
+    for path in (p for p in out.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        assert not any(needle in content for needle in needles), f"{path} holds image bytes"
+
+
+def audited_scan(tmp_path, sitecustomize: str, inputs: list, listfile) -> tuple:
+    """Run `scanner scan` in a child process whose every file write, workers' too, an audit hook logs."""
+    hook_dir = tmp_path / "hook"
+    hook_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(sitecustomize)
+    out, log = tmp_path / "out", tmp_path / "audit.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hook_dir), str(REPO)]),
+        "AUDIT_LOG": str(log),
+        "AUDIT_ALLOWED": str(out),
+    }
+    command = [sys.executable, "-m", "scanner", "scan", *map(str, inputs), "--hashlist", f"md5:{listfile}"]
+    command += ["--out", str(out), "--quiet", "--workers", "1"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out, log.read_text().splitlines()
