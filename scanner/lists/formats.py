@@ -88,7 +88,7 @@ class CsvFormat(ListFormat):
     """A CSV with a header naming a type column and a hash column; other columns become metadata."""
 
     typed = True
-    roles: ClassVar[Mapping[str, tuple[str, ...]]]  # role -> accepted header names (lower case)
+    roles: ClassVar[Mapping[str, tuple[str, ...]]]  # role -> accepted header names (lower_snake_case)
     type_names: ClassVar[Mapping[str, str]]  # type column value (lower case) -> hash type
 
     @classmethod
@@ -98,11 +98,12 @@ class CsvFormat(ListFormat):
 
     @classmethod
     def _roles_of(cls, header: list[str]) -> dict[str, str]:
-        """Header name -> role, for the columns this format recognises."""
+        """Header name -> role, for the columns this format recognises (case, spaces and dashes aside)."""
         roles = {}
         for name in header:
+            plain = re.sub(r"[\s-]+", "_", name.strip().lower())
             for role, accepted in cls.roles.items():
-                if name.strip().lower() in accepted and role not in roles.values():
+                if plain in accepted and role not in roles.values():
                     roles[name] = role
         return roles
 
@@ -140,8 +141,8 @@ class NcmecCsv(CsvFormat):
 
     name = "ncmec-csv"
     roles: ClassVar = {
-        "type": ("hash_type", "type", "algorithm", "hash_algorithm", "hashtype", "hash type"),
-        "hash": ("hash", "hash_value", "hashvalue", "hash value", "value", "digest"),
+        "type": ("hash_type", "type", "algorithm", "hash_algorithm", "hashtype"),
+        "hash": ("hash", "hash_value", "hashvalue", "value", "digest"),
         "id": ("id", "hash_id", "entry_id", "image_id", "record_id", "file_id"),
         "category": ("category", "classification", "label", "class"),
     }
@@ -240,6 +241,11 @@ def read_list(text: ListText, hash_type: str | None) -> tuple[str, RawList]:
     """The format name and rows of a list file; hash_type is the spec's TYPE: prefix, if any."""
     if not text.first_line:
         raise FormatError("the list is empty")
+    stray_return = np.flatnonzero(pc.match_substring(text.lines, "\r").to_numpy(zero_copy_only=False))
+    if len(stray_return):
+        raise FormatError(
+            "a carriage return inside a line: use \\n or \\r\\n line breaks", int(stray_return[0]) + 1
+        )
     for list_format in FORMATS:
         if list_format.sniff(text.first_line, hash_type):
             if hash_type is not None and list_format.typed:
@@ -251,7 +257,11 @@ def read_list(text: ListText, hash_type: str | None) -> tuple[str, RawList]:
 
 
 def _header(first_line: str) -> list[str]:
-    return [name.strip() for name in next(csv.reader([first_line]))]
+    """The column names of a CSV header line (none if it does not parse as CSV)."""
+    try:
+        return [name.strip() for name in next(csv.reader([first_line]))]
+    except csv.Error:
+        return []
 
 
 def _content(text: ListText) -> tuple[pa.Array, np.ndarray]:
@@ -295,8 +305,9 @@ def _hash_types(values: pa.Array, names: Mapping[str, str], lines: np.ndarray) -
     """Row type names mapped to hash types; an unknown name is an error at its first line."""
     values = pc.utf8_lower(pc.utf8_trim_whitespace(values.cast(pa.string())))
     known = pc.is_in(values, value_set=pa.array(list(names), pa.string()))
-    if not pc.all(known).as_py():
-        row = _first_true(pc.invert(known))
+    unknown = np.flatnonzero(~known.to_numpy(zero_copy_only=False))
+    if len(unknown):
+        row = int(unknown[0])
         accepted = ", ".join(sorted(names))
         raise FormatError(
             f"unknown hash type {values[row].as_py()!r} (accepted: {accepted})", int(lines[row])

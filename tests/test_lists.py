@@ -1,0 +1,455 @@
+"""Hash lists: every format from real files, every error with its file and line, and matching."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scanner.errors import ConfigError, HashListError
+from scanner.lists import (
+    DIHEDRAL_TRANSFORMS,
+    DuplicateHashWarning,
+    ListSpec,
+    Match,
+    MatchConfig,
+    Matcher,
+    Query,
+    load_hashlist,
+)
+from scanner.lists.index import brute_force
+
+SHARED = (Path(__file__).parents[1] / ".." / "shared").resolve()
+PDQ_VECTORS = SHARED / "pdq-vectors"
+needs_pdq_vectors = pytest.mark.skipif(
+    not PDQ_VECTORS.is_dir(), reason=f"PDQ reference vectors not found at {PDQ_VECTORS}"
+)
+
+MD5_A = hashlib.md5(b"a").hexdigest()
+MD5_B = hashlib.md5(b"b").hexdigest()
+SHA1_A = hashlib.sha1(b"a").hexdigest()
+SHA256_A = hashlib.sha256(b"a").hexdigest()
+PDQ_A = hashlib.sha256(b"pdq a").hexdigest()
+PDQ_B = hashlib.sha256(b"pdq b").hexdigest()
+
+
+def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def flip(hex_hash: str, n_bits: int) -> str:
+    """The hash with its first n_bits (most significant first) inverted."""
+    value = int(hex_hash, 16) ^ (((1 << n_bits) - 1) << (len(hex_hash) * 4 - n_bits))
+    return f"{value:0{len(hex_hash)}x}"
+
+
+def query_bytes(hex_hash: str) -> bytes:
+    return bytes.fromhex(hex_hash)
+
+
+def assert_error(path: Path, spec: str, line: int | None, fragment: str) -> None:
+    with pytest.raises(HashListError) as caught:
+        load_hashlist(spec)
+    assert caught.value.path == str(path)
+    assert caught.value.line == line
+    assert fragment in str(caught.value)
+    where = f"{path}:{line}" if line is not None else str(path)
+    assert str(caught.value).startswith(where)
+
+
+# Formats
+
+
+def test_canonical_csv_keeps_ids_categories_and_extra_columns(tmp_path):
+    path = write(
+        tmp_path,
+        "vetted.csv",
+        "id,hash_type,hash,category,source\n"
+        f"e1,md5,{MD5_A},A1,hotline\n"
+        f"e2,sha1,{SHA1_A},,partner\n"
+        f"e3,pdq,{PDQ_A.upper()},B2,hotline\n"
+        f",md5,{MD5_B},A1,\n",
+    )
+    hash_list = load_hashlist(str(path))
+    assert hash_list.name == "vetted"
+    assert hash_list.format == "csv"
+    assert hash_list.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert hash_list.counts == {"md5": 2, "pdq": 1, "sha1": 1}
+    md5 = hash_list.entries["md5"]
+    assert [md5.entry_id(i) for i in range(2)] == ["e1", MD5_B]
+    assert [md5.category(i) for i in range(2)] == ["A1", "A1"]
+    assert md5.metadata.column("source").to_pylist() == ["hotline", ""]
+    assert hash_list.entries["sha1"].category(0) is None
+    assert hash_list.entries["pdq"].keys[0].tobytes().hex() == PDQ_A
+    assert hash_list.stats["counts"] == hash_list.counts
+
+
+def test_plain_text_types_by_length_and_skips_comments_and_blank_lines(tmp_path):
+    md5 = write(tmp_path, "md5s.txt", f"# vetted md5 list\n\n{MD5_A}\n  {MD5_B.upper()}  \r\n")
+    assert load_hashlist(str(md5)).counts == {"md5": 2}
+    sha1 = write(tmp_path, "sha1s.txt", f"{SHA1_A}\n")
+    assert load_hashlist(str(sha1)).counts == {"sha1": 1}
+    assert load_hashlist(str(sha1)).format == "text"
+
+
+@pytest.mark.parametrize(
+    ("value", "ambiguity"), [(PDQ_A, "sha256 or pdq"), ("0123456789abcdef", "phash or dhash")]
+)
+def test_plain_text_with_an_ambiguous_length_asks_for_the_type(tmp_path, value, ambiguity):
+    path = write(tmp_path, "hashes.txt", f"# comment\n{value}\n")
+    assert_error(path, str(path), 2, f"could be {ambiguity}: name the type as TYPE:PATH")
+    for hash_type in ambiguity.split(" or "):
+        assert load_hashlist(f"{hash_type}:{path}").counts == {hash_type: 1}
+
+
+def test_plain_text_with_a_type_prefix(tmp_path):
+    path = write(tmp_path, "phashes.txt", "0123456789abcdef\nfedcba9876543210\n")
+    hash_list = load_hashlist(f"named=phash:{path}")
+    assert (hash_list.name, hash_list.counts) == ("named", {"phash": 2})
+
+
+def test_threatexchange_signal_lines(tmp_path):
+    path = write(
+        tmp_path,
+        "pytx.txt",
+        f"pdq {PDQ_A}\nvideo_md5 {MD5_A}\nphoto_md5\t{MD5_B}\nmd5 {MD5_A}\nurl_md5 {MD5_B}\n",
+    )
+    with pytest.warns(DuplicateHashWarning, match="line 4"):
+        hash_list = load_hashlist(str(path))
+    assert hash_list.format == "threatexchange"
+    assert hash_list.counts == {"md5": 2, "pdq": 1, "url_md5": 1}
+    assert hash_list.duplicates_merged == 1
+
+
+def test_threatexchange_unknown_signal_type_names_its_line(tmp_path):
+    path = write(tmp_path, "pytx.txt", f"pdq {PDQ_A}\ntrend_query cats\n")
+    assert_error(path, str(path), 2, "unknown hash type 'trend_query'")
+
+
+def test_threatexchange_malformed_line_names_its_line(tmp_path):
+    path = write(tmp_path, "pytx.txt", f"pdq {PDQ_A}\n\npdq {PDQ_B} extra\n")
+    assert_error(path, str(path), 3, "expected '<signal_type> <hash>'")
+
+
+def test_pdq_hashio_lines_with_prefix_and_metadata(tmp_path):
+    path = write(
+        tmp_path,
+        "hashio.txt",
+        f"hash={PDQ_A},first image\n{PDQ_B},100,./dir/b.jpg\n{flip(PDQ_A, 3)}\n",
+    )
+    hash_list = load_hashlist(str(path))
+    assert hash_list.format == "pdq-hashio"
+    pdq = hash_list.entries["pdq"]
+    assert [pdq.entry_id(i) for i in range(3)] == ["first image", "100,./dir/b.jpg", flip(PDQ_A, 3)]
+
+
+def test_ncmec_style_export_with_liberal_column_names(tmp_path):
+    path = tmp_path / "export.csv"
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["Image ID", "Algorithm", "Hash Value", "Classification"])
+        writer.writerow(["1001", "MD5", MD5_A, "A1"])
+        writer.writerow(["1001", "SHA1", SHA1_A, "A1"])
+        writer.writerow(["1002", "PDQ", PDQ_A, "B1"])
+    hash_list = load_hashlist(str(path))
+    assert hash_list.format == "ncmec-csv"
+    assert hash_list.counts == {"md5": 1, "pdq": 1, "sha1": 1}
+    assert hash_list.entries["sha1"].entry_id(0) == "1001"
+    assert hash_list.entries["pdq"].category(0) == "B1"
+
+
+def test_ncmec_style_export_is_strict_in_type_values(tmp_path):
+    path = write(tmp_path, "export.csv", f"type,hash\nmd5,{MD5_A}\nsha512,{SHA256_A}\n")
+    assert_error(path, str(path), 3, "unknown hash type 'sha512'")
+
+
+def test_url_and_domain_lists_normalise_their_values(tmp_path):
+    urls = write(tmp_path, "urls.txt", "HTTP://Example.COM:80/a?b=1#frag\nhttps://example.org\n")
+    url_list = load_hashlist(f"url:{urls}")
+    url_entries = url_list.entries["url"]
+    assert [url_entries.entry_id(i) for i in range(2)] == ["http://example.com/a?b=1", "https://example.org/"]
+    domains = write(tmp_path, "domains.txt", "Example.COM.\nbücher.de\n")
+    domain_entries = load_hashlist(f"domain:{domains}").entries["domain"]
+    assert [domain_entries.entry_id(i) for i in range(2)] == ["example.com", "xn--bcher-kva.de"]
+
+
+def test_bad_url_names_its_line(tmp_path):
+    path = write(tmp_path, "urls.txt", "https://example.com/\nftp://example.com/file\n")
+    assert_error(path, f"url:{path}", 2, "not a valid url")
+
+
+# Specs
+
+
+def test_spec_forms(tmp_path):
+    path = write(tmp_path, "list.txt", f"{MD5_A}\n")
+    assert ListSpec.parse(str(path)) == ListSpec("list", None, path)
+    assert ListSpec.parse(f"mine={path}") == ListSpec("mine", None, path)
+    assert ListSpec.parse(f"md5:{path}") == ListSpec("list", "md5", path)
+    assert ListSpec.parse(f"mine=MD5:{path}") == ListSpec("mine", "md5", path)
+
+
+def test_spec_paths_containing_separators_still_load(tmp_path):
+    path = write(tmp_path, "md5:odd=name.txt", f"{MD5_A}\n")
+    hash_list = load_hashlist(str(path))
+    assert hash_list.counts == {"md5": 1}
+
+
+def test_unknown_type_in_spec_is_refused(tmp_path):
+    path = write(tmp_path, "list.txt", f"{MD5_A}\n")
+    with pytest.raises(HashListError, match="unknown hash type 'sha3'"):
+        load_hashlist(f"sha3:{path}")
+
+
+def test_type_prefix_on_a_self_typed_format_is_refused(tmp_path):
+    path = write(tmp_path, "pytx.txt", f"pdq {PDQ_A}\n")
+    assert_error(path, f"pdq:{path}", None, "names its own hash types")
+
+
+# Errors
+
+
+def test_wrong_hash_length_names_its_line(tmp_path):
+    path = write(tmp_path, "md5s.txt", f"{MD5_A}\n{MD5_B}\n{MD5_B[:-1]}\n")
+    assert_error(path, str(path), 3, "a md5 hash has 32 hex digits, this has 31")
+
+
+def test_non_hex_names_its_line(tmp_path):
+    path = write(tmp_path, "list.csv", f"hash_type,hash\nmd5,{MD5_A}\n\nmd5,{MD5_B[:-1]}g\n")
+    assert_error(path, str(path), 4, "md5 hash is not hexadecimal")
+
+
+def test_unknown_type_in_canonical_csv_names_its_line(tmp_path):
+    path = write(tmp_path, "list.csv", f"hash_type,hash\nmd5,{MD5_A}\nsha3,{SHA256_A}\n")
+    assert_error(path, str(path), 3, "unknown hash type 'sha3'")
+
+
+def test_csv_row_with_wrong_field_count_names_its_line(tmp_path):
+    path = write(tmp_path, "list.csv", f"hash_type,hash,id\n\nmd5,{MD5_A},1\nmd5,{MD5_B},2,surplus\n")
+    assert_error(path, str(path), 4, "expected 3 comma-separated fields")
+
+
+def test_one_id_for_two_different_hashes_names_both_lines(tmp_path):
+    path = write(tmp_path, "list.csv", f"hash_type,hash,id\nmd5,{MD5_A},x\nsha1,{SHA1_A},x\nmd5,{MD5_B},x\n")
+    assert_error(path, str(path), 4, "id 'x' is given to two different md5 hashes (the first at line 2)")
+
+
+def test_repeated_hashes_are_merged_with_a_warning(tmp_path):
+    path = write(tmp_path, "md5s.txt", f"{MD5_A}\n{MD5_B}\n{MD5_A.upper()}\n{MD5_A}\n")
+    with pytest.warns(DuplicateHashWarning, match=r"2 repeated md5 hash\(es\).*line 3"):
+        hash_list = load_hashlist(str(path))
+    assert hash_list.counts == {"md5": 2}
+    assert hash_list.duplicates_merged == 2
+    assert hash_list.stats["duplicates_merged"] == 2
+
+
+@pytest.mark.parametrize("text", ["", "\n\n# only comments\n", "hash_type,hash\n"])
+def test_empty_lists_are_refused(tmp_path, text):
+    path = write(tmp_path, "empty.csv", text)
+    with pytest.raises(HashListError, match=r"empty|no entries") as caught:
+        load_hashlist(str(path))
+    assert str(caught.value).startswith(str(path))
+
+
+def test_unreadable_files_are_refused(tmp_path):
+    missing = tmp_path / "missing.txt"
+    assert_error(missing, str(missing), None, "cannot read the list")
+    assert_error(tmp_path, str(tmp_path), None, "cannot read the list")
+
+
+def test_non_utf8_names_its_line(tmp_path):
+    path = write(tmp_path, "list.txt", f"{MD5_A}\n{MD5_B}\n".encode() + b"\xff\xfe\n")
+    assert_error(path, str(path), 3, "not UTF-8")
+
+
+def test_stray_carriage_return_names_its_line(tmp_path):
+    path = write(tmp_path, "list.txt", f"{MD5_A}\r\n{MD5_B}\r{MD5_A}\n")
+    assert_error(path, str(path), 2, "a carriage return inside a line")
+
+
+def test_utf8_byte_order_mark_is_ignored(tmp_path):
+    path = write(tmp_path, "list.csv", b"\xef\xbb\xbf" + f"hash_type,hash\nmd5,{MD5_A}\n".encode())
+    assert load_hashlist(str(path)).counts == {"md5": 1}
+
+
+line_text = st.text(alphabet="0123456789abcdefABCDEFxyz ,=:#\t\r\"'-_.pdqmshahtypeurl", max_size=80)
+list_text = st.one_of(
+    st.lists(line_text, max_size=8).map("\n".join),
+    st.lists(line_text, max_size=6).map(lambda lines: "hash_type,hash,id\n" + "\n".join(lines)),
+    st.lists(line_text, max_size=6).map(lambda lines: "\n".join(f"pdq {line}" for line in lines)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    content=st.one_of(list_text.map(str.encode), st.binary(max_size=200)),
+    prefix=st.sampled_from(["", "pdq:", "md5:", "url:", "domain:"]),
+)
+def test_any_content_loads_or_raises_hash_list_error(tmp_path, content, prefix):
+    path = write(tmp_path, "fuzz.txt", content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DuplicateHashWarning)
+        try:
+            hash_list = load_hashlist(f"{prefix}{path}")
+        except HashListError as error:
+            assert error.path == str(path)
+            return
+    assert sum(hash_list.counts.values()) > 0
+
+
+# Matching
+
+
+def pdq_list(tmp_path: Path, name: str, rows: list[tuple[str, str, str]]) -> Path:
+    body = "".join(f"pdq,{value},{entry},{category}\n" for value, entry, category in rows)
+    return write(tmp_path, f"{name}.csv", "hash_type,hash,id,category\n" + body)
+
+
+def test_exact_and_pdq_matches_carry_entry_details(tmp_path):
+    path = write(tmp_path, "mixed.csv", f"hash_type,hash,id,category\nmd5,{MD5_A},m1,A1\npdq,{PDQ_A},p1,B1\n")
+    matcher = Matcher.from_lists([load_hashlist(str(path))])
+    assert matcher.needed_hash_types == {"md5", "pdq"}
+    query = Query({"md5": query_bytes(MD5_A), "pdq": query_bytes(flip(PDQ_A, 5))}, pdq_quality=90)
+    assert matcher.match_batch([query, Query({"md5": query_bytes(MD5_B)})]) == [
+        [
+            Match("mixed", "m1", "A1", "md5", 0, None),
+            Match("mixed", "p1", "B1", "pdq", 5, 90),
+        ],
+        [],
+    ]
+
+
+def test_pdq_threshold_is_inclusive_and_quality_gated(tmp_path):
+    path = pdq_list(tmp_path, "vetted", [(PDQ_A, "a", "")])
+    matcher = Matcher.from_lists([load_hashlist(str(path))])
+    at_31 = Query({"pdq": query_bytes(flip(PDQ_A, 31))}, pdq_quality=50)
+    at_32 = Query({"pdq": query_bytes(flip(PDQ_A, 32))}, pdq_quality=100)
+    low_quality = Query({"pdq": query_bytes(PDQ_A)}, pdq_quality=49)
+    assert [[m.distance for m in ms] for ms in matcher.match_batch([at_31, at_32, low_quality])] == [
+        [31],
+        [],
+        [],
+    ]
+
+
+def test_per_list_threshold_overrides(tmp_path):
+    strict = load_hashlist(str(pdq_list(tmp_path, "strict", [(PDQ_A, "s", "")])))
+    loose = load_hashlist(str(pdq_list(tmp_path, "loose", [(PDQ_A, "l", "")])))
+    config = MatchConfig(list_thresholds={"strict": {"pdq": 10}, "loose": {"pdq": 40}})
+    matcher = Matcher.from_lists([strict, loose], config)
+    results = matcher.match_batch([Query({"pdq": query_bytes(flip(PDQ_A, d))}, 100) for d in (5, 20, 35)])
+    assert [[(m.list, m.distance) for m in ms] for ms in results] == [
+        [("loose", 5), ("strict", 5)],
+        [("loose", 20)],
+        [("loose", 35)],
+    ]
+
+
+def test_bad_configuration_is_refused(tmp_path):
+    hash_list = load_hashlist(str(pdq_list(tmp_path, "vetted", [(PDQ_A, "a", "")])))
+    with pytest.raises(ConfigError, match="unknown hash list"):
+        Matcher.from_lists([hash_list], MatchConfig(list_thresholds={"other": {"pdq": 3}}))
+    with pytest.raises(ConfigError, match="no md5 hashes"):
+        Matcher.from_lists([hash_list], MatchConfig(list_thresholds={"vetted": {"md5": 3}}))
+    with pytest.raises(ConfigError, match="share a name"):
+        Matcher.from_lists([hash_list, hash_list])
+    with pytest.raises(ConfigError, match="pdq_threshold"):
+        MatchConfig(pdq_threshold=300)
+
+
+def test_every_match_across_lists_types_and_entries_in_a_stable_order(tmp_path):
+    b_list = write(
+        tmp_path,
+        "b.csv",
+        f"hash_type,hash,id\npdq,{flip(PDQ_A, 2)},z\npdq,{flip(PDQ_A, 1)},y\npdq,{PDQ_B},x\nmd5,{MD5_A},w\n",
+    )
+    a_list = write(tmp_path, "a.txt", f"{PDQ_A}\n")
+    matcher = Matcher.from_lists([load_hashlist(str(b_list)), load_hashlist(f"pdq:{a_list}")])
+    [matches] = matcher.match_batch([Query({"pdq": query_bytes(PDQ_A), "md5": query_bytes(MD5_A)}, 100)])
+    assert [(m.list, m.hash_type, m.distance, m.entry_id) for m in matches] == [
+        ("a", "pdq", 0, PDQ_A),
+        ("b", "md5", 0, "w"),
+        ("b", "pdq", 1, "y"),
+        ("b", "pdq", 2, "z"),
+    ]
+
+
+def test_phash_and_dhash_default_thresholds(tmp_path):
+    path = write(tmp_path, "p.csv", "hash_type,hash\nphash,00000000000000ff\ndhash,ff00000000000000\n")
+    matcher = Matcher.from_lists([load_hashlist(str(path))])
+    query = Query({"phash": bytes(8), "dhash": bytes.fromhex("ffff000000000000")})
+    assert [(m.hash_type, m.distance) for m in matcher.match_batch([query])[0]] == [
+        ("dhash", 8),
+        ("phash", 8),
+    ]
+
+
+def test_domain_matches_its_parents_and_url_matches_normalised(tmp_path):
+    domains_path = write(tmp_path, "domains.txt", "example.com\n")
+    urls_path = write(tmp_path, "urls.txt", "http://example.org/x\n")
+    domains, urls = load_hashlist(f"domain:{domains_path}"), load_hashlist(f"url:{urls_path}")
+    matcher = Matcher.from_lists([domains, urls])
+    queries = [
+        Query({"domain": b"img.cdn.Example.com", "url": b"HTTP://EXAMPLE.org:80/x#top"}),
+        Query({"domain": b"notexample.com", "url": b"http://example.org/y"}),
+    ]
+    assert [[(m.list, m.entry_id) for m in ms] for ms in matcher.match_batch(queries)] == [
+        [("domains", "example.com"), ("urls", "http://example.org/x")],
+        [],
+    ]
+
+
+def test_dihedral_matching_reports_the_transform_and_prefers_the_original(tmp_path):
+    rng = np.random.default_rng(7)
+    variants = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex() for _ in DIHEDRAL_TRANSFORMS]
+    path = pdq_list(tmp_path, "vetted", [(flip(variants[2], 4), "rotated", ""), (variants[0], "same", "")])
+    hash_list = load_hashlist(str(path))
+    query = Query({"pdq": query_bytes(variants[0])}, 100, tuple(query_bytes(v) for v in variants))
+    plain = Matcher.from_lists([hash_list]).match_batch([query])
+    assert [(m.entry_id, m.transform) for m in plain[0]] == [("same", None)]
+    dihedral = Matcher.from_lists([hash_list], MatchConfig(pdq_dihedral=True))
+    assert "pdq_dihedral" in dihedral.needed_hash_types
+    [matches] = dihedral.match_batch([query])
+    assert [(m.entry_id, m.distance, m.transform) for m in matches] == [
+        ("same", 0, None),
+        ("rotated", 4, "rotate180"),
+    ]
+
+
+@needs_pdq_vectors
+def test_dihedral_matching_on_reference_hashes(tmp_path):
+    rows = list(csv.DictReader((PDQ_VECTORS / "expected" / "cpp_rebuilt_generated_dihedral.csv").open()))
+    bridge = [row for row in rows if row["image"].endswith("bridge-1-original.jpg")]
+    assert [row["note"].removeprefix("dihedral=") for row in bridge][:2] == ["ORIGINAL", "ROTATE90"]
+    hashes = [row["expected_hash"] for row in bridge]
+    path = write(tmp_path, "rotated.txt", f"{hashes[1]}\n")
+    matcher = Matcher.from_lists([load_hashlist(f"pdq:{path}")], MatchConfig(pdq_dihedral=True))
+    query = Query({"pdq": query_bytes(hashes[0])}, 100, tuple(query_bytes(h) for h in hashes))
+    [matches] = matcher.match_batch([query])
+    assert [(m.distance, m.transform) for m in matches] == [(0, "rotate90")]
+
+
+@needs_pdq_vectors
+def test_reference_haystack_and_needles_match_the_brute_force_oracle():
+    reg = PDQ_VECTORS / "pdq" / "data" / "reg-test-input"
+    haystack = load_hashlist(f"pdq:{reg / 'haystack.txt'}")
+    needles = load_hashlist(f"pdq:{reg / 'needles.txt'}").entries["pdq"].keys
+    assert haystack.counts == {"pdq": 1350}
+    matcher = Matcher.from_lists([haystack])
+    results = matcher.match_batch([Query({"pdq": key.tobytes()}, 100) for key in needles])
+    found = {(q, m.entry_id, m.distance) for q, matches in enumerate(results) for m in matches}
+    keys = haystack.entries["pdq"].keys
+    expected = {
+        (int(q), keys[e].tobytes().hex(), int(d))
+        for q, e, d in zip(*brute_force(keys, needles, 31), strict=True)
+    }
+    assert found == expected
+    assert len(expected) > len(needles)
