@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from scanner import __version__
 from scanner.checkpoint import Checkpoint
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
-from scanner.lists import HashList, Matcher, load_hashlist
+from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
 from scanner.planner import Plan, plan
 from scanner.reports.files import private_dir
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
@@ -53,11 +54,21 @@ def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
     if not config.hashlists:
         raise ConfigError("no hash list given (--hashlist PATH); a scan without lists only checks liveness")
     work = plan(expand_inputs(list(config.inputs)), config.source, config.run.on_bad_shard)
-    lists = [load_hashlist(spec.spec, thresholds=spec.thresholds) for spec in config.hashlists]
-    matcher = Matcher.from_lists(lists, config.match)
+    lists = [load_hashlist(spec.spec) for spec in config.hashlists]
+    matcher = Matcher.from_lists(lists, match_config(config, lists))
     out = private_dir(config.out)
     checkpoint = Checkpoint(out, fingerprint(config, work, lists), restart)
     return Prepared(config, out, work, lists, matcher, checkpoint, checkpoint.done())
+
+
+def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
+    """The match settings with each list's own thresholds; two lists may not share a name."""
+    names = [hl.name for hl in lists]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"two hash lists are named {', '.join(duplicated)}; name them with NAME=PATH")
+    per_list = {hl.name: spec.thresholds for hl, spec in zip(lists, config.hashlists) if spec.thresholds}
+    return dataclasses.replace(config.match, list_thresholds={**config.match.list_thresholds, **per_list})
 
 
 def fingerprint(config: ScanConfig, work: Plan, lists: list[HashList]) -> dict:
@@ -90,7 +101,7 @@ def manifest(prepared: Prepared, summary_data: dict) -> dict:
         "command": sys.argv,
         "config": config.to_dict(),
         "allow_private_networks": config.fetch.allow_private_networks,
-        "lists": [hl.describe() for hl in prepared.lists],
+        "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in prepared.lists],
         "inputs": [
             {"path": path, "kind": source.kind, "bytes": os.path.getsize(path)}
             for path, source in prepared.plan.sources.items()
