@@ -1,6 +1,7 @@
 """Numba kernels for the Hamming index: posting-list construction and multi-index search.
 
-Compiled code is cached next to this module (numba's cache holds machine code, never hashed content).
+Compiled once per process, never cached on disk: numba's cache probes its folder with a temporary file, and
+a scan writes no file outside its report directory (scanner/nostore.py). Compiling costs about 3 s per process.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def chunk_value(row: np.ndarray, start: int, width: int) -> np.uint64:
     return value & ((np.uint64(1) << np.uint64(width)) - np.uint64(1))
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=False)
 def build_postings(
     words: np.ndarray,
     starts: np.ndarray,
@@ -117,7 +118,7 @@ def _found_earlier(
     return False
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=False)
 def mih_search(
     queries: np.ndarray,
     first_query: int,
@@ -184,7 +185,7 @@ def mih_search(
     return queries.shape[0], written
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=False)
 def mih_search_embedded(
     queries: np.ndarray,
     first_query: int,
