@@ -1,7 +1,8 @@
 """Numba kernels for the Hamming index: posting-list construction and multi-index search.
 
-Compiled once per process, never cached on disk: numba's cache probes its folder with a temporary file, and
-a scan writes no file outside its report directory (scanner/nostore.py). Compiling costs about 3 s per process.
+Compiled once per process, never cached on disk: numba's cache probes its folder with a temporary file,
+and a scan writes no file outside its report directory (scanner/nostore.py). Compiling costs about 3 s
+per process.
 """
 
 from __future__ import annotations

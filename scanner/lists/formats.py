@@ -33,27 +33,30 @@ class FormatError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ListText:
-    """A list file's bytes (UTF-8 checked, BOM removed) split into lines."""
+    """A list file's bytes (BOM removed) split into lines, raw and with surrounding whitespace trimmed."""
 
     data: bytes
-    lines: pa.Array  # every line, without its line break
-    first_line: str  # the first line that is neither blank nor a comment ("" if none)
+    lines: pa.Array  # every line without its "\n" (a "\r" before it stays)
+    trimmed: pa.Array  # every line without surrounding whitespace
+    first_line: str  # the first trimmed line that is neither blank nor a comment ("" if none)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ListText:
-        """Split checked UTF-8 bytes into lines (a vectorised split, no Python string per line)."""
-        whole = pa.array([data], pa.large_binary()).cast(pa.large_string())
-        lines = pc.utf8_rtrim(pc.split_pattern(whole, "\n").flatten(), "\r")
-        kept = _content_mask(lines)
-        first = np.flatnonzero(kept.to_numpy(zero_copy_only=False))
-        first_line = str(lines[int(first[0])].as_py()).strip() if len(first) else ""
-        return cls(data, lines, first_line)
+        """Split UTF-8 bytes into lines with vectorised kernels; raises pyarrow.ArrowInvalid if not UTF-8."""
+        offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+        whole = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
+        whole.validate(full=True)
+        lines = pc.split_pattern(whole, "\n").flatten()
+        trimmed = pc.utf8_trim_whitespace(lines)
+        content = np.flatnonzero(_content_mask(trimmed))
+        first_line = str(trimmed[int(content[0])].as_py()) if len(content) else ""
+        return cls(data, lines, trimmed, first_line)
 
 
-def _content_mask(lines: pa.Array) -> pa.Array:
-    """Lines that are neither blank nor '#' comments."""
-    trimmed = pc.utf8_trim_whitespace(lines)
-    return pc.and_(pc.not_equal(trimmed, ""), pc.invert(pc.starts_with(trimmed, "#")))
+def _content_mask(trimmed: pa.Array) -> np.ndarray:
+    """Trimmed lines that are neither blank nor '#' comments."""
+    mask = pc.and_(pc.not_equal(trimmed, ""), pc.invert(pc.starts_with(trimmed, "#")))
+    return mask.to_numpy(zero_copy_only=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,11 +244,9 @@ def read_list(text: ListText, hash_type: str | None) -> tuple[str, RawList]:
     """The format name and rows of a list file; hash_type is the spec's TYPE: prefix, if any."""
     if not text.first_line:
         raise FormatError("the list is empty")
-    stray_return = np.flatnonzero(pc.match_substring(text.lines, "\r").to_numpy(zero_copy_only=False))
-    if len(stray_return):
-        raise FormatError(
-            "a carriage return inside a line: use \\n or \\r\\n line breaks", int(stray_return[0]) + 1
-        )
+    stray_return = _stray_carriage_return(text.data)
+    if stray_return is not None:
+        raise FormatError("a carriage return inside a line: use \\n or \\r\\n line breaks", stray_return)
     for list_format in FORMATS:
         if list_format.sniff(text.first_line, hash_type):
             if hash_type is not None and list_format.typed:
@@ -264,17 +265,27 @@ def _header(first_line: str) -> list[str]:
         return []
 
 
+def _stray_carriage_return(data: bytes) -> int | None:
+    """The line of the first "\\r" not followed by "\\n" (CSV readers would split lines there)."""
+    if b"\r" not in data:
+        return None
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    returns = np.flatnonzero(buffer[:-1] == 13)
+    stray = returns[buffer[returns + 1] != 10]
+    return data.count(b"\n", 0, int(stray[0])) + 1 if len(stray) else None
+
+
 def _content(text: ListText) -> tuple[pa.Array, np.ndarray]:
     """The trimmed non-blank, non-comment lines and their 1-based line numbers."""
-    kept = _content_mask(text.lines)
-    values = pc.utf8_trim_whitespace(text.lines.filter(kept))
-    return values, np.flatnonzero(kept.to_numpy(zero_copy_only=False)) + 1
+    kept = _content_mask(text.trimmed)
+    values = text.trimmed if kept.all() else text.trimmed.filter(pa.array(kept))
+    return values, np.flatnonzero(kept) + 1
 
 
 def _content_lines(text: ListText) -> np.ndarray:
     """1-based numbers of the lines a CSV reader sees as rows (pyarrow skips only empty lines)."""
-    non_empty = pc.not_equal(text.lines, "").to_numpy(zero_copy_only=False)
-    return np.flatnonzero(non_empty) + 1
+    empty = pc.or_(pc.equal(text.lines, ""), pc.equal(text.lines, "\r"))
+    return np.flatnonzero(~empty.to_numpy(zero_copy_only=False)) + 1
 
 
 def _read_csv(text: ListText, header: list[str]) -> pa.Table:

@@ -45,21 +45,18 @@ def row_hash(keys: np.ndarray) -> np.ndarray:
 
 
 def first_occurrences(keys: np.ndarray) -> np.ndarray:
-    """Boolean mask of rows that are the first of their value (later exact duplicates are False)."""
+    """Boolean mask of rows that are the first of their value (later exact repeats are False)."""
     keep = np.ones(len(keys), dtype=bool)
-    if len(keys) < 2:
+    mixed = row_hash(keys)
+    ordered = np.sort(mixed)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if len(repeated) == 0:
         return keep
-    h = row_hash(keys)
-    order = np.argsort(h, kind="stable")
-    same_hash = h[order[1:]] == h[order[:-1]]
-    later, earlier = order[1:][same_hash], order[:-1][same_hash]
-    if not (keys[later] == keys[earlier]).all():
-        # Two different rows share a 64-bit mix: rare enough that the slow exact path is fine.
-        _, first = np.unique(keys, axis=0, return_index=True)
-        keep[:] = False
-        keep[first] = True
-        return keep
-    keep[later] = False
+    # Only rows whose mix repeats can be repeats; compare those exactly (this also settles mix collisions).
+    rows = np.flatnonzero(np.isin(mixed, repeated))
+    _, first = np.unique(keys[rows], axis=0, return_index=True)
+    keep[rows] = False
+    keep[rows[first]] = True
     return keep
 
 
