@@ -25,7 +25,6 @@ from scanner.fetch.fetcher import exception_chain, failure_in_chain
 from scanner.fetch.guard import AddressPolicy, Lookup, Target, resolve_checked, system_lookup
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
-_CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp >= 3.10
 
 
 class GuardedResolver(AbstractResolver):
@@ -128,7 +127,7 @@ def aiohttp_failure(exc: BaseException) -> FetchFailure:
         return failure
     if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
         return FetchFailure("dead", "tls_error")
-    if isinstance(exc, _CONNECT_TIMEOUT):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return FetchFailure("dead", "connect_timeout")
     if isinstance(exc, asyncio.TimeoutError):
         return FetchFailure("dead", "read_timeout")
