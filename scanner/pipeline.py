@@ -102,12 +102,10 @@ class Pipeline:
 
     async def _hash(self, outcome: Outcome, body: bytes, fetched: FetchResult | None) -> _Checked:
         outcome.bytes = len(body)
-        hashes, reason = await self.stages.hash(body)
-        if hashes is None:
-            outcome.reason = reason
-            return _Checked(outcome, fetch=fetched)
-        outcome.outcome = "clean"
-        return _Checked(outcome, to_query(hashes), fetched)
+        hashes, outcome.reason = await self.stages.hash(body)
+        if outcome.reason is None:
+            outcome.outcome = "clean"
+        return _Checked(outcome, None if hashes is None else to_query(hashes), fetched)
 
     def _matched(self, unit_id: int, checked: list[_Checked]) -> UnitReport:
         """Match the unit's hashed rows in one batch and assemble its report."""

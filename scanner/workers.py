@@ -12,8 +12,8 @@ def init_worker(allowed_dirs: tuple[str, ...]) -> None:
 
 
 def hash_job(body: bytes, want: frozenset[str], limits: DecodeLimits) -> tuple[ImageHashes | None, str | None]:
-    """Hash one body in memory; return the hashes, or the reason it is not a usable image."""
+    """Hash one body in memory; a body that is no usable image keeps its digests (exact lists still match)."""
     try:
         return hash_image(body, want, limits), None
     except DecodeError as exc:
-        return None, exc.reason
+        return (ImageHashes(**exc.digests) if exc.digests else None), exc.reason
