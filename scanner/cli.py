@@ -15,6 +15,9 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SCAN_FLAGS: list[tuple[str, str, dict]] = [
     ("--url-col", "source.url_col", {"help": "URL column (default: URL or url)"}),
     ("--key-col", "source.key_col", {"help": "key column carried into reports (default: SAMPLE_ID, uid, key or id)"}),
+    ("--image-col", "source.image_col", {"help": "image-bytes column of Parquet shards (default: detect)"}),
+    ("--max-member-bytes", "source.max_member_bytes",
+     {"type": int, "help": "largest image read from a tar, Parquet cell or file (default 50 MiB)"}),
     ("--rows-per-unit", "source.rows_per_unit", {"type": int, "help": "rows per resumable work unit"}),
     ("--max-in-flight", "fetch.max_in_flight", {"type": int, "help": "requests in flight overall"}),
     ("--per-host", "fetch.max_per_host", {"type": int, "help": "requests in flight per host"}),
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanner", description=__doc__)
     parser.add_argument("--version", action="version", version=f"scanner {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    _add(commands, "scan", "scan URL-list shards and match the images against hash lists", cmd_scan, _scan_args)
+    _add(commands, "scan", "scan URL lists or downloaded corpora and match the images against hash lists", cmd_scan, _scan_args)
     _add(commands, "demo", "offline demo: generated images served on 127.0.0.1, scanned", cmd_demo, _demo_args)
     _add(commands, "hash", "print the hashes of image files, exactly as a scan computes them", cmd_hash, _hash_args)
     _add(commands, "report", "write again a scan's self-contained report.html", cmd_report, _report_args)

@@ -143,6 +143,8 @@ def match_record(outcome: Outcome, match: Match) -> dict:
     }
     if match.transform:
         record["transform"] = match.transform
+    if outcome.member:
+        record["member"] = outcome.member
     return record
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from scanner.planner import Plan, plan
 from scanner.reports.files import private_dir
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
 from scanner.sources import expand_inputs
+from scanner.sources.storage import input_signature
 
 
 @dataclass(slots=True)
@@ -75,7 +75,7 @@ def fingerprint(config: ScanConfig, work: Plan, lists: list[HashList]) -> dict:
     """What must not change between a scan and its resumption: inputs, lists and result-affecting settings."""
     settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
     return {
-        "inputs": [[p, os.path.getsize(p), os.stat(p).st_mtime_ns] for p in work.sources],
+        "inputs": [[p, *input_signature(p)] for p in work.sources],
         "skipped": sorted(work.skipped),
         "lists": [[hl.name, hl.digest] for hl in lists],
         "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
@@ -103,7 +103,7 @@ def manifest(prepared: Prepared, summary_data: dict) -> dict:
         "allow_private_networks": config.fetch.allow_private_networks,
         "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in prepared.lists],
         "inputs": [
-            {"path": path, "kind": source.kind, "bytes": os.path.getsize(path)}
+            {"path": path, "kind": source.kind, "signature": input_signature(path)}
             for path, source in prepared.plan.sources.items()
         ],
         "skipped_shards": summary_data["skipped_shards"],
