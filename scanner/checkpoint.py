@@ -33,7 +33,9 @@ class Checkpoint:
         if path.exists():
             previous = json.loads(path.read_text())
             if previous != fingerprint:
-                changed = sorted(k for k in fingerprint.keys() | previous.keys() if fingerprint.get(k) != previous.get(k))
+                changed = sorted(
+                    k for k in fingerprint.keys() | previous.keys() if fingerprint.get(k) != previous.get(k)
+                )
                 raise ResumeError(
                     f"{self.dir.parent} holds a scan with different {', '.join(changed)}; "
                     "use a new --out, or --restart to discard it"

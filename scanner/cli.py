@@ -14,21 +14,40 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 SCAN_FLAGS: list[tuple[str, str, dict]] = [
     ("--url-col", "source.url_col", {"help": "URL column (default: URL or url)"}),
-    ("--key-col", "source.key_col", {"help": "key column carried into reports (default: SAMPLE_ID, uid, key or id)"}),
+    (
+        "--key-col",
+        "source.key_col",
+        {"help": "key column carried into reports (default: SAMPLE_ID, uid, key or id)"},
+    ),
     ("--image-col", "source.image_col", {"help": "image-bytes column of Parquet shards (default: detect)"}),
-    ("--max-member-bytes", "source.max_member_bytes",
-     {"type": int, "help": "largest image read from a tar, Parquet cell or file (default 50 MiB)"}),
+    (
+        "--max-member-bytes",
+        "source.max_member_bytes",
+        {"type": int, "help": "largest image read from a tar, Parquet cell or file (default 50 MiB)"},
+    ),
     ("--rows-per-unit", "source.rows_per_unit", {"type": int, "help": "rows per resumable work unit"}),
     ("--max-in-flight", "fetch.max_in_flight", {"type": int, "help": "requests in flight overall"}),
     ("--per-host", "fetch.max_per_host", {"type": int, "help": "requests in flight per host"}),
-    ("--timeout", "fetch.total_timeout", {"type": float, "help": "total seconds per URL, redirects included"}),
+    (
+        "--timeout",
+        "fetch.total_timeout",
+        {"type": float, "help": "total seconds per URL, redirects included"},
+    ),
     ("--max-bytes", "fetch.max_bytes", {"type": int, "help": "body cap in bytes"}),
     ("--contact", "fetch.contact", {"help": "contact URL put in the User-Agent"}),
     ("--client", "fetch.client", {"choices": ["aiohttp", "httpx"], "help": "HTTP client (default aiohttp)"}),
     ("--pdq-threshold", "match.pdq_threshold", {"type": int, "help": "PDQ Hamming distance (default 31)"}),
-    ("--pdq-min-quality", "match.pdq_min_quality", {"type": int, "help": "ignore PDQ below this quality (50)"}),
+    (
+        "--pdq-min-quality",
+        "match.pdq_min_quality",
+        {"type": int, "help": "ignore PDQ below this quality (50)"},
+    ),
     ("--workers", "run.workers", {"type": int, "help": "hashing processes (default: one per core)"}),
-    ("--on-bad-shard", "run.on_bad_shard", {"choices": ["fail", "skip"], "help": "stop on a bad shard, or skip it"}),
+    (
+        "--on-bad-shard",
+        "run.on_bad_shard",
+        {"choices": ["fail", "skip"], "help": "stop on a bad shard, or skip it"},
+    ),
 ]
 
 
@@ -53,9 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanner", description=__doc__)
     parser.add_argument("--version", action="version", version=f"scanner {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    _add(commands, "scan", "scan URL lists or downloaded corpora and match the images against hash lists", cmd_scan, _scan_args)
-    _add(commands, "demo", "offline demo: generated images served on 127.0.0.1, scanned", cmd_demo, _demo_args)
-    _add(commands, "hash", "print the hashes of image files, exactly as a scan computes them", cmd_hash, _hash_args)
+    _add(
+        commands,
+        "scan",
+        "scan URL lists or downloaded corpora and match the images against hash lists",
+        cmd_scan,
+        _scan_args,
+    )
+    _add(
+        commands, "demo", "offline demo: generated images served on 127.0.0.1, scanned", cmd_demo, _demo_args
+    )
+    _add(
+        commands,
+        "hash",
+        "print the hashes of image files, exactly as a scan computes them",
+        cmd_hash,
+        _hash_args,
+    )
     _add(commands, "report", "write again a scan's self-contained report.html", cmd_report, _report_args)
     _add(commands, "export", "write a referral file of a scan's matched rows", cmd_export, _export_args)
     _add(commands, "verify", "check a scan's files against its manifest and schema", cmd_verify, _dir_arg)
@@ -69,13 +102,23 @@ def _add(commands, name: str, help_text: str, handler: Callable, add_args: Calla
 
 
 def _scan_args(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("inputs", nargs="+", help="shards: Parquet, CSV, TSV, JSONL or TXT files, directories or globs")
-    sub.add_argument("--hashlist", action="append", default=[], metavar="[NAME=][TYPE:]PATH", help="a hash list")
+    sub.add_argument(
+        "inputs", nargs="+", help="shards: Parquet, CSV, TSV, JSONL or TXT files, directories or globs"
+    )
+    sub.add_argument(
+        "--hashlist", action="append", default=[], metavar="[NAME=][TYPE:]PATH", help="a hash list"
+    )
     sub.add_argument("--out", help="report directory (created 0700)")
     sub.add_argument("--config", help="TOML config file (flags override it)")
-    sub.add_argument("--allow-private-networks", action="store_true", default=None,
-                     help="allow URLs that resolve to private, loopback or reserved addresses")
-    sub.add_argument("--pdq-dihedral", action="store_true", default=None, help="also match rotations and flips")
+    sub.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        default=None,
+        help="allow URLs that resolve to private, loopback or reserved addresses",
+    )
+    sub.add_argument(
+        "--pdq-dihedral", action="store_true", default=None, help="also match rotations and flips"
+    )
     sub.add_argument("--restart", action="store_true", help="discard a previous partial scan in --out")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     for flag, _key, options in SCAN_FLAGS:

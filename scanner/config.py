@@ -65,7 +65,13 @@ class ScanConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"source": SourceOptions, "fetch": FetchConfig, "hashing": DecodeLimits, "match": MatchConfig, "run": RunConfig}
+SECTIONS = {
+    "source": SourceOptions,
+    "fetch": FetchConfig,
+    "hashing": DecodeLimits,
+    "match": MatchConfig,
+    "run": RunConfig,
+}
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> ScanConfig:
@@ -118,7 +124,9 @@ def _section(cls: type, values: Any, name: str, origin: str) -> Any:
     if unknown:
         raise ConfigError(f"{origin}: unknown setting(s) {', '.join(f'{name}.{k}' for k in sorted(unknown))}")
     defaults = cls()
-    checked = {key: _typed(getattr(defaults, key), value, f"{name}.{key}", origin) for key, value in values.items()}
+    checked = {
+        key: _typed(getattr(defaults, key), value, f"{name}.{key}", origin) for key, value in values.items()
+    }
     try:
         return cls(**checked)
     except (TypeError, ValueError) as exc:

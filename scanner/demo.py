@@ -48,8 +48,10 @@ def encode(image: Image.Image, fmt: str, quality: int = 90) -> bytes:
 class _Handler(BaseHTTPRequestHandler):
     routes: dict[str, tuple[int, str, bytes, dict[str, str]]] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        status, content_type, body, headers = self.routes.get(self.path, (404, "text/plain", b"not found", {}))
+    def do_GET(self) -> None:
+        status, content_type, body, headers = self.routes.get(
+            self.path, (404, "text/plain", b"not found", {})
+        )
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

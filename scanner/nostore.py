@@ -23,7 +23,9 @@ def is_write(mode: object, flags: object) -> bool:
 def is_allowed(path: str) -> bool:
     """Writes may go to the report directory and to device files (stdout, /dev/null), nowhere else."""
     real = os.path.realpath(path)
-    return real.startswith("/dev/") or any(real == root or real.startswith(root + os.sep) for root in _allowed)
+    return real.startswith("/dev/") or any(
+        real == root or real.startswith(root + os.sep) for root in _allowed
+    )
 
 
 def _audit(event: str, args: tuple[object, ...]) -> None:

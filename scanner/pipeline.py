@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from scanner.fetch import FetchResult, Fetcher
+from scanner.fetch import Fetcher, FetchResult
 from scanner.hashing import ImageHashes
 from scanner.lists import Match, Matcher, Query
 from scanner.planner import WorkUnit
@@ -112,7 +112,7 @@ class Pipeline:
         hashed = [c for c in checked if c.query is not None]
         found = self.stages.matcher.match_batch([c.query for c in hashed]) if hashed else []
         report = UnitReport(unit_id, [c.outcome for c in checked])
-        for item, matches in zip(hashed, found):
+        for item, matches in zip(hashed, found, strict=True):
             if matches:
                 item.outcome.outcome = "match"
                 report.matches.extend(match_record(item.outcome, m) for m in matches)

@@ -22,7 +22,9 @@ class BarProgress(Progress):
     """Progress shown as one tqdm line, refreshed at most a few times a second."""
 
     def __init__(self, total: int, done: int = 0) -> None:
-        self._bar = tqdm(total=total, initial=done, unit="row", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        self._bar = tqdm(
+            total=total, initial=done, unit="row", file=sys.stderr, dynamic_ncols=True, mininterval=0.5
+        )
         self._rows = self._live = self._matches = 0
 
     def row_done(self, outcome: str) -> None:

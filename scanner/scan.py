@@ -67,7 +67,9 @@ def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ConfigError(f"two hash lists are named {', '.join(duplicated)}; name them with NAME=PATH")
-    per_list = {hl.name: spec.thresholds for hl, spec in zip(lists, config.hashlists) if spec.thresholds}
+    per_list = {
+        hl.name: spec.thresholds for hl, spec in zip(lists, config.hashlists, strict=True) if spec.thresholds
+    }
     return dataclasses.replace(config.match, list_thresholds={**config.match.list_thresholds, **per_list})
 
 

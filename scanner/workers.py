@@ -11,7 +11,9 @@ def init_worker(allowed_dirs: tuple[str, ...]) -> None:
     nostore.install(allowed_dirs)
 
 
-def hash_job(body: bytes, want: frozenset[str], limits: DecodeLimits) -> tuple[ImageHashes | None, str | None]:
+def hash_job(
+    body: bytes, want: frozenset[str], limits: DecodeLimits
+) -> tuple[ImageHashes | None, str | None]:
     """Hash one body in memory; a body that is no usable image keeps its digests (exact lists still match)."""
     try:
         return hash_image(body, want, limits), None

@@ -65,8 +65,22 @@ def run_audited_scan(tmp_path: Path, routes: dict, extra_args: list[str]) -> tup
         pq.write_table(pa.table({"url": [base + path for path in routes]}), shard)
         listfile = tmp_path / "list.txt"
         listfile.write_text("0" * 32 + "\n")
-        command = [sys.executable, "-m", "scanner", "scan", str(shard), "--hashlist", f"md5:{listfile}",
-                   "--out", str(out), "--allow-private-networks", "--quiet", "--workers", "2", *extra_args]
+        command = [
+            sys.executable,
+            "-m",
+            "scanner",
+            "scan",
+            str(shard),
+            "--hashlist",
+            f"md5:{listfile}",
+            "--out",
+            str(out),
+            "--allow-private-networks",
+            "--quiet",
+            "--workers",
+            "2",
+            *extra_args,
+        ]
         done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return out, log.read_text().splitlines()
@@ -79,7 +93,9 @@ def test_scan_writes_only_inside_out_and_never_image_bytes(tmp_path):
     assert len(starts) >= 3, "the audit hook must run in the main process and in both hashing workers"
     assert [line for line in log if line.startswith("VIOLATION")] == []
     written = {Path(line.split(" ", 1)[1]) for line in log if line.startswith("write ")}
-    assert out / "outcomes.parquet" in {p.parent / p.name.removeprefix(".").removesuffix(".partial") for p in written}
+    assert out / "outcomes.parquet" in {
+        p.parent / p.name.removeprefix(".").removesuffix(".partial") for p in written
+    }
     outcomes = pq.read_table(out / "outcomes.parquet").to_pydict()
     assert outcomes["outcome"] == ["clean"] * 12
     files = [p for p in out.rglob("*") if p.is_file()]
@@ -108,7 +124,9 @@ def test_write_guard_refuses_writes_outside_out(tmp_path):
                 print("refused")
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert done.stdout.split() == ["refused"] * 3, done.stderr
     assert (allowed / "ok.txt").read_text() == "fine"
     assert not (tmp_path / "leak.jpg").exists()
@@ -116,7 +134,11 @@ def test_write_guard_refuses_writes_outside_out(tmp_path):
 
 @pytest.mark.parametrize("mode", ["r", "rb"])
 def test_write_guard_allows_reading(tmp_path, mode):
-    script = (f"from scanner import nostore; nostore.install([{str(tmp_path)!r}]); "
-              f"print(len(open({str(REPO / 'README.md')!r}, {mode!r}).read()) > 0)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    script = (
+        f"from scanner import nostore; nostore.install([{str(tmp_path)!r}]); "
+        f"print(len(open({str(REPO / 'README.md')!r}, {mode!r}).read()) > 0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert done.stdout.strip() == "True", done.stderr

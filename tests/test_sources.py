@@ -22,7 +22,9 @@ def read_all(path, **options):
 def test_parquet_spans_cover_every_row_once(tmp_path, row_group_size, per_unit):
     n = 2500 if row_group_size > 1 else 40
     path = tmp_path / "s.parquet"
-    pq.write_table(pa.table({"url": [f"http://h/{i}" for i in range(n)]}), path, row_group_size=row_group_size)
+    pq.write_table(
+        pa.table({"url": [f"http://h/{i}" for i in range(n)]}), path, row_group_size=row_group_size
+    )
     rows = read_all(path, rows_per_unit=per_unit)
     assert [r.row for r in rows] == list(range(n))
     assert all(r.url == f"http://h/{r.row}" for r in rows)
@@ -30,7 +32,9 @@ def test_parquet_spans_cover_every_row_once(tmp_path, row_group_size, per_unit):
 
 def test_laion_columns_detected_and_key_carried(tmp_path):
     path = tmp_path / "laion.parquet"
-    table = pa.table({"SAMPLE_ID": [7, 8], "URL": ["http://a/1.jpg", None], "TEXT": ["x", "y"], "NSFW": ["", ""]})
+    table = pa.table(
+        {"SAMPLE_ID": [7, 8], "URL": ["http://a/1.jpg", None], "TEXT": ["x", "y"], "NSFW": ["", ""]}
+    )
     pq.write_table(table, path)
     rows = read_all(path)
     assert [(r.url, r.key) for r in rows] == [("http://a/1.jpg", "7"), (None, "8")]
@@ -67,7 +71,9 @@ def test_truncated_parquet_is_a_named_error(tmp_path):
 def test_csv_tsv_jsonl_txt(tmp_path):
     (tmp_path / "a.csv").write_text('uid,url,text\n1,http://a/1,"hello, world"\n2,,empty\n')
     (tmp_path / "b.tsv").write_text("url\tkey\nhttp://b/1\tk1\n")
-    (tmp_path / "c.jsonl").write_text(json.dumps({"url": "http://c/1", "key": "j"}) + "\n\n" + '{"url": null}\n')
+    (tmp_path / "c.jsonl").write_text(
+        json.dumps({"url": "http://c/1", "key": "j"}) + "\n\n" + '{"url": null}\n'
+    )
     (tmp_path / "d.txt").write_text("http://d/1\n\nhttp://d/2\n")
     assert [(r.url, r.key) for r in read_all(tmp_path / "a.csv")] == [("http://a/1", "1"), (None, "2")]
     assert [(r.url, r.key) for r in read_all(tmp_path / "b.tsv")] == [("http://b/1", "k1")]

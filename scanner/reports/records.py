@@ -23,7 +23,18 @@ OUTCOME_SCHEMA = pa.schema(
     ]
 )
 
-MATCH_FIELDS = ("shard", "row", "url", "key", "list", "entry_id", "category", "hash_type", "distance", "quality")
+MATCH_FIELDS = (
+    "shard",
+    "row",
+    "url",
+    "key",
+    "list",
+    "entry_id",
+    "category",
+    "hash_type",
+    "distance",
+    "quality",
+)
 
 
 @dataclass(slots=True)

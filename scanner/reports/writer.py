@@ -36,7 +36,10 @@ class Tally:
 def merge_reports(out_dir: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> Tally:
     """Concatenate the units' outputs in unit order into outcomes.parquet, matches.jsonl and evidence.jsonl."""
     tally = Tally()
-    with atomic_open(out_dir / "outcomes.parquet") as handle, pq.ParquetWriter(handle, OUTCOME_SCHEMA) as writer:
+    with (
+        atomic_open(out_dir / "outcomes.parquet") as handle,
+        pq.ParquetWriter(handle, OUTCOME_SCHEMA) as writer,
+    ):
         for path in checkpoint.outcome_files(unit_ids):
             table = pq.read_table(path, schema=OUTCOME_SCHEMA)
             writer.write_table(table, row_group_size=64 * 1024)
@@ -77,7 +80,9 @@ def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[s
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "rows": tally.rows,
-        "outcomes": {o: tally.outcomes.get(o, 0) for o in (*OUTCOMES, *sorted(set(tally.outcomes) - set(OUTCOMES)))},
+        "outcomes": {
+            o: tally.outcomes.get(o, 0) for o in (*OUTCOMES, *sorted(set(tally.outcomes) - set(OUTCOMES)))
+        },
         "live_rate": round(reached / tally.rows, 6) if tally.rows else 0.0,
         "http_status_classes": dict(sorted(tally.status_classes.items())),
         "reasons": dict(sorted(tally.reasons.items())),

@@ -44,7 +44,9 @@ def run_units(prepared: Prepared, units: list[WorkUnit], progress: Progress | No
         asyncio.run(_run(prepared, units, pool, progress))
 
 
-async def _run(prepared: Prepared, units: list[WorkUnit], pool: ProcessPoolExecutor, progress: Progress | None) -> None:
+async def _run(
+    prepared: Prepared, units: list[WorkUnit], pool: ProcessPoolExecutor, progress: Progress | None
+) -> None:
     config = prepared.config
     loop = asyncio.get_running_loop()
     want = prepared.matcher.needed_hash_types

@@ -29,7 +29,9 @@ class LineFeed:
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise SourceError(self.path, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", self.line) from exc
+                raise SourceError(
+                    self.path, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", self.line
+                ) from exc
 
 
 class TextSource:
@@ -136,7 +138,9 @@ class TextSource:
             self.key_col = pick_column(list(record), self.options.key_col, KEY_COLUMNS)
         if self.url_col is None:
             wanted = self.options.url_col or " or ".join(URL_COLUMNS)
-            raise SourceError(self.path, f"no URL field {wanted!r}; fields are: {', '.join(record)}", line_number)
+            raise SourceError(
+                self.path, f"no URL field {wanted!r}; fields are: {', '.join(record)}", line_number
+            )
         return record
 
     def _row(self, index: int, record: object) -> Row:
