@@ -89,7 +89,7 @@ class AiohttpTransport:
                 yield _AiohttpExchange(response)
         except FetchFailure:
             raise
-        except (aiohttp.ClientError, OSError, ssl.SSLError, ValueError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise aiohttp_failure(exc) from exc
 
     async def aclose(self) -> None:
@@ -142,7 +142,7 @@ def aiohttp_failure(exc: BaseException) -> FetchFailure:
         return FetchFailure("dead", "connection_refused" if refused else "connection_failed")
     if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
         return FetchFailure("dead", "connection_reset", retryable=True)
-    if isinstance(exc, (aiohttp.InvalidURL, ValueError)):
+    if isinstance(exc, aiohttp.InvalidURL):
         return FetchFailure("invalid", "invalid_url")
     return FetchFailure("dead", "client_error")
 

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from scanner.fetch.base import FetchConfig, FetchFailure, FetchResult
@@ -238,18 +238,18 @@ class _HostSlot:
     users: int = 0
 
 
-@dataclass(slots=True)
 class _HostSlots:
-    """Per-host in-flight limit; entries live only while a host has requests waiting or running."""
+    """Per-host in-flight limit; a host's semaphore lives only while it has requests waiting or running."""
 
-    limit: int
-    _slots: dict[str, _HostSlot] = field(default_factory=dict)
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._slots: dict[str, _HostSlot] = {}
 
     @asynccontextmanager
     async def slot(self, host: str) -> AsyncIterator[None]:
         entry = self._slots.get(host)
         if entry is None:
-            entry = self._slots[host] = _HostSlot(asyncio.Semaphore(self.limit))
+            entry = self._slots[host] = _HostSlot(asyncio.Semaphore(self._limit))
         entry.users += 1
         try:
             async with entry.semaphore:
