@@ -35,6 +35,7 @@ Hostile routes (query parameters in brackets, with defaults):
     /retry-after?key=K[&status=503&seconds=0&times=1]
                                  status with Retry-After for the first `times` requests of K, then 200
     /reset[?key=K&times=1]       sends a TCP RST instead of an answer (always, or the first `times` for K)
+    /not-http                    answers with bytes that are not HTTP, then closes
     /echo-headers                200 application/json: the request's method and headers
     /no-head                     405 to HEAD, 200 to GET
 """
@@ -342,6 +343,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close_connection = True
         self.connection.close()
+
+    def route_not_http(self, rest: str) -> None:
+        self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\nthis is not an HTTP response\r\n\r\n")
+        self.close_connection = True
 
     def route_echo_headers(self, rest: str) -> None:
         body = json.dumps({"method": self.command, "headers": dict(self.headers.items())}).encode()

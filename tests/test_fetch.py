@@ -223,6 +223,25 @@ def test_connection_refused_is_not_retried(config: FetchConfig) -> None:
     assert reason(result) == ("dead", "connection_refused")
 
 
+def test_unanswered_connect_hits_the_connect_timeout(config: FetchConfig) -> None:
+    # A listener that never accepts, its backlog already full: the kernel drops our SYN, connect() hangs.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+        try:
+            result = fetch(
+                replace(config, connect_timeout=0.2), f"http://127.0.0.1:{listener.getsockname()[1]}/"
+            )
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert reason(result) == ("dead", "connect_timeout")
+
+
 def test_dns_failures(config: FetchConfig) -> None:
     async def never(host: str, port: int) -> Sequence[str]:
         await asyncio.sleep(30)
@@ -299,6 +318,10 @@ def test_unusable_content_encoding(config: FetchConfig, server: LoopbackServer, 
     assert reason(fetch(config, server.url(path))) == ("invalid", why)
 
 
+def test_a_reply_that_is_not_http(config: FetchConfig, server: LoopbackServer) -> None:
+    assert reason(fetch(config, server.url("/not-http"))) == ("invalid", "bad_response")
+
+
 @pytest.mark.parametrize("path", ["/headers-huge?size=20000", "/many-headers?count=500"])
 def test_oversized_headers(config: FetchConfig, server: LoopbackServer, path: str) -> None:
     assert reason(fetch(config, server.url(path))) == ("invalid", "headers_too_large")
@@ -320,7 +343,7 @@ def test_bad_urls_never_reach_the_network(
 
 def test_per_host_limit_holds(config: FetchConfig, server: LoopbackServer) -> None:
     config = replace(config, max_per_host=2, max_in_flight=8)
-    results = asyncio.run(fetch_all(config, [server.url(f"/slow?seconds=0.1&n={i}") for i in range(6)]))
+    results = asyncio.run(fetch_all(config, [server.url(f"/slow?seconds=0.2&n={i}") for i in range(6)]))
     assert all(r.outcome == "ok" for r in results)
     assert server.peak_in_flight == 2
 
@@ -329,7 +352,7 @@ def test_global_limit_holds_across_hosts(config: FetchConfig, server: LoopbackSe
     # Three names for the same server: the per-host limit alone would allow 6 at once.
     config = replace(config, max_per_host=2, max_in_flight=3)
     lookup = names({"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"], "c.test": ["127.0.0.1"]})
-    urls = [f"http://{h}.test:{server.port}/slow?seconds=0.1&n={i}" for h in "abc" for i in range(2)]
+    urls = [f"http://{h}.test:{server.port}/slow?seconds=0.2&n={i}" for h in "abc" for i in range(2)]
     results = asyncio.run(fetch_all(config, urls, lookup))
     assert all(r.outcome == "ok" for r in results)
     assert server.peak_in_flight == 3
