@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from scanner.lists.hashtypes import HASH_TYPES
+from scanner.lists.hashtypes import HASH_TYPES, string_buffers
 
 
 class FormatError(ValueError):
@@ -33,12 +33,12 @@ class FormatError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ListText:
-    """A list file's bytes (BOM removed) split into lines, raw and with surrounding whitespace trimmed."""
+    """A list file's bytes (BOM removed) as lines without surrounding whitespace."""
 
     data: bytes
-    lines: pa.Array  # every line without its "\n" (a "\r" before it stays)
-    trimmed: pa.Array  # every line without surrounding whitespace
-    first_line: str  # the first trimmed line that is neither blank nor a comment ("" if none)
+    lines: pa.Array  # every line, trimmed of surrounding whitespace (and so of a "\r" before "\n")
+    content: np.ndarray  # which lines are neither blank nor '#' comments
+    first_line: str  # the first content line ("" if none)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ListText:
@@ -46,17 +46,17 @@ class ListText:
         offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
         whole = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
         whole.validate(full=True)
-        lines = pc.split_pattern(whole, "\n").flatten()
-        trimmed = pc.utf8_trim_whitespace(lines)
-        content = np.flatnonzero(_content_mask(trimmed))
-        first_line = str(trimmed[int(content[0])].as_py()) if len(content) else ""
-        return cls(data, lines, trimmed, first_line)
+        lines = pc.utf8_trim_whitespace(pc.split_pattern(whole, "\n").flatten())
+        starts, chars = string_buffers(lines)
+        content = np.diff(starts) > 0
+        content[content] = chars[starts[:-1][content]] != ord("#")
+        first = np.flatnonzero(content)
+        first_line = str(lines[int(first[0])].as_py()) if len(first) else ""
+        return cls(data, lines, content, first_line)
 
-
-def _content_mask(trimmed: pa.Array) -> np.ndarray:
-    """Trimmed lines that are neither blank nor '#' comments."""
-    mask = pc.and_(pc.not_equal(trimmed, ""), pc.invert(pc.starts_with(trimmed, "#")))
-    return mask.to_numpy(zero_copy_only=False)
+    def first_content_line(self) -> int:
+        """1-based number of the first content line."""
+        return int(np.flatnonzero(self.content)[0]) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +114,12 @@ class CsvFormat(ListFormat):
         header = _header(text.first_line)
         if len(set(header)) != len(header):
             raise FormatError(
-                f"the header repeats a column name: {text.first_line!r}", _content_lines(text)[0]
+                f"the header repeats a column name: {text.first_line!r}", text.first_content_line()
             )
         table = _read_csv(text, header)
         roles = self._roles_of(header)
         column = {role: table.column(name).combine_chunks() for name, role in roles.items()}
-        lines = _content_lines(text)[1:]
+        lines = _csv_row_lines(text.data)[1:]
         extra = [name for name in header if name not in roles]
         return RawList(
             hashes=pc.utf8_trim_whitespace(column["hash"]),
@@ -254,7 +254,7 @@ def read_list(text: ListText, hash_type: str | None) -> tuple[str, RawList]:
                     f"this {list_format.name} list names its own hash types: drop the TYPE: prefix"
                 )
             return list_format.name, list_format().read(text, hash_type)
-    raise FormatError(f"unrecognised list format: {text.first_line[:80]!r}", _content_lines(text)[0])
+    raise FormatError(f"unrecognised list format: {text.first_line[:80]!r}", text.first_content_line())
 
 
 def _header(first_line: str) -> list[str]:
@@ -276,16 +276,21 @@ def _stray_carriage_return(data: bytes) -> int | None:
 
 
 def _content(text: ListText) -> tuple[pa.Array, np.ndarray]:
-    """The trimmed non-blank, non-comment lines and their 1-based line numbers."""
-    kept = _content_mask(text.trimmed)
-    values = text.trimmed if kept.all() else text.trimmed.filter(pa.array(kept))
-    return values, np.flatnonzero(kept) + 1
+    """The non-blank, non-comment lines and their 1-based line numbers."""
+    rows = np.flatnonzero(text.content)
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # one run (a final newline, a heading comment)
+        return text.lines.slice(int(rows[0]), len(rows)), rows + 1
+    return text.lines.filter(pa.array(text.content)), rows + 1
 
 
-def _content_lines(text: ListText) -> np.ndarray:
-    """1-based numbers of the lines a CSV reader sees as rows (pyarrow skips only empty lines)."""
-    empty = pc.or_(pc.equal(text.lines, ""), pc.equal(text.lines, "\r"))
-    return np.flatnonzero(~empty.to_numpy(zero_copy_only=False)) + 1
+def _csv_row_lines(data: bytes) -> np.ndarray:
+    """1-based numbers of the lines a CSV reader sees as rows: all but empty ones ("" or "\\r")."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    ends = np.append(np.flatnonzero(buffer == ord("\n")), len(buffer))
+    starts = np.append(0, ends[:-1] + 1)
+    lengths = ends - starts
+    carriage_return_only = (lengths == 1) & (buffer[np.minimum(starts, len(buffer) - 1)] == ord("\r"))
+    return np.flatnonzero((lengths > 0) & ~carriage_return_only) + 1
 
 
 def _read_csv(text: ListText, header: list[str]) -> pa.Table:
@@ -304,7 +309,7 @@ def _read_csv(text: ListText, header: list[str]) -> pa.Table:
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
     )
     if bad_rows:
-        line = int(_content_lines(text)[bad_rows[0] - 1])
+        line = int(_csv_row_lines(text.data)[bad_rows[0] - 1])
         raise FormatError(f"expected {len(header)} comma-separated fields", line)
     for name in header:
         if pc.any(pc.match_substring(table.column(name), "\n")).as_py():

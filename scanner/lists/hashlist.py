@@ -119,6 +119,8 @@ def load_hashlist(spec: str | ListSpec) -> HashList:
     except FormatError as error:
         raise HashListError(path, error.message, error.line) from None
     entries, merged = _decode(raw, path)
+    del text, raw
+    pa.default_memory_pool().release_unused()  # hand the file's text back to the OS, not to a pool
     return HashList(spec.name, spec.path, hashlib.sha256(data).hexdigest(), format_name, entries, merged)
 
 

@@ -7,6 +7,7 @@ Adding a type is one class instance in HASH_TYPES.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -16,7 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from scanner.lists.index import aligned_empty
 
@@ -139,18 +139,17 @@ def normalise_url(value: str) -> str:
     return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
 
 
-_HEX_VALUES = np.full(256, 255, dtype=np.uint8)
-for _digits, _first in ((b"0123456789", 0), (b"abcdef", 10), (b"ABCDEF", 10)):
-    _HEX_VALUES[np.frombuffer(_digits, dtype=np.uint8)] = np.arange(_first, _first + len(_digits))
+_HEX_VALUES = np.full(256, 255, dtype=np.uint8)  # to find the row that binascii refused
+_HEX_VALUES[np.frombuffer(b"0123456789abcdefABCDEF", dtype=np.uint8)] = 0
 
-_DECODE_ROWS = 1 << 20  # rows decoded at a time, to bound the temporary nibble arrays
+_DECODE_ROWS = 1 << 20  # rows decoded at a time, to bound temporary memory
 
 
 def decode_hex(values: pa.Array, nbytes: int, type_name: str) -> np.ndarray:
     """(n, nbytes) uint8 keys from a string array of hex, vectorised; BadValue names the first bad row."""
     if values.null_count:
         raise BadValue(_first(values.is_null()), "missing hash")
-    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False)
+    lengths = np.diff(string_buffers(values)[0])
     wrong = np.flatnonzero(lengths != 2 * nbytes)
     if len(wrong):
         row = int(wrong[0])
@@ -158,21 +157,28 @@ def decode_hex(values: pa.Array, nbytes: int, type_name: str) -> np.ndarray:
     digits = _ascii_rows(values, 2 * nbytes)
     keys = aligned_empty((len(values), nbytes))
     for first in range(0, len(values), _DECODE_ROWS):
-        nibbles = _HEX_VALUES[digits[first : first + _DECODE_ROWS]]
-        bad = np.flatnonzero((nibbles == 255).any(axis=1))
-        if len(bad):
-            raise BadValue(first + int(bad[0]), f"{type_name} hash is not hexadecimal")
-        keys[first : first + _DECODE_ROWS] = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+        chunk = digits[first : first + _DECODE_ROWS]
+        try:
+            decoded = binascii.unhexlify(chunk)
+        except binascii.Error:
+            bad = np.flatnonzero((_HEX_VALUES[chunk] == 255).any(axis=1))[0]
+            raise BadValue(first + int(bad), f"{type_name} hash is not hexadecimal") from None
+        keys[first : first + len(chunk)] = np.frombuffer(decoded, dtype=np.uint8).reshape(len(chunk), nbytes)
     return keys
 
 
 def _ascii_rows(values: pa.Array, width: int) -> np.ndarray:
     """The bytes of equal-length strings as an (n, width) view of the array's data buffer."""
+    offsets, data = string_buffers(values)
+    return data[offsets[0] : offsets[-1]].reshape(len(values), width)
+
+
+def string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's offsets (n + 1, int64) and data bytes as numpy views, without copying."""
     values = values.cast(pa.large_string())
     _, offsets, data = values.buffers()
-    offsets_array = np.frombuffer(offsets, dtype=np.int64)[values.offset : values.offset + len(values) + 1]
-    start, end = int(offsets_array[0]), int(offsets_array[-1])
-    return np.frombuffer(data, dtype=np.uint8)[start:end].reshape(len(values), width)
+    starts = np.frombuffer(offsets, dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    return starts, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
 
 
 def _first(mask: pa.Array) -> int:
