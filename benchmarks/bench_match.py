@@ -218,9 +218,8 @@ def main() -> None:
     started = time.perf_counter()
     for n_bytes in (32, 8):  # compile the numba kernels once, outside every timing
         HammingIndex(np.zeros((64, n_bytes), np.uint8), 10).search(np.zeros((1, n_bytes), np.uint8))
-    print(
-        f"scanner MIH: numba compiles in {time.perf_counter() - started:.1f} s, once per process (not in build s)"
-    )
+    compile_s = time.perf_counter() - started
+    print(f"scanner MIH: numba compiles in {compile_s:.1f} s, once per process (not in build s)")
     for case in cases:
         workload = make_workload(case, args.per_distance, args.random_queries, args.seed)
         rows = [run(name, workload, case, build, shares, args.budget) for name, build, shares in METHODS]
