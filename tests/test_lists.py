@@ -186,6 +186,13 @@ def test_bad_url_names_its_line(tmp_path):
     assert_error(path, f"url:{path}", 2, "not a valid url")
 
 
+def test_the_shipped_demo_list_is_synthetic_and_loads():
+    hash_list = load_hashlist(str(Path(__file__).parents[1] / "hashlists" / "demo-NOT-REAL.csv"))
+    assert hash_list.counts == {"md5": 3, "pdq": 2, "sha1": 1}
+    categories = {entries.category(i) for entries in hash_list.entries.values() for i in range(len(entries))}
+    assert categories == {"demo-not-real"}
+
+
 # Specs
 
 
