@@ -15,6 +15,7 @@ from scanner.reports.records import UnitReport, outcomes_table
 
 UNITS_DIR = ".units"
 FINGERPRINT = "fingerprint.json"
+COMPLETE = "complete"
 
 
 class Checkpoint:
@@ -64,6 +65,15 @@ class Checkpoint:
         """Committed match or evidence files in unit order."""
         return (self.dir / f"u{i:06d}{suffix}" for i in sorted(unit_ids))
 
-    def discard(self) -> None:
-        """Remove the units once they are merged into the final reports."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+    @property
+    def complete(self) -> bool:
+        """Whether this scan already finished and wrote its reports."""
+        return (self.dir / COMPLETE).exists()
+
+    def seal(self) -> None:
+        """Drop the merged units and mark the scan complete; the fingerprint stays to guard the reports."""
+        for path in self.dir.iterdir():
+            if path.name != FINGERPRINT:
+                path.unlink()
+        with atomic_open(self.dir / COMPLETE, "w") as handle:
+            handle.write("complete\n")

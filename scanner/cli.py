@@ -119,7 +119,7 @@ def _scan_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--pdq-dihedral", action="store_true", default=None, help="also match rotations and flips"
     )
-    sub.add_argument("--restart", action="store_true", help="discard a previous partial scan in --out")
+    sub.add_argument("--restart", action="store_true", help="discard a previous scan (partial or complete) in --out")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     for flag, _key, options in SCAN_FLAGS:
         sub.add_argument(flag, **options)

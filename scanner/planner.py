@@ -45,5 +45,6 @@ def plan(paths: list[str], options: SourceOptions, on_bad_shard: str = "fail") -
             skipped[path] = str(exc)
             continue
         sources[path] = source
-        units.extend(WorkUnit(len(units) + i, path, span) for i, span in enumerate(spans))
+        first = len(units)
+        units.extend(WorkUnit(first + i, path, span) for i, span in enumerate(spans))
     return Plan(units, sources, skipped)

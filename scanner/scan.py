@@ -91,8 +91,15 @@ def finish(prepared: Prepared, started_at: float) -> ScanResult:
     finished_at = time.time()
     summary_data = summary(tally, started_at, finished_at, work.skipped)
     write_summary_and_manifest(out, summary_data, manifest(prepared, summary_data))
-    prepared.checkpoint.discard()
+    prepared.checkpoint.seal()
     return ScanResult(out, summary_data)
+
+
+def already_done(prepared: Prepared) -> ScanResult | None:
+    """The result of a scan that already completed in this --out with the same inputs, lists and settings."""
+    if not prepared.checkpoint.complete:
+        return None
+    return ScanResult(prepared.out, json.loads((prepared.out / "summary.json").read_text()))
 
 
 def manifest(prepared: Prepared, summary_data: dict) -> dict:

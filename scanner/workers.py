@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+
 from scanner import nostore
 from scanner.hashing import DecodeError, DecodeLimits, ImageHashes, hash_image
 
 
 def init_worker(allowed_dirs: tuple[str, ...]) -> None:
-    """Guard the worker like the main process: no file writes outside the report directory."""
+    """Guard the worker like the main process, and leave Ctrl-C to the main process, which stops the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     nostore.install(allowed_dirs)
 
 

@@ -211,7 +211,7 @@ def test_trickling_server_is_cut_off_by_the_total_deadline(
 
 def test_truncated_body(config: FetchConfig, server: LoopbackServer) -> None:
     result = fetch(config, server.url("/truncated"))
-    assert reason(result) == ("dead", "truncated_body")
+    assert reason(result) == ("invalid", "truncated_body")
     assert result.body is None
 
 

@@ -150,7 +150,7 @@ def test_reasons_and_statuses(scanned):
     assert reasons[None] == ("invalid", "empty_url", None)
     assert reasons["file:///etc/passwd"][:2] == ("blocked", "blocked_scheme")
     assert reasons["ftp://127.0.0.1/x.jpg"][:2] == ("blocked", "blocked_scheme")
-    refused = reasons["http://127.0.0.1:9/refused.jpg"]
+    refused = reasons["refused.jpg"]
     assert refused[:2] == ("dead", "connection_refused")
 
 
@@ -184,8 +184,8 @@ def test_reports_are_private_and_complete(scanned):
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o700
     names = {p.name for p in out.iterdir()}
     assert {"outcomes.parquet", "matches.jsonl", "summary.json", "manifest.json", "evidence.jsonl"} <= names
-    assert ".units" not in names
-    for path in out.iterdir():
+    assert {p.name for p in (out / ".units").iterdir()} == {"fingerprint.json", "complete"}
+    for path in out.rglob("*"):
         if path.is_file():
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     manifest = json.loads((out / "manifest.json").read_text())
@@ -218,12 +218,12 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_bad_inputs_are_clear_errors(tmp_path):
-    (tmp_path / "nourl.csv").write_text("link,caption\nhttp://x/,y\n")
+    (tmp_path / "nourl.csv").write_text("photo,caption\nhttp://x/,y\n")
     (tmp_path / "bad.txt").write_text("zz" * 16 + "\n")
     (tmp_path / "ok.txt").write_text("0" * 32 + "\n")
     done = run_cli("scan", "nourl.csv", "--hashlist", "md5:ok.txt", "--out", "o", cwd=tmp_path)
     assert done.returncode == 1
-    assert "nourl.csv:1: no URL column" in done.stderr and "link, caption" in done.stderr
+    assert "nourl.csv:1: no URL column" in done.stderr and "photo, caption" in done.stderr
     assert "Traceback" not in done.stderr
     (tmp_path / "s.txt").write_text("http://example.invalid/\n")
     done = run_cli("scan", "s.txt", "--hashlist", "md5:bad.txt", "--out", "o2", cwd=tmp_path)

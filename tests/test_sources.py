@@ -140,3 +140,15 @@ def test_real_url_lists_parse(url_lists):
     assert len(read_all(url_lists / "unique_images.txt")) == 54
     sample = read_all(url_lists / "sample_image.parquet", extra_cols=("sha256hash",))
     assert len(sample) == 2 and all(len(r.columns["sha256hash"]) == 64 for r in sample)
+
+
+def test_plan_numbers_units_consecutively_across_shards(tmp_path):
+    paths = []
+    for name in ("a", "b", "c"):
+        path = tmp_path / f"{name}.txt"
+        path.write_text("".join(f"http://{name}/{i}\n" for i in range(25)))
+        paths.append(str(path))
+    result = plan(paths, SourceOptions(rows_per_unit=10), "fail")
+    assert [u.id for u in result.units] == list(range(9))
+    assert [(u.shard[-5:], u.span.start) for u in result.units] == [
+        (f"{n}.txt", s) for n in "abc" for s in (0, 10, 20)]

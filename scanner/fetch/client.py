@@ -134,7 +134,7 @@ def aiohttp_failure(exc: BaseException) -> FetchFailure:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return FetchFailure("dead", "connection_reset", retryable=True)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return FetchFailure("dead", "truncated_body")
+        return FetchFailure("invalid", "truncated_body")
     if isinstance(exc, aiohttp.ClientResponseError):
         return _protocol_failure(exc)
     if isinstance(exc, aiohttp.ClientConnectorError):

@@ -216,7 +216,7 @@ def _protocol_failure(message: str) -> FetchFailure:
     if "without sending" in message and "response" in message:
         return FetchFailure("dead", "connection_reset", retryable=True)
     if "incomplete" in message or "complete message body" in message:
-        return FetchFailure("dead", "truncated_body")
+        return FetchFailure("invalid", "truncated_body")
     if "too long" in message or "too large" in message:
         return FetchFailure("invalid", "headers_too_large")
     return FetchFailure("invalid", "bad_response")

@@ -13,7 +13,7 @@ from scanner.config import ScanConfig
 from scanner.fetch import make_fetcher
 from scanner.pipeline import Pipeline, Progress, Stages
 from scanner.planner import WorkUnit
-from scanner.scan import Prepared, ScanResult, finish, prepare
+from scanner.scan import Prepared, ScanResult, already_done, finish, prepare
 from scanner.workers import hash_job, init_worker
 
 
@@ -23,6 +23,9 @@ def scan(
     """Run a whole scan locally, resuming from committed units in config.out."""
     started_at = time.time()
     prepared = prepare(config, restart)
+    done = already_done(prepared)
+    if done is not None:
+        return done
     progress = make_progress(prepared) if make_progress else None
     try:
         run_units(prepared, prepared.todo, progress)

@@ -1,0 +1,136 @@
+"""Crash safety: a scan killed at any moment resumes with every row exactly once; changed inputs are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from loopback import LoopbackServer
+
+from scanner.config import build_config
+from scanner.demo import encode, make_image
+from scanner.errors import ResumeError
+from scanner.hashing import hash_image
+from scanner.runners.local import scan
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = 1500
+IMAGES = [encode(make_image(500 + i, (160, 120)), "JPEG") for i in range(30)]
+
+
+def build_inputs(tmp: Path, server: LoopbackServer) -> tuple[Path, Path]:
+    """Two shards of repeated images (distinct URLs), a few dead rows, and a list matching two images."""
+    paths = []
+    for shard in range(2):
+        urls = []
+        for i in range(ROWS // 2):
+            n = shard * ROWS + i
+            urls.append(server.url(f"/status/404?i={n}") if n % 37 == 0 else server.url(f"/img/{n % 30}.jpg?i={n}"))
+        path = tmp / f"shard-{shard}.parquet"
+        pq.write_table(pa.table({"key": [f"s{shard}-{i}" for i in range(len(urls))], "url": urls}), path,
+                       row_group_size=100)
+        paths.append(path)
+    listfile = tmp / "list.txt"
+    listfile.write_text("".join(hash_image(IMAGES[i], frozenset({"md5"})).md5.hex() + "\n" for i in (3, 17)))
+    return tmp, listfile
+
+
+def scan_command(tmp: Path, out: Path, listfile: Path) -> list[str]:
+    return [sys.executable, "-m", "scanner", "scan", str(tmp / "shard-0.parquet"), str(tmp / "shard-1.parquet"),
+            "--hashlist", f"md5:{listfile}", "--out", str(out), "--allow-private-networks", "--quiet",
+            "--rows-per-unit", "50", "--workers", "1"]
+
+
+def reports(out: Path) -> tuple[list[dict], list[str]]:
+    table = pq.read_table(out / "outcomes.parquet").drop_columns(["fetched_at"]).to_pylist()
+    return table, sorted((out / "matches.jsonl").read_text().splitlines())
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_result(tmp_path):
+    files = {f"/img/{i}.jpg": body for i, body in enumerate(IMAGES)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rng = random.Random(20261125)
+    with LoopbackServer(files) as server:
+        tmp, listfile = build_inputs(tmp_path, server)
+        reference = tmp / "reference"
+        done = subprocess.run(scan_command(tmp, reference, listfile), env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        killed = tmp / "killed"
+        kills = 0
+        for _attempt in range(4):
+            process = subprocess.Popen(scan_command(tmp, killed, listfile), env=env, start_new_session=True,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(1.5, 4.0))
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                kills += 1
+            process.wait()
+        assert kills >= 2, "the scan finished before it could be killed: make it bigger"
+        done = subprocess.run(scan_command(tmp, killed, listfile), env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+    expected_outcomes, expected_matches = reports(reference)
+    outcomes, matches = reports(killed)
+    assert len(outcomes) == ROWS
+    assert outcomes == expected_outcomes
+    assert matches == expected_matches
+    assert json.loads((killed / "summary.json").read_text())["outcomes"] == json.loads(
+        (reference / "summary.json").read_text())["outcomes"]
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+    files = {f"/img/{i}.jpg": body for i, body in enumerate(IMAGES)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with LoopbackServer(files) as server:
+        tmp, listfile = build_inputs(tmp_path, server)
+        out = tmp / "out"
+        process = subprocess.Popen(scan_command(tmp, out, listfile), env=env, start_new_session=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.5)
+        os.killpg(process.pid, signal.SIGINT)
+        _stdout, stderr = process.communicate(timeout=60)
+        if process.returncode != 0:
+            assert process.returncode == 130, stderr
+            assert "resume" in stderr and "Traceback" not in stderr
+        done = subprocess.run(scan_command(tmp, out, listfile), env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+    outcomes, _matches = reports(out)
+    assert [(r["shard"].rsplit("/", 1)[1], r["row"]) for r in outcomes] == [
+        (f"shard-{s}.parquet", i) for s in range(2) for i in range(ROWS // 2)]
+
+
+def small_config(tmp: Path, shard: Path, listfile: Path, **match: object) -> object:
+    return build_config({"inputs": [str(shard)], "out": str(tmp / "out"), "hashlist": [f"md5:{listfile}"],
+                         "match": match, "run": {"workers": 1}}, "test")
+
+
+def test_changed_inputs_or_lists_are_refused_unless_restart(tmp_path):
+    shard = tmp_path / "s.txt"
+    shard.write_text("file:///x\n")
+    listfile = tmp_path / "l.txt"
+    listfile.write_text("0" * 32 + "\n")
+    first = scan(small_config(tmp_path, shard, listfile))
+    assert first.summary["outcomes"]["blocked"] == 1
+    again = scan(small_config(tmp_path, shard, listfile))
+    assert again.summary == first.summary, "a completed scan is not run twice"
+    listfile.write_text("1" * 32 + "\n")
+    with pytest.raises(ResumeError, match="lists"):
+        scan(small_config(tmp_path, shard, listfile))
+    shard.write_text("file:///x\nfile:///y\n")
+    with pytest.raises(ResumeError, match="inputs"):
+        scan(small_config(tmp_path, shard, listfile))
+    with pytest.raises(ResumeError, match="settings"):
+        scan(small_config(tmp_path, shard, listfile, pdq_threshold=20))
+    redone = scan(small_config(tmp_path, shard, listfile), restart=True)
+    assert redone.summary["rows"] == 2
