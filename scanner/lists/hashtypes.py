@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
 
 from scanner.lists.index import aligned_empty
+from scanner.urlnorm import normalise_host, normalise_url
 
 
 class BadValue(ValueError):
@@ -110,35 +109,6 @@ def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-_DOMAIN = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
-
-
-def normalise_domain(value: str) -> str:
-    """Lower-case ASCII (IDNA) host name without a trailing dot; refuses anything else."""
-    host = value.strip().rstrip(".").lower()
-    try:
-        host = host.encode("idna").decode("ascii")
-    except UnicodeError as error:
-        raise ValueError(f"{value!r}: {error}") from None
-    if not _DOMAIN.match(host):
-        raise ValueError(f"{value!r} is not a host name")
-    return host
-
-
-def normalise_url(value: str) -> str:
-    """URL with lower-case scheme and host, no default port, no fragment, and at least '/' as path."""
-    parts = urlsplit(value.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL")
-    host = normalise_domain(parts.hostname)
-    default_port = {"http": 80, "https": 443}[parts.scheme.lower()]
-    port = parts.port
-    netloc = host if port in (None, default_port) else f"{host}:{port}"
-    if parts.username or parts.password:
-        raise ValueError(f"{value!r} carries credentials")
-    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
-
-
 _HEX_VALUES = np.full(256, 255, dtype=np.uint8)  # to find the row that binascii refused
 _HEX_VALUES[np.frombuffer(b"0123456789abcdefABCDEF", dtype=np.uint8)] = 0
 
@@ -198,7 +168,7 @@ HASH_TYPES: dict[str, HashType] = {
         HexHash("url_sha1", 20),
         HexHash("url_sha256", 32),
         TextKey("url", normalise_url),
-        TextKey("domain", normalise_domain, match_parents=True),
+        TextKey("domain", normalise_host, match_parents=True),
     )
 }
-"""Every hash type by name. Hex digests of a URL (url_*) are of its normalised form (normalise_url)."""
+"""Every hash type by name. url, url_* and domain values are in normal form (scanner/urlnorm.py)."""
