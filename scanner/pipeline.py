@@ -10,8 +10,9 @@ from datetime import datetime, timezone
 from scanner.fetch import Fetcher, FetchResult
 from scanner.hashing import ImageHashes
 from scanner.lists import Match, Matcher, Query
+from scanner.errors import SourceError
 from scanner.planner import WorkUnit
-from scanner.reports.records import Outcome, UnitReport
+from scanner.reports.records import UNREADABLE, Outcome, UnitReport
 from scanner.sources import Row, Source
 
 HashFn = Callable[[bytes], Awaitable[tuple[ImageHashes | None, str | None]]]
@@ -58,21 +59,38 @@ class Pipeline:
         sources: dict[str, Source],
         rows_in_flight: int,
         progress: Progress | None = None,
+        skip_bad_shards: bool = False,
     ) -> None:
         self.stages = stages
         self.sources = sources
+        self._skip_bad_shards = skip_bad_shards
         self._slots = asyncio.Semaphore(rows_in_flight)
         self._progress = progress or Progress()
 
     async def run_unit(self, unit: WorkUnit) -> UnitReport:
         """Check every row of the unit and return exactly one outcome per row, in row order."""
         tasks: list[asyncio.Task[_Checked]] = []
-        for batch in self.sources[unit.shard].read(unit.span):
-            for row in batch:
-                await self._slots.acquire()
-                tasks.append(asyncio.create_task(self._check(row)))
-        checked = list(await asyncio.gather(*tasks))
+        unreadable: list[_Checked] = []
+        next_row = unit.span.start
+        try:
+            for batch in self.sources[unit.shard].read(unit.span):
+                for row in batch:
+                    await self._slots.acquire()
+                    tasks.append(asyncio.create_task(self._check(row)))
+                    next_row = row.row + 1
+        except SourceError:
+            if not self._skip_bad_shards:
+                for task in tasks:
+                    task.cancel()
+                raise
+            unreadable = [self._unreadable(unit.shard, row) for row in range(next_row, unit.span.stop)]
+        checked = [*await asyncio.gather(*tasks), *unreadable]
         return self._matched(unit.id, checked)
+
+    def _unreadable(self, shard: str, row: int) -> _Checked:
+        """A row the shard could not give back (corrupt data): still exactly one outcome."""
+        self._progress.row_done("invalid")
+        return _Checked(Outcome(shard, row, None, None, "invalid", reason=UNREADABLE))
 
     async def _check(self, row: Row) -> _Checked:
         try:

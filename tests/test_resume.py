@@ -18,7 +18,7 @@ from loopback import LoopbackServer
 
 from scanner.config import build_config
 from scanner.demo import encode, make_image
-from scanner.errors import ResumeError
+from scanner.errors import ResumeError, SourceError
 from scanner.hashing import hash_image
 from scanner.runners.local import scan
 
@@ -134,3 +134,33 @@ def test_changed_inputs_or_lists_are_refused_unless_restart(tmp_path):
         scan(small_config(tmp_path, shard, listfile, pdq_threshold=20))
     redone = scan(small_config(tmp_path, shard, listfile), restart=True)
     assert redone.summary["rows"] == 2
+
+
+def corrupt_first_row_group(path: Path) -> None:
+    """Overwrite the first row group's page header with garbage; the footer stays readable."""
+    offset = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 40 : offset + 400] = b"\xab" * 360
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_corrupt_row_group_found_mid_scan(tmp_path, policy):
+    shard = tmp_path / "c.parquet"
+    urls = [f"file:///row/{i}/" + "x" * 40 for i in range(2000)]
+    pq.write_table(pa.table({"url": urls}), shard, row_group_size=1000)
+    corrupt_first_row_group(shard)
+    listfile = tmp_path / "l.txt"
+    listfile.write_text("0" * 32 + "\n")
+    config = build_config({"inputs": [str(shard)], "out": str(tmp_path / "out"), "hashlist": [f"md5:{listfile}"],
+                           "source": {"rows_per_unit": 1000}, "run": {"workers": 1, "on_bad_shard": policy}}, "t")
+    if policy == "fail":
+        with pytest.raises(SourceError, match=r"c.parquet: corrupt data near row 0"):
+            scan(config)
+        return
+    result = scan(config)
+    outcomes = pq.read_table(tmp_path / "out" / "outcomes.parquet").to_pylist()
+    assert [r["row"] for r in outcomes] == list(range(2000))
+    assert {(r["outcome"], r["reason"]) for r in outcomes[:1000]} == {("invalid", "unreadable_shard")}
+    assert {r["outcome"] for r in outcomes[1000:]} == {"blocked"}
+    assert result.summary["unreadable_rows_by_shard"] == {str(shard): 1000}

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+UNREADABLE = "unreadable_shard"  # reason of rows a corrupt shard could not give back
 OUTCOMES = ("match", "clean", "dead", "invalid", "blocked")
 
 OUTCOME_SCHEMA = pa.schema(

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from scanner.checkpoint import Checkpoint
 from scanner.reports.files import atomic_open, sha256_file, write_json
 from scanner.reports.html import write_html_report
-from scanner.reports.records import OUTCOME_SCHEMA, OUTCOMES
+from scanner.reports.records import OUTCOME_SCHEMA, OUTCOMES, UNREADABLE
 
 SUMMARY_SCHEMA_VERSION = 1
 REPORT_FILES = ("outcomes.parquet", "matches.jsonl", "evidence.jsonl", "summary.json", "report.html")
@@ -31,6 +31,7 @@ class Tally:
     by_category: Counter = field(default_factory=Counter)
     by_hash_type: Counter = field(default_factory=Counter)
     matched_rows_by_list: dict[str, set] = field(default_factory=dict)
+    unreadable: Counter = field(default_factory=Counter)
 
 
 def merge_reports(out_dir: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> Tally:
@@ -60,6 +61,7 @@ def _count_outcomes(tally: Tally, columns: dict[str, list]) -> None:
     tally.outcomes.update(columns["outcome"])
     tally.status_classes.update(f"{s // 100}xx" if s else "none" for s in columns["http_status"])
     tally.reasons.update(r for r in columns["reason"] if r)
+    tally.unreadable.update(s for s, r in zip(columns["shard"], columns["reason"], strict=True) if r == UNREADABLE)
 
 
 def _count_match(tally: Tally, match: dict) -> None:
@@ -94,6 +96,7 @@ def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[s
             "by_hash_type": dict(sorted(tally.by_hash_type.items())),
         },
         "skipped_shards": dict(sorted(skipped.items())),
+        "unreadable_rows_by_shard": dict(sorted(tally.unreadable.items())),
         "started_at": _iso(started_at),
         "finished_at": _iso(finished_at),
         "duration_seconds": round(duration, 3),

@@ -57,7 +57,13 @@ async def _run(
     fetcher = make_fetcher(config.fetch)
     try:
         stages = Stages(fetcher, lambda body: loop.run_in_executor(pool, job, body), prepared.matcher)
-        pipeline = Pipeline(stages, prepared.plan.sources, config.run.rows_in_flight, progress)
+        pipeline = Pipeline(
+            stages,
+            prepared.plan.sources,
+            config.run.rows_in_flight,
+            progress,
+            skip_bad_shards=config.run.on_bad_shard == "skip",
+        )
         gate = asyncio.Semaphore(config.run.units_in_flight)
 
         async def run_one(unit: WorkUnit) -> None:
