@@ -77,7 +77,7 @@ def build_report(tmp: Path, history: list[dict] | None = None) -> BuiltReport:
     if history is not None:
         summary_data["history"] = history
     write_summary_and_manifest(out, summary_data, _manifest(shards, summary_data))
-    checkpoint.discard()
+    checkpoint.seal()
     return BuiltReport(out, shards, summary_data)
 
 

@@ -10,6 +10,7 @@ from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from report_builder import MATCHES, SHARD_ROWS, build_report, expected_outcomes, url_of
@@ -17,7 +18,7 @@ from report_builder import MATCHES, SHARD_ROWS, build_report, expected_outcomes,
 from scanner.cli import main
 from scanner.reports.files import sha256_file
 from scanner.reports.html import BATCH_ROWS, outcome_figures, render_report, write_html_report
-from scanner.reports.records import Outcome, outcomes_table
+from scanner.reports.records import OUTCOME_SCHEMA
 from scanner.reports.verify import verify_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -132,16 +133,23 @@ def test_rescans_draw_link_rot_over_time(tmp_path: Path) -> None:
 def test_outcome_figures_span_many_batches(tmp_path: Path) -> None:
     kinds = [("clean", 200, None), ("dead", 404, "http_404"), ("dead", None, "timeout"), ("match", 200, None)]
     rows = 2 * BATCH_ROWS + 7
-    outcomes = [Outcome(f"s{i % 3}", i, None, None, *kinds[i * 7 % 4]) for i in range(rows)]
-    pq.write_table(outcomes_table(outcomes), tmp_path / "outcomes.parquet", row_group_size=BATCH_ROWS // 2)
+    picked = [kinds[i * 7 % 4] for i in range(rows)]
+    shards = [f"s{i % 3}" for i in range(rows)]
+    columns = {name: pa.nulls(rows, OUTCOME_SCHEMA.field(name).type) for name in OUTCOME_SCHEMA.names}
+    columns.update(
+        shard=shards, row=range(rows), outcome=[k[0] for k in picked], http_status=[k[1] for k in picked]
+    )
+    columns["reason"] = [k[2] for k in picked]
+    table = pa.table(
+        {n: pa.array(v, OUTCOME_SCHEMA.field(n).type) for n, v in columns.items()}, schema=OUTCOME_SCHEMA
+    )
+    pq.write_table(table, tmp_path / "outcomes.parquet", row_group_size=BATCH_ROWS // 2)
     figures = outcome_figures(tmp_path / "outcomes.parquet")
     assert figures.rows == rows
-    assert figures.outcomes == Counter(o.outcome for o in outcomes)
-    assert figures.reasons == Counter(o.reason for o in outcomes if o.reason)
-    assert figures.status_classes == Counter(
-        f"{o.http_status // 100}xx" if o.http_status else "none" for o in outcomes
-    )
-    assert figures.by_shard["s1"] == Counter(o.outcome for o in outcomes if o.shard == "s1")
+    assert figures.outcomes == Counter(k[0] for k in picked)
+    assert figures.reasons == Counter(k[2] for k in picked if k[2])
+    assert figures.status_classes == Counter(f"{k[1] // 100}xx" if k[1] else "none" for k in picked)
+    assert figures.by_shard["s1"] == Counter(k[0] for k, s in zip(picked, shards, strict=True) if s == "s1")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")

@@ -35,6 +35,8 @@ COLOURS = {
     "blocked": "#7c3aed",
 }
 ACCENT = "#1f5fa8"
+LIST_COLUMNS = ("name", "path", "format", "sha256", "digest", "counts")
+INPUT_COLUMNS = ("path", "kind")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'; base-uri 'none'"
 
 
@@ -305,22 +307,26 @@ def _lists_section(manifest: dict) -> str:
     lists = manifest.get("lists") or []
     if not lists:
         return _section("Hash lists", "<p>The manifest names no list.</p>")
-    columns = list(dict.fromkeys(k for item in lists for k in item))
-    return _section("Hash lists", _table(columns, [[item.get(c) for c in columns] for item in lists]))
+    return _section("Hash lists", _records_table(lists, LIST_COLUMNS))
 
 
 def _provenance_section(manifest: dict) -> str:
-    inputs = manifest.get("inputs") or []
-    rows = [[i.get("path"), i.get("kind"), _n(int(i.get("bytes") or 0))] for i in inputs]
     config = json.dumps(manifest.get("config", {}), indent=2, sort_keys=True, default=str)
     return _section(
         "Scanner and configuration",
         f"<p>scanner {_e(manifest.get('scanner_version', '?'))}; "
         f"{_n(int(manifest.get('units') or 0))} work units; "
         f"command: <code>{_e(_command(manifest.get('command')))}</code></p>",
-        _table(["input", "kind", "bytes"], rows),
+        _records_table(manifest.get("inputs") or [], INPUT_COLUMNS),
         f"<details open><summary>Effective configuration</summary><pre>{_e(config)}</pre></details>",
     )
+
+
+def _records_table(records: list[dict], first: tuple[str, ...]) -> str:
+    """A table of manifest records whatever fields they carry: the known ones first, then the rest by name."""
+    present = {k for record in records for k in record}
+    columns = [c for c in first if c in present] + sorted(present - set(first))
+    return _table(columns, [[record.get(c) for c in columns] for record in records])
 
 
 def _table(columns: list[str], rows: list[list[object]]) -> str:
@@ -449,7 +455,7 @@ h1{margin:0 0 4px}h2{border-bottom:1px solid #d8dce3;padding-bottom:4px;margin-t
 .tile .k{color:#555}figure{margin:14px 0}figcaption{font-weight:600;margin-bottom:6px}
 svg{font:12px system-ui,sans-serif;fill:#1d2330;max-width:100%;height:auto}svg .small{font-size:10px}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #d8dce3;padding:3px 6px;text-align:left;
-vertical-align:top;overflow-wrap:anywhere}.scroll{overflow-x:auto}pre{background:#f5f6f8;padding:10px;overflow-x:auto}
+vertical-align:top}td{overflow-wrap:anywhere}th{white-space:nowrap}.scroll{overflow-x:auto}pre{background:#f5f6f8;padding:10px;overflow-x:auto}
 """
 
 
