@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from scanner.config import build_config
 from scanner.demo import demo_routes, serve, write_demo_list, write_demo_shard
+from scanner.reports.export import write_referrals
 from scanner.reports.verify import verify_report
 from scanner.runners.local import scan
 
@@ -31,15 +34,22 @@ def scan_into(out: Path, shard: Path, hashlist: Path, run: dict) -> None:
     scan(config, restart=True)
 
 
-def test_two_scans_give_identical_reports(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def two_scans(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The demo's inputs scanned twice against one loopback server: (scan a, scan b, shard)."""
+    tmp = tmp_path_factory.mktemp("scans")
     routes, paths, bodies = demo_routes(16)
-    hashlist, shard = tmp_path / "list.csv", tmp_path / "shard.parquet"
+    hashlist, shard = tmp / "list.csv", tmp / "shard.parquet"
     write_demo_list(hashlist, bodies)
     with serve(routes) as base:
         write_demo_shard(shard, base, paths)
-        scan_into(tmp_path / "a", shard, hashlist, {"workers": 1, "rows_in_flight": 4, "units_in_flight": 1})
-        scan_into(tmp_path / "b", shard, hashlist, {"workers": 2, "rows_in_flight": 64, "units_in_flight": 3})
-    a, b = tmp_path / "a", tmp_path / "b"
+        scan_into(tmp / "a", shard, hashlist, {"workers": 1, "rows_in_flight": 4, "units_in_flight": 1})
+        scan_into(tmp / "b", shard, hashlist, {"workers": 2, "rows_in_flight": 64, "units_in_flight": 3})
+    return tmp / "a", tmp / "b", shard
+
+
+def test_two_scans_give_identical_reports(two_scans: tuple[Path, Path, Path]) -> None:
+    a, b, shard = two_scans
 
     outcomes_a, outcomes_b = (pq.read_table(d / "outcomes.parquet") for d in (a, b))
     assert outcomes_a.num_rows == pq.ParquetFile(shard).metadata.num_rows
@@ -54,6 +64,22 @@ def test_two_scans_give_identical_reports(tmp_path: Path) -> None:
     summary_a, summary_b = (untimed_lines(d / "summary.json") for d in (a, b))
     assert summary_a == summary_b
     assert all(verify_report(d).ok for d in (a, b))
+
+
+def test_a_real_scan_reports_exports_and_verifies(two_scans: tuple[Path, Path, Path]) -> None:
+    out = two_scans[0]
+    summary = json.loads((out / "summary.json").read_text())
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert f"{summary['rows']:,}" in page and f"{100 * summary['live_rate']:.1f}%" in page
+    assert "://" not in page
+    path, count = write_referrals(out, "csv", with_captions=True)
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert count == len(rows) == summary["matches"]["total"] > 0
+    for row in rows:
+        assert row["server_ip"] == "127.0.0.1" and row["http_status"] == "200" and row["caption"]
+        assert int(row["content_length"]) > 0 and row["content_type"].startswith("image/")
+    assert verify_report(out).ok
 
 
 def without_field(path: Path, name: str) -> list[dict]:
