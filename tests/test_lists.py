@@ -244,6 +244,20 @@ def test_csv_row_with_wrong_field_count_names_its_line(tmp_path):
     assert_error(path, str(path), 4, "expected 3 comma-separated fields")
 
 
+def test_csv_value_spanning_lines_names_its_line(tmp_path):
+    path = write(tmp_path, "list.csv", f'hash_type,hash,id\nmd5,{MD5_A},1\nmd5,{MD5_B},"two\nlines"\n')
+    assert_error(path, str(path), 3, "a quoted value spans lines")
+
+
+def test_csv_after_comment_lines(tmp_path):
+    path = write(
+        tmp_path, "list.csv", f"# exported 2024-06-01\n\nhash_type,hash,id\nmd5,{MD5_A},1\nmd5,{MD5_B}\n"
+    )
+    assert_error(path, str(path), 5, "expected 3 comma-separated fields")
+    write(tmp_path, "list.csv", f"# exported 2024-06-01\n\nhash_type,hash,id\nmd5,{MD5_A},1\n")
+    assert load_hashlist(str(path)).entries["md5"].entry_id(0) == "1"
+
+
 def test_one_id_for_two_different_hashes_names_both_lines(tmp_path):
     path = write(tmp_path, "list.csv", f"hash_type,hash,id\nmd5,{MD5_A},x\nsha1,{SHA1_A},x\nmd5,{MD5_B},x\n")
     assert_error(path, str(path), 4, "id 'x' is given to two different md5 hashes (the first at line 2)")

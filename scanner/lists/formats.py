@@ -116,10 +116,9 @@ class CsvFormat(ListFormat):
             raise FormatError(
                 f"the header repeats a column name: {text.first_line!r}", text.first_content_line()
             )
-        table = _read_csv(text, header)
+        table, lines = _read_csv(text, header)
         roles = self._roles_of(header)
         column = {role: table.column(name).combine_chunks() for name, role in roles.items()}
-        lines = _csv_row_lines(text.data)[1:]
         extra = [name for name in header if name not in roles]
         return RawList(
             hashes=pc.utf8_trim_whitespace(column["hash"]),
@@ -293,28 +292,33 @@ def _csv_row_lines(data: bytes) -> np.ndarray:
     return np.flatnonzero((lengths > 0) & ~carriage_return_only) + 1
 
 
-def _read_csv(text: ListText, header: list[str]) -> pa.Table:
-    """All columns as strings; a row with the wrong number of fields is an error at its line."""
+def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """The rows after the header, all as strings, and their lines; a malformed row is an error at its line."""
     bad_rows: list[int] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         bad_rows.append(row.number)
         return "skip"
 
-    body = text.data.lstrip()
+    header_line = text.first_content_line()
+    row_lines = _csv_row_lines(text.data)
+    lines = row_lines[row_lines > header_line]
     table = pacsv.read_csv(
-        pa.BufferReader(body),
-        read_options=pacsv.ReadOptions(use_threads=False, column_names=header, skip_rows=1),
+        pa.BufferReader(text.data),
+        read_options=pacsv.ReadOptions(use_threads=False, column_names=header, skip_rows=header_line),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
     )
-    if bad_rows:
-        line = int(_csv_row_lines(text.data)[bad_rows[0] - 1])
+    if bad_rows:  # pyarrow numbers a row as the skipped lines plus its place among the non-empty rows after
+        line = int(lines[bad_rows[0] - header_line - 1])
         raise FormatError(f"expected {len(header)} comma-separated fields", line)
-    for name in header:
-        if pc.any(pc.match_substring(table.column(name), "\n")).as_py():
-            raise FormatError(f"a value in column {name!r} spans lines")
-    return table
+    if table.num_rows != len(lines):  # a quoted value ran over a line break
+        spans = [
+            np.flatnonzero(pc.match_substring(table.column(name), "\n").to_numpy(False)) for name in header
+        ]
+        row = min(int(found[0]) for found in spans if len(found))
+        raise FormatError("a quoted value spans lines", int(lines[row]))
+    return table, lines
 
 
 def _hash_types(values: pa.Array, names: Mapping[str, str], lines: np.ndarray) -> pa.Array:
