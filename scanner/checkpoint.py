@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from scanner.errors import ResumeError
 from scanner.reports.files import atomic_open, private_dir, write_json, write_jsonl
+from scanner.reports.hashes import write_unit_hashes
 from scanner.reports.records import UnitReport, outcomes_table
 
 UNITS_DIR = ".units"
@@ -54,6 +55,8 @@ class Checkpoint:
         for suffix, records in ((".matches.jsonl", report.matches), (".evidence.jsonl", report.evidence)):
             with atomic_open(f"{stem}{suffix}", "w") as handle:
                 write_jsonl(handle, records)
+        if report.hashes is not None:
+            write_unit_hashes(str(stem), report.hashes)
         with atomic_open(f"{stem}.outcomes.parquet") as handle:
             pq.write_table(outcomes_table(report.outcomes), handle)
 
@@ -62,7 +65,7 @@ class Checkpoint:
         return (self.dir / f"u{i:06d}.outcomes.parquet" for i in sorted(unit_ids))
 
     def side_files(self, unit_ids: list[int], suffix: str) -> Iterator[Path]:
-        """Committed match or evidence files in unit order."""
+        """Committed side files (matches, evidence, hash records) in unit order."""
         return (self.dir / f"u{i:06d}{suffix}" for i in sorted(unit_ids))
 
     @property

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 UNREADABLE = "unreadable_shard"  # reason of rows a corrupt shard could not give back
-OUTCOMES = ("match", "clean", "dead", "invalid", "blocked")
+OUTCOMES = ("match", "clean", "dead", "invalid", "blocked", "changed", "unchecked")
 
 OUTCOME_SCHEMA = pa.schema(
     [
@@ -62,6 +62,7 @@ class UnitReport:
     outcomes: list[Outcome]
     matches: list[dict] = field(default_factory=list)
     evidence: list[dict] = field(default_factory=list)
+    hashes: list[dict] | None = None  # hash records, one per row, when the scan keeps them
 
 
 def outcomes_table(outcomes: list[Outcome]) -> pa.Table:
