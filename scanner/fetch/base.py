@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Literal, Protocol
 
@@ -82,13 +82,23 @@ class FetchResult:
     fetched_at: float = 0.0
 
 
+UrlScreen = Callable[[str], "str | None"]
+"""Asked about every URL before it is requested (redirect targets too): a reason refuses it (blocked)."""
+
+
 class Fetcher(Protocol):
     """Fetches URLs into memory; never raises for a per-URL failure."""
 
     async def fetch(
-        self, url: str | None, *, read_body: bool = True, headers: Mapping[str, str] | None = None
+        self,
+        url: str | None,
+        *,
+        read_body: bool = True,
+        headers: Mapping[str, str] | None = None,
+        screen: UrlScreen | None = None,
     ) -> FetchResult:
-        """Fetch one URL; read_body=False asks for headers only (HEAD); headers adds e.g. If-None-Match."""
+        """Fetch one URL; read_body=False asks for headers only (HEAD); headers adds e.g. If-None-Match;
+        screen may refuse any URL on the way (outcome blocked, its reason) before a request is sent."""
         ...
 
     async def aclose(self) -> None:

@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from scanner.fetch.base import FetchConfig, FetchFailure, FetchResult
+from scanner.fetch.base import FetchConfig, FetchFailure, FetchResult, UrlScreen
 from scanner.fetch.body import read_body
 from scanner.fetch.guard import AddressPolicy, Lookup, Target, check_address, parse_url, redirect_target
 
@@ -68,7 +68,12 @@ class GuardedFetcher:
         }
 
     async def fetch(
-        self, url: str | None, *, read_body: bool = True, headers: Mapping[str, str] | None = None
+        self,
+        url: str | None,
+        *,
+        read_body: bool = True,
+        headers: Mapping[str, str] | None = None,
+        screen: UrlScreen | None = None,
     ) -> FetchResult:
         """Fetch one URL into memory; a per-URL failure is an outcome with a reason, never an exception."""
         result = FetchResult(url=url, fetched_at=time.time())
@@ -77,13 +82,14 @@ class GuardedFetcher:
             result.final_url = target.url
             if target.ip is not None:
                 check_address(target.ip, self.policy)
+            _screen(screen, target.url)
         except FetchFailure as failure:
             return _failed(result, failure)
         async with self._hosts.slot(target.host), self._in_flight:
             result.fetched_at = time.time()
             try:
                 await asyncio.wait_for(
-                    self._follow(target, result, read_body, headers), self.config.total_timeout
+                    self._follow(target, result, read_body, headers, screen), self.config.total_timeout
                 )
             except asyncio.TimeoutError:
                 _failed(result, FetchFailure("dead", "timeout"))
@@ -99,9 +105,14 @@ class GuardedFetcher:
         await self._transport.aclose()
 
     async def _follow(
-        self, target: Target, result: FetchResult, read_body: bool, extra: Mapping[str, str] | None
+        self,
+        target: Target,
+        result: FetchResult,
+        read_body: bool,
+        extra: Mapping[str, str] | None,
+        screen: UrlScreen | None,
     ) -> None:
-        """Request target and follow redirects ourselves, re-guarding every hop."""
+        """Request target and follow redirects ourselves, re-guarding (and re-screening) every hop."""
         headers = {**self._headers, **(extra or {})}
         method = "GET" if read_body else "HEAD"
         seen = {target.url}
@@ -114,6 +125,7 @@ class GuardedFetcher:
                 return
             target = redirect_target(target, location, self.config.max_url_length)
             result.final_url = target.url
+            _screen(screen, target.url)
             if target.url in seen:
                 raise FetchFailure("dead", "redirect_loop")
             if len(seen) > self.config.max_redirects:
@@ -220,6 +232,13 @@ def _record(result: FetchResult, response: Exchange) -> None:
 def _clear_response(result: FetchResult) -> None:
     result.status = result.server_ip = result.content_type = result.content_length = None
     result.etag = result.last_modified = result.body = None
+
+
+def _screen(screen: UrlScreen | None, url: str) -> None:
+    """Refuse a URL the caller's screen names: it is never requested, not even as a redirect target."""
+    reason = screen(url) if screen is not None else None
+    if reason:
+        raise FetchFailure("blocked", reason)
 
 
 def _failed(result: FetchResult, failure: FetchFailure) -> FetchResult:
