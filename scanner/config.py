@@ -12,6 +12,7 @@ from scanner.errors import ConfigError
 from scanner.fetch import FetchConfig
 from scanner.hashing import DecodeLimits
 from scanner.lists import MatchConfig
+from scanner.screen import AuditConfig
 from scanner.sources import SourceOptions
 
 if sys.version_info >= (3, 11):
@@ -59,6 +60,7 @@ class ScanConfig:
     hashing: DecodeLimits = DecodeLimits()
     match: MatchConfig = MatchConfig()
     run: RunConfig = RunConfig()
+    audit: AuditConfig = AuditConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain data, for the manifest."""
@@ -71,6 +73,7 @@ SECTIONS = {
     "hashing": DecodeLimits,
     "match": MatchConfig,
     "run": RunConfig,
+    "audit": AuditConfig,
 }
 
 
@@ -91,6 +94,7 @@ def build_config(data: dict[str, Any], origin: str) -> ScanConfig:
     data = dict(data)
     lists = tuple(_hashlist_spec(item, origin) for item in data.pop("hashlist", []))
     sections = {name: _section(cls, data.pop(name, {}), name, origin) for name, cls in SECTIONS.items()}
+    sections["source"] = _with_match_columns(sections["source"], sections["audit"])
     top = {f.name for f in dataclasses.fields(ScanConfig)} - set(SECTIONS) - {"hashlists"}
     unknown = set(data) - top
     if unknown:
@@ -104,6 +108,12 @@ def build_config(data: dict[str, Any], origin: str) -> ScanConfig:
     if config.run.on_bad_shard not in BAD_SHARD_POLICIES:
         raise ConfigError(f"{origin}: run.on_bad_shard must be one of {', '.join(BAD_SHARD_POLICIES)}")
     return config
+
+
+def _with_match_columns(source: SourceOptions, audit: AuditConfig) -> SourceOptions:
+    """Sources also read the dataset hash columns the scan matches (--match-column)."""
+    columns = tuple(dict.fromkeys((*source.extra_cols, *audit.columns)))
+    return dataclasses.replace(source, extra_cols=columns)
 
 
 def _read_toml(path: str) -> dict[str, Any]:
