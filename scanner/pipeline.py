@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from scanner.errors import SourceError
 from scanner.fetch import Fetcher, FetchResult
 from scanner.hashing import ImageHashes
 from scanner.lists import Match, Matcher, Query
-from scanner.errors import SourceError
 from scanner.planner import WorkUnit
+from scanner.reports.hashes import hash_record
 from scanner.reports.records import UNREADABLE, Outcome, UnitReport
+from scanner.screen import AuditConfig, Screen, Screened, content_changed
 from scanner.sources import Row, Source
 
 HashFn = Callable[[bytes], Awaitable[tuple[ImageHashes | None, str | None]]]
@@ -39,6 +41,7 @@ class Stages:
     fetcher: Fetcher
     hash: HashFn
     matcher: Matcher
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 @dataclass(slots=True)
@@ -48,6 +51,8 @@ class _Checked:
     outcome: Outcome
     query: Query | None = None
     fetch: FetchResult | None = None
+    hashes: ImageHashes | None = None
+    matches: list[Match] = field(default_factory=list)  # found before any fetch, or on a redirect
 
 
 class Pipeline:
@@ -66,6 +71,7 @@ class Pipeline:
         self._skip_bad_shards = skip_bad_shards
         self._slots = asyncio.Semaphore(rows_in_flight)
         self._progress = progress or Progress()
+        self._screen = Screen(stages.matcher, stages.audit)
 
     async def run_unit(self, unit: WorkUnit) -> UnitReport:
         """Check every row of the unit and return exactly one outcome per row, in row order."""
@@ -74,9 +80,9 @@ class Pipeline:
         next_row = unit.span.start
         try:
             for batch in self.sources[unit.shard].read(unit.span):
-                for row in batch:
+                for row, screened in zip(batch, self._screen.rows(batch), strict=True):
                     await self._slots.acquire()
-                    tasks.append(asyncio.create_task(self._check(row)))
+                    tasks.append(asyncio.create_task(self._check(row, screened)))
                     next_row = row.row + 1
         except SourceError:
             if not self._skip_bad_shards:
@@ -92,49 +98,67 @@ class Pipeline:
         self._progress.row_done("invalid")
         return _Checked(Outcome(shard, row, None, None, "invalid", reason=UNREADABLE))
 
-    async def _check(self, row: Row) -> _Checked:
+    async def _check(self, row: Row, screened: Screened) -> _Checked:
         try:
-            checked = await self._fetch_and_hash(row)
+            checked = await self._fetch_and_hash(row, screened)
         finally:
             self._slots.release()
         self._progress.row_done(checked.outcome.outcome)
         return checked
 
-    async def _fetch_and_hash(self, row: Row) -> _Checked:
+    async def _fetch_and_hash(self, row: Row, screened: Screened) -> _Checked:
         outcome = Outcome(row.shard, row.row, row.url, row.key, "invalid", member=row.member)
         if row.error is not None:
             outcome.reason = row.error
             return _Checked(outcome)
+        if screened.matches:
+            return _Checked(outcome, matches=screened.matches)  # never fetched
         if row.body is not None:
-            return await self._hash(outcome, row.body, None)
+            return await self._hash(outcome, row.body, None, screened)
         if row.url is None:
             outcome.reason = "empty_url"
             return _Checked(outcome)
-        result = await self.stages.fetcher.fetch(row.url)
+        if self.stages.audit.no_fetch:
+            outcome.outcome = "clean" if screened.checked else "unchecked"
+            return _Checked(outcome)
+        hop = self._screen.hop(screened)
+        fetcher = self.stages.fetcher
+        result = await (fetcher.fetch(row.url, screen=hop) if hop else fetcher.fetch(row.url))
         body, result.body = result.body, None
         outcome.http_status, outcome.fetched_at = result.status, result.fetched_at
+        if hop is not None and hop.matches:
+            return _Checked(outcome, fetch=result, matches=hop.matches)  # a redirect to a listed URL
         if result.outcome != "ok" or body is None:
             outcome.outcome, outcome.reason = result.outcome, result.reason
             return _Checked(outcome)
-        return await self._hash(outcome, body, result)
+        return await self._hash(outcome, body, result, screened)
 
-    async def _hash(self, outcome: Outcome, body: bytes, fetched: FetchResult | None) -> _Checked:
+    async def _hash(
+        self, outcome: Outcome, body: bytes, fetched: FetchResult | None, screened: Screened
+    ) -> _Checked:
         outcome.bytes = len(body)
         hashes, outcome.reason = await self.stages.hash(body)
         if outcome.reason is None:
             outcome.outcome = "clean"
-        return _Checked(outcome, None if hashes is None else to_query(hashes), fetched)
+        if hashes is not None and content_changed(screened.claimed, hashes):
+            outcome.outcome = "changed"
+        query = None if hashes is None else to_query(hashes)
+        return _Checked(outcome, query, fetched, hashes)
 
     def _matched(self, unit_id: int, checked: list[_Checked]) -> UnitReport:
         """Match the unit's hashed rows in one batch and assemble its report."""
         hashed = [c for c in checked if c.query is not None]
         found = self.stages.matcher.match_batch([c.query for c in hashed]) if hashed else []
-        report = UnitReport(unit_id, [c.outcome for c in checked])
         for item, matches in zip(hashed, found, strict=True):
-            if matches:
+            item.matches.extend(matches)
+        report = UnitReport(unit_id, [c.outcome for c in checked])
+        for item in checked:
+            if item.matches:
                 item.outcome.outcome = "match"
-                report.matches.extend(match_record(item.outcome, m) for m in matches)
+                report.matches.extend(match_record(item.outcome, m) for m in item.matches)
                 report.evidence.append(evidence_record(item.outcome, item.fetch))
+        if self.stages.audit.keep_hashes:
+            report.hashes = [hash_record(c.outcome, c.hashes, c.fetch) for c in checked]
         self._progress.matched(sum(1 for o in report.outcomes if o.outcome == "match"))
         return report
 

@@ -17,7 +17,9 @@ from scanner.errors import ConfigError
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
 from scanner.planner import Plan, plan
 from scanner.reports.files import private_dir
+from scanner.reports.hashes import merge_hashes
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
+from scanner.screen import hash_types
 from scanner.sources import expand_inputs
 from scanner.sources.storage import input_signature
 
@@ -37,6 +39,11 @@ class Prepared:
     @property
     def todo(self) -> list:
         return [u for u in self.plan.units if u.id not in self.done]
+
+    @property
+    def hash_types(self) -> frozenset[str]:
+        """What the hashing stage computes for every body (see scanner.screen.hash_types)."""
+        return hash_types(self.matcher, self.config.audit)
 
 
 @dataclass(slots=True)
@@ -88,6 +95,8 @@ def finish(prepared: Prepared, started_at: float) -> ScanResult:
     """Merge every unit into the final reports, write summary and manifest, and drop the units."""
     out, work = prepared.out, prepared.plan
     tally = merge_reports(out, prepared.checkpoint, [u.id for u in work.units])
+    if prepared.config.audit.keep_hashes:
+        merge_hashes(out, prepared.checkpoint, [u.id for u in work.units])
     finished_at = time.time()
     summary_data = summary(tally, started_at, finished_at, work.skipped)
     write_summary_and_manifest(out, summary_data, manifest(prepared, summary_data))

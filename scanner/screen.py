@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from scanner.errors import ConfigError
 from scanner.hashing import HASH_TYPES as IMAGE_HASH_TYPES
+from scanner.hashing import ImageHashes
 from scanner.lists import Match, Matcher, Query
 from scanner.sources import Row
 from scanner.urlnorm import NormalURL, normalise
@@ -171,6 +172,11 @@ def column_hash(value: object, type_name: str) -> bytes | None:
         return bytes.fromhex(text)
     except ValueError:
         return None
+
+
+def content_changed(claimed: dict[str, bytes], hashes: ImageHashes) -> bool:
+    """Whether the bytes hashed differ from a digest the dataset gives for them."""
+    return any(getattr(hashes, name) not in (None, value) for name, value in claimed.items())
 
 
 def hash_types(matcher: Matcher, audit: AuditConfig) -> frozenset[str]:

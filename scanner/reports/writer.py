@@ -15,7 +15,15 @@ from scanner.reports.html import write_html_report
 from scanner.reports.records import OUTCOME_SCHEMA, OUTCOMES, UNREADABLE
 
 SUMMARY_SCHEMA_VERSION = 1
-REPORT_FILES = ("outcomes.parquet", "matches.jsonl", "evidence.jsonl", "summary.json", "report.html")
+REPORT_FILES = (
+    "outcomes.parquet",
+    "matches.jsonl",
+    "evidence.jsonl",
+    "summary.json",
+    "report.html",
+    "hashes.parquet",
+    "changes.jsonl",
+)
 
 
 @dataclass(slots=True)
@@ -76,7 +84,7 @@ def _count_match(tally: Tally, match: dict) -> None:
 def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[str, str]) -> dict:
     """The documented, versioned summary (schema: scanner/schemas/summary.schema.json)."""
     duration = max(finished_at - started_at, 1e-9)
-    reached = sum(tally.outcomes[o] for o in ("match", "clean", "invalid"))
+    reached = sum(tally.outcomes[o] for o in ("match", "clean", "invalid", "changed"))
     for name, rows in tally.matched_rows_by_list.items():
         tally.by_list[name]["rows"] = len(rows)
     return {

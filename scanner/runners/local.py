@@ -52,11 +52,12 @@ async def _run(
 ) -> None:
     config = prepared.config
     loop = asyncio.get_running_loop()
-    want = prepared.matcher.needed_hash_types
+    want = prepared.hash_types
     job = partial(hash_job, want=want, limits=config.hashing)
     fetcher = make_fetcher(config.fetch)
     try:
-        stages = Stages(fetcher, lambda body: loop.run_in_executor(pool, job, body), prepared.matcher)
+        hash_fn = partial(loop.run_in_executor, pool, job)
+        stages = Stages(fetcher, hash_fn, prepared.matcher, config.audit)
         pipeline = Pipeline(
             stages,
             prepared.plan.sources,
