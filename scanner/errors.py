@@ -17,8 +17,13 @@ class InputError(ScannerError):
     def __init__(self, path: str, message: str, line: int | None = None) -> None:
         self.path = path
         self.line = line
+        self.message = message
         where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple:
+        """Rebuild from the constructor's arguments, so the error survives a trip between processes."""
+        return type(self), (self.path, self.message, self.line)
 
 
 class SourceError(InputError):
