@@ -49,10 +49,13 @@ def build_postings(
     offsets: np.ndarray,
     postings: np.ndarray,
 ) -> None:
-    """Counting-sort every entry by each chunk's value into offsets (per chunk, 2**width + 1) and postings."""
+    """Counting-sort every entry by each chunk's value into postings (chunk c's at c * n onwards) and
+    offsets (chunk c's 2**width + 1 from offset_base[c]): chunk c's bucket v is postings[offsets[b + v]:
+    offsets[b + v + 1]] with b = offset_base[c]. Offsets rise across the whole table."""
     n = words.shape[0]
     for c in range(len(starts)):
         base = offset_base[c]
+        offsets[base] = c * n
         for i in range(n):
             offsets[base + 1 + np.int64(chunk_value(words[i], starts[c], widths[c]))] += 1
         for v in range(1, offset_base[c + 1] - base):
@@ -60,7 +63,7 @@ def build_postings(
         fill = offsets[base : offset_base[c + 1]].copy()
         for i in range(n):
             v = np.int64(chunk_value(words[i], starts[c], widths[c]))
-            postings[c * n + fill[v]] = i
+            postings[fill[v]] = i
             fill[v] += 1
 
 
@@ -82,8 +85,27 @@ def prefetch(typingctx, array, index):  # type: ignore[no-untyped-def]
     return types.void(array, types.int64), codegen
 
 
+BLOCK_BITS = 8
+"""Offsets are stored as one int64 per block of 2**BLOCK_BITS buckets plus a small delta per bucket."""
+
+
 @numba.njit(inline="always")
-def _gather_buckets(query, n, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, ahead, stride):  # type: ignore[no-untyped-def]
+def _offset(offsets, i):  # type: ignore[no-untyped-def]
+    """Entry i of a compressed offsets table (block starts, deltas): see compress_offsets."""
+    block_starts, deltas = offsets
+    return block_starts[i >> BLOCK_BITS] + np.int64(deltas[i])
+
+
+def compress_offsets(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(block starts, deltas): uint16 deltas where every block spans fewer than 65,536 postings."""
+    block_starts = offsets[:: 1 << BLOCK_BITS].astype(np.int64)
+    deltas = offsets - np.repeat(block_starts, 1 << BLOCK_BITS)[: len(offsets)]
+    narrow = np.uint16 if len(deltas) == 0 or deltas.max() < 2**16 else np.uint32
+    return block_starts, deltas.astype(narrow)
+
+
+@numba.njit(inline="always")
+def _gather_buckets(query, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, ahead, stride):  # type: ignore[no-untyped-def]
     """Fill buckets (rows lo, hi, chunk) with the non-empty posting ranges a query probes.
 
     Prefetches ahead.flat[lo * stride] for each, the first thing the next pass reads.
@@ -96,8 +118,8 @@ def _gather_buckets(query, n, offsets, offset_base, starts, widths, masks, mask_
         value = chunk_value(query, starts[c], widths[c])
         for m in range(mask_ptr[c], mask_ptr[c + 1]):
             probe = offset_base[c] + np.int64(value ^ masks[m])
-            lo = np.int64(offsets[probe]) + c * n
-            hi = np.int64(offsets[probe + 1]) + c * n
+            lo = _offset(offsets, probe)
+            hi = _offset(offsets, probe + 1)
             if hi > lo:
                 buckets[count, 0] = lo
                 buckets[count, 1] = hi
@@ -145,7 +167,7 @@ def mih_search(
     chunk within its radius; a query's rows are written whole or not at all, so the caller can grow the
     output and resume at the returned query.
     """
-    n, n_words = words.shape
+    n_words = words.shape[1]
     written = 0
     buckets = np.empty((len(masks), 3), dtype=np.int64)
     candidates = np.empty((4096, 2), dtype=np.int64)
@@ -153,7 +175,7 @@ def mih_search(
     for q in range(first_query, queries.shape[0]):
         query = queries[q]
         count, total = _gather_buckets(
-            query, n, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, postings, 1
+            query, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, postings, 1
         )
         if total > len(candidates):
             candidates = np.empty((2 * total, 2), dtype=np.int64)
@@ -208,7 +230,6 @@ def mih_search_embedded(
 
     Candidates are then verified where they lie, in sequence, with no random read of the key.
     """
-    n = len(postings) // len(starts)
     n_words = posted_words.shape[1]
     written = 0
     buckets = np.empty((len(masks), 3), dtype=np.int64)
@@ -216,7 +237,7 @@ def mih_search_embedded(
     for q in range(first_query, queries.shape[0]):
         query = queries[q]
         count, _ = _gather_buckets(
-            query, n, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, posted_words, n_words
+            query, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, posted_words, n_words
         )
         query_start = written
         for b in range(count):

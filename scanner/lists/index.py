@@ -157,7 +157,7 @@ def chunk_radii(widths: tuple[int, ...], threshold: int, n_entries: int, cost: S
 def index_bytes(layout: ChunkLayout, n_entries: int, embedded: bool) -> int:
     """Memory of the offsets and postings (and posted keys) of a layout, beyond the keys themselves."""
     per_posting = 4 + (8 if embedded else 0)
-    return 4 * layout.offsets_size() + per_posting * len(layout.widths) * n_entries
+    return 2 * layout.offsets_size() + per_posting * len(layout.widths) * n_entries
 
 
 def choose_layout(n_bits: int, n_entries: int, threshold: int, embedded: bool) -> ChunkLayout:
@@ -213,11 +213,12 @@ class HammingIndex:
         self._widths = np.array(self.layout.widths, dtype=np.int64)
         self._offset_base = np.cumsum([0, *(2**w + 1 for w in self.layout.widths)], dtype=np.int64)
         index_type = np.int32 if len(keys) < 2**31 else np.int64
-        self._offsets = np.zeros(self._offset_base[-1], dtype=index_type)
+        offsets = np.zeros(self._offset_base[-1], dtype=np.int64)
         self._postings = np.empty(len(self.layout.widths) * len(keys), dtype=index_type)
         _kernels.build_postings(
-            self.words, self._starts, self._widths, self._offset_base, self._offsets, self._postings
+            self.words, self._starts, self._widths, self._offset_base, offsets, self._postings
         )
+        self._offsets = _kernels.compress_offsets(offsets)
         self._posted_words = self.words[self._postings] if self.embedded else None
 
     def __len__(self) -> int:
@@ -227,7 +228,7 @@ class HammingIndex:
     def nbytes(self) -> int:
         """Bytes held beyond the keys themselves."""
         posted = 0 if self._posted_words is None else self._posted_words.nbytes
-        return self._offsets.nbytes + self._postings.nbytes + posted
+        return sum(part.nbytes for part in self._offsets) + self._postings.nbytes + posted
 
     def search(self, queries: np.ndarray, threshold: int | None = None) -> SearchResult:
         """Every (query, entry) pair within threshold bits (default: the build threshold) and its distance."""
