@@ -5,8 +5,8 @@ planted near-duplicates at every distance 0..threshold and with random hashes. O
 are held to one thread. Slow baselines run on a prefix of the queries (the "queries" column) until a time
 budget is spent; their q/s is measured on that prefix.
 
-    python benchmarks/bench_match.py                      # the full table: PDQ 1M, 10M; 64-bit 10M
-    python benchmarks/bench_match.py --sizes 1000000      # PDQ and 64-bit at 1M only
+    python benchmarks/bench_match.py                      # the full table: PDQ 1M, 10M; 64-bit, md5 10M
+    python benchmarks/bench_match.py --sizes 1000000      # PDQ, 64-bit and md5 at 1M only
 
 Columns: build s; resident MB (RSS growth while building, plus the keys for methods that search the
 caller's array in place); q/s; recall (planted pairs found / planted); chance (pairs within the threshold
@@ -26,7 +26,7 @@ import faiss
 import numba
 import numpy as np
 
-from scanner.lists.index import HammingIndex, aligned_empty, brute_force, choose_layout
+from scanner.lists.index import ExactIndex, HammingIndex, aligned_empty, brute_force, choose_layout
 
 Search = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -192,7 +192,8 @@ def print_table(case: Case, rows: list[Row]) -> None:
     print(header + f" {'chance':>7} {'false':>6}  note")
     for r in rows:
         print(
-            f"{r.method:<22} {r.build_s:>8.1f} {r.resident_mb:>12,.0f} {r.queries:>8} {r.qps:>10,.0f}"
+            f"{r.method:<22} {r.build_s:>8.1f} {r.resident_mb:>12,.0f} {r.queries:>8}"
+            f" {r.qps:>10,.{int(r.qps < 10)}f}"
             f" {r.recall:>7.3f} {r.chance:>7} {r.false:>6}  {r.note}"
         )
 
@@ -226,6 +227,37 @@ def main() -> None:
         print_table(case, rows)
         del workload
         gc.collect()
+    for n_entries in short_sizes:
+        exact_md5(n_entries, args.seed)
+
+
+def exact_md5(n_entries: int, seed: int, n_queries: int = 100_000) -> None:
+    """The exact index on md5-sized keys: half the queries are list entries, half are not."""
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 256, (n_entries, 16), dtype=np.uint8)
+    queries = np.vstack(
+        [
+            keys[rng.choice(n_entries, n_queries // 2)],
+            rng.integers(0, 256, (n_queries // 2, 16), dtype=np.uint8),
+        ]
+    )
+    gc.collect()
+    before = rss_bytes()
+    started = time.perf_counter()
+    index = ExactIndex(keys)
+    build_s = time.perf_counter() - started
+    resident = (rss_bytes() - before + keys.nbytes) / 2**20
+    started = time.perf_counter()
+    q, _, _ = index.search(queries)
+    qps = n_queries / (time.perf_counter() - started)
+    print(f"\nmd5 exact {n_entries:,}   (keys {keys.nbytes / 2**20:,.0f} MB)")
+    print(
+        f"{'method':<22} {'build s':>8} {'resident MB':>12} {'queries':>8} {'q/s':>10} {'found':>7} expected"
+    )
+    print(
+        f"{'scanner ExactIndex':<22} {build_s:>8.1f} {resident:>12,.0f} {n_queries:>8} {qps:>10,.0f}"
+        f" {len(q):>7} {n_queries // 2}"
+    )
 
 
 if __name__ == "__main__":
