@@ -90,7 +90,7 @@ BLOCK_BITS = 8
 
 
 @numba.njit(inline="always")
-def _offset(offsets, i):  # type: ignore[no-untyped-def]
+def _offset(offsets: tuple[np.ndarray, np.ndarray], i: int) -> int:
     """Entry i of a compressed offsets table (block starts, deltas): see compress_offsets."""
     block_starts, deltas = offsets
     return block_starts[i >> BLOCK_BITS] + np.int64(deltas[i])
@@ -105,13 +105,20 @@ def compress_offsets(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(inline="always")
-def _gather_buckets(query, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, ahead, stride):  # type: ignore[no-untyped-def]
-    """Fill buckets (rows lo, hi, chunk) with the non-empty posting ranges a query probes.
-
-    Prefetches ahead.flat[lo * stride] for each, the first thing the next pass reads.
-
-    Returns (bucket count, total postings in them).
-    """
+def _gather_buckets(
+    query: np.ndarray,
+    offsets: tuple[np.ndarray, np.ndarray],
+    offset_base: np.ndarray,
+    starts: np.ndarray,
+    widths: np.ndarray,
+    masks: np.ndarray,
+    mask_ptr: np.ndarray,
+    buckets: np.ndarray,
+    ahead: np.ndarray,
+    stride: int,
+) -> tuple[int, int]:
+    """Fill buckets (rows lo, hi, chunk) with the non-empty posting ranges a query probes, prefetching
+    ahead.flat[lo * stride] for each (what the next pass reads first): (bucket count, total postings)."""
     count = 0
     total = 0
     for c in range(len(starts)):
@@ -149,7 +156,7 @@ def mih_search(
     out_entry: np.ndarray,
     out_distance: np.ndarray,
     words: np.ndarray,
-    offsets: np.ndarray,
+    offsets: tuple[np.ndarray, np.ndarray],
     postings: np.ndarray,
     offset_base: np.ndarray,
     starts: np.ndarray,
@@ -216,7 +223,7 @@ def mih_search_embedded(
     out_entry: np.ndarray,
     out_distance: np.ndarray,
     posted_words: np.ndarray,
-    offsets: np.ndarray,
+    offsets: tuple[np.ndarray, np.ndarray],
     postings: np.ndarray,
     offset_base: np.ndarray,
     starts: np.ndarray,

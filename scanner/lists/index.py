@@ -129,8 +129,8 @@ class SearchCost:
 INDIRECT_COST = SearchCost()
 EMBEDDED_COST = SearchCost(candidate=0.1)  # keys read in sequence from the postings
 
-# Memory bound on offsets + postings: 64 bytes per entry plus 256 MB, which keeps a 10M-entry PDQ index
-# (with its 320 MB of keys) under 1 GB while leaving small lists free to use wide, fast chunks.
+# Memory bound on offsets + postings: 64 bytes per entry plus 256 MB. A 10M-entry PDQ index then stays
+# near 1 GB with its 320 MB of keys, while small lists are free to use wide, fast chunks.
 _INDEX_BYTES_PER_ENTRY = 64
 _INDEX_BYTES_ALLOWANCE = 2**28
 _MAX_CHUNK_BITS = 28
