@@ -1,0 +1,130 @@
+"""scanner rematch: stored hash records against new or updated lists, with no network access at all.
+
+Every row gets the matches a fresh scan with these lists would give for the same responses: its URL is
+screened (url, url_* and domain entries) and, if that finds nothing, the hashes stored for it are matched,
+for rows that served something in the scan that stored them. Other rows keep their outcome; a row matched
+before and not now becomes clean (invalid if its body was no usable image), or unchecked when it was never
+fetched (screened) and so has no hashes to say more. Hash records keep no dihedral PDQ, so rematch refuses
+--pdq-dihedral. The report files are a scan's, plus hashes.parquet: a rematch can be rematched or rescanned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from scanner import __version__
+from scanner.checkpoint import Checkpoint
+from scanner.config import ScanConfig
+from scanner.errors import ConfigError
+from scanner.fetch import FetchResult
+from scanner.lists import HashList, Match, Matcher, load_hashlist
+from scanner.pipeline import evidence_record, match_record, to_query
+from scanner.reports.files import private_dir
+from scanner.reports.records import Outcome, UnitReport
+from scanner.scan import ScanResult, match_config
+from scanner.screen import Screen
+from scanner.stored import LIVE_OUTCOMES, StoredRow, StoredScan, already_finished, finish_report, plan_units
+
+
+def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) -> ScanResult:
+    """Re-match the hash records in `hashes` (files or report directories) against config's lists."""
+    started_at = time.time()
+    if not hashes:
+        raise ConfigError("no hash records given (a hashes.parquet, or a report directory holding one)")
+    if not config.hashlists:
+        raise ConfigError("no hash list given (--hashlist PATH)")
+    if config.match.pdq_dihedral:
+        raise ConfigError(
+            "rematch cannot match rotations and flips: hash records keep no dihedral PDQ hashes"
+        )
+    scans = [StoredScan(path) for path in hashes]
+    lists = [load_hashlist(spec.spec) for spec in config.hashlists]
+    matcher = Matcher.from_lists(lists, match_config(config, lists))
+    out = private_dir(config.out)
+    checkpoint = Checkpoint(out, _fingerprint(scans, lists, config), restart)
+    finished = already_finished(out, checkpoint)
+    if finished is not None:
+        return finished
+    units = plan_units(scans, config.source.rows_per_unit)
+    screen = Screen(matcher)
+    evidence = [scan.evidence() for scan in scans]
+    committed = checkpoint.done()
+    for unit in units:
+        if unit.id not in committed:
+            rows = scans[unit.scan].read(unit.start, unit.stop)
+            checkpoint.commit(rematch_unit(unit.id, rows, screen, matcher, evidence[unit.scan]))
+    manifest = _manifest(config, scans, lists)
+    return finish_report(out, checkpoint, [u.id for u in units], started_at, manifest, {})
+
+
+def rematch_unit(
+    unit_id: int,
+    rows: list[StoredRow],
+    screen: Screen,
+    matcher: Matcher,
+    evidence: dict[tuple[str, int], dict],
+) -> UnitReport:
+    """One unit's outcomes, matches and evidence from its stored rows, and the rows' records unchanged."""
+    screened = screen.rows([r.row for r in rows])
+    hashed = [
+        i
+        for i, (row, pre) in enumerate(zip(rows, screened, strict=True))
+        if not pre.matches and row.hashes is not None and row.previous.outcome in LIVE_OUTCOMES
+    ]
+    found = matcher.match_batch([to_query(rows[i].hashes) for i in hashed]) if hashed else []
+    matches: list[list[Match]] = [pre.matches for pre in screened]
+    for i, row_matches in zip(hashed, found, strict=True):
+        matches[i] = row_matches
+    report = UnitReport(unit_id, [], hashes=[row.record for row in rows])
+    rematched = set(hashed)
+    for i, row in enumerate(rows):
+        outcome = _rematched(row.previous, bool(matches[i]), i in rematched)
+        report.outcomes.append(outcome)
+        if matches[i]:
+            report.matches.extend(match_record(outcome, m) for m in matches[i])
+            report.evidence.append(evidence.get((outcome.shard, outcome.row)) or _evidence(outcome, row))
+    return report
+
+
+def _rematched(previous: Outcome, matched: bool, hashed: bool) -> Outcome:
+    outcome = dataclasses.replace(previous)
+    if matched:
+        outcome.outcome = "match"
+    elif previous.outcome == "match":
+        outcome.outcome = ("invalid" if previous.reason else "clean") if hashed else "unchecked"
+    return outcome
+
+
+def _evidence(outcome: Outcome, row: StoredRow) -> dict:
+    """Evidence of a new match: what the stored record knows (when its hashes were observed)."""
+    return evidence_record(outcome, FetchResult(outcome.url, fetched_at=row.record["fetched_at"] or 0.0))
+
+
+def _fingerprint(scans: list[StoredScan], lists: list[HashList], config: ScanConfig) -> dict:
+    match = json.dumps(dataclasses.asdict(config.match), sort_keys=True, default=str)
+    return {
+        "hashes": [scan.signature() for scan in scans],
+        "lists": [[hl.name, hl.digest] for hl in lists],
+        "settings": hashlib.sha256(match.encode()).hexdigest(),
+    }
+
+
+def _manifest(config: ScanConfig, scans: list[StoredScan], lists: list[HashList]) -> dict:
+    """Provenance, with the inputs of the scans whose records were re-matched (for `scanner clean`)."""
+    inputs = []
+    for scan in scans:
+        if (scan.dir / "manifest.json").is_file():
+            inputs.extend(scan.manifest().get("inputs", []))
+    return {
+        "scanner_version": __version__,
+        "command": sys.argv,
+        "config": config.to_dict(),
+        "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in lists],
+        "rematched": [str(scan.hashes_path) for scan in scans],
+        "inputs": inputs,
+    }

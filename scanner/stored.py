@@ -1,0 +1,188 @@
+"""Finished scans read back for rematch and rescan: each row's hash record and previous outcome, work units
+over the stored rows, and the new report written through the same checkpoint and writers as a scan."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from scanner.checkpoint import Checkpoint
+from scanner.errors import InputError
+from scanner.hashing import ImageHashes
+from scanner.reports.files import atomic_open, write_jsonl
+from scanner.reports.hashes import (
+    HASHES_FILE,
+    HEX_COLUMNS,
+    merge_hashes,
+    open_hashes,
+    read_slice,
+    stored_hashes,
+)
+from scanner.reports.records import OUTCOME_SCHEMA, Outcome
+from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
+from scanner.scan import ScanResult
+from scanner.sources import Row
+
+LIVE_OUTCOMES = frozenset({"match", "clean", "invalid", "changed"})  # the URL served something
+CHANGES_FILE = "changes.jsonl"
+CHANGES_SUFFIX = ".changes.jsonl"
+
+
+@dataclass(slots=True)
+class StoredRow:
+    """One row of a finished scan: its hash record, its outcome there, and the hashes the record holds."""
+
+    record: dict
+    previous: Outcome
+    hashes: ImageHashes | None
+
+    @property
+    def row(self) -> Row:
+        """The row as a source gives it (for screening)."""
+        record = self.record
+        return Row(record["shard"], record["row"], record["url"], record["key"], member=self.previous.member)
+
+
+class StoredScan:
+    """A hashes.parquet and, in a report directory, that scan's outcomes, evidence and manifest."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self.dir = path if path.is_dir() else path.parent
+        self.hashes_path = self.dir / HASHES_FILE if path.is_dir() else path
+        self.hashes = open_hashes(self.hashes_path)
+        self.rows = self.hashes.metadata.num_rows
+        self.outcomes = self._outcomes() if self.hashes_path.name == HASHES_FILE else None
+
+    def _outcomes(self) -> pq.ParquetFile | None:
+        path = self.dir / "outcomes.parquet"
+        if not path.is_file():
+            return None
+        outcomes = pq.ParquetFile(path)
+        if outcomes.metadata.num_rows != self.rows:
+            raise InputError(
+                str(path), f"{outcomes.metadata.num_rows} rows, but {self.hashes_path} has {self.rows}"
+            )
+        return outcomes
+
+    def read(self, start: int, stop: int) -> list[StoredRow]:
+        """Rows [start, stop), each with its previous outcome (from outcomes.parquet when there is one)."""
+        records = read_slice(self.hashes, start, stop).to_pylist()
+        for record in records:
+            fetched = record["fetched_at"]
+            record["fetched_at"] = fetched.timestamp() if fetched is not None else None
+        if self.outcomes is None:
+            previous = [_assumed_outcome(r) for r in records]
+        else:
+            previous = [_outcome(o) for o in read_slice(self.outcomes, start, stop).to_pylist()]
+        rows = []
+        for record, outcome in zip(records, previous, strict=True):
+            if (outcome.shard, outcome.row) != (record["shard"], record["row"]):
+                raise InputError(
+                    str(self.hashes_path), f"row {record['row']} is not in outcomes.parquet's order"
+                )
+            rows.append(StoredRow(record, outcome, stored_hashes(record)))
+        return rows
+
+    def evidence(self) -> dict[tuple[str, int], dict]:
+        """The evidence records of the rows that matched, by (shard, row); empty without evidence.jsonl."""
+        path = self.dir / "evidence.jsonl"
+        if self.outcomes is None or not path.is_file():
+            return {}
+        records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)
+        return {(r["shard"], r["row"]): r for r in records}
+
+    def manifest(self) -> dict:
+        """The scan's manifest.json; InputError when there is none."""
+        path = self.dir / "manifest.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(str(path), f"cannot read the scan's manifest ({exc.strerror})") from exc
+        except ValueError as exc:
+            raise InputError(str(path), f"not valid JSON ({exc})") from exc
+
+    def signature(self) -> list:
+        """What a resumed rematch or rescan must find unchanged: path, size and mtime of the records."""
+        stat = self.hashes_path.stat()
+        return [str(self.hashes_path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUnit:
+    """A run of stored rows: the unit of work, checkpointing and resumption of rematch and rescan."""
+
+    id: int
+    scan: int  # index into the stored scans
+    start: int
+    stop: int
+
+
+def plan_units(scans: list[StoredScan], rows_per_unit: int) -> list[StoredUnit]:
+    """Consecutive units over every stored scan's rows, in order."""
+    units: list[StoredUnit] = []
+    for index, scan in enumerate(scans):
+        for start in range(0, scan.rows, rows_per_unit):
+            units.append(StoredUnit(len(units), index, start, min(start + rows_per_unit, scan.rows)))
+    return units
+
+
+def write_unit_changes(checkpoint: Checkpoint, unit_id: int, records: list[dict]) -> None:
+    """A unit's change records, committed (like its other side files) before its outcomes."""
+    with atomic_open(checkpoint.dir / f"u{unit_id:06d}{CHANGES_SUFFIX}", "w") as handle:
+        write_jsonl(handle, records)
+
+
+def finish_report(
+    out: Path, checkpoint: Checkpoint, unit_ids: list[int], started_at: float, manifest: dict, extra: dict
+) -> ScanResult:
+    """Merge the units into the same report files a scan writes (plus changes.jsonl when units wrote
+    changes), with `extra` sections added to summary.json, then seal the checkpoint."""
+    tally = merge_reports(out, checkpoint, unit_ids)
+    merge_hashes(out, checkpoint, unit_ids)
+    changes = list(checkpoint.side_files(unit_ids, CHANGES_SUFFIX))
+    if changes and all(path.exists() for path in changes):
+        with atomic_open(out / CHANGES_FILE, "w") as handle:
+            for path in changes:
+                handle.write(path.read_text(encoding="utf-8"))
+    finished_at = time.time()
+    summary_data = {**summary(tally, started_at, finished_at, {}), **extra}
+    manifest = {
+        **manifest,
+        "started_at": summary_data["started_at"],
+        "finished_at": summary_data["finished_at"],
+    }
+    write_summary_and_manifest(out, summary_data, manifest)
+    checkpoint.seal()
+    return ScanResult(out, summary_data)
+
+
+def already_finished(out: Path, checkpoint: Checkpoint) -> ScanResult | None:
+    """The result of the same rematch or rescan completed earlier in this --out."""
+    if not checkpoint.complete:
+        return None
+    return ScanResult(out, json.loads((out / "summary.json").read_text(encoding="utf-8")))
+
+
+def _outcome(values: dict) -> Outcome:
+    fetched = values.get("fetched_at")
+    fields = {name: values.get(name) for name in OUTCOME_SCHEMA.names}
+    fields["fetched_at"] = fetched.timestamp() if fetched is not None else None
+    return Outcome(**fields)
+
+
+def _assumed_outcome(record: dict) -> Outcome:
+    """Without outcomes.parquet: clean when the record holds hashes, unchecked otherwise."""
+    hashed = any(record.get(name) for name in HEX_COLUMNS)
+    return Outcome(
+        record["shard"],
+        record["row"],
+        record["url"],
+        record["key"],
+        "clean" if hashed else "unchecked",
+        fetched_at=record["fetched_at"],
+    )
