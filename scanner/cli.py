@@ -42,7 +42,21 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         "match.pdq_min_quality",
         {"type": int, "help": "ignore PDQ below this quality (50)"},
     ),
-    ("--workers", "run.workers", {"type": int, "help": "hashing processes (default: one per core)"}),
+    (
+        "--workers",
+        "run.workers",
+        {"type": int, "help": "hashing processes, or Ray worker actors (default: one per core)"},
+    ),
+    (
+        "--runner",
+        "run.runner",
+        {"choices": ["local", "ray"], "help": "run on this machine or on Ray (local)"},
+    ),
+    (
+        "--ray-address",
+        "run.ray_address",
+        {"help": "Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)"},
+    ),
     (
         "--on-bad-shard",
         "run.on_bad_shard",
@@ -119,7 +133,9 @@ def _scan_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--pdq-dihedral", action="store_true", default=None, help="also match rotations and flips"
     )
-    sub.add_argument("--restart", action="store_true", help="discard a previous scan (partial or complete) in --out")
+    sub.add_argument(
+        "--restart", action="store_true", help="discard a previous scan (partial or complete) in --out"
+    )
     sub.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     for flag, _key, options in SCAN_FLAGS:
         sub.add_argument(flag, **options)
@@ -152,17 +168,34 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def run_with_guard(config, restart: bool, quiet: bool):
-    """Run a local scan with the write guard on: nothing may be written outside the report directory."""
+    """Run a scan with the write guard on: nothing may be written outside the report directory (and, with
+    Ray, outside Ray's own session directory, which it fills while joining the cluster, before the guard)."""
     import os
 
     from scanner import nostore
     from scanner.progress import bar_for
-    from scanner.runners.local import scan
 
+    runner = runner_for(config)
+    allowed = runner.connect(config.run.ray_address) if config.run.runner == "ray" else []
     os.makedirs(config.out, mode=0o700, exist_ok=True)
-    nostore.install([config.out])
+    nostore.install([config.out, *allowed])
     show = not quiet and config.run.progress
-    return scan(config, restart, bar_for if show else None)
+    return runner.scan(config, restart, bar_for if show else None)
+
+
+def runner_for(config):
+    """The runner module named by run.runner: local, or ray (an optional extra)."""
+    from scanner.errors import ConfigError
+
+    if config.run.runner == "local":
+        from scanner.runners import local
+
+        return local
+    if config.run.runner == "ray":
+        from scanner.runners import ray
+
+        return ray
+    raise ConfigError(f"run.runner must be local or ray, not {config.run.runner!r}")
 
 
 def print_summary(result) -> None:

@@ -1,0 +1,278 @@
+"""Run units on a Ray cluster: a pool of actors, each holding the matcher once and running whole units.
+
+The driver plans, keeps a bounded window of units in flight (ray.wait), retries a failed unit a bounded number
+of times on a fresh actor, and commits every returned unit through the same Checkpoint as the local runner.
+Only unit specs go to the workers and only outcomes and match records come back: image bytes stay in one
+worker's memory and never enter Ray's object store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from scanner import __version__, nostore
+from scanner.config import ScanConfig
+from scanner.errors import ConfigError, ScannerError
+from scanner.fetch import make_fetcher
+from scanner.lists import Matcher
+from scanner.pipeline import Pipeline, Progress, Stages
+from scanner.planner import WorkUnit
+from scanner.reports.records import UnitReport
+from scanner.scan import Prepared, ScanResult, already_done, finish, prepare
+from scanner.sources import Source, SourceOptions, open_source
+from scanner.workers import hash_job
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+STALL_WARNING_SECONDS = 300.0
+OPEN_SOURCES_PER_WORKER = 8
+
+
+def require_ray() -> Any:
+    """Import Ray, or fail loudly: asking for the Ray runner without Ray must never quietly do nothing."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(
+            "--runner ray needs Ray on this machine and on every node: pip install 'scanner[ray]'"
+        ) from exc
+    return ray
+
+
+def connect(address: str | None = None) -> list[str]:
+    """Join the cluster at address ('auto', 'ray://host:port'), or start a local one; return Ray's local
+    directory, which the driver's write guard must allow (session logs and sockets, never image content)."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise ConfigError(
+                f"cannot connect to the Ray cluster at {address or 'a new local cluster'}: {exc}"
+            ) from exc
+    return [ray_temp_dir()]
+
+
+def ray_temp_dir() -> str:
+    """The root of this node's Ray session directories (default /tmp/ray)."""
+    from ray._private.worker import global_worker
+
+    return global_worker.node.get_temp_dir_path()
+
+
+def scan(
+    config: ScanConfig, restart: bool = False, make_progress: Callable[[Prepared], Progress] | None = None
+) -> ScanResult:
+    """Run a whole scan on Ray, resuming from committed units in config.out; same reports as a local scan."""
+    connect(config.run.ray_address)
+    started_at = time.time()
+    prepared = prepare(config, restart)
+    done = already_done(prepared)
+    if done is not None:
+        return done
+    progress = make_progress(prepared) if make_progress else None
+    try:
+        run_units(prepared, prepared.todo, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    return finish(prepared, started_at)
+
+
+class UnitWorker:
+    """A Ray actor: the matcher (from the object store, once), a fetcher, a hashing thread, opened shards."""
+
+    def __init__(self, config: ScanConfig, matcher: Matcher, driver_version: str) -> None:
+        if driver_version != __version__:
+            raise ConfigError(
+                f"scanner {__version__} on this node, {driver_version} on the driver: install one version"
+            )
+        nostore.install(())
+        self._config = config
+        self._matcher = matcher
+        self._pipeline: Pipeline | None = None
+
+    async def run_unit(self, unit: WorkUnit) -> UnitReport:
+        """Check every row of one unit; the report holds outcomes and match records, never image bytes."""
+        if self._pipeline is None:
+            self._pipeline = self._start()
+        return await self._pipeline.run_unit(unit)
+
+    async def close(self) -> None:
+        """Close the fetcher's connections before the actor ends."""
+        if self._pipeline is not None:
+            await self._pipeline.stages.fetcher.aclose()
+
+    def _start(self) -> Pipeline:
+        """Build the stages inside the actor's event loop (the fetcher's sessions belong to it)."""
+        config, loop = self._config, asyncio.get_running_loop()
+        job = partial(hash_job, want=self._matcher.needed_hash_types, limits=config.hashing)
+        hashing = ThreadPoolExecutor(1, thread_name_prefix="hash")
+        stages = Stages(
+            make_fetcher(config.fetch), lambda body: loop.run_in_executor(hashing, job, body), self._matcher
+        )
+        return Pipeline(stages, OpenedSources(config.source), config.run.rows_in_flight)
+
+
+class OpenedSources(OrderedDict):
+    """Shards opened on first use by this worker, the least recently used closed past a small bound."""
+
+    def __init__(self, options: SourceOptions) -> None:
+        super().__init__()
+        self._options = options
+
+    def __missing__(self, shard: str) -> Source:
+        source = open_source(shard, self._options)
+        self[shard] = source
+        while len(self) > OPEN_SOURCES_PER_WORKER:
+            self.popitem(last=False)
+        return source
+
+    def __getitem__(self, shard: str) -> Source:
+        source = super().__getitem__(shard)
+        self.move_to_end(shard)
+        return source
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One actor of the pool and the units it is running."""
+
+    actor: Any
+    running: int = 0
+
+
+@dataclass
+class _Window:
+    """The units in flight: which actor runs each, and how often each unit was tried."""
+
+    pending: dict[Any, tuple[WorkUnit, _Slot]] = field(default_factory=dict)
+    attempts: Counter = field(default_factory=Counter)
+
+
+class Pool:
+    """A fixed number of UnitWorker actors; a dead one is replaced, its units retried elsewhere."""
+
+    def __init__(self, prepared: Prepared, size: int) -> None:
+        ray = require_ray()
+        self._ray = ray
+        self._remote = ray.remote(num_cpus=1, max_concurrency=prepared.config.run.units_in_flight)(UnitWorker)
+        self._config = prepared.config
+        self._matcher = ray.put(prepared.matcher)
+        self.slots = [self._new_slot(i) for i in range(size)]
+
+    def _new_slot(self, index: int) -> _Slot:
+        name = f"scanner-unit-worker-{index}-{time.monotonic_ns()}"
+        return _Slot(self._remote.options(name=name).remote(self._config, self._matcher, __version__))
+
+    def least_busy(self) -> _Slot:
+        return min(self.slots, key=lambda slot: slot.running)
+
+    def replace(self, dead: _Slot) -> None:
+        """Swap a dead actor for a new one (once, however many of its units report the death)."""
+        if dead in self.slots:
+            self._ray.kill(dead.actor, no_restart=True)
+            self.slots[self.slots.index(dead)] = self._new_slot(self.slots.index(dead))
+
+    def close(self) -> None:
+        """Let each actor close its connections, then end it."""
+        self._ray.wait(
+            [slot.actor.close.remote() for slot in self.slots], num_returns=len(self.slots), timeout=5
+        )
+        for slot in self.slots:
+            self._ray.kill(slot.actor, no_restart=True)
+
+
+def run_units(
+    prepared: Prepared,
+    units: list[WorkUnit],
+    progress: Progress | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> None:
+    """Run units on the pool with at most units_in_flight per actor, committing each as it returns."""
+    if not units:
+        return
+    ray = require_ray()
+    progress = progress or Progress()
+    pool = Pool(prepared, pool_size(prepared.config, ray))
+    per_actor = prepared.config.run.units_in_flight
+    queue, window = deque(units), _Window()
+    try:
+        while queue or window.pending:
+            while queue and pool.least_busy().running < per_actor:
+                _submit(pool, window, queue.popleft())
+            ready, _ = ray.wait(list(window.pending), num_returns=1, timeout=STALL_WARNING_SECONDS)
+            if not ready:
+                logger.warning(
+                    "no unit finished in %.0f s; %d in flight", STALL_WARNING_SECONDS, len(window.pending)
+                )
+            for ref in ready:
+                _collect(ray, pool, window, queue, ref, prepared, progress, max_attempts)
+    finally:
+        pool.close()
+
+
+def pool_size(config: ScanConfig, ray: Any) -> int:
+    """Actors to start: --workers, else one per cluster CPU; never more than it has, or some would wait."""
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if cpus < 1:
+        raise ConfigError("the Ray cluster has no CPU for scanner workers")
+    return min(config.run.workers or cpus, cpus)
+
+
+def _submit(pool: Pool, window: _Window, unit: WorkUnit) -> None:
+    slot = pool.least_busy()
+    slot.running += 1
+    window.attempts[unit.id] += 1
+    window.pending[slot.actor.run_unit.remote(unit)] = (unit, slot)
+
+
+def _collect(
+    ray: Any,
+    pool: Pool,
+    window: _Window,
+    queue: deque,
+    ref: Any,
+    prepared: Prepared,
+    progress: Progress,
+    max_attempts: int,
+) -> None:
+    """Commit a returned unit, or queue a failed one again (first) while it has attempts left."""
+    unit, slot = window.pending.pop(ref)
+    slot.running -= 1
+    try:
+        report: UnitReport = ray.get(ref)
+    except ray.exceptions.RayActorError as exc:
+        pool.replace(slot)
+        _retry(window, queue, unit, max_attempts, f"its worker died ({type(exc).__name__})")
+        return
+    except ray.exceptions.RayTaskError as exc:
+        _retry(window, queue, unit, max_attempts, str(exc.cause or exc))
+        return
+    except ray.exceptions.RayError as exc:
+        _retry(window, queue, unit, max_attempts, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        return
+    prepared.checkpoint.commit(report)
+    for outcome in report.outcomes:
+        progress.row_done(outcome.outcome)
+    progress.matched(sum(1 for o in report.outcomes if o.outcome == "match"))
+
+
+def _retry(window: _Window, queue: deque, unit: WorkUnit, max_attempts: int, why: str) -> None:
+    tried = window.attempts[unit.id]
+    where = f"unit {unit.id} ({unit.shard} rows {unit.span.start}-{unit.span.stop})"
+    if tried >= max_attempts:
+        raise ScannerError(
+            f"{where} failed {tried} times, last because {why}; run the same command to resume"
+        )
+    logger.warning("%s failed on attempt %d of %d because %s; retrying", where, tried, max_attempts, why)
+    queue.appendleft(unit)
