@@ -1,0 +1,396 @@
+"""scanner rescan: re-check a previous scan's rows without downloading what is already known, and say what
+changed since.
+
+Before any request each row is screened again (URL lists) and its stored hashes are matched against the
+current lists. A row known to match (it matched before, or its stored hashes match now) is checked for
+liveness only: HEAD, or a GET whose body is never read, so takedowns can be followed up without fetching
+the material again. A row newly screened by URL is never requested. Every other row is requested
+conditionally (If-None-Match, else If-Modified-Since, from its hash record): a 304 re-uses the stored
+hashes, a 200 is hashed and compared with them (outcome `changed` when its bytes differ). Rows that went
+dead keep their last hash record, so a later rescan still knows what they served. The report adds
+changes.jsonl and a `changes` section (newly dead, newly live, new matches, matches gone, content changed)
+and appends the previous scan to the summary's `history`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from scanner import __version__
+from scanner.checkpoint import Checkpoint
+from scanner.config import HashListSpec, ScanConfig, build_config
+from scanner.errors import InputError
+from scanner.fetch import FetchResult, make_fetcher
+from scanner.lists import HashList, Match, Matcher, Query, load_hashlist
+from scanner.pipeline import Stages, evidence_record, match_record, to_query
+from scanner.reports.files import private_dir, write_json
+from scanner.reports.hashes import hash_record
+from scanner.reports.records import Outcome, UnitReport
+from scanner.scan import ScanResult, match_config
+from scanner.screen import CONTENT_DIGESTS, AuditConfig, Screen, Screened, content_changed, hash_types
+from scanner.stored import (
+    LIVE_OUTCOMES,
+    StoredRow,
+    StoredScan,
+    already_finished,
+    finish_report,
+    plan_units,
+    write_unit_changes,
+)
+from scanner.workers import hash_job, init_worker
+
+COUNTS_SUFFIX = ".rescan.json"
+CHANGE_KINDS = {  # change record name -> summary count name
+    "newly_dead": "newly_dead",
+    "newly_live": "newly_live",
+    "new_match": "new_matches",
+    "match_gone": "matches_gone",
+    "content_changed": "content_changed",
+}
+
+
+@dataclass(slots=True)
+class Rechecked:
+    """One stored row after its re-check, waiting for the unit's batched match."""
+
+    outcome: Outcome
+    record: dict  # its hash record in the new hashes.parquet
+    matches: list[Match] = field(default_factory=list)
+    query: Query | None = None  # hashes still to match: a new body's, or the stored ones after a 304
+    fetch: FetchResult | None = None
+    content_changed: bool = False
+    not_modified: bool = False
+    liveness_only: bool = False
+
+
+def rescan(
+    previous: str | Path,
+    out: str,
+    hashlists: Sequence[str] = (),
+    overrides: dict | None = None,
+    restart: bool = False,
+) -> ScanResult:
+    """Re-check the scan in `previous` (a report directory written with --keep-hashes) into `out`."""
+    started_at = time.time()
+    stored = _stored_scan(Path(previous))
+    config = rescan_config(stored.manifest(), out, hashlists, overrides or {})
+    lists = [load_hashlist(spec.spec) for spec in config.hashlists]
+    matcher = Matcher.from_lists(lists, match_config(config, lists))
+    out_dir = private_dir(config.out)
+    checkpoint = Checkpoint(out_dir, _fingerprint(stored, lists, config), restart)
+    finished = already_finished(out_dir, checkpoint)
+    if finished is not None:
+        return finished
+    units = plan_units([stored], config.source.rows_per_unit)
+    todo = [u for u in units if u.id not in checkpoint.done()]
+    if todo:
+        with _hash_pool(config, out_dir) as pool:
+            asyncio.run(_run(config, matcher, stored, todo, checkpoint, pool))
+    extra = _summary_sections(stored, checkpoint, [u.id for u in units])
+    manifest = _manifest(config, stored, lists)
+    return finish_report(out_dir, checkpoint, [u.id for u in units], started_at, manifest, extra)
+
+
+def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides: dict) -> ScanConfig:
+    """The previous scan's settings (fetch, hashing, match, run), hash records kept, flags on top; its lists
+    unless new ones are given (their per-list thresholds then go with them)."""
+    saved = manifest.get("config") or {}
+    data: dict = {name: dict(saved.get(name) or {}) for name in ("fetch", "hashing", "match", "run")}
+    data["audit"] = {"keep_hashes": True}
+    data["out"] = out
+    if hashlists:
+        data["match"].pop("list_thresholds", None)
+    for dotted, value in overrides.items():
+        if value is not None:
+            section, _, key = dotted.rpartition(".")
+            (data.setdefault(section, {}) if section else data)[key] = value
+    config = build_config(data, "the previous scan's manifest.json")
+    saved_lists = [HashListSpec(s["spec"], s.get("thresholds") or {}) for s in saved.get("hashlists", [])]
+    specs = tuple(HashListSpec(spec) for spec in hashlists) or tuple(saved_lists)
+    return dataclasses.replace(config, hashlists=specs)
+
+
+class Rescanner:
+    """Re-checks the stored rows of one unit at a time, with a bound on rows in flight."""
+
+    def __init__(self, stages: Stages, rows_in_flight: int) -> None:
+        self.stages = stages
+        self.screen = Screen(stages.matcher)
+        self._slots = asyncio.Semaphore(rows_in_flight)
+
+    async def run_unit(
+        self, unit_id: int, rows: list[StoredRow], evidence: dict
+    ) -> tuple[UnitReport, list, dict]:
+        """The unit's report (hash records included), its change records and its counts."""
+        screened = self.screen.rows([r.row for r in rows])
+        known = self._stored_matches(rows)
+        checked = await asyncio.gather(
+            *(self._bounded(r, pre, k) for r, pre, k in zip(rows, screened, known, strict=True))
+        )
+        pending = [c for c in checked if c.query is not None]
+        found = self.stages.matcher.match_batch([c.query for c in pending]) if pending else []
+        for item, matches in zip(pending, found, strict=True):
+            item.matches.extend(matches)
+        report = UnitReport(unit_id, [c.outcome for c in checked], hashes=[c.record for c in checked])
+        changes: list[dict] = []
+        counts: Counter = Counter()
+        for row, item in zip(rows, checked, strict=True):
+            if item.matches:
+                item.outcome.outcome = "match"
+                report.matches.extend(match_record(item.outcome, m) for m in _ordered(item.matches))
+                key = (item.outcome.shard, item.outcome.row)
+                report.evidence.append(evidence.get(key) or evidence_record(item.outcome, item.fetch))
+            kinds = change_kinds(row.previous, item.outcome, item.content_changed)
+            changes.extend(_change_record(row.previous, item.outcome, kind) for kind in kinds)
+            counts.update(CHANGE_KINDS[kind] for kind in kinds)
+            counts.update(not_modified=item.not_modified, liveness_only=item.liveness_only)
+        return report, changes, dict(counts)
+
+    def _stored_matches(self, rows: list[StoredRow]) -> list[list[Match]]:
+        """What each row's stored hashes match in the current lists (before any request)."""
+        with_hashes = [i for i, r in enumerate(rows) if r.hashes is not None]
+        found = self.stages.matcher.match_batch([to_query(rows[i].hashes) for i in with_hashes])
+        known: list[list[Match]] = [[] for _ in rows]
+        for i, matches in zip(with_hashes, found, strict=True):
+            known[i] = matches
+        return known
+
+    async def _bounded(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
+        async with self._slots:
+            return await self.recheck(row, screened, known)
+
+    async def recheck(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
+        """One row: liveness only if known to match, nothing if screened, else a conditional request."""
+        previous = row.previous
+        if not row.record["url"]:
+            outcome = dataclasses.replace(previous)
+            return Rechecked(outcome, dict(row.record), known if previous.outcome in LIVE_OUTCOMES else [])
+        outcome = Outcome(
+            previous.shard, previous.row, previous.url, previous.key, "invalid", member=previous.member
+        )
+        if previous.outcome == "match" or known:
+            return await self._liveness(row, screened, known, outcome)
+        if screened.matches:
+            return Rechecked(outcome, dict(row.record), screened.matches)  # never requested
+        return await self._refetch(row, screened, outcome)
+
+    async def _liveness(
+        self, row: StoredRow, screened: Screened, known: list[Match], outcome: Outcome
+    ) -> Rechecked:
+        hop = self.screen.hop(screened)
+        result = await self.stages.fetcher.fetch(row.record["url"], read_body=False, screen=hop)
+        outcome.http_status, outcome.fetched_at = result.status, result.fetched_at
+        checked = Rechecked(outcome, dict(row.record), fetch=result, liveness_only=True)
+        redirected = hop.matches if hop is not None else []
+        if result.outcome != "ok" and not redirected:
+            outcome.outcome, outcome.reason = result.outcome, result.reason
+            return checked
+        checked.matches = [*screened.matches, *known, *redirected]
+        checked.content_changed = _validators_differ(row.record, result)
+        if not checked.matches:  # the list entry it matched was withdrawn; the stored hashes say the rest
+            outcome.outcome = ("invalid" if row.previous.reason else "clean") if row.hashes else "unchecked"
+        return checked
+
+    async def _refetch(self, row: StoredRow, screened: Screened, outcome: Outcome) -> Rechecked:
+        hop = self.screen.hop(screened)
+        headers = _conditional_headers(row)
+        result = await self.stages.fetcher.fetch(row.record["url"], headers=headers, screen=hop)
+        body, result.body = result.body, None
+        outcome.http_status, outcome.fetched_at = result.status, result.fetched_at
+        carried = dict(row.record)  # a row that gives nothing new keeps its last hash record
+        if hop is not None and hop.matches:
+            return Rechecked(outcome, carried, hop.matches, fetch=result)
+        if result.outcome != "ok":
+            outcome.outcome, outcome.reason = result.outcome, result.reason
+            return Rechecked(outcome, carried, fetch=result)
+        if body is None:  # a 304: only requests made with stored hashes are conditional
+            return _not_modified(row, outcome, result)
+        outcome.bytes = len(body)
+        hashes, outcome.reason = await self.stages.hash(body)
+        outcome.outcome = "clean" if outcome.reason is None else "invalid"
+        changed = hashes is not None and row.hashes is not None and content_changed(_digests(row), hashes)
+        if changed:
+            outcome.outcome = "changed"
+        query = to_query(hashes) if hashes is not None else None
+        return Rechecked(
+            outcome, hash_record(outcome, hashes, result), [], query, result, content_changed=changed
+        )
+
+
+def change_kinds(previous: Outcome, current: Outcome, content_changed: bool) -> list[str]:
+    """What changed for one row between two scans (a row may show several kinds)."""
+    before, now = previous.outcome, current.outcome
+    kinds = []
+    if before in LIVE_OUTCOMES and now == "dead":
+        kinds.append("newly_dead")
+    if before == "dead" and now in LIVE_OUTCOMES:
+        kinds.append("newly_live")
+    if now == "match" and before != "match":
+        kinds.append("new_match")
+    if before == "match" and now != "match":
+        kinds.append("match_gone")
+    if content_changed:
+        kinds.append("content_changed")
+    return kinds
+
+
+def _not_modified(row: StoredRow, outcome: Outcome, result: FetchResult) -> Rechecked:
+    """A 304: the stored hashes still describe what the URL serves; nothing was downloaded."""
+    stored = row.hashes
+    if stored is None:  # a 304 to a request that was not conditional
+        outcome.reason = "bad_response"
+        return Rechecked(outcome, dict(row.record), fetch=result)
+    outcome.outcome = "clean" if stored.width is not None else "invalid"
+    outcome.reason = row.previous.reason if outcome.outcome == "invalid" else None
+    record = {
+        **row.record,
+        "etag": result.etag or row.record["etag"],
+        "last_modified": result.last_modified or row.record["last_modified"],
+        "fetched_at": result.fetched_at,
+    }
+    return Rechecked(outcome, record, [], to_query(stored), result, not_modified=True)
+
+
+def _conditional_headers(row: StoredRow) -> dict[str, str] | None:
+    """If-None-Match with the stored ETag, else If-Modified-Since; only worth sending with stored hashes.
+
+    One validator, the strongest: some servers answer 304 when either of two matches, and a Last-Modified
+    (one-second resolution, often fixed) would then hide changed bytes behind an unchanged date.
+    """
+    if row.hashes is None:
+        return None
+    if row.record["etag"]:
+        return {"If-None-Match": row.record["etag"]}
+    if row.record["last_modified"]:
+        return {"If-Modified-Since": row.record["last_modified"]}
+    return None
+
+
+def _validators_differ(record: dict, result: FetchResult) -> bool:
+    """For rows never downloaded again: an ETag or Last-Modified unlike the stored one means new content."""
+    pairs = ((record["etag"], result.etag), (record["last_modified"], result.last_modified))
+    return any(old and new and old != new for old, new in pairs)
+
+
+def _digests(row: StoredRow) -> dict[str, bytes]:
+    stored = row.hashes
+    return {name: value for name in CONTENT_DIGESTS if (value := getattr(stored, name)) is not None}
+
+
+def _ordered(matches: list[Match]) -> list[Match]:
+    """The matcher's order (list, hash type, distance, entry id) for matches gathered from several lookups."""
+    return sorted(matches, key=lambda m: (m.list, m.hash_type, m.distance, m.entry_id))
+
+
+def _change_record(previous: Outcome, current: Outcome, kind: str) -> dict:
+    return {
+        "shard": current.shard,
+        "row": current.row,
+        "url": current.url,
+        "key": current.key,
+        "change": kind,
+        "previous": previous.outcome,
+        "current": current.outcome,
+    }
+
+
+async def _run(
+    config: ScanConfig,
+    matcher: Matcher,
+    stored: StoredScan,
+    units: list,
+    checkpoint: Checkpoint,
+    pool: ProcessPoolExecutor,
+) -> None:
+    loop = asyncio.get_running_loop()
+    job = partial(hash_job, want=hash_types(matcher, config.audit), limits=config.hashing)
+    fetcher = make_fetcher(config.fetch)
+    try:
+        stages = Stages(
+            fetcher, partial(loop.run_in_executor, pool, job), matcher, AuditConfig(keep_hashes=True)
+        )
+        rescanner = Rescanner(stages, config.run.rows_in_flight)
+        evidence = stored.evidence()
+        for unit in units:
+            rows = stored.read(unit.start, unit.stop)
+            report, changes, counts = await rescanner.run_unit(unit.id, rows, evidence)
+            write_unit_changes(checkpoint, unit.id, changes)
+            write_json(checkpoint.dir / f"u{unit.id:06d}{COUNTS_SUFFIX}", counts)
+            checkpoint.commit(report)
+    finally:
+        await fetcher.aclose()
+
+
+def _hash_pool(config: ScanConfig, out: Path) -> ProcessPoolExecutor:
+    """Hashing processes guarded like a scan's: no file writes outside the report directory."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(
+        config.run.worker_count, mp_context=context, initializer=init_worker, initargs=((str(out),),)
+    )
+
+
+def _stored_scan(previous: Path) -> StoredScan:
+    """The previous scan, which must have kept its hash records and finished its reports."""
+    if not (previous / "hashes.parquet").is_file():
+        raise InputError(
+            str(previous),
+            "no hashes.parquet: that scan ran without --keep-hashes, and a rescan needs its stored hashes "
+            "and validators (scan again with --keep-hashes)",
+        )
+    stored = StoredScan(previous)
+    if stored.outcomes is None or not (previous / "summary.json").is_file():
+        raise InputError(str(previous), "not a finished scan: outcomes.parquet or summary.json is missing")
+    return stored
+
+
+def _summary_sections(stored: StoredScan, checkpoint: Checkpoint, unit_ids: list[int]) -> dict:
+    """The `changes` section and the `history` the previous scan joins."""
+    counts: Counter = Counter()
+    for path in checkpoint.side_files(unit_ids, COUNTS_SUFFIX):
+        counts.update(json.loads(path.read_text(encoding="utf-8")))
+    before = json.loads((stored.dir / "summary.json").read_text(encoding="utf-8"))
+    names = [*CHANGE_KINDS.values(), "not_modified", "liveness_only"]
+    changes = {
+        "previous": {"out": str(stored.dir.resolve()), "finished_at": before["finished_at"]},
+        **{name: counts.get(name, 0) for name in names},
+    }
+    entry = {key: before[key] for key in ("finished_at", "rows", "outcomes", "live_rate")}
+    return {"changes": changes, "history": [*before.get("history", []), entry]}
+
+
+def _fingerprint(stored: StoredScan, lists: list[HashList], config: ScanConfig) -> dict:
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
+    return {
+        "previous": stored.signature(),
+        "lists": [[hl.name, hl.digest] for hl in lists],
+        "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
+    }
+
+
+def _manifest(config: ScanConfig, stored: StoredScan, lists: list[HashList]) -> dict:
+    """Provenance: the previous scan re-checked and its inputs (for `scanner clean`), lists, settings."""
+    previous = stored.manifest()
+    return {
+        "scanner_version": __version__,
+        "command": sys.argv,
+        "config": config.to_dict(),
+        "allow_private_networks": config.fetch.allow_private_networks,
+        "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in lists],
+        "previous": {
+            "out": str(stored.dir.resolve()),
+            "manifest_sha256": hashlib.sha256((stored.dir / "manifest.json").read_bytes()).hexdigest(),
+        },
+        "inputs": previous.get("inputs", []),
+    }
