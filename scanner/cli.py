@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from scanner import __version__
+from scanner.cli_audit import AUDIT_COMMANDS
 from scanner.errors import ScannerError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -62,6 +63,17 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         "run.on_bad_shard",
         {"choices": ["fail", "skip"], "help": "stop on a bad shard, or skip it"},
     ),
+    (
+        "--match-column",
+        "audit.match_columns",
+        {"action": "append", "metavar": "COLUMN=TYPE", "help": "match a dataset hash column, unfetched"},
+    ),
+    ("--no-fetch", "audit.no_fetch", {"action": "store_true", "default": None, "help": "fetch nothing"}),
+    (
+        "--keep-hashes",
+        "audit.keep_hashes",
+        {"action": "store_true", "default": None, "help": "write hashes.parquet (for rematch and rescan)"},
+    ),
 ]
 
 
@@ -106,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "report", "write again a scan's self-contained report.html", cmd_report, _report_args)
     _add(commands, "export", "write a referral file of a scan's matched rows", cmd_export, _export_args)
     _add(commands, "verify", "check a scan's files against its manifest and schema", cmd_verify, _dir_arg)
+    for name, help_text, handler, add_args in AUDIT_COMMANDS:
+        _add(commands, name, help_text, handler, add_args)
     return parser
 
 

@@ -1,0 +1,155 @@
+"""Command line of the audits that fetch little or nothing: url, rematch, rescan, clean (see scanner.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+EXIT_OK, EXIT_ERROR = 0, 1
+
+
+def _url_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("urls", nargs="+", metavar="URL", help="URLs to normalise (nothing is fetched)")
+
+
+def cmd_url(args: argparse.Namespace) -> int:
+    """One JSON line per URL: its normal form, host and digests, as URL lists must hold them."""
+    from scanner.urlnorm import normalise
+
+    status = EXIT_OK
+    for url in args.urls:
+        try:
+            normal = normalise(url)
+        except ValueError as exc:
+            print(f"scanner: error: {exc}", file=sys.stderr)
+            status = EXIT_ERROR
+            continue
+        digests = {name: value.hex() for name, value in normal.digests().items()}
+        print(json.dumps({"url": url, "normalised": normal.text, "host": normal.host, **digests}))
+    return status
+
+
+def _rematch_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "hashes", nargs="+", metavar="HASHES", help="hashes.parquet files, or scans' report directories"
+    )
+    sub.add_argument(
+        "--hashlist", action="append", default=[], metavar="[NAME=][TYPE:]PATH", help="a hash list"
+    )
+    sub.add_argument("--out", required=True, help="report directory (created 0700)")
+    sub.add_argument("--config", help="TOML config file (its [match] and [[hashlist]] apply)")
+    sub.add_argument("--pdq-threshold", type=int, help="PDQ Hamming distance (default 31)")
+    sub.add_argument("--pdq-min-quality", type=int, help="ignore PDQ below this quality (50)")
+    sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
+    sub.add_argument("--quiet", action="store_true", help="no summary")
+
+
+def cmd_rematch(args: argparse.Namespace) -> int:
+    from scanner.config import load_config
+    from scanner.rematch import rematch
+
+    overrides = {
+        "out": args.out,
+        "hashlist": args.hashlist or None,
+        "match.pdq_threshold": args.pdq_threshold,
+        "match.pdq_min_quality": args.pdq_min_quality,
+    }
+    config = load_config(args.config, overrides)
+    _guard(config.out)
+    result = rematch(args.hashes, config, args.restart)
+    _print(result, args.quiet)
+    return EXIT_OK
+
+
+def _rescan_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "previous", metavar="PREVIOUS_OUT", help="report directory of a scan run with --keep-hashes"
+    )
+    sub.add_argument("--out", required=True, help="report directory of the rescan (created 0700)")
+    sub.add_argument(
+        "--hashlist",
+        action="append",
+        default=[],
+        metavar="[NAME=][TYPE:]PATH",
+        help="lists to match (default: the previous scan's)",
+    )
+    sub.add_argument("--allow-private-networks", action="store_true", default=None, help="as for scan")
+    sub.add_argument("--timeout", type=float, help="total seconds per URL, redirects included")
+    sub.add_argument("--workers", type=int, help="hashing processes (default: one per core)")
+    sub.add_argument("--restart", action="store_true", help="discard a previous rescan in --out")
+    sub.add_argument("--quiet", action="store_true", help="no summary")
+
+
+def cmd_rescan(args: argparse.Namespace) -> int:
+    from scanner.rescan import rescan
+
+    overrides = {
+        "fetch.allow_private_networks": args.allow_private_networks,
+        "fetch.total_timeout": args.timeout,
+        "run.workers": args.workers,
+    }
+    _guard(args.out)
+    result = rescan(args.previous, args.out, args.hashlist, overrides, args.restart)
+    _print(result, args.quiet)
+    if not args.quiet:
+        changes = {k: v for k, v in result.summary["changes"].items() if k != "previous"}
+        print("changes: " + ", ".join(f"{name} {count}" for name, count in changes.items()))
+    return EXIT_OK
+
+
+def _clean_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("shards", nargs="+", metavar="SHARDS", help="the scanned shards (Parquet, JSONL or TXT)")
+    sub.add_argument("--report", required=True, help="report directory of the scan that flagged the rows")
+    sub.add_argument(
+        "--out", required=True, metavar="CLEAN_DIR", help="where the clean shards go (created 0700)"
+    )
+    sub.add_argument("--drop", default="match", help="outcomes to remove, comma-separated (default: match)")
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from scanner.clean import clean
+
+    drop = [name.strip() for name in args.drop.split(",") if name.strip()]
+    _guard(args.out)
+    result = clean(args.shards, args.report, args.out, drop)
+    for shard in result.shards:
+        print(f"{shard.source}: {shard.rows} rows, {shard.removed} removed -> {shard.output}")
+    print(f"removed rows ({result.removed}): {result.removed_file}")
+    return EXIT_OK
+
+
+def _guard(out: str) -> None:
+    """The write guard of a scan: nothing may be written outside the output directory."""
+    from scanner import nostore
+
+    os.makedirs(out, mode=0o700, exist_ok=True)
+    nostore.install([out])
+
+
+def _print(result, quiet: bool) -> None:
+    from scanner.cli import print_summary
+
+    if not quiet:
+        print_summary(result)
+
+
+AUDIT_COMMANDS: list[tuple[str, str, Callable, Callable]] = [
+    ("url", "print the normal form and digests of URLs, as URL lists hold them", cmd_url, _url_args),
+    (
+        "rematch",
+        "match stored hash records against new lists, with no network access",
+        cmd_rematch,
+        _rematch_args,
+    ),
+    (
+        "rescan",
+        "re-check a scan: liveness of matches, conditional requests, what changed",
+        cmd_rescan,
+        _rescan_args,
+    ),
+    ("clean", "write shards again without the rows a scan flagged, and list them", cmd_clean, _clean_args),
+]
+"""(name, help, handler, argument builder) of each command, registered by scanner.cli."""
