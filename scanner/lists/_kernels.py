@@ -99,9 +99,17 @@ def _offset(offsets: tuple[np.ndarray, np.ndarray], i: int) -> int:
 def compress_offsets(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(block starts, deltas): uint16 deltas where every block spans fewer than 65,536 postings."""
     block_starts = offsets[:: 1 << BLOCK_BITS].astype(np.int64)
-    deltas = offsets - np.repeat(block_starts, 1 << BLOCK_BITS)[: len(offsets)]
-    narrow = np.uint16 if len(deltas) == 0 or deltas.max() < 2**16 else np.uint32
-    return block_starts, deltas.astype(narrow)
+    block_ends = offsets[np.minimum(np.arange(1, len(block_starts) + 1) << BLOCK_BITS, len(offsets)) - 1]
+    narrow = np.uint16 if (block_ends - block_starts).max() < 2**16 else np.uint32
+    deltas = np.empty(len(offsets), dtype=narrow)
+    _fill_deltas(offsets, block_starts, deltas)
+    return block_starts, deltas
+
+
+@numba.njit(nogil=True)
+def _fill_deltas(offsets: np.ndarray, block_starts: np.ndarray, deltas: np.ndarray) -> None:
+    for i in range(len(offsets)):
+        deltas[i] = offsets[i] - block_starts[i >> BLOCK_BITS]
 
 
 @numba.njit(inline="always")

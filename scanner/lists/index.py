@@ -212,9 +212,10 @@ class HammingIndex:
         self._starts = np.array(self.layout.starts, dtype=np.int64)
         self._widths = np.array(self.layout.widths, dtype=np.int64)
         self._offset_base = np.cumsum([0, *(2**w + 1 for w in self.layout.widths)], dtype=np.int64)
-        index_type = np.int32 if len(keys) < 2**31 else np.int64
-        offsets = np.zeros(self._offset_base[-1], dtype=np.int64)
-        self._postings = np.empty(len(self.layout.widths) * len(keys), dtype=index_type)
+        n_postings = len(self.layout.widths) * len(keys)
+        index_type = np.int32 if n_postings < 2**31 else np.int64
+        offsets = np.zeros(self._offset_base[-1], dtype=index_type)
+        self._postings = np.empty(n_postings, dtype=index_type)
         _kernels.build_postings(
             self.words, self._starts, self._widths, self._offset_base, offsets, self._postings
         )
