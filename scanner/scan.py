@@ -7,21 +7,26 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from scanner import __version__
 from scanner.checkpoint import Checkpoint
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
+from scanner.fetch import make_fetcher
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
+from scanner.pipeline import HashFn, Pipeline, Progress, Stages
 from scanner.planner import Plan, plan
 from scanner.reports.files import private_dir
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
 from scanner.screen import hash_types
-from scanner.sources import expand_inputs
+from scanner.sources import Source, expand_inputs
 from scanner.sources.storage import input_signature
+from scanner.workers import hash_job
 
 
 @dataclass(slots=True)
@@ -44,6 +49,25 @@ class Prepared:
     def hash_types(self) -> frozenset[str]:
         """What the hashing stage computes for every body (see scanner.screen.hash_types)."""
         return hash_types(self.matcher, self.config.audit)
+
+
+def hashing_job(config: ScanConfig, matcher: Matcher) -> Callable:
+    """The hashing job (body -> hashes, reason) for these settings; picklable, for worker processes."""
+    return partial(hash_job, want=hash_types(matcher, config.audit), limits=config.hashing)
+
+
+def unit_pipeline(
+    config: ScanConfig,
+    matcher: Matcher,
+    sources: Mapping[str, Source],
+    hash_fn: HashFn,
+    progress: Progress | None = None,
+) -> Pipeline:
+    """The stages every runner drives, built one way, so a unit is checked alike on any runner.
+    The caller owns the fetcher: close it with `await pipeline.stages.fetcher.aclose()`."""
+    stages = Stages(make_fetcher(config.fetch), hash_fn, matcher, config.audit)
+    skip = config.run.on_bad_shard == "skip"
+    return Pipeline(stages, sources, config.run.rows_in_flight, progress, skip_bad_shards=skip)
 
 
 @dataclass(slots=True)

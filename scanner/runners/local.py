@@ -10,11 +10,10 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
 from scanner.config import ScanConfig
-from scanner.fetch import make_fetcher
-from scanner.pipeline import Pipeline, Progress, Stages
+from scanner.pipeline import Progress
 from scanner.planner import WorkUnit
-from scanner.scan import Prepared, ScanResult, already_done, finish, prepare
-from scanner.workers import hash_job, init_worker
+from scanner.scan import Prepared, ScanResult, already_done, finish, hashing_job, prepare, unit_pipeline
+from scanner.workers import init_worker
 
 
 def scan(
@@ -51,20 +50,10 @@ async def _run(
     prepared: Prepared, units: list[WorkUnit], pool: ProcessPoolExecutor, progress: Progress | None
 ) -> None:
     config = prepared.config
-    loop = asyncio.get_running_loop()
-    want = prepared.hash_types
-    job = partial(hash_job, want=want, limits=config.hashing)
-    fetcher = make_fetcher(config.fetch)
+    job = hashing_job(config, prepared.matcher)
+    hash_fn = partial(asyncio.get_running_loop().run_in_executor, pool, job)
+    pipeline = unit_pipeline(config, prepared.matcher, prepared.plan.sources, hash_fn, progress)
     try:
-        hash_fn = partial(loop.run_in_executor, pool, job)
-        stages = Stages(fetcher, hash_fn, prepared.matcher, config.audit)
-        pipeline = Pipeline(
-            stages,
-            prepared.plan.sources,
-            config.run.rows_in_flight,
-            progress,
-            skip_bad_shards=config.run.on_bad_shard == "skip",
-        )
         gate = asyncio.Semaphore(config.run.units_in_flight)
 
         async def run_one(unit: WorkUnit) -> None:
@@ -74,4 +63,4 @@ async def _run(
 
         await asyncio.gather(*(run_one(u) for u in units))
     finally:
-        await fetcher.aclose()
+        await pipeline.stages.fetcher.aclose()

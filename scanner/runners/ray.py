@@ -21,14 +21,12 @@ from typing import Any
 from scanner import __version__, nostore
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError, ScannerError
-from scanner.fetch import make_fetcher
 from scanner.lists import Matcher
-from scanner.pipeline import Pipeline, Progress, Stages
+from scanner.pipeline import Pipeline, Progress
 from scanner.planner import WorkUnit
 from scanner.reports.records import UnitReport
-from scanner.scan import Prepared, ScanResult, already_done, finish, prepare
+from scanner.scan import Prepared, ScanResult, already_done, finish, hashing_job, prepare, unit_pipeline
 from scanner.sources import Source, SourceOptions, open_source
-from scanner.workers import hash_job
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +112,10 @@ class UnitWorker:
 
     def _start(self) -> Pipeline:
         """Build the stages inside the actor's event loop (the fetcher's sessions belong to it)."""
-        config, loop = self._config, asyncio.get_running_loop()
-        job = partial(hash_job, want=self._matcher.needed_hash_types, limits=config.hashing)
+        job = hashing_job(self._config, self._matcher)
         hashing = ThreadPoolExecutor(1, thread_name_prefix="hash")
-        stages = Stages(
-            make_fetcher(config.fetch), lambda body: loop.run_in_executor(hashing, job, body), self._matcher
-        )
-        return Pipeline(stages, OpenedSources(config.source), config.run.rows_in_flight)
+        hash_fn = partial(asyncio.get_running_loop().run_in_executor, hashing, job)
+        return unit_pipeline(self._config, self._matcher, OpenedSources(self._config.source), hash_fn)
 
 
 class OpenedSources(OrderedDict):
