@@ -127,6 +127,18 @@ def test_results_larger_than_the_first_output_buffer_are_all_returned():
     assert not distance.any()
 
 
+def test_a_bucket_too_big_for_16_bit_offsets():
+    rng = np.random.default_rng(RNG_SEED)
+    keys = rng.integers(0, 256, (80_000, 32), dtype=np.uint8)
+    keys[:70_000] = keys[0]
+    queries = np.vstack([keys[:1], planted_queries(keys[70_000:], 31, rng)])
+    index = HammingIndex(keys, 31)
+    assert index._offsets[1].dtype == np.uint32
+    found = as_set(index.search(queries))
+    assert found == as_set(brute_force(keys, queries, 31))
+    assert sum(1 for q, _, _ in found if q == 0) == 70_000
+
+
 @pytest.mark.parametrize("search_threshold", [0, 12, 31, 40])
 def test_search_threshold_may_differ_from_the_build_threshold(search_threshold):
     rng = np.random.default_rng(RNG_SEED)

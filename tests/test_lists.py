@@ -268,6 +268,7 @@ def test_repeated_hashes_are_merged_with_a_warning(tmp_path):
     with pytest.warns(DuplicateHashWarning, match=r"2 repeated md5 hash\(es\).*line 3"):
         hash_list = load_hashlist(str(path))
     assert hash_list.counts == {"md5": 2}
+    assert hash_list.entries["md5"].keys.ctypes.data % 64 == 0  # indexes use it in place, without a copy
     assert hash_list.duplicates_merged == 2
     assert hash_list.stats["duplicates_merged"] == 2
 

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from scanner.errors import HashListError
 from scanner.lists.formats import FormatError, ListText, RawList, read_list
 from scanner.lists.hashtypes import HASH_TYPES, BadValue, HashType
-from scanner.lists.index import first_occurrences
+from scanner.lists.index import aligned_copy, first_occurrences
 
 
 class DuplicateHashWarning(UserWarning):
@@ -181,7 +181,7 @@ def _decode_type(
     _check_unique_ids(ids, lines[keep], hash_type.name, path)
     entries = HashEntries(
         hash_type=hash_type,
-        keys=parsed.keys[keep] if repeats else parsed.keys,
+        keys=aligned_copy(parsed.keys[keep]) if repeats else parsed.keys,
         ids=ids,
         categories=None if raw.categories is None else pick(raw.categories).filter(kept),
         metadata=None if raw.metadata is None else pick(raw.metadata).filter(kept),

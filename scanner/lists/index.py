@@ -182,7 +182,8 @@ def _probe_masks(width: int, radius: int) -> np.ndarray:
     return np.array(masks, dtype=np.uint64)
 
 
-def _aligned_copy(keys: np.ndarray) -> np.ndarray:
+def aligned_copy(keys: np.ndarray) -> np.ndarray:
+    """A copy of (N, nbytes) uint8 keys starting on a cache-line boundary."""
     copy = aligned_empty(keys.shape)
     copy[:] = keys
     return copy
@@ -199,7 +200,7 @@ class HammingIndex:
 
     def __init__(self, keys: np.ndarray, threshold: int, layout: ChunkLayout | None = None) -> None:
         if keys.ctypes.data % 64 or not keys.flags.c_contiguous:
-            keys = _aligned_copy(keys)
+            keys = aligned_copy(keys)
         self.keys = keys
         self.words = as_words(keys)
         self.threshold = threshold
