@@ -133,7 +133,7 @@ def test_a_bucket_too_big_for_16_bit_offsets():
     keys[:70_000] = keys[0]
     queries = np.vstack([keys[:1], planted_queries(keys[70_000:], 31, rng)])
     index = HammingIndex(keys, 31)
-    assert index._offsets[1].dtype == np.uint32
+    assert index._offsets[1].dtype == np.uint32  # deltas
     found = as_set(index.search(queries))
     assert found == as_set(brute_force(keys, queries, 31))
     assert sum(1 for q, _, _ in found if q == 0) == 70_000

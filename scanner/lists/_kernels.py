@@ -88,22 +88,34 @@ def prefetch(typingctx, array, index):  # type: ignore[no-untyped-def]
 BLOCK_BITS = 8
 """Offsets are stored as one int64 per block of 2**BLOCK_BITS buckets plus a small delta per bucket."""
 
+Offsets = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""A packed offsets table: (block starts, deltas, occupied): see pack_offsets."""
+
 
 @numba.njit(inline="always")
-def _offset(offsets: tuple[np.ndarray, np.ndarray], i: int) -> int:
-    """Entry i of a compressed offsets table (block starts, deltas): see compress_offsets."""
-    block_starts, deltas = offsets
+def _offset(offsets: Offsets, i: int) -> int:
+    """Entry i of a packed offsets table."""
+    block_starts, deltas, _ = offsets
     return block_starts[i >> BLOCK_BITS] + np.int64(deltas[i])
 
 
-def compress_offsets(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(block starts, deltas): uint16 deltas where every block spans fewer than 65,536 postings."""
+@numba.njit(inline="always")
+def _occupied(offsets: Offsets, bucket: int) -> bool:
+    """Whether a bucket has postings: a bitmap small enough to stay in cache, unlike the deltas."""
+    return (offsets[2][bucket >> 6] >> np.uint64(bucket & 63)) & np.uint64(1) != 0
+
+
+def pack_offsets(offsets: np.ndarray) -> Offsets:
+    """Block starts, per-bucket deltas (uint16 where every block spans fewer than 65,536 postings), and a
+    bitmap of the buckets that have postings."""
     block_starts = offsets[:: 1 << BLOCK_BITS].astype(np.int64)
     block_ends = offsets[np.minimum(np.arange(1, len(block_starts) + 1) << BLOCK_BITS, len(offsets)) - 1]
     narrow = np.uint16 if (block_ends - block_starts).max() < 2**16 else np.uint32
     deltas = np.empty(len(offsets), dtype=narrow)
     _fill_deltas(offsets, block_starts, deltas)
-    return block_starts, deltas
+    occupied = np.packbits(offsets[1:] > offsets[:-1], bitorder="little")
+    occupied = np.pad(occupied, (0, -len(occupied) % 8)).view(np.uint64)
+    return block_starts, deltas, occupied
 
 
 @numba.njit(nogil=True)
@@ -115,7 +127,7 @@ def _fill_deltas(offsets: np.ndarray, block_starts: np.ndarray, deltas: np.ndarr
 @numba.njit(inline="always")
 def _gather_buckets(
     query: np.ndarray,
-    offsets: tuple[np.ndarray, np.ndarray],
+    offsets: Offsets,
     offset_base: np.ndarray,
     starts: np.ndarray,
     widths: np.ndarray,
@@ -133,15 +145,16 @@ def _gather_buckets(
         value = chunk_value(query, starts[c], widths[c])
         for m in range(mask_ptr[c], mask_ptr[c + 1]):
             probe = offset_base[c] + np.int64(value ^ masks[m])
+            if not _occupied(offsets, probe):
+                continue
             lo = _offset(offsets, probe)
             hi = _offset(offsets, probe + 1)
-            if hi > lo:
-                buckets[count, 0] = lo
-                buckets[count, 1] = hi
-                buckets[count, 2] = c
-                count += 1
-                total += hi - lo
-                prefetch(ahead, lo * stride)
+            buckets[count, 0] = lo
+            buckets[count, 1] = hi
+            buckets[count, 2] = c
+            count += 1
+            total += hi - lo
+            prefetch(ahead, lo * stride)
     return count, total
 
 
@@ -164,7 +177,7 @@ def mih_search(
     out_entry: np.ndarray,
     out_distance: np.ndarray,
     words: np.ndarray,
-    offsets: tuple[np.ndarray, np.ndarray],
+    offsets: Offsets,
     postings: np.ndarray,
     offset_base: np.ndarray,
     starts: np.ndarray,
@@ -231,7 +244,7 @@ def mih_search_embedded(
     out_entry: np.ndarray,
     out_distance: np.ndarray,
     posted_words: np.ndarray,
-    offsets: tuple[np.ndarray, np.ndarray],
+    offsets: Offsets,
     postings: np.ndarray,
     offset_base: np.ndarray,
     starts: np.ndarray,

@@ -220,7 +220,7 @@ class HammingIndex:
         _kernels.build_postings(
             self.words, self._starts, self._widths, self._offset_base, offsets, self._postings
         )
-        self._offsets = _kernels.compress_offsets(offsets)
+        self._offsets = _kernels.pack_offsets(offsets)
         self._posted_words = self.words[self._postings] if self.embedded else None
 
     def __len__(self) -> int:
