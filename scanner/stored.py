@@ -176,13 +176,15 @@ def _outcome(values: dict) -> Outcome:
 
 
 def _assumed_outcome(record: dict) -> Outcome:
-    """Without outcomes.parquet: clean when the record holds hashes, unchecked otherwise."""
+    """Without outcomes.parquet: clean when the record holds an image's hashes, invalid when only digests
+    (a body that was no usable image), unchecked when none."""
     hashed = any(record.get(name) for name in HEX_COLUMNS)
+    image = record.get("width") is not None
     return Outcome(
         record["shard"],
         record["row"],
         record["url"],
         record["key"],
-        "clean" if hashed else "unchecked",
+        ("clean" if image else "invalid") if hashed else "unchecked",
         fetched_at=record["fetched_at"],
     )

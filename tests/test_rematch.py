@@ -1,0 +1,166 @@
+"""rematch: stored hash records against an updated list, no network at all, the matches of a fresh scan."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from audit_support import images, matched_entries, outcomes, run_scan, write_shard
+from loopback import LoopbackServer
+from PIL import Image
+
+from scanner.config import build_config
+from scanner.demo import encode
+from scanner.errors import ConfigError, InputError
+from scanner.hashing import hash_image
+from scanner.rematch import rematch
+from scanner.reports.verify import verify_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+NETWORK_AUDIT = textwrap.dedent(
+    """
+    import os, sys
+    _log = open(os.environ["NETWORK_LOG"], "a", buffering=1)
+
+    def _hook(event, args):
+        if event.startswith("socket."):
+            _log.write(f"{event} {args!r}\\n")
+
+    sys.addaudithook(_hook)
+    """
+)
+
+BODIES = images(6)
+FILES = {f"/{name}.jpg": body for name, body in zip("abcdef", BODIES, strict=True)}
+FILES["/page.jpg"] = (b"<!doctype html><p>not an image</p>", "image/jpeg")
+PATHS = [
+    "/a.jpg",
+    "/b.jpg",
+    "/c.jpg",
+    "/d.jpg",
+    "/status/404",
+    "/page.jpg",
+    "/redirect-to?url=/e.jpg",
+    "/f.jpg",
+]
+
+
+def near_copy_pdq(body: bytes) -> str:
+    """The PDQ of a resized, recompressed copy: within the default threshold of the original's."""
+    copy = encode(Image.open(io.BytesIO(body)).convert("RGB").resize((120, 90)), "JPEG", quality=60)
+    return hash_image(copy, frozenset({"pdq"})).pdq.hex()
+
+
+def write_typed_list(path: Path, entries: list[tuple[str, str, str]]) -> str:
+    """A CSV list of (type, hash, id) entries; returns its spec."""
+    path.write_text("hash_type,hash,id\n" + "".join(f"{t},{h},{i}\n" for t, h, i in entries))
+    return f"{path.stem}={path}"
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Scan A (list v1, hashes kept), then list v2 and a fresh scan B with it, on one loopback server."""
+    tmp = tmp_path_factory.mktemp("rematch")
+    md5 = {name: hashlib.md5(body).hexdigest() for name, body in zip("abcdef", BODIES, strict=True)}
+    with LoopbackServer(FILES) as server:
+        urls = [server.url(p) for p in PATHS]
+        shard = write_shard(tmp / "shard.parquet", {"url": urls, "key": [f"k{i}" for i in range(len(urls))]})
+        v1 = [("md5", md5["a"], "a-v1"), ("md5", md5["d"], "d-v1"), ("url", urls[7], "f-url")]
+        v2 = [
+            ("md5", md5["a"], "a-v1"),
+            ("md5", md5["b"], "b-v2"),
+            ("pdq", near_copy_pdq(BODIES[2]), "c-near"),
+            ("url", urls[4], "dead-url"),
+        ]
+        lists = {"v1": write_typed_list(tmp / "v1.csv", v1), "v2": write_typed_list(tmp / "v2.csv", v2)}
+        run_scan(shard, tmp / "a", [lists["v1"]], audit={"keep_hashes": True}, source={"rows_per_unit": 3})
+        assert server.hits("/f.jpg") == 0
+        run_scan(shard, tmp / "b", [lists["v2"]])
+    return {"tmp": tmp, "shard": shard, **{name: tmp / name for name in ("a", "b")}, **lists}
+
+
+def test_rematch_gives_the_matches_a_fresh_scan_gives(scans) -> None:
+    out = scans["tmp"] / "c"
+    result = rematch([str(scans["a"])], build_config({"out": str(out), "hashlist": [scans["v2"]]}, "test"))
+    assert matched_entries(scans["a"]) == [
+        (0, "v1", "md5", "a-v1"),
+        (3, "v1", "md5", "d-v1"),
+        (7, "v1", "url", "f-url"),
+    ]
+    assert (
+        matched_entries(out)
+        == matched_entries(scans["b"])
+        == [
+            (0, "v2", "md5", "a-v1"),
+            (1, "v2", "md5", "b-v2"),
+            (2, "v2", "pdq", "c-near"),
+            (4, "v2", "url", "dead-url"),
+        ]
+    )
+    fresh, again = outcomes(scans["b"]), outcomes(out)
+    assert fresh == ["match", "match", "match", "clean", "match", "invalid", "clean", "clean"]
+    # Row 7 was screened by URL in scan A and never fetched: with no hashes to match, it is unchecked.
+    assert again == [*fresh[:7], "unchecked"]
+    assert result.summary["matches"]["by_hash_type"] == {"md5": 2, "pdq": 1, "url": 1}
+    for name in ("outcomes.parquet", "matches.jsonl", "evidence.jsonl", "summary.json", "hashes.parquet"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
+    assert verify_report(out).ok
+    assert pq.read_table(out / "hashes.parquet").equals(pq.read_table(scans["a"] / "hashes.parquet"))
+
+
+def test_rematch_cli_opens_no_socket(scans, tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(NETWORK_AUDIT)
+    log = tmp_path / "network.log"
+    out = tmp_path / "c"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "NETWORK_LOG": str(log)}
+    command = [
+        sys.executable,
+        "-m",
+        "scanner",
+        "rematch",
+        str(scans["a"]),
+        "--hashlist",
+        scans["v2"],
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "matches: 4 on 4 rows" in done.stdout
+    assert log.read_text() == ""
+    assert matched_entries(out) == matched_entries(scans["b"])
+
+
+def test_hash_records_alone_are_rematched_too(scans, tmp_path: Path) -> None:
+    copy = tmp_path / "records-2026.parquet"
+    shutil.copy(scans["a"] / "hashes.parquet", copy)
+    out = tmp_path / "c"
+    rematch([str(copy)], build_config({"out": str(out), "hashlist": [scans["v2"]]}, "test"))
+    # Without outcomes.parquet: an image's hashes count as clean, digests alone as invalid, none as unchecked.
+    assert outcomes(out) == ["match", "match", "match", "clean", "match", "invalid", "clean", "unchecked"]
+    assert matched_entries(out) == matched_entries(scans["b"])
+
+
+def test_rematch_refuses_what_it_cannot_do(scans, tmp_path: Path) -> None:
+    config = build_config({"out": str(tmp_path / "c"), "hashlist": [scans["v2"]]}, "test")
+    with pytest.raises(InputError, match="--keep-hashes"):
+        rematch([str(scans["b"])], config)  # scanned without --keep-hashes
+    dihedral = build_config(
+        {"out": str(tmp_path / "c"), "hashlist": [scans["v2"]], "match": {"pdq_dihedral": True}}, "t"
+    )
+    with pytest.raises(ConfigError, match="dihedral"):
+        rematch([str(scans["a"])], dihedral)
+    with pytest.raises(ConfigError, match="no hash list"):
+        rematch([str(scans["a"])], build_config({"out": str(tmp_path / "c")}, "test"))
