@@ -1,0 +1,639 @@
+"""End-to-end throughput: `scanner scan` against img2dataset with a hashing writer, and the hashing ceiling.
+
+    python benchmarks/bench_throughput.py [--rows 10000] [--flat-rows 10000,200000] [--images 600] [--quick]
+    (after pip install -e '.[bench]': img2dataset 1.47, psutil)
+
+One run, on 127.0.0.1 only:
+- corpus: `--images` generated pictures, 256x256 to 1600x1200 (JPEG, some PNG and WebP, mean ~200 KB),
+  served by a loopback server in its own process (loopback_server.py); LAION-style Parquet shards of URLs,
+  row r -> image r % images with a distinct `?i=r` query, so any row count reuses the same corpus.
+- lists: 1M random PDQ, 1M random MD5, and a small CSV of pHash and SHA-1 entries (so a scan computes
+  PDQ + pHash + MD5 + SHA-1), with a few corpus images planted in each so both tools must find matches.
+- (a) `scanner scan` as a user runs it (subprocess CLI); (b) img2dataset with the hashing writer of
+  i2d_writer.py (same hash types, faiss matching, processes and threads tuned here); (b0) img2dataset's bare
+  download (output_format="dummy"); (c) the ceiling: scanner's decode + hash + match on bytes in memory,
+  one process per core, no network.
+- images/s, ratios, CPU ms per image by process role and by hashing stage, and the process tree's peak RSS;
+  then the scan again at each `--flat-rows` count on the small-image corpus, to show memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imagehash
+import loopback_server
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+from i2d_writer import LISTS_ENV, reference_pdq
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = [(256, 256), (400, 300), (640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200)]
+SMALL_SIZES = [(256, 256), (320, 240), (400, 300)]
+ROWS_PER_SHARD = 10_000
+PLANTED = 4  # corpus images planted per list hash type
+WANT = frozenset({"md5", "sha1", "pdq", "phash"})
+
+
+# ---------------------------------------------------------------- corpus, shards, lists
+
+
+def picture(seed: int, width: int, height: int) -> Image.Image:
+    """A photo-like picture: smooth colour fields, shapes, and grain (so JPEGs have realistic sizes)."""
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, (height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8)
+    image = Image.fromarray(low).resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(10):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        r = int(rng.integers(8, max(9, min(width, height) // 4)))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    pixels = np.asarray(image).astype(np.int16)
+    pixels += rng.integers(-10, 11, (height, width, 1), dtype=np.int16)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def corpus_item(args: tuple[int, bool]) -> tuple[str, bytes]:
+    """Image n: 80% JPEG (quality 80-92), 10% PNG (at most 640x480), 10% WebP; as (extension, bytes)."""
+    n, small = args
+    sizes = SMALL_SIZES if small else SIZES
+    kind = ("png", "webp")[n // 10 % 2] if n % 10 == 9 else "jpg"
+    size = sizes[n % len(sizes)] if kind != "png" else sizes[n % min(len(sizes), 3)]
+    buffer = io.BytesIO()
+    fmt = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[kind]
+    picture(n, *size).save(buffer, fmt, **({} if kind == "png" else {"quality": 80 + n % 13}))
+    return kind, buffer.getvalue()
+
+
+def make_corpus(count: int, small: bool = False) -> list[tuple[str, bytes]]:
+    """`count` images, generated on every core."""
+    with multiprocessing.get_context("spawn").Pool() as pool:
+        return pool.map(corpus_item, [(n, small) for n in range(count)], chunksize=8)
+
+
+def write_shards(folder: Path, base: str, corpus: Sequence[tuple[str, bytes]], rows: int) -> Path:
+    """LAION-400M style Parquet shards of `rows` URLs: row r -> image r % len(corpus), distinct URLs."""
+    folder.mkdir(parents=True)
+    for start in range(0, rows, ROWS_PER_SHARD):
+        ids = np.arange(start, min(rows, start + ROWS_PER_SHARD))
+        images = ids % len(corpus)
+        table = pa.table(
+            {
+                "SAMPLE_ID": ids,
+                "URL": [f"{base}/img/{n}.{corpus[n][0]}?i={i}" for i, n in zip(ids, images, strict=True)],
+                "TEXT": [f"caption of picture {n}" for n in images],
+                "HEIGHT": np.zeros(len(ids), dtype=np.int64),
+                "WIDTH": np.zeros(len(ids), dtype=np.int64),
+                "LICENSE": ["?"] * len(ids),
+                "NSFW": ["UNLIKELY"] * len(ids),
+                "similarity": np.full(len(ids), 0.3),
+            }
+        )
+        pq.write_table(table, folder / f"part-{start // ROWS_PER_SHARD:05d}.parquet", row_group_size=2000)
+    return folder
+
+
+@dataclass
+class Planted:
+    """Which corpus images each list type should match."""
+
+    images: dict[str, list[int]] = field(default_factory=dict)
+
+    def rows_matching(self, hash_type: str, rows: int, corpus_size: int) -> int:
+        hits = set(self.images.get(hash_type, []))
+        return sum(1 for r in range(rows) if r % corpus_size in hits)
+
+
+def write_lists(
+    folder: Path, corpus: Sequence[tuple[str, bytes]], size: int
+) -> tuple[dict[str, Path], Planted]:
+    """1M-entry PDQ and MD5 lists and a small pHash + SHA-1 CSV, each with a few corpus images planted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    planted = Planted()
+    reference = [
+        (n, *reference_pdq(Image.open(io.BytesIO(corpus[n][1])))) for n in range(min(60, len(corpus)))
+    ]
+    good = [n for n, _, quality in reference if quality >= 80]
+    pdq_of = {n: bits for n, bits, _ in reference}
+    planted.images = {
+        "pdq": good[0:PLANTED],
+        "md5": good[PLANTED : 2 * PLANTED],
+        "phash": good[2 * PLANTED : 3 * PLANTED],
+        "sha1": good[3 * PLANTED : 4 * PLANTED],
+    }
+    near = []
+    for n in planted.images["pdq"]:
+        bits = np.unpackbits(pdq_of[n])
+        bits[rng.choice(256, 12, replace=False)] ^= 1  # a near copy: 12 bits away
+        near.append(np.packbits(bits).tobytes().hex())
+    paths = {"pdq": folder / "pdq.txt", "md5": folder / "md5.txt", "extra": folder / "extra.csv"}
+    _hex_list(paths["pdq"], rng, size, 32, near)
+    _hex_list(
+        paths["md5"], rng, size, 16, [hashlib.md5(corpus[n][1]).hexdigest() for n in planted.images["md5"]]
+    )
+    with open(paths["extra"], "w") as handle:
+        handle.write("hash_type,hash,id,category\n")
+        for i, value in enumerate(rng.bytes(8 * 1000)[k : k + 8].hex() for k in range(0, 8000, 8)):
+            handle.write(f"phash,{value},p{i},bench\n")
+        for n in planted.images["phash"]:
+            handle.write(f"phash,{imagehash.phash(Image.open(io.BytesIO(corpus[n][1])))},planted{n},bench\n")
+        for i in range(1000):
+            handle.write(f"sha1,{rng.bytes(20).hex()},s{i},bench\n")
+        for n in planted.images["sha1"]:
+            handle.write(f"sha1,{hashlib.sha1(corpus[n][1]).hexdigest()},planted{n},bench\n")
+    return paths, planted
+
+
+def _hex_list(path: Path, rng: np.random.Generator, size: int, nbytes: int, planted: list[str]) -> None:
+    text = rng.bytes(nbytes * (size - len(planted))).hex()
+    width = 2 * nbytes
+    lines = [text[i : i + width] for i in range(0, len(text), width)] + planted
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------- measuring a process tree
+
+
+@dataclass
+class Usage:
+    """What a command cost: wall seconds, CPU seconds by process role, peak RSS of the tree."""
+
+    wall: float
+    cpu: dict[str, float]
+    peak_rss: int
+    peak_process_rss: int
+
+
+class TreeMonitor:
+    """Samples a process and its descendants: RSS summed over the tree, and each process's CPU time."""
+
+    def __init__(self, root: int, role: Callable[[psutil.Process, int], str], interval: float = 0.1) -> None:
+        self._root, self._role, self._interval = root, role, interval
+        self._cpu: dict[int, tuple[str, float]] = {}
+        self.peak_rss = self.peak_process_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self._interval)
+
+    def sample(self) -> None:
+        try:
+            root = psutil.Process(self._root)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        total = 0
+        for process in tree:
+            try:
+                with process.oneshot():
+                    rss, times = process.memory_info().rss, process.cpu_times()
+                    role = self._cpu.get(process.pid, (None, 0.0))[0] or self._role(process, self._root)
+            except psutil.Error:
+                continue
+            total += rss
+            self.peak_process_rss = max(self.peak_process_rss, rss)
+            self._cpu[process.pid] = (role, times.user + times.system)
+        self.peak_rss = max(self.peak_rss, total)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        roles: Counter[str] = Counter()
+        for role, seconds in self._cpu.values():
+            roles[role] += seconds
+        return dict(roles)
+
+
+def role_of(process: psutil.Process, root: int) -> str:
+    """main (the command's own process), helper (multiprocessing's tracker, img2dataset's logger), workers."""
+    if process.pid == root:
+        return "main"
+    command = " ".join(process.cmdline())
+    if "resource_tracker" in command or "LoggerProcess" in process.name():
+        return "helper"
+    return "workers"
+
+
+def run_measured(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Usage:
+    """Run a command to completion under a TreeMonitor; its output goes to `log`."""
+    with open(log, "w") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+        with TreeMonitor(process.pid, role_of) as monitor:
+            code = process.wait()
+        wall = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"{argv[:4]} failed with exit code {code}; see {log}")
+    return Usage(wall, monitor.cpu_by_role(), monitor.peak_rss, monitor.peak_process_rss)
+
+
+def server_cpu(server: multiprocessing.Process) -> float:
+    times = psutil.Process(server.pid).cpu_times()
+    return times.user + times.system
+
+
+# ---------------------------------------------------------------- the contenders
+
+
+@dataclass
+class Result:
+    """One contender's run."""
+
+    name: str
+    rows: int
+    usage: Usage
+    server_cpu: float = 0.0
+    matches: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)  # CPU seconds by hashing stage, where known
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.usage.wall
+
+
+def slug(name: str) -> str:
+    """A file name for a run's name."""
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def scan_argv(shards: Path, lists: dict[str, Path], out: Path, workers: int | None) -> list[str]:
+    argv = [sys.executable, "-m", "scanner", "scan", str(shards), "--out", str(out), "--quiet"]
+    argv += ["--hashlist", f"pdq=pdq:{lists['pdq']}", "--hashlist", f"md5=md5:{lists['md5']}"]
+    argv += ["--hashlist", f"extra={lists['extra']}", "--allow-private-networks", "--per-host", "64"]
+    return argv + (["--workers", str(workers)] if workers else [])
+
+
+def run_scan(
+    name: str,
+    shards: Path,
+    rows: int,
+    lists: dict[str, Path],
+    work: Path,
+    server: multiprocessing.Process,
+    workers: int | None,
+) -> Result:
+    out = work / f"out-{slug(name)}"
+    before = server_cpu(server)
+    usage = run_measured(scan_argv(shards, lists, out, workers), work / f"{slug(name)}.log")
+    summary = json.loads((out / "summary.json").read_text())
+    outcomes = summary["outcomes"]
+    if outcomes.get("dead") or outcomes.get("invalid"):
+        raise SystemExit(f"{name}: unexpected outcomes {outcomes}; see {out}")
+    found: set[tuple[str, int, str]] = set()
+    with open(out / "matches.jsonl") as handle:
+        for line in handle:
+            record = json.loads(line)
+            found.add((record["shard"], record["row"], record["hash_type"]))
+    result = Result(name, rows, usage, server_cpu(server) - before, dict(Counter(t for *_, t in found)))
+    shutil.rmtree(out)
+    return result
+
+
+def run_img2dataset(
+    name: str,
+    writer: str,
+    shards: Path,
+    rows: int,
+    lists: dict[str, Path],
+    work: Path,
+    server: multiprocessing.Process,
+    processes: int,
+    threads: int,
+    shard_size: int,
+) -> Result:
+    out = work / f"out-{slug(name)}"
+    argv = [sys.executable, str(Path(__file__).with_name("run_img2dataset.py")), str(shards), str(out)]
+    argv += ["--writer", writer, "--processes", str(processes), "--threads", str(threads)]
+    argv += ["--shard-size", str(shard_size or min(10_000, -(-rows // (2 * processes))))]
+    env = {
+        **os.environ,
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        LISTS_ENV: json.dumps({k: str(v) for k, v in lists.items()}),
+    }
+    before = server_cpu(server)
+    usage = run_measured(argv, work / f"{slug(name)}.log", env)
+    result = Result(name, rows, usage, server_cpu(server) - before)
+    matched: Counter[str] = Counter()
+    for path in out.glob("*.hashing"):
+        record = json.loads(path.read_text())
+        matched.update(t for _, t in record["matches"])
+        for stage, seconds in record["cpu"].items():
+            result.stages[stage] = result.stages.get(stage, 0.0) + seconds
+    stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
+    successes = sum(s["successes"] for s in stats)
+    if successes != rows:
+        raise SystemExit(
+            f"{name}: img2dataset fetched {successes} of {rows} rows; see {work / slug(name)}.log"
+        )
+    result.matches = dict(matched)
+    shutil.rmtree(out)
+    return result
+
+
+# ---------------------------------------------------------------- the ceiling: hashing bytes in memory
+
+_BODIES: list[bytes] = []
+
+
+def _init_ceiling(bodies: list[bytes]) -> None:
+    _BODIES[:] = bodies
+
+
+def _hash_range(span: tuple[int, int]) -> list:
+    from scanner.hashing import hash_image
+    from scanner.pipeline import to_query
+
+    return [to_query(hash_image(_BODIES[i % len(_BODIES)], WANT)) for i in range(*span)]
+
+
+def run_ceiling(corpus: Sequence[tuple[str, bytes]], count: int, lists: dict[str, Path]) -> Result:
+    """scanner's hash_image on every core, fed from memory, and the main process matching the results."""
+    from scanner.lists import Matcher, load_hashlist
+
+    matcher = Matcher.from_lists(
+        [
+            load_hashlist(f"pdq=pdq:{lists['pdq']}"),
+            load_hashlist(f"md5=md5:{lists['md5']}"),
+            load_hashlist(f"extra={lists['extra']}"),
+        ]
+    )
+    assert matcher.needed_hash_types == WANT, matcher.needed_hash_types
+    bodies = [body for _, body in corpus]
+    chunk = 32
+    spans = [(i, min(count, i + chunk)) for i in range(0, count, chunk)]
+    matched: Counter[str] = Counter()
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(os.cpu_count(), initializer=_init_ceiling, initargs=(bodies,)) as pool:
+        pool.map(_hash_range, [(0, 1)] * (os.cpu_count() or 1))  # warm: imports done before timing
+        cpu = time.process_time()
+        started = time.perf_counter()
+        for queries in pool.imap(_hash_range, spans):
+            for found in matcher.match_batch(queries):
+                matched.update({m.hash_type for m in found})
+        wall = time.perf_counter() - started
+        main_cpu = time.process_time() - cpu
+    usage = Usage(wall, {"main": main_cpu}, 0, 0)
+    return Result("(c) ceiling", count, usage, matches=dict(matched))
+
+
+# ---------------------------------------------------------------- per-stage CPU of scanner's hashing
+
+
+def stage_times(corpus: Sequence[tuple[str, bytes]], lists: dict[str, Path]) -> dict[str, float]:
+    """Mean CPU ms per image of each hashing stage, one process, scanner's code path."""
+    from scanner.hashing import HASHERS
+    from scanner.hashing.decode import decode_image
+    from scanner.hashing.hashers import HashInput
+
+    totals: Counter[str] = Counter()
+    clock = time.process_time
+    for _, body in corpus:
+        start = clock()
+        decoded = decode_image(body)
+        after_decode = clock()
+        source = HashInput(body, decoded)
+        HASHERS["pdq"].compute(source)
+        after_pdq = clock()
+        HASHERS["phash"].compute(source)
+        after_phash = clock()
+        HASHERS["md5"].compute(source), HASHERS["sha1"].compute(source)
+        after_digests = clock()
+        totals.update(
+            {
+                "decode": after_decode - start,
+                "pdq": after_pdq - after_decode,
+                "phash": after_phash - after_pdq,
+                "digests": after_digests - after_phash,
+            }
+        )
+    return {stage: 1000 * seconds / len(corpus) for stage, seconds in totals.items()}
+
+
+def drift(corpus: Sequence[tuple[str, bytes]]) -> dict[str, tuple[float, int]]:
+    """scanner's PDQ and pHash against the reference path (pdqhash on the reference input, imagehash):
+    (mean, max) differing bits over the corpus."""
+    from scanner.hashing import hash_image
+
+    bits: dict[str, list[int]] = {"pdq": [], "phash": []}
+    for _, body in corpus:
+        ours = hash_image(body, frozenset({"pdq", "phash"}))
+        image = Image.open(io.BytesIO(body))
+        reference_bits, _ = reference_pdq(image)
+        reference_phash = bytes.fromhex(str(imagehash.phash(image)))
+        bits["pdq"].append(_differing(ours.pdq, reference_bits.tobytes()))
+        bits["phash"].append(_differing(ours.phash, reference_phash))
+    return {name: (statistics.mean(values), max(values)) for name, values in bits.items()}
+
+
+def _differing(a: bytes | None, b: bytes) -> int:
+    assert a is not None
+    return int(np.unpackbits(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).sum())
+
+
+# ---------------------------------------------------------------- report
+
+
+def print_table(results: list[Result], stages: dict[str, float], peer_stages: dict[str, float]) -> None:
+    print(
+        f"| {'run':<28} | {'rows':>7} | {'img/s':>6} | {'wall s':>6} | {'CPU ms/img main':>15} "
+        f"| {'workers':>7} | {'server':>6} | {'total':>6} | {'peak RSS MB':>11} | {'max proc MB':>11} |"
+    )
+    print("|" + "|".join("-" * w for w in (30, 9, 8, 8, 17, 9, 8, 8, 13, 13)) + "|")
+    for r in results:
+        per = {k: 1000 * v / r.rows for k, v in r.usage.cpu.items()}
+        server = 1000 * r.server_cpu / r.rows
+        total = sum(per.values()) + server
+        rss = f"{r.usage.peak_rss / 2**20:11.0f}" if r.usage.peak_rss else f"{'-':>11}"
+        proc = f"{r.usage.peak_process_rss / 2**20:11.0f}" if r.usage.peak_process_rss else f"{'-':>11}"
+        print(
+            f"| {r.name:<28} | {r.rows:>7} | {r.rate:6.1f} | {r.usage.wall:6.1f} "
+            f"| {per.get('main', 0):15.2f} | {per.get('workers', 0):7.2f} | {server:6.2f} | {total:6.2f} "
+            f"| {rss} | {proc} |"
+        )
+    print("\nCPU ms per image by hashing stage (scanner: one process, corpus; peer: measured in its writer)")
+    print(f"| {'stage':<10} | {'scanner':>8} | {'peer':>8} |")
+    for stage in ("decode", "pdq", "phash", "digests", "match"):
+        ours, theirs = stages.get(stage, float("nan")), peer_stages.get(stage, float("nan"))
+        print(f"| {stage:<10} | {ours:8.2f} | {theirs:8.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=10_000, help="rows for the (a)/(b)/(b0) comparison")
+    parser.add_argument("--flat-rows", default="10000,200000", help="row counts of the memory-flatness scans")
+    parser.add_argument(
+        "--flat-corpus",
+        choices=["small", "mixed"],
+        default="small",
+        help="corpus of the flatness scans: small images (fast) or the mixed corpus",
+    )
+    parser.add_argument("--images", type=int, default=600, help="distinct images in the corpus")
+    parser.add_argument("--list-size", type=int, default=1_000_000, help="entries in the PDQ and MD5 lists")
+    parser.add_argument("--workers", type=int, default=None, help="scanner --workers (default: its own)")
+    parser.add_argument("--i2d-processes", type=int, default=2)
+    parser.add_argument("--i2d-threads", type=int, default=32)
+    parser.add_argument(
+        "--i2d-shard-size", type=int, default=0, help="img2dataset shard size (default: 2 shards a process)"
+    )
+    parser.add_argument("--skip", default="", help="comma list of runs to skip: a,b,b0,c,flat")
+    parser.add_argument("--quick", action="store_true", help="rows 2000, flat 2000,20000, 200 images")
+    parser.add_argument("--workdir", help="keep inputs and logs here (default: a temporary directory)")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.flat_rows, args.images = 2000, "2000,20000", 200
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-throughput-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        run_all(args, skip, work)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_all(args: argparse.Namespace, skip: set[str], work: Path) -> None:
+    started = time.perf_counter()
+    corpus = make_corpus(args.images)
+    sizes = [len(body) for _, body in corpus]
+    kinds = Counter(kind for kind, _ in corpus)
+    print(
+        f"corpus: {len(corpus)} images {dict(kinds)}, mean {statistics.mean(sizes) / 1000:.0f} KB; ", end=""
+    )
+    lists, planted = write_lists(work / "lists", corpus, args.list_size)
+    print(
+        f"lists: {args.list_size} PDQ, {args.list_size} MD5, 1000+{PLANTED} pHash and SHA-1 "
+        f"({time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
+    results: list[Result] = []
+    peer_stages: dict[str, float] = {}
+    server, port = loopback_server.start(corpus)
+    try:
+        shards = write_shards(work / "shards", f"http://127.0.0.1:{port}", corpus, args.rows)
+        expected = {t: planted.rows_matching(t, args.rows, len(corpus)) for t in planted.images}
+        if "a" not in skip:
+            results.append(run_scan("(a) scanner scan", shards, args.rows, lists, work, server, args.workers))
+        if "b" not in skip:
+            peer = run_img2dataset(
+                "(b) img2dataset + hashing",
+                "hashing",
+                shards,
+                args.rows,
+                lists,
+                work,
+                server,
+                args.i2d_processes,
+                args.i2d_threads,
+                args.i2d_shard_size,
+            )
+            peer_stages = {k: 1000 * v / args.rows for k, v in peer.stages.items()}
+            results.append(peer)
+        if "b0" not in skip:
+            results.append(
+                run_img2dataset(
+                    "(b0) img2dataset dummy",
+                    "dummy",
+                    shards,
+                    args.rows,
+                    lists,
+                    work,
+                    server,
+                    args.i2d_processes,
+                    args.i2d_threads,
+                    args.i2d_shard_size,
+                )
+            )
+    finally:
+        server.terminate()
+    if "c" not in skip:
+        results.append(run_ceiling(corpus, args.rows, lists))
+    for result in results:
+        if result.matches and result.name != "(b0) img2dataset dummy":
+            check_matches(result, expected if result.rows == args.rows else {})
+    flat = [] if "flat" in skip else flatness(args, work, lists)
+    stages = stage_times(corpus[:200], lists)
+    stages["match"] = _match_ms(results)
+    print()
+    print_table(results + flat, stages, peer_stages)
+    print_ratios(results)
+    found = drift(corpus[:300])
+    print(
+        "\ndrift against the reference path (bits differing, mean / max over "
+        f"{min(300, len(corpus))} images): " + ", ".join(f"{k} {m:.2f} / {x}" for k, (m, x) in found.items())
+    )
+    print(f"\nplanted matches per hash type (rows): {expected}")
+    print(f"total bench time {time.perf_counter() - started:.0f} s")
+
+
+def _match_ms(results: list[Result]) -> float:
+    ceiling = next((r for r in results if r.name.startswith("(c)")), None)
+    return 1000 * ceiling.usage.cpu["main"] / ceiling.rows if ceiling else float("nan")
+
+
+def check_matches(result: Result, expected: dict[str, int]) -> None:
+    if expected and result.matches != expected:
+        raise SystemExit(f"{result.name} matched {result.matches}, expected {expected}")
+
+
+def flatness(args: argparse.Namespace, work: Path, lists: dict[str, Path]) -> list[Result]:
+    """The scan at each --flat-rows count, on the same small corpus under distinct URLs."""
+    corpus = make_corpus(max(200, args.images // 3), small=args.flat_corpus == "small")
+    results = []
+    server, port = loopback_server.start(corpus)
+    try:
+        for rows in (int(r) for r in args.flat_rows.split(",")):
+            shards = write_shards(work / f"flat-{rows}", f"http://127.0.0.1:{port}", corpus, rows)
+            results.append(
+                run_scan(
+                    f"flat scan {rows} ({args.flat_corpus})", shards, rows, lists, work, server, args.workers
+                )
+            )
+            shutil.rmtree(shards)
+    finally:
+        server.terminate()
+    return results
+
+
+def print_ratios(results: list[Result]) -> None:
+    by = {r.name.split()[0]: r.rate for r in results}
+    parts = [
+        f"{a}/{b} = {by[a] / by[b]:.2f}"
+        for a, b in (("(a)", "(b)"), ("(a)", "(b0)"), ("(a)", "(c)"))
+        if a in by and b in by
+    ]
+    print("\nratios: " + ", ".join(parts) + "   (targets: (a)/(b) >= 1.5, (a)/(c) >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()
