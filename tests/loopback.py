@@ -174,6 +174,7 @@ class LoopbackServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # a scan opens many connections at once; a full backlog drops SYNs
 
     def __init__(self, address: tuple[str, int], handler: type, owner: LoopbackServer) -> None:
         self.owner = owner
