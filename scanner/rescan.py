@@ -38,8 +38,8 @@ from scanner.pipeline import Stages, evidence_record, match_record, to_query
 from scanner.reports.files import private_dir, write_json
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import Outcome, UnitReport
-from scanner.scan import ScanResult, match_config
-from scanner.screen import CONTENT_DIGESTS, AuditConfig, Screen, Screened, content_changed, hash_types
+from scanner.scan import ScanResult, hashing_job, match_config
+from scanner.screen import CONTENT_DIGESTS, Screen, Screened, content_changed
 from scanner.stored import (
     LIVE_OUTCOMES,
     StoredRow,
@@ -49,7 +49,7 @@ from scanner.stored import (
     plan_units,
     write_unit_changes,
 )
-from scanner.workers import hash_job, init_worker
+from scanner.workers import init_worker
 
 COUNTS_SUFFIX = ".rescan.json"
 CHANGE_KINDS = {  # change record name -> summary count name
@@ -314,13 +314,10 @@ async def _run(
     checkpoint: Checkpoint,
     pool: ProcessPoolExecutor,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    job = partial(hash_job, want=hash_types(matcher, config.audit), limits=config.hashing)
+    hash_fn = partial(asyncio.get_running_loop().run_in_executor, pool, hashing_job(config, matcher))
     fetcher = make_fetcher(config.fetch)
     try:
-        stages = Stages(
-            fetcher, partial(loop.run_in_executor, pool, job), matcher, AuditConfig(keep_hashes=True)
-        )
+        stages = Stages(fetcher, hash_fn, matcher, config.audit)
         rescanner = Rescanner(stages, config.run.rows_in_flight)
         evidence = stored.evidence()
         for unit in units:

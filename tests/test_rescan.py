@@ -1,0 +1,125 @@
+"""rescan on loopback: liveness only for known matches, conditional requests, 304 re-use, what changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from audit_support import images, matched_entries, outcomes, run_scan, write_list, write_shard
+from loopback import LoopbackServer
+
+from scanner.errors import InputError
+from scanner.reports.verify import verify_report
+from scanner.rescan import rescan
+
+NAMES = ["match", "same", "changed", "gone", "back", "newmatch", "taken", "screened"]
+
+
+@pytest.fixture(scope="module")
+def rescanned(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A scan with --keep-hashes, then the server changes and the list grows, then a rescan."""
+    tmp = tmp_path_factory.mktemp("rescan")
+    bodies = dict(zip(NAMES, images(len(NAMES) + 1), strict=False))
+    replacement = images(1, first_seed=900)[0]
+    md5 = {name: hashlib.md5(body).hexdigest() for name, body in bodies.items()}
+    files = {f"/{name}.jpg": bodies[name] for name in NAMES if name != "back"}
+    with LoopbackServer(files) as server:
+        urls = [server.url(f"/{name}.jpg") for name in NAMES]
+        shard = write_shard(tmp / "shard.parquet", {"url": urls, "key": NAMES})
+        v1 = write_list(tmp / "v1.txt", [md5["match"], md5["taken"]])
+        run_scan(
+            shard, tmp / "first", [f"list=md5:{v1}"], audit={"keep_hashes": True}, source={"rows_per_unit": 3}
+        )
+        server.files["/changed.jpg"] = (replacement, "image/jpeg")
+        del server.files["/gone.jpg"], server.files["/taken.jpg"]
+        server.files["/back.jpg"] = (bodies["back"], "image/jpeg")
+        v2 = write_list(
+            tmp / "v2.csv", ["hash_type,hash,id", f"md5,{md5['match']},m1", f"md5,{md5['taken']},t1"]
+        )
+        with (tmp / "v2.csv").open("a") as handle:
+            handle.write(f"md5,{md5['newmatch']},n1\nurl,{urls[7]},s1\n")
+        server.reset_hits()
+        result = rescan(
+            tmp / "first", str(tmp / "second"), [f"list={v2}"], {"run.workers": 1, "source.rows_per_unit": 3}
+        )
+        requests = [(method, path.split("?")[0]) for method, path, _ in server.requests()]
+    return {"tmp": tmp, "result": result, "requests": requests, "urls": urls}
+
+
+def test_rescan_outcomes_and_what_changed(rescanned) -> None:
+    tmp = rescanned["tmp"]
+    assert outcomes(tmp / "first") == ["match", "clean", "clean", "clean", "dead", "clean", "match", "clean"]
+    assert outcomes(tmp / "second") == [
+        "match",
+        "clean",
+        "changed",
+        "dead",
+        "clean",
+        "match",
+        "dead",
+        "match",
+    ]
+    changes = [json.loads(line) for line in (tmp / "second" / "changes.jsonl").read_text().splitlines()]
+    assert [(c["key"], c["change"], c["previous"], c["current"]) for c in changes] == [
+        ("changed", "content_changed", "clean", "changed"),
+        ("gone", "newly_dead", "clean", "dead"),
+        ("back", "newly_live", "dead", "clean"),
+        ("newmatch", "new_match", "clean", "match"),
+        ("taken", "newly_dead", "match", "dead"),
+        ("taken", "match_gone", "match", "dead"),
+        ("screened", "new_match", "clean", "match"),
+    ]
+    summary = rescanned["result"].summary
+    assert {k: v for k, v in summary["changes"].items() if k != "previous"} == {
+        "newly_dead": 2,
+        "newly_live": 1,
+        "new_matches": 2,
+        "matches_gone": 1,
+        "content_changed": 1,
+        "not_modified": 1,
+        "liveness_only": 3,
+    }
+    first = json.loads((tmp / "first" / "summary.json").read_text())
+    assert summary["changes"]["previous"]["finished_at"] == first["finished_at"]
+    assert summary["history"] == [{k: first[k] for k in ("finished_at", "rows", "outcomes", "live_rate")}]
+    assert [(row, hash_type, entry) for row, _, hash_type, entry in matched_entries(tmp / "second")] == [
+        (0, "md5", "m1"),
+        (5, "md5", "n1"),
+        (7, "url", "s1"),
+    ]
+    assert verify_report(tmp / "second").ok
+
+
+def test_known_matches_get_liveness_checks_only_and_listed_urls_no_request(rescanned) -> None:
+    requests = rescanned["requests"]
+    by_path: dict[str, list[str]] = {}
+    for method, path in requests:
+        by_path.setdefault(path, []).append(method)
+    assert by_path["/match.jpg"] == by_path["/newmatch.jpg"] == by_path["/taken.jpg"] == ["HEAD"]
+    assert "/screened.jpg" not in by_path
+    assert by_path["/same.jpg"] == by_path["/changed.jpg"] == by_path["/gone.jpg"] == ["GET"]
+    assert by_path["/back.jpg"] == ["GET"]
+
+
+def test_conditional_requests_and_records_carried_forward(rescanned) -> None:
+    tmp = rescanned["tmp"]
+    first = {r["key"]: r for r in pq.read_table(tmp / "first" / "hashes.parquet").to_pylist()}
+    second = {r["key"]: r for r in pq.read_table(tmp / "second" / "hashes.parquet").to_pylist()}
+    hashes = ("md5", "sha1", "sha256", "pdq", "phash", "dhash", "etag")
+    assert all(second["same"][h] == first["same"][h] for h in hashes)  # 304: stored hashes re-used
+    assert second["same"]["fetched_at"] > first["same"]["fetched_at"]
+    assert second["changed"]["sha256"] != first["changed"]["sha256"]
+    assert second["changed"]["etag"] != first["changed"]["etag"]
+    for key in ("gone", "taken", "match"):  # dead or never downloaded again: the last record stays
+        assert all(second[key][h] == first[key][h] for h in (*hashes, "fetched_at"))
+    assert first["back"]["md5"] is None and second["back"]["md5"] is not None
+
+
+def test_rescan_of_a_scan_without_hash_records_says_why(tmp_path: Path) -> None:
+    shard = write_shard(tmp_path / "shard.parquet", {"url": ["http://127.0.0.1:9/a.jpg"]})
+    run_scan(shard, tmp_path / "first", [f"md5:{write_list(tmp_path / 'l.txt', ['0' * 32])}"])
+    with pytest.raises(InputError, match="without --keep-hashes"):
+        rescan(tmp_path / "first", str(tmp_path / "second"))
