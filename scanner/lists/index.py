@@ -117,22 +117,24 @@ class ChunkLayout:
 class SearchCost:
     """Relative costs of the memory reads of a search, in units of one cache miss."""
 
-    probe: float = 1.0  # reading a chunk's offsets for one probed value
+    check: float = 0.1  # testing a probed bucket in the occupancy bitmap (small enough to stay cached)
+    probe: float = 1.0  # reading the offsets of an occupied bucket
     candidate: float = 1.0  # reading one candidate's key (a miss unless keys sit in the postings)
 
     def of(self, width: int, radius: int, n_entries: int) -> float:
         """Cost of probing one chunk of this width to this radius."""
         probes = sum(comb(width, k) for k in range(radius + 1))
-        return probes * (self.probe + self.candidate * n_entries / 2**width)
+        per_bucket = n_entries / 2**width
+        return probes * (self.check + min(1.0, per_bucket) * self.probe + per_bucket * self.candidate)
 
 
 INDIRECT_COST = SearchCost()
 EMBEDDED_COST = SearchCost(candidate=0.1)  # keys read in sequence from the postings
 
-# Memory bound on offsets + postings: 64 bytes per entry plus 256 MB. A 10M-entry PDQ index then stays
-# near 1 GB with its 320 MB of keys, while small lists are free to use wide, fast chunks.
+# Memory bound on offsets + postings: 64 bytes per entry plus 64 MB. A 10M-entry PDQ index then stays
+# near 1 GB with its 320 MB of keys, and a 1M-entry one near 150 MB.
 _INDEX_BYTES_PER_ENTRY = 64
-_INDEX_BYTES_ALLOWANCE = 2**28
+_INDEX_BYTES_ALLOWANCE = 2**26
 _MAX_CHUNK_BITS = 28
 
 
