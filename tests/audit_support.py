@@ -31,10 +31,10 @@ def write_list(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def run_scan(shard: Path, out: Path, hashlists: list[str], **sections: dict) -> ScanResult:
-    """A real local scan (one hashing process) of one shard into out, loopback allowed."""
+def run_scan(shard: Path | list[Path], out: Path, hashlists: list[str], **sections: dict) -> ScanResult:
+    """A real local scan (one hashing process) of one shard, or several, into out, loopback allowed."""
     data = {
-        "inputs": [str(shard)],
+        "inputs": [str(path) for path in (shard if isinstance(shard, list) else [shard])],
         "out": str(out),
         "hashlist": hashlists,
         "fetch": {"allow_private_networks": True},
