@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,8 @@ from scanner.errors import HashListError
 from scanner.lists.formats import FormatError, ListText, RawList, read_list
 from scanner.lists.hashtypes import HASH_TYPES, BadValue, HashType
 from scanner.lists.index import aligned_copy, first_occurrences
+
+ColumnT = TypeVar("ColumnT", pa.Array, pa.Table, None)
 
 
 class DuplicateHashWarning(UserWarning):
@@ -158,16 +161,16 @@ def _decode(raw: RawList, path: str) -> tuple[dict[str, HashEntries], int]:
 def _decode_type(
     hash_type: HashType, raw: RawList, rows: pa.Array | None, path: str
 ) -> tuple[HashEntries, int]:
-    """One type's entries: decoded keys, repeats merged, ids checked."""
-    pick = (lambda column: column) if rows is None else (lambda column: column.filter(rows))
+    """One type's entries (rows: which of the list's rows hold this type; None for all): decoded keys,
+    repeats merged, ids checked."""
     lines = raw.lines if rows is None else raw.lines[rows.to_numpy(zero_copy_only=False)]
     try:
-        parsed = hash_type.parse(pick(raw.hashes))
+        parsed = hash_type.parse(_subset(raw.hashes, rows))
     except BadValue as error:
         raise HashListError(path, error.message, int(lines[error.row])) from None
-    ids = pick(raw.ids) if raw.ids is not None else parsed.names
     keep = first_occurrences(parsed.keys)
     repeats = int(len(keep) - keep.sum())
+    kept = None
     if repeats:
         first_repeat = int(lines[np.flatnonzero(~keep)[0]])
         warnings.warn(
@@ -176,17 +179,22 @@ def _decode_type(
             DuplicateHashWarning,
             stacklevel=2,
         )
-    kept = pa.array(keep)
-    ids = None if ids is None else ids.filter(kept)
+        kept = pa.array(keep)
+    ids = _subset(_subset(raw.ids, rows), kept) if raw.ids is not None else _subset(parsed.names, kept)
     _check_unique_ids(ids, lines[keep], hash_type.name, path)
     entries = HashEntries(
         hash_type=hash_type,
         keys=aligned_copy(parsed.keys[keep]) if repeats else parsed.keys,
         ids=ids,
-        categories=None if raw.categories is None else pick(raw.categories).filter(kept),
-        metadata=None if raw.metadata is None else pick(raw.metadata).filter(kept),
+        categories=_subset(_subset(raw.categories, rows), kept),
+        metadata=_subset(_subset(raw.metadata, rows), kept),
     )
     return entries, repeats
+
+
+def _subset(column: ColumnT, mask: pa.Array | None) -> ColumnT:
+    """The rows of a column (or table) where mask is true; all of them without a mask."""
+    return column if column is None or mask is None else column.filter(mask)
 
 
 def _check_unique_ids(ids: pa.Array | None, lines: np.ndarray, type_name: str, path: str) -> None:
