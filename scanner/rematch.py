@@ -4,7 +4,9 @@ Every row gets the matches a fresh scan with these lists would give for the same
 screened (url, url_* and domain entries) and, if that finds nothing, the hashes stored for it are matched,
 for rows that served something in the scan that stored them. Other rows keep their outcome; a row matched
 before and not now becomes clean (invalid if its body was no usable image), or unchecked when it was never
-fetched (screened) and so has no hashes to say more. Hash records keep no dihedral PDQ, so rematch refuses
+fetched (screened) and so has no hashes to say more. A row matched before at a redirect target is screened
+at that URL again (the evidence keeps it); other redirect targets are not recorded, so a newly listed one
+is found by a rescan or a scan, not by rematch. Hash records keep no dihedral PDQ, so rematch refuses
 --pdq-dihedral. The report files are a scan's, plus hashes.parquet: a rematch can be rematched or rescanned.
 """
 
@@ -29,6 +31,7 @@ from scanner.reports.records import Outcome, UnitReport
 from scanner.scan import ScanResult, match_config
 from scanner.screen import Screen
 from scanner.stored import LIVE_OUTCOMES, StoredRow, StoredScan, already_finished, finish_report, plan_units
+from scanner.urlnorm import normalise
 
 
 def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) -> ScanResult:
@@ -80,6 +83,9 @@ def rematch_unit(
     matches: list[list[Match]] = [pre.matches for pre in screened]
     for i, row_matches in zip(hashed, found, strict=True):
         matches[i] = row_matches
+    for i, row in enumerate(rows):
+        if not matches[i] and row.hashes is None and row.previous.outcome == "match":
+            matches[i] = _redirect_matches(screen, evidence.get((row.previous.shard, row.previous.row)))
     report = UnitReport(unit_id, [], hashes=[row.record for row in rows])
     rematched = set(hashed)
     for i, row in enumerate(rows):
@@ -89,6 +95,17 @@ def rematch_unit(
             report.matches.extend(match_record(outcome, m) for m in matches[i])
             report.evidence.append(evidence.get((outcome.shard, outcome.row)) or _evidence(outcome, row))
     return report
+
+
+def _redirect_matches(screen: Screen, evidence: dict | None) -> list[Match]:
+    """A row matched before at a redirect target (its evidence's final URL) is screened there again."""
+    final_url = evidence.get("final_url") if evidence else None
+    if not final_url or final_url == evidence.get("url"):
+        return []
+    try:
+        return screen.url_matches(normalise(final_url))
+    except ValueError:
+        return []
 
 
 def _rematched(previous: Outcome, matched: bool, hashed: bool) -> Outcome:

@@ -2,9 +2,10 @@
 changed since.
 
 Before any request each row is screened again (URL lists) and its stored hashes are matched against the
-current lists. A row known to match (it matched before, or its stored hashes match now) is checked for
-liveness only: HEAD, or a GET whose body is never read, so takedowns can be followed up without fetching
-the material again. A row newly screened by URL is never requested. Every other row is requested
+current lists. A row whose URL or domain is listed is never requested, not even for liveness. A row known
+to match by content (it matched before, or its stored hashes match now) is checked for liveness only:
+HEAD, or a GET whose body is never read, so takedowns can be followed up without fetching the material
+again; a redirect to a listed URL is not followed, and counts as live. Every other row is requested
 conditionally (If-None-Match, else If-Modified-Since, from its hash record): a 304 re-uses the stored
 hashes, a 200 is hashed and compared with them (outcome `changed` when its bytes differ). Rows that went
 dead keep their last hash record, so a later rescan still knows what they served. The report adds
@@ -172,7 +173,7 @@ class Rescanner:
             return await self.recheck(row, screened, known)
 
     async def recheck(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
-        """One row: liveness only if known to match, nothing if screened, else a conditional request."""
+        """One row: no request if its URL is listed, liveness only if known to match, else conditional."""
         previous = row.previous
         if not row.record["url"]:
             outcome = dataclasses.replace(previous)
@@ -180,10 +181,10 @@ class Rescanner:
         outcome = Outcome(
             previous.shard, previous.row, previous.url, previous.key, "invalid", member=previous.member
         )
+        if screened.matches:  # a listed URL or domain is never requested, not even for liveness
+            return Rechecked(outcome, dict(row.record), [*screened.matches, *known])
         if previous.outcome == "match" or known:
             return await self._liveness(row, screened, known, outcome)
-        if screened.matches:
-            return Rechecked(outcome, dict(row.record), screened.matches)  # never requested
         return await self._refetch(row, screened, outcome)
 
     async def _liveness(
@@ -197,7 +198,7 @@ class Rescanner:
         if result.outcome != "ok" and not redirected:
             outcome.outcome, outcome.reason = result.outcome, result.reason
             return checked
-        checked.matches = [*screened.matches, *known, *redirected]
+        checked.matches = [*known, *redirected]
         checked.content_changed = _validators_differ(row.record, result)
         if not checked.matches:  # the list entry it matched was withdrawn; the stored hashes say the rest
             outcome.outcome = ("invalid" if row.previous.reason else "clean") if row.hashes else "unchecked"
