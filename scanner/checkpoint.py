@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from scanner.errors import ResumeError
+from scanner.mirror import Mirror
 from scanner.reports.files import atomic_open, private_dir, write_json, write_jsonl
 from scanner.reports.hashes import write_unit_hashes
 from scanner.reports.records import UnitReport, outcomes_table
@@ -22,10 +23,15 @@ COMPLETE = "complete"
 class Checkpoint:
     """The units directory inside --out: one committed outcomes file per finished unit."""
 
-    def __init__(self, out_dir: Path, fingerprint: dict, restart: bool = False) -> None:
+    def __init__(
+        self, out_dir: Path, fingerprint: dict, restart: bool = False, mirror: Mirror | None = None
+    ) -> None:
         self.dir = Path(out_dir) / UNITS_DIR
+        self.mirror = mirror
         if restart and self.dir.exists():
             shutil.rmtree(self.dir)
+        if restart and mirror is not None:
+            mirror.remove(self.dir)
         private_dir(self.dir)
         self._adopt(fingerprint)
 
@@ -44,6 +50,7 @@ class Checkpoint:
                 )
         else:
             write_json(path, fingerprint)
+            self._publish([path])
 
     def done(self) -> set[int]:
         """Ids of units whose outputs were committed."""
@@ -59,6 +66,15 @@ class Checkpoint:
             write_unit_hashes(str(stem), report.hashes)
         with atomic_open(f"{stem}.outcomes.parquet") as handle:
             pq.write_table(outcomes_table(report.outcomes), handle)
+        self._publish(
+            sorted(self.dir.glob(f"{stem.name}.*"), key=lambda p: p.name.endswith(".outcomes.parquet"))
+        )
+
+    def _publish(self, paths: list[Path]) -> None:
+        """Copy committed files to the output URL in order (a unit's outcomes file last: it is the commit)."""
+        if self.mirror is not None:
+            for path in paths:
+                self.mirror.push(path)
 
     def outcome_files(self, unit_ids: list[int]) -> Iterator[Path]:
         """Committed outcomes files in unit order."""
@@ -75,8 +91,12 @@ class Checkpoint:
 
     def seal(self) -> None:
         """Drop the merged units and mark the scan complete; the fingerprint stays to guard the reports."""
-        for path in self.dir.iterdir():
-            if path.name != FINGERPRINT:
-                path.unlink()
+        merged = [path for path in self.dir.iterdir() if path.name != FINGERPRINT]
+        for path in merged:
+            path.unlink()
         with atomic_open(self.dir / COMPLETE, "w") as handle:
             handle.write("complete\n")
+        if self.mirror is not None:
+            self.mirror.push(self.dir / COMPLETE)
+            for path in merged:
+                self.mirror.remove(path)

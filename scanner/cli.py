@@ -187,12 +187,14 @@ def run_with_guard(config, restart: bool, quiet: bool):
     import os
 
     from scanner import nostore
+    from scanner.mirror import local_dir
     from scanner.progress import bar_for
 
     runner = runner_for(config)
     allowed = runner.connect(config.run.ray_address) if config.run.runner == "ray" else []
-    os.makedirs(config.out, mode=0o700, exist_ok=True)
-    nostore.install([config.out, *allowed])
+    out = local_dir(config.out)
+    os.makedirs(out, mode=0o700, exist_ok=True)
+    nostore.install([out, *allowed])
     show = not quiet and config.run.progress
     return runner.scan(config, restart, bar_for if show else None)
 

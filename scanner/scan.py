@@ -18,6 +18,7 @@ from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import make_fetcher
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
+from scanner.mirror import Mirror, local_dir
 from scanner.pipeline import HashFn, Pipeline, Progress, Stages
 from scanner.planner import Plan, plan
 from scanner.reports.files import private_dir
@@ -87,8 +88,11 @@ def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
     work = plan(expand_inputs(list(config.inputs)), config.source, config.run.on_bad_shard)
     lists = [load_hashlist(spec.spec) for spec in config.hashlists]
     matcher = Matcher.from_lists(lists, match_config(config, lists))
-    out = private_dir(config.out)
-    checkpoint = Checkpoint(out, fingerprint(config, work, lists), restart)
+    mirror = Mirror.for_out(config.out)
+    if mirror is not None:
+        mirror.pull()
+    out = private_dir(local_dir(config.out))
+    checkpoint = Checkpoint(out, fingerprint(config, work, lists), restart, mirror)
     return Prepared(config, out, work, lists, matcher, checkpoint, checkpoint.done())
 
 
@@ -124,6 +128,8 @@ def finish(prepared: Prepared, started_at: float) -> ScanResult:
     finished_at = time.time()
     summary_data = summary(tally, started_at, finished_at, work.skipped)
     write_summary_and_manifest(out, summary_data, manifest(prepared, summary_data))
+    if prepared.checkpoint.mirror is not None:
+        prepared.checkpoint.mirror.push_reports()
     prepared.checkpoint.seal()
     return ScanResult(out, summary_data)
 

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from scanner.config import build_config
 from scanner.demo import encode, make_image
 from scanner.errors import ConfigError, ScannerError
 from scanner.hashing import hash_image
+from scanner.mirror import local_dir
 from scanner.runners import local
 from scanner.scan import prepare
 
@@ -88,7 +90,7 @@ def inputs(tmp_path_factory, server) -> tuple[list[str], Path]:
     return shards, tmp / "list.csv"
 
 
-def make_config(inputs: tuple[list[str], Path], out: Path, runner: str) -> object:
+def make_config(inputs: tuple[list[str], Path], out: Path | str, runner: str) -> object:
     shards, listfile = inputs
     return build_config(
         {
@@ -309,3 +311,26 @@ def test_unknown_runner_is_refused(tmp_path, inputs):
 
     with pytest.raises(ConfigError, match="spark"):
         runner_for(config)
+
+
+@needs_ray
+def test_reports_on_a_filesystem_url_and_resume_from_there(tmp_path, cluster, inputs, local_out, server):
+    fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed (pip install .[remote])")
+    url = f"memory://scans/{tmp_path.name}"
+    config = make_config(inputs, url, "ray")
+    prepared = prepare(config)
+    half = len(prepared.todo) // 2
+    ray_runner.run_units(prepared, prepared.todo[:half])
+    skipped = unit_urls(prepared.todo[:half])
+    shutil.rmtree(local_dir(url))  # resume as if on another machine: only the URL holds the committed units
+    server.reset_hits()
+    ray_runner.scan(config)
+    assert skipped and not skipped & {server.url(path) for _, path, _ in server.requests()}
+    filesystem, root = fsspec.core.url_to_fs(url)
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    for name in ("outcomes.parquet", "matches.jsonl", "evidence.jsonl", "summary.json", "manifest.json"):
+        filesystem.get_file(f"{root}/{name}", str(fetched / name))
+    assert_same_reports(fetched, local_out)
+    left = sorted(p.rsplit("/", 1)[1] for p in filesystem.find(f"{root}/.units"))
+    assert left == ["complete", "fingerprint.json"]

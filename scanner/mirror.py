@@ -1,0 +1,89 @@
+"""Reports on object storage (s3://, gs://, memory://, ...): the scan writes its usual report directory in a
+private local staging directory and copies every committed file to the URL at once, so the URL holds the
+committed units (a resumed scan, on any machine, pulls them back first) and, at the end, the reports."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scanner.errors import ConfigError
+from scanner.reports.files import private_dir
+from scanner.sources.storage import is_remote
+
+PARTIAL = ".partial"
+
+
+def local_dir(out: str) -> Path:
+    """Where the scan writes: out itself, or for a URL a staging directory that is the same on every run."""
+    if not is_remote(out):
+        return Path(out)
+    name = hashlib.sha256(out.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "scanner-staging" / name
+
+
+class Mirror:
+    """The remote copy of a staging directory; a file appears at the URL whole or not at all."""
+
+    def __init__(self, url: str, local: Path) -> None:
+        self.url = url
+        self.local = local
+        self._fs, self._root = _filesystem(url)
+
+    @classmethod
+    def for_out(cls, out: str) -> Mirror | None:
+        """A mirror when out is a URL, else None (a local --out is written in place, as always)."""
+        return cls(out, local_dir(out)) if is_remote(out) else None
+
+    def pull(self) -> None:
+        """Make the staging directory a copy of what the URL holds (the URL is the truth, across machines)."""
+        if self.local.exists():
+            shutil.rmtree(self.local)
+        private_dir(self.local)
+        if not self._fs.exists(self._root):
+            return
+        for remote in sorted(self._fs.find(self._root)):
+            relative = os.path.relpath(remote, self._root)
+            if relative.endswith(PARTIAL):
+                continue
+            target = self.local / relative
+            private_dir(target.parent)
+            self._fs.get_file(remote, str(target))
+            os.chmod(target, 0o600)
+
+    def push(self, path: Path) -> None:
+        """Copy one staging file to the same place under the URL, whole (copy, then rename)."""
+        remote = f"{self._root}/{path.relative_to(self.local).as_posix()}"
+        self._fs.makedirs(os.path.dirname(remote), exist_ok=True)
+        self._fs.put_file(str(path), remote + PARTIAL)
+        self._fs.mv(remote + PARTIAL, remote)
+
+    def push_reports(self) -> None:
+        """Copy every report file (the top level of the staging directory)."""
+        for path in sorted(self.local.iterdir()):
+            if path.is_file() and not path.name.endswith(PARTIAL):
+                self.push(path)
+
+    def remove(self, path: Path) -> None:
+        """Delete the URL's copy of a staging file or directory, if there is one."""
+        remote = f"{self._root}/{path.relative_to(self.local).as_posix()}"
+        if self._fs.exists(remote):
+            self._fs.rm(remote, recursive=True)
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise ConfigError(
+            f"{url}: install fsspec (and its backend, e.g. s3fs) to write reports there"
+        ) from exc
+    try:
+        filesystem, root = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"{url}: cannot write reports there ({exc})") from exc
+    return filesystem, root.rstrip("/")
