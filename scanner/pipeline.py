@@ -30,6 +30,9 @@ class Progress:
     def matched(self, rows: int) -> None:
         """A unit's batched match found this many matching rows."""
 
+    def unit_done(self) -> None:
+        """A unit's outputs were committed."""
+
     def close(self) -> None:
         """The scan is over."""
 

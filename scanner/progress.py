@@ -15,17 +15,18 @@ LIVE = frozenset({"clean", "match", "invalid"})
 def bar_for(prepared: Prepared) -> BarProgress:
     """A bar sized to the whole plan, starting at the rows already committed by a previous run."""
     done = sum(u.span.rows for u in prepared.plan.units if u.id in prepared.done)
-    return BarProgress(prepared.plan.total_rows, done)
+    return BarProgress(prepared.plan.total_rows, done, len(prepared.plan.units), len(prepared.done))
 
 
 class BarProgress(Progress):
     """Progress shown as one tqdm line, refreshed at most a few times a second."""
 
-    def __init__(self, total: int, done: int = 0) -> None:
+    def __init__(self, total: int, done: int = 0, units: int = 0, units_done: int = 0) -> None:
         self._bar = tqdm(
             total=total, initial=done, unit="row", file=sys.stderr, dynamic_ncols=True, mininterval=0.5
         )
         self._rows = self._live = self._matches = 0
+        self._units, self._units_done = units, units_done
 
     def row_done(self, outcome: str) -> None:
         self._rows += 1
@@ -38,9 +39,14 @@ class BarProgress(Progress):
         self._matches += rows
         self._show()
 
+    def unit_done(self) -> None:
+        self._units_done += 1
+        self._show()
+
     def _show(self) -> None:
         live = 100.0 * self._live / self._rows if self._rows else 0.0
-        self._bar.set_postfix_str(f"live {live:.1f}%, matches {self._matches}", refresh=False)
+        units = f"units {self._units_done}/{self._units}, " if self._units else ""
+        self._bar.set_postfix_str(f"{units}live {live:.1f}%, matches {self._matches}", refresh=False)
 
     def close(self) -> None:
         self._show()

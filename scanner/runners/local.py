@@ -60,6 +60,8 @@ async def _run(
             async with gate:
                 report = await pipeline.run_unit(unit)
             prepared.checkpoint.commit(report)
+            if progress is not None:
+                progress.unit_done()
 
         await asyncio.gather(*(run_one(u) for u in units))
     finally:

@@ -260,6 +260,7 @@ def _collect(
     for outcome in report.outcomes:
         progress.row_done(outcome.outcome)
     progress.matched(sum(1 for o in report.outcomes if o.outcome == "match"))
+    progress.unit_done()
 
 
 def _retry(window: _Window, queue: deque, unit: WorkUnit, max_attempts: int, why: str) -> None:
