@@ -285,21 +285,25 @@ def test_cli_runs_on_an_existing_cluster_by_address(tmp_path, cluster, inputs, l
     assert_same_reports(tmp_path / "out", local_out)
 
 
-def test_ray_runner_without_ray_is_a_clear_error(tmp_path):
-    script = (
-        "import sys; sys.modules['ray'] = None\n"
-        "from scanner.cli import main\n"
-        f"sys.exit(main(['scan', 'shard.parquet', '--hashlist', 'list.txt',"
-        f" '--out', {str(tmp_path / 'out')!r}, '--runner', 'ray']))"
-    )
-    done = subprocess.run(
+def scan_in_fresh_interpreter(
+    tmp_path: Path, *flags: str, hide_ray: bool = False
+) -> subprocess.CompletedProcess:
+    """`scanner scan` on inputs that do not exist, in a new Python (where `import ray` fails, if asked)."""
+    args = ["scan", "shard.parquet", "--hashlist", "list.txt", "--out", str(tmp_path / "out"), *flags]
+    hide = "sys.modules['ray'] = None\n" if hide_ray else ""
+    script = f"import sys\n{hide}from scanner.cli import main\nsys.exit(main({args!r}))\n"
+    return subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        timeout=60,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+
+
+def test_ray_runner_without_ray_is_a_clear_error(tmp_path):
+    done = scan_in_fresh_interpreter(tmp_path, "--runner", "ray", hide_ray=True)
     assert done.returncode == 1
     assert "--runner ray needs Ray" in done.stderr and "pip install" in done.stderr
     assert not (tmp_path / "out" / "outcomes.parquet").exists()
@@ -334,3 +338,10 @@ def test_reports_on_a_filesystem_url_and_resume_from_there(tmp_path, cluster, in
     assert_same_reports(fetched, local_out)
     left = sorted(p.rsplit("/", 1)[1] for p in filesystem.find(f"{root}/.units"))
     assert left == ["complete", "fingerprint.json"]
+
+
+@needs_ray
+def test_an_address_nobody_listens_at_fails_fast(tmp_path):
+    done = scan_in_fresh_interpreter(tmp_path, "--runner", "ray", "--ray-address", "127.0.0.1:1")
+    assert done.returncode == 1
+    assert "no Ray cluster answers at 127.0.0.1:1" in done.stderr

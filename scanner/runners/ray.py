@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 STALL_WARNING_SECONDS = 300.0
 OPEN_SOURCES_PER_WORKER = 8
+CONNECT_CHECK_SECONDS = 5.0
 
 
 def require_ray() -> Any:
@@ -51,20 +53,33 @@ def connect(address: str | None = None) -> list[str]:
     directory, which the driver's write guard must allow (session logs and sockets, never image content)."""
     ray = require_ray()
     if not ray.is_initialized():
+        check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ConfigError(
                 f"cannot connect to the Ray cluster at {address or 'a new local cluster'}: {exc}"
             ) from exc
-    return [ray_temp_dir()]
+    return ray_local_dirs()
 
 
-def ray_temp_dir() -> str:
-    """The root of this node's Ray session directories (default /tmp/ray)."""
+def check_reachable(address: str | None) -> None:
+    """Fail fast on a HOST:PORT nobody listens at: ray.init would retry it for minutes, looking hung."""
+    if not address or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_CHECK_SECONDS).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"no Ray cluster answers at {address} ({exc})") from exc
+
+
+def ray_local_dirs() -> list[str]:
+    """Where Ray keeps this node's session files (default /tmp/ray); none for a Ray Client (ray://) driver."""
     from ray._private.worker import global_worker
 
-    return global_worker.node.get_temp_dir_path()
+    node = getattr(global_worker, "node", None)
+    return [node.get_temp_dir_path()] if node is not None else []
 
 
 def scan(
