@@ -330,3 +330,17 @@ def head(url: str) -> FetchResult:
             await fetcher.aclose()
 
     return asyncio.run(run())
+
+
+def test_real_url_lists_normalise_stably(url_lists: Path) -> None:
+    """10,000 crawled URLs (parsed only): every one the fetcher accepts has a stable normal form."""
+    urls = pq.read_table(url_lists / "test_10000.parquet", columns=["URL"]).column("URL").to_pylist()
+    normal, refused = {}, []
+    for url in urls:
+        try:
+            normal[url] = normalise_url(url)
+        except ValueError:
+            refused.append(url)
+    assert refused == ["UNLIKELY"]  # the fixture's one junk value
+    assert all(normalise_url(n) == n and normalise_url(parse_url(u).url) == n for u, n in normal.items())
+    assert all(n.startswith(("http://", "https://")) and "#" not in n for n in normal.values())
