@@ -344,3 +344,31 @@ def test_real_url_lists_normalise_stably(url_lists: Path) -> None:
     assert refused == ["UNLIKELY"]  # the fixture's one junk value
     assert all(normalise_url(n) == n and normalise_url(parse_url(u).url) == n for u, n in normal.items())
     assert all(n.startswith(("http://", "https://")) and "#" not in n for n in normal.values())
+
+
+def test_the_fetcher_asks_the_screen_before_every_request() -> None:
+    asked: list[str] = []
+
+    def screen(url: str) -> str | None:
+        asked.append(url)
+        return "listed_here" if url.endswith("/redirect/0") else None
+
+    async def run(server: LoopbackServer) -> list[FetchResult]:
+        fetcher = make_fetcher(FetchConfig(allow_private_networks=True))
+        try:
+            chain = await fetcher.fetch(server.url("/redirect/2"), screen=screen)
+            first = await fetcher.fetch(server.url("/redirect/0"), screen=screen)
+            head = await fetcher.fetch(server.url("/redirect/1"), read_body=False, screen=screen)
+            return [chain, first, head]
+        finally:
+            await fetcher.aclose()
+
+    with LoopbackServer() as server:
+        chain, first, head = asyncio.run(run(server))
+        assert server.hits("/redirect/0") == 0
+        assert (server.hits("/redirect/2"), server.hits("/redirect/1")) == (1, 2)  # the chain; the HEAD
+    for result in (chain, head):
+        assert (result.outcome, result.reason, result.status) == ("blocked", "listed_here", 302)
+        assert result.final_url == server.url("/redirect/0") and result.body is None
+    assert (first.outcome, first.reason, first.status) == ("blocked", "listed_here", None)
+    assert asked == [server.url(f"/redirect/{n}") for n in (2, 1, 0, 0, 1, 0)]
