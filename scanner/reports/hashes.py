@@ -6,7 +6,6 @@ columns null, so `rematch` can screen every URL again and `rescan` can revisit e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,13 +100,6 @@ def merge_hashes(out_dir: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> 
         for unit_path in checkpoint.side_files(unit_ids, UNIT_SUFFIX):
             writer.write_table(pq.read_table(unit_path, schema=HASHES_SCHEMA), row_group_size=ROW_GROUP_ROWS)
     return path
-
-
-def write_hashes(path: Path, tables: Iterator[pa.Table]) -> None:
-    """Write record tables into one hashes.parquet (0600, atomic)."""
-    with atomic_open(path) as handle, pq.ParquetWriter(handle, HASHES_SCHEMA) as writer:
-        for table in tables:
-            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
 
 def open_hashes(path: str | Path) -> pq.ParquetFile:
