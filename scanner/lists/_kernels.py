@@ -243,7 +243,7 @@ def mih_search_embedded(
     out_query: np.ndarray,
     out_entry: np.ndarray,
     out_distance: np.ndarray,
-    posted_words: np.ndarray,
+    posted_keys: np.ndarray,
     offsets: Offsets,
     postings: np.ndarray,
     offset_base: np.ndarray,
@@ -254,29 +254,24 @@ def mih_search_embedded(
     mask_ptr: np.ndarray,
     threshold: int,
 ) -> tuple[int, int]:
-    """As mih_search, for postings that carry each entry's key beside its number (posted_words[p]).
-
-    Candidates are then verified where they lie, in sequence, with no random read of the key.
-    """
-    n_words = posted_words.shape[1]
+    """As mih_search, for 64-bit hashes whose postings carry each entry's key (posted_keys[p]) beside
+    its number: candidates are verified where they lie, in sequence, with no random read of the key."""
     written = 0
     buckets = np.empty((len(masks), 3), dtype=np.int64)
-    xor = np.empty(n_words, dtype=np.uint64)
+    xor = np.empty(1, dtype=np.uint64)
     for q in range(first_query, queries.shape[0]):
         query = queries[q]
+        key = query[0]
         count, _ = _gather_buckets(
-            query, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, posted_words, n_words
+            query, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, posted_keys, 1
         )
         query_start = written
         for b in range(count):
             for p in range(buckets[b, 0], buckets[b, 1]):
-                distance = 0
-                for w in range(n_words):
-                    distance += popcount(query[w] ^ posted_words[p, w])
+                distance = popcount(key ^ posted_keys[p])
                 if distance > threshold:
                     continue
-                for w in range(n_words):
-                    xor[w] = query[w] ^ posted_words[p, w]
+                xor[0] = key ^ posted_keys[p]
                 if _found_earlier(xor, buckets[b, 2], starts, widths, radii):
                     continue
                 if written == len(out_query):

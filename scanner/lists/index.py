@@ -223,7 +223,7 @@ class HammingIndex:
             self.words, self._starts, self._widths, self._offset_base, offsets, self._postings
         )
         self._offsets = _kernels.pack_offsets(offsets)
-        self._posted_words = self.words[self._postings] if self.embedded else None
+        self._posted_keys = self.words[self._postings, 0] if self.embedded else None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -231,7 +231,7 @@ class HammingIndex:
     @property
     def nbytes(self) -> int:
         """Bytes held beyond the keys themselves."""
-        posted = 0 if self._posted_words is None else self._posted_words.nbytes
+        posted = 0 if self._posted_keys is None else self._posted_keys.nbytes
         return sum(part.nbytes for part in self._offsets) + self._postings.nbytes + posted
 
     def search(self, queries: np.ndarray, threshold: int | None = None) -> SearchResult:
@@ -242,7 +242,7 @@ class HammingIndex:
         masks = [_probe_masks(w, r) for w, r in zip(self.layout.widths, radii, strict=True)]
         mask_ptr = np.cumsum([0, *(len(m) for m in masks)], dtype=np.int64)
         kernel, source = (
-            (_kernels.mih_search_embedded, self._posted_words)
+            (_kernels.mih_search_embedded, self._posted_keys)
             if self.embedded
             else (_kernels.mih_search, self.words)
         )
