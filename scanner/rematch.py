@@ -13,24 +13,18 @@ is found by a rescan or a scan, not by rematch. Hash records keep no dihedral PD
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import sys
 import time
 from collections.abc import Sequence
 
-from scanner import __version__
-from scanner.checkpoint import Checkpoint
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import FetchResult
-from scanner.lists import HashList, Match, Matcher, load_hashlist
+from scanner.lists import Match, Matcher
 from scanner.pipeline import evidence_record, match_record, to_query
-from scanner.reports.files import private_dir
 from scanner.reports.records import Outcome, UnitReport
-from scanner.scan import ScanResult, match_config
+from scanner.scan import ScanResult
 from scanner.screen import Screen
-from scanner.stored import LIVE_OUTCOMES, StoredRow, StoredScan, already_finished, finish_report, plan_units
+from scanner.stored import LIVE_OUTCOMES, StoredRow, StoredRun, StoredScan
 from scanner.urlnorm import normalise
 
 
@@ -45,24 +39,16 @@ def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) ->
         raise ConfigError(
             "rematch cannot match rotations and flips: hash records keep no dihedral PDQ hashes"
         )
-    scans = [StoredScan(path) for path in hashes]
-    lists = [load_hashlist(spec.spec) for spec in config.hashlists]
-    matcher = Matcher.from_lists(lists, match_config(config, lists))
-    out = private_dir(config.out)
-    checkpoint = Checkpoint(out, _fingerprint(scans, lists, config), restart)
-    finished = already_finished(out, checkpoint)
-    if finished is not None:
-        return finished
-    units = plan_units(scans, config.source.rows_per_unit)
-    screen = Screen(matcher)
-    evidence = [scan.evidence() for scan in scans]
-    committed = checkpoint.done()
-    for unit in units:
-        if unit.id not in committed:
-            rows = scans[unit.scan].read(unit.start, unit.stop)
-            checkpoint.commit(rematch_unit(unit.id, rows, screen, matcher, evidence[unit.scan]))
-    manifest = _manifest(config, scans, lists)
-    return finish_report(out, checkpoint, [u.id for u in units], started_at, manifest, {})
+    run = StoredRun.start(config, [StoredScan(path) for path in hashes], restart)
+    if run.finished is not None:
+        return run.finished
+    screen = Screen(run.matcher)
+    evidence = [scan.evidence() for scan in run.scans]
+    for unit in run.todo:
+        rows = run.scans[unit.scan].read(unit.start, unit.stop)
+        run.checkpoint.commit(rematch_unit(unit.id, rows, screen, run.matcher, evidence[unit.scan]))
+    manifest = run.manifest(rematched=[str(scan.hashes_path) for scan in run.scans])
+    return run.finish(started_at, manifest, {})
 
 
 def rematch_unit(
@@ -120,28 +106,3 @@ def _rematched(previous: Outcome, matched: bool, hashed: bool) -> Outcome:
 def _evidence(outcome: Outcome, row: StoredRow) -> dict:
     """Evidence of a new match: what the stored record knows (when its hashes were observed)."""
     return evidence_record(outcome, FetchResult(outcome.url, fetched_at=row.record["fetched_at"] or 0.0))
-
-
-def _fingerprint(scans: list[StoredScan], lists: list[HashList], config: ScanConfig) -> dict:
-    match = json.dumps(dataclasses.asdict(config.match), sort_keys=True, default=str)
-    return {
-        "hashes": [scan.signature() for scan in scans],
-        "lists": [[hl.name, hl.digest] for hl in lists],
-        "settings": hashlib.sha256(match.encode()).hexdigest(),
-    }
-
-
-def _manifest(config: ScanConfig, scans: list[StoredScan], lists: list[HashList]) -> dict:
-    """Provenance, with the inputs of the scans whose records were re-matched (for `scanner clean`)."""
-    inputs = []
-    for scan in scans:
-        if (scan.dir / "manifest.json").is_file():
-            inputs.extend(scan.manifest().get("inputs", []))
-    return {
-        "scanner_version": __version__,
-        "command": sys.argv,
-        "config": config.to_dict(),
-        "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in lists],
-        "rematched": [str(scan.hashes_path) for scan in scans],
-        "inputs": inputs,
-    }

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -29,27 +28,18 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from scanner import __version__
 from scanner.checkpoint import Checkpoint
 from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
 from scanner.fetch import FetchResult, make_fetcher
-from scanner.lists import HashList, Match, Matcher, Query, load_hashlist
+from scanner.lists import Match, Matcher, Query
 from scanner.pipeline import Stages, evidence_record, match_record, to_query
-from scanner.reports.files import private_dir, write_json
+from scanner.reports.files import write_json
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import Outcome, UnitReport
-from scanner.scan import ScanResult, hashing_job, match_config
+from scanner.scan import ScanResult, hashing_job
 from scanner.screen import CONTENT_DIGESTS, Screen, Screened, content_changed
-from scanner.stored import (
-    LIVE_OUTCOMES,
-    StoredRow,
-    StoredScan,
-    already_finished,
-    finish_report,
-    plan_units,
-    write_unit_changes,
-)
+from scanner.stored import LIVE_OUTCOMES, StoredRow, StoredRun, StoredScan, write_unit_changes
 from scanner.workers import init_worker
 
 COUNTS_SUFFIX = ".rescan.json"
@@ -87,21 +77,19 @@ def rescan(
     started_at = time.time()
     stored = _stored_scan(Path(previous))
     config = rescan_config(stored.manifest(), out, hashlists, overrides or {})
-    lists = [load_hashlist(spec.spec) for spec in config.hashlists]
-    matcher = Matcher.from_lists(lists, match_config(config, lists))
-    out_dir = private_dir(config.out)
-    checkpoint = Checkpoint(out_dir, _fingerprint(stored, lists, config), restart)
-    finished = already_finished(out_dir, checkpoint)
-    if finished is not None:
-        return finished
-    units = plan_units([stored], config.source.rows_per_unit)
-    todo = [u for u in units if u.id not in checkpoint.done()]
-    if todo:
-        with _hash_pool(config, out_dir) as pool:
-            asyncio.run(_run(config, matcher, stored, todo, checkpoint, pool))
-    extra = _summary_sections(stored, checkpoint, [u.id for u in units])
-    manifest = _manifest(config, stored, lists)
-    return finish_report(out_dir, checkpoint, [u.id for u in units], started_at, manifest, extra)
+    run = StoredRun.start(config, [stored], restart)
+    if run.finished is not None:
+        return run.finished
+    if run.todo:
+        with _hash_pool(config, run.out) as pool:
+            asyncio.run(_run(config, run.matcher, stored, run.todo, run.checkpoint, pool))
+    extra = _summary_sections(stored, run.checkpoint, [u.id for u in run.units])
+    previous = {
+        "out": str(stored.dir.resolve()),
+        "manifest_sha256": hashlib.sha256((stored.dir / "manifest.json").read_bytes()).hexdigest(),
+    }
+    manifest = run.manifest(allow_private_networks=config.fetch.allow_private_networks, previous=previous)
+    return run.finish(started_at, manifest, extra)
 
 
 def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides: dict) -> ScanConfig:
@@ -366,29 +354,3 @@ def _summary_sections(stored: StoredScan, checkpoint: Checkpoint, unit_ids: list
     }
     entry = {key: before[key] for key in ("finished_at", "rows", "outcomes", "live_rate")}
     return {"changes": changes, "history": [*before.get("history", []), entry]}
-
-
-def _fingerprint(stored: StoredScan, lists: list[HashList], config: ScanConfig) -> dict:
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
-    return {
-        "previous": stored.signature(),
-        "lists": [[hl.name, hl.digest] for hl in lists],
-        "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
-    }
-
-
-def _manifest(config: ScanConfig, stored: StoredScan, lists: list[HashList]) -> dict:
-    """Provenance: the previous scan re-checked and its inputs (for `scanner clean`), lists, settings."""
-    previous = stored.manifest()
-    return {
-        "scanner_version": __version__,
-        "command": sys.argv,
-        "config": config.to_dict(),
-        "allow_private_networks": config.fetch.allow_private_networks,
-        "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in lists],
-        "previous": {
-            "out": str(stored.dir.resolve()),
-            "manifest_sha256": hashlib.sha256((stored.dir / "manifest.json").read_bytes()).hexdigest(),
-        },
-        "inputs": previous.get("inputs", []),
-    }

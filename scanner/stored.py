@@ -3,17 +3,22 @@ over the stored rows, and the new report written through the same checkpoint and
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from scanner import __version__
 from scanner.checkpoint import Checkpoint
+from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.hashing import ImageHashes
-from scanner.reports.files import atomic_open, write_jsonl
+from scanner.lists import HashList, Matcher, load_hashlist
+from scanner.reports.files import atomic_open, private_dir, write_jsonl
 from scanner.reports.hashes import (
     HASHES_FILE,
     HEX_COLUMNS,
@@ -24,7 +29,7 @@ from scanner.reports.hashes import (
 )
 from scanner.reports.records import OUTCOME_SCHEMA, Outcome
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
-from scanner.scan import ScanResult
+from scanner.scan import ScanResult, match_config
 from scanner.sources import Row
 
 LIVE_OUTCOMES = frozenset({"match", "clean", "invalid", "changed"})  # the URL served something
@@ -131,6 +136,63 @@ def plan_units(scans: list[StoredScan], rows_per_unit: int) -> list[StoredUnit]:
     return units
 
 
+@dataclass(slots=True)
+class StoredRun:
+    """What a rematch or rescan sets up alike: lists and matcher, output directory, checkpoint and units."""
+
+    config: ScanConfig
+    scans: list[StoredScan]
+    lists: list[HashList]
+    matcher: Matcher
+    out: Path
+    checkpoint: Checkpoint
+    units: list[StoredUnit]
+
+    @classmethod
+    def start(cls, config: ScanConfig, scans: list[StoredScan], restart: bool) -> StoredRun:
+        """Load the lists and adopt (or start) the checkpoint in config.out."""
+        lists = [load_hashlist(spec.spec) for spec in config.hashlists]
+        matcher = Matcher.from_lists(lists, match_config(config, lists))
+        out = private_dir(config.out)
+        checkpoint = Checkpoint(out, _fingerprint(config, scans, lists), restart)
+        return cls(
+            config, scans, lists, matcher, out, checkpoint, plan_units(scans, config.source.rows_per_unit)
+        )
+
+    @property
+    def finished(self) -> ScanResult | None:
+        """The result of the same run completed earlier in this --out."""
+        if not self.checkpoint.complete:
+            return None
+        return ScanResult(self.out, json.loads((self.out / "summary.json").read_text(encoding="utf-8")))
+
+    @property
+    def todo(self) -> list[StoredUnit]:
+        done = self.checkpoint.done()
+        return [unit for unit in self.units if unit.id not in done]
+
+    def manifest(self, **extra: object) -> dict:
+        """Provenance, with the inputs of the scans whose records were read (for `scanner clean`)."""
+        inputs = []
+        for scan in self.scans:
+            if (scan.dir / "manifest.json").is_file():
+                inputs.extend(scan.manifest().get("inputs", []))
+        return {
+            "scanner_version": __version__,
+            "command": sys.argv,
+            "config": self.config.to_dict(),
+            "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in self.lists],
+            "inputs": inputs,
+            **extra,
+        }
+
+    def finish(self, started_at: float, manifest: dict, extra: dict) -> ScanResult:
+        """The report files, merged from every unit (see finish_report)."""
+        return finish_report(
+            self.out, self.checkpoint, [u.id for u in self.units], started_at, manifest, extra
+        )
+
+
 def write_unit_changes(checkpoint: Checkpoint, unit_id: int, records: list[dict]) -> None:
     """A unit's change records, committed (like its other side files) before its outcomes."""
     with atomic_open(checkpoint.dir / f"u{unit_id:06d}{CHANGES_SUFFIX}", "w") as handle:
@@ -161,11 +223,14 @@ def finish_report(
     return ScanResult(out, summary_data)
 
 
-def already_finished(out: Path, checkpoint: Checkpoint) -> ScanResult | None:
-    """The result of the same rematch or rescan completed earlier in this --out."""
-    if not checkpoint.complete:
-        return None
-    return ScanResult(out, json.loads((out / "summary.json").read_text(encoding="utf-8")))
+def _fingerprint(config: ScanConfig, scans: list[StoredScan], lists: list[HashList]) -> dict:
+    """What must not change between a run and its resumption: the records, the lists and the settings."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
+    return {
+        "records": [scan.signature() for scan in scans],
+        "lists": [[hl.name, hl.digest] for hl in lists],
+        "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
+    }
 
 
 def _outcome(values: dict) -> Outcome:
