@@ -167,6 +167,23 @@ def _dct(block: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=False, nogil=True)
+def _lower_median(values: np.ndarray) -> np.float32:
+    """The value with (n + 1) // 2 values at or below it, as Torben's median returns (n is 256 here).
+
+    Counting is quadratic but tiny here, and compiles in a fraction of np.sort's time.
+    """
+    rank = (values.size + 1) // 2
+    for candidate in values:
+        below = at_or_below = 0
+        for value in values:
+            below += value < candidate
+            at_or_below += value <= candidate
+        if below < rank <= at_or_below:
+            return candidate
+    return values[0]
+
+
+@njit(cache=False, nogil=True)
 def pdq_from_luma(luma: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, int]:
     """PDQ of a luma plane: 256 bits (pdqhash.compute's order, bit 255 first) and quality.
 
@@ -179,7 +196,7 @@ def pdq_from_luma(luma: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, int
     block = luma.copy() if rows == DOWNSAMPLED and cols == DOWNSAMPLED else _decimate(_jarosz(luma))
     quality = _quality(block)
     coefficients = _dct(block, matrix).ravel()
-    median = np.sort(coefficients)[(coefficients.size + 1) // 2 - 1]  # Torben's median: the lower one
+    median = _lower_median(coefficients)
     for index in range(coefficients.size):
         if coefficients[index] > median:
             bits[coefficients.size - 1 - index] = 1
