@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import faiss
 import numba
@@ -29,6 +31,7 @@ import numpy as np
 from scanner.lists.index import ExactIndex, HammingIndex, aligned_empty, brute_force, choose_layout
 
 Search = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,6 @@ def run(
     budget: float,
 ) -> Row:
     """Build one method, search in batches until done or over budget, and score what it returned."""
-    gc.collect()
     before = rss_bytes()
     started = time.perf_counter()
     search = build(workload, case)
@@ -120,7 +122,6 @@ def run(
         done += len(chunk)
         batch = min(batch * 2, 4096)
     q, e, d = (np.concatenate(column) for column in zip(*found, strict=True))
-    del search
     return score(method, workload, case, build_s, resident, done, elapsed, q, e, d)
 
 
@@ -221,17 +222,34 @@ def main() -> None:
         HammingIndex(np.zeros((64, n_bytes), np.uint8), 10).search(np.zeros((1, n_bytes), np.uint8))
     compile_s = time.perf_counter() - started
     print(f"scanner MIH: numba compiles in {compile_s:.1f} s, once per process (not in build s)")
+    global _JOB
     for case in cases:
-        workload = make_workload(case, args.per_distance, args.random_queries, args.seed)
-        rows = [run(name, workload, case, build, shares, args.budget) for name, build, shares in METHODS]
-        print_table(case, rows)
-        del workload
+        _JOB = (make_workload(case, args.per_distance, args.random_queries, args.seed), case)
+        print_table(case, [in_fresh_process(run_method, i, args.budget) for i in range(len(METHODS))])
+        _JOB = None
         gc.collect()
     for n_entries in short_sizes:
-        exact_md5(n_entries, args.seed)
+        print(in_fresh_process(exact_md5, n_entries, args.seed))
 
 
-def exact_md5(n_entries: int, seed: int, n_queries: int = 100_000) -> None:
+_JOB: tuple[Workload, Case] | None = None
+"""The workload being measured: set before forking, so each method's process inherits it unpickled."""
+
+
+def in_fresh_process(function: Callable[..., T], *args: object) -> T:
+    """Call a function in a forked process: its memory growth is its own, and is all given back after."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+def run_method(index: int, budget: float) -> Row:
+    assert _JOB is not None
+    faiss.omp_set_num_threads(1)
+    name, build, shares_keys = METHODS[index]
+    return run(name, *_JOB, build, shares_keys, budget)
+
+
+def exact_md5(n_entries: int, seed: int, n_queries: int = 100_000) -> str:
     """The exact index on md5-sized keys: half the queries are list entries, half are not."""
     rng = np.random.default_rng(seed)
     keys = rng.integers(0, 256, (n_entries, 16), dtype=np.uint8)

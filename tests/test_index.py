@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from scanner.lists.index import (
-    EMBEDDED_COST,
-    INDIRECT_COST,
     ChunkLayout,
     ExactIndex,
     HammingIndex,
+    SearchCost,
     brute_force,
     choose_layout,
     chunk_radii,
@@ -170,7 +169,7 @@ def test_chunk_radii_satisfy_the_generalised_pigeonhole():
         ((16,) * 16, 5),
         ((21, 21, 22), 10),
     ]:
-        radii = chunk_radii(widths, threshold, 1_000_000, INDIRECT_COST)
+        radii = chunk_radii(widths, threshold, 1_000_000, SearchCost(check=0.25, probe=2.0, candidate=1.0))
         assert sum(radii) == threshold - len(widths) + 1
         assert min(radii) >= -1
 
@@ -181,7 +180,11 @@ def test_layout_choice_grows_chunks_with_the_list_and_stays_within_memory():
     assert max(large.widths) > max(small.widths)
     assert sum(small.widths) == sum(large.widths) == 256
     assert sum(choose_layout(64, 10_000_000, 10, embedded=True).widths) == 64
-    assert EMBEDDED_COST.candidate < INDIRECT_COST.candidate
+    layout = ChunkLayout.even(64, 4)
+    assert (
+        SearchCost.of_layout(layout, 10**7, 8, True).candidate
+        < SearchCost.of_layout(layout, 10**7, 8, False).candidate
+    )
 
 
 def test_exact_index_finds_equal_rows_only_even_when_prefixes_collide():

@@ -115,11 +115,23 @@ class ChunkLayout:
 
 @dataclass(frozen=True, slots=True)
 class SearchCost:
-    """Relative costs of the memory reads of a search, in units of one cache miss."""
+    """Relative costs of the reads of a search, in units of one cache miss."""
 
-    check: float = 0.1  # testing a probed bucket in the occupancy bitmap (small enough to stay cached)
-    probe: float = 1.0  # reading the offsets of an occupied bucket
-    candidate: float = 1.0  # reading one candidate's key (a miss unless keys sit in the postings)
+    check: float  # testing a probed bucket in the occupancy bitmap
+    probe: float  # reading an occupied bucket's offsets and first postings
+    candidate: float  # reading one candidate's key
+
+    @classmethod
+    def of_layout(cls, layout: ChunkLayout, n_entries: int, key_bytes: int, embedded: bool) -> SearchCost:
+        """Costs for a layout's array sizes: reads from arrays that fit in cache are cheap. Embedded keys
+        (in the postings) are read in sequence, which is cheap at any size."""
+        offsets = layout.offsets_size()
+        postings = 4 * len(layout.widths) * n_entries
+        return cls(
+            check=_read_cost(offsets / 8),
+            probe=_read_cost(2 * offsets) + _read_cost(postings),
+            candidate=0.1 if embedded else _read_cost(key_bytes * n_entries),
+        )
 
     def of(self, width: int, radius: int, n_entries: int) -> float:
         """Cost of probing one chunk of this width to this radius."""
@@ -128,9 +140,12 @@ class SearchCost:
         return probes * (self.check + min(1.0, per_bucket) * self.probe + per_bucket * self.candidate)
 
 
-INDIRECT_COST = SearchCost()
-EMBEDDED_COST = SearchCost(candidate=0.1)  # keys read in sequence from the postings
+def _read_cost(array_bytes: float) -> float:
+    """Relative cost of a random read from an array of this size."""
+    return 0.25 if array_bytes <= _CACHED_BYTES else 1.0
 
+
+_CACHED_BYTES = 16 * 2**20  # about what stays in this core's share of cache while other work runs
 # Memory bound on offsets + postings: 64 bytes per entry plus 64 MB. A 10M-entry PDQ index then stays
 # near 1 GB with its 320 MB of keys, and a 1M-entry one near 150 MB.
 _INDEX_BYTES_PER_ENTRY = 64
@@ -164,12 +179,12 @@ def index_bytes(layout: ChunkLayout, n_entries: int, embedded: bool) -> int:
 
 def choose_layout(n_bits: int, n_entries: int, threshold: int, embedded: bool) -> ChunkLayout:
     """The even chunking with the lowest modelled search cost that fits the memory bound."""
-    cost = EMBEDDED_COST if embedded else INDIRECT_COST
     limit = _INDEX_BYTES_PER_ENTRY * n_entries + _INDEX_BYTES_ALLOWANCE
     layouts = [ChunkLayout.even(n_bits, m) for m in range(1, n_bits // 4 + 1)]
     fitting = [layout for layout in layouts if index_bytes(layout, n_entries, embedded) <= limit]
 
     def search_cost(layout: ChunkLayout) -> float:
+        cost = SearchCost.of_layout(layout, n_entries, n_bits // 8, embedded)
         radii = chunk_radii(layout.widths, threshold, n_entries, cost)
         return sum(cost.of(w, r, n_entries) for w, r in zip(layout.widths, radii, strict=True) if r >= 0)
 
@@ -207,11 +222,11 @@ class HammingIndex:
         self.words = as_words(keys)
         self.threshold = threshold
         self.embedded = self.words.shape[1] == 1
-        self.cost = EMBEDDED_COST if self.embedded else INDIRECT_COST
         n_bits = 64 * self.words.shape[1]
         self.layout = layout or choose_layout(n_bits, len(keys), threshold, self.embedded)
         if max(self.layout.widths) > _MAX_CHUNK_BITS or sum(self.layout.widths) != n_bits:
             raise ValueError(f"chunks must cover the {n_bits} bits, each at most {_MAX_CHUNK_BITS} wide")
+        self.cost = SearchCost.of_layout(self.layout, len(keys), keys.shape[1], self.embedded)
         self._starts = np.array(self.layout.starts, dtype=np.int64)
         self._widths = np.array(self.layout.widths, dtype=np.int64)
         self._offset_base = np.cumsum([0, *(2**w + 1 for w in self.layout.widths)], dtype=np.int64)
