@@ -269,7 +269,8 @@ def exact_md5(n_entries: int, seed: int, n_queries: int = 100_000) -> str:
     qps = n_queries / (time.perf_counter() - started)
     return (
         f"\nmd5 exact {n_entries:,}   (keys {keys.nbytes / 2**20:,.0f} MB)\n"
-        f"{'method':<22} {'build s':>8} {'resident MB':>12} {'queries':>8} {'q/s':>10} {'found':>7} expected\n"
+        f"{'method':<22} {'build s':>8} {'resident MB':>12} {'queries':>8} {'q/s':>10}"
+        f" {'found':>7} expected\n"
         f"{'scanner ExactIndex':<22} {build_s:>8.1f} {resident:>12,.0f} {n_queries:>8} {qps:>10,.0f}"
         f" {len(q):>7} {n_queries // 2}"
     )
