@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 URL_COLUMNS = ("URL", "url", "image_url", "img_url", "link")
 KEY_COLUMNS = ("SAMPLE_ID", "uid", "key", "id")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(slots=True)
@@ -78,3 +82,30 @@ def cell_to_str(value: object) -> str | None:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     text = text.strip()
     return text or None
+
+
+def parse_json(text: str | bytes) -> object:
+    """json.loads for untrusted text: any failure is a ValueError saying why, and a string no UTF-8 report
+    could hold (an escaped lone surrogate such as "\\ud800", which the parser lets through) is one too."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(exc.msg) from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except ValueError:  # int() refuses a number of more than sys.get_int_max_str_digits() digits
+        raise ValueError("a number too long to convert") from None
+    if isinstance(text, str):
+        escaped = _SURROGATE_ESCAPE.search(text)
+    else:
+        escaped = _SURROGATE_ESCAPE_BYTES.search(text)
+    if escaped:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds an unpaired surrogate (\\ud800-\\udfff)") from None
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+    return value

@@ -8,13 +8,21 @@ Other files (README, captions, JSON) are skipped and counted. A file that cannot
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 
 from scanner.errors import SourceError
 from scanner.hashing import sniff_format
-from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, Span, cell_to_str, pick_column
+from scanner.sources.base import (
+    KEY_COLUMNS,
+    URL_COLUMNS,
+    Row,
+    SourceOptions,
+    Span,
+    cell_to_str,
+    parse_json,
+    pick_column,
+)
 from scanner.sources.webdataset import IMAGE_EXTENSIONS, SIDECAR_MAX_BYTES
 
 SNIFF_BYTES = 256
@@ -99,8 +107,8 @@ def sidecar(path: str) -> dict[str, object]:
         if os.path.getsize(path) > SIDECAR_MAX_BYTES:
             return {}
         with open(path, "rb") as handle:
-            value = json.loads(handle.read())
-    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, or nested too deep
+            value = parse_json(handle.read())
+    except (OSError, ValueError):  # unreadable, not JSON, nested too deep, or strings no report can hold
         return {}
     return value if isinstance(value, dict) else {}
 

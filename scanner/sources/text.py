@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from scanner.errors import SourceError
-from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, Span, cell_to_str, pick_column
+from scanner.sources.base import (
+    KEY_COLUMNS,
+    URL_COLUMNS,
+    Row,
+    SourceOptions,
+    Span,
+    cell_to_str,
+    parse_json,
+    pick_column,
+)
 
 READ_BATCH_ROWS = 8192
 
@@ -24,14 +32,16 @@ class LineFeed:
 
     def __iter__(self) -> Iterator[str]:
         for raw in self._handle:
+            first = self.offset == 0
             self.line += 1
             self.offset += len(raw)
             try:
-                yield raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise SourceError(
                     self.path, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", self.line
                 ) from exc
+            yield text.removeprefix("\ufeff") if first else text  # a byte order mark (Excel's UTF-8 CSV)
 
 
 class TextSource:
@@ -86,7 +96,10 @@ class TextSource:
             self._header = None
             return None
         delimiter = "\t" if self.kind == "tsv" else ","
-        header = next(csv.reader(feed, delimiter=delimiter), None)
+        try:
+            header = next(csv.reader(feed, delimiter=delimiter), None)
+        except csv.Error as exc:
+            raise SourceError(self.path, f"malformed {self.kind.upper()} header ({exc})", feed.line) from exc
         if not header:
             raise SourceError(self.path, "empty file: no header row", 1)
         self.url_col = pick_column(header, self.options.url_col, URL_COLUMNS)
@@ -128,9 +141,9 @@ class TextSource:
 
     def _json_record(self, line: str, line_number: int) -> dict[str, object]:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(self.path, f"not JSON ({exc.msg})", line_number) from exc
+            record = parse_json(line)
+        except ValueError as exc:
+            raise SourceError(self.path, f"not JSON ({exc})", line_number) from exc
         if not isinstance(record, dict):
             raise SourceError(self.path, "a JSON line must be an object", line_number)
         if self.url_col is None:

@@ -9,7 +9,6 @@ not a valid header, `truncated_tar` for data or an end-of-archive marker cut sho
 
 from __future__ import annotations
 
-import json
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -17,7 +16,16 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from scanner.errors import SourceError
-from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, Span, cell_to_str, pick_column
+from scanner.sources.base import (
+    KEY_COLUMNS,
+    URL_COLUMNS,
+    Row,
+    SourceOptions,
+    Span,
+    cell_to_str,
+    parse_json,
+    pick_column,
+)
 from scanner.sources.storage import input_size, open_input
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
@@ -168,8 +176,8 @@ class WebDatasetSource:
         if meta is None or meta.size > SIDECAR_MAX_BYTES:
             return {}
         try:
-            value = json.loads(read_member(handle, meta))
-        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
+            value = parse_json(read_member(handle, meta))
+        except ValueError:  # not JSON, not UTF-8, nested too deep, or strings no report can hold
             return {}
         return value if isinstance(value, dict) else {}
 
