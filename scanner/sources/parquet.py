@@ -18,7 +18,7 @@ def open_parquet_file(path: str) -> pq.ParquetFile:
     """Open a Parquet shard (local, or remote through fsspec) reading only its footer."""
     try:
         return pq.ParquetFile(open_input(path) if is_remote(path) else path)
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:  # column names need not be UTF-8
         raise SourceError(path, f"not a readable Parquet file ({exc})") from exc
 
 
@@ -88,7 +88,7 @@ class ParquetSource:
                 if high > low:
                     yield self._rows(batch.slice(low, high - low), row + low)
                 row += batch.num_rows
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:  # a string cell need not be UTF-8
             raise SourceError(self.path, f"corrupt data near row {row} ({exc})") from exc
 
     def _read_columns(self) -> list[str]:
