@@ -9,13 +9,14 @@ worker's memory and never enter Ray's object store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -35,6 +36,7 @@ MAX_ATTEMPTS = 3
 STALL_WARNING_SECONDS = 300.0
 OPEN_SOURCES_PER_WORKER = 8
 CONNECT_CHECK_SECONDS = 5.0
+DRAIN_SECONDS = 10.0
 
 
 def require_ray() -> Any:
@@ -161,14 +163,6 @@ class _Slot:
     running: int = 0
 
 
-@dataclass
-class _Window:
-    """The units in flight: which actor runs each, and how often each unit was tried."""
-
-    pending: dict[Any, tuple[WorkUnit, _Slot]] = field(default_factory=dict)
-    attempts: Counter = field(default_factory=Counter)
-
-
 class Pool:
     """A fixed number of UnitWorker actors; a dead one is replaced, its units retried elsewhere."""
 
@@ -212,23 +206,13 @@ def run_units(
     if not units:
         return
     ray = require_ray()
-    progress = progress or Progress()
     pool = Pool(prepared, pool_size(prepared.config, ray))
-    per_actor = prepared.config.run.units_in_flight
-    queue, window = deque(units), _Window()
+    scheduler = _Scheduler(ray, pool, prepared, progress or Progress(), max_attempts)
     try:
-        while queue or window.pending:
-            while queue and pool.least_busy().running < per_actor:
-                _submit(pool, window, queue.popleft())
-            ready, _ = ray.wait(list(window.pending), num_returns=1, timeout=STALL_WARNING_SECONDS)
-            if not ready:
-                logger.warning(
-                    "no unit finished in %.0f s; %d in flight", STALL_WARNING_SECONDS, len(window.pending)
-                )
-            for ref in ready:
-                _collect(ray, pool, window, queue, ref, prepared, progress, max_attempts)
+        scheduler.run(units)
     finally:
         pool.close()
+        scheduler.drain()
 
 
 def pool_size(config: ScanConfig, ray: Any) -> int:
@@ -236,54 +220,90 @@ def pool_size(config: ScanConfig, ray: Any) -> int:
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if cpus < 1:
         raise ConfigError("the Ray cluster has no CPU for scanner workers")
+    if config.run.workers > cpus:
+        logger.warning(
+            "%d workers asked for, the Ray cluster has %d CPUs: starting %d", config.run.workers, cpus, cpus
+        )
     return min(config.run.workers or cpus, cpus)
 
 
-def _submit(pool: Pool, window: _Window, unit: WorkUnit) -> None:
-    slot = pool.least_busy()
-    slot.running += 1
-    window.attempts[unit.id] += 1
-    window.pending[slot.actor.run_unit.remote(unit)] = (unit, slot)
+class _Scheduler:
+    """The driver's loop: a queue of units, the units in flight on the pool, and each unit's attempts."""
 
+    def __init__(
+        self, ray: Any, pool: Pool, prepared: Prepared, progress: Progress, max_attempts: int
+    ) -> None:
+        self._ray = ray
+        self._pool = pool
+        self._prepared = prepared
+        self._progress = progress
+        self._max_attempts = max_attempts
+        self._per_actor = prepared.config.run.units_in_flight
+        self._queue: deque[WorkUnit] = deque()
+        self._pending: dict[Any, tuple[WorkUnit, _Slot]] = {}
+        self._attempts: Counter[int] = Counter()
 
-def _collect(
-    ray: Any,
-    pool: Pool,
-    window: _Window,
-    queue: deque,
-    ref: Any,
-    prepared: Prepared,
-    progress: Progress,
-    max_attempts: int,
-) -> None:
-    """Commit a returned unit, or queue a failed one again (first) while it has attempts left."""
-    unit, slot = window.pending.pop(ref)
-    slot.running -= 1
-    try:
-        report: UnitReport = ray.get(ref)
-    except ray.exceptions.RayActorError as exc:
-        pool.replace(slot)
-        _retry(window, queue, unit, max_attempts, f"its worker died ({type(exc).__name__})")
-        return
-    except ray.exceptions.RayTaskError as exc:
-        _retry(window, queue, unit, max_attempts, str(exc.cause or exc))
-        return
-    except ray.exceptions.RayError as exc:
-        _retry(window, queue, unit, max_attempts, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-        return
-    prepared.checkpoint.commit(report)
-    for outcome in report.outcomes:
-        progress.row_done(outcome.outcome)
-    progress.matched(sum(1 for o in report.outcomes if o.outcome == "match"))
-    progress.unit_done()
+    def run(self, units: list[WorkUnit]) -> None:
+        """Keep every actor's slots full until every unit is committed, or one runs out of attempts."""
+        self._queue.extend(units)
+        while self._queue or self._pending:
+            while self._queue and self._pool.least_busy().running < self._per_actor:
+                self._submit(self._queue.popleft())
+            ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=STALL_WARNING_SECONDS)
+            if not ready:
+                logger.warning(
+                    "no unit finished in %.0f s; %d in flight", STALL_WARNING_SECONDS, len(self._pending)
+                )
+            for ref in ready:
+                self._collect(ref)
 
+    def drain(self) -> None:
+        """Collect what the units a failed scan left in flight became (their actors are gone), so Ray does
+        not print each as an unhandled error."""
+        if not self._pending:
+            return
+        ready, _ = self._ray.wait(list(self._pending), num_returns=len(self._pending), timeout=DRAIN_SECONDS)
+        for ref in ready:
+            with contextlib.suppress(self._ray.exceptions.RayError):
+                self._ray.get(ref)
 
-def _retry(window: _Window, queue: deque, unit: WorkUnit, max_attempts: int, why: str) -> None:
-    tried = window.attempts[unit.id]
-    where = f"unit {unit.id} ({unit.shard} rows {unit.span.start}-{unit.span.stop})"
-    if tried >= max_attempts:
-        raise ScannerError(
-            f"{where} failed {tried} times, last because {why}; run the same command to resume"
+    def _submit(self, unit: WorkUnit) -> None:
+        slot = self._pool.least_busy()
+        slot.running += 1
+        self._attempts[unit.id] += 1
+        self._pending[slot.actor.run_unit.remote(unit)] = (unit, slot)
+
+    def _collect(self, ref: Any) -> None:
+        """Commit a returned unit, or queue a failed one again (first) while it has attempts left."""
+        unit, slot = self._pending.pop(ref)
+        slot.running -= 1
+        errors = self._ray.exceptions
+        try:
+            report: UnitReport = self._ray.get(ref)
+        except errors.RayActorError as exc:
+            self._pool.replace(slot)
+            self._retry(unit, f"its worker died ({type(exc).__name__})")
+            return
+        except errors.RayTaskError as exc:
+            self._retry(unit, str(exc.cause or exc))
+            return
+        except errors.RayError as exc:
+            self._retry(unit, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            return
+        self._prepared.checkpoint.commit(report)
+        for outcome in report.outcomes:
+            self._progress.row_done(outcome.outcome)
+        self._progress.matched(sum(1 for o in report.outcomes if o.outcome == "match"))
+        self._progress.unit_done()
+
+    def _retry(self, unit: WorkUnit, why: str) -> None:
+        tried = self._attempts[unit.id]
+        where = f"unit {unit.id} ({unit.shard} rows {unit.span.start}-{unit.span.stop})"
+        if tried >= self._max_attempts:
+            raise ScannerError(
+                f"{where} failed {tried} times, last because {why}; run the same command to resume"
+            )
+        logger.warning(
+            "%s failed on attempt %d of %d because %s; retrying", where, tried, self._max_attempts, why
         )
-    logger.warning("%s failed on attempt %d of %d because %s; retrying", where, tried, max_attempts, why)
-    queue.appendleft(unit)
+        self._queue.appendleft(unit)
