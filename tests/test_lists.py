@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import pickle
 import warnings
 from pathlib import Path
 
@@ -373,6 +374,19 @@ def test_per_list_threshold_overrides(tmp_path):
         [("loose", 20)],
         [("loose", 35)],
     ]
+
+
+def test_a_pickled_matcher_matches_the_same(tmp_path):
+    path = write(
+        tmp_path,
+        "mixed.csv",
+        f"hash_type,hash,id\nmd5,{MD5_A},m1\npdq,{PDQ_A},p1\nphash,00000000000000ff,h1\n",
+    )
+    matcher = Matcher.from_lists([load_hashlist(str(path))])
+    queries = [Query({"md5": query_bytes(MD5_A), "pdq": query_bytes(flip(PDQ_A, 9)), "phash": bytes(8)}, 80)]
+    restored = pickle.loads(pickle.dumps(matcher))
+    assert restored.match_batch(queries) == matcher.match_batch(queries)
+    assert len(matcher.match_batch(queries)[0]) == 3
 
 
 def test_bad_configuration_is_refused(tmp_path):

@@ -219,10 +219,9 @@ class HammingIndex:
         if keys.ctypes.data % 64 or not keys.flags.c_contiguous:
             keys = aligned_copy(keys)
         self.keys = keys
-        self.words = as_words(keys)
         self.threshold = threshold
-        self.embedded = self.words.shape[1] == 1
-        n_bits = 64 * self.words.shape[1]
+        self.embedded = keys.shape[1] == 8
+        n_bits = 8 * keys.shape[1]
         self.layout = layout or choose_layout(n_bits, len(keys), threshold, self.embedded)
         if max(self.layout.widths) > _MAX_CHUNK_BITS or sum(self.layout.widths) != n_bits:
             raise ValueError(f"chunks must cover the {n_bits} bits, each at most {_MAX_CHUNK_BITS} wide")
@@ -242,6 +241,11 @@ class HammingIndex:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def words(self) -> np.ndarray:
+        """The keys as uint64 words: a view, derived rather than stored so a pickle holds the keys once."""
+        return as_words(self.keys)
 
     @property
     def nbytes(self) -> int:
