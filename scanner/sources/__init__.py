@@ -56,4 +56,17 @@ def expand_inputs(inputs: list[str]) -> list[str]:
             paths.extend(drop_metadata([m for m in matched if os.path.isfile(m)]))
         else:
             paths.append(item)
+    for path in paths:
+        if not path.isascii() and not _is_utf8(path):
+            shown = os.fsencode(path).decode("utf-8", "replace")
+            raise SourceError(shown, "the file name is not valid UTF-8, which the reports must be: rename it")
     return list(dict.fromkeys(p if is_remote(p) else os.path.abspath(p) for p in paths))
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a name read from the file system with bytes that are not UTF-8 (held as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -65,7 +65,8 @@ class FolderSource:
         meta = sidecar(os.path.splitext(full)[0] + ".json")
         url = cell_to_str(meta.get(pick_column(list(meta), self.options.url_col, URL_COLUMNS) or ""))
         key = cell_to_str(meta.get(pick_column(list(meta), self.options.key_col, KEY_COLUMNS) or ""))
-        row = Row(self.path, index, url, key or os.path.splitext(relative)[0], member=relative)
+        shown = os.fsencode(relative).decode("utf-8", "replace")  # a file name need not be UTF-8; reports are
+        row = Row(self.path, index, url, key or os.path.splitext(shown)[0], member=shown)
         row.columns = {c: meta.get(c) for c in self.options.extra_cols}
         row.body, row.error = read_file(full, self.options.max_member_bytes)
         return row
