@@ -178,6 +178,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     result = run_with_guard(config, args.restart, args.quiet)
     if not args.quiet:
         print_summary(result)
+        if str(result.out) != config.out:
+            print(f"published to: {config.out}")
     return EXIT_OK
 
 

@@ -16,10 +16,14 @@ from scanner.reports.files import private_dir
 from scanner.sources.storage import is_remote
 
 PARTIAL = ".partial"
+FILE_SCHEME = "file://"
 
 
 def local_dir(out: str) -> Path:
-    """Where the scan writes: out itself, or for a URL a staging directory that is the same on every run."""
+    """Where the scan writes: out itself (a file:// URL is a local path), or for any other URL a staging
+    directory that is the same on every run."""
+    if out.startswith(FILE_SCHEME):
+        return Path(out.removeprefix(FILE_SCHEME))
     if not is_remote(out):
         return Path(out)
     name = hashlib.sha256(out.encode()).hexdigest()[:16]
@@ -37,7 +41,7 @@ class Mirror:
     @classmethod
     def for_out(cls, out: str) -> Mirror | None:
         """A mirror when out is a URL, else None (a local --out is written in place, as always)."""
-        return cls(out, local_dir(out)) if is_remote(out) else None
+        return cls(out, local_dir(out)) if is_remote(out) and not out.startswith(FILE_SCHEME) else None
 
     def pull(self) -> None:
         """Make the staging directory a copy of what the URL holds (the URL is the truth, across machines)."""

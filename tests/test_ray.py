@@ -263,7 +263,7 @@ def test_cli_runs_on_an_existing_cluster_by_address(tmp_path, cluster, inputs, l
         "--config",
         str(settings),
         "--out",
-        str(tmp_path / "out"),
+        f"file://{tmp_path / 'out'}",  # a file:// URL is the local path
         "--allow-private-networks",
         "--quiet",
         "--rows-per-unit",
