@@ -223,10 +223,18 @@ def _record(result: FetchResult, response: Exchange) -> None:
     headers = response.headers
     result.status = response.status
     result.server_ip = response.server_ip
-    result.content_type = headers.get("Content-Type")
+    result.content_type = _text(headers.get("Content-Type"))
     result.content_length = _int_or_none(headers.get("Content-Length"))
-    result.etag = headers.get("ETag")
-    result.last_modified = headers.get("Last-Modified")
+    result.etag = _text(headers.get("ETag"))
+    result.last_modified = _text(headers.get("Last-Modified"))
+
+
+def _text(value: str | None) -> str | None:
+    """A header value as text the reports can hold: bytes that are not UTF-8 (which aiohttp keeps as lone
+    surrogates) become replacement characters instead of failing the report write."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _clear_response(result: FetchResult) -> None:
