@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -67,9 +67,6 @@ class UnitReport:
 
 def outcomes_table(outcomes: list[Outcome]) -> pa.Table:
     """Build the outcomes table with the fixed schema (timestamps in ms since the epoch, UTC)."""
-    columns = {name: [] for name in OUTCOME_SCHEMA.names}
-    for outcome in outcomes:
-        for name, value in asdict(outcome).items():
-            columns[name].append(value)
+    columns = {name: [getattr(o, name) for o in outcomes] for name in OUTCOME_SCHEMA.names}
     columns["fetched_at"] = [None if t is None else int(t * 1000) for t in columns["fetched_at"]]
     return pa.table(columns, schema=OUTCOME_SCHEMA)
