@@ -13,7 +13,11 @@ from scanner.config import ScanConfig
 from scanner.pipeline import Progress
 from scanner.planner import WorkUnit
 from scanner.scan import Prepared, ScanResult, already_done, finish, hashing_job, prepare, unit_pipeline
-from scanner.workers import init_worker
+from scanner.workers import HashResult, hash_batch, init_worker
+
+# Bodies sent to a worker in one call, at most: few enough to keep every worker busy, many enough that
+# the pickle round trip, the future and the wake-ups are paid once for several images.
+MAX_BATCH = 8
 
 
 def scan(
@@ -50,8 +54,7 @@ async def _run(
     prepared: Prepared, units: list[WorkUnit], pool: ProcessPoolExecutor, progress: Progress | None
 ) -> None:
     config = prepared.config
-    job = hashing_job(config, prepared.matcher)
-    hash_fn = partial(asyncio.get_running_loop().run_in_executor, pool, job)
+    hash_fn = BatchingHasher(pool, hashing_job(config, prepared.matcher))
     pipeline = unit_pipeline(config, prepared.matcher, prepared.plan.sources, hash_fn, progress)
     try:
         gate = asyncio.Semaphore(config.run.units_in_flight)
@@ -66,3 +69,79 @@ async def _run(
         await asyncio.gather(*(run_one(u) for u in units))
     finally:
         await pipeline.stages.fetcher.aclose()
+
+
+class BatchingHasher:
+    """The pipeline's hash function: bodies that arrive in the same event-loop turn go to a worker together.
+
+    Memory stays bounded by the pipeline's rows in flight: a body waits here at most until the end of the
+    loop turn it arrived in (or until MAX_BATCH bodies are waiting).
+    """
+
+    def __init__(self, pool: ProcessPoolExecutor, job: Callable[[bytes], HashResult]) -> None:
+        self._pool = pool
+        self._job = job
+        self._batch_job = partial(hash_batch, job=job)
+        self._waiting: list[tuple[bytes, asyncio.Future[HashResult]]] = []
+
+    def __call__(self, body: bytes) -> asyncio.Future[HashResult]:
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[HashResult] = loop.create_future()
+        self._waiting.append((body, result))
+        if len(self._waiting) >= MAX_BATCH:
+            self._send()
+        elif len(self._waiting) == 1:
+            loop.call_soon(self._send)
+        return result
+
+    def _send(self) -> None:
+        batch, self._waiting = self._waiting, []
+        if batch:
+            loop = asyncio.get_running_loop()
+            sent = loop.run_in_executor(self._pool, self._batch_job, [body for body, _ in batch])
+            sent.add_done_callback(partial(self._deliver, batch))
+
+    def _deliver(
+        self, batch: list[tuple[bytes, asyncio.Future[HashResult]]], sent: asyncio.Future[list[HashResult]]
+    ) -> None:
+        if sent.cancelled():
+            for _, future in batch:
+                future.cancel()
+            return
+        error = sent.exception()
+        if error is None:
+            for (_, future), result in zip(batch, sent.result(), strict=True):
+                if not future.done():
+                    future.set_result(result)
+        elif len(batch) == 1:
+            _fail(batch[0][1], error)
+        else:
+            self._one_by_one(batch)
+
+    def _one_by_one(self, batch: list[tuple[bytes, asyncio.Future[HashResult]]]) -> None:
+        """A body broke the batch's job: hash each alone, so each row sees only what its own body did."""
+        loop = asyncio.get_running_loop()
+        for body, future in batch:
+            try:
+                _settle(future, loop.run_in_executor(self._pool, self._job, body))
+            except Exception as exc:  # the pool itself is broken or shut down
+                _fail(future, exc)
+
+
+def _fail(future: asyncio.Future[HashResult], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _settle(future: asyncio.Future[HashResult], source: asyncio.Future[HashResult]) -> None:
+    """Resolve `future` with whatever `source` ends with."""
+
+    def copy(done: asyncio.Future[HashResult]) -> None:
+        if done.cancelled():
+            future.cancel()
+        elif (error := done.exception()) is not None:
+            _fail(future, error)
+        elif not future.done():
+            future.set_result(done.result())
+
+    source.add_done_callback(copy)
