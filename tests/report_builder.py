@@ -24,7 +24,9 @@ SHARD_ROWS: dict[str, list[tuple[str, int | None, str | None]]] = {
     + [("match", 200, None)] * 4,
     "part-00001.parquet": [("clean", 200, None)] * 10
     + [("dead", 410, "http_410")] * 8
-    + [("match", 200, None), ("invalid", None, "empty_url")],
+    + [("match", 200, None), ("invalid", None, "empty_url")]
+    + [("changed", 200, None)] * 3
+    + [("unchecked", None, None)] * 2,
 }
 # (shard, row, list, entry_id, category, hash_type, distance, quality)
 MATCHES = [
@@ -65,8 +67,9 @@ def caption_of(name: str, row: int) -> str:
     return f"caption {row} of {name}"
 
 
-def build_report(tmp: Path, history: list[dict] | None = None) -> BuiltReport:
-    """Write the shards, commit a unit per shard, then merge and summarise as a scan's finish does."""
+def build_report(tmp: Path, history: list[dict] | None = None, changes: dict | None = None) -> BuiltReport:
+    """Write the shards, commit a unit per shard, then merge and summarise as a scan's finish does (a
+    rescan's `history` and `changes` sections added when given)."""
     shards = {name: _write_shard(tmp / "data", name) for name in SHARD_ROWS}
     out = tmp / "out"
     checkpoint = Checkpoint(out, {"test": True})
@@ -76,6 +79,8 @@ def build_report(tmp: Path, history: list[dict] | None = None) -> BuiltReport:
     summary_data = summary(tally, OBSERVED - 30, OBSERVED + 30, {})
     if history is not None:
         summary_data["history"] = history
+    if changes is not None:
+        summary_data["changes"] = changes
     write_summary_and_manifest(out, summary_data, _manifest(shards, summary_data))
     checkpoint.seal()
     return BuiltReport(out, shards, summary_data)

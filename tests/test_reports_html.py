@@ -17,8 +17,8 @@ from report_builder import MATCHES, SHARD_ROWS, build_report, expected_outcomes,
 
 from scanner.cli import main
 from scanner.reports.files import sha256_file
-from scanner.reports.html import BATCH_ROWS, outcome_figures, render_report, write_html_report
-from scanner.reports.records import OUTCOME_SCHEMA
+from scanner.reports.html import BATCH_ROWS, COLOURS, outcome_figures, render_report, write_html_report
+from scanner.reports.records import OUTCOME_SCHEMA, OUTCOMES
 from scanner.reports.verify import verify_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -45,10 +45,10 @@ def expected_figures() -> list[str]:
     """The main figures as the page prints them, derived from the scenario."""
     outcomes = expected_outcomes()
     rows = sum(outcomes.values())
-    live = outcomes["match"] + outcomes["clean"] + outcomes["invalid"]
+    live = sum(outcomes[o] for o in ("match", "clean", "invalid", "changed"))  # summary.json's live_rate
     return [
         f"{rows:,}",
-        f"{100 * live / rows:.1f}%",
+        f"{100 * live / rows:.1f}% Live rate",
         f"{100 * outcomes['dead'] / rows:.1f}%",
         *(f"{n:,} ({100 * n / rows:.1f}%)" for n in outcomes.values()),
         f"{len(MATCHES):,}",
@@ -80,6 +80,56 @@ def test_page_shows_the_main_figures(tmp_path: Path) -> None:
         assert ("ab" * 32 if hashlist == "ncmec" else "cd" * 32) in page.text
     assert "Hamming distance of pdq matches" in page.text
     assert "distance 25: 1" in page.text
+    assert "Changes since the previous scan" not in page.text  # a first scan has none
+
+
+def test_every_outcome_has_its_colour_and_count(tmp_path: Path) -> None:
+    built = build_report(tmp_path)
+    page = Page((built.out / "report.html").read_text(encoding="utf-8"))
+    outcomes = expected_outcomes()
+    rows = sum(outcomes.values())
+    assert set(outcomes) == set(OUTCOMES)  # the scenario has rows of every outcome
+    for outcome, n in outcomes.items():
+        assert f"{outcome} {n:,} ({100 * n / rows:.1f}%)" in page.text
+    fills = {attrs.get("fill") for tag, attrs in page.tags if tag == "rect"}
+    assert {COLOURS[o] for o in OUTCOMES} <= fills
+    assert len({COLOURS[o] for o in OUTCOMES}) == len(OUTCOMES)
+
+
+def test_live_rate_is_the_summary_value(tmp_path: Path) -> None:
+    built = build_report(tmp_path)
+    summary = json.loads((built.out / "summary.json").read_text())
+    page = Page(render_report(built.out))
+    assert f"{100 * summary['live_rate']:.1f}% Live rate" in page.text
+    (built.out / "summary.json").write_text(json.dumps({**summary, "live_rate": 0.125}))
+    assert "12.5% Live rate" in Page(render_report(built.out)).text
+
+
+def test_a_rescan_shows_what_changed(tmp_path: Path) -> None:
+    changes = {
+        "previous": {"out": "/reports/<first>", "finished_at": "2025-01-01T00:00:00.000+00:00"},
+        "newly_dead": 4,
+        "newly_live": 1,
+        "new_matches": 2,
+        "matches_gone": 3,
+        "content_changed": 5,
+        "not_modified": 40,
+        "liveness_only": 6,
+    }
+    built = build_report(tmp_path, changes=changes)
+    html = (built.out / "report.html").read_text(encoding="utf-8")
+    page = Page(html)
+    rows = sum(expected_outcomes().values())
+    assert "Changes since the previous scan" in page.text
+    assert "Previous scan finished 2025-01-01T00:00:00.000+00:00 ( /reports/<first> )" in page.text
+    assert "<first>" not in html  # escaped
+    labels = {"newly_dead": "newly dead", "newly_live": "newly live", "new_matches": "new matches"}
+    labels.update(matches_gone="matches gone", content_changed="content changed")
+    for name, label in labels.items():
+        assert f"{label} {changes[name]:,} ({100 * changes[name] / rows:.1f}%)" in page.text
+    assert "40 rows answered 304 Not Modified" in page.text
+    assert "6 rows known to match were checked for liveness only" in page.text
+    assert verify_report(built.out).ok
 
 
 def test_page_has_no_script_and_no_external_reference(tmp_path: Path) -> None:

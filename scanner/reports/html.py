@@ -33,8 +33,17 @@ COLOURS = {
     "dead": "#6b7280",
     "invalid": "#d97706",
     "blocked": "#7c3aed",
+    "changed": "#db2777",
+    "unchecked": "#94a3b8",
 }
 ACCENT = "#1f5fa8"
+CHANGES = (  # a rescan's summary `changes` count, its label, and the outcome whose colour it takes
+    ("newly_dead", "newly dead", "dead"),
+    ("newly_live", "newly live", "clean"),
+    ("new_matches", "new matches", "match"),
+    ("matches_gone", "matches gone", "blocked"),
+    ("content_changed", "content changed", "changed"),
+)
 LIST_COLUMNS = ("name", "path", "format", "sha256", "digest", "counts")
 INPUT_COLUMNS = ("path", "kind")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'; base-uri 'none'"
@@ -49,10 +58,6 @@ class OutcomeFigures:
     status_classes: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
     by_shard: dict[str, Counter] = field(default_factory=dict)
-
-    @property
-    def live_rate(self) -> float:
-        return sum(self.outcomes[o] for o in ("match", "clean", "invalid")) / self.rows if self.rows else 0.0
 
     @property
     def link_rot(self) -> float:
@@ -91,6 +96,7 @@ def render_report(out: Path, show_urls: bool = False, manifest: dict | None = No
         [
             _header(summary, manifest, show_urls),
             _tiles(outcomes, matches, summary),
+            _changes_section(summary),
             _outcome_section(outcomes),
             _match_section(matches),
             _link_rot_section(outcomes, summary),
@@ -206,7 +212,7 @@ def _header(summary: dict, manifest: dict, show_urls: bool) -> str:
 def _tiles(outcomes: OutcomeFigures, matches: MatchFigures, summary: dict) -> str:
     tiles = [
         ("Rows scanned", _n(outcomes.rows)),
-        ("Live rate", _pct(outcomes.live_rate)),
+        ("Live rate", _pct(float(summary.get("live_rate", 0)))),  # summary.json's definition
         ("Matched rows", _n(outcomes.outcomes["match"])),
         ("Match records", _n(matches.total)),
         ("Link rot", _pct(outcomes.link_rot)),
@@ -218,6 +224,26 @@ def _tiles(outcomes: OutcomeFigures, matches: MatchFigures, summary: dict) -> st
         f'<div class="tile"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>' for k, v in tiles
     )
     return f'<section class="tiles">{cells}</section>'
+
+
+def _changes_section(summary: dict) -> str:
+    """A rescan's `changes`: what moved since the previous scan (changes.jsonl lists the rows)."""
+    changes = summary.get("changes")
+    if not isinstance(changes, dict):
+        return ""
+    previous = changes.get("previous") or {}
+    bars = [(label, int(changes.get(name, 0))) for name, label, _ in CHANGES]
+    colours = {label: COLOURS[outcome] for _, label, outcome in CHANGES}
+    not_modified, liveness = (_n(int(changes.get(k, 0))) for k in ("not_modified", "liveness_only"))
+    return _section(
+        "Changes since the previous scan",
+        f"<p>Previous scan finished {_e(previous.get('finished_at', '?'))} "
+        f"(<code>{_e(previous.get('out', '?'))}</code>); "
+        "<code>changes.jsonl</code> lists every changed row.</p>",
+        _figure("Rows per change (a row can show several)", bar_chart(bars, summary.get("rows", 0), colours)),
+        f"<p class=note>{not_modified} rows answered 304 Not Modified (stored hashes re-used, nothing "
+        f"downloaded); {liveness} rows known to match were checked for liveness only.</p>",
+    )
 
 
 def _outcome_section(figures: OutcomeFigures) -> str:
