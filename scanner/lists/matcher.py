@@ -9,6 +9,7 @@ import numpy as np
 
 from scanner.errors import ConfigError
 from scanner.lists.hashlist import HashEntries, HashList
+from scanner.lists.hashtypes import HashType
 from scanner.lists.index import ExactIndex, HammingIndex
 
 DIHEDRAL_TRANSFORMS = (
@@ -133,8 +134,12 @@ class Matcher:
     def match_batch(self, queries: Sequence[Query]) -> list[list[Match]]:
         """Every match of every query, each query's sorted by list, hash type, distance and entry id."""
         results: list[list[Match]] = [[] for _ in queries]
+        probes_by_type: dict[str, _Probes] = {}
         for searchable in self._searchables:
-            probes = self._probes(queries, searchable.entries)
+            hash_type = searchable.entries.hash_type
+            if hash_type.name not in probes_by_type:
+                probes_by_type[hash_type.name] = self._probes(queries, hash_type)
+            probes = probes_by_type[hash_type.name]
             if len(probes.query) == 0:
                 continue
             for q, entry, distance, transform in _best_per_entry(searchable, probes):
@@ -143,8 +148,7 @@ class Matcher:
             matches.sort(key=lambda m: (m.list, m.hash_type, m.distance, m.entry_id))
         return results
 
-    def _probes(self, queries: Sequence[Query], entries: HashEntries) -> _Probes:
-        hash_type = entries.hash_type
+    def _probes(self, queries: Sequence[Query], hash_type: HashType) -> _Probes:
         keys: list[bytes] = []
         owners: list[int] = []
         transforms: list[int] = []
