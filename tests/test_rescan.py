@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,7 +21,8 @@ NAMES = ["match", "same", "changed", "gone", "back", "newmatch", "taken", "scree
 
 @pytest.fixture(scope="module")
 def rescanned(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A scan with --keep-hashes, then the server changes and the list grows, then a rescan."""
+    """A scan with --keep-hashes, then the server changes and the list grows, then a rescan; then one more
+    image goes and the rescan is rescanned."""
     tmp = tmp_path_factory.mktemp("rescan")
     bodies = dict(zip(NAMES, images(len(NAMES) + 1), strict=False))
     replacement = images(1, first_seed=900)[0]
@@ -46,6 +48,8 @@ def rescanned(tmp_path_factory: pytest.TempPathFactory) -> dict:
             tmp / "first", str(tmp / "second"), [f"list={v2}"], {"run.workers": 1, "source.rows_per_unit": 3}
         )
         requests = [(method, path.split("?")[0]) for method, path, _ in server.requests()]
+        del server.files["/same.jpg"]
+        rescan(tmp / "second", str(tmp / "third"), (), {"run.workers": 1, "source.rows_per_unit": 3})
     return {"tmp": tmp, "result": result, "requests": requests, "urls": urls}
 
 
@@ -91,6 +95,24 @@ def test_rescan_outcomes_and_what_changed(rescanned) -> None:
         (7, "url", "s1"),
     ]
     assert verify_report(tmp / "second").ok
+
+
+def test_rescans_carry_the_history_and_the_page_draws_link_rot_over_time(rescanned) -> None:
+    tmp = rescanned["tmp"]
+    scans = [json.loads((tmp / name / "summary.json").read_text()) for name in ("first", "second", "third")]
+    entries = [{k: s[k] for k in ("finished_at", "rows", "outcomes", "live_rate")} for s in scans]
+    assert scans[2]["history"] == entries[:2]  # oldest first: the first scan, then the rescan it had
+    assert scans[2]["changes"]["previous"]["out"] == str((tmp / "second").resolve())
+    assert scans[2]["changes"]["newly_dead"] == 1 and outcomes(tmp / "third")[1] == "dead"
+    html = (tmp / "third" / "report.html").read_text(encoding="utf-8")
+    trend = html[html.index("Link rot across scans of these inputs") :]
+    trend = trend[: trend.index("</svg>")]
+    rot = [outcomes(tmp / name).count("dead") / len(NAMES) for name in ("first", "second", "third")]
+    assert rot[0] < rot[1] < rot[2]
+    assert re.findall(r">(\d+\.\d%)</text>", trend) == [f"{100 * share:.1f}%" for share in rot]
+    assert "Changes since the previous scan" in html
+    assert "Link rot across scans of these inputs" in (tmp / "second" / "report.html").read_text()
+    assert verify_report(tmp / "third").ok
 
 
 def test_known_matches_get_liveness_checks_only_and_listed_urls_no_request(rescanned) -> None:
