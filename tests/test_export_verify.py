@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
+import io
 import json
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
+from audit_support import images, run_scan, write_list
 from report_builder import MATCHES, build_report, caption_of, key_of, url_of
 
 from scanner.cli import main
@@ -67,6 +71,41 @@ def test_jsonl_export_with_captions_reads_them_from_the_shard(tmp_path: Path) ->
         assert list(record) == [*REFERRAL_FIELDS, "caption"]
         assert record["caption"] == caption_of(name, row)
         assert record["key"] == key_of(name, row)  # JSON needs no formula guard
+
+
+def test_referrals_from_a_corpus_shard_name_the_member(tmp_path: Path) -> None:
+    bodies = images(3)
+    tar = tmp_path / "corpus.tar"
+    with tarfile.open(tar, "w") as archive:
+        for i, body in enumerate(bodies):
+            _add_member(archive, f"part-7/{i:06d}.jpg", body)
+            _add_member(
+                archive, f"part-7/{i:06d}.json", json.dumps({"url": f"http://img.example/{i}.jpg"}).encode()
+            )
+    listed = [hashlib.md5(bodies[i]).hexdigest() for i in (0, 2)]
+    run_scan(tar, tmp_path / "out", [f"md5:{write_list(tmp_path / 'l.txt', listed)}"])
+    path, count = write_referrals(tmp_path / "out", "jsonl")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert count == 2
+    assert [(r["row"], r["member"], r["url"]) for r in records] == [
+        (i, f"part-7/{i:06d}.jpg", f"http://img.example/{i}.jpg") for i in (0, 2)
+    ]
+    assert all(r["shard"] == str(tar) and r["hash_type"] == "md5" for r in records)
+    path, _ = write_referrals(tmp_path / "out", "csv")
+    with open(path, newline="", encoding="utf-8") as handle:
+        assert [row["member"] for row in csv.DictReader(handle)] == ["part-7/000000.jpg", "part-7/000002.jpg"]
+
+
+def test_referrals_from_url_lists_have_an_empty_member(tmp_path: Path) -> None:
+    built = build_report(tmp_path)
+    path, _ = write_referrals(built.out, "jsonl")
+    assert {json.loads(line)["member"] for line in path.read_text(encoding="utf-8").splitlines()} == {None}
+
+
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
 
 
 def test_captions_need_parquet_shards(tmp_path: Path) -> None:

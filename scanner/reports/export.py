@@ -38,6 +38,7 @@ REFERRAL_FIELDS = (
     "dataset",
     "shard",
     "row",
+    "member",  # the image inside a downloaded corpus shard (tar member, folder file); empty for URL lists
     "key",
 )
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -98,6 +99,7 @@ def referral(match: dict, evidence: dict) -> dict:
         "dataset": str(Path(match["shard"]).parent),
         "shard": match["shard"],
         "row": match["row"],
+        "member": match.get("member"),
         "key": match.get("key"),
     }
 
