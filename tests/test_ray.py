@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -318,14 +319,18 @@ def test_unknown_runner_is_refused(tmp_path, inputs):
 
 
 @needs_ray
-def test_reports_on_a_filesystem_url_and_resume_from_there(tmp_path, cluster, inputs, local_out, server):
+def test_reports_on_a_filesystem_url_and_resume_from_there(
+    tmp_path, cluster, inputs, local_out, server, monkeypatch
+):
     fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed (pip install .[remote])")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the staging directory goes under tmp_path
     url = f"memory://scans/{tmp_path.name}"
     config = make_config(inputs, url, "ray")
     prepared = prepare(config)
     half = len(prepared.todo) // 2
     ray_runner.run_units(prepared, prepared.todo[:half])
     skipped = unit_urls(prepared.todo[:half])
+    assert local_dir(url).is_relative_to(tmp_path)
     shutil.rmtree(local_dir(url))  # resume as if on another machine: only the URL holds the committed units
     server.reset_hits()
     ray_runner.scan(config)
