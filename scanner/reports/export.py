@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import bisect
-import contextlib
 import csv
-import io
 import itertools
 import json
 from collections.abc import Iterator
@@ -16,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
-from scanner.reports.files import atomic_open
+from scanner.reports.files import atomic_open, utf8_text
 
 FORMATS = ("csv", "jsonl")
 CAPTION_COLUMNS = ("TEXT", "caption", "text")
@@ -55,7 +53,7 @@ def write_referrals(
         raise InputError(str(out), "no matches.jsonl here; is this a finished scan's directory?")
     path = Path(output) if output else out / f"referrals.{fmt}"
     fields = [*REFERRAL_FIELDS, "caption"] if with_captions else list(REFERRAL_FIELDS)
-    with atomic_open(path, "wb") as raw, _utf8(raw) as handle:
+    with atomic_open(path, "wb") as raw, utf8_text(raw) as handle:
         count = _write(handle, fmt, fields, referrals(out, with_captions))
     return path, count
 
@@ -138,17 +136,6 @@ def _csv_cell(value: object) -> object:
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
-
-
-@contextlib.contextmanager
-def _utf8(raw: IO[bytes]) -> Iterator[IO[str]]:
-    """UTF-8 text over a binary handle whatever the locale; the handle stays open for atomic_open to sync."""
-    text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-    try:
-        yield text
-    finally:
-        text.flush()
-        text.detach()
 
 
 class _Captions:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -40,6 +41,18 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def utf8_text(raw: IO[bytes]) -> Iterator[IO[str]]:
+    """UTF-8 text over a binary handle whatever the locale, newlines untranslated (as csv wants); the handle
+    stays open for atomic_open to sync."""
+    text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    try:
+        yield text
+    finally:
+        text.flush()
+        text.detach()
 
 
 def write_json(path: str | Path, data: object) -> None:
