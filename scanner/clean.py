@@ -2,14 +2,18 @@
 
 Parquet shards keep their schema (with its metadata), compression and row-group layout: row group i of the
 clean shard holds the rows of row group i that were kept, even when none were. JSONL and TXT URL lists keep
-every other line byte for byte. removed.parquet names each removed row by shard, row, key and the SHA-256 of
-its normalised URL (never the URL), so holders of older copies can clean theirs by diffing. Only URL lists
-are rewritten: a shard holding images (tar, image Parquet, folder) would put image content on disk. A shard
-must be one the report scanned, unchanged since (its size and modification time are in the manifest).
+every other line byte for byte. CSV and TSV lists keep their header and columns, each record written as
+csv.writer writes it (same delimiter, minimal quoting, CRLF; a UTF-8 byte order mark kept). removed.parquet
+names each removed row by shard, row, key and the SHA-256 of its normalised URL (never the URL), so holders
+of older copies can clean theirs by diffing. Only URL lists are rewritten: a shard holding images (tar,
+image Parquet, folder) would put image content on disk. A shard must be one the report scanned, unchanged
+since (its size and modification time are in the manifest).
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
 import json
 import os
@@ -24,14 +28,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner.errors import ConfigError, InputError
-from scanner.reports.files import atomic_open, private_dir
+from scanner.reports.files import atomic_open, private_dir, utf8_text
 from scanner.reports.records import OUTCOMES
 from scanner.sources import expand_inputs
 from scanner.sources.storage import input_signature, is_remote
+from scanner.sources.text import LineFeed
 from scanner.urlnorm import normalise_url
 
 DEFAULT_DROP = ("match",)
 LINE_KINDS = ("jsonl", "txt")  # one row a line (a JSONL blank line is no row)
+DELIMITERS = {"csv": ",", "tsv": "\t"}  # a header, then one row a record (a blank line is no row)
 REMOVED_FILE = "removed.parquet"
 REMOVED_SCHEMA = pa.schema(
     [
@@ -93,9 +99,8 @@ def clean(
     cleaned, removed = [], []
     for path, name in zip(paths, names, strict=True):
         rows = flagged[path]
-        kind = inputs[path]["kind"]
-        writer = _clean_parquet if kind == "parquet" else _clean_lines(kind)
-        written = writer(path, out_dir / name, {r["row"] for r in rows.dropped}, rows.rows)
+        write = _writer(inputs[path]["kind"])
+        written = write(path, out_dir / name, {r["row"] for r in rows.dropped}, rows.rows)
         cleaned.append(CleanedShard(path, out_dir / name, rows.rows, written))
         removed.extend(_removed_record(name, r) for r in rows.dropped)
     removed_file = out_dir / REMOVED_FILE
@@ -132,11 +137,11 @@ def _check_cleanable(path: str, inputs: dict[str, dict]) -> None:
         raise InputError(path, "not among the report's inputs: clean the shards that were scanned")
     if is_remote(path):
         raise InputError(path, "remote shards are not cleaned: copy the shard to a local file first")
-    if entry["kind"] not in ("parquet", *LINE_KINDS):
+    if entry["kind"] not in ("parquet", *DELIMITERS, *LINE_KINDS):
         raise InputError(
             path,
-            f"a {entry['kind']} shard is not cleaned: only Parquet, JSONL and TXT URL lists are written "
-            "again (a shard holding images would put image content on disk)",
+            f"a {entry['kind']} shard is not cleaned: only Parquet, CSV, TSV, JSONL and TXT URL lists are "
+            "written again (a shard holding images would put image content on disk)",
         )
     if json.loads(json.dumps(input_signature(path))) != entry.get("signature"):
         raise InputError(path, "changed since the scan (size or modification time): scan it again first")
@@ -158,6 +163,15 @@ def _flagged_rows(outcomes: Path, shards: set[str], drop: tuple[str, ...]) -> di
         for record in table.filter(pc.is_in(table["outcome"], dropped)).to_pylist():
             flagged[record["shard"]].dropped.append(record)
     return flagged
+
+
+def _writer(kind: str) -> Callable[[str, Path, set[int], int], int]:
+    """The function that writes a shard of this kind again without the dropped rows."""
+    if kind == "parquet":
+        return _clean_parquet
+    if kind in DELIMITERS:
+        return _clean_delimited(kind)
+    return _clean_lines(kind)
 
 
 def _clean_parquet(source: str, target: Path, dropped: set[int], report_rows: int) -> int:
@@ -195,6 +209,36 @@ def _clean_lines(kind: str) -> Callable[[str, Path, set[int], int], int]:
                 if row not in dropped:
                     handle.write(line)
                 row += 1
+            _check_rows(source, row, report_rows)
+        return len(dropped)
+
+    return write
+
+
+def _clean_delimited(kind: str) -> Callable[[str, Path, set[int], int], int]:
+    """A writer for CSV or TSV shards: records parsed as the text source parses them, the header and every
+    kept record written again by csv.writer."""
+    delimiter = DELIMITERS[kind]
+
+    def write(source: str, target: Path, dropped: set[int], report_rows: int) -> int:
+        row = 0
+        with open(source, "rb") as raw, atomic_open(target) as handle, utf8_text(handle) as text:
+            if raw.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:
+                text.write("\ufeff")  # LineFeed drops it from the first line; Excel wants it back
+            raw.seek(0)
+            feed = LineFeed(source, raw, 0, 0)
+            records, writer = csv.reader(feed, delimiter=delimiter), csv.writer(text, delimiter=delimiter)
+            try:
+                header = next(records, None)
+                if not header:
+                    raise InputError(source, "empty file: no header row", 1)
+                writer.writerow(header)
+                for values in records:
+                    if not values or row not in dropped:
+                        writer.writerow(values)  # a blank line is no row, and stays
+                    row += bool(values)
+            except csv.Error as exc:
+                raise InputError(source, f"malformed {kind.upper()} ({exc})", feed.line) from exc
             _check_rows(source, row, report_rows)
         return len(dropped)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -18,6 +19,8 @@ from audit_support import images, outcomes, run_scan, write_list
 
 from scanner.clean import REMOVED_SCHEMA, clean
 from scanner.errors import ConfigError, InputError
+from scanner.sources import SourceOptions
+from scanner.sources.text import TextSource
 
 REPO = Path(__file__).resolve().parents[1]
 LISTED = "http://listed.example/{}.jpg"
@@ -107,6 +110,45 @@ def test_line_shards_keep_every_other_line_byte_for_byte(tmp_path: Path) -> None
         [lines[0], "\n", lines[2], "  \r\n", lines[3]]
     ).encode()
     assert (tmp_path / "clean" / "list.txt").read_bytes() == "".join(f"{urls[i]}\r\n" for i in kept).encode()
+
+
+def test_csv_and_tsv_shards_keep_header_and_columns_as_csv_writer_writes_them(tmp_path: Path) -> None:
+    captions = ["plain", 'a "quoted", caption', "two\nlines", "tab\there", "ünïcode ✓", "", "=1+1", "last"]
+    header = ["url", "key", "caption"]
+    records = [[url, f"k{i}", captions[i]] for i, url in enumerate(dataset_urls())]
+    records[7].append("a column past the header")
+    shards = {}
+    for kind, delimiter in (("csv", ","), ("tsv", "\t")):
+        shards[kind] = tmp_path / f"list.{kind}"
+        text = _written(delimiter, [header, *records[:3]], csv.QUOTE_ALL, "\n") + "\n"  # a blank line
+        text += _written(delimiter, records[3:], csv.QUOTE_ALL, "\n")
+        shards[kind].write_bytes((("\ufeff" if kind == "csv" else "") + text).encode())
+    listed = write_list(tmp_path / "urls.txt", [LISTED.format(1), LISTED.format(4), LISTED.format(5)])
+    run_scan(list(shards.values()), tmp_path / "report", [f"url:{listed}"])
+    result = clean(
+        [str(p) for p in shards.values()], tmp_path / "report", tmp_path / "clean", ["match", "blocked"]
+    )
+    assert [(s.rows, s.removed) for s in result.shards] == [(8, 4), (8, 4)]  # rows 1, 2, 4 and 5
+    kept = [records[i] for i in (0, 3, 6, 7)]
+    for kind, delimiter in (("csv", ","), ("tsv", "\t")):
+        expected = _written(delimiter, [header, kept[0], [], *kept[1:]], csv.QUOTE_MINIMAL, "\r\n")
+        written = (tmp_path / "clean" / f"list.{kind}").read_bytes()
+        assert written == (("\ufeff" if kind == "csv" else "") + expected).encode()
+        source = TextSource(str(tmp_path / "clean" / f"list.{kind}"), kind, SourceOptions())
+        rows = [row for span in source.spans() for batch in source.read(span) for row in batch]
+        assert [(row.url, row.key) for row in rows] == [(r[0] or None, r[1]) for r in kept]  # "" is no URL
+    removed = pq.read_table(tmp_path / "clean" / "removed.parquet").to_pylist()
+    assert [(r["shard"], r["row"], r["outcome"]) for r in removed] == [
+        (f"list.{kind}", row, "blocked" if row == 2 else "match")
+        for kind in ("csv", "tsv")
+        for row in (1, 2, 4, 5)
+    ]
+
+
+def _written(delimiter: str, records: list[list[str]], quoting: int, terminator: str) -> str:
+    text = io.StringIO(newline="")
+    csv.writer(text, delimiter=delimiter, quoting=quoting, lineterminator=terminator).writerows(records)
+    return text.getvalue()
 
 
 def test_clean_refuses_shards_it_cannot_vouch_for(scanned, tmp_path: Path) -> None:
