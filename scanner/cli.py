@@ -12,6 +12,7 @@ from scanner.cli_audit import AUDIT_COMMANDS
 from scanner.errors import ScannerError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+CORE_OUTCOMES = ("match", "clean", "dead", "invalid", "blocked")
 
 SCAN_FLAGS: list[tuple[str, str, dict]] = [
     ("--url-col", "source.url_col", {"help": "URL column (default: URL or url)"}),
@@ -220,7 +221,8 @@ def print_summary(result) -> None:
     """One screen: where the reports are, the outcome counts and the matches by list."""
     s = result.summary
     print(f"scanned {s['rows']} rows in {s['duration_seconds']:.1f}s ({s['rows_per_second']:.0f} rows/s)")
-    print("outcomes: " + ", ".join(f"{k} {v}" for k, v in s["outcomes"].items()))
+    shown = {k: v for k, v in s["outcomes"].items() if v or k in CORE_OUTCOMES}
+    print("outcomes: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     print(f"live rate: {100 * s['live_rate']:.1f}%")
     matches = s["matches"]
     print(f"matches: {matches['total']} on {matches['rows']} rows")
