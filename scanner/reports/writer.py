@@ -43,7 +43,7 @@ class Tally:
 
 
 def merge_reports(out_dir: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> Tally:
-    """Concatenate the units' outputs in unit order into outcomes.parquet, matches.jsonl and evidence.jsonl."""
+    """Concatenate the units' outputs, in unit order, into outcomes.parquet, matches.jsonl, evidence.jsonl."""
     tally = Tally()
     with (
         atomic_open(out_dir / "outcomes.parquet") as handle,
@@ -69,7 +69,8 @@ def _count_outcomes(tally: Tally, columns: dict[str, list]) -> None:
     tally.outcomes.update(columns["outcome"])
     tally.status_classes.update(f"{s // 100}xx" if s else "none" for s in columns["http_status"])
     tally.reasons.update(r for r in columns["reason"] if r)
-    tally.unreadable.update(s for s, r in zip(columns["shard"], columns["reason"], strict=True) if r == UNREADABLE)
+    reasons = zip(columns["shard"], columns["reason"], strict=True)
+    tally.unreadable.update(shard for shard, reason in reasons if reason == UNREADABLE)
 
 
 def _count_match(tally: Tally, match: dict) -> None:
