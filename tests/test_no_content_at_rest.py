@@ -27,8 +27,9 @@ AUDIT_SITECUSTOMIZE = textwrap.dedent(
         if event != "open" or len(args) < 3 or isinstance(args[0], int):
             return
         path, mode, flags = args[0], args[1], args[2]
+        write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC))
+            isinstance(flags, int) and flags & write_flags)
         if not writing:
             return
         real = os.path.realpath(os.fsdecode(path))

@@ -1,4 +1,4 @@
-"""Crash safety: a scan killed at any moment resumes with every row exactly once; changed inputs are refused."""
+"""Crash safety: a killed scan resumes with every row exactly once; changed inputs are refused."""
 
 from __future__ import annotations
 
@@ -34,10 +34,15 @@ def build_inputs(tmp: Path, server: LoopbackServer) -> tuple[Path, Path]:
         urls = []
         for i in range(ROWS // 2):
             n = shard * ROWS + i
-            urls.append(server.url(f"/status/404?i={n}") if n % 37 == 0 else server.url(f"/img/{n % 30}.jpg?i={n}"))
+            urls.append(
+                server.url(f"/status/404?i={n}") if n % 37 == 0 else server.url(f"/img/{n % 30}.jpg?i={n}")
+            )
         path = tmp / f"shard-{shard}.parquet"
-        pq.write_table(pa.table({"key": [f"s{shard}-{i}" for i in range(len(urls))], "url": urls}), path,
-                       row_group_size=100)
+        pq.write_table(
+            pa.table({"key": [f"s{shard}-{i}" for i in range(len(urls))], "url": urls}),
+            path,
+            row_group_size=100,
+        )
         paths.append(path)
     listfile = tmp / "list.txt"
     listfile.write_text("".join(hash_image(IMAGES[i], frozenset({"md5"})).md5.hex() + "\n" for i in (3, 17)))
@@ -45,9 +50,24 @@ def build_inputs(tmp: Path, server: LoopbackServer) -> tuple[Path, Path]:
 
 
 def scan_command(tmp: Path, out: Path, listfile: Path) -> list[str]:
-    return [sys.executable, "-m", "scanner", "scan", str(tmp / "shard-0.parquet"), str(tmp / "shard-1.parquet"),
-            "--hashlist", f"md5:{listfile}", "--out", str(out), "--allow-private-networks", "--quiet",
-            "--rows-per-unit", "50", "--workers", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "scanner",
+        "scan",
+        str(tmp / "shard-0.parquet"),
+        str(tmp / "shard-1.parquet"),
+        "--hashlist",
+        f"md5:{listfile}",
+        "--out",
+        str(out),
+        "--allow-private-networks",
+        "--quiet",
+        "--rows-per-unit",
+        "50",
+        "--workers",
+        "1",
+    ]
 
 
 def reports(out: Path) -> tuple[list[dict], list[str]]:
@@ -62,30 +82,39 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_result(tmp
     with LoopbackServer(files) as server:
         tmp, listfile = build_inputs(tmp_path, server)
         reference = tmp / "reference"
-        done = subprocess.run(scan_command(tmp, reference, listfile), env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            scan_command(tmp, reference, listfile), env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         killed = tmp / "killed"
         kills = 0
         for _attempt in range(4):
-            process = subprocess.Popen(scan_command(tmp, killed, listfile), env=env, start_new_session=True,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                scan_command(tmp, killed, listfile),
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(rng.uniform(1.5, 4.0))
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 kills += 1
             process.wait()
         assert kills >= 2, "the scan finished before it could be killed: make it bigger"
-        done = subprocess.run(scan_command(tmp, killed, listfile), env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            scan_command(tmp, killed, listfile), env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
     expected_outcomes, expected_matches = reports(reference)
     outcomes, matches = reports(killed)
     assert len(outcomes) == ROWS
     assert outcomes == expected_outcomes
     assert matches == expected_matches
-    assert json.loads((killed / "summary.json").read_text())["outcomes"] == json.loads(
-        (reference / "summary.json").read_text())["outcomes"]
+    assert (
+        json.loads((killed / "summary.json").read_text())["outcomes"]
+        == json.loads((reference / "summary.json").read_text())["outcomes"]
+    )
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
@@ -94,25 +123,41 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     with LoopbackServer(files) as server:
         tmp, listfile = build_inputs(tmp_path, server)
         out = tmp / "out"
-        process = subprocess.Popen(scan_command(tmp, out, listfile), env=env, start_new_session=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            scan_command(tmp, out, listfile),
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.5)
         os.killpg(process.pid, signal.SIGINT)
         _stdout, stderr = process.communicate(timeout=60)
         if process.returncode != 0:
             assert process.returncode == 130, stderr
             assert "resume" in stderr and "Traceback" not in stderr
-        done = subprocess.run(scan_command(tmp, out, listfile), env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            scan_command(tmp, out, listfile), env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
     outcomes, _matches = reports(out)
     assert [(r["shard"].rsplit("/", 1)[1], r["row"]) for r in outcomes] == [
-        (f"shard-{s}.parquet", i) for s in range(2) for i in range(ROWS // 2)]
+        (f"shard-{s}.parquet", i) for s in range(2) for i in range(ROWS // 2)
+    ]
 
 
 def small_config(tmp: Path, shard: Path, listfile: Path, **match: object) -> object:
-    return build_config({"inputs": [str(shard)], "out": str(tmp / "out"), "hashlist": [f"md5:{listfile}"],
-                         "match": match, "run": {"workers": 1}}, "test")
+    return build_config(
+        {
+            "inputs": [str(shard)],
+            "out": str(tmp / "out"),
+            "hashlist": [f"md5:{listfile}"],
+            "match": match,
+            "run": {"workers": 1},
+        },
+        "test",
+    )
 
 
 def test_changed_inputs_or_lists_are_refused_unless_restart(tmp_path):
@@ -152,8 +197,16 @@ def test_corrupt_row_group_found_mid_scan(tmp_path, policy):
     corrupt_first_row_group(shard)
     listfile = tmp_path / "l.txt"
     listfile.write_text("0" * 32 + "\n")
-    config = build_config({"inputs": [str(shard)], "out": str(tmp_path / "out"), "hashlist": [f"md5:{listfile}"],
-                           "source": {"rows_per_unit": 1000}, "run": {"workers": 1, "on_bad_shard": policy}}, "t")
+    config = build_config(
+        {
+            "inputs": [str(shard)],
+            "out": str(tmp_path / "out"),
+            "hashlist": [f"md5:{listfile}"],
+            "source": {"rows_per_unit": 1000},
+            "run": {"workers": 1, "on_bad_shard": policy},
+        },
+        "t",
+    )
     if policy == "fail":
         with pytest.raises(SourceError, match=r"c.parquet: corrupt data near row 0"):
             scan(config)

@@ -92,16 +92,24 @@ def scanned(tmp_path_factory):
         urls += ["", None, "file:///etc/passwd", "ftp://127.0.0.1/x.jpg", "http://127.0.0.1:9/refused.jpg"]
         keys = [f"k{i}" for i in range(len(urls))]
         shard = tmp / "shard.parquet"
-        pq.write_table(pa.table({"SAMPLE_ID": keys, "URL": urls, "TEXT": ["caption"] * len(urls)}), shard,
-                       row_group_size=5)
+        pq.write_table(
+            pa.table({"SAMPLE_ID": keys, "URL": urls, "TEXT": ["caption"] * len(urls)}),
+            shard,
+            row_group_size=5,
+        )
         write_list(tmp / "list.csv")
         config = build_config(
             {
                 "inputs": [str(shard)],
                 "out": str(tmp / "out"),
                 "hashlist": [f"tlist={tmp / 'list.csv'}"],
-                "fetch": {"allow_private_networks": True, "total_timeout": 3.0, "max_bytes": 1_000_000,
-                          "max_redirects": 5, "max_retries": 0},
+                "fetch": {
+                    "allow_private_networks": True,
+                    "total_timeout": 3.0,
+                    "max_bytes": 1_000_000,
+                    "max_redirects": 5,
+                    "max_retries": 0,
+                },
                 "source": {"rows_per_unit": 5},
                 "run": {"workers": 2},
             },
@@ -114,8 +122,12 @@ def scanned(tmp_path_factory):
 
 
 def by_path(outcomes):
-    return {row["url"].split(":", 2)[2].split("/", 1)[1] if row["url"] and "127.0.0.1:" in row["url"]
-            else row["url"]: row for row in outcomes}
+    return {
+        row["url"].split(":", 2)[2].split("/", 1)[1]
+        if row["url"] and "127.0.0.1:" in row["url"]
+        else row["url"]: row
+        for row in outcomes
+    }
 
 
 def test_one_outcome_row_per_input_row_in_order(scanned):
@@ -135,8 +147,14 @@ def test_every_route_gets_its_outcome(scanned):
 
 def test_reasons_and_statuses(scanned):
     _out, _urls, outcomes, _matches, _summary = scanned
-    reasons = {row["url"].split("/", 3)[3] if row["url"] and "127.0.0.1:" in row["url"] else row["url"]:
-               (row["outcome"], row["reason"], row["http_status"]) for row in outcomes}
+    reasons = {
+        row["url"].split("/", 3)[3] if row["url"] and "127.0.0.1:" in row["url"] else row["url"]: (
+            row["outcome"],
+            row["reason"],
+            row["http_status"],
+        )
+        for row in outcomes
+    }
     assert reasons["status/404"] == ("dead", "http_404", 404)
     assert reasons["status/500"][2] == 500
     assert reasons["loop"][1] in ("redirect_loop", "too_many_redirects")
@@ -157,7 +175,13 @@ def test_reasons_and_statuses(scanned):
 def test_matches_exact_and_near_duplicates_not_unrelated(scanned):
     _out, _urls, _outcomes, matches, summary = scanned
     matched = {m["url"].rsplit("/", 1)[1]: m for m in matches}
-    assert set(matched) == {"exact.jpg", "original.png", "recompressed.jpg", "resized.webp", "watermarked.jpg"}
+    assert set(matched) == {
+        "exact.jpg",
+        "original.png",
+        "recompressed.jpg",
+        "resized.webp",
+        "watermarked.jpg",
+    }
     assert matched["exact.jpg"]["hash_type"] == "md5" and matched["exact.jpg"]["distance"] == 0
     assert matched["exact.jpg"]["entry_id"] == "E-1" and matched["exact.jpg"]["category"] == "test-exact"
     assert matched["original.png"]["distance"] == 0
@@ -168,7 +192,17 @@ def test_matches_exact_and_near_duplicates_not_unrelated(scanned):
     assert all(m["list"] == "tlist" for m in matches)
     assert summary["matches"]["by_list"]["tlist"] == {"matches": 5, "rows": 5}
     assert set(json.loads(json.dumps(matches[0]))) == {
-        "shard", "row", "url", "key", "list", "entry_id", "category", "hash_type", "distance", "quality"}
+        "shard",
+        "row",
+        "url",
+        "key",
+        "list",
+        "entry_id",
+        "category",
+        "hash_type",
+        "distance",
+        "quality",
+    }
 
 
 def test_unrelated_image_is_far_from_the_listed_one():
@@ -202,8 +236,12 @@ def test_default_scan_blocks_loopback_and_sends_nothing(tmp_path):
         shard.write_text("url\n" + server.url("/a.jpg") + "\n")
         (tmp_path / "l.txt").write_text(hash_image(EXACT, frozenset({"md5"})).md5.hex() + "\n")
         config = build_config(
-            {"inputs": [str(shard)], "out": str(tmp_path / "out"), "hashlist": [f"md5:{tmp_path / 'l.txt'}"],
-             "run": {"workers": 1}},
+            {
+                "inputs": [str(shard)],
+                "out": str(tmp_path / "out"),
+                "hashlist": [f"md5:{tmp_path / 'l.txt'}"],
+                "run": {"workers": 1},
+            },
             "test",
         )
         result = scan(config)
@@ -213,8 +251,14 @@ def test_default_scan_blocks_loopback_and_sends_nothing(tmp_path):
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "scanner", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "scanner", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_bad_inputs_are_clear_errors(tmp_path):
@@ -241,5 +285,16 @@ def test_cli_hash_prints_the_scan_hashes(tmp_path):
     expected = hash_image(EXACT, frozenset({"md5", "sha1", "sha256", "pdq", "phash", "dhash"}))
     assert record["md5"] == expected.md5.hex() and record["pdq"] == expected.pdq.hex()
     assert record["phash"] == expected.phash.hex() and record["width"] == expected.width
-    assert set(record) >= {"path", "md5", "sha1", "sha256", "pdq", "pdq_quality", "phash", "dhash", "width",
-                           "height", "format"}
+    assert set(record) >= {
+        "path",
+        "md5",
+        "sha1",
+        "sha256",
+        "pdq",
+        "pdq_quality",
+        "phash",
+        "dhash",
+        "width",
+        "height",
+        "format",
+    }

@@ -64,7 +64,7 @@ def test_truncated_parquet_is_a_named_error(tmp_path):
     pq.write_table(pa.table({"url": [f"http://h/{i}" for i in range(100)]}), good)
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(good.read_bytes()[:-30])
-    with pytest.raises(SourceError, match="bad.parquet"):
+    with pytest.raises(SourceError, match=r"bad\.parquet"):
         open_source(str(bad), SourceOptions())
 
 
@@ -151,4 +151,5 @@ def test_plan_numbers_units_consecutively_across_shards(tmp_path):
     result = plan(paths, SourceOptions(rows_per_unit=10), "fail")
     assert [u.id for u in result.units] == list(range(9))
     assert [(u.shard[-5:], u.span.start) for u in result.units] == [
-        (f"{n}.txt", s) for n in "abc" for s in (0, 10, 20)]
+        (f"{n}.txt", s) for n in "abc" for s in (0, 10, 20)
+    ]
