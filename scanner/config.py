@@ -42,7 +42,7 @@ class RunConfig:
 
 @dataclass(frozen=True, slots=True)
 class HashListSpec:
-    """One list to load: its spec string (PATH, NAME=PATH, TYPE:PATH, NAME=TYPE:PATH) and per-list thresholds."""
+    """One list to load: its spec (PATH, NAME=PATH, TYPE:PATH, NAME=TYPE:PATH) and per-list thresholds."""
 
     spec: str
     thresholds: dict[str, int] = field(default_factory=dict)
@@ -55,12 +55,12 @@ class ScanConfig:
     inputs: tuple[str, ...] = ()
     out: str = "reports/scan"
     hashlists: tuple[HashListSpec, ...] = ()
-    source: SourceOptions = SourceOptions()
-    fetch: FetchConfig = FetchConfig()
-    hashing: DecodeLimits = DecodeLimits()
-    match: MatchConfig = MatchConfig()
-    run: RunConfig = RunConfig()
-    audit: AuditConfig = AuditConfig()
+    source: SourceOptions = field(default_factory=SourceOptions)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    hashing: DecodeLimits = field(default_factory=DecodeLimits)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain data, for the manifest."""

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +47,7 @@ def encode(image: Image.Image, fmt: str, quality: int = 90) -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, str, bytes, dict[str, str]]] = {}
+    routes: ClassVar[dict[str, tuple[int, str, bytes, dict[str, str]]]] = {}
 
     def do_GET(self) -> None:
         status, content_type, body, headers = self.routes.get(
@@ -80,7 +81,7 @@ def serve(routes: dict[str, tuple[int, str, bytes, dict[str, str]]]) -> Iterator
 
 def demo_routes(images: int) -> tuple[dict, list[str], list[bytes]]:
     """Images in three formats plus the usual failures: missing, erroring, redirected, lying, truncated."""
-    routes: dict[str, tuple[int, str, bytes, dict[str, str]]] = {}
+    routes: ClassVar[dict[str, tuple[int, str, bytes, dict[str, str]]]] = {}
     paths, bodies = [], []
     for i in range(images):
         fmt = FORMATS[i % len(FORMATS)]

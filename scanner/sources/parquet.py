@@ -110,5 +110,5 @@ class ParquetSource:
                 key=cell_to_str(key),
                 columns={c: values[i] for c, values in extras.items()},
             )
-            for i, (url, key) in enumerate(zip(urls, keys))
+            for i, (url, key) in enumerate(zip(urls, keys, strict=True))
         ]

@@ -62,7 +62,7 @@ class TextSource:
         """Yield the span's rows in batches, starting at the span's byte offset."""
         batch: list[Row] = []
         records = self._records_with_offsets(span.offset)
-        for index, (_offset, record) in zip(range(span.start, span.stop), records):
+        for index, (_offset, record) in zip(range(span.start, span.stop), records, strict=False):
             batch.append(self._row(index, record))
             if len(batch) >= READ_BATCH_ROWS:
                 yield batch
@@ -127,7 +127,7 @@ class TextSource:
         try:
             for values in csv.reader(feed, delimiter=delimiter):
                 if values:
-                    yield start, dict(zip(header, values))
+                    yield start, dict(zip(header, values, strict=False))
                 start = feed.offset
         except csv.Error as exc:
             raise SourceError(self.path, f"malformed {self.kind.upper()} ({exc})", feed.line) from exc
