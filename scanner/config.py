@@ -21,6 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BAD_SHARD_POLICIES = ("fail", "skip")
+DEFAULT_OUT = "reports/scan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ class ScanConfig:
     """Everything a scan needs to know, from the config file and flags."""
 
     inputs: tuple[str, ...] = ()
-    out: str = "reports/scan"
+    out: str = DEFAULT_OUT
     hashlists: tuple[HashListSpec, ...] = ()
     source: SourceOptions = field(default_factory=SourceOptions)
     fetch: FetchConfig = field(default_factory=FetchConfig)
@@ -101,7 +102,7 @@ def build_config(data: dict[str, Any], origin: str) -> ScanConfig:
         raise ConfigError(f"{origin}: unknown setting(s) {', '.join(sorted(unknown))}")
     config = ScanConfig(
         inputs=tuple(data.get("inputs", ())),
-        out=str(data.get("out", ScanConfig.out)),
+        out=str(data.get("out", DEFAULT_OUT)),
         hashlists=lists,
         **sections,
     )
