@@ -264,6 +264,12 @@ def server_cpu(server: multiprocessing.Process) -> float:
 # ---------------------------------------------------------------- the contenders
 
 
+def announce(result: Result) -> Result:
+    """One line as each run ends, so a long run shows its progress."""
+    print(f"  {result.name}: {result.rows} rows, {result.rate:.1f} img/s, {result.usage.wall:.0f} s", flush=1)
+    return result
+
+
 @dataclass
 class Result:
     """One contender's run."""
@@ -315,7 +321,7 @@ def run_scan(
             found.add((record["shard"], record["row"], record["hash_type"]))
     result = Result(name, rows, usage, server_cpu(server) - before, dict(Counter(t for *_, t in found)))
     shutil.rmtree(out)
-    return result
+    return announce(result)
 
 
 def run_img2dataset(
@@ -356,7 +362,7 @@ def run_img2dataset(
         )
     result.matches = dict(matched)
     shutil.rmtree(out)
-    return result
+    return announce(result)
 
 
 # ---------------------------------------------------------------- the ceiling: hashing bytes in memory
@@ -402,7 +408,7 @@ def run_ceiling(corpus: Sequence[tuple[str, bytes]], count: int, lists: dict[str
         wall = time.perf_counter() - started
         main_cpu = time.process_time() - cpu
     usage = Usage(wall, {"main": main_cpu}, 0, 0)
-    return Result("(c) ceiling", count, usage, matches=dict(matched))
+    return announce(Result("(c) ceiling", count, usage, matches=dict(matched)))
 
 
 # ---------------------------------------------------------------- per-stage CPU of scanner's hashing
