@@ -266,7 +266,8 @@ def server_cpu(server: multiprocessing.Process) -> float:
 
 def announce(result: Result) -> Result:
     """One line as each run ends, so a long run shows its progress."""
-    print(f"  {result.name}: {result.rows} rows, {result.rate:.1f} img/s, {result.usage.wall:.0f} s", flush=1)
+    line = f"  {result.name}: {result.rows} rows, {result.rate:.1f} img/s, {result.usage.wall:.0f} s"
+    print(line, flush=True)
     return result
 
 
