@@ -11,6 +11,7 @@ from scanner.lists.index import (
     HammingIndex,
     SearchCost,
     brute_force,
+    brute_force_compiled,
     choose_layout,
     chunk_radii,
     first_occurrences,
@@ -39,7 +40,7 @@ def planted_queries(keys: np.ndarray, threshold: int, rng: np.random.Generator) 
     return np.vstack([*rows, rng.integers(0, 256, (20, keys.shape[1]), dtype=np.uint8)])
 
 
-def test_brute_force_agrees_with_python_bit_counting():
+def test_both_brute_force_oracles_agree_with_python_bit_counting():
     rng = np.random.default_rng(RNG_SEED)
     keys = rng.integers(0, 256, (50, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, (7, 8), dtype=np.uint8)
@@ -53,6 +54,7 @@ def test_brute_force_agrees_with_python_bit_counting():
                 expected.add((q, e, distance))
     assert expected
     assert as_set(brute_force(keys, queries, 30)) == expected
+    assert as_set(brute_force_compiled(keys, queries, 30)) == expected
 
 
 @pytest.mark.parametrize(

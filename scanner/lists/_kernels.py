@@ -283,6 +283,38 @@ def mih_search_embedded(
     return queries.shape[0], written
 
 
+@numba.njit(nogil=True, cache=False)
+def brute_force_search(
+    queries: np.ndarray,
+    first_query: int,
+    out_query: np.ndarray,
+    out_entry: np.ndarray,
+    out_distance: np.ndarray,
+    words: np.ndarray,
+    threshold: int,
+) -> tuple[int, int]:
+    """Every entry's full distance to every query, compiled: a second oracle and a benchmark baseline.
+    Resumable like mih_search."""
+    n, n_words = words.shape
+    written = 0
+    for q in range(first_query, queries.shape[0]):
+        query = queries[q]
+        query_start = written
+        for entry in range(n):
+            distance = 0
+            for w in range(n_words):
+                distance += popcount(query[w] ^ words[entry, w])
+            if distance > threshold:
+                continue
+            if written == len(out_query):
+                return q, query_start
+            out_query[written] = q
+            out_entry[written] = entry
+            out_distance[written] = distance
+            written += 1
+    return queries.shape[0], written
+
+
 def collect(
     kernel: Callable[..., tuple[int, int]], queries: np.ndarray, *args: object
 ) -> tuple[np.ndarray, ...]:

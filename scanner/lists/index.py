@@ -281,6 +281,13 @@ class HammingIndex:
         )
 
 
+def brute_force_compiled(keys: np.ndarray, queries: np.ndarray, threshold: int) -> SearchResult:
+    """Reference search by full popcount of every pair, compiled with numba: brute force at machine speed."""
+    keys = aligned_copy(keys) if keys.ctypes.data % 64 or not keys.flags.c_contiguous else keys
+    queries = as_words(np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, keys.shape[1]))
+    return _kernels.collect(_kernels.brute_force_search, queries, as_words(keys), threshold)
+
+
 _POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
 _BRUTE_FORCE_BYTES = 1 << 24  # bytes of XOR compared at a time
 
