@@ -20,7 +20,7 @@ from scanner.fetch import make_fetcher
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
 from scanner.mirror import Mirror, local_dir
 from scanner.pipeline import HashFn, Pipeline, Progress, Stages
-from scanner.planner import Plan, plan
+from scanner.planner import Plan, WorkUnit, plan
 from scanner.reports.files import private_dir
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
@@ -132,6 +132,27 @@ def finish(prepared: Prepared, started_at: float) -> ScanResult:
         prepared.checkpoint.mirror.push_reports()
     prepared.checkpoint.seal()
     return ScanResult(out, summary_data)
+
+
+def run_scan(
+    config: ScanConfig,
+    restart: bool,
+    make_progress: Callable[[Prepared], Progress] | None,
+    run_units: Callable[[Prepared, list[WorkUnit], Progress | None], None],
+) -> ScanResult:
+    """A whole scan with a runner's run_units: prepare, skip if complete, run what is left, finish."""
+    started_at = time.time()
+    prepared = prepare(config, restart)
+    done = already_done(prepared)
+    if done is not None:
+        return done
+    progress = make_progress(prepared) if make_progress else None
+    try:
+        run_units(prepared, prepared.todo, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    return finish(prepared, started_at)
 
 
 def already_done(prepared: Prepared) -> ScanResult | None:

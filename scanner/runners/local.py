@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
@@ -12,7 +11,7 @@ from functools import partial
 from scanner.config import ScanConfig
 from scanner.pipeline import Progress
 from scanner.planner import WorkUnit
-from scanner.scan import Prepared, ScanResult, already_done, finish, hashing_job, prepare, unit_pipeline
+from scanner.scan import Prepared, ScanResult, hashing_job, run_scan, unit_pipeline
 from scanner.workers import HashResult, hash_batch, init_worker
 
 # Bodies sent to a worker in one call, at most: few enough to keep every worker busy, many enough that
@@ -24,18 +23,7 @@ def scan(
     config: ScanConfig, restart: bool = False, make_progress: Callable[[Prepared], Progress] | None = None
 ) -> ScanResult:
     """Run a whole scan locally, resuming from committed units in config.out."""
-    started_at = time.time()
-    prepared = prepare(config, restart)
-    done = already_done(prepared)
-    if done is not None:
-        return done
-    progress = make_progress(prepared) if make_progress else None
-    try:
-        run_units(prepared, prepared.todo, progress)
-    finally:
-        if progress is not None:
-            progress.close()
-    return finish(prepared, started_at)
+    return run_scan(config, restart, make_progress, run_units)
 
 
 def run_units(prepared: Prepared, units: list[WorkUnit], progress: Progress | None = None) -> None:

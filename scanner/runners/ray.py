@@ -27,7 +27,7 @@ from scanner.lists import Matcher
 from scanner.pipeline import Pipeline, Progress
 from scanner.planner import WorkUnit
 from scanner.reports.records import UnitReport
-from scanner.scan import Prepared, ScanResult, already_done, finish, hashing_job, prepare, unit_pipeline
+from scanner.scan import Prepared, ScanResult, hashing_job, run_scan, unit_pipeline
 from scanner.sources import Source, SourceOptions, open_source
 
 logger = logging.getLogger(__name__)
@@ -89,18 +89,7 @@ def scan(
 ) -> ScanResult:
     """Run a whole scan on Ray, resuming from committed units in config.out; same reports as a local scan."""
     connect(config.run.ray_address)
-    started_at = time.time()
-    prepared = prepare(config, restart)
-    done = already_done(prepared)
-    if done is not None:
-        return done
-    progress = make_progress(prepared) if make_progress else None
-    try:
-        run_units(prepared, prepared.todo, progress)
-    finally:
-        if progress is not None:
-            progress.close()
-    return finish(prepared, started_at)
+    return run_scan(config, restart, make_progress, run_units)
 
 
 class UnitWorker:
