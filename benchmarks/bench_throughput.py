@@ -182,6 +182,7 @@ class Usage:
     cpu: dict[str, float]
     peak_rss: int
     peak_process_rss: int
+    peak_pss: int = 0  # proportional set size summed: shared library pages counted once, not per process
 
 
 class TreeMonitor:
@@ -190,7 +191,7 @@ class TreeMonitor:
     def __init__(self, root: int, role: Callable[[psutil.Process, int], str], interval: float = 0.1) -> None:
         self._root, self._role, self._interval = root, role, interval
         self._cpu: dict[int, tuple[str, float]] = {}
-        self.peak_rss = self.peak_process_rss = 0
+        self.peak_rss = self.peak_process_rss = self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -213,18 +214,21 @@ class TreeMonitor:
             tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        total = 0
+        total = total_pss = 0
         for process in tree:
             try:
                 with process.oneshot():
-                    rss, times = process.memory_info().rss, process.cpu_times()
+                    memory, times = process.memory_full_info(), process.cpu_times()
                     role = self._cpu.get(process.pid, (None, 0.0))[0] or self._role(process, self._root)
             except psutil.Error:
                 continue
+            rss = memory.rss
             total += rss
+            total_pss += memory.pss
             self.peak_process_rss = max(self.peak_process_rss, rss)
             self._cpu[process.pid] = (role, times.user + times.system)
         self.peak_rss = max(self.peak_rss, total)
+        self.peak_pss = max(self.peak_pss, total_pss)
 
     def cpu_by_role(self) -> dict[str, float]:
         roles: Counter[str] = Counter()
@@ -253,7 +257,7 @@ def run_measured(argv: list[str], log: Path, env: dict[str, str] | None = None) 
         wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"{argv[:4]} failed with exit code {code}; see {log}")
-    return Usage(wall, monitor.cpu_by_role(), monitor.peak_rss, monitor.peak_process_rss)
+    return Usage(wall, monitor.cpu_by_role(), monitor.peak_rss, monitor.peak_process_rss, monitor.peak_pss)
 
 
 def server_cpu(server: multiprocessing.Process) -> float:
@@ -372,18 +376,26 @@ _BODIES: list[bytes] = []
 
 
 def _init_ceiling(bodies: list[bytes]) -> None:
+    """A ceiling worker: the corpus in memory, and the compiled PDQ kernels from the first image on."""
+    from scanner.hashing import pdq
+
     _BODIES[:] = bodies
+    pdq.COMPILE_AFTER = 0
 
 
-def _hash_range(span: tuple[int, int]) -> list:
+def _hash_range(span: tuple[int, int]) -> tuple[float, list]:
+    """Hash images span[0]..span[1] of the cycled corpus; returns the CPU seconds it took and the queries."""
     from scanner.hashing import hash_image
     from scanner.pipeline import to_query
 
-    return [to_query(hash_image(_BODIES[i % len(_BODIES)], WANT)) for i in range(*span)]
+    start = time.process_time()
+    queries = [to_query(hash_image(_BODIES[i % len(_BODIES)], WANT)) for i in range(*span)]
+    return time.process_time() - start, queries
 
 
 def run_ceiling(corpus: Sequence[tuple[str, bytes]], count: int, lists: dict[str, Path]) -> Result:
-    """scanner's hash_image on every core, fed from memory, and the main process matching the results."""
+    """scanner's hash_image on every core, fed from memory, and the main process matching the results,
+    after a warm-up: the steady state, which no scan exceeds."""
     from scanner.lists import Matcher, load_hashlist
 
     matcher = Matcher.from_lists(
@@ -400,15 +412,19 @@ def run_ceiling(corpus: Sequence[tuple[str, bytes]], count: int, lists: dict[str
     matched: Counter[str] = Counter()
     context = multiprocessing.get_context("spawn")
     with context.Pool(os.cpu_count(), initializer=_init_ceiling, initargs=(bodies,)) as pool:
-        pool.map(_hash_range, [(0, 1)] * (os.cpu_count() or 1))  # warm: imports done before timing
-        cpu = time.process_time()
+        # Warm up (imports, kernel compiles in every worker and in the matcher) before timing: a ceiling is
+        # the steady state.
+        warm = pool.map(_hash_range, [(0, 1)] * (os.cpu_count() or 1), chunksize=1)
+        matcher.match_batch(warm[0][1])
+        cpu, workers_cpu = time.process_time(), 0.0
         started = time.perf_counter()
-        for queries in pool.imap(_hash_range, spans):
+        for seconds, queries in pool.imap(_hash_range, spans):
+            workers_cpu += seconds
             for found in matcher.match_batch(queries):
                 matched.update({m.hash_type for m in found})
         wall = time.perf_counter() - started
         main_cpu = time.process_time() - cpu
-    usage = Usage(wall, {"main": main_cpu}, 0, 0)
+    usage = Usage(wall, {"main": main_cpu, "workers": workers_cpu}, 0, 0)
     return announce(Result("(c) ceiling", count, usage, matches=dict(matched)))
 
 
@@ -478,19 +494,21 @@ def _differing(a: bytes | None, b: bytes) -> int:
 def print_table(results: list[Result], stages: dict[str, float], peer_stages: dict[str, float]) -> None:
     print(
         f"| {'run':<28} | {'rows':>7} | {'img/s':>6} | {'wall s':>6} | {'CPU ms/img main':>15} "
-        f"| {'workers':>7} | {'server':>6} | {'total':>6} | {'peak RSS MB':>11} | {'max proc MB':>11} |"
+        f"| {'workers':>7} | {'server':>6} | {'total':>6} | {'peak RSS MB':>11} | {'max proc MB':>11} "
+        f"| {'peak PSS MB':>11} |"
     )
-    print("|" + "|".join("-" * w for w in (30, 9, 8, 8, 17, 9, 8, 8, 13, 13)) + "|")
+    print("|" + "|".join("-" * w for w in (30, 9, 8, 8, 17, 9, 8, 8, 13, 13, 13)) + "|")
     for r in results:
         per = {k: 1000 * v / r.rows for k, v in r.usage.cpu.items()}
         server = 1000 * r.server_cpu / r.rows
         total = sum(per.values()) + server
         rss = f"{r.usage.peak_rss / 2**20:11.0f}" if r.usage.peak_rss else f"{'-':>11}"
         proc = f"{r.usage.peak_process_rss / 2**20:11.0f}" if r.usage.peak_process_rss else f"{'-':>11}"
+        pss = f"{r.usage.peak_pss / 2**20:11.0f}" if r.usage.peak_pss else f"{'-':>11}"
         print(
             f"| {r.name:<28} | {r.rows:>7} | {r.rate:6.1f} | {r.usage.wall:6.1f} "
             f"| {per.get('main', 0):15.2f} | {per.get('workers', 0):7.2f} | {server:6.2f} | {total:6.2f} "
-            f"| {rss} | {proc} |"
+            f"| {rss} | {proc} | {pss} |"
         )
     print("\nCPU ms per image by hashing stage (scanner: one process, corpus; peer: measured in its writer)")
     print(f"| {'stage':<10} | {'scanner':>8} | {'peer':>8} |")
@@ -639,13 +657,17 @@ def flatness(args: argparse.Namespace, work: Path, lists: dict[str, Path]) -> li
 
 
 def print_ratios(results: list[Result]) -> None:
-    by = {r.name.split()[0]: r.rate for r in results}
-    parts = [
-        f"{a}/{b} = {by[a] / by[b]:.2f}"
-        for a, b in (("(a)", "(b)"), ("(a)", "(b0)"), ("(a)", "(c)"))
-        if a in by and b in by
-    ]
-    print("\nratios: " + ", ".join(parts) + "   (targets: (a)/(b) >= 1.5, (a)/(c) >= 0.85)")
+    """Ratios of images/s, and of CPU per image (what the rates converge to when nothing else runs)."""
+    rate = {r.name.split()[0]: r.rate for r in results}
+    cpu = {r.name.split()[0]: (sum(r.usage.cpu.values()) + r.server_cpu) / r.rows for r in results}
+    pairs = [(a, b) for a, b in (("(a)", "(b)"), ("(a)", "(b0)"), ("(a)", "(c)")) if a in rate and b in rate]
+    print("\nratios of images/s: " + ", ".join(f"{a}/{b} = {rate[a] / rate[b]:.2f}" for a, b in pairs))
+    print(
+        "ratios of CPU per image (b/a, c/a): "
+        + ", ".join(f"{a}/{b} = {cpu[b] / cpu[a]:.2f}" for a, b in pairs)
+    )
+    load = os.getloadavg()[0]
+    print(f"targets: (a)/(b) >= 1.5, (a)/(c) >= 0.85; load average now {load:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
