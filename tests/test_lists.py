@@ -460,6 +460,12 @@ def test_dihedral_matching_reports_the_transform_and_prefers_the_original(tmp_pa
     ]
 
 
+def test_dihedral_names_agree_with_the_hashing_stage():
+    from scanner.hashing import DIHEDRAL_TRANSFORMS as hashed_in_this_order
+
+    assert hashed_in_this_order == DIHEDRAL_TRANSFORMS
+
+
 @needs_pdq_vectors
 def test_dihedral_matching_on_reference_hashes(tmp_path):
     rows = list(csv.DictReader((PDQ_VECTORS / "expected" / "cpp_rebuilt_generated_dihedral.csv").open()))

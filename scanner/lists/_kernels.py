@@ -169,6 +169,25 @@ def _found_earlier(
     return False
 
 
+@numba.njit(inline="always")
+def _emit(
+    out_query: np.ndarray,
+    out_entry: np.ndarray,
+    out_distance: np.ndarray,
+    row: int,
+    query: int,
+    entry: int,
+    distance: int,
+) -> bool:
+    """Write one result row; False, writing nothing, when the output is full."""
+    if row == len(out_query):
+        return False
+    out_query[row] = query
+    out_entry[row] = entry
+    out_distance[row] = distance
+    return True
+
+
 @numba.njit(nogil=True, cache=False)
 def mih_search(
     queries: np.ndarray,
@@ -227,11 +246,8 @@ def mih_search(
                 xor[w] = query[w] ^ words[entry, w]
             if _found_earlier(xor, candidates[i, 1], starts, widths, radii):
                 continue
-            if written == len(out_query):
+            if not _emit(out_query, out_entry, out_distance, written, q, entry, distance):
                 return q, query_start
-            out_query[written] = q
-            out_entry[written] = entry
-            out_distance[written] = distance
             written += 1
     return queries.shape[0], written
 
@@ -274,11 +290,8 @@ def mih_search_embedded(
                 xor[0] = key ^ posted_keys[p]
                 if _found_earlier(xor, buckets[b, 2], starts, widths, radii):
                     continue
-                if written == len(out_query):
+                if not _emit(out_query, out_entry, out_distance, written, q, postings[p], distance):
                     return q, query_start
-                out_query[written] = q
-                out_entry[written] = postings[p]
-                out_distance[written] = distance
                 written += 1
     return queries.shape[0], written
 
@@ -306,11 +319,8 @@ def brute_force_search(
                 distance += popcount(query[w] ^ words[entry, w])
             if distance > threshold:
                 continue
-            if written == len(out_query):
+            if not _emit(out_query, out_entry, out_distance, written, q, entry, distance):
                 return q, query_start
-            out_query[written] = q
-            out_entry[written] = entry
-            out_distance[written] = distance
             written += 1
     return queries.shape[0], written
 
