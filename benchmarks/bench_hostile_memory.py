@@ -1,15 +1,18 @@
 """Peak memory of a scan whose every row is hostile, against the bound its settings imply.
 
     python benchmarks/bench_hostile_memory.py [--rows 3000] [--settings 16x2 64x2 64x8] [--workers 2]
+                                              [--timeout 1.0]
 
 Each setting `ROWSxMIB` (run.rows_in_flight x fetch.max_bytes in MiB) runs the real `scanner scan` command in
-a subprocess over one Parquet shard whose rows cycle through HOSTILE (bodies at the byte cap, endless bodies,
-gzip bombs, tricklers, sleepers, a decompression-bomb PNG, a GIF over the frame cap, a PNG at the pixel cap,
+a subprocess over one Parquet shard whose rows cycle through `hostile()` (bodies at the byte cap, endless
+bodies, gzip bombs, tricklers, sleepers, a pixel-bomb PNG, a GIF over the frame cap, a PNG at the pixel cap,
 huge headers, redirect loops), served on 127.0.0.1 by the hostile server of the tests (tests/loopback.py),
-and a benign scan of small JPEGs with the same settings gives the fixed overhead. Peak RSS is each process's
-own high-water mark (VmHWM in /proc, exact however short the peak), summed over the scan's process tree
-(the main process; its children: hashing workers and multiprocessing's resource tracker); the sum is an upper
-bound of the tree's simultaneous peak. Linux only.
+after a benign scan of small JPEGs with the same settings, which gives the fixed overhead. Every row's outcome
+is checked against what its attack must give ("cut": rows the total deadline stopped first, because one
+Python server streams many big bodies slowly). Peak RSS is each process's own high-water mark (VmHWM in
+/proc, exact however short the peak) for the main process and its children (hashing workers and
+multiprocessing's resource tracker); their sum, "total", bounds the tree's simultaneous peak from above.
+Linux only.
 """
 
 from __future__ import annotations
@@ -282,10 +285,10 @@ def run(rows: int, settings: Settings, workdir: Path) -> tuple[Measurement, Meas
     return benign, attack, len(cut)
 
 
-def parse_setting(text: str, workers: int) -> Settings:
+def parse_setting(text: str, workers: int, timeout: float) -> Settings:
     """ROWSxMIB -> Settings."""
     in_flight, _, mib = text.partition("x")
-    return Settings(rows_in_flight=int(in_flight), max_bytes=int(float(mib) * MIB), workers=workers)
+    return Settings(int(in_flight), int(float(mib) * MIB), workers, total_timeout=timeout)
 
 
 def table_line(name: str, m: Measurement, bound: int | None = None, cut: int | None = None) -> str:
@@ -311,12 +314,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000, help="rows per scan (default 3000)")
     parser.add_argument("--settings", nargs="+", default=["16x2", "64x2", "64x8"], help="ROWSxMIB each")
     parser.add_argument("--workers", type=int, default=2, help="hashing workers (default 2)")
+    parser.add_argument("--timeout", type=float, default=1.0, help="fetch.total_timeout (default 1 s)")
     args = parser.parse_args()
     print(HEADER)
     print("-" * len(HEADER))
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.settings:
-            settings = parse_setting(text, args.workers)
+            settings = parse_setting(text, args.workers, args.timeout)
             benign, attack, cut = run(args.rows, settings, Path(tmp) / text)
             print(table_line("benign", benign))
             print(table_line("hostile", attack, memory_bound(settings, benign), cut), flush=True)
