@@ -88,6 +88,8 @@ class ParquetSource:
                 if high > low:
                     yield self._rows(batch.slice(low, high - low), row + low)
                 row += batch.num_rows
+            if row < span.stop:  # pyarrow can end a damaged row group early without an error
+                raise SourceError(self.path, f"corrupt data near row {row} (fewer rows than the footer says)")
         except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:  # a string cell need not be UTF-8
             raise SourceError(self.path, f"corrupt data near row {row} ({exc})") from exc
 
