@@ -68,10 +68,12 @@ class Pipeline:
         rows_in_flight: int,
         progress: Progress | None = None,
         skip_bad_shards: bool = False,
+        max_url_length: int = 4096,
     ) -> None:
         self.stages = stages
         self.sources = sources
         self._skip_bad_shards = skip_bad_shards
+        self._max_url_length = max_url_length
         self._slots = asyncio.Semaphore(rows_in_flight)
         self._progress = progress or Progress()
         self._screen = Screen(stages.matcher, stages.audit)
@@ -87,6 +89,8 @@ class Pipeline:
                     await self._slots.acquire()
                     tasks.append(asyncio.create_task(self._check(row, screened)))
                     next_row = row.row + 1
+            if next_row != unit.span.stop:
+                raise SourceError(unit.shard, f"gave rows up to {next_row}, not {unit.span.stop} as planned")
         except SourceError:
             if not self._skip_bad_shards:
                 for task in tasks:
@@ -110,7 +114,9 @@ class Pipeline:
         return checked
 
     async def _fetch_and_hash(self, row: Row, screened: Screened) -> _Checked:
-        outcome = Outcome(row.shard, row.row, row.url, row.key, "invalid", member=row.member)
+        # A URL too long to fetch is reported cut to the limit, so hostile rows cannot inflate memory or reports.
+        url = row.url[: self._max_url_length] if row.url else row.url
+        outcome = Outcome(row.shard, row.row, url, row.key, "invalid", member=row.member)
         if row.error is not None:
             outcome.reason = row.error
             return _Checked(outcome)

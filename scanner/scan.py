@@ -68,7 +68,14 @@ def unit_pipeline(
     The caller owns the fetcher: close it with `await pipeline.stages.fetcher.aclose()`."""
     stages = Stages(make_fetcher(config.fetch), hash_fn, matcher, config.audit)
     skip = config.run.on_bad_shard == "skip"
-    return Pipeline(stages, sources, config.run.rows_in_flight, progress, skip_bad_shards=skip)
+    return Pipeline(
+        stages,
+        sources,
+        config.run.rows_in_flight,
+        progress,
+        skip_bad_shards=skip,
+        max_url_length=config.fetch.max_url_length,
+    )
 
 
 @dataclass(slots=True)

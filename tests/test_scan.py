@@ -298,3 +298,72 @@ def test_cli_hash_prints_the_scan_hashes(tmp_path):
         "height",
         "format",
     }
+
+
+def test_overlong_urls_are_reported_cut_to_the_limit(tmp_path):
+    shard = tmp_path / "long.txt"
+    shard.write_text("http://127.0.0.1:9/" + "a" * 200_000 + "\n")
+    (tmp_path / "l.txt").write_text("0" * 32 + "\n")
+    config = build_config(
+        {
+            "inputs": [str(shard)],
+            "out": str(tmp_path / "out"),
+            "hashlist": [f"md5:{tmp_path / 'l.txt'}"],
+            "fetch": {"max_url_length": 4096},
+            "run": {"workers": 1},
+        },
+        "test",
+    )
+    scan(config)
+    (row,) = pq.read_table(tmp_path / "out" / "outcomes.parquet").to_pylist()
+    assert row["reason"] == "url_too_long"
+    assert len(row["url"]) == 4096
+
+
+class ShortSource:
+    """A source whose span comes up short of its plan, as a damaged shard can."""
+
+    kind = "txt"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def spans(self):
+        from scanner.sources import Span
+
+        return [Span(0, 5)]
+
+    def read(self, span):
+        from scanner.sources import Row
+
+        yield [Row(self.path, i, None, None) for i in range(3)]
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_source_that_comes_up_short_never_loses_rows(skip):
+    import asyncio
+
+    from scanner.errors import SourceError
+    from scanner.lists import MatchConfig, Matcher
+    from scanner.pipeline import Pipeline, Stages
+    from scanner.planner import WorkUnit
+    from scanner.screen import AuditConfig
+
+    source = ShortSource("short.txt")
+    stages = Stages(
+        fetcher=None, hash=None, matcher=Matcher.from_lists([], MatchConfig()), audit=AuditConfig()
+    )
+    pipeline = Pipeline(stages, {"short.txt": source}, rows_in_flight=4, skip_bad_shards=skip)
+    unit = WorkUnit(0, "short.txt", source.spans()[0])
+    if not skip:
+        with pytest.raises(SourceError, match="short.txt: gave rows up to 3, not 5"):
+            asyncio.run(pipeline.run_unit(unit))
+        return
+    report = asyncio.run(pipeline.run_unit(unit))
+    assert [(o.row, o.reason) for o in report.outcomes] == [
+        (0, "empty_url"),
+        (1, "empty_url"),
+        (2, "empty_url"),
+        (3, "unreadable_shard"),
+        (4, "unreadable_shard"),
+    ]
