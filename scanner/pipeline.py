@@ -114,7 +114,7 @@ class Pipeline:
         return checked
 
     async def _fetch_and_hash(self, row: Row, screened: Screened) -> _Checked:
-        # A URL too long to fetch is reported cut to the limit, so hostile rows cannot inflate memory or reports.
+        # A URL too long to fetch is reported cut to the limit: hostile rows cannot inflate memory or reports.
         url = row.url[: self._max_url_length] if row.url else row.url
         outcome = Outcome(row.shard, row.row, url, row.key, "invalid", member=row.member)
         if row.error is not None:

@@ -356,7 +356,7 @@ def test_a_source_that_comes_up_short_never_loses_rows(skip):
     pipeline = Pipeline(stages, {"short.txt": source}, rows_in_flight=4, skip_bad_shards=skip)
     unit = WorkUnit(0, "short.txt", source.spans()[0])
     if not skip:
-        with pytest.raises(SourceError, match="short.txt: gave rows up to 3, not 5"):
+        with pytest.raises(SourceError, match=r"short\.txt: gave rows up to 3, not 5"):
             asyncio.run(pipeline.run_unit(unit))
         return
     report = asyncio.run(pipeline.run_unit(unit))
