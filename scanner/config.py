@@ -29,7 +29,7 @@ class RunConfig:
     """How the scan is executed; none of it changes the results."""
 
     workers: int = 0
-    rows_in_flight: int = 256
+    rows_in_flight: int = 128
     units_in_flight: int = 3
     on_bad_shard: str = "fail"
     runner: str = "local"

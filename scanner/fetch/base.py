@@ -25,7 +25,7 @@ class FetchConfig:
     read_timeout: float = 10.0
     total_timeout: float = 30.0
     dns_timeout: float = 5.0
-    max_bytes: int = 32 * 1024 * 1024
+    max_bytes: int = 16 * 1024 * 1024
     max_url_length: int = 4096
     max_redirects: int = 10
     max_retries: int = 2
