@@ -84,10 +84,16 @@ class BatchingHasher:
 
     def _send(self) -> None:
         batch, self._waiting = self._waiting, []
-        if batch:
-            loop = asyncio.get_running_loop()
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        try:
             sent = loop.run_in_executor(self._pool, self._batch_job, [body for body, _ in batch])
-            sent.add_done_callback(partial(self._deliver, batch))
+        except Exception as exc:  # the pool is broken or shut down: every waiting row sees why
+            for _, future in batch:
+                _fail(future, exc)
+            return
+        sent.add_done_callback(partial(self._deliver, batch))
 
     def _deliver(
         self, batch: list[tuple[bytes, asyncio.Future[HashResult]]], sent: asyncio.Future[list[HashResult]]
