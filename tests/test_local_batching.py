@@ -1,0 +1,67 @@
+"""The local runner's batching hasher: same results as one call per body, errors kept to their own rows."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+
+import pytest
+from PIL import Image
+
+from scanner.hashing import DecodeLimits
+from scanner.runners.local import MAX_BATCH, BatchingHasher
+from scanner.workers import HashResult, hash_job
+
+WANT = frozenset({"md5", "pdq", "phash"})
+
+
+def _image(seed: int, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((64 + seed, 48), 40 + seed).convert("RGB").save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _job_refusing(body: bytes, poison: bytes) -> HashResult:
+    """hash_job, except that one body raises as a bug in the hashing code would."""
+    if body == poison:
+        raise RuntimeError("bug")
+    return hash_job(body, WANT, DecodeLimits())
+
+
+async def _hash_all(pool: ProcessPoolExecutor, job, bodies: list[bytes]) -> list:
+    hasher = BatchingHasher(pool, job)
+    return await asyncio.wait_for(asyncio.gather(*(hasher(b) for b in bodies), return_exceptions=True), 120)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        yield executor
+
+
+def test_batches_give_what_single_calls_give(pool: ProcessPoolExecutor) -> None:
+    """More bodies than a batch, one of them not an image: every row gets its own body's result, in order."""
+    bodies = [_image(i) for i in range(MAX_BATCH + 3)] + [b"<html>not an image</html>"]
+    job = partial(hash_job, want=WANT, limits=DecodeLimits())
+    results = asyncio.run(_hash_all(pool, job, bodies))
+    assert results == [hash_job(body, WANT, DecodeLimits()) for body in bodies]
+    assert results[-1][1] == "not_an_image"
+
+
+def test_a_failing_body_fails_only_its_row(pool: ProcessPoolExecutor) -> None:
+    bodies = [_image(i, "JPEG") for i in range(5)]
+    results = asyncio.run(_hash_all(pool, partial(_job_refusing, poison=bodies[2]), bodies))
+    assert isinstance(results[2], RuntimeError)
+    for body, result in zip(bodies[:2] + bodies[3:], results[:2] + results[3:], strict=True):
+        assert result == hash_job(body, WANT, DecodeLimits())
+
+
+def test_a_stopped_pool_fails_every_row_instead_of_hanging() -> None:
+    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    executor.shutdown()
+    job = partial(hash_job, want=WANT, limits=DecodeLimits())
+    results = asyncio.run(_hash_all(executor, job, [_image(i) for i in range(3)]))
+    assert all(isinstance(result, RuntimeError) for result in results)
