@@ -52,6 +52,7 @@ SMALL_SIZES = [(256, 256), (320, 240), (400, 300)]
 ROWS_PER_SHARD = 10_000
 PLANTED = 4  # corpus images planted per list hash type
 WANT = frozenset({"md5", "sha1", "pdq", "phash"})
+PSS_EVERY = 20  # samples (of 0.1 s) between PSS readings
 
 
 # ---------------------------------------------------------------- corpus, shards, lists
@@ -191,7 +192,7 @@ class TreeMonitor:
     def __init__(self, root: int, role: Callable[[psutil.Process, int], str], interval: float = 0.1) -> None:
         self._root, self._role, self._interval = root, role, interval
         self._cpu: dict[int, tuple[str, float]] = {}
-        self.peak_rss = self.peak_process_rss = self.peak_pss = 0
+        self.peak_rss = self.peak_process_rss = self.peak_pss = self._samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -214,17 +215,19 @@ class TreeMonitor:
             tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
+        self._samples += 1
+        with_pss = self._samples % PSS_EVERY == 1  # reading smaps stalls the process read: seldom
         total = total_pss = 0
         for process in tree:
             try:
                 with process.oneshot():
-                    memory, times = process.memory_full_info(), process.cpu_times()
+                    rss, times = process.memory_info().rss, process.cpu_times()
+                    pss = process.memory_full_info().pss if with_pss else 0
                     role = self._cpu.get(process.pid, (None, 0.0))[0] or self._role(process, self._root)
             except psutil.Error:
                 continue
-            rss = memory.rss
             total += rss
-            total_pss += memory.pss
+            total_pss += pss
             self.peak_process_rss = max(self.peak_process_rss, rss)
             self._cpu[process.pid] = (role, times.user + times.system)
         self.peak_rss = max(self.peak_rss, total)
