@@ -216,7 +216,7 @@ class TreeMonitor:
         except psutil.NoSuchProcess:
             return
         self._samples += 1
-        with_pss = self._samples % PSS_EVERY == 1  # reading smaps stalls the process read: seldom
+        with_pss = self._samples % PSS_EVERY == 1  # reading smaps stalls the process it reads: seldom
         total = total_pss = 0
         for process in tree:
             try:
