@@ -1,12 +1,41 @@
-"""Shared fixtures: where the workspace's reference data lives."""
+"""Shared fixtures: where the workspace's reference data lives, and the CLI run as a user runs it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
-SHARED = (Path(__file__).resolve().parents[1] / ".." / "shared").resolve()
+REPO = Path(__file__).resolve().parents[1]
+SHARED = (REPO / ".." / "shared").resolve()
+
+ScannerCli = Callable[..., subprocess.CompletedProcess]
+
+
+def run_scanner(
+    *args: str, cwd: Path = REPO, env: Mapping[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """`python -m scanner ARGS` in a fresh process, this checkout first on the path (`env` adds or replaces
+    variables, PYTHONPATH too); its output captured as text, its exit status left to the caller."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "scanner", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def scanner_cli() -> ScannerCli:
+    """The scanner command line (see run_scanner)."""
+    return run_scanner
 
 
 @pytest.fixture

@@ -6,10 +6,11 @@ import hashlib
 import io
 import json
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from audit_support import images, outcomes, write_shard
 from loopback import LoopbackServer
 from PIL import Image
@@ -18,17 +19,19 @@ from scanner.demo import encode
 from scanner.hashing import hash_image
 from scanner.reports.verify import verify_report
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGES = 24
 
 
-def cli(*args: str) -> str:
-    """Run one scanner command as a user would; returns its standard output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "scanner", *args], capture_output=True, text=True, timeout=300, cwd=REPO
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+@pytest.fixture
+def cli(scanner_cli: Callable[..., subprocess.CompletedProcess]) -> Callable[..., str]:
+    """A scanner command run as a user would, which must succeed; it gives its standard output."""
+
+    def run(*args: str) -> str:
+        done = scanner_cli(*args, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return run
 
 
 def typed_list(path: Path, entries: list[tuple[str, str]]) -> Path:
@@ -41,7 +44,7 @@ def near_copy_pdq(body: bytes) -> str:
     return hash_image(encode(copy, "JPEG", quality=60), frozenset({"pdq"})).pdq.hex()
 
 
-def test_scan_update_rematch_rescan_clean(tmp_path: Path) -> None:
+def test_scan_update_rematch_rescan_clean(tmp_path: Path, cli: Callable[..., str]) -> None:
     bodies = images(IMAGES + 2)
     files = {f"/i/{n}.jpg": bodies[n] for n in range(IMAGES)}
     files["/page.jpg"] = (b"<!doctype html><p>moved</p>", "image/jpeg")

@@ -8,7 +8,6 @@ import importlib.util
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -43,18 +42,6 @@ def load_bench():
 
 
 bench = load_bench()
-
-
-def scanner_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "scanner", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def write_urls(path: Path, urls: list[str]) -> Path:
@@ -110,7 +97,7 @@ OTHER_SCHEMES = [
 ]
 
 
-def test_default_scan_sends_nothing_to_loopback_in_any_spelling(tmp_path):
+def test_default_scan_sends_nothing_to_loopback_in_any_spelling(tmp_path, scanner_cli):
     """Through `scanner scan`: every spelling is blocked with zero requests; lifting the policy in the config
     file reaches the server from the same shard (the spellings are live) and the manifest says so."""
     listfile = write_md5_list(tmp_path / "list.txt")
@@ -254,7 +241,7 @@ def test_a_shard_name_that_is_not_utf8_is_a_named_error(tmp_path):
         expand_inputs([str(tmp_path)])
 
 
-def test_bad_shards_fail_before_any_request_or_are_skipped_and_recorded(tmp_path):
+def test_bad_shards_fail_before_any_request_or_are_skipped_and_recorded(tmp_path, scanner_cli):
     bad = bad_shards(tmp_path)
     listfile = write_md5_list(tmp_path / "list.txt")
     with LoopbackServer({"/a.jpg": JPEG}) as server:

@@ -7,8 +7,6 @@ import io
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -118,25 +116,15 @@ def test_rematch_gives_the_matches_a_fresh_scan_gives(scans) -> None:
     assert pq.read_table(out / "hashes.parquet").equals(pq.read_table(scans["a"] / "hashes.parquet"))
 
 
-def test_rematch_cli_opens_no_socket(scans, tmp_path: Path) -> None:
+def test_rematch_cli_opens_no_socket(scans, tmp_path: Path, scanner_cli) -> None:
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(NETWORK_AUDIT)
     log = tmp_path / "network.log"
     out = tmp_path / "c"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "NETWORK_LOG": str(log)}
-    command = [
-        sys.executable,
-        "-m",
-        "scanner",
-        "rematch",
-        str(scans["a"]),
-        "--hashlist",
-        scans["v2"],
-        "--out",
-        str(out),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    env = {"PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "NETWORK_LOG": str(log)}
+    command = ["rematch", str(scans["a"]), "--hashlist", scans["v2"], "--out", str(out)]
+    done = scanner_cli(*command, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert "matches: 4 on 4 rows" in done.stdout
     assert log.read_text() == ""

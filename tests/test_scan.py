@@ -6,8 +6,6 @@ import io
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import imagehash
@@ -21,8 +19,6 @@ from scanner.config import build_config
 from scanner.demo import encode, make_image
 from scanner.hashing import hash_image
 from scanner.runners.local import scan
-
-REPO = Path(__file__).resolve().parents[1]
 
 ORIGINAL = make_image(11, (640, 480))
 UNRELATED = make_image(12, (640, 480))
@@ -249,37 +245,25 @@ def test_default_scan_blocks_loopback_and_sends_nothing(tmp_path):
     assert result.summary["outcomes"]["blocked"] == 1
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "scanner", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def test_cli_bad_inputs_are_clear_errors(tmp_path):
+def test_cli_bad_inputs_are_clear_errors(tmp_path, scanner_cli):
     (tmp_path / "nourl.csv").write_text("photo,caption\nhttp://x/,y\n")
     (tmp_path / "bad.txt").write_text("zz" * 16 + "\n")
     (tmp_path / "ok.txt").write_text("0" * 32 + "\n")
-    done = run_cli("scan", "nourl.csv", "--hashlist", "md5:ok.txt", "--out", "o", cwd=tmp_path)
+    done = scanner_cli("scan", "nourl.csv", "--hashlist", "md5:ok.txt", "--out", "o", cwd=tmp_path)
     assert done.returncode == 1
     assert "nourl.csv:1: no URL column" in done.stderr and "photo, caption" in done.stderr
     assert "Traceback" not in done.stderr
     (tmp_path / "s.txt").write_text("http://example.invalid/\n")
-    done = run_cli("scan", "s.txt", "--hashlist", "md5:bad.txt", "--out", "o2", cwd=tmp_path)
+    done = scanner_cli("scan", "s.txt", "--hashlist", "md5:bad.txt", "--out", "o2", cwd=tmp_path)
     assert done.returncode == 1 and "bad.txt:1" in done.stderr and "Traceback" not in done.stderr
-    done = run_cli("scan", "missing.parquet", "--hashlist", "md5:ok.txt", "--out", "o3", cwd=tmp_path)
+    done = scanner_cli("scan", "missing.parquet", "--hashlist", "md5:ok.txt", "--out", "o3", cwd=tmp_path)
     assert done.returncode == 1 and "missing.parquet" in done.stderr
 
 
-def test_cli_hash_prints_the_scan_hashes(tmp_path):
+def test_cli_hash_prints_the_scan_hashes(tmp_path, scanner_cli):
     path = tmp_path / "x.jpg"
     path.write_bytes(EXACT)
-    done = run_cli("hash", str(path), cwd=tmp_path)
+    done = scanner_cli("hash", str(path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     expected = hash_image(EXACT, frozenset({"md5", "sha1", "sha256", "pdq", "phash", "dhash"}))
