@@ -3,66 +3,36 @@
     python benchmarks/bench_http_clients.py [--requests 3000] [--concurrency 64] [--body-kb 200] [--repeat 1]
     (after pip install -e ., or with PYTHONPATH=.)
 
-A loopback server in its own process answers every GET with the same body over keep-alive connections
-(a bare asyncio protocol, so the server costs as little as possible). The client process fetches distinct
-URLs with `concurrency` requests in flight and we report its wall-clock rate and its CPU time (user + system,
-all threads) per request. Rows: both scanner fetchers (guard, deadlines, caps included), and for scale the
-bare aiohttp session and bare httpx client they are built on.
+The loopback server of loopback_server.py, in its own process, answers every GET with the same body over
+keep-alive connections (a bare asyncio protocol, so the server costs as little as possible). The client
+process fetches distinct URLs (one path, distinct query strings) with `concurrency` requests in flight and
+we report its wall-clock rate and its CPU time (user + system, all threads) per request. Rows: both scanner
+fetchers (guard, deadlines, caps included), and for scale the bare aiohttp session and bare httpx client
+they are built on.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import platform
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from multiprocessing.connection import Connection
 
 import aiohttp
 import httpx
+import loopback_server
 
 from scanner.fetch import FetchConfig, make_fetcher
 
 FetchOne = Callable[[str], Awaitable[bool]]
 
 
-class _CannedResponse(asyncio.Protocol):
-    """Answers each request head it receives with the same response (GETs only, so no request bodies)."""
-
-    def __init__(self, response: bytes) -> None:
-        self._response = response
-        self._buffer = b""
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while (end := self._buffer.find(b"\r\n\r\n")) >= 0:
-            self._buffer = self._buffer[end + 4 :]
-            assert self._transport is not None
-            self._transport.write(self._response)
-
-
-def serve(body_size: int, ready: Connection) -> None:
-    """Server process: bind 127.0.0.1, report the port, serve until terminated."""
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {body_size}\r\n\r\n".encode()
-    response = head + bytes(range(256)) * (body_size // 256) + bytes(body_size % 256)
-
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(
-            lambda: _CannedResponse(response), "127.0.0.1", 0, backlog=1024
-        )
-        ready.send(server.sockets[0].getsockname()[1])
-        await server.serve_forever()
-
-    asyncio.run(main())
+def body(size: int) -> bytes:
+    """The one body every GET receives (its bytes do not matter to the clients, only its size)."""
+    return bytes(range(256)) * (size // 256) + bytes(size % 256)
 
 
 @dataclass
@@ -141,7 +111,7 @@ async def bare_httpx(urls: list[str], concurrency: int, body_size: int) -> Row:
 
 async def benchmark(port: int, args: argparse.Namespace) -> list[Row]:
     """Each row measured `repeat` times, rows interleaved; the run with least CPU is kept (as timeit does)."""
-    urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(args.requests)]
+    urls = [f"http://127.0.0.1:{port}/img/0.jpg?i={i}" for i in range(args.requests)]
     size, n = args.body_kb * 1024, args.concurrency
     cases = [partial(scanner_fetcher, client) for client in ("aiohttp", "httpx")]
     if not args.no_baselines:
@@ -159,13 +129,8 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true", help="only the two scanner fetchers")
     args = parser.parse_args()
 
-    receive, send = multiprocessing.Pipe(duplex=False)
-    server = multiprocessing.get_context("spawn").Process(
-        target=serve, args=(args.body_kb * 1024, send), daemon=True
-    )
-    server.start()
+    server, port = loopback_server.start([("jpg", body(args.body_kb * 1024))])
     try:
-        port = receive.recv()
         rows = asyncio.run(benchmark(port, args))
     finally:
         server.terminate()
