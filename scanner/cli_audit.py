@@ -43,6 +43,12 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--config", help="TOML config file (its [match] and [[hashlist]] apply)")
     sub.add_argument("--pdq-threshold", type=int, help="PDQ Hamming distance (default 31)")
     sub.add_argument("--pdq-min-quality", type=int, help="ignore PDQ below this quality (50)")
+    sub.add_argument(
+        "--pdq-dihedral",
+        action="store_true",
+        default=None,
+        help="refused: hash records hold no rotated or flipped PDQ (they need the image; scan again)",
+    )
     sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
     sub.add_argument("--quiet", action="store_true", help="no summary")
 
@@ -56,6 +62,7 @@ def cmd_rematch(args: argparse.Namespace) -> int:
         "hashlist": args.hashlist or None,
         "match.pdq_threshold": args.pdq_threshold,
         "match.pdq_min_quality": args.pdq_min_quality,
+        "match.pdq_dihedral": args.pdq_dihedral,
     }
     config = load_config(args.config, overrides)
     _guard(config.out)

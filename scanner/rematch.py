@@ -6,8 +6,9 @@ for rows that served something in the scan that stored them. Other rows keep the
 before and not now becomes clean (invalid if its body was no usable image), or unchecked when it was never
 fetched (screened) and so has no hashes to say more. A row matched before at a redirect target is screened
 at that URL again (the evidence keeps it); other redirect targets are not recorded, so a newly listed one
-is found by a rescan or a scan, not by rematch. Hash records keep no dihedral PDQ, so rematch refuses
---pdq-dihedral. The report files are a scan's, plus hashes.parquet: a rematch can be rematched or rescanned.
+is found by a rescan or a scan, not by rematch. Hash records keep only the plain PDQ (the 7 rotated and
+flipped ones are computed from the image, which is never stored), so rematch refuses --pdq-dihedral.
+The report files are a scan's, plus hashes.parquet: a rematch can be rematched or rescanned.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) ->
         raise ConfigError("no hash list given (--hashlist PATH)")
     if config.match.pdq_dihedral:
         raise ConfigError(
-            "rematch cannot match rotations and flips: hash records keep no dihedral PDQ hashes"
+            "rematch cannot match rotations and flips (pdq_dihedral): hash records keep only each image's "
+            "plain PDQ hash, and its rotated and flipped hashes need the image, which is never stored; "
+            "scan again with --pdq-dihedral"
         )
     run = StoredRun.start(config, [StoredScan(path) for path in hashes], restart)
     if run.finished is not None:

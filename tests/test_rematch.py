@@ -152,3 +152,17 @@ def test_rematch_refuses_what_it_cannot_do(scans, tmp_path: Path) -> None:
         rematch([str(scans["a"])], dihedral)
     with pytest.raises(ConfigError, match="no hash list"):
         rematch([str(scans["a"])], build_config({"out": str(tmp_path / "c")}, "test"))
+
+
+def test_rematch_refuses_dihedral_matching_from_flag_or_config(scans, tmp_path: Path, scanner_cli) -> None:
+    """The records hold the plain PDQ only; rotated and flipped hashes would need the image, never stored."""
+    config = tmp_path / "dihedral.toml"
+    config.write_text("[match]\npdq_dihedral = true\n")
+    common = ["rematch", str(scans["a"]), "--hashlist", scans["v2"]]
+    for how, out in ((["--pdq-dihedral"], "flag"), (["--config", str(config)], "config")):
+        done = scanner_cli(*common, *how, "--out", str(tmp_path / out), cwd=tmp_path)
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.startswith("scanner: error: rematch cannot match rotations and flips")
+        assert "plain PDQ" in done.stderr and "never stored" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert not (tmp_path / out / "outcomes.parquet").exists()
