@@ -87,11 +87,12 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--timeout", type=float, help="total seconds per URL, redirects included")
     sub.add_argument("--workers", type=int, help="hashing processes (default: one per core)")
     sub.add_argument("--restart", action="store_true", help="discard a previous rescan in --out")
-    sub.add_argument("--quiet", action="store_true", help="no summary")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
 def cmd_rescan(args: argparse.Namespace) -> int:
     from scanner.rescan import rescan
+    from scanner.stored import StoredRun
 
     overrides = {
         "fetch.allow_private_networks": args.allow_private_networks,
@@ -99,7 +100,8 @@ def cmd_rescan(args: argparse.Namespace) -> int:
         "run.workers": args.workers,
     }
     _guard(args.out)
-    result = rescan(args.previous, args.out, args.hashlist, overrides, args.restart)
+    bar = None if args.quiet else StoredRun.bar
+    result = rescan(args.previous, args.out, args.hashlist, overrides, args.restart, bar)
     _print(result, args.quiet)
     if not args.quiet:
         changes = {k: v for k, v in result.summary["changes"].items() if k != "previous"}

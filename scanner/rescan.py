@@ -22,7 +22,7 @@ import json
 import multiprocessing
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,7 +33,7 @@ from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
 from scanner.fetch import FetchResult, make_fetcher
 from scanner.lists import Match, Matcher, Query
-from scanner.pipeline import Stages, evidence_record, match_record, to_query
+from scanner.pipeline import Progress, Stages, evidence_record, match_record, to_query
 from scanner.reports.files import write_json
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import Outcome, UnitReport
@@ -72,8 +72,10 @@ def rescan(
     hashlists: Sequence[str] = (),
     overrides: dict | None = None,
     restart: bool = False,
+    make_progress: Callable[[StoredRun], Progress] | None = None,
 ) -> ScanResult:
-    """Re-check the scan in `previous` (a report directory written with --keep-hashes) into `out`."""
+    """Re-check the scan in `previous` (a report directory written with --keep-hashes) into `out`, showing
+    progress through `make_progress` unless the rescan's run.progress (the previous scan's) is off."""
     started_at = time.time()
     stored = _stored_scan(Path(previous))
     config = rescan_config(stored.manifest(), out, hashlists, overrides or {})
@@ -81,8 +83,12 @@ def rescan(
     if run.finished is not None:
         return run.finished
     if run.todo:
-        with _hash_pool(config, run.out) as pool:
-            asyncio.run(_run(config, run.matcher, stored, run.todo, run.checkpoint, pool))
+        progress = make_progress(run) if make_progress is not None and config.run.progress else Progress()
+        try:
+            with _hash_pool(config, run.out) as pool:
+                asyncio.run(_run(config, run.matcher, stored, run.todo, run.checkpoint, pool, progress))
+        finally:
+            progress.close()
     extra = _summary_sections(stored, run.checkpoint, [u.id for u in run.units])
     previous = {
         "out": str(stored.dir.resolve()),
@@ -114,9 +120,10 @@ def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides:
 class Rescanner:
     """Re-checks the stored rows of one unit at a time, with a bound on rows in flight."""
 
-    def __init__(self, stages: Stages, rows_in_flight: int) -> None:
+    def __init__(self, stages: Stages, rows_in_flight: int, progress: Progress | None = None) -> None:
         self.stages = stages
         self.screen = Screen(stages.matcher)
+        self.progress = progress or Progress()
         self._slots = asyncio.Semaphore(rows_in_flight)
 
     async def run_unit(
@@ -132,6 +139,7 @@ class Rescanner:
         found = self.stages.matcher.match_batch([c.query for c in pending]) if pending else []
         for item, matches in zip(pending, found, strict=True):
             item.matches.extend(matches)
+        self.progress.matched(sum(1 for item in checked if item.matches))
         report = UnitReport(unit_id, [c.outcome for c in checked], hashes=[c.record for c in checked])
         changes: list[dict] = []
         counts: Counter = Counter()
@@ -158,7 +166,9 @@ class Rescanner:
 
     async def _bounded(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
         async with self._slots:
-            return await self.recheck(row, screened, known)
+            checked = await self.recheck(row, screened, known)
+        self.progress.row_done(checked.outcome.outcome)
+        return checked
 
     async def recheck(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
         """One row: no request if its URL is listed, liveness only if known to match, else conditional."""
@@ -302,12 +312,13 @@ async def _run(
     units: list,
     checkpoint: Checkpoint,
     pool: ProcessPoolExecutor,
+    progress: Progress,
 ) -> None:
     hash_fn = partial(asyncio.get_running_loop().run_in_executor, pool, hashing_job(config, matcher))
     fetcher = make_fetcher(config.fetch)
     try:
         stages = Stages(fetcher, hash_fn, matcher, config.audit)
-        rescanner = Rescanner(stages, config.run.rows_in_flight)
+        rescanner = Rescanner(stages, config.run.rows_in_flight, progress)
         evidence = stored.evidence()
         for unit in units:
             rows = stored.read(unit.start, unit.stop)
@@ -315,6 +326,7 @@ async def _run(
             write_unit_changes(checkpoint, unit.id, changes)
             write_json(checkpoint.dir / f"u{unit.id:06d}{COUNTS_SUFFIX}", counts)
             checkpoint.commit(report)
+            progress.unit_done()
     finally:
         await fetcher.aclose()
 

@@ -18,6 +18,7 @@ from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.hashing import ImageHashes
 from scanner.lists import HashList, Matcher, load_hashlist
+from scanner.progress import BarProgress
 from scanner.reports.files import atomic_open, private_dir, write_jsonl
 from scanner.reports.hashes import (
     HASHES_FILE,
@@ -185,6 +186,13 @@ class StoredRun:
             "inputs": inputs,
             **extra,
         }
+
+    def bar(self) -> BarProgress:
+        """A progress bar over every stored row, starting at the rows of the units already committed."""
+        done = self.checkpoint.done()
+        committed = sum(unit.stop - unit.start for unit in self.units if unit.id in done)
+        total = sum(scan.rows for scan in self.scans)
+        return BarProgress(total, committed, len(self.units), len(done))
 
     def finish(self, started_at: float, manifest: dict, extra: dict) -> ScanResult:
         """The report files, merged from every unit (see finish_report)."""

@@ -13,6 +13,7 @@ from audit_support import images, matched_entries, outcomes, run_scan, write_lis
 from loopback import LoopbackServer
 
 from scanner.errors import InputError
+from scanner.pipeline import Progress
 from scanner.reports.verify import verify_report
 from scanner.rescan import rescan
 
@@ -145,3 +146,65 @@ def test_rescan_of_a_scan_without_hash_records_says_why(tmp_path: Path) -> None:
     run_scan(shard, tmp_path / "first", [f"md5:{write_list(tmp_path / 'l.txt', ['0' * 32])}"])
     with pytest.raises(InputError, match="without --keep-hashes"):
         rescan(tmp_path / "first", str(tmp_path / "second"))
+
+
+class Recorded(Progress):
+    """The progress events a rescan gives, as a bar would receive them."""
+
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+        self.matched_rows = self.units = self.closed = 0
+
+    def row_done(self, outcome: str) -> None:
+        self.rows.append(outcome)
+
+    def matched(self, rows: int) -> None:
+        self.matched_rows += rows
+
+    def unit_done(self) -> None:
+        self.units += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """Five live images, one of them listed, scanned with --keep-hashes in units of two rows; the server stays
+    up for the rescans."""
+    tmp = tmp_path_factory.mktemp("served")
+    bodies = images(5, first_seed=700)
+    with LoopbackServer({f"/{n}.jpg": body for n, body in enumerate(bodies)}) as server:
+        shard = write_shard(tmp / "shard.parquet", {"url": [server.url(f"/{n}.jpg") for n in range(5)]})
+        listed = write_list(tmp / "l.txt", [hashlib.md5(bodies[3]).hexdigest()])
+        run_scan(
+            shard,
+            tmp / "first",
+            [f"md5:{listed}"],
+            audit={"keep_hashes": True},
+            source={"rows_per_unit": 2},
+            run={"progress": True, "workers": 1},
+        )
+        yield {"tmp": tmp, "server": server}
+
+
+def test_rescan_reports_progress_row_by_row_and_unit_by_unit(served, tmp_path: Path) -> None:
+    settings = {"run.workers": 1, "source.rows_per_unit": 2}
+    recorded, silenced = Recorded(), Recorded()
+    first = served["tmp"] / "first"
+    result = rescan(first, str(tmp_path / "shown"), (), settings, make_progress=lambda run: recorded)
+    assert len(recorded.rows) == 5 and recorded.units == 3 and recorded.closed == 1
+    assert recorded.matched_rows == result.summary["matches"]["rows"] == 1
+    off = {**settings, "run.progress": False}  # as in a scan's config: no bar even when one is offered
+    rescan(first, str(tmp_path / "off"), (), off, make_progress=lambda run: silenced)
+    assert silenced.rows == [] and silenced.closed == 0
+
+
+def test_rescan_command_shows_a_bar_unless_quiet(served, tmp_path: Path, scanner_cli) -> None:
+    common = ["rescan", str(served["tmp"] / "first"), "--workers", "1"]
+    shown = scanner_cli(*common, "--out", str(tmp_path / "shown"), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    bar = shown.stderr.rstrip().rsplit("\r", 1)[-1]
+    assert "5/5" in bar and "units 1/1" in bar and "matches 1" in bar, shown.stderr
+    quiet = scanner_cli(*common, "--out", str(tmp_path / "quiet"), "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
