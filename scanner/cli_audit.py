@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 EXIT_OK, EXIT_ERROR = 0, 1
 
@@ -67,7 +68,7 @@ def cmd_rematch(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     _guard(config.out)
     result = rematch(args.hashes, config, args.restart)
-    _print(result, args.quiet)
+    _print(result, args.quiet, config.out)
     return EXIT_OK
 
 
@@ -102,7 +103,7 @@ def cmd_rescan(args: argparse.Namespace) -> int:
     _guard(args.out)
     bar = None if args.quiet else StoredRun.bar
     result = rescan(args.previous, args.out, args.hashlist, overrides, args.restart, bar)
-    _print(result, args.quiet)
+    _print(result, args.quiet, args.out)
     if not args.quiet:
         changes = {k: v for k, v in result.summary["changes"].items() if k != "previous"}
         print("changes: " + ", ".join(f"{name} {count}" for name, count in changes.items()))
@@ -131,18 +132,22 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _guard(out: str) -> None:
-    """The write guard of a scan: nothing may be written outside the output directory."""
+    """The write guard of a scan: nothing may be written outside the output directory (for an fsspec URL,
+    its local staging directory)."""
     from scanner import nostore
+    from scanner.mirror import local_dir
 
-    os.makedirs(out, mode=0o700, exist_ok=True)
-    nostore.install([out])
+    os.makedirs(local_dir(out), mode=0o700, exist_ok=True)
+    nostore.install([str(local_dir(out))])
 
 
-def _print(result, quiet: bool) -> None:
+def _print(result, quiet: bool, out: str | None = None) -> None:
     from scanner.cli import print_summary
 
     if not quiet:
         print_summary(result)
+        if out is not None and Path(out) != Path(result.out):  # written through a staging directory
+            print(f"published to: {out}")
 
 
 AUDIT_COMMANDS: list[tuple[str, str, Callable, Callable]] = [

@@ -18,6 +18,7 @@ from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.hashing import ImageHashes
 from scanner.lists import HashList, Matcher, load_hashlist
+from scanner.mirror import Mirror, local_dir
 from scanner.progress import BarProgress
 from scanner.reports.files import atomic_open, private_dir, write_jsonl
 from scanner.reports.hashes import (
@@ -151,11 +152,15 @@ class StoredRun:
 
     @classmethod
     def start(cls, config: ScanConfig, scans: list[StoredScan], restart: bool) -> StoredRun:
-        """Load the lists and adopt (or start) the checkpoint in config.out."""
+        """Load the lists and adopt (or start) the checkpoint in config.out; an fsspec URL is written
+        through a local staging directory, pulled from the URL first, as a scan does (scanner.mirror)."""
         lists = [load_hashlist(spec.spec) for spec in config.hashlists]
         matcher = Matcher.from_lists(lists, match_config(config, lists))
-        out = private_dir(config.out)
-        checkpoint = Checkpoint(out, _fingerprint(config, scans, lists), restart)
+        mirror = Mirror.for_out(config.out)
+        if mirror is not None:
+            mirror.pull()
+        out = private_dir(local_dir(config.out))
+        checkpoint = Checkpoint(out, _fingerprint(config, scans, lists), restart, mirror)
         return cls(
             config, scans, lists, matcher, out, checkpoint, plan_units(scans, config.source.rows_per_unit)
         )
@@ -227,6 +232,8 @@ def finish_report(
         "finished_at": summary_data["finished_at"],
     }
     write_summary_and_manifest(out, summary_data, manifest)
+    if checkpoint.mirror is not None:
+        checkpoint.mirror.push_reports()
     checkpoint.seal()
     return ScanResult(out, summary_data)
 

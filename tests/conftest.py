@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,27 @@ def url_lists() -> Path:
     if not path.is_dir():
         pytest.skip(f"reference URL lists not found at {path} (a clone outside the workspace)")
     return path
+
+
+@dataclass(frozen=True)
+class MemoryOut:
+    """An --out on fsspec's in-process memory filesystem."""
+
+    url: str
+
+    def files(self) -> dict[str, bytes]:
+        """Every file under the URL, by path relative to it."""
+        import fsspec
+
+        filesystem, root = fsspec.core.url_to_fs(self.url)
+        return {path[len(root) + 1 :]: filesystem.cat_file(path) for path in filesystem.find(root)}
+
+
+@pytest.fixture
+def memory_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MemoryOut:
+    """A fresh memory:// --out, its local staging directory under tmp_path (the working directory too, where
+    a URL mistaken for a relative path would show up)."""
+    pytest.importorskip("fsspec", reason="fsspec is not installed (pip install .[remote])")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return MemoryOut(f"memory://reports/{tmp_path.name}")

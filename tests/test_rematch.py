@@ -20,6 +20,7 @@ from scanner.config import build_config
 from scanner.demo import encode
 from scanner.errors import ConfigError, InputError
 from scanner.hashing import hash_image
+from scanner.mirror import local_dir
 from scanner.rematch import rematch
 from scanner.reports.verify import verify_report
 
@@ -166,3 +167,29 @@ def test_rematch_refuses_dihedral_matching_from_flag_or_config(scans, tmp_path: 
         assert "plain PDQ" in done.stderr and "never stored" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
         assert not (tmp_path / out / "outcomes.parquet").exists()
+
+
+def test_rematch_to_a_filesystem_url_goes_through_the_mirror(scans, memory_out) -> None:
+    config = build_config({"out": memory_out.url, "hashlist": [scans["v2"]]}, "test")
+    result = rematch([str(scans["a"])], config)
+    staging = local_dir(memory_out.url)
+    assert result.out == staging and staging.is_relative_to(Path.cwd())
+    assert not Path("memory:").exists()  # the URL was not taken for a relative path
+    files = memory_out.files()
+    reports = {name: data for name, data in files.items() if not name.startswith(".units/")}
+    assert reports == {path.name: path.read_bytes() for path in staging.iterdir() if path.is_file()}
+    assert matched_entries(staging) == matched_entries(scans["b"])
+    assert {"outcomes.parquet", "matches.jsonl", "hashes.parquet", "summary.json"} <= set(reports)
+    shutil.rmtree(staging)  # as on another machine: the URL says the rematch is done
+    assert rematch([str(scans["a"])], config).summary == result.summary
+
+
+def test_rematch_command_publishes_to_a_filesystem_url(scans, tmp_path: Path, scanner_cli) -> None:
+    pytest.importorskip("fsspec", reason="fsspec is not installed (pip install .[remote])")
+    url = f"memory://reports/{tmp_path.name}"
+    command = ["rematch", str(scans["a"]), "--hashlist", scans["v2"], "--out", url]
+    done = scanner_cli(*command, cwd=tmp_path, env={"TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert f"published to: {url}" in done.stdout and "matches: 4 on 4 rows" in done.stdout
+    assert not (tmp_path / "memory:").exists()
+    assert list((tmp_path / "scanner-staging").iterdir())  # the staging directory, under TMPDIR
