@@ -171,7 +171,7 @@ def test_chunk_radii_satisfy_the_generalised_pigeonhole():
         ((16,) * 16, 5),
         ((21, 21, 22), 10),
     ]:
-        radii = chunk_radii(widths, threshold, 1_000_000, SearchCost(check=0.25, probe=2.0, candidate=1.0))
+        radii = chunk_radii(widths, threshold, 1_000_000, SearchCost(0.25, 2.0, 0.03, 1.0, 16))
         assert sum(radii) == threshold - len(widths) + 1
         assert min(radii) >= -1
 

@@ -41,30 +41,28 @@ def chunk_value(row: np.ndarray, start: int, width: int) -> np.uint64:
 
 
 @numba.njit(nogil=True, cache=False)
-def build_postings(
-    words: np.ndarray,
-    starts: np.ndarray,
-    widths: np.ndarray,
-    offset_base: np.ndarray,
-    offsets: np.ndarray,
-    postings: np.ndarray,
-) -> None:
-    """Counting-sort every entry by each chunk's value into postings (chunk c's at c * n onwards) and
-    offsets (chunk c's 2**width + 1 from offset_base[c]): chunk c's bucket v is postings[offsets[b + v]:
-    offsets[b + v + 1]] with b = offset_base[c]. Offsets rise across the whole table."""
-    n = words.shape[0]
-    for c in range(len(starts)):
-        base = offset_base[c]
-        offsets[base] = c * n
-        for i in range(n):
-            offsets[base + 1 + np.int64(chunk_value(words[i], starts[c], widths[c]))] += 1
-        for v in range(1, offset_base[c + 1] - base):
-            offsets[base + v] += offsets[base + v - 1]
-        fill = offsets[base : offset_base[c + 1]].copy()
-        for i in range(n):
-            v = np.int64(chunk_value(words[i], starts[c], widths[c]))
-            postings[fill[v]] = i
-            fill[v] += 1
+def chunk_values(words: np.ndarray, start: int, width: int, out: np.ndarray) -> None:
+    """out[i] = bits [start, start + width) of entry i."""
+    for i in range(words.shape[0]):
+        out[i] = chunk_value(words[i], start, width)
+
+
+@numba.njit(nogil=True, cache=False)
+def sort_by_value(values: np.ndarray, first: int, offsets: np.ndarray, order: np.ndarray) -> None:
+    """Counting sort of entry numbers by value into order, with offsets (len 2**width + 1) such that
+    value v's entries are order[offsets[v] - first: offsets[v + 1] - first]. Offsets start at first so
+    that several chunks' offsets can rise across one table."""
+    offsets[0] = first
+    offsets[1:] = 0
+    for i in range(len(values)):
+        offsets[1 + np.int64(values[i])] += 1
+    for v in range(1, len(offsets)):
+        offsets[v] += offsets[v - 1]
+    fill = offsets[:-1] - first
+    for i in range(len(values)):
+        v = np.int64(values[i])
+        order[fill[v]] = i
+        fill[v] += 1
 
 
 @intrinsic
@@ -137,24 +135,32 @@ def _gather_buckets(
     ahead: np.ndarray,
     stride: int,
 ) -> tuple[int, int]:
-    """Fill buckets (rows lo, hi, chunk) with the non-empty posting ranges a query probes, prefetching
-    ahead.flat[lo * stride] for each (what the next pass reads first): (bucket count, total postings)."""
+    """Fill buckets (rows lo, hi, chunk, bits the probe differs in) with the non-empty posting ranges a
+    query probes, prefetching ahead.flat[lo * stride] for each (what the next pass reads first):
+    (bucket count, total postings). Two passes, so the offsets of every probe are loading at once."""
     count = 0
-    total = 0
     for c in range(len(starts)):
         value = chunk_value(query, starts[c], widths[c])
         for m in range(mask_ptr[c], mask_ptr[c + 1]):
             probe = offset_base[c] + np.int64(value ^ masks[m])
-            if not _occupied(offsets, probe):
-                continue
-            lo = _offset(offsets, probe)
-            hi = _offset(offsets, probe + 1)
-            buckets[count, 0] = lo
-            buckets[count, 1] = hi
-            buckets[count, 2] = c
-            count += 1
-            total += hi - lo
-            prefetch(ahead, lo * stride)
+            if _occupied(offsets, probe):
+                buckets[count, 0] = probe
+                buckets[count, 2] = c
+                buckets[count, 3] = popcount(masks[m])
+                count += 1
+                prefetch(offsets[1], probe)
+    total = 0
+    loaded = 0
+    for b in range(count):
+        probe = buckets[b, 0]
+        lo = _offset(offsets, probe)
+        hi = _offset(offsets, probe + 1)
+        buckets[b, 0] = lo
+        buckets[b, 1] = hi
+        total += hi - lo
+        if hi > lo:
+            loaded ^= np.int64(ahead[lo * stride]) ^ np.int64(ahead[(hi - 1) * stride])
+    buckets[count, 0] = loaded
     return count, total
 
 
@@ -167,6 +173,42 @@ def _found_earlier(
         if popcount(chunk_value(xor, starts[earlier], widths[earlier])) <= radii[earlier]:
             return True
     return False
+
+
+INLINE_BITS = 16
+"""Bits of the next chunk stored beside each posting (its lowest bits): the filter of mih_search."""
+
+
+@numba.njit(inline="always")
+def _next_chunk(c: int, n_chunks: int) -> int:
+    return c + 1 if c + 1 < n_chunks else 0
+
+
+@numba.njit(inline="always")
+def _inline_value(row: np.ndarray, starts: np.ndarray, widths: np.ndarray, c: int) -> np.uint64:
+    """The lowest INLINE_BITS bits (or all, if fewer) of chunk c of a row."""
+    return chunk_value(row, starts[c], min(widths[c], INLINE_BITS))
+
+
+@numba.njit(inline="always")
+def _ring_start(xor: np.ndarray, c: int, starts: np.ndarray, widths: np.ndarray, radii: np.ndarray) -> bool:
+    """Whether chunk c passes mih_search's two tests for an entry differing from the query in xor."""
+    differ = popcount(chunk_value(xor, starts[c], widths[c]))
+    if differ > radii[c]:
+        return False
+    after = _next_chunk(c, len(starts))
+    return differ + popcount(_inline_value(xor, starts, widths, after)) <= radii[c] + radii[after] + 1
+
+
+@numba.njit(inline="always")
+def _ring_found_earlier(
+    xor: np.ndarray, c: int, starts: np.ndarray, widths: np.ndarray, radii: np.ndarray
+) -> bool:
+    """Whether a chunk before c passes both tests, so that chunk already reported this entry."""
+    earlier = 0
+    while earlier < c and not _ring_start(xor, earlier, starts, widths, radii):
+        earlier += 1
+    return earlier < c
 
 
 @numba.njit(inline="always")
@@ -188,6 +230,37 @@ def _emit(
     return True
 
 
+@numba.njit(inline="always")
+def _filter_postings(
+    buckets: np.ndarray,
+    count: int,
+    query_next: np.ndarray,
+    inline: np.ndarray,
+    ids_low: np.ndarray,
+    ids_high: np.ndarray,
+    radii: np.ndarray,
+    candidates: np.ndarray,
+) -> int:
+    """Fill candidates (rows entry, chunk) with the postings of the buckets that pass the next-chunk test."""
+    n_chunks = len(radii)
+    found = 0
+    for b in range(count):
+        c = buckets[b, 2]
+        bound = radii[c] + radii[_next_chunk(c, n_chunks)] + 1 - buckets[b, 3]
+        next_value = query_next[c]
+        passing = 0
+        for p in range(buckets[b, 0], buckets[b, 1]):  # branch-free, so it vectorises
+            passing += popcount(next_value ^ np.uint64(inline[p])) <= bound
+        if passing == 0:
+            continue
+        for p in range(buckets[b, 0], buckets[b, 1]):
+            if popcount(next_value ^ np.uint64(inline[p])) <= bound:
+                candidates[found, 0] = np.int64(ids_low[p]) | (np.int64(ids_high[p]) << 16)
+                candidates[found, 1] = c
+                found += 1
+    return found
+
+
 @numba.njit(nogil=True, cache=False)
 def mih_search(
     queries: np.ndarray,
@@ -197,7 +270,9 @@ def mih_search(
     out_distance: np.ndarray,
     words: np.ndarray,
     offsets: Offsets,
-    postings: np.ndarray,
+    ids_low: np.ndarray,
+    ids_high: np.ndarray,
+    inline: np.ndarray,
     offset_base: np.ndarray,
     starts: np.ndarray,
     widths: np.ndarray,
@@ -208,43 +283,47 @@ def mih_search(
 ) -> tuple[int, int]:
     """Search queries from first_query on until the output is full: (next query, rows written).
 
-    Postings hold entry numbers; keys are read from words. Per query, three passes over small buffers
-    (buckets, then candidates, then distances) rather than one nested loop, so the cache misses of each
-    pass are independent and prefetched instead of serialised. Each match is written once, by the first
-    chunk within its radius; a query's rows are written whole or not at all, so the caller can grow the
-    output and resume at the returned query.
+    Pigeonring filter: with radii summing to threshold - chunks + 1, an entry within threshold has a chunk
+    c within radii[c] of the query whose next chunk (cyclically) keeps the pair within radii[c] +
+    radii[c + 1] + 1 (cycle lemma on d[c] - radii[c] - 1, whose sum is negative). Chunk c's postings carry
+    the low bits of the next chunk (inline), so probed buckets are scanned in sequence and only about one
+    posting in a hundred is read at random (entry number, then key) and verified. Each match is written
+    once, by the first chunk passing both tests; a query's rows are written whole or not at all, so the
+    caller can grow the output and resume at the returned query.
     """
     n_words = words.shape[1]
+    n_chunks = len(starts)
+    n_queries = queries.shape[0]
     written = 0
-    buckets = np.empty((len(masks), 3), dtype=np.int64)
-    candidates = np.empty((4096, 2), dtype=np.int64)
+    # Two slots: while query q's buckets are scanned, query q + 1's are already loading.
+    buckets = np.empty((2, len(masks) + 1, 4), dtype=np.int64)
+    counts = np.zeros(2, dtype=np.int64)
+    query_next = np.empty((2, n_chunks), dtype=np.uint64)
+    candidates = np.empty((1024, 2), dtype=np.int64)
     xor = np.empty(n_words, dtype=np.uint64)
-    for q in range(first_query, queries.shape[0]):
-        query = queries[q]
-        count, total = _gather_buckets(
-            query, offsets, offset_base, starts, widths, masks, mask_ptr, buckets, postings, 1
+    for q in range(first_query, n_queries):
+        slot = (q - first_query) & 1
+        for ahead in range(q if q == first_query else q + 1, min(q + 2, n_queries)):
+            s = (ahead - first_query) & 1
+            for c in range(n_chunks):
+                query_next[s, c] = _inline_value(queries[ahead], starts, widths, _next_chunk(c, n_chunks))
+            counts[s], total = _gather_buckets(
+                queries[ahead], offsets, offset_base, starts, widths, masks, mask_ptr, buckets[s], inline, 1
+            )
+            if total > len(candidates):
+                candidates = np.empty((total, 2), dtype=np.int64)
+        found = _filter_postings(
+            buckets[slot], counts[slot], query_next[slot], inline, ids_low, ids_high, radii, candidates
         )
-        if total > len(candidates):
-            candidates = np.empty((2 * total, 2), dtype=np.int64)
-        found = 0
-        for b in range(count):
-            for p in range(buckets[b, 0], buckets[b, 1]):
-                entry = np.int64(postings[p])
-                prefetch(words, entry * n_words)
-                candidates[found, 0] = entry
-                candidates[found, 1] = buckets[b, 2]
-                found += 1
+        query = queries[q]
         query_start = written
         for i in range(found):
             entry = candidates[i, 0]
             distance = 0
             for w in range(n_words):
-                distance += popcount(query[w] ^ words[entry, w])
-            if distance > threshold:
-                continue
-            for w in range(n_words):
                 xor[w] = query[w] ^ words[entry, w]
-            if _found_earlier(xor, candidates[i, 1], starts, widths, radii):
+                distance += popcount(xor[w])
+            if distance > threshold or _ring_found_earlier(xor, candidates[i, 1], starts, widths, radii):
                 continue
             if not _emit(out_query, out_entry, out_distance, written, q, entry, distance):
                 return q, query_start
@@ -273,7 +352,7 @@ def mih_search_embedded(
     """As mih_search, for 64-bit hashes whose postings carry each entry's key (posted_keys[p]) beside
     its number: candidates are verified where they lie, in sequence, with no random read of the key."""
     written = 0
-    buckets = np.empty((len(masks), 3), dtype=np.int64)
+    buckets = np.empty((len(masks) + 1, 4), dtype=np.int64)
     xor = np.empty(1, dtype=np.uint64)
     for q in range(first_query, queries.shape[0]):
         query = queries[q]

@@ -119,25 +119,45 @@ class SearchCost:
 
     check: float  # testing a probed bucket in the occupancy bitmap
     probe: float  # reading an occupied bucket's offsets and first postings
-    candidate: float  # reading one candidate's key
+    scan: float  # reading one more posting of a bucket, in sequence
+    candidate: float  # reading one candidate's entry number and key, or its embedded key
+    filter_bits: int  # bits of the next chunk that filter postings before candidates are read (0: none)
 
     @classmethod
     def of_layout(cls, layout: ChunkLayout, n_entries: int, key_bytes: int, embedded: bool) -> SearchCost:
         """Costs for a layout's array sizes: reads from arrays that fit in cache are cheap. Embedded keys
         (in the postings) are read in sequence, which is cheap at any size."""
         offsets = layout.offsets_size()
-        postings = 4 * len(layout.widths) * n_entries
+        postings = posting_bytes(n_entries, embedded) * len(layout.widths) * n_entries
         return cls(
             check=_read_cost(offsets / 8),
             probe=_read_cost(2 * offsets) + _read_cost(postings),
-            candidate=0.1 if embedded else _read_cost(key_bytes * n_entries),
+            scan=0.1 if embedded else 0.03,
+            candidate=0.0 if embedded else 2 * _read_cost(key_bytes * n_entries),
+            filter_bits=0 if embedded else min(_kernels.INLINE_BITS, min(layout.widths)),
         )
 
     def of(self, width: int, radius: int, n_entries: int) -> float:
         """Cost of probing one chunk of this width to this radius."""
         probes = sum(comb(width, k) for k in range(radius + 1))
         per_bucket = n_entries / 2**width
-        return probes * (self.check + min(1.0, per_bucket) * self.probe + per_bucket * self.candidate)
+        per_posting = self.scan + self.candidate * self.passing(radius)
+        return probes * (self.check + min(1.0, per_bucket) * self.probe + per_bucket * per_posting)
+
+    def passing(self, radius: int) -> float:
+        """Share of probed postings that pass the next-chunk filter, taking the next chunk's radius as
+        this one's and the probe as differing in all radius bits (the most common probe)."""
+        if not self.filter_bits:
+            return 1.0
+        return sum(comb(self.filter_bits, k) for k in range(radius + 2)) / 2**self.filter_bits
+
+
+def posting_bytes(n_entries: int, embedded: bool) -> int:
+    """Bytes per posting: entry number and embedded key, or entry number (3 bytes below 2**24 entries)
+    and the next chunk's low bits."""
+    if embedded:
+        return 4 + 8
+    return 2 + (1 if n_entries <= 2**24 else 2) + 2
 
 
 def _read_cost(array_bytes: float) -> float:
@@ -146,9 +166,9 @@ def _read_cost(array_bytes: float) -> float:
 
 
 _CACHED_BYTES = 16 * 2**20  # about what stays in this core's share of cache while other work runs
-# Memory bound on offsets + postings: 64 bytes per entry plus 64 MB. A 10M-entry PDQ index then stays
-# near 1 GB with its 320 MB of keys, and a 1M-entry one near 150 MB.
-_INDEX_BYTES_PER_ENTRY = 64
+# Memory bound on offsets + postings: 80 bytes per entry plus 64 MB. A 10M-entry PDQ index then stays
+# near 1.1 GB with its 320 MB of keys, and a 1M-entry one near 120 MB.
+_INDEX_BYTES_PER_ENTRY = 80
 _INDEX_BYTES_ALLOWANCE = 2**26
 _MAX_CHUNK_BITS = 28
 
@@ -172,9 +192,8 @@ def chunk_radii(widths: tuple[int, ...], threshold: int, n_entries: int, cost: S
 
 
 def index_bytes(layout: ChunkLayout, n_entries: int, embedded: bool) -> int:
-    """Memory of the offsets and postings (and posted keys) of a layout, beyond the keys themselves."""
-    per_posting = 4 + (8 if embedded else 0)
-    return 2 * layout.offsets_size() + per_posting * len(layout.widths) * n_entries
+    """Memory of the offsets and postings of a layout, beyond the keys themselves."""
+    return 2 * layout.offsets_size() + posting_bytes(n_entries, embedded) * len(layout.widths) * n_entries
 
 
 def choose_layout(n_bits: int, n_entries: int, threshold: int, embedded: bool) -> ChunkLayout:
@@ -211,8 +230,9 @@ class HammingIndex:
 
     Each hash is cut into chunks; each chunk has a CSR posting list (entry numbers sorted by chunk value,
     and an offsets table of 2**width + 1). A search probes every chunk value within that chunk's radius of
-    the query's (see chunk_radii) and verifies each candidate's full distance by popcount. Single-word
-    (64-bit) hashes are copied into the postings, so candidates are checked without a random read.
+    the query's (see chunk_radii). Postings of wide hashes carry the low bits of the next chunk, a
+    pigeonring filter that spares most candidates' random reads (see _kernels.mih_search); single-word
+    (64-bit) hashes are copied into the postings whole, so candidates are checked without a random read.
     """
 
     def __init__(self, keys: np.ndarray, threshold: int, layout: ChunkLayout | None = None) -> None:
@@ -229,15 +249,45 @@ class HammingIndex:
         self._starts = np.array(self.layout.starts, dtype=np.int64)
         self._widths = np.array(self.layout.widths, dtype=np.int64)
         self._offset_base = np.cumsum([0, *(2**w + 1 for w in self.layout.widths)], dtype=np.int64)
-        n_postings = len(self.layout.widths) * len(keys)
-        index_type = np.int32 if n_postings < 2**31 else np.int64
-        offsets = np.zeros(self._offset_base[-1], dtype=index_type)
-        self._postings = np.empty(n_postings, dtype=index_type)
-        _kernels.build_postings(
-            self.words, self._starts, self._widths, self._offset_base, offsets, self._postings
-        )
-        self._offsets = _kernels.pack_offsets(offsets)
-        self._posted_keys = self.words[self._postings, 0] if self.embedded else None
+        self._offsets, self._postings = self._build()
+        self._probe_plans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _build(self) -> tuple[_kernels.Offsets, tuple[np.ndarray, ...]]:
+        """Sort entries by each chunk in turn, keeping one chunk's order in memory at a time."""
+        n, n_chunks = len(self.keys), len(self.layout.widths)
+        index_type = np.int32 if n_chunks * n < 2**31 else np.int64
+        offsets = np.empty(self._offset_base[-1], dtype=index_type)
+        postings = self._empty_postings(n * n_chunks)
+        values = np.empty(n, dtype=np.uint32)
+        order = np.empty(n, dtype=index_type)
+        for c, (start, width) in enumerate(zip(self.layout.starts, self.layout.widths, strict=True)):
+            _kernels.chunk_values(self.words, start, width, values)
+            bucket_offsets = offsets[self._offset_base[c] : self._offset_base[c + 1]]
+            _kernels.sort_by_value(values, c * n, bucket_offsets, order)
+            self._fill_postings(postings, slice(c * n, (c + 1) * n), order, (c + 1) % n_chunks, values)
+        return _kernels.pack_offsets(offsets), postings
+
+    def _empty_postings(self, size: int) -> tuple[np.ndarray, ...]:
+        if self.embedded:
+            return np.empty(size, dtype=np.int32), np.empty(size, dtype=np.uint64)
+        high = np.uint8 if len(self.keys) <= 2**24 else np.uint16
+        return np.empty(size, np.uint16), np.empty(size, high), np.empty(size, np.uint16)
+
+    def _fill_postings(
+        self, postings: tuple[np.ndarray, ...], part: slice, order: np.ndarray, after: int, values: np.ndarray
+    ) -> None:
+        """One chunk's postings in order: entry numbers plus the embedded key or the next chunk's low bits."""
+        if self.embedded:
+            entries, posted_keys = postings
+            entries[part] = order
+            posted_keys[part] = self.words[order, 0]
+            return
+        low, high, inline = postings
+        low[part] = order
+        high[part] = order >> 16
+        width = min(self.layout.widths[after], _kernels.INLINE_BITS)
+        _kernels.chunk_values(self.words, self.layout.starts[after], width, values)
+        inline[part] = values[order]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -250,35 +300,41 @@ class HammingIndex:
     @property
     def nbytes(self) -> int:
         """Bytes held beyond the keys themselves."""
-        posted = 0 if self._posted_keys is None else self._posted_keys.nbytes
-        return sum(part.nbytes for part in self._offsets) + self._postings.nbytes + posted
+        return sum(part.nbytes for part in (*self._offsets, *self._postings))
 
     def search(self, queries: np.ndarray, threshold: int | None = None) -> SearchResult:
         """Every (query, entry) pair within threshold bits (default: the build threshold) and its distance."""
         threshold = self.threshold if threshold is None else threshold
         queries = as_words(np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.keys.shape[1]))
-        radii = chunk_radii(self.layout.widths, threshold, len(self.keys), self.cost)
-        masks = [_probe_masks(w, r) for w, r in zip(self.layout.widths, radii, strict=True)]
-        mask_ptr = np.cumsum([0, *(len(m) for m in masks)], dtype=np.int64)
-        kernel, source = (
-            (_kernels.mih_search_embedded, self._posted_keys)
-            if self.embedded
-            else (_kernels.mih_search, self.words)
-        )
+        radii, masks, mask_ptr = self._probes(threshold)
+        if self.embedded:
+            kernel, keys = _kernels.mih_search_embedded, self._postings[1]
+            postings = self._postings[:1]
+        else:
+            kernel, keys, postings = _kernels.mih_search, self.words, self._postings
         return _kernels.collect(
             kernel,
             queries,
-            source,
+            keys,
             self._offsets,
-            self._postings,
+            *postings,
             self._offset_base,
             self._starts,
             self._widths,
-            np.array(radii, dtype=np.int64),
-            np.concatenate(masks),
+            radii,
+            masks,
             mask_ptr,
             threshold,
         )
+
+    def _probes(self, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-chunk radii and the probe masks they give, worked out once per threshold."""
+        if threshold not in self._probe_plans:
+            radii = chunk_radii(self.layout.widths, threshold, len(self.keys), self.cost)
+            masks = [_probe_masks(w, r) for w, r in zip(self.layout.widths, radii, strict=True)]
+            mask_ptr = np.cumsum([0, *(len(m) for m in masks)], dtype=np.int64)
+            self._probe_plans[threshold] = (np.array(radii, dtype=np.int64), np.concatenate(masks), mask_ptr)
+        return self._probe_plans[threshold]
 
 
 def brute_force_compiled(keys: np.ndarray, queries: np.ndarray, threshold: int) -> SearchResult:
