@@ -8,21 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scanner.errors import ConfigError
+from scanner.hashing.pdq import DIHEDRAL_TRANSFORMS
 from scanner.lists.hashlist import HashEntries, HashList
 from scanner.lists.hashtypes import HashType
 from scanner.lists.index import ExactIndex, HammingIndex
-
-DIHEDRAL_TRANSFORMS = (
-    "original",
-    "rotate90",
-    "rotate180",
-    "rotate270",
-    "flipx",
-    "flipy",
-    "flipplus1",
-    "flipminus1",
-)
-"""Names of the 8 PDQ dihedral hashes, in pdqhash.compute_dihedral (and pdq-photo-hasher --pdqdih) order."""
 
 
 @dataclass(frozen=True, slots=True)
