@@ -2,6 +2,11 @@
 
 Rows never fetched or hashed (dead, screened, unchecked) keep their shard, row, url and key with the hash
 columns null, so `rematch` can screen every URL again and `rescan` can revisit every row.
+
+Schema version 2 (the `scanner.hashes_version` key of the Parquet metadata) added `pdq_dihedral`: the 8
+dihedral PDQ hashes as a fixed-size list of 8 lower-case hex strings in DIHEDRAL_TRANSFORMS order (original
+first), set when the scan computed them (--pdq-dihedral with a PDQ list), null otherwise. Version 1 files
+(no metadata key, no column) are read as if that column were null.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import pyarrow.parquet as pq
 
 from scanner.errors import InputError
 from scanner.fetch import FetchResult
-from scanner.hashing import ImageHashes
+from scanner.hashing import DIHEDRAL_TRANSFORMS, ImageHashes
 from scanner.reports.files import atomic_open
 from scanner.reports.records import Outcome
 
@@ -25,6 +30,9 @@ HASHES_FILE = "hashes.parquet"
 UNIT_SUFFIX = ".hashes.parquet"
 HEX_COLUMNS = ("md5", "sha1", "sha256", "pdq", "phash", "dhash")
 IMAGE_COLUMNS = ("pdq_quality", "width", "height", "format")
+DIHEDRAL_COLUMN = "pdq_dihedral"
+OPTIONAL_COLUMNS = (DIHEDRAL_COLUMN,)  # added after version 1: older files lack them
+HASHES_VERSION = 2
 ROW_GROUP_ROWS = 64 * 1024
 
 HASHES_SCHEMA = pa.schema(
@@ -46,7 +54,9 @@ HASHES_SCHEMA = pa.schema(
         ("etag", pa.string()),
         ("last_modified", pa.string()),
         ("fetched_at", pa.timestamp("ms", tz="UTC")),
-    ]
+        (DIHEDRAL_COLUMN, pa.list_(pa.string(), len(DIHEDRAL_TRANSFORMS))),
+    ],
+    metadata={"scanner.hashes_version": str(HASHES_VERSION)},
 )
 
 
@@ -61,23 +71,30 @@ def hash_record(outcome: Outcome, hashes: ImageHashes | None, fetch: FetchResult
 
 
 def hash_values(hashes: ImageHashes | None) -> dict:
-    """The hash columns of a record (all None without hashes)."""
-    values: dict = dict.fromkeys((*HEX_COLUMNS, *IMAGE_COLUMNS))
+    """The hash columns of a record (all None without hashes; pdq_dihedral None unless computed)."""
+    values: dict = dict.fromkeys((*HEX_COLUMNS, *IMAGE_COLUMNS, DIHEDRAL_COLUMN))
     if hashes is not None:
         for name in HEX_COLUMNS:
             value = getattr(hashes, name)
             values[name] = value.hex() if value is not None else None
         for name in IMAGE_COLUMNS:
             values[name] = getattr(hashes, name)
+        if hashes.pdq_dihedral:
+            values[DIHEDRAL_COLUMN] = [value.hex() for value in hashes.pdq_dihedral]
     return values
 
 
 def stored_hashes(record: dict) -> ImageHashes | None:
-    """The ImageHashes a record holds (no dihedral PDQ: it is not stored), or None if it holds none."""
+    """The ImageHashes a record holds (the dihedral PDQ when stored), or None if it holds none."""
     if all(record.get(name) is None for name in HEX_COLUMNS):
         return None
     raw = {name: bytes.fromhex(record[name]) if record.get(name) else None for name in HEX_COLUMNS}
-    return ImageHashes(**raw, **{name: record.get(name) for name in IMAGE_COLUMNS}, pdq_dihedral=None)
+    dihedral = record.get(DIHEDRAL_COLUMN)
+    return ImageHashes(
+        **raw,
+        **{name: record.get(name) for name in IMAGE_COLUMNS},
+        pdq_dihedral=tuple(bytes.fromhex(value) for value in dihedral) if dihedral else None,
+    )
 
 
 def hashes_table(records: list[dict]) -> pa.Table:
@@ -113,7 +130,8 @@ def open_hashes(path: str | Path) -> pq.ParquetFile:
         file = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(str(path), f"not a readable Parquet file ({exc})") from exc
-    missing = [name for name in HASHES_SCHEMA.names if name not in file.schema_arrow.names]
+    required = [name for name in HASHES_SCHEMA.names if name not in OPTIONAL_COLUMNS]
+    missing = [name for name in required if name not in file.schema_arrow.names]
     if missing:
         raise InputError(str(path), f"not a hashes.parquet: no column {', '.join(missing)}")
     return file
