@@ -48,7 +48,7 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
         "--pdq-dihedral",
         action="store_true",
         default=None,
-        help="refused: hash records hold no rotated or flipped PDQ (they need the image; scan again)",
+        help="match the rotated and flipped PDQ hashes a --pdq-dihedral scan stored (refused without them)",
     )
     sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
     sub.add_argument("--quiet", action="store_true", help="no summary")

@@ -6,9 +6,11 @@ for rows that served something in the scan that stored them. Other rows keep the
 before and not now becomes clean (invalid if its body was no usable image), or unchecked when it was never
 fetched (screened) and so has no hashes to say more. A row matched before at a redirect target is screened
 at that URL again (the evidence keeps it); other redirect targets are not recorded, so a newly listed one
-is found by a rescan or a scan, not by rematch. Hash records keep only the plain PDQ (the 7 rotated and
-flipped ones are computed from the image, which is never stored), so rematch refuses --pdq-dihedral.
-The report files are a scan's, plus hashes.parquet: a rematch can be rematched or rescanned.
+is found by a rescan or a scan, not by rematch. With --pdq-dihedral the rotated and flipped PDQ hashes a
+--pdq-dihedral scan stored are matched too (matches name the transform, as a scan's do); records without
+them (a scan without --pdq-dihedral, or hash records older than version 2) are refused, since those hashes
+need the image, which is never stored. The report files are a scan's, plus hashes.parquet: a rematch can
+be rematched or rescanned.
 """
 
 from __future__ import annotations
@@ -36,13 +38,10 @@ def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) ->
         raise ConfigError("no hash records given (a hashes.parquet, or a report directory holding one)")
     if not config.hashlists:
         raise ConfigError("no hash list given (--hashlist PATH)")
+    scans = [StoredScan(path) for path in hashes]
     if config.match.pdq_dihedral:
-        raise ConfigError(
-            "rematch cannot match rotations and flips (pdq_dihedral): hash records keep only each image's "
-            "plain PDQ hash, and its rotated and flipped hashes need the image, which is never stored; "
-            "scan again with --pdq-dihedral"
-        )
-    run = StoredRun.start(config, [StoredScan(path) for path in hashes], restart)
+        _check_dihedral(scans)
+    run = StoredRun.start(config, scans, restart)
     if run.finished is not None:
         return run.finished
     screen = Screen(run.matcher)
@@ -52,6 +51,20 @@ def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) ->
         run.checkpoint.commit(rematch_unit(unit.id, rows, screen, run.matcher, evidence[unit.scan]))
     manifest = run.manifest(rematched=[str(scan.hashes_path) for scan in run.scans])
     return run.finish(started_at, manifest, {})
+
+
+def _check_dihedral(scans: list[StoredScan]) -> None:
+    """Refuse dihedral matching over records that hold a PDQ hash without its rotated and flipped ones."""
+    for scan in scans:
+        lacking = scan.first_without_dihedral()
+        if lacking is not None:
+            raise ConfigError(
+                f"rematch cannot match rotations and flips (pdq_dihedral) in {scan.hashes_path}: "
+                f"shard {lacking['shard']} row {lacking['row']} holds the plain PDQ hash only (its scan ran "
+                "without --pdq-dihedral, or before hash records kept the dihedral hashes), and the rotated "
+                "and flipped ones need the image, which is never stored; scan again with --pdq-dihedral "
+                "--keep-hashes"
+            )
 
 
 def rematch_unit(

@@ -8,9 +8,12 @@ HEAD, or a GET whose body is never read, so takedowns can be followed up without
 again; a redirect to a listed URL is not followed, and counts as live. Every other row is requested
 conditionally (If-None-Match, else If-Modified-Since, from its hash record): a 304 re-uses the stored
 hashes, a 200 is hashed and compared with them (outcome `changed` when its bytes differ). Rows that went
-dead keep their last hash record, so a later rescan still knows what they served. The report adds
-changes.jsonl and a `changes` section (newly dead, newly live, new matches, matches gone, content changed)
-and appends the previous scan to the summary's `history`.
+dead keep their last hash record, so a later rescan still knows what they served. With dihedral matching on
+(the previous scan's --pdq-dihedral) the stored rotated and flipped PDQ hashes are matched too; a row whose
+record holds a PDQ hash without them is requested unconditionally, so its body is hashed again with them;
+records older than version 2 from a scan that matched through a transform are refused (the rescan would
+report those matches gone). The report adds changes.jsonl and a `changes` section (newly dead, newly live,
+new matches, matches gone, content changed) and appends the previous scan to the summary's `history`.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def rescan(
     run = StoredRun.start(config, [stored], restart)
     if run.finished is not None:
         return run.finished
+    _check_dihedral(stored, run.matcher)
     if run.todo:
         progress = make_progress(run) if make_progress is not None and config.run.progress else Progress()
         try:
@@ -125,6 +129,7 @@ class Rescanner:
         self.screen = Screen(stages.matcher)
         self.progress = progress or Progress()
         self._slots = asyncio.Semaphore(rows_in_flight)
+        self._dihedral = "pdq_dihedral" in stages.matcher.needed_hash_types
 
     async def run_unit(
         self, unit_id: int, rows: list[StoredRow], evidence: dict
@@ -204,7 +209,7 @@ class Rescanner:
 
     async def _refetch(self, row: StoredRow, screened: Screened, outcome: Outcome) -> Rechecked:
         hop = self.screen.hop(screened)
-        headers = _conditional_headers(row)
+        headers = None if self._lacks_dihedral(row) else _conditional_headers(row)
         result = await self.stages.fetcher.fetch(row.record["url"], headers=headers, screen=hop)
         body, result.body = result.body, None
         outcome.http_status, outcome.fetched_at = result.status, result.fetched_at
@@ -226,6 +231,11 @@ class Rescanner:
         return Rechecked(
             outcome, hash_record(outcome, hashes, result), [], query, result, content_changed=changed
         )
+
+    def _lacks_dihedral(self, row: StoredRow) -> bool:
+        """A stored PDQ hash without the rotated and flipped ones that dihedral matching needs."""
+        stored = row.hashes
+        return self._dihedral and stored is not None and stored.pdq is not None and not stored.pdq_dihedral
 
 
 def change_kinds(previous: Outcome, current: Outcome, content_changed: bool) -> list[str]:
@@ -351,6 +361,26 @@ def _stored_scan(previous: Path) -> StoredScan:
     if stored.outcomes is None or not (previous / "summary.json").is_file():
         raise InputError(str(previous), "not a finished scan: outcomes.parquet or summary.json is missing")
     return stored
+
+
+def _check_dihedral(stored: StoredScan, matcher: Matcher) -> None:
+    """Refuse a dihedral rescan of records without dihedral hashes from a scan that matched through them:
+    those rows would get liveness checks only, with nothing to match, and be reported as matches gone."""
+    if "pdq_dihedral" not in matcher.needed_hash_types or stored.has_dihedral:
+        return
+    path = stored.dir / "matches.jsonl"
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8") as lines:
+        found = (json.loads(line) for line in lines if line.strip())
+        rows = {(m["shard"], m["row"]) for m in found if m.get("transform")}
+    if rows:
+        raise InputError(
+            str(stored.hashes_path),
+            f"{len(rows)} rows matched through a rotation or flip, but these hash records (older than "
+            "version 2) keep no dihedral PDQ hashes, so a rescan cannot tell whether those matches hold "
+            "(and they are never downloaded again to find out); scan again with --pdq-dihedral --keep-hashes",
+        )
 
 
 def _summary_sections(stored: StoredScan, checkpoint: Checkpoint, unit_ids: list[int]) -> dict:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner import __version__
@@ -22,6 +23,7 @@ from scanner.mirror import Mirror, local_dir
 from scanner.progress import BarProgress
 from scanner.reports.files import atomic_open, private_dir, write_jsonl
 from scanner.reports.hashes import (
+    DIHEDRAL_COLUMN,
     HASHES_FILE,
     HEX_COLUMNS,
     merge_hashes,
@@ -94,6 +96,26 @@ class StoredScan:
                 )
             rows.append(StoredRow(record, outcome, stored_hashes(record)))
         return rows
+
+    @property
+    def has_dihedral(self) -> bool:
+        """Whether the records have the dihedral PDQ column (hashes.parquet version 2 and later)."""
+        return DIHEDRAL_COLUMN in self.hashes.schema_arrow.names
+
+    def first_without_dihedral(self) -> dict | None:
+        """The shard and row of the first record holding a PDQ hash but not its 8 dihedral ones; None when
+        every PDQ hash has them (one pass over those two columns)."""
+        columns = ["pdq", DIHEDRAL_COLUMN] if self.has_dihedral else ["pdq"]
+        start = 0
+        for batch in self.hashes.iter_batches(columns=columns):
+            lacking = batch.column(0).is_valid()
+            if self.has_dihedral:
+                lacking = pc.and_(lacking, batch.column(1).is_null())
+            if pc.any(lacking).as_py():
+                index = start + pc.index(lacking, True).as_py()
+                return read_slice(self.hashes, index, index + 1, ["shard", "row"]).to_pylist()[0]
+            start += batch.num_rows
+        return None
 
     def evidence(self) -> dict[tuple[str, int], dict]:
         """The evidence records of the rows that matched, by (shard, row); empty without evidence.jsonl."""
