@@ -156,7 +156,8 @@ def test_rematch_refuses_what_it_cannot_do(scans, tmp_path: Path) -> None:
 
 
 def test_rematch_refuses_dihedral_matching_from_flag_or_config(scans, tmp_path: Path, scanner_cli) -> None:
-    """The records hold the plain PDQ only; rotated and flipped hashes would need the image, never stored."""
+    """Scan A ran without --pdq-dihedral: its records hold the plain PDQ only, and the rotated and flipped
+    hashes would need the image, never stored (a dihedral scan's are matched: test_rematch_dihedral)."""
     config = tmp_path / "dihedral.toml"
     config.write_text("[match]\npdq_dihedral = true\n")
     common = ["rematch", str(scans["a"]), "--hashlist", scans["v2"]]
@@ -164,7 +165,8 @@ def test_rematch_refuses_dihedral_matching_from_flag_or_config(scans, tmp_path: 
         done = scanner_cli(*common, *how, "--out", str(tmp_path / out), cwd=tmp_path)
         assert done.returncode == 1, done.stdout
         assert done.stderr.startswith("scanner: error: rematch cannot match rotations and flips")
-        assert "plain PDQ" in done.stderr and "never stored" in done.stderr, done.stderr
+        assert "row 0 holds the plain PDQ hash only" in done.stderr, done.stderr
+        assert "never stored" in done.stderr and str(scans["a"] / "hashes.parquet") in done.stderr
         assert "Traceback" not in done.stderr
         assert not (tmp_path / out / "outcomes.parquet").exists()
 
