@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +26,7 @@ from scanner.lists import (
     Query,
     load_hashlist,
 )
+from scanner.lists.formats import ListText
 from scanner.lists.index import brute_force
 
 SHARED = (Path(__file__).parents[1] / ".." / "shared").resolve()
@@ -326,6 +329,23 @@ def test_any_content_loads_or_raises_hash_list_error(tmp_path, content, prefix):
             assert error.path == str(path)
             return
     assert sum(hash_list.counts.values()) > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.text(alphabet="0af#,\t\r \x0b\x0c\x1c\x1f\u00a0\u3000\u2028é", max_size=12), max_size=8)
+)
+def test_lines_are_split_and_trimmed_as_pyarrow_does(lines):
+    """The packed ASCII fast path and its Unicode fallback give exactly pyarrow's split and trim."""
+    data = "\n".join(lines).encode()
+    whole = pa.array([data.decode()], pa.large_string())
+    expected = pc.utf8_trim_whitespace(pc.split_pattern(whole, "\n").flatten()).to_pylist()
+    assert ListText.from_bytes(data).lines.to_pylist() == expected
+
+
+def test_a_long_whitespace_run_is_trimmed_too():
+    data = b"abc" + b" " * 10_000 + b"\n\t\t\t\t\t\tdef\n"
+    assert ListText.from_bytes(data).lines.to_pylist() == ["abc", "def", ""]
 
 
 # Matching

@@ -1,4 +1,4 @@
-"""Numba kernels for the Hamming index: posting-list construction and multi-index search.
+"""Numba kernels for hash lists: line packing, posting-list construction and multi-index search.
 
 Compiled once per process, never cached on disk: numba's cache probes its folder with a temporary file,
 and a scan writes no file outside its report directory (scanner/nostore.py). Compiling costs about 3 s
@@ -38,6 +38,16 @@ def chunk_value(row: np.ndarray, start: int, width: int) -> np.uint64:
     if shift + width > 64:
         value |= row[word + 1] << np.uint64(64 - shift)
     return value & ((np.uint64(1) << np.uint64(width)) - np.uint64(1))
+
+
+@numba.njit(nogil=True, cache=False)
+def pack_ranges(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray, out: np.ndarray) -> None:
+    """Copy buffer[starts[i]:ends[i]] for every i, one after another, into out."""
+    position = 0
+    for i in range(len(starts)):
+        for j in range(starts[i], ends[i]):
+            out[position] = buffer[j]
+            position += 1
 
 
 @numba.njit(nogil=True, cache=False)

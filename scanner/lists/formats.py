@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from scanner.lists import _kernels
 from scanner.lists.hashtypes import HASH_TYPES, string_buffers
 
 
@@ -42,11 +43,17 @@ class ListText:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ListText:
-        """Split UTF-8 bytes into lines with vectorised kernels; raises pyarrow.ArrowInvalid if not UTF-8."""
+        """Split UTF-8 bytes into lines with vectorised kernels; raises pyarrow.ArrowInvalid if not UTF-8.
+
+        Lines are copied once into one buffer (a 10M-line list would otherwise hold the file three times
+        over); a line that may end in non-ASCII whitespace sends the file through pyarrow's Unicode trim.
+        """
         offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
         whole = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
         whole.validate(full=True)
-        lines = pc.utf8_trim_whitespace(pc.split_pattern(whole, "\n").flatten())
+        lines = _ascii_trimmed_lines(np.frombuffer(data, dtype=np.uint8))
+        if lines is None:
+            lines = pc.utf8_trim_whitespace(pc.split_pattern(whole, "\n").flatten())
         starts, chars = string_buffers(lines)
         content = np.diff(starts) > 0
         content[content] = chars[starts[:-1][content]] != ord("#")
@@ -57,6 +64,39 @@ class ListText:
     def first_content_line(self) -> int:
         """1-based number of the first content line."""
         return int(np.flatnonzero(self.content)[0]) + 1
+
+
+_ASCII_SPACE = np.zeros(256, dtype=bool)
+_ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True  # what pyarrow's utf8_trim_whitespace trims
+_TRIM_ROUNDS = 4  # whitespace runs longer than this (rare) go to pyarrow's trim: each round scans every line
+
+
+def _ascii_trimmed_lines(buffer: np.ndarray) -> pa.Array | None:
+    """Every "\n"-separated line without surrounding ASCII whitespace, packed into one new buffer; None
+    when a trimmed line starts or ends with a non-ASCII byte (it may be Unicode whitespace)."""
+    ends = np.append(np.flatnonzero(buffer == ord("\n")), len(buffer))
+    starts = np.append(0, ends[:-1] + 1)
+    for _ in range(_TRIM_ROUNDS):
+        lead = starts < ends
+        lead[lead] = _ASCII_SPACE[buffer[starts[lead]]]
+        tail = starts < ends
+        tail[tail] = _ASCII_SPACE[buffer[ends[tail] - 1]]
+        if not (lead.any() or tail.any()):
+            break
+        starts += lead
+        ends -= tail & (starts < ends)
+    else:
+        return None
+    filled = starts < ends
+    if (buffer[starts[filled]] >= 0x80).any() or (buffer[ends[filled] - 1] >= 0x80).any():
+        return None
+    offsets = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=offsets[1:])
+    packed = np.empty(offsets[-1], dtype=np.uint8)
+    _kernels.pack_ranges(buffer, starts, ends, packed)
+    return pa.Array.from_buffers(
+        pa.large_string(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(packed)]
+    )
 
 
 @dataclass(frozen=True, slots=True)
