@@ -1,4 +1,8 @@
-"""Fail closed on any file write outside the report directory, so image content can never land on disk."""
+"""Fail closed on any file write outside the report directory, so image content can never land on disk.
+
+The one exception is numba's cache of compiled kernels (kernelcache.py): only its own files, in its own
+directory, and they hold machine code, not data.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 import sys
 from collections.abc import Iterable
 
+from scanner import kernelcache
 from scanner.errors import ContentAtRestError
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -21,11 +26,12 @@ def is_write(mode: object, flags: object) -> bool:
 
 
 def is_allowed(path: str) -> bool:
-    """Writes may go to the report directory and to device files (stdout, /dev/null), nowhere else."""
+    """Writes may go to the report directory, to device files (stdout, /dev/null) and to numba's kernel
+    cache, nowhere else."""
     real = os.path.realpath(path)
-    return real.startswith("/dev/") or any(
-        real == root or real.startswith(root + os.sep) for root in _allowed
-    )
+    if real.startswith("/dev/") or any(real == root or real.startswith(root + os.sep) for root in _allowed):
+        return True
+    return kernelcache.is_cache_write(real)
 
 
 def _audit(event: str, args: tuple[object, ...]) -> None:

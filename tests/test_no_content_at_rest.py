@@ -21,6 +21,7 @@ AUDIT_SITECUSTOMIZE = textwrap.dedent(
     import os, sys
     _log = open(os.environ["AUDIT_LOG"], "a", buffering=1)
     _allowed = os.path.realpath(os.environ["AUDIT_ALLOWED"])
+    _kernels = os.path.realpath(os.environ["SCANNER_KERNEL_CACHE"])
     _log.write(f"start {os.getpid()}\\n")
 
     def _hook(event, args):
@@ -34,7 +35,8 @@ AUDIT_SITECUSTOMIZE = textwrap.dedent(
             return
         real = os.path.realpath(os.fsdecode(path))
         inside = real == _allowed or real.startswith(_allowed + os.sep) or real.startswith("/dev/")
-        _log.write(("write " if inside else "VIOLATION ") + real + "\\n")
+        cache = real == _kernels or real.startswith(_kernels + os.sep)
+        _log.write(("write " if inside else "cache " if cache else "VIOLATION ") + real + "\\n")
 
     sys.addaudithook(_hook)
     """
@@ -60,12 +62,15 @@ def run_audited_scan(tmp_path: Path, routes: dict, extra_args: list[str]) -> tup
         "PYTHONPATH": os.pathsep.join([str(hook_dir), str(REPO)]),
         "AUDIT_LOG": str(log),
         "AUDIT_ALLOWED": str(out),
+        "SCANNER_KERNEL_CACHE": str(tmp_path / "kernels"),
     }
     with serve(routes) as base:
         shard = tmp_path / "shard.parquet"
         pq.write_table(pa.table({"url": [base + path for path in routes]}), shard)
         listfile = tmp_path / "list.txt"
         listfile.write_text("0" * 32 + "\n")
+        pdq_list = tmp_path / "pdq.txt"
+        pdq_list.write_text("0" * 64 + "\n")  # so the workers hash PDQ, with kernels from numba's cache
         command = [
             sys.executable,
             "-m",
@@ -74,6 +79,8 @@ def run_audited_scan(tmp_path: Path, routes: dict, extra_args: list[str]) -> tup
             str(shard),
             "--hashlist",
             f"md5:{listfile}",
+            "--hashlist",
+            f"pdq:{pdq_list}",
             "--out",
             str(out),
             "--allow-private-networks",
@@ -88,11 +95,15 @@ def run_audited_scan(tmp_path: Path, routes: dict, extra_args: list[str]) -> tup
 
 
 def test_scan_writes_only_inside_out_and_never_image_bytes(tmp_path):
+    """Outside --out only numba's compiled-kernel cache is written (kernelcache.py), and only its files."""
     routes = served_images(12)
     out, log = run_audited_scan(tmp_path, routes, [])
     starts = {line for line in log if line.startswith("start ")}
     assert len(starts) >= 3, "the audit hook must run in the main process and in both hashing workers"
     assert [line for line in log if line.startswith("VIOLATION")] == []
+    cached = [p for p in (tmp_path / "kernels").rglob("*") if p.is_file()]
+    assert cached, "the hashing workers must have kept their compiled PDQ kernels in the cache"
+    assert all(p.suffix in (".nbi", ".nbc") for p in cached), cached
     written = {Path(line.split(" ", 1)[1]) for line in log if line.startswith("write ")}
     assert out / "outcomes.parquet" in {
         p.parent / p.name.removeprefix(".").removesuffix(".partial") for p in written
@@ -101,6 +112,7 @@ def test_scan_writes_only_inside_out_and_never_image_bytes(tmp_path):
     assert outcomes["outcome"] == ["clean"] * 12
     files = [p for p in out.rglob("*") if p.is_file()]
     assert files, "the scan must have written its reports"
+    files += cached
     needles = [body[len(body) // 2 : len(body) // 2 + 64] for _, _, body, _ in routes.values()]
     for path in files:
         data = path.read_bytes()
@@ -131,6 +143,41 @@ def test_write_guard_refuses_writes_outside_out(tmp_path):
     assert done.stdout.split() == ["refused"] * 3, done.stderr
     assert (allowed / "ok.txt").read_text() == "fine"
     assert not (tmp_path / "leak.jpg").exists()
+
+
+def test_write_guard_lets_only_numba_files_into_the_kernel_cache(tmp_path):
+    """The kernel cache is no way around the guard: numba's index and data files, nothing else."""
+    cache = tmp_path / "kernels"
+    script = textwrap.dedent(
+        f"""
+        import os
+        from scanner import nostore
+        from scanner.errors import ContentAtRestError
+        nostore.install([])
+        sub = os.path.join({str(cache)!r}, "scanner_0123")
+        os.makedirs(sub)
+        for name in ("pdq_from_luma-190.py311.nbi", "pdq_from_luma-190.py311.1.nbc",
+                     "pdq_from_luma-190.py311.nbi.tmp.0123456789abcdef",
+                     "body.jpg", "x.nbi.jpg", "x.nbcache"):
+            try:
+                open(os.path.join(sub, name), "wb").close()
+                print("written", name)
+            except ContentAtRestError:
+                print("refused", name)
+        """
+    )
+    env = {**os.environ, "SCANNER_KERNEL_CACHE": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60, env=env
+    )
+    assert done.stdout.splitlines() == [
+        "written pdq_from_luma-190.py311.nbi",
+        "written pdq_from_luma-190.py311.1.nbc",
+        "written pdq_from_luma-190.py311.nbi.tmp.0123456789abcdef",
+        "refused body.jpg",
+        "refused x.nbi.jpg",
+        "refused x.nbcache",
+    ], done.stderr
 
 
 @pytest.mark.parametrize("mode", ["r", "rb"])

@@ -8,6 +8,7 @@ column, which the compiler vectorises; each sum still sees its samples in the re
 nothing is fused (numba, without fastmath, neither reorders nor contracts float operations). Rows are
 filtered by transposing, filtering along the other axis and transposing back: moving numbers changes none.
 The equality is checked against pdqhash on the conformance vectors and on random images in the tests.
+Compiled code is kept in numba's disk cache when scanner/kernelcache.py allows it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from scanner import kernelcache
+
 DCT_SIZE = 16
 DOWNSAMPLED = 64
 MIN_HASHABLE_SIDE = 5
 JAROSZ_PASSES = 2
 STRIP = 8
+CACHE = kernelcache.enabled()
 
 
 def _dct_matrix() -> np.ndarray:
@@ -33,7 +37,7 @@ def _dct_matrix() -> np.ndarray:
 DCT_MATRIX = _dct_matrix()
 
 
-@njit(cache=False, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def luma_from_rgb(pixels: np.ndarray) -> np.ndarray:
     """float32(0.299 R + 0.587 G + 0.114 B), each term and sum in double, as pdqhash computes it."""
     rows, cols = pixels.shape[0], pixels.shape[1]
@@ -49,7 +53,7 @@ def luma_from_rgb(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=False, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _box_down_columns(src: np.ndarray, dst: np.ndarray, window: int) -> None:
     """The reference's 1-D box filter (four phases, running float sum) down every column at once."""
     length, width = src.shape
@@ -88,7 +92,7 @@ def _box_down_columns(src: np.ndarray, dst: np.ndarray, window: int) -> None:
         out += 1
 
 
-@njit(cache=False, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _transpose(src: np.ndarray, dst: np.ndarray) -> None:
     """dst = src.T, a strip of STRIP source rows at a time (each write is then STRIP contiguous floats)."""
     rows, cols = src.shape
@@ -102,7 +106,7 @@ def _transpose(src: np.ndarray, dst: np.ndarray) -> None:
             dst[j, i] = src[i, j]
 
 
-@njit(cache=False, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _jarosz(luma: np.ndarray) -> np.ndarray:
     """Two passes of (box along each row, then along each column), window sizes as the reference picks."""
     rows, cols = luma.shape
@@ -121,7 +125,7 @@ def _jarosz(luma: np.ndarray) -> np.ndarray:
     return image
 
 
-@njit(cache=False, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _decimate(buffer: np.ndarray) -> np.ndarray:
     """The 64x64 samples at the centres of a 64x64 grid (double arithmetic, truncated)."""
     rows, cols = buffer.shape
@@ -133,7 +137,7 @@ def _decimate(buffer: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=False, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _quality(block: np.ndarray) -> int:
     """The reference's gradient-sum quality metric of the 64x64 block, 0..100."""
     total = 0
@@ -147,7 +151,7 @@ def _quality(block: np.ndarray) -> int:
     return min(total // 90, 100)
 
 
-@njit(cache=False, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _dct(block: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """D A D^T for the 16 lowest frequencies; every sum runs over k in order, as the reference's do."""
     partial = np.zeros((DCT_SIZE, DOWNSAMPLED), dtype=np.float32)
@@ -166,7 +170,7 @@ def _dct(block: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=False, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _lower_median(values: np.ndarray) -> np.float32:
     """The value with (n + 1) // 2 values at or below it, as Torben's median returns (n is 256 here).
 
@@ -183,7 +187,7 @@ def _lower_median(values: np.ndarray) -> np.float32:
     return values[0]
 
 
-@njit(cache=False, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def pdq_from_luma(luma: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, int]:
     """PDQ of a luma plane: 256 bits (pdqhash.compute's order, bit 255 first) and quality.
 

@@ -10,6 +10,8 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
+from scanner import kernelcache
+
 DOWNSAMPLE_SIDE = 512
 
 # The 8 dihedral hashes, in the order of the reference's --pdqdih output and pdqhash.compute_dihedral.
@@ -24,8 +26,9 @@ DIHEDRAL_TRANSFORMS = (
     "flipminus1",
 )
 
-# Images a process hashes with pdqhash before it compiles the faster kernels: short scans and tests never
-# pay the compile, long scans pay it once per worker.
+# Images a process hashes with pdqhash before it compiles the faster kernels, when numba's disk cache is off
+# (kernelcache.py): short scans and tests never pay the compile, long scans pay it once per worker. With the
+# cache the kernels load in about half a second (after one compile per machine), so every image uses them.
 COMPILE_AFTER = 300
 _hashed = 0
 
@@ -46,12 +49,13 @@ def pdq_pixels(frame: Image.Image) -> np.ndarray:
 def pdq_hash(pixels: np.ndarray) -> tuple[bytes, int]:
     """The 32-byte PDQ hash (most significant bit first, as the reference prints it) and its quality.
 
-    Both paths give the same bits: pdqhash until this process has hashed COMPILE_AFTER images, then the
-    numba kernels (about 3x faster, but compiled per process: a few CPU seconds, no disk cache allowed).
+    Both paths give the same bits: the numba kernels (about 3x faster) when they come from the disk cache
+    or this process has hashed COMPILE_AFTER images, else pdqhash.
     """
     global _hashed
     _hashed += 1
-    bits, quality = compiled_pdq(pixels) if _hashed > COMPILE_AFTER else pdqhash.compute(pixels)
+    compiled = _hashed > COMPILE_AFTER or kernelcache.cache_dir() is not None
+    bits, quality = compiled_pdq(pixels) if compiled else pdqhash.compute(pixels)
     return _pack(bits), int(quality)
 
 
