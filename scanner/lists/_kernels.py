@@ -146,8 +146,10 @@ def _gather_buckets(
     stride: int,
 ) -> tuple[int, int]:
     """Fill buckets (rows lo, hi, chunk, bits the probe differs in) with the non-empty posting ranges a
-    query probes, prefetching ahead.flat[lo * stride] for each (what the next pass reads first):
-    (bucket count, total postings). Two passes, so the offsets of every probe are loading at once."""
+    query probes, and load ahead.flat[lo * stride] and ahead.flat[(hi - 1) * stride] for each (what the
+    scan reads): (bucket count, total postings). Three passes, each of independent reads that the CPU
+    overlaps (offsets, then posting ranges): measured 1.5x faster than one pass of dependent reads (a software
+    prefetch of the ranges instead of loads did not help)."""
     count = 0
     for c in range(len(starts)):
         value = chunk_value(query, starts[c], widths[c])
@@ -160,16 +162,15 @@ def _gather_buckets(
                 count += 1
                 prefetch(offsets[1], probe)
     total = 0
-    loaded = 0
     for b in range(count):
         probe = buckets[b, 0]
-        lo = _offset(offsets, probe)
-        hi = _offset(offsets, probe + 1)
-        buckets[b, 0] = lo
-        buckets[b, 1] = hi
-        total += hi - lo
-        if hi > lo:
-            loaded ^= np.int64(ahead[lo * stride]) ^ np.int64(ahead[(hi - 1) * stride])
+        buckets[b, 0] = _offset(offsets, probe)
+        buckets[b, 1] = _offset(offsets, probe + 1)
+        total += buckets[b, 1] - buckets[b, 0]
+    loaded = 0
+    for b in range(count):  # apart from the offsets, so that these reads do not wait on them one by one
+        if buckets[b, 1] > buckets[b, 0]:
+            loaded ^= np.int64(ahead[buckets[b, 0] * stride]) ^ np.int64(ahead[(buckets[b, 1] - 1) * stride])
     buckets[count, 0] = loaded
     return count, total
 
@@ -265,9 +266,12 @@ def _filter_postings(
             continue
         for p in range(buckets[b, 0], buckets[b, 1]):
             if popcount(next_value ^ np.uint64(inline[p])) <= bound:
-                candidates[found, 0] = np.int64(ids_low[p]) | (np.int64(ids_high[p]) << 16)
+                candidates[found, 0] = p
                 candidates[found, 1] = c
                 found += 1
+    for i in range(found):  # apart from the scan, so these random reads overlap
+        p = candidates[i, 0]
+        candidates[i, 0] = np.int64(ids_low[p]) | (np.int64(ids_high[p]) << 16)
     return found
 
 
@@ -303,28 +307,20 @@ def mih_search(
     """
     n_words = words.shape[1]
     n_chunks = len(starts)
-    n_queries = queries.shape[0]
     written = 0
-    # Two slots: while query q's buckets are scanned, query q + 1's are already loading.
-    buckets = np.empty((2, len(masks) + 1, 4), dtype=np.int64)
-    counts = np.zeros(2, dtype=np.int64)
-    query_next = np.empty((2, n_chunks), dtype=np.uint64)
+    buckets = np.empty((len(masks) + 1, 4), dtype=np.int64)
+    query_next = np.empty(n_chunks, dtype=np.uint64)
     candidates = np.empty((1024, 2), dtype=np.int64)
     xor = np.empty(n_words, dtype=np.uint64)
-    for q in range(first_query, n_queries):
-        slot = (q - first_query) & 1
-        for ahead in range(q if q == first_query else q + 1, min(q + 2, n_queries)):
-            s = (ahead - first_query) & 1
-            for c in range(n_chunks):
-                query_next[s, c] = _inline_value(queries[ahead], starts, widths, _next_chunk(c, n_chunks))
-            counts[s], total = _gather_buckets(
-                queries[ahead], offsets, offset_base, starts, widths, masks, mask_ptr, buckets[s], inline, 1
-            )
-            if total > len(candidates):
-                candidates = np.empty((total, 2), dtype=np.int64)
-        found = _filter_postings(
-            buckets[slot], counts[slot], query_next[slot], inline, ids_low, ids_high, radii, candidates
+    for q in range(first_query, queries.shape[0]):
+        for c in range(n_chunks):
+            query_next[c] = _inline_value(queries[q], starts, widths, _next_chunk(c, n_chunks))
+        count, total = _gather_buckets(
+            queries[q], offsets, offset_base, starts, widths, masks, mask_ptr, buckets, inline, 1
         )
+        if total > len(candidates):
+            candidates = np.empty((total, 2), dtype=np.int64)
+        found = _filter_postings(buckets, count, query_next, inline, ids_low, ids_high, radii, candidates)
         query = queries[q]
         query_start = written
         for i in range(found):
