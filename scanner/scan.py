@@ -86,12 +86,17 @@ class ScanResult:
     summary: dict
 
 
-def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
-    """Validate inputs and lists before any fetch, and pick up a previous run's committed units."""
+def check_config(config: ScanConfig) -> None:
+    """Refuse a scan that could not start, before anything is loaded or started."""
     if not config.inputs:
         raise ConfigError("no input shards given")
     if not config.hashlists:
         raise ConfigError("no hash list given (--hashlist PATH); a scan without lists only checks liveness")
+
+
+def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
+    """Validate inputs and lists before any fetch, and pick up a previous run's committed units."""
+    check_config(config)
     work = plan(expand_inputs(list(config.inputs)), config.source, config.run.on_bad_shard)
     lists = [load_hashlist(spec.spec) for spec in config.hashlists]
     matcher = Matcher.from_lists(lists, match_config(config, lists))

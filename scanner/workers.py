@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Sequence
 
@@ -15,6 +16,11 @@ def init_worker(allowed_dirs: tuple[str, ...]) -> None:
     """Guard the worker like the main process, and leave Ctrl-C to the main process, which stops the pool."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     nostore.install(allowed_dirs)
+
+
+def started() -> int:
+    """A no-op job: sent once per worker, it makes the pool start every process at once."""
+    return os.getpid()
 
 
 def hash_job(body: bytes, want: frozenset[str], limits: DecodeLimits) -> HashResult:

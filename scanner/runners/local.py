@@ -11,8 +11,8 @@ from functools import partial
 from scanner.config import ScanConfig
 from scanner.pipeline import Progress
 from scanner.planner import WorkUnit
-from scanner.scan import Prepared, ScanResult, hashing_job, run_scan, unit_pipeline
-from scanner.workers import HashResult, hash_batch, init_worker
+from scanner.scan import Prepared, ScanResult, check_config, hashing_job, run_scan, unit_pipeline
+from scanner.workers import HashResult, hash_batch, init_worker, started
 
 # Bodies sent to a worker in one call, at most: few enough to keep every worker busy, many enough that
 # the pickle round trip, the future and the wake-ups are paid once for several images.
@@ -22,20 +22,39 @@ MAX_BATCH = 8
 def scan(
     config: ScanConfig, restart: bool = False, make_progress: Callable[[Prepared], Progress] | None = None
 ) -> ScanResult:
-    """Run a whole scan locally, resuming from committed units in config.out."""
-    return run_scan(config, restart, make_progress, run_units)
+    """Run a whole scan locally, resuming from committed units in config.out.
+
+    The hashing workers start (a process and its imports each) while this process loads the lists.
+    """
+    check_config(config)
+    with hashing_pool(config.run.worker_count) as pool:
+        return run_scan(config, restart, make_progress, partial(run_units, pool=pool))
 
 
-def run_units(prepared: Prepared, units: list[WorkUnit], progress: Progress | None = None) -> None:
-    """Fetch in this process and hash in worker processes; each finished unit is committed at once."""
+def hashing_pool(workers: int) -> ProcessPoolExecutor:
+    """Hashing worker processes, started now; each guards itself with no directory to write to."""
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=((),))
+    for _ in range(workers):
+        pool.submit(started)  # the pool starts a process per job waiting for one
+    return pool
+
+
+def run_units(
+    prepared: Prepared,
+    units: list[WorkUnit],
+    progress: Progress | None = None,
+    pool: ProcessPoolExecutor | None = None,
+) -> None:
+    """Fetch in this process and hash in worker processes (the given pool, or a new one); each finished
+    unit is committed at once."""
     if not units:
         return
-    config = prepared.config
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        config.run.worker_count, mp_context=context, initializer=init_worker, initargs=((str(prepared.out),),)
-    ) as pool:
+    if pool is not None:
         asyncio.run(_run(prepared, units, pool, progress))
+        return
+    with hashing_pool(prepared.config.run.worker_count) as own:
+        asyncio.run(_run(prepared, units, own, progress))
 
 
 async def _run(
