@@ -19,6 +19,8 @@ from scanner.sources import Row, Source
 
 HashFn = Callable[[bytes], Awaitable[tuple[ImageHashes | None, str | None]]]
 QUERY_TYPES = ("md5", "sha1", "sha256", "pdq", "phash", "dhash")
+# Hashed rows matched together: a batch costs a few ms against 1M-entry lists, so a unit's end waits little.
+MATCH_BATCH = 256
 
 
 class Progress:
@@ -28,7 +30,7 @@ class Progress:
         """A row finished fetching and hashing (its final outcome may still become match)."""
 
     def matched(self, rows: int) -> None:
-        """A unit's batched match found this many matching rows."""
+        """A unit's rows were all matched; this many of them match."""
 
     def unit_done(self) -> None:
         """A unit's outputs were committed."""
@@ -49,7 +51,7 @@ class Stages:
 
 @dataclass(slots=True)
 class _Checked:
-    """A row after fetching and hashing, waiting for the unit's batched match."""
+    """A row after fetching and hashing, waiting for its batched match."""
 
     outcome: Outcome
     query: Query | None = None
@@ -77,17 +79,19 @@ class Pipeline:
         self._slots = asyncio.Semaphore(rows_in_flight)
         self._progress = progress or Progress()
         self._screen = Screen(stages.matcher, stages.audit)
+        self._matching = asyncio.Lock()  # one batch at a time, whatever its unit
 
     async def run_unit(self, unit: WorkUnit) -> UnitReport:
         """Check every row of the unit and return exactly one outcome per row, in row order."""
         tasks: list[asyncio.Task[_Checked]] = []
         unreadable: list[_Checked] = []
+        matching = _BatchMatching(self.stages.matcher, self._matching)
         next_row = unit.span.start
         try:
             for batch in self.sources[unit.shard].read(unit.span):
                 for row, screened in zip(batch, self._screen.rows(batch), strict=True):
                     await self._slots.acquire()
-                    tasks.append(asyncio.create_task(self._check(row, screened)))
+                    tasks.append(asyncio.create_task(self._check(row, screened, matching)))
                     next_row = row.row + 1
             if next_row != unit.span.stop:
                 raise SourceError(unit.shard, f"gave rows up to {next_row}, not {unit.span.stop} as planned")
@@ -95,21 +99,25 @@ class Pipeline:
             if not self._skip_bad_shards:
                 for task in tasks:
                     task.cancel()
+                await matching.finish()
                 raise
             unreadable = [self._unreadable(unit.shard, row) for row in range(next_row, unit.span.stop)]
         checked = [*await asyncio.gather(*tasks), *unreadable]
-        return self._matched(unit.id, checked)
+        await matching.finish()
+        return self._report(unit.id, checked)
 
     def _unreadable(self, shard: str, row: int) -> _Checked:
         """A row the shard could not give back (corrupt data): still exactly one outcome."""
         self._progress.row_done("invalid")
         return _Checked(Outcome(shard, row, None, None, "invalid", reason=UNREADABLE))
 
-    async def _check(self, row: Row, screened: Screened) -> _Checked:
+    async def _check(self, row: Row, screened: Screened, matching: _BatchMatching) -> _Checked:
         try:
             checked = await self._fetch_and_hash(row, screened)
         finally:
             self._slots.release()
+        if checked.query is not None:
+            matching.add(checked)
         self._progress.row_done(checked.outcome.outcome)
         return checked
 
@@ -154,12 +162,8 @@ class Pipeline:
         query = None if hashes is None else to_query(hashes)
         return _Checked(outcome, query, fetched, hashes)
 
-    def _matched(self, unit_id: int, checked: list[_Checked]) -> UnitReport:
-        """Match the unit's hashed rows in one batch and assemble its report."""
-        hashed = [c for c in checked if c.query is not None]
-        found = self.stages.matcher.match_batch([c.query for c in hashed]) if hashed else []
-        for item, matches in zip(hashed, found, strict=True):
-            item.matches.extend(matches)
+    def _report(self, unit_id: int, checked: list[_Checked]) -> UnitReport:
+        """The unit's report from its checked and matched rows."""
         report = UnitReport(unit_id, [c.outcome for c in checked])
         for item in checked:
             if item.matches:
@@ -170,6 +174,40 @@ class Pipeline:
             report.hashes = [hash_record(c.outcome, c.hashes, c.fetch) for c in checked]
         self._progress.matched(sum(1 for o in report.outcomes if o.outcome == "match"))
         return report
+
+
+class _BatchMatching:
+    """Matches a unit's hashed rows a batch at a time in a thread, while its other rows are still fetched and
+    hashed: the search kernels release the GIL, and the unit's end waits only for its last batch."""
+
+    def __init__(self, matcher: Matcher, lock: asyncio.Lock) -> None:
+        self._matcher = matcher
+        self._lock = lock
+        self._waiting: list[_Checked] = []
+        self._running: list[asyncio.Task[None]] = []
+
+    def add(self, item: _Checked) -> None:
+        """Queue a hashed row; a full batch starts matching."""
+        self._waiting.append(item)
+        if len(self._waiting) >= MATCH_BATCH:
+            self._start()
+
+    async def finish(self) -> None:
+        """Match what is queued and wait for every batch."""
+        self._start()
+        await asyncio.gather(*self._running)
+
+    def _start(self) -> None:
+        if self._waiting:
+            batch, self._waiting = self._waiting, []
+            self._running.append(asyncio.create_task(self._match(batch)))
+
+    async def _match(self, batch: list[_Checked]) -> None:
+        queries = [item.query for item in batch if item.query is not None]
+        async with self._lock:
+            found = await asyncio.get_running_loop().run_in_executor(None, self._matcher.match_batch, queries)
+        for item, matches in zip(batch, found, strict=True):
+            item.matches.extend(matches)
 
 
 def to_query(hashes: ImageHashes) -> Query:
