@@ -1,8 +1,7 @@
 """Numba kernels for hash lists: line packing, posting-list construction and multi-index search.
 
-Compiled once per process, never cached on disk: numba's cache probes its folder with a temporary file,
-and a scan writes no file outside its report directory (scanner/nostore.py). Compiling costs about 3 s
-per process.
+Compiled code is kept in numba's disk cache when scanner/kernelcache.py allows it (compiling costs about
+3 s in each process otherwise).
 """
 
 from __future__ import annotations
@@ -14,6 +13,10 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
+
+from scanner import kernelcache
+
+CACHE = kernelcache.enabled()
 
 
 @intrinsic
@@ -40,7 +43,7 @@ def chunk_value(row: np.ndarray, start: int, width: int) -> np.uint64:
     return value & ((np.uint64(1) << np.uint64(width)) - np.uint64(1))
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def pack_ranges(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray, out: np.ndarray) -> None:
     """Copy buffer[starts[i]:ends[i]] for every i, one after another, into out."""
     position = 0
@@ -50,14 +53,14 @@ def pack_ranges(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray, out: n
             position += 1
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def chunk_values(words: np.ndarray, start: int, width: int, out: np.ndarray) -> None:
     """out[i] = bits [start, start + width) of entry i."""
     for i in range(words.shape[0]):
         out[i] = chunk_value(words[i], start, width)
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def sort_by_value(values: np.ndarray, first: int, offsets: np.ndarray, order: np.ndarray) -> None:
     """Counting sort of entry numbers by value into order, with offsets (len 2**width + 1) such that
     value v's entries are order[offsets[v] - first: offsets[v + 1] - first]. Offsets start at first so
@@ -275,7 +278,7 @@ def _filter_postings(
     return found
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def mih_search(
     queries: np.ndarray,
     first_query: int,
@@ -337,7 +340,7 @@ def mih_search(
     return queries.shape[0], written
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def mih_search_embedded(
     queries: np.ndarray,
     first_query: int,
@@ -381,7 +384,7 @@ def mih_search_embedded(
     return queries.shape[0], written
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=CACHE)
 def brute_force_search(
     queries: np.ndarray,
     first_query: int,
