@@ -102,6 +102,25 @@ def test_worst_case_spread_at_exactly_threshold_and_one_past_it(n_bytes, thresho
     assert found == as_set(brute_force(keys, queries, threshold))
 
 
+def test_matches_at_31_and_32_bits_however_the_bits_fall_across_chunks():
+    """The pigeonring filter reads only a probed chunk and the next one: put 31 (match) and 32 (no match)
+    flipped bits into the 16 chunks in lopsided random splits, so the chunk that must find each one varies."""
+    rng = np.random.default_rng(RNG_SEED)
+    keys = rng.integers(0, 256, (3_000, 32), dtype=np.uint8)
+    index = HammingIndex(keys, 31, ChunkLayout.even(256, 16))
+    queries = []
+    for i in range(400):
+        total = 31 + i % 2
+        split = rng.multinomial(total, rng.dirichlet(np.full(16, 0.3)))
+        while split.max() > 16:
+            split = rng.multinomial(total, rng.dirichlet(np.full(16, 0.3)))
+        bits = np.concatenate([16 * c + rng.choice(16, n, replace=False) for c, n in enumerate(split)])
+        queries.append(flip_bits(keys[i], bits))
+    found = as_set(index.search(np.vstack(queries)))
+    assert found == as_set(brute_force(keys, np.vstack(queries), 31))
+    assert {(q, q, 31) for q in range(0, 400, 2)} <= found
+
+
 def test_all_zero_hashes_and_one_crowded_chunk_value():
     """Many entries share chunk values (a zero prefix, exact repeats of the zero hash): big buckets."""
     rng = np.random.default_rng(RNG_SEED)
