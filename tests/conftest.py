@@ -62,6 +62,18 @@ class MemoryOut:
         filesystem, root = fsspec.core.url_to_fs(self.url)
         return {path[len(root) + 1 :]: filesystem.cat_file(path) for path in filesystem.find(root)}
 
+    def published_reports(self, result_out: Path) -> dict[str, bytes]:
+        """The reports under the URL, checked to be exactly the local staging directory's files, which a run
+        must have written inside the working directory (never in a folder named after the URL)."""
+        from scanner.mirror import local_dir
+
+        staging = local_dir(self.url)
+        assert result_out == staging and staging.is_relative_to(Path.cwd())
+        assert not Path("memory:").exists()  # the URL was not taken for a relative path
+        reports = {name: data for name, data in self.files().items() if not name.startswith(".units/")}
+        assert reports == {path.name: path.read_bytes() for path in staging.iterdir() if path.is_file()}
+        return reports
+
 
 @pytest.fixture
 def memory_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MemoryOut:
