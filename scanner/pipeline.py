@@ -80,19 +80,23 @@ class Pipeline:
         self._progress = progress or Progress()
         self._screen = Screen(stages.matcher, stages.audit)
         self._matching = asyncio.Lock()  # one batch at a time, whatever its unit
+        # One unit at a time takes rows in flight: the others only finish theirs, so a unit's rows wait for
+        # their outcomes in memory one unit at a time, not interleaved over all the units in flight.
+        self._dispatching = asyncio.Lock()
 
     async def run_unit(self, unit: WorkUnit) -> UnitReport:
         """Check every row of the unit and return exactly one outcome per row, in row order."""
         tasks: list[asyncio.Task[_Checked]] = []
         unreadable: list[_Checked] = []
-        matching = _BatchMatching(self.stages.matcher, self._matching)
+        matching = _BatchMatching(self.stages.matcher, self._matching, self.stages.audit.keep_hashes)
         next_row = unit.span.start
         try:
-            for batch in self.sources[unit.shard].read(unit.span):
-                for row, screened in zip(batch, self._screen.rows(batch), strict=True):
-                    await self._slots.acquire()
-                    tasks.append(asyncio.create_task(self._check(row, screened, matching)))
-                    next_row = row.row + 1
+            async with self._dispatching:
+                for batch in self.sources[unit.shard].read(unit.span):
+                    for row, screened in zip(batch, self._screen.rows(batch), strict=True):
+                        await self._slots.acquire()
+                        tasks.append(asyncio.create_task(self._check(row, screened, matching)))
+                        next_row = row.row + 1
             if next_row != unit.span.stop:
                 raise SourceError(unit.shard, f"gave rows up to {next_row}, not {unit.span.stop} as planned")
         except SourceError:
@@ -178,11 +182,13 @@ class Pipeline:
 
 class _BatchMatching:
     """Matches a unit's hashed rows a batch at a time in a thread, while its other rows are still fetched and
-    hashed: the search kernels release the GIL, and the unit's end waits only for its last batch."""
+    hashed: the search kernels release the GIL, and the unit's end waits only for its last batch. A matched
+    row keeps only what its report needs: hashes and response details only for a match, or to keep hashes."""
 
-    def __init__(self, matcher: Matcher, lock: asyncio.Lock) -> None:
+    def __init__(self, matcher: Matcher, lock: asyncio.Lock, keep_hashes: bool) -> None:
         self._matcher = matcher
         self._lock = lock
+        self._keep_hashes = keep_hashes
         self._waiting: list[_Checked] = []
         self._running: list[asyncio.Task[None]] = []
 
@@ -208,6 +214,9 @@ class _BatchMatching:
             found = await asyncio.get_running_loop().run_in_executor(None, self._matcher.match_batch, queries)
         for item, matches in zip(batch, found, strict=True):
             item.matches.extend(matches)
+            item.query = None
+            if not item.matches and not self._keep_hashes:
+                item.fetch = item.hashes = None
 
 
 def to_query(hashes: ImageHashes) -> Query:
