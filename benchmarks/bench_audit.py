@@ -2,7 +2,7 @@
 
 Real URLs from the shared img2dataset fixtures (parsed only, never fetched), synthetic lists and records.
 
-    python benchmarks/bench_audit.py                 # 1M url_sha256 + 100k domains; 200k stored rows
+    python benchmarks/bench_audit.py     # 1M url_sha256 + 100k domains; 1M url + 1M domain lists; 200k rows
     python benchmarks/bench_audit.py --rows 50000 --list-size 100000
 """
 
@@ -13,6 +13,7 @@ import hashlib
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.config import build_config
-from scanner.lists import Matcher, load_hashlist
+from scanner.lists import DuplicateHashWarning, Matcher, load_hashlist
 from scanner.rematch import rematch
 from scanner.reports.hashes import HASHES_SCHEMA
 from scanner.screen import Screen
@@ -86,6 +87,27 @@ def bench_screen(urls: list[str], list_size: int, tmp: Path) -> None:
     timed("redirect hop checks (one URL each)", 2000, lambda: [hop(u) for u in urls[:2000]])
 
 
+def bench_text_lists(urls: list[str], list_size: int, tmp: Path) -> None:
+    """Load url and domain lists of list_size entries: the real URLs and their hosts, made distinct."""
+    bases = [u.partition("#")[0] for u in urls if u.startswith("http")]  # not the fixture's junk value
+    names = {normalise(u).host for u in bases}
+    hosts = sorted(h for h in names if not h[-1].isdigit() and ":" not in h)  # names, not IP addresses
+    url_list = tmp / "url-list.txt"
+    url_list.write_text(
+        "\n".join(f"{u}{'&' if '?' in u else '?'}n={i}" for i, u in _cycle(bases, list_size)) + "\n"
+    )
+    domain_list = tmp / "domain-list.txt"
+    domain_list.write_text("\n".join(f"n{i}.{host}" for i, host in _cycle(hosts, list_size)) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DuplicateHashWarning)
+        timed("load url list (entries)", list_size, lambda: load_hashlist(f"url:{url_list}"))
+        timed("load domain list (entries)", list_size, lambda: load_hashlist(f"domain:{domain_list}"))
+
+
+def _cycle(values: list[str], count: int) -> list[tuple[int, str]]:
+    return [(i, values[i % len(values)]) for i in range(count)]
+
+
 def bench_rematch(rows: int, list_size: int, tmp: Path) -> None:
     rng = np.random.default_rng(2)
 
@@ -136,6 +158,7 @@ def main() -> None:
         tmp = Path(name)
         bench_normalise(urls)
         bench_screen(urls, args.list_size, tmp)
+        bench_text_lists(urls, args.list_size, tmp)
         bench_rematch(args.rows, args.list_size, tmp)
 
 
