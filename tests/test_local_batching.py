@@ -31,8 +31,8 @@ def _job_refusing(body: bytes, poison: bytes) -> HashResult:
     return hash_job(body, WANT, DecodeLimits())
 
 
-async def _hash_all(pool: ProcessPoolExecutor, job, bodies: list[bytes]) -> list:
-    hasher = BatchingHasher(pool, job)
+async def _hash_all(pool: ProcessPoolExecutor, job, bodies: list[bytes], batches_in_flight: int = 2) -> list:
+    hasher = BatchingHasher(pool, job, batches_in_flight)
     return await asyncio.wait_for(asyncio.gather(*(hasher(b) for b in bodies), return_exceptions=True), 120)
 
 
@@ -49,6 +49,14 @@ def test_batches_give_what_single_calls_give(pool: ProcessPoolExecutor) -> None:
     results = asyncio.run(_hash_all(pool, job, bodies))
     assert results == [hash_job(body, WANT, DecodeLimits()) for body in bodies]
     assert results[-1][1] == "not_an_image"
+
+
+def test_bodies_held_back_while_the_pool_is_busy_all_get_their_results(pool: ProcessPoolExecutor) -> None:
+    """One batch in flight at a time: the rest wait in the hasher and leave as batches come back."""
+    bodies = [_image(i % 5, "JPEG") for i in range(3 * MAX_BATCH + 1)]
+    job = partial(hash_job, want=WANT, limits=DecodeLimits())
+    results = asyncio.run(_hash_all(pool, job, bodies, batches_in_flight=1))
+    assert results == [hash_job(body, WANT, DecodeLimits()) for body in bodies]
 
 
 def test_a_failing_body_fails_only_its_row(pool: ProcessPoolExecutor) -> None:
