@@ -15,6 +15,9 @@ One run, on 127.0.0.1 only:
   one process per core, no network.
 - images/s, ratios, CPU ms per image by process role and by hashing stage, and the process tree's peak RSS;
   then the scan again at each `--flat-rows` count on the small-image corpus, to show memory stays flat.
+- (a) runs as a user's second scan does, with numba's compiled kernels in its disk cache
+  (scanner/kernelcache.py); the line before the table says whether the cache held them when (a) started
+  (a first scan on a machine compiles them: about 4 CPU s per process, once).
 """
 
 from __future__ import annotations
@@ -577,6 +580,7 @@ def run_all(args: argparse.Namespace, skip: set[str], work: Path) -> None:
         shards = write_shards(work / "shards", f"http://127.0.0.1:{port}", corpus, args.rows)
         expected = {t: planted.rows_matching(t, args.rows, len(corpus)) for t in planted.images}
         if "a" not in skip:
+            print(f"  kernel cache: {kernel_cache_note()}", flush=True)
             results.append(run_scan("(a) scanner scan", shards, args.rows, lists, work, server, args.workers))
         if "b" not in skip:
             peer = run_img2dataset(
@@ -628,6 +632,16 @@ def run_all(args: argparse.Namespace, skip: set[str], work: Path) -> None:
     )
     print(f"\nplanted matches per hash type (rows): {expected}")
     print(f"total bench time {time.perf_counter() - started:.0f} s")
+
+
+def kernel_cache_note() -> str:
+    """Where scanner keeps compiled kernels, and how many cached files it holds now."""
+    from scanner import kernelcache
+
+    directory = kernelcache.cache_dir()
+    if directory is None:
+        return "off (kernels compiled in every process)"
+    return f"{directory} ({sum(1 for p in directory.rglob('*.nbc'))} compiled kernels cached)"
 
 
 def _match_ms(results: list[Result]) -> float:
