@@ -21,7 +21,10 @@ AUDIT_SITECUSTOMIZE = textwrap.dedent(
     import os, sys
     _log = open(os.environ["AUDIT_LOG"], "a", buffering=1)
     _allowed = os.path.realpath(os.environ["AUDIT_ALLOWED"])
-    _kernels = os.path.realpath(os.environ["SCANNER_KERNEL_CACHE"])
+    # numba's kernel cache, found as scanner/kernelcache.py finds it
+    _kernels = os.path.realpath(
+        os.environ.get("SCANNER_KERNEL_CACHE") or os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "scanner", "kernels"))
     _log.write(f"start {os.getpid()}\\n")
 
     def _hook(event, args):
