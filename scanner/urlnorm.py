@@ -24,8 +24,8 @@ entry already covers every subdomain. `scanner url URL...` prints the normal for
 
 Lists normalise whole columns (`normalise_urls`, `normalise_hosts`): plainly simple entries (printable
 ASCII, a host of plain labels, no userinfo, IP address, backslash, odd port, dot segment or escape to
-rewrite) are normalised by vectorised string kernels, which need only rules 2, 4 (lower case, trailing
-dot), 5, 6 and 10 for them; every other entry goes through the functions above. Both give the same form.
+rewrite, no empty query) are normalised by vectorised string kernels, which need only rules 2, 4 (lower
+case, trailing dot), 5 and 6 for them; every other entry goes through the functions above: same form.
 """
 
 from __future__ import annotations
