@@ -106,6 +106,10 @@ class Pipeline:
                 await matching.finish()
                 raise
             unreadable = [self._unreadable(unit.shard, row) for row in range(next_row, unit.span.stop)]
+        except BaseException:  # cancelled (Ctrl-C): no row may go on fetching after the unit is abandoned
+            for task in tasks:
+                task.cancel()
+            raise
         checked = [*await asyncio.gather(*tasks), *unreadable]
         await matching.finish()
         return self._report(unit.id, checked)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 
 from scanner.config import ScanConfig
@@ -31,13 +33,23 @@ def scan(
         return run_scan(config, restart, make_progress, partial(run_units, pool=pool))
 
 
-def hashing_pool(workers: int) -> ProcessPoolExecutor:
-    """Hashing worker processes, started now; each guards itself with no directory to write to."""
+@contextmanager
+def hashing_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """Hashing worker processes, started now and stopped on leaving; each guards itself with no directory
+    to write to.
+
+    They start with Ctrl-C blocked, so one pressed while they import cannot interrupt them with a traceback:
+    the main process stops the pool.
+    """
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=((),))
-    for _ in range(workers):
-        pool.submit(started)  # the pool starts a process per job waiting for one
-    return pool
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=((),)) as pool:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by the children
+        try:
+            for _ in range(workers):
+                pool.submit(started)  # the pool starts a process per job waiting for one
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C meanwhile is delivered now
+        yield pool
 
 
 def run_units(
