@@ -53,20 +53,12 @@ def hashing_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 
 
 def run_units(
-    prepared: Prepared,
-    units: list[WorkUnit],
-    progress: Progress | None = None,
-    pool: ProcessPoolExecutor | None = None,
+    prepared: Prepared, units: list[WorkUnit], progress: Progress | None = None, *, pool: ProcessPoolExecutor
 ) -> None:
-    """Fetch in this process and hash in worker processes (the given pool, or a new one); each finished
-    unit is committed at once."""
-    if not units:
-        return
-    if pool is not None:
+    """Fetch in this process and hash in the pool's worker processes; each finished unit is committed at
+    once."""
+    if units:
         asyncio.run(_run(prepared, units, pool, progress))
-        return
-    with hashing_pool(prepared.config.run.worker_count) as own:
-        asyncio.run(_run(prepared, units, own, progress))
 
 
 async def _run(
