@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from scanner.errors import ResumeError
-from scanner.mirror import Mirror
+from scanner.mirror import Mirror, local_dir
 from scanner.reports.files import atomic_open, private_dir, write_json, write_jsonl
 from scanner.reports.hashes import write_unit_hashes
 from scanner.reports.records import UnitReport, outcomes_table
@@ -18,6 +18,16 @@ from scanner.reports.records import UnitReport, outcomes_table
 UNITS_DIR = ".units"
 FINGERPRINT = "fingerprint.json"
 COMPLETE = "complete"
+
+
+def open_out(out: str, fingerprint: dict, restart: bool = False) -> tuple[Path, Checkpoint]:
+    """The local report directory for --out and its checkpoint; an fsspec URL is written through a local
+    staging directory, pulled from the URL first (scanner.mirror)."""
+    mirror = Mirror.for_out(out)
+    if mirror is not None:
+        mirror.pull()
+    directory = private_dir(local_dir(out))
+    return directory, Checkpoint(directory, fingerprint, restart, mirror)
 
 
 class Checkpoint:

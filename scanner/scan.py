@@ -13,15 +13,13 @@ from functools import partial
 from pathlib import Path
 
 from scanner import __version__
-from scanner.checkpoint import Checkpoint
+from scanner.checkpoint import Checkpoint, open_out
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import make_fetcher
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
-from scanner.mirror import Mirror, local_dir
 from scanner.pipeline import HashFn, Pipeline, Progress, Stages
 from scanner.planner import Plan, WorkUnit, plan
-from scanner.reports.files import private_dir
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
 from scanner.screen import hash_types
@@ -100,11 +98,7 @@ def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
     work = plan(expand_inputs(list(config.inputs)), config.source, config.run.on_bad_shard)
     lists = [load_hashlist(spec.spec) for spec in config.hashlists]
     matcher = Matcher.from_lists(lists, match_config(config, lists))
-    mirror = Mirror.for_out(config.out)
-    if mirror is not None:
-        mirror.pull()
-    out = private_dir(local_dir(config.out))
-    checkpoint = Checkpoint(out, fingerprint(config, work, lists), restart, mirror)
+    out, checkpoint = open_out(config.out, fingerprint(config, work, lists), restart)
     return Prepared(config, out, work, lists, matcher, checkpoint, checkpoint.done())
 
 

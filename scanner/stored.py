@@ -14,14 +14,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner import __version__
-from scanner.checkpoint import Checkpoint
+from scanner.checkpoint import Checkpoint, open_out
 from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.hashing import ImageHashes
 from scanner.lists import HashList, Matcher, load_hashlist
-from scanner.mirror import Mirror, local_dir
 from scanner.progress import BarProgress
-from scanner.reports.files import atomic_open, private_dir, write_jsonl
+from scanner.reports.files import atomic_open, write_jsonl
 from scanner.reports.hashes import (
     DIHEDRAL_COLUMN,
     HASHES_FILE,
@@ -174,15 +173,10 @@ class StoredRun:
 
     @classmethod
     def start(cls, config: ScanConfig, scans: list[StoredScan], restart: bool) -> StoredRun:
-        """Load the lists and adopt (or start) the checkpoint in config.out; an fsspec URL is written
-        through a local staging directory, pulled from the URL first, as a scan does (scanner.mirror)."""
+        """Load the lists and adopt (or start) the checkpoint in config.out (an fsspec URL as a scan's)."""
         lists = [load_hashlist(spec.spec) for spec in config.hashlists]
         matcher = Matcher.from_lists(lists, match_config(config, lists))
-        mirror = Mirror.for_out(config.out)
-        if mirror is not None:
-            mirror.pull()
-        out = private_dir(local_dir(config.out))
-        checkpoint = Checkpoint(out, _fingerprint(config, scans, lists), restart, mirror)
+        out, checkpoint = open_out(config.out, _fingerprint(config, scans, lists), restart)
         return cls(
             config, scans, lists, matcher, out, checkpoint, plan_units(scans, config.source.rows_per_unit)
         )
