@@ -137,8 +137,9 @@ def _guard(out: str) -> None:
     from scanner import nostore
     from scanner.mirror import local_dir
 
-    os.makedirs(local_dir(out), mode=0o700, exist_ok=True)
-    nostore.install([str(local_dir(out))])
+    directory = local_dir(out)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    nostore.install([str(directory)])
 
 
 def _print(result, quiet: bool, out: str | None = None) -> None:

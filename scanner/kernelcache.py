@@ -1,9 +1,9 @@
 """Where numba keeps compiled kernels between runs: one dedicated directory that holds compiled code only.
 
-Compiling the PDQ kernels costs about 4 CPU seconds in every process that uses them; numba's on-disk cache
-makes that about half a second after the first run. Its files hold machine code and type signatures, never
-data a kernel was called with, so no image content. The write guard (nostore.py) lets a process write
-there, and only numba's own cache files.
+Compiling the PDQ and hash-list kernels costs a few CPU seconds in every process that uses them; numba's
+on-disk cache makes that about half a second after the first run. Its files hold machine code and type
+signatures, never data a kernel was called with, so no image content. The write guard (nostore.py) lets a
+process write there, and only numba's own cache files.
 
 The directory: $SCANNER_KERNEL_CACHE, else $NUMBA_CACHE_DIR, else $XDG_CACHE_HOME/scanner/kernels
 (~/.cache/scanner/kernels). SCANNER_KERNEL_CACHE=off, or a directory that is not private to this user,
