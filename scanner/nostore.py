@@ -14,6 +14,9 @@ from scanner import kernelcache
 from scanner.errors import ContentAtRestError
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+# Device files (stdout, /dev/null) may be written; these /dev directories are file systems that keep what is
+# written after the process exits, so they are refused like any other directory.
+FILE_SYSTEMS_IN_DEV = ("/dev/shm/", "/dev/mqueue/")
 _allowed: tuple[str, ...] = ()
 _installed = False
 
@@ -29,7 +32,8 @@ def is_allowed(path: str) -> bool:
     """Writes may go to the report directory, to device files (stdout, /dev/null) and to numba's kernel
     cache, nowhere else."""
     real = os.path.realpath(path)
-    if real.startswith("/dev/") or any(real == root or real.startswith(root + os.sep) for root in _allowed):
+    device = real.startswith("/dev/") and not real.startswith(FILE_SYSTEMS_IN_DEV)
+    if device or any(real == root or real.startswith(root + os.sep) for root in _allowed):
         return True
     return kernelcache.is_cache_write(real)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -12,10 +13,16 @@ from scanner.hashing import DecodeError, DecodeLimits, ImageHashes, hash_image
 HashResult = tuple[ImageHashes | None, str | None]
 
 
-def init_worker(allowed_dirs: tuple[str, ...]) -> None:
+# The main process's body arena (runners/arena.py), mapped read-only; None when bodies come over pipes.
+_arena: mmap.mmap | None = None
+
+
+def init_worker(allowed_dirs: tuple[str, ...], arena: mmap.mmap | None = None) -> None:
     """Guard the worker like the main process, and leave Ctrl-C to the main process, which stops the pool."""
+    global _arena
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     nostore.install(allowed_dirs)
+    _arena = arena
 
 
 def started() -> int:
@@ -34,3 +41,10 @@ def hash_job(body: bytes, want: frozenset[str], limits: DecodeLimits) -> HashRes
 def hash_batch(bodies: Sequence[bytes], job: Callable[[bytes], HashResult]) -> list[HashResult]:
     """Run the job on several bodies: one pickle round trip for the batch, small results back."""
     return [job(body) for body in bodies]
+
+
+def hash_spans(spans: Sequence[tuple[int, int]], job: Callable[[bytes], HashResult]) -> list[HashResult]:
+    """Run the job on bodies the main process put in the arena at these (offset, length) spans."""
+    if _arena is None:
+        raise RuntimeError("this worker was started without a body arena")
+    return [job(_arena[offset : offset + length]) for offset, length in spans]

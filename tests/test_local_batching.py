@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from scanner.hashing import DecodeLimits
-from scanner.runners.local import MAX_BATCH, BatchingHasher
+from scanner.runners.arena import Arena
+from scanner.runners.arena import supported as arena_supported
+from scanner.runners.local import MAX_BATCH, BatchingHasher, hashing_pool
 from scanner.workers import HashResult, hash_job
 
 WANT = frozenset({"md5", "pdq", "phash"})
@@ -73,3 +75,34 @@ def test_a_stopped_pool_fails_every_row_instead_of_hanging() -> None:
     job = partial(hash_job, want=WANT, limits=DecodeLimits())
     results = asyncio.run(_hash_all(executor, job, [_image(i) for i in range(3)]))
     assert all(isinstance(result, RuntimeError) for result in results)
+
+
+@pytest.mark.skipif(not arena_supported(), reason="memfd is Linux only")
+def test_bodies_through_the_arena_hash_as_bodies_through_pipes() -> None:
+    """Workers that map the arena give each row its own body's result; a batch too large for the arena's
+    free space goes through the pipe, and every span is back when the rows are done."""
+    small = [_image(i % 7, "JPEG") for i in range(2 * MAX_BATCH)]
+    large = [Image.effect_noise((400, 400), 60).tobytes() + bytes([i]) for i in range(2)]  # 160 KB each
+    bodies = small[:5] + large[:1] + small[5:] + large[1:] + [b"not an image"]
+    arena = Arena(128 * 1024)
+    lent: list[int] = []
+    put = arena.put
+
+    def counting_put(batch):
+        spans = put(batch)
+        lent.append(0 if spans is None else len(spans))
+        return spans
+
+    arena.put = counting_put  # type: ignore[method-assign]
+    job = partial(hash_job, want=WANT, limits=DecodeLimits())
+
+    async def hash_all(executor: ProcessPoolExecutor) -> list[HashResult]:
+        hasher = BatchingHasher(executor, job, 2, arena)
+        return await asyncio.wait_for(asyncio.gather(*(hasher(b) for b in bodies)), 120)
+
+    with hashing_pool(1, arena) as executor:
+        results = asyncio.run(hash_all(executor))
+    assert results == [hash_job(body, WANT, DecodeLimits()) for body in bodies]
+    assert sum(lent) > 0 and 0 in lent  # some batches went through the arena, some through the pipe
+    assert arena._free == [(0, arena.size)]
+    arena.close()

@@ -37,7 +37,8 @@ AUDIT_SITECUSTOMIZE = textwrap.dedent(
         if not writing:
             return
         real = os.path.realpath(os.fsdecode(path))
-        inside = real == _allowed or real.startswith(_allowed + os.sep) or real.startswith("/dev/")
+        device = real.startswith("/dev/") and not real.startswith(("/dev/shm/", "/dev/mqueue/"))
+        inside = real == _allowed or real.startswith(_allowed + os.sep) or device
         cache = real == _kernels or real.startswith(_kernels + os.sep)
         _log.write(("write " if inside else "cache " if cache else "VIOLATION ") + real + "\\n")
 
@@ -133,7 +134,8 @@ def test_write_guard_refuses_writes_outside_out(tmp_path):
         nostore.install([{str(allowed)!r}])
         open({str(allowed / "ok.txt")!r}, "w").write("fine")
         for attempt in (lambda: open({str(tmp_path / "leak.jpg")!r}, "wb"), tempfile.TemporaryFile,
-                        lambda: tempfile.NamedTemporaryFile(dir={str(tmp_path)!r})):
+                        lambda: tempfile.NamedTemporaryFile(dir={str(tmp_path)!r}),
+                        lambda: open("/dev/shm/scanner-leak.jpg", "wb")):
             try:
                 attempt()
             except ContentAtRestError:
@@ -143,9 +145,10 @@ def test_write_guard_refuses_writes_outside_out(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60
     )
-    assert done.stdout.split() == ["refused"] * 3, done.stderr
+    assert done.stdout.split() == ["refused"] * 4, done.stderr
     assert (allowed / "ok.txt").read_text() == "fine"
     assert not (tmp_path / "leak.jpg").exists()
+    assert not os.path.exists("/dev/shm/scanner-leak.jpg")
 
 
 def test_write_guard_lets_only_numba_files_into_the_kernel_cache(tmp_path):

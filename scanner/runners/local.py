@@ -1,4 +1,4 @@
-"""Run units on this machine: one asyncio loop fetching, a pool of processes hashing bytes sent over pipes."""
+"""Run units on this machine: one asyncio loop fetching, worker processes hashing the bodies it hands them."""
 
 from __future__ import annotations
 
@@ -7,18 +7,32 @@ import multiprocessing
 import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass
 from functools import partial
 
 from scanner.config import ScanConfig
 from scanner.pipeline import Progress
 from scanner.planner import WorkUnit
+from scanner.runners.arena import Arena, Span
+from scanner.runners.arena import supported as arena_supported
 from scanner.scan import Prepared, ScanResult, check_config, hashing_job, run_scan, unit_pipeline
-from scanner.workers import HashResult, hash_batch, init_worker, started
+from scanner.workers import HashResult, hash_batch, hash_spans, init_worker, started
 
 # Bodies sent to a worker in one call, at most: few enough to keep every worker busy, many enough that
 # the pickle round trip, the future and the wake-ups are paid once for several images.
 MAX_BATCH = 8
+# Shared memory for bodies on their way to the workers, per batch the pool holds: room for a full batch of
+# bodies up to 512 KiB each. A batch that does not fit (large bodies) goes through the pipe instead.
+ARENA_PER_BATCH = MAX_BATCH * 512 * 1024
+
+
+@dataclass(slots=True)
+class HashingWorkers:
+    """The worker processes and, where the platform has it, the shared memory their bodies arrive in."""
+
+    pool: ProcessPoolExecutor
+    arena: Arena | None
 
 
 def scan(
@@ -29,23 +43,34 @@ def scan(
     The hashing workers start (a process and its imports each) while this process loads the lists.
     """
     check_config(config)
-    with hashing_pool(config.run.worker_count) as pool:
-        return run_scan(config, restart, make_progress, partial(run_units, pool=pool))
+    with hashing_workers(config.run.worker_count) as workers:
+        return run_scan(config, restart, make_progress, partial(run_units, workers=workers))
 
 
 @contextmanager
-def hashing_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+def hashing_workers(count: int) -> Iterator[HashingWorkers]:
+    """Hashing worker processes and their body arena, ready now and stopped on leaving."""
+    with ExitStack() as stack:
+        arena = (
+            stack.enter_context(closing(Arena(2 * count * ARENA_PER_BATCH))) if arena_supported() else None
+        )
+        yield HashingWorkers(stack.enter_context(hashing_pool(count, arena)), arena)
+
+
+@contextmanager
+def hashing_pool(count: int, arena: Arena | None = None) -> Iterator[ProcessPoolExecutor]:
     """Hashing worker processes, started now and stopped on leaving; each guards itself with no directory
-    to write to.
+    to write to, and maps the arena if there is one.
 
     They start with Ctrl-C blocked, so one pressed while they import cannot interrupt them with a traceback:
     the main process stops the pool.
     """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=((),)) as pool:
+    initargs = ((), arena.handle() if arena else None)
+    with ProcessPoolExecutor(count, mp_context=context, initializer=init_worker, initargs=initargs) as pool:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by the children
         try:
-            for _ in range(workers):
+            for _ in range(count):
                 pool.submit(started)  # the pool starts a process per job waiting for one
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C meanwhile is delivered now
@@ -53,20 +78,20 @@ def hashing_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 
 
 def run_units(
-    prepared: Prepared, units: list[WorkUnit], progress: Progress | None = None, *, pool: ProcessPoolExecutor
+    prepared: Prepared, units: list[WorkUnit], progress: Progress | None = None, *, workers: HashingWorkers
 ) -> None:
-    """Fetch in this process and hash in the pool's worker processes; each finished unit is committed at
-    once."""
+    """Fetch in this process and hash in the worker processes; each finished unit is committed at once."""
     if units:
-        asyncio.run(_run(prepared, units, pool, progress))
+        asyncio.run(_run(prepared, units, workers, progress))
 
 
 async def _run(
-    prepared: Prepared, units: list[WorkUnit], pool: ProcessPoolExecutor, progress: Progress | None
+    prepared: Prepared, units: list[WorkUnit], workers: HashingWorkers, progress: Progress | None
 ) -> None:
     config = prepared.config
     # Two batches a worker: one it hashes, one waiting in its queue, so no worker idles between batches.
-    hash_fn = BatchingHasher(pool, hashing_job(config, prepared.matcher), 2 * config.run.worker_count)
+    job = hashing_job(config, prepared.matcher)
+    hash_fn = BatchingHasher(workers.pool, job, 2 * config.run.worker_count, workers.arena)
     pipeline = unit_pipeline(config, prepared.matcher, prepared.plan.sources, hash_fn, progress)
     try:
         gate = asyncio.Semaphore(config.run.units_in_flight)
@@ -93,11 +118,17 @@ class BatchingHasher:
     """
 
     def __init__(
-        self, pool: ProcessPoolExecutor, job: Callable[[bytes], HashResult], batches_in_flight: int = 2
+        self,
+        pool: ProcessPoolExecutor,
+        job: Callable[[bytes], HashResult],
+        batches_in_flight: int = 2,
+        arena: Arena | None = None,
     ) -> None:
         self._pool = pool
         self._job = job
+        self._arena = arena
         self._batch_job = partial(hash_batch, job=job)
+        self._spans_job = partial(hash_spans, job=job)
         self._waiting: list[tuple[bytes, asyncio.Future[HashResult]]] = []
         self._limit = batches_in_flight
         self._in_flight = 0
@@ -119,19 +150,33 @@ class BatchingHasher:
 
     def _submit(self, batch: list[tuple[bytes, asyncio.Future[HashResult]]]) -> None:
         loop = asyncio.get_running_loop()
+        bodies = [body for body, _ in batch]
+        spans = self._arena.put(bodies) if self._arena is not None else None
         try:
-            sent = loop.run_in_executor(self._pool, self._batch_job, [body for body, _ in batch])
+            if spans is None:
+                sent = loop.run_in_executor(self._pool, self._batch_job, bodies)
+            else:
+                sent = loop.run_in_executor(self._pool, self._spans_job, spans)
         except Exception as exc:  # the pool is broken or shut down: every waiting row sees why
+            self._release(spans)
             for _, future in batch:
                 _fail(future, exc)
             return
         self._in_flight += 1
-        sent.add_done_callback(partial(self._deliver, batch))
+        sent.add_done_callback(partial(self._deliver, batch, spans))
+
+    def _release(self, spans: list[Span] | None) -> None:
+        if spans is not None and self._arena is not None:
+            self._arena.release(spans)
 
     def _deliver(
-        self, batch: list[tuple[bytes, asyncio.Future[HashResult]]], sent: asyncio.Future[list[HashResult]]
+        self,
+        batch: list[tuple[bytes, asyncio.Future[HashResult]]],
+        spans: list[Span] | None,
+        sent: asyncio.Future[list[HashResult]],
     ) -> None:
         self._in_flight -= 1
+        self._release(spans)
         self._send()
         if sent.cancelled():
             for _, future in batch:
