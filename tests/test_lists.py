@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import pickle
+import threading
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from scanner.lists import (
     Query,
     load_hashlist,
 )
+from scanner.lists import matcher as matcher_module
 from scanner.lists.formats import ListText
 from scanner.lists.index import brute_force
 
@@ -407,6 +409,35 @@ def test_a_pickled_matcher_matches_the_same(tmp_path):
     restored = pickle.loads(pickle.dumps(matcher))
     assert restored.match_batch(queries) == matcher.match_batch(queries)
     assert len(matcher.match_batch(queries)[0]) == 3
+
+
+def test_url_matches_never_wait_for_an_image_index_still_building(tmp_path, monkeypatch):
+    """Image-hash indexes build in a thread: URL screening answers meanwhile, the first image match
+    waits for its index, and the build's own error reaches whoever matches against it."""
+    release = threading.Event()
+    built = matcher_module.HammingIndex
+
+    def slow_index(keys, threshold):
+        assert release.wait(30)
+        return built(keys, threshold)
+
+    monkeypatch.setattr(matcher_module, "HammingIndex", slow_index)
+    urls = write(tmp_path, "urls.txt", "example.com\n")
+    pdq = pdq_list(tmp_path, "vetted", [(PDQ_A, "a", "")])
+    matcher = Matcher.from_lists([load_hashlist(f"domains=domain:{urls}"), load_hashlist(str(pdq))])
+    url_query = Query({"domain": b"example.com"})
+    assert [m.entry_id for m in matcher.match_batch([url_query])[0]] == ["example.com"]
+    release.set()
+    found = matcher.match_batch([Query({"pdq": query_bytes(flip(PDQ_A, 3))}, 90)])
+    assert [(m.entry_id, m.distance) for m in found[0]] == [("a", 3)]
+
+    def failing_index(keys, threshold):
+        raise MemoryError("no room for the index")
+
+    monkeypatch.setattr(matcher_module, "HammingIndex", failing_index)
+    broken = Matcher.from_lists([load_hashlist(str(pdq))])
+    with pytest.raises(MemoryError, match="no room"):
+        broken.match_batch([Query({"pdq": query_bytes(PDQ_A)}, 90)])
 
 
 def test_bad_configuration_is_refused(tmp_path):

@@ -129,7 +129,7 @@ def pack_offsets(offsets: np.ndarray) -> Offsets:
     return block_starts, deltas, occupied
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=CACHE)
 def _fill_deltas(offsets: np.ndarray, block_starts: np.ndarray, deltas: np.ndarray) -> None:
     for i in range(len(offsets)):
         deltas[i] = offsets[i] - block_starts[i >> BLOCK_BITS]

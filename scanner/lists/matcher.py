@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from scanner.errors import ConfigError
+from scanner.hashing import HASH_TYPES as IMAGE_HASH_TYPES
 from scanner.hashing.pdq import DIHEDRAL_TRANSFORMS
 from scanner.lists.hashlist import HashEntries, HashList
 from scanner.lists.hashtypes import HashType
@@ -71,14 +74,30 @@ class MatchConfig:
         return self.list_thresholds.get(list_name, {}).get(hash_type, defaults.get(hash_type, 0))
 
 
-@dataclass(frozen=True, eq=False)
-class _Searchable:
-    """One list's entries of one hash type, indexed."""
+Index = ExactIndex | HammingIndex
 
-    list_name: str
-    entries: HashEntries
-    index: ExactIndex | HammingIndex
-    threshold: int
+
+class _Searchable:
+    """One list's entries of one hash type, indexed; the index may still be building in a thread."""
+
+    def __init__(self, list_name: str, entries: HashEntries, index: Index | Future[Index], threshold: int):
+        self.list_name = list_name
+        self.entries = entries
+        self.threshold = threshold
+        self._index = index
+
+    @property
+    def index(self) -> Index:
+        """The index, waiting for its build if it is not done (a build error is raised here)."""
+        if isinstance(self._index, Future):
+            self._index = self._index.result()
+        return self._index
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_index": self.index}  # a runner ships the built index, never a build
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +110,11 @@ class _Probes:
 
 
 class Matcher:
-    """All the loaded lists, indexed per list and hash type, ready to match batches of queries."""
+    """All the loaded lists, indexed per list and hash type, ready to match batches of queries.
+
+    URL and domain indexes are built at once; image-hash indexes (seconds for a 10M-entry PDQ list) in a
+    background thread, so a scan fetches and hashes meanwhile and its first match waits only for the rest.
+    """
 
     def __init__(self, searchables: Sequence[_Searchable], config: MatchConfig) -> None:
         self._searchables = tuple(searchables)
@@ -108,16 +131,18 @@ class Matcher:
         if len(set(names)) != len(names):
             raise ConfigError(f"two hash lists share a name: {sorted(names)}; name them as NAME=PATH")
         _check_overrides(config, lists)
-        searchables = []
+        searchables, builds = [], []
         for hash_list in lists:
             for type_name, entries in hash_list.entries.items():
                 threshold = config.threshold(hash_list.name, type_name)
-                index = (
-                    HammingIndex(entries.keys, threshold)
-                    if entries.hash_type.hamming
-                    else ExactIndex(entries.keys)
-                )
+                index: Index | Future[Index] = Future()
+                if entries.hash_type.name in IMAGE_HASH_TYPES:
+                    builds.append((index, entries, threshold))
+                else:
+                    index = ExactIndex(entries.keys)  # URL screening needs it before the first request
                 searchables.append(_Searchable(hash_list.name, entries, index, threshold))
+        if builds:
+            threading.Thread(target=_build_all, args=(builds,), name="index-build", daemon=True).start()
         return cls(searchables, config)
 
     def match_batch(self, queries: Sequence[Query]) -> list[list[Match]]:
@@ -180,6 +205,19 @@ class Matcher:
             quality=query.pdq_quality if is_pdq else None,
             transform=DIHEDRAL_TRANSFORMS[transform] if transform else None,
         )
+
+
+def _build_all(builds: list[tuple[Future[Index], HashEntries, int]]) -> None:
+    """Build the image-hash indexes in turn while the scan starts fetching; their kernels release the GIL.
+    A daemon thread: a scan stopped meanwhile does not wait for a build nobody will use."""
+    for future, entries, threshold in builds:
+        try:
+            if entries.hash_type.hamming:
+                future.set_result(HammingIndex(entries.keys, threshold))
+            else:
+                future.set_result(ExactIndex(entries.keys))
+        except BaseException as error:  # every waiting match sees the build's own error
+            future.set_exception(error)
 
 
 def _best_per_entry(searchable: _Searchable, probes: _Probes) -> list[tuple[int, int, int, int]]:
