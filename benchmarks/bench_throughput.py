@@ -1,6 +1,7 @@
 """End-to-end throughput: `scanner scan` against img2dataset with a hashing writer, and the hashing ceiling.
 
-    python benchmarks/bench_throughput.py [--rows 10000] [--flat-rows 10000,200000] [--images 600] [--quick]
+    python benchmarks/bench_throughput.py [--rows 10000] [--flat-rows 10000,200000] [--images 600] [--repeat 3]
+                                          [--quick]
     (after pip install -e '.[bench]': img2dataset 1.47, psutil)
 
 One run, on 127.0.0.1 only:
@@ -335,6 +336,30 @@ def run_scan(
     return announce(result)
 
 
+def run_peer(
+    name: str,
+    writer: str,
+    shards: Path,
+    args: argparse.Namespace,
+    lists: dict[str, Path],
+    work: Path,
+    server: multiprocessing.Process,
+) -> Result:
+    """img2dataset with this run's process, thread and shard-size settings."""
+    return run_img2dataset(
+        name,
+        writer,
+        shards,
+        args.rows,
+        lists,
+        work,
+        server,
+        args.i2d_processes,
+        args.i2d_threads,
+        args.i2d_shard_size,
+    )
+
+
 def run_img2dataset(
     name: str,
     writer: str,
@@ -399,7 +424,7 @@ def _hash_range(span: tuple[int, int]) -> tuple[float, list]:
     return time.process_time() - start, queries
 
 
-def run_ceiling(corpus: Sequence[tuple[str, bytes]], count: int, lists: dict[str, Path]) -> Result:
+def run_ceiling(name: str, corpus: Sequence[tuple[str, bytes]], count: int, lists: dict[str, Path]) -> Result:
     """scanner's hash_image on every core, fed from memory, and the main process matching the results,
     after a warm-up: the steady state, which no scan exceeds."""
     from scanner.lists import Matcher, load_hashlist
@@ -431,7 +456,7 @@ def run_ceiling(corpus: Sequence[tuple[str, bytes]], count: int, lists: dict[str
         wall = time.perf_counter() - started
         main_cpu = time.process_time() - cpu
     usage = Usage(wall, {"main": main_cpu, "workers": workers_cpu}, 0, 0)
-    return announce(Result("(c) ceiling", count, usage, matches=dict(matched)))
+    return announce(Result(name, count, usage, matches=dict(matched)))
 
 
 # ---------------------------------------------------------------- per-stage CPU of scanner's hashing
@@ -543,6 +568,9 @@ def main() -> None:
     parser.add_argument(
         "--i2d-shard-size", type=int, default=0, help="img2dataset shard size (default: 2 shards a process)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of (a), (b), (c) in turn; ratios per round and median"
+    )
     parser.add_argument("--skip", default="", help="comma list of runs to skip: a,b,b0,c,flat")
     parser.add_argument("--quick", action="store_true", help="rows 2000, flat 2000,20000, 200 images")
     parser.add_argument("--workdir", help="keep inputs and logs here (default: a temporary directory)")
@@ -581,41 +609,25 @@ def run_all(args: argparse.Namespace, skip: set[str], work: Path) -> None:
         expected = {t: planted.rows_matching(t, args.rows, len(corpus)) for t in planted.images}
         if "a" not in skip:
             print(f"  kernel cache: {kernel_cache_note()}", flush=True)
-            results.append(run_scan("(a) scanner scan", shards, args.rows, lists, work, server, args.workers))
-        if "b" not in skip:
-            peer = run_img2dataset(
-                "(b) img2dataset + hashing",
-                "hashing",
-                shards,
-                args.rows,
-                lists,
-                work,
-                server,
-                args.i2d_processes,
-                args.i2d_threads,
-                args.i2d_shard_size,
-            )
-            peer_stages = {k: 1000 * v / args.rows for k, v in peer.stages.items()}
-            results.append(peer)
-        if "b0" not in skip:
-            results.append(
-                run_img2dataset(
-                    "(b0) img2dataset dummy",
-                    "dummy",
-                    shards,
-                    args.rows,
-                    lists,
-                    work,
-                    server,
-                    args.i2d_processes,
-                    args.i2d_threads,
-                    args.i2d_shard_size,
+        for round_ in range(1, args.repeat + 1):
+            # Contenders take turns, so a noisy spell on the machine falls on one round, not one contender.
+            tag = f" #{round_}" if args.repeat > 1 else ""
+            if "a" not in skip:
+                results.append(
+                    run_scan(f"(a) scanner scan{tag}", shards, args.rows, lists, work, server, args.workers)
                 )
-            )
+            if "b" not in skip:
+                peer = run_peer(
+                    f"(b) img2dataset + hashing{tag}", "hashing", shards, args, lists, work, server
+                )
+                peer_stages = {k: 1000 * v / args.rows for k, v in peer.stages.items()}
+                results.append(peer)
+            if "b0" not in skip and round_ == 1:
+                results.append(run_peer("(b0) img2dataset dummy", "dummy", shards, args, lists, work, server))
+            if "c" not in skip:
+                results.append(run_ceiling(f"(c) ceiling{tag}", corpus, args.rows, lists))
     finally:
         server.terminate()
-    if "c" not in skip:
-        results.append(run_ceiling(corpus, args.rows, lists))
     for result in results:
         if result.matches and result.name != "(b0) img2dataset dummy":
             check_matches(result, expected if result.rows == args.rows else {})
@@ -674,17 +686,32 @@ def flatness(args: argparse.Namespace, work: Path, lists: dict[str, Path]) -> li
 
 
 def print_ratios(results: list[Result]) -> None:
-    """Ratios of images/s, and of CPU per image (what the rates converge to when nothing else runs)."""
-    rate = {r.name.split()[0]: r.rate for r in results}
-    cpu = {r.name.split()[0]: (sum(r.usage.cpu.values()) + r.server_cpu) / r.rows for r in results}
-    pairs = [(a, b) for a, b in (("(a)", "(b)"), ("(a)", "(b0)"), ("(a)", "(c)")) if a in rate and b in rate]
-    print("\nratios of images/s: " + ", ".join(f"{a}/{b} = {rate[a] / rate[b]:.2f}" for a, b in pairs))
-    print(
-        "ratios of CPU per image (b/a, c/a): "
-        + ", ".join(f"{a}/{b} = {cpu[b] / cpu[a]:.2f}" for a, b in pairs)
-    )
+    """Ratios of images/s, and of CPU per image (what the rates converge to when nothing else runs), for
+    each round of contenders run in turn, and their medians over the rounds."""
+    rounds: dict[str, dict[str, Result]] = {}
+    for r in results:
+        contender, _, round_ = r.name.partition(" #")
+        rounds.setdefault(round_.split()[0] if round_ else "1", {})[contender.split()[0]] = r
+    rates: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
+    for number, contenders in rounds.items():
+        rate = {k: r.rate for k, r in contenders.items()}
+        cpu = {k: (sum(r.usage.cpu.values()) + r.server_cpu) / r.rows for k, r in contenders.items()}
+        for a, b in (("(a)", "(b)"), ("(a)", "(b0)"), ("(a)", "(c)")):
+            if a in rate and b in rate:
+                rates.setdefault(f"{a}/{b}", []).append(rate[a] / rate[b])
+                cpus.setdefault(f"{a}/{b}", []).append(cpu[b] / cpu[a])
+        if len(rounds) > 1:
+            print(f"round {number}: " + ", ".join(f"{k} = {v[-1]:.2f}" for k, v in rates.items()))
+    median = "median over rounds, " if len(rounds) > 1 else ""
+    print(f"\nratios of images/s ({median}same run): " + _ratios(rates))
+    print(f"ratios of CPU per image (b/a, c/a; {median}same run): " + _ratios(cpus))
     load = os.getloadavg()[0]
     print(f"targets: (a)/(b) >= 1.5, (a)/(c) >= 0.85; load average now {load:.1f} on {os.cpu_count()} cores")
+
+
+def _ratios(values: dict[str, list[float]]) -> str:
+    return ", ".join(f"{k} = {statistics.median(v):.2f}" for k, v in values.items())
 
 
 if __name__ == "__main__":
