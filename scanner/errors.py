@@ -40,3 +40,7 @@ class ResumeError(ScannerError):
 
 class ContentAtRestError(ScannerError):
     """Something tried to write a file outside the report directory during a scan."""
+
+
+class HashingWorkersError(ScannerError):
+    """The hashing worker processes die whatever they hash (memory limits, a broken decoder install)."""

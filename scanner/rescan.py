@@ -22,13 +22,10 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from scanner.checkpoint import Checkpoint
@@ -40,10 +37,10 @@ from scanner.pipeline import Progress, Stages, evidence_record, match_record, to
 from scanner.reports.files import write_json
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import Outcome, UnitReport
+from scanner.runners.local import BatchingHasher, WorkerPool, hashing_workers
 from scanner.scan import ScanResult, hashing_job
 from scanner.screen import CONTENT_DIGESTS, Screen, Screened, content_changed
 from scanner.stored import LIVE_OUTCOMES, StoredRow, StoredRun, StoredScan, write_unit_changes
-from scanner.workers import init_worker
 
 COUNTS_SUFFIX = ".rescan.json"
 CHANGE_KINDS = {  # change record name -> summary count name
@@ -89,8 +86,8 @@ def rescan(
     if run.todo:
         progress = make_progress(run) if make_progress is not None and config.run.progress else Progress()
         try:
-            with _hash_pool(config, run.out) as pool:
-                asyncio.run(_run(config, run.matcher, stored, run.todo, run.checkpoint, pool, progress))
+            with hashing_workers(config.run.worker_count) as workers:
+                asyncio.run(_run(config, run.matcher, stored, run.todo, run.checkpoint, workers, progress))
         finally:
             progress.close()
     extra = _summary_sections(stored, run.checkpoint, [u.id for u in run.units])
@@ -321,10 +318,10 @@ async def _run(
     stored: StoredScan,
     units: list,
     checkpoint: Checkpoint,
-    pool: ProcessPoolExecutor,
+    workers: WorkerPool,
     progress: Progress,
 ) -> None:
-    hash_fn = partial(asyncio.get_running_loop().run_in_executor, pool, hashing_job(config, matcher))
+    hash_fn = BatchingHasher(workers, hashing_job(config, matcher), 2 * config.run.worker_count)
     fetcher = make_fetcher(config.fetch)
     try:
         stages = Stages(fetcher, hash_fn, matcher, config.audit)
@@ -339,14 +336,6 @@ async def _run(
             progress.unit_done()
     finally:
         await fetcher.aclose()
-
-
-def _hash_pool(config: ScanConfig, out: Path) -> ProcessPoolExecutor:
-    """Hashing processes guarded like a scan's: no file writes outside the report directory."""
-    context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(
-        config.run.worker_count, mp_context=context, initializer=init_worker, initargs=((str(out),),)
-    )
 
 
 def _stored_scan(previous: Path) -> StoredScan:

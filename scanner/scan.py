@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from scanner import __version__
@@ -25,7 +24,7 @@ from scanner.reports.writer import merge_reports, summary, write_summary_and_man
 from scanner.screen import hash_types
 from scanner.sources import Source, expand_inputs
 from scanner.sources.storage import input_signature
-from scanner.workers import hash_job
+from scanner.workers import HashJob
 
 
 @dataclass(slots=True)
@@ -50,9 +49,9 @@ class Prepared:
         return hash_types(self.matcher, self.config.audit)
 
 
-def hashing_job(config: ScanConfig, matcher: Matcher) -> Callable:
+def hashing_job(config: ScanConfig, matcher: Matcher) -> HashJob:
     """The hashing job (body -> hashes, reason) for these settings; picklable, for worker processes."""
-    return partial(hash_job, want=hash_types(matcher, config.audit), limits=config.hashing)
+    return HashJob(hash_types(matcher, config.audit), config.hashing)
 
 
 def unit_pipeline(

@@ -1,4 +1,5 @@
-"""What runs in hashing worker processes: the write guard and one hashing job; bytes arrive over a pipe."""
+"""What runs in hashing worker processes: the write guard and the hashing job; bodies arrive through the
+body arena or a pipe."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ import mmap
 import os
 import signal
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from scanner import nostore
-from scanner.hashing import DecodeError, DecodeLimits, ImageHashes, hash_image
+from scanner.hashing import HASHERS, DecodeError, DecodeLimits, ImageHashes, hash_image
+from scanner.hashing.decode import DEFAULT_LIMITS
+from scanner.hashing.hashers import HashInput
+
+DIGESTS = frozenset(name for name, hasher in HASHERS.items() if not hasher.needs_pixels)
 
 HashResult = tuple[ImageHashes | None, str | None]
+# The reason a row gets when its body killed the hashing process that held it, alone, in a fresh pool.
+HASHING_CRASHED = "hashing_crashed"
 
 
 # The main process's body arena (runners/arena.py), mapped read-only; None when bodies come over pipes.
@@ -30,12 +38,26 @@ def started() -> int:
     return os.getpid()
 
 
-def hash_job(body: bytes, want: frozenset[str], limits: DecodeLimits) -> HashResult:
-    """Hash one body in memory; a body that is no usable image keeps its digests (exact lists still match)."""
-    try:
-        return hash_image(body, want, limits), None
-    except DecodeError as exc:
-        return (ImageHashes(**exc.digests) if exc.digests else None), exc.reason
+@dataclass(frozen=True)
+class HashJob:
+    """What a worker computes for each body: the wanted hash types, within the decode limits."""
+
+    want: frozenset[str]
+    limits: DecodeLimits = DEFAULT_LIMITS
+
+    def __call__(self, body: bytes) -> HashResult:
+        """Hash one body in memory; a body that is no usable image keeps its digests (exact lists still
+        match)."""
+        try:
+            return hash_image(body, self.want, self.limits), None
+        except DecodeError as exc:
+            return (ImageHashes(**exc.digests) if exc.digests else None), exc.reason
+
+    def crashed(self, body: bytes) -> HashResult:
+        """The result for a body that killed a worker: its digests, computed without parsing a byte of it,
+        so exact lists still match."""
+        digests = {name: HASHERS[name].compute(HashInput(body, None))[name] for name in self.want & DIGESTS}
+        return (ImageHashes(**digests) if digests else None), HASHING_CRASHED
 
 
 def hash_batch(bodies: Sequence[bytes], job: Callable[[bytes], HashResult]) -> list[HashResult]:

@@ -1,23 +1,26 @@
-"""The local runner's batching hasher: same results as one call per body, errors kept to their own rows."""
+"""The local runner's batching hasher: same results as one call per body, errors kept to their own rows,
+bodies that kill a worker blamed alone, and the body arena equal to pipes."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from functools import partial
+import os
+import signal
+from dataclasses import dataclass
 
 import pytest
 from PIL import Image
 
+from scanner.errors import HashingWorkersError
 from scanner.hashing import DecodeLimits
 from scanner.runners.arena import Arena
 from scanner.runners.arena import supported as arena_supported
-from scanner.runners.local import MAX_BATCH, BatchingHasher, hashing_pool
-from scanner.workers import HashResult, hash_job
+from scanner.runners.local import MAX_BATCH, BatchingHasher, WorkerPool
+from scanner.workers import HASHING_CRASHED, HashJob
 
 WANT = frozenset({"md5", "pdq", "phash"})
+JOB = HashJob(WANT, DecodeLimits())
 
 
 def _image(seed: int, fmt: str = "PNG") -> bytes:
@@ -26,54 +29,94 @@ def _image(seed: int, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def _job_refusing(body: bytes, poison: bytes) -> HashResult:
-    """hash_job, except that one body raises as a bug in the hashing code would."""
-    if body == poison:
-        raise RuntimeError("bug")
-    return hash_job(body, WANT, DecodeLimits())
+@dataclass(frozen=True)
+class _Refusing(HashJob):
+    """The hashing job, except that one body raises as a bug in the hashing code would."""
+
+    poison: bytes = b""
+
+    def __call__(self, body: bytes):
+        if body == self.poison:
+            raise RuntimeError("bug")
+        return super().__call__(body)
 
 
-async def _hash_all(pool: ProcessPoolExecutor, job, bodies: list[bytes], batches_in_flight: int = 2) -> list:
-    hasher = BatchingHasher(pool, job, batches_in_flight)
+@dataclass(frozen=True)
+class _Killing(HashJob):
+    """The hashing job, except that the process dies (as in a decoder crash or the OOM killer) on the
+    poison body, or on every body when poison is None."""
+
+    poison: bytes | None = b""
+
+    def __call__(self, body: bytes):
+        if self.poison is None or body == self.poison:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(body)
+
+
+async def _hash_all(workers: WorkerPool, job: HashJob, bodies: list[bytes], batches_in_flight: int = 2):
+    hasher = BatchingHasher(workers, job, batches_in_flight)
     return await asyncio.wait_for(asyncio.gather(*(hasher(b) for b in bodies), return_exceptions=True), 120)
 
 
 @pytest.fixture(scope="module")
-def pool():
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
-        yield executor
+def workers():
+    with WorkerPool(1) as pool:
+        yield pool
 
 
-def test_batches_give_what_single_calls_give(pool: ProcessPoolExecutor) -> None:
+def test_batches_give_what_single_calls_give(workers: WorkerPool) -> None:
     """More bodies than a batch, one of them not an image: every row gets its own body's result, in order."""
     bodies = [_image(i) for i in range(MAX_BATCH + 3)] + [b"<html>not an image</html>"]
-    job = partial(hash_job, want=WANT, limits=DecodeLimits())
-    results = asyncio.run(_hash_all(pool, job, bodies))
-    assert results == [hash_job(body, WANT, DecodeLimits()) for body in bodies]
+    results = asyncio.run(_hash_all(workers, JOB, bodies))
+    assert results == [JOB(body) for body in bodies]
     assert results[-1][1] == "not_an_image"
 
 
-def test_bodies_held_back_while_the_pool_is_busy_all_get_their_results(pool: ProcessPoolExecutor) -> None:
+def test_bodies_held_back_while_the_pool_is_busy_all_get_their_results(workers: WorkerPool) -> None:
     """One batch in flight at a time: the rest wait in the hasher and leave as batches come back."""
     bodies = [_image(i % 5, "JPEG") for i in range(3 * MAX_BATCH + 1)]
-    job = partial(hash_job, want=WANT, limits=DecodeLimits())
-    results = asyncio.run(_hash_all(pool, job, bodies, batches_in_flight=1))
-    assert results == [hash_job(body, WANT, DecodeLimits()) for body in bodies]
+    results = asyncio.run(_hash_all(workers, JOB, bodies, batches_in_flight=1))
+    assert results == [JOB(body) for body in bodies]
 
 
-def test_a_failing_body_fails_only_its_row(pool: ProcessPoolExecutor) -> None:
+def test_a_failing_body_fails_only_its_row(workers: WorkerPool) -> None:
     bodies = [_image(i, "JPEG") for i in range(5)]
-    results = asyncio.run(_hash_all(pool, partial(_job_refusing, poison=bodies[2]), bodies))
+    results = asyncio.run(_hash_all(workers, _Refusing(WANT, poison=bodies[2]), bodies))
     assert isinstance(results[2], RuntimeError)
     for body, result in zip(bodies[:2] + bodies[3:], results[:2] + results[3:], strict=True):
-        assert result == hash_job(body, WANT, DecodeLimits())
+        assert result == JOB(body)
+
+
+def test_a_body_that_kills_its_worker_gets_hashing_crashed_and_the_rest_their_hashes() -> None:
+    """The pool restarts, the bodies the dead pool held are retried alone, and only the one that kills a
+    fresh worker is blamed: its row keeps its MD5 (exact lists still match), every other row its hashes."""
+    bodies = [_image(i, "JPEG") for i in range(3 * MAX_BATCH)]
+    poison = bodies[MAX_BATCH + 2]
+    with WorkerPool(2) as pool:
+        results = asyncio.run(_hash_all(pool, _Killing(WANT, poison=poison), bodies, batches_in_flight=4))
+        restarts = pool.generation
+    crashed = [i for i, r in enumerate(results) if r[1] == HASHING_CRASHED]
+    assert crashed == [MAX_BATCH + 2]
+    hashes, _ = results[MAX_BATCH + 2]
+    assert hashes is not None and hashes.md5 == JOB(poison)[0].md5 and hashes.pdq is None
+    assert [r for i, r in enumerate(results) if i not in crashed] == [JOB(b) for b in bodies if b != poison]
+    assert restarts == 2  # once for the batch that died, once for the body that killed a fresh worker
+
+
+def test_workers_that_die_on_anything_fail_the_rows_with_a_clear_error() -> None:
+    """A fresh pool that cannot hash a known-good image is broken itself: no row is blamed for it."""
+    bodies = [_image(i, "JPEG") for i in range(3)]
+    with WorkerPool(1) as pool:
+        results = asyncio.run(_hash_all(pool, _Killing(WANT, poison=None), bodies))
+    assert all(isinstance(r, HashingWorkersError) for r in results), results
+    assert "known-good image" in str(results[0])
 
 
 def test_a_stopped_pool_fails_every_row_instead_of_hanging() -> None:
-    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    executor.shutdown()
-    job = partial(hash_job, want=WANT, limits=DecodeLimits())
-    results = asyncio.run(_hash_all(executor, job, [_image(i) for i in range(3)]))
+    pool = WorkerPool(1)
+    pool.executor.shutdown()
+    results = asyncio.run(_hash_all(pool, JOB, [_image(i) for i in range(3)]))
     assert all(isinstance(result, RuntimeError) for result in results)
 
 
@@ -94,15 +137,9 @@ def test_bodies_through_the_arena_hash_as_bodies_through_pipes() -> None:
         return spans
 
     arena.put = counting_put  # type: ignore[method-assign]
-    job = partial(hash_job, want=WANT, limits=DecodeLimits())
-
-    async def hash_all(executor: ProcessPoolExecutor) -> list[HashResult]:
-        hasher = BatchingHasher(executor, job, 2, arena)
-        return await asyncio.wait_for(asyncio.gather(*(hasher(b) for b in bodies)), 120)
-
-    with hashing_pool(1, arena) as executor:
-        results = asyncio.run(hash_all(executor))
-    assert results == [hash_job(body, WANT, DecodeLimits()) for body in bodies]
+    with WorkerPool(1, arena) as pool:
+        results = asyncio.run(_hash_all(pool, JOB, bodies))
+    assert results == [JOB(body) for body in bodies]
     assert sum(lent) > 0 and 0 in lent  # some batches went through the arena, some through the pipe
     assert arena._free == [(0, arena.size)]
     arena.close()

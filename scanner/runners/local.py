@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import io
 import multiprocessing
 import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, closing, contextmanager
-from dataclasses import dataclass
 from functools import partial
 
+from PIL import Image
+
 from scanner.config import ScanConfig
+from scanner.errors import HashingWorkersError
 from scanner.pipeline import Progress
 from scanner.planner import WorkUnit
 from scanner.runners.arena import Arena, Span
 from scanner.runners.arena import supported as arena_supported
 from scanner.scan import Prepared, ScanResult, check_config, hashing_job, run_scan, unit_pipeline
-from scanner.workers import HashResult, hash_batch, hash_spans, init_worker, started
+from scanner.workers import HashJob, HashResult, hash_batch, hash_spans, init_worker, started
 
 # Bodies sent to a worker in one call, at most: few enough to keep every worker busy, many enough that
 # the pickle round trip, the future and the wake-ups are paid once for several images.
@@ -25,14 +30,6 @@ MAX_BATCH = 8
 # Shared memory for bodies on their way to the workers, per batch the pool holds: room for a full batch of
 # bodies up to 512 KiB each. A batch that does not fit (large bodies) goes through the pipe instead.
 ARENA_PER_BATCH = MAX_BATCH * 512 * 1024
-
-
-@dataclass(slots=True)
-class HashingWorkers:
-    """The worker processes and, where the platform has it, the shared memory their bodies arrive in."""
-
-    pool: ProcessPoolExecutor
-    arena: Arena | None
 
 
 def scan(
@@ -48,37 +45,65 @@ def scan(
 
 
 @contextmanager
-def hashing_workers(count: int) -> Iterator[HashingWorkers]:
+def hashing_workers(count: int) -> Iterator[WorkerPool]:
     """Hashing worker processes and their body arena, ready now and stopped on leaving."""
     with ExitStack() as stack:
-        arena = (
-            stack.enter_context(closing(Arena(2 * count * ARENA_PER_BATCH))) if arena_supported() else None
-        )
-        yield HashingWorkers(stack.enter_context(hashing_pool(count, arena)), arena)
+        arena = None
+        if arena_supported():
+            arena = stack.enter_context(closing(Arena(2 * count * ARENA_PER_BATCH)))
+        yield stack.enter_context(WorkerPool(count, arena))
 
 
-@contextmanager
-def hashing_pool(count: int, arena: Arena | None = None) -> Iterator[ProcessPoolExecutor]:
-    """Hashing worker processes, started now and stopped on leaving; each guards itself with no directory
-    to write to, and maps the arena if there is one.
+class WorkerPool:
+    """The hashing processes, guarded with no directory to write to, and the arena they map (if any).
+
+    When one of them dies the executor is broken for good: restart() puts a fresh set in its place, and
+    `generation` counts the sets, so that the many batches a death fails cause one restart, not many.
+    """
+
+    def __init__(self, count: int, arena: Arena | None = None) -> None:
+        self.count = count
+        self.arena = arena
+        self.generation = 0
+        self.executor = _started_executor(count, arena)
+
+    def restart(self) -> None:
+        """Replace the processes (after one died); what the old set still held is lost with it."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = _started_executor(self.count, self.arena)
+        self.generation += 1
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _started_executor(count: int, arena: Arena | None) -> ProcessPoolExecutor:
+    """The processes, all starting now.
 
     They start with Ctrl-C blocked, so one pressed while they import cannot interrupt them with a traceback:
-    the main process stops the pool.
+    the main process stops the pool (and does, if the Ctrl-C arrives while they are being started).
     """
     context = multiprocessing.get_context("spawn")
     initargs = ((), arena.handle() if arena else None)
-    with ProcessPoolExecutor(count, mp_context=context, initializer=init_worker, initargs=initargs) as pool:
+    executor = ProcessPoolExecutor(count, mp_context=context, initializer=init_worker, initargs=initargs)
+    try:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by the children
         try:
             for _ in range(count):
-                pool.submit(started)  # the pool starts a process per job waiting for one
+                executor.submit(started)  # the pool starts a process per job waiting for one
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C meanwhile is delivered now
-        yield pool
+    except BaseException:
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    return executor
 
 
 def run_units(
-    prepared: Prepared, units: list[WorkUnit], progress: Progress | None = None, *, workers: HashingWorkers
+    prepared: Prepared, units: list[WorkUnit], progress: Progress | None = None, *, workers: WorkerPool
 ) -> None:
     """Fetch in this process and hash in the worker processes; each finished unit is committed at once."""
     if units:
@@ -86,12 +111,12 @@ def run_units(
 
 
 async def _run(
-    prepared: Prepared, units: list[WorkUnit], workers: HashingWorkers, progress: Progress | None
+    prepared: Prepared, units: list[WorkUnit], workers: WorkerPool, progress: Progress | None
 ) -> None:
     config = prepared.config
     # Two batches a worker: one it hashes, one waiting in its queue, so no worker idles between batches.
     job = hashing_job(config, prepared.matcher)
-    hash_fn = BatchingHasher(workers.pool, job, 2 * config.run.worker_count, workers.arena)
+    hash_fn = BatchingHasher(workers, job, 2 * config.run.worker_count)
     pipeline = unit_pipeline(config, prepared.matcher, prepared.plan.sources, hash_fn, progress)
     try:
         gate = asyncio.Semaphore(config.run.units_in_flight)
@@ -108,28 +133,32 @@ async def _run(
         await pipeline.stages.fetcher.aclose()
 
 
+Waiting = list[tuple[bytes, "asyncio.Future[HashResult]"]]
+
+
 class BatchingHasher:
     """The pipeline's hash function: bodies go to the workers in batches, only as fast as the workers hash.
 
     At most `batches_in_flight` batches are with the pool (sent and not yet returned); bodies that arrive
     meanwhile wait here and leave together, MAX_BATCH at most, when a batch comes back. Fuller batches cost
-    the main process less per body (one pickle round trip, one future, one wake-up a batch). Memory stays
-    bounded by the pipeline's rows in flight, whether a body waits here or in the pool's queue.
+    the main process less per body (one round trip, one future, one wake-up a batch). Memory stays bounded
+    by the pipeline's rows in flight, whether a body waits here, in the arena or in the pool's queue.
+
+    A worker that dies (a decoder crash, the OOM killer) takes its pool with it: the pool restarts, and the
+    bodies it held are retried one at a time with nothing else in flight, so the one that kills a fresh
+    worker is known; its row gets HASHING_CRASHED (with its digests) instead of failing the scan, and on
+    every resume. If a fresh pool then cannot hash a known-good image, the workers themselves are broken
+    and every waiting row fails with that error.
     """
 
-    def __init__(
-        self,
-        pool: ProcessPoolExecutor,
-        job: Callable[[bytes], HashResult],
-        batches_in_flight: int = 2,
-        arena: Arena | None = None,
-    ) -> None:
-        self._pool = pool
+    def __init__(self, workers: WorkerPool, job: HashJob, batches_in_flight: int = 2) -> None:
+        self._workers = workers
         self._job = job
-        self._arena = arena
         self._batch_job = partial(hash_batch, job=job)
         self._spans_job = partial(hash_spans, job=job)
-        self._waiting: list[tuple[bytes, asyncio.Future[HashResult]]] = []
+        self._waiting: Waiting = []
+        self._suspects: Waiting = []  # bodies a dead pool held, to retry one at a time
+        self._quarantine: asyncio.Task[None] | None = None
         self._limit = batches_in_flight
         self._in_flight = 0
 
@@ -144,78 +173,124 @@ class BatchingHasher:
         return result
 
     def _send(self) -> None:
+        if self._suspects or self._quarantine is not None:
+            if self._in_flight == 0 and self._quarantine is None:
+                self._quarantine = asyncio.ensure_future(self._retry_suspects())
+            return
         while self._waiting and self._in_flight < self._limit:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             self._submit(batch)
 
-    def _submit(self, batch: list[tuple[bytes, asyncio.Future[HashResult]]]) -> None:
+    def _submit(self, batch: Waiting) -> None:
         loop = asyncio.get_running_loop()
         bodies = [body for body, _ in batch]
-        spans = self._arena.put(bodies) if self._arena is not None else None
+        arena = self._workers.arena
+        spans = arena.put(bodies) if arena is not None else None
+        generation = self._workers.generation
         try:
             if spans is None:
-                sent = loop.run_in_executor(self._pool, self._batch_job, bodies)
+                sent = loop.run_in_executor(self._workers.executor, self._batch_job, bodies)
             else:
-                sent = loop.run_in_executor(self._pool, self._spans_job, spans)
-        except Exception as exc:  # the pool is broken or shut down: every waiting row sees why
+                sent = loop.run_in_executor(self._workers.executor, self._spans_job, spans)
+        except BrokenProcessPool:  # a death this hasher has not heard of yet
+            self._release(spans)
+            self._crashed(generation, batch)
+            return
+        except Exception as exc:  # the pool is shut down: every waiting row sees why
             self._release(spans)
             for _, future in batch:
                 _fail(future, exc)
             return
         self._in_flight += 1
-        sent.add_done_callback(partial(self._deliver, batch, spans))
+        sent.add_done_callback(partial(self._deliver, batch, spans, generation))
 
     def _release(self, spans: list[Span] | None) -> None:
-        if spans is not None and self._arena is not None:
-            self._arena.release(spans)
+        if spans is not None and self._workers.arena is not None:
+            self._workers.arena.release(spans)
 
     def _deliver(
         self,
-        batch: list[tuple[bytes, asyncio.Future[HashResult]]],
+        batch: Waiting,
         spans: list[Span] | None,
+        generation: int,
         sent: asyncio.Future[list[HashResult]],
     ) -> None:
         self._in_flight -= 1
         self._release(spans)
-        self._send()
         if sent.cancelled():
             for _, future in batch:
                 future.cancel()
-            return
-        error = sent.exception()
-        if error is None:
+        elif isinstance(error := sent.exception(), BrokenProcessPool):
+            self._crashed(generation, batch)
+        elif error is None:
             for (_, future), result in zip(batch, sent.result(), strict=True):
                 if not future.done():
                     future.set_result(result)
-        elif len(batch) == 1:
-            _fail(batch[0][1], error)
-        else:
-            self._one_by_one(batch)
+        else:  # a body broke the batch's job: each alone, so each row sees only what its own body did
+            self._suspects.extend(batch)
+        self._send()
 
-    def _one_by_one(self, batch: list[tuple[bytes, asyncio.Future[HashResult]]]) -> None:
-        """A body broke the batch's job: hash each alone, so each row sees only what its own body did."""
+    def _crashed(self, generation: int, batch: Waiting) -> None:
+        """A worker of that generation died: restart once for it, and hold the batch's bodies as suspects."""
+        if generation == self._workers.generation:
+            self._workers.restart()
+        self._suspects.extend(item for item in batch if not item[1].done())
+
+    async def _retry_suspects(self) -> None:
+        """Hash each suspect alone, nothing else in flight; blame only a body that kills a fresh worker."""
         loop = asyncio.get_running_loop()
-        for body, future in batch:
-            try:
-                _settle(future, loop.run_in_executor(self._pool, self._job, body))
-            except Exception as exc:  # the pool itself is broken or shut down
-                _fail(future, exc)
+        try:
+            while self._suspects:
+                body, future = self._suspects[0]  # stays listed until settled, so _stop_all reaches it
+                try:
+                    result = await loop.run_in_executor(self._workers.executor, self._job, body)
+                except BrokenProcessPool:
+                    self._workers.restart()
+                    await self._check_fresh_pool()
+                    result = self._job.crashed(body)
+                except Exception as exc:
+                    result = exc
+                self._suspects.pop(0)
+                if isinstance(result, Exception):
+                    _fail(future, result)
+                elif not future.done():
+                    future.set_result(result)
+        except asyncio.CancelledError:
+            self._stop_all(None)
+            raise
+        except Exception as exc:  # the workers are broken whatever they hash
+            self._stop_all(exc)
+        finally:
+            self._quarantine = None
+        self._send()
+
+    def _stop_all(self, error: Exception | None) -> None:
+        """Every row still waiting here fails with the error (or is cancelled, without one)."""
+        for _, future in self._suspects + self._waiting:
+            if error is None:
+                future.cancel()
+            else:
+                _fail(future, error)
+        self._suspects, self._waiting = [], []
+
+    async def _check_fresh_pool(self) -> None:
+        """Raise HashingWorkersError unless a fresh pool hashes a known-good image."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._workers.executor, self._job, known_good())
+        except BrokenProcessPool as exc:
+            raise HashingWorkersError(
+                "hashing workers die even on a known-good image: check memory limits and the decoders"
+            ) from exc
+
+
+@functools.cache
+def known_good() -> bytes:
+    """A small PNG every decoder handles, made in memory."""
+    picture = io.BytesIO()
+    Image.linear_gradient("L").resize((64, 64)).save(picture, "PNG")
+    return picture.getvalue()
 
 
 def _fail(future: asyncio.Future[HashResult], error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)
-
-
-def _settle(future: asyncio.Future[HashResult], source: asyncio.Future[HashResult]) -> None:
-    """Resolve `future` with whatever `source` ends with."""
-
-    def copy(done: asyncio.Future[HashResult]) -> None:
-        if done.cancelled():
-            future.cancel()
-        elif (error := done.exception()) is not None:
-            _fail(future, error)
-        elif not future.done():
-            future.set_result(done.result())
-
-    source.add_done_callback(copy)
