@@ -1,7 +1,7 @@
 """End-to-end throughput: `scanner scan` against img2dataset with a hashing writer, and the hashing ceiling.
 
-    python benchmarks/bench_throughput.py [--rows 10000] [--flat-rows 10000,200000] [--images 600] [--repeat 3]
-                                          [--quick]
+    python benchmarks/bench_throughput.py [--rows 10000] [--flat-rows 10000,200000] [--images 600]
+                                          [--repeat 3] [--quick]
     (after pip install -e '.[bench]': img2dataset 1.47, psutil)
 
 One run, on 127.0.0.1 only:
@@ -697,12 +697,17 @@ def print_ratios(results: list[Result]) -> None:
     for number, contenders in rounds.items():
         rate = {k: r.rate for k, r in contenders.items()}
         cpu = {k: (sum(r.usage.cpu.values()) + r.server_cpu) / r.rows for k, r in contenders.items()}
-        for a, b in (("(a)", "(b)"), ("(a)", "(b0)"), ("(a)", "(c)")):
-            if a in rate and b in rate:
-                rates.setdefault(f"{a}/{b}", []).append(rate[a] / rate[b])
-                cpus.setdefault(f"{a}/{b}", []).append(cpu[b] / cpu[a])
+        pairs = [
+            f"{a}/{b}"
+            for a, b in (("(a)", "(b)"), ("(a)", "(b0)"), ("(a)", "(c)"))
+            if a in rate and b in rate
+        ]
+        for pair in pairs:
+            a, b = pair.split("/")
+            rates.setdefault(pair, []).append(rate[a] / rate[b])
+            cpus.setdefault(pair, []).append(cpu[b] / cpu[a])
         if len(rounds) > 1:
-            print(f"round {number}: " + ", ".join(f"{k} = {v[-1]:.2f}" for k, v in rates.items()))
+            print(f"round {number}: " + ", ".join(f"{pair} = {rates[pair][-1]:.2f}" for pair in pairs))
     median = "median over rounds, " if len(rounds) > 1 else ""
     print(f"\nratios of images/s ({median}same run): " + _ratios(rates))
     print(f"ratios of CPU per image (b/a, c/a; {median}same run): " + _ratios(cpus))

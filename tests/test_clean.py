@@ -7,8 +7,6 @@ import hashlib
 import io
 import json
 import stat
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -22,7 +20,6 @@ from scanner.errors import ConfigError, InputError
 from scanner.sources import SourceOptions
 from scanner.sources.text import TextSource
 
-REPO = Path(__file__).resolve().parents[1]
 LISTED = "http://listed.example/{}.jpg"
 DEAD = "http://127.0.0.1:9/{}.jpg"  # nothing listens on the discard port: connection refused
 
@@ -176,22 +173,14 @@ def test_shards_holding_images_are_not_written_again(tmp_path: Path) -> None:
         clean([str(tar)], tmp_path / "report", tmp_path / "clean")
 
 
-def test_clean_command(scanned, tmp_path: Path) -> None:
+def test_clean_command(scanned, tmp_path: Path, scanner_cli) -> None:
     out = tmp_path / "clean"
     command = ["clean", str(scanned["shard"]), "--report", str(scanned["report"]), "--out", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "scanner", *command], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
+    done = scanner_cli(*command)
     assert done.returncode == 0, done.stderr
     assert f"{scanned['shard']}: 8 rows, 3 removed -> {out / 'shard.parquet'}" in done.stdout
     assert pq.read_table(out / "shard.parquet").column("key").to_pylist() == ["k0", "k2", "k3", "k6", "k7"]
     removed = (out / "removed.parquet").read_bytes()
-    done = subprocess.run(
-        [sys.executable, "-m", "scanner", *command, "--drop", "match,bogus"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    done = scanner_cli(*command, "--drop", "match,bogus")
     assert done.returncode == 1 and "bogus" in done.stderr
     assert (out / "removed.parquet").read_bytes() == removed

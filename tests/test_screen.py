@@ -6,8 +6,6 @@ import asyncio
 import hashlib
 import json
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,8 +23,6 @@ from scanner.reports.verify import verify_report
 from scanner.screen import AuditConfig, Screen
 from scanner.sources import Row
 from scanner.urlnorm import normalise_host, normalise_url
-
-REPO = Path(__file__).resolve().parents[1]
 
 NORMAL_FORMS = [
     ("HTTP://Example.COM/a", "http://example.com/a"),  # scheme and host lower-cased
@@ -102,15 +98,9 @@ def test_host_normal_form() -> None:
             normalise_host(bad)
 
 
-def test_url_command_prints_the_normal_form_and_its_digests() -> None:
+def test_url_command_prints_the_normal_form_and_its_digests(scanner_cli) -> None:
     url = "HTTP://Example.com:80/a/../b%7e?#top"
-    done = subprocess.run(
-        [sys.executable, "-m", "scanner", "url", url, "ftp://example.com/"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    done = scanner_cli("url", url, "ftp://example.com/")
     assert done.returncode == 1
     assert "ftp://example.com/" in done.stderr and "blocked_scheme" in done.stderr
     record = json.loads(done.stdout)
@@ -291,7 +281,7 @@ def test_keep_hashes_writes_one_private_record_per_row_and_no_image_bytes(tmp_pa
     assert verify_report(out).ok
 
 
-def test_a_bad_match_column_is_a_config_error(tmp_path: Path) -> None:
+def test_a_bad_match_column_is_a_config_error(tmp_path: Path, scanner_cli) -> None:
     shard = write_shard(tmp_path / "shard.parquet", {"url": ["http://127.0.0.1:9/a"]})
     for spec, message in (
         ("sha256", "COLUMN=TYPE"),
@@ -308,13 +298,7 @@ def test_a_bad_match_column_is_a_config_error(tmp_path: Path) -> None:
             "--match-column",
             spec,
         ]
-        done = subprocess.run(
-            [sys.executable, "-m", "scanner", *command],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=60,
-        )
+        done = scanner_cli(*command)
         assert done.returncode == 1 and message in done.stderr, done.stderr
     assert not (tmp_path / "o" / "outcomes.parquet").exists()
 
