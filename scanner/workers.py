@@ -11,11 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scanner import nostore
-from scanner.hashing import HASHERS, DecodeError, DecodeLimits, ImageHashes, hash_image
+from scanner.hashing import DecodeError, DecodeLimits, ImageHashes, hash_image
+from scanner.hashing.api import digests
 from scanner.hashing.decode import DEFAULT_LIMITS
-from scanner.hashing.hashers import HashInput
-
-DIGESTS = frozenset(name for name, hasher in HASHERS.items() if not hasher.needs_pixels)
 
 HashResult = tuple[ImageHashes | None, str | None]
 # The reason a row gets when its body killed the hashing process that held it, alone, in a fresh pool.
@@ -60,8 +58,8 @@ class HashJob:
     def crashed(self, body: bytes) -> HashResult:
         """The result for a body that killed a worker: its digests, computed without parsing a byte of it,
         so exact lists still match."""
-        digests = {name: HASHERS[name].compute(HashInput(body, None))[name] for name in self.want & DIGESTS}
-        return (ImageHashes(**digests) if digests else None), HASHING_CRASHED
+        found = digests(body, self.want)
+        return (ImageHashes(**found) if found else None), HASHING_CRASHED
 
 
 def hash_batch(bodies: Sequence[bytes], job: Callable[[bytes], HashResult]) -> list[HashResult]:

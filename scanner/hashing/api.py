@@ -21,12 +21,9 @@ def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT
     unknown = want - HASH_TYPES
     if unknown:
         raise ValueError(f"unknown hash types {sorted(unknown)}; known: {sorted(HASH_TYPES)}")
-    digesters = [HASHERS[name] for name in sorted(want) if not HASHERS[name].needs_pixels]
     perceptual = [HASHERS[name] for name in sorted(want) if HASHERS[name].needs_pixels]
-    source = HashInput(data, None)
-    fields: dict[str, object] = {}
-    for hasher in digesters:
-        fields.update(hasher.compute(source))
+    exact = digests(data, want)
+    fields: dict[str, object] = dict(exact)
     try:
         if perceptual:
             decoded = decode_image(data, limits)
@@ -35,12 +32,22 @@ def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT
         else:
             header, fmt = open_image(data, limits)
     except DecodeError as exc:
-        exc.digests = {name: value for name, value in fields.items() if isinstance(value, bytes)}
+        exc.digests = exact
         raise
     fields.update(width=header.width, height=header.height, format=fmt)
     for hasher in perceptual:
         fields.update(hasher.compute(source))
     return ImageHashes(**fields)  # type: ignore[arg-type]
+
+
+def digests(data: bytes, want: frozenset[str]) -> dict[str, bytes]:
+    """The wanted digests of the exact bytes (md5, sha1, sha256), without parsing any of them."""
+    source = HashInput(data, None)
+    found: dict[str, bytes] = {}
+    for name in sorted(want):
+        if not HASHERS[name].needs_pixels:
+            found.update(HASHERS[name].compute(source))  # type: ignore[arg-type]
+    return found
 
 
 def hash_file_record(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, object]:

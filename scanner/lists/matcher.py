@@ -96,9 +96,6 @@ class _Searchable:
     def __getstate__(self) -> dict[str, object]:
         return {**self.__dict__, "_index": self.index}  # a runner ships the built index, never a build
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-
 
 @dataclass(frozen=True, slots=True)
 class _Probes:
@@ -139,7 +136,7 @@ class Matcher:
                 if entries.hash_type.name in IMAGE_HASH_TYPES:
                     builds.append((index, entries, threshold))
                 else:
-                    index = ExactIndex(entries.keys)  # URL screening needs it before the first request
+                    index = _index(entries, threshold)  # URL screening needs it before the first request
                 searchables.append(_Searchable(hash_list.name, entries, index, threshold))
         if builds:
             threading.Thread(target=_build_all, args=(builds,), name="index-build", daemon=True).start()
@@ -207,15 +204,17 @@ class Matcher:
         )
 
 
+def _index(entries: HashEntries, threshold: int) -> Index:
+    """The index for one list's entries of one type: Hamming search or exact lookup."""
+    return HammingIndex(entries.keys, threshold) if entries.hash_type.hamming else ExactIndex(entries.keys)
+
+
 def _build_all(builds: list[tuple[Future[Index], HashEntries, int]]) -> None:
     """Build the image-hash indexes in turn while the scan starts fetching; their kernels release the GIL.
     A daemon thread: a scan stopped meanwhile does not wait for a build nobody will use."""
     for future, entries, threshold in builds:
         try:
-            if entries.hash_type.hamming:
-                future.set_result(HammingIndex(entries.keys, threshold))
-            else:
-                future.set_result(ExactIndex(entries.keys))
+            future.set_result(_index(entries, threshold))
         except BaseException as error:  # every waiting match sees the build's own error
             future.set_exception(error)
 

@@ -226,6 +226,8 @@ class BatchingHasher:
             for (_, future), result in zip(batch, sent.result(), strict=True):
                 if not future.done():
                     future.set_result(result)
+        elif len(batch) == 1:
+            _fail(batch[0][1], error)
         else:  # a body broke the batch's job: each alone, so each row sees only what its own body did
             self._suspects.extend(batch)
         self._send()
