@@ -44,3 +44,11 @@ class ContentAtRestError(ScannerError):
 
 class HashingWorkersError(ScannerError):
     """The hashing worker processes die whatever they hash (memory limits, a broken decoder install)."""
+
+
+class ReportDirLockedError(ScannerError):
+    """Another scanner process is writing into the same report directory."""
+
+
+class CheckpointError(ScannerError):
+    """A committed unit or the checkpoint's own files are damaged, missing or not what was committed."""
