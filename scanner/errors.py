@@ -52,3 +52,23 @@ class ReportDirLockedError(ScannerError):
 
 class CheckpointError(ScannerError):
     """A committed unit or the checkpoint's own files are damaged, missing or not what was committed."""
+
+
+class OutputError(ScannerError):
+    """A report directory (--out) or output file (--output) cannot be written: the message says why."""
+
+
+class WriteError(ScannerError):
+    """Writing a report file failed in the file system (disk full, quota, read-only); the message names the
+    file and says that the same command resumes once there is room."""
+
+    def __init__(self, path: str, strerror: str) -> None:
+        self.path = path
+        self.strerror = strerror
+        super().__init__(
+            f"cannot write {path}: {strerror}; make room (or fix the file system), then run the same command "
+            "again: it resumes from the last finished unit"
+        )
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.strerror)
