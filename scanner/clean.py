@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner.errors import ConfigError, InputError
+from scanner.reportlock import report_lock
 from scanner.reports.files import atomic_open, private_dir, utf8_text
 from scanner.reports.records import OUTCOMES
 from scanner.sources import expand_inputs
@@ -86,7 +87,11 @@ def clean(
 ) -> CleanResult:
     """Write each shard into out without the rows whose outcome in the report is one of drop."""
     drop = _checked_drop(drop)
-    report = Path(report)
+    with report_lock(out, "clean"):
+        return _clean(shards, Path(report), Path(out), drop)
+
+
+def _clean(shards: Sequence[str], report: Path, out: Path, drop: tuple[str, ...]) -> CleanResult:
     inputs = _scanned_inputs(report)
     paths = expand_inputs(list(shards))
     for path in paths:

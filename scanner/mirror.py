@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from scanner.reports.files import private_dir
 from scanner.sources.storage import is_remote
 
 PARTIAL = ".partial"
+LOCK_FILE = ".scanner.lock"  # the report directory's lock (scanner.reportlock)
 FILE_SCHEME = "file://"
 
 
@@ -45,9 +47,7 @@ class Mirror:
 
     def pull(self) -> None:
         """Make the staging directory a copy of what the URL holds (the URL is the truth, across machines)."""
-        if self.local.exists():
-            shutil.rmtree(self.local)
-        private_dir(self.local)
+        _empty(private_dir(self.local))
         if not self._fs.exists(self._root):
             return
         for remote in sorted(self._fs.find(self._root)):
@@ -63,13 +63,14 @@ class Mirror:
         """Copy one staging file to the same place under the URL, whole (copy, then rename)."""
         remote = f"{self._root}/{path.relative_to(self.local).as_posix()}"
         self._fs.makedirs(os.path.dirname(remote), exist_ok=True)
-        self._fs.put_file(str(path), remote + PARTIAL)
-        self._fs.mv(remote + PARTIAL, remote)
+        partial = f"{remote}.{secrets.token_hex(8)}{PARTIAL}"  # unique: never another writer's
+        self._fs.put_file(str(path), partial)
+        self._fs.mv(partial, remote)
 
     def push_reports(self) -> None:
         """Copy every report file (the top level of the staging directory)."""
         for path in sorted(self.local.iterdir()):
-            if path.is_file() and not path.name.endswith(PARTIAL):
+            if path.is_file() and not path.name.endswith(PARTIAL) and path.name != LOCK_FILE:
                 self.push(path)
 
     def remove(self, path: Path) -> None:
@@ -77,6 +78,17 @@ class Mirror:
         remote = f"{self._root}/{path.relative_to(self.local).as_posix()}"
         if self._fs.exists(remote):
             self._fs.rm(remote, recursive=True)
+
+
+def _empty(directory: Path) -> None:
+    """Remove everything in the staging directory but the lock its owner holds there (scanner.reportlock)."""
+    for path in directory.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _filesystem(url: str) -> tuple[Any, str]:

@@ -24,6 +24,7 @@ from scanner.errors import ConfigError
 from scanner.fetch import FetchResult
 from scanner.lists import Match, Matcher
 from scanner.pipeline import evidence_record, match_record, to_query
+from scanner.reportlock import report_lock
 from scanner.reports.records import Outcome, UnitReport
 from scanner.scan import ScanResult
 from scanner.screen import Screen
@@ -38,19 +39,20 @@ def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) ->
         raise ConfigError("no hash records given (a hashes.parquet, or a report directory holding one)")
     if not config.hashlists:
         raise ConfigError("no hash list given (--hashlist PATH)")
-    scans = [StoredScan(path) for path in hashes]
-    if config.match.pdq_dihedral:
-        _check_dihedral(scans)
-    run = StoredRun.start(config, scans, restart)
-    if run.finished is not None:
-        return run.finished
-    screen = Screen(run.matcher)
-    evidence = [scan.evidence() for scan in run.scans]
-    for unit in run.todo:
-        rows = run.scans[unit.scan].read(unit.start, unit.stop)
-        run.checkpoint.commit(rematch_unit(unit.id, rows, screen, run.matcher, evidence[unit.scan]))
-    manifest = run.manifest(rematched=[str(scan.hashes_path) for scan in run.scans])
-    return run.finish(started_at, manifest, {})
+    with report_lock(config.out, "rematch"):
+        scans = [StoredScan(path) for path in hashes]
+        if config.match.pdq_dihedral:
+            _check_dihedral(scans)
+        run = StoredRun.start(config, scans, restart)
+        if run.finished is not None:
+            return run.finished
+        screen = Screen(run.matcher)
+        evidence = [scan.evidence() for scan in run.scans]
+        for unit in run.todo:
+            rows = run.scans[unit.scan].read(unit.start, unit.stop)
+            run.checkpoint.commit(rematch_unit(unit.id, rows, screen, run.matcher, evidence[unit.scan]))
+        manifest = run.manifest(rematched=[str(scan.hashes_path) for scan in run.scans])
+        return run.finish(started_at, manifest, {})
 
 
 def _check_dihedral(scans: list[StoredScan]) -> None:

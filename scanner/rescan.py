@@ -34,6 +34,7 @@ from scanner.errors import InputError
 from scanner.fetch import FetchResult, make_fetcher
 from scanner.lists import Match, Matcher, Query
 from scanner.pipeline import Progress, Stages, evidence_record, match_record, to_query
+from scanner.reportlock import report_lock
 from scanner.reports.files import write_json
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import Outcome, UnitReport
@@ -77,26 +78,29 @@ def rescan(
     """Re-check the scan in `previous` (a report directory written with --keep-hashes) into `out`, showing
     progress through `make_progress` unless the rescan's run.progress (the previous scan's) is off."""
     started_at = time.time()
-    stored = _stored_scan(Path(previous))
-    config = rescan_config(stored.manifest(), out, hashlists, overrides or {})
-    run = StoredRun.start(config, [stored], restart)
-    if run.finished is not None:
-        return run.finished
-    _check_dihedral(stored, run.matcher)
-    if run.todo:
-        progress = make_progress(run) if make_progress is not None and config.run.progress else Progress()
-        try:
-            with hashing_workers(config.run.worker_count) as workers:
-                asyncio.run(_run(config, run.matcher, stored, run.todo, run.checkpoint, workers, progress))
-        finally:
-            progress.close()
-    extra = _summary_sections(stored, run.checkpoint, [u.id for u in run.units])
-    previous = {
-        "out": str(stored.dir.resolve()),
-        "manifest_sha256": hashlib.sha256((stored.dir / "manifest.json").read_bytes()).hexdigest(),
-    }
-    manifest = run.manifest(allow_private_networks=config.fetch.allow_private_networks, previous=previous)
-    return run.finish(started_at, manifest, extra)
+    with report_lock(out, "rescan"):
+        stored = _stored_scan(Path(previous))
+        config = rescan_config(stored.manifest(), out, hashlists, overrides or {})
+        run = StoredRun.start(config, [stored], restart)
+        if run.finished is not None:
+            return run.finished
+        _check_dihedral(stored, run.matcher)
+        if run.todo:
+            progress = make_progress(run) if make_progress is not None and config.run.progress else Progress()
+            try:
+                with hashing_workers(config.run.worker_count) as workers:
+                    asyncio.run(
+                        _run(config, run.matcher, stored, run.todo, run.checkpoint, workers, progress)
+                    )
+            finally:
+                progress.close()
+        extra = _summary_sections(stored, run.checkpoint, [u.id for u in run.units])
+        previous = {
+            "out": str(stored.dir.resolve()),
+            "manifest_sha256": hashlib.sha256((stored.dir / "manifest.json").read_bytes()).hexdigest(),
+        }
+        manifest = run.manifest(allow_private_networks=config.fetch.allow_private_networks, previous=previous)
+        return run.finish(started_at, manifest, extra)
 
 
 def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides: dict) -> ScanConfig:

@@ -19,6 +19,7 @@ from scanner.fetch import make_fetcher
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
 from scanner.pipeline import HashFn, Pipeline, Progress, Stages
 from scanner.planner import Plan, WorkUnit, plan
+from scanner.reportlock import report_lock
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
 from scanner.screen import hash_types
@@ -145,26 +146,29 @@ def run_scan(
     make_progress: Callable[[Prepared], Progress] | None,
     run_units: Callable[[Prepared, list[WorkUnit], Progress | None], None],
 ) -> ScanResult:
-    """A whole scan with a runner's run_units: prepare, skip if complete, run what is left, finish."""
+    """A whole scan with a runner's run_units: lock --out, prepare, skip if complete, run what is left,
+    finish."""
     started_at = time.time()
-    prepared = prepare(config, restart)
-    done = already_done(prepared)
-    if done is not None:
-        return done
-    progress = make_progress(prepared) if make_progress else None
-    try:
-        run_units(prepared, prepared.todo, progress)
-    finally:
-        if progress is not None:
-            progress.close()
-    return finish(prepared, started_at)
+    check_config(config)
+    with report_lock(config.out, "scan"):
+        prepared = prepare(config, restart)
+        done = already_done(prepared)
+        if done is not None:
+            return done
+        progress = make_progress(prepared) if make_progress else None
+        try:
+            run_units(prepared, prepared.todo, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+        return finish(prepared, started_at)
 
 
 def already_done(prepared: Prepared) -> ScanResult | None:
     """The result of a scan that already completed in this --out with the same inputs, lists and settings."""
     if not prepared.checkpoint.complete:
         return None
-    return ScanResult(prepared.out, json.loads((prepared.out / "summary.json").read_text()))
+    return ScanResult(prepared.out, json.loads((prepared.out / "summary.json").read_text(encoding="utf-8")))
 
 
 def manifest(prepared: Prepared, summary_data: dict) -> dict:

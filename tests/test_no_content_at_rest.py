@@ -109,8 +109,8 @@ def test_scan_writes_only_inside_out_and_never_image_bytes(tmp_path):
     assert cached, "the hashing workers must have kept their compiled PDQ kernels in the cache"
     assert all(p.suffix in (".nbi", ".nbc") for p in cached), cached
     written = {Path(line.split(" ", 1)[1]) for line in log if line.startswith("write ")}
-    assert out / "outcomes.parquet" in {
-        p.parent / p.name.removeprefix(".").removesuffix(".partial") for p in written
+    assert out / "outcomes.parquet" in {  # written as .NAME.RANDOM.partial, then renamed
+        p.parent / p.name.removeprefix(".").removesuffix(".partial").rsplit(".", 1)[0] for p in written
     }
     outcomes = pq.read_table(out / "outcomes.parquet").to_pydict()
     assert outcomes["outcome"] == ["clean"] * 12

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -25,12 +26,12 @@ def private_dir(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Write to a private temporary name beside path, then rename over it once flushed to disk."""
+    """Write to a private temporary file beside path (a unique name), then rename it over path once flushed
+    to disk."""
     target = Path(path)
-    temp = target.with_name(f".{target.name}.partial")
-    with contextlib.suppress(FileNotFoundError):
-        temp.unlink()
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    # A unique name, created exclusively (mkstemp: O_CREAT|O_EXCL, 0600): two writers never share a file.
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    temp = Path(name)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle

@@ -1,0 +1,106 @@
+"""One command at a time in a report directory: an advisory lock held for a scan's, rematch's, rescan's or
+clean's whole life.
+
+The lock is flock(2) on a file inside the directory (for an fsspec --out, inside its local staging
+directory), so the kernel releases it when the holder dies however it dies: a SIGKILLed scan leaves at most a
+stale, unlocked file, which the next command simply takes. The holder writes its pid and command line into
+the file, so a second command can say who holds the directory. The file is removed on release while still
+locked; whoever opened it in the meantime sees that the name no longer leads to the file it locked and tries
+again, so two holders can never lock two different files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from scanner.checkpoint import UNITS_DIR
+from scanner.errors import ReportDirLockedError
+from scanner.mirror import LOCK_FILE, local_dir
+from scanner.reports.files import private_dir
+
+PARTIAL_SUFFIX = ".partial"
+_MAX_HOLDER_BYTES = 64 * 1024
+
+
+@contextlib.contextmanager
+def report_lock(out: str | Path, command: str) -> Iterator[Path]:
+    """Hold the lock of out's local report directory (created 0700) while the block runs; yields the
+    directory. ReportDirLockedError, at once, when another process holds it."""
+    directory = private_dir(local_dir(str(out)))
+    path = directory / LOCK_FILE
+    fd = _acquire(path, command)
+    try:
+        _remove_stale_partials(directory)
+        yield directory
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _acquire(path: Path, command: str) -> int:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _holder(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise ReportDirLockedError(
+                f"{path.parent} is in use by {holder}; wait for it to finish (or stop it), "
+                "or use another --out"
+            ) from None
+        if _same_file(fd, path):
+            _write_holder(fd, command)
+            return fd
+        os.close(fd)  # released and removed by its holder after we opened it: lock the new one
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _write_holder(fd: int, command: str) -> None:
+    holder = {"pid": os.getpid(), "command": command, "argv": sys.argv}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode("ascii"), 0)
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its file says (it may not have written it yet)."""
+    try:
+        holder = json.loads(os.pread(fd, _MAX_HOLDER_BYTES, 0) or b"null")
+        pid, argv = int(holder["pid"]), [str(arg) for arg in holder["argv"]]
+    except (OSError, ValueError, TypeError, KeyError):
+        return "another scanner process"
+    shown = shlex.join(argv).encode("ascii", "backslashreplace").decode("ascii")
+    return f"another scanner process (pid {pid}: {shown})"
+
+
+def _remove_stale_partials(directory: Path) -> None:
+    """Temporary files a killed process left (only a lock holder writes here, so none is in use)."""
+    for folder in (directory, directory / UNITS_DIR):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(folder):
+                if (
+                    entry.name.startswith(".")
+                    and entry.name.endswith(PARTIAL_SUFFIX)
+                    and entry.is_file(follow_symlinks=False)
+                ):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
