@@ -9,7 +9,7 @@ from scanner.errors import SourceError
 from scanner.sources.base import Row, Source, SourceOptions, Span
 from scanner.sources.folder import FolderSource, directory_inputs, drop_metadata
 from scanner.sources.imagebytes import open_parquet
-from scanner.sources.storage import input_exists, is_remote, remote_glob
+from scanner.sources.storage import check_input_file, is_remote, remote_glob
 from scanner.sources.text import TextSource
 from scanner.sources.webdataset import WebDatasetSource
 
@@ -24,8 +24,7 @@ def open_source(path: str, options: SourceOptions) -> Source:
     suffix = os.path.splitext(path)[1].lower()
     if not is_remote(path) and os.path.isdir(path):
         return FolderSource(path, options)
-    if not input_exists(path):
-        raise SourceError(path, "no such file")
+    check_input_file(path)
     if suffix == ".parquet":
         return open_parquet(path, options)
     if suffix == ".tar":

@@ -3,7 +3,10 @@
 Every file whose first bytes sniff as an image, or whose name says it is one, is a row (recursively, sorted,
 symlinked directories not followed): a `.jpg` that is an HTML error page is reported `invalid`, not skipped.
 Other files (README, captions, JSON) are skipped and counted. A file that cannot be read is a row too,
-`invalid` with `unreadable_file`, so nothing goes unchecked silently.
+`invalid` with `unreadable_file`, so nothing goes unchecked silently; so is anything that is not a regular
+file (a FIFO, a device, a socket, a symlink to one), `invalid` with `not_a_regular_file`, never opened in a
+way that could block or read without end. Symlinks to regular files are followed, inside the tree or out of
+it (a Hugging Face cache snapshot is symlinks into its blob store): the row is the file a loader would read.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from scanner.sources.base import (
     parse_json,
     pick_column,
 )
+from scanner.sources.storage import NotRegularFileError, open_regular, read_capped
 from scanner.sources.webdataset import IMAGE_EXTENSIONS, SIDECAR_MAX_BYTES
 
 SNIFF_BYTES = 256
@@ -84,31 +88,34 @@ def walk_files(directory: str) -> Iterator[str]:
 
 
 def sniffs_as_image(path: str) -> bool:
-    """Sniff the first bytes; an unreadable file counts as an image, so it is reported, not skipped."""
+    """Sniff the first bytes; an unreadable file or one that is not a regular file counts as an image, so
+    it is reported, not skipped."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             return sniff_format(handle.read(SNIFF_BYTES)) is not None
     except OSError:
         return True
 
 
 def read_file(path: str, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """A file's bytes, or why they are not read: too large, or unreadable."""
+    """A file's bytes, or why they are not read: not a regular file, too large, or unreadable."""
     try:
-        with open(path, "rb") as handle:
-            body = handle.read(max_bytes + 1)
+        with open_regular(path) as handle:
+            body = read_capped(handle, max_bytes)
+    except NotRegularFileError:
+        return None, "not_a_regular_file"
     except OSError:
         return None, "unreadable_file"
-    return (None, "member_too_large") if len(body) > max_bytes else (body, None)
+    return (None, "member_too_large") if body is None else (body, None)
 
 
 def sidecar(path: str) -> dict[str, object]:
-    """An image's `.json` metadata beside it (img2dataset's `files` layout), or {}."""
+    """An image's `.json` metadata beside it (img2dataset's `files` layout), or {} when there is no small
+    regular file of a JSON object there."""
     try:
-        if os.path.getsize(path) > SIDECAR_MAX_BYTES:
-            return {}
-        with open(path, "rb") as handle:
-            value = parse_json(handle.read())
+        with open_regular(path) as handle:
+            data = read_capped(handle, SIDECAR_MAX_BYTES)
+        value = parse_json(data) if data is not None else {}
     except (OSError, ValueError):  # unreadable, not JSON, nested too deep, or strings no report can hold
         return {}
     return value if isinstance(value, dict) else {}

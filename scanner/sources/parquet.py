@@ -9,16 +9,19 @@ import pyarrow.parquet as pq
 
 from scanner.errors import SourceError
 from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, Span, cell_to_str, pick_column
-from scanner.sources.storage import is_remote, open_input
+from scanner.sources.storage import open_input
 
 READ_BATCH_ROWS = 8192
 
 
 def open_parquet_file(path: str) -> pq.ParquetFile:
-    """Open a Parquet shard (local, or remote through fsspec) reading only its footer."""
+    """Open a Parquet shard (local, or remote through fsspec) reading only its footer. A local one is handed
+    to pyarrow opened, so that what was checked to be a regular file is what is read."""
+    handle = open_input(path)
     try:
-        return pq.ParquetFile(open_input(path) if is_remote(path) else path)
+        return pq.ParquetFile(handle)
     except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:  # column names need not be UTF-8
+        handle.close()
         raise SourceError(path, f"not a readable Parquet file ({exc})") from exc
 
 

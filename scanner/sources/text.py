@@ -17,6 +17,7 @@ from scanner.sources.base import (
     parse_json,
     pick_column,
 )
+from scanner.sources.storage import open_input
 
 READ_BATCH_ROWS = 8192
 
@@ -85,7 +86,7 @@ class TextSource:
 
     def _records_with_offsets(self, offset: int) -> Iterator[tuple[int, object]]:
         """Yield (byte offset where the record starts, record) from offset on."""
-        with open(self.path, "rb") as handle:
+        with open_input(self.path) as handle:
             handle.seek(offset)
             feed = LineFeed(self.path, handle, offset, 0)
             header = self._read_header(feed) if offset == 0 else self._header
