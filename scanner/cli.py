@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from scanner import __version__
 from scanner.cli_audit import AUDIT_COMMANDS
+from scanner.cli_signing import SIGNING_COMMANDS, add_verify_args
 from scanner.errors import ScannerError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -118,8 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(commands, "report", "write again a scan's self-contained report.html", cmd_report, _report_args)
     _add(commands, "export", "write a referral file of a scan's matched rows", cmd_export, _export_args)
-    _add(commands, "verify", "check a scan's files against its manifest and schema", cmd_verify, _dir_arg)
-    for name, help_text, handler, add_args in AUDIT_COMMANDS:
+    _add(
+        commands,
+        "verify",
+        "check a scan's files against its manifest and schema (and its signature, with --public-key)",
+        cmd_verify,
+        add_verify_args,
+    )
+    for name, help_text, handler, add_args in [*AUDIT_COMMANDS, *SIGNING_COMMANDS]:
         _add(commands, name, help_text, handler, add_args)
     return parser
 
@@ -294,9 +301,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from scanner.reports.verify import verify_report
+    from scanner.cli_signing import verify_lines
 
-    result = verify_report(args.dir)
-    for line in result.lines():
+    lines, ok = verify_lines(args)
+    for line in lines:
         print(line)
-    return EXIT_OK if result.ok else EXIT_ERROR
+    return EXIT_OK if ok else EXIT_ERROR

@@ -16,6 +16,7 @@ from scanner.errors import InputError
 from scanner.reports.files import sha256_file
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.sig"  # scanner.reports.signing: signs the manifest, so not listed in it
 REQUIRED = ("outcomes.parquet", "matches.jsonl", "evidence.jsonl", "summary.json")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description"}
@@ -114,7 +115,7 @@ def _note_unlisted(out: Path, files: dict[str, str], result: Verification) -> No
             path.is_file()
             and not path.name.startswith(".")
             and path.name not in files
-            and path.name != MANIFEST
+            and path.name not in (MANIFEST, SIGNATURE)
         ):
             result.notes.append(f"not in the manifest: {path.name}")
 
