@@ -49,7 +49,7 @@ class Checkpoint:
         """Refuse to mix units from a scan of other inputs, lists or settings."""
         path = self.dir / FINGERPRINT
         if path.exists():
-            previous = json.loads(path.read_text())
+            previous = json.loads(path.read_text(encoding="utf-8"))
             if previous != fingerprint:
                 changed = sorted(
                     k for k in fingerprint.keys() | previous.keys() if fingerprint.get(k) != previous.get(k)

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from scanner import __version__
+from scanner import __version__, textmode
 from scanner.cli_audit import AUDIT_COMMANDS
 from scanner.cli_signing import SIGNING_COMMANDS, add_verify_args
 from scanner.errors import ScannerError
@@ -81,6 +81,9 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `scanner` command."""
+    if argv is None:
+        textmode.ensure_utf8_mode()
+    textmode.tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -35,6 +35,7 @@ from scanner.fetch import FetchResult, make_fetcher
 from scanner.lists import Match, Matcher, Query
 from scanner.pipeline import Progress, Stages, evidence_record, match_record, to_query
 from scanner.reportlock import report_lock
+from scanner.reports import jsonl
 from scanner.reports.files import write_json
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import Outcome, UnitReport
@@ -364,9 +365,7 @@ def _check_dihedral(stored: StoredScan, matcher: Matcher) -> None:
     path = stored.dir / "matches.jsonl"
     if not path.is_file():
         return
-    with path.open(encoding="utf-8") as lines:
-        found = (json.loads(line) for line in lines if line.strip())
-        rows = {(m["shard"], m["row"]) for m in found if m.get("transform")}
+    rows = {(m["shard"], m["row"]) for m in jsonl.read_records(path) if m.get("transform")}
     if rows:
         raise InputError(
             str(stored.hashes_path),

@@ -20,6 +20,7 @@ from scanner.errors import InputError
 from scanner.hashing import ImageHashes
 from scanner.lists import HashList, Matcher, load_hashlist
 from scanner.progress import BarProgress
+from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, write_jsonl
 from scanner.reports.hashes import (
     DIHEDRAL_COLUMN,
@@ -121,8 +122,7 @@ class StoredScan:
         path = self.dir / "evidence.jsonl"
         if self.outcomes is None or not path.is_file():
             return {}
-        records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)
-        return {(r["shard"], r["row"]): r for r in records}
+        return {(r["shard"], r["row"]): r for r in jsonl.read_records(path)}
 
     def manifest(self) -> dict:
         """The scan's manifest.json; InputError when there is none."""
@@ -239,7 +239,7 @@ def finish_report(
     if changes and all(path.exists() for path in changes):
         with atomic_open(out / CHANGES_FILE, "w") as handle:
             for path in changes:
-                handle.write(path.read_text(encoding="utf-8"))
+                jsonl.write_records(handle, jsonl.read_records(path))
     finished_at = time.time()
     summary_data = {**summary(tally, started_at, finished_at, {}), **extra}
     manifest = {

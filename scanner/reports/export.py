@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import csv
 import itertools
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -14,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
+from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, utf8_text
 
 FORMATS = ("csv", "jsonl")
@@ -105,15 +105,10 @@ def referral(match: dict, evidence: dict) -> dict:
 def _records(path: Path) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise InputError(str(path), "no such file; is this a finished scan's directory?")
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise InputError(str(path), f"not JSON ({exc})", number) from exc
-            if not isinstance(record, dict) or "shard" not in record or "row" not in record:
-                raise InputError(str(path), "not a report record (needs shard and row)", number)
-            yield number, record
+    for number, record in jsonl.read_lines(path):
+        if "shard" not in record or "row" not in record:
+            raise InputError(str(path), "not a report record (needs shard and row)", number)
+        yield number, record
 
 
 def _write(handle: IO[str], fmt: str, fields: list[str], records: Iterator[dict]) -> int:
@@ -126,7 +121,8 @@ def _write(handle: IO[str], fmt: str, fields: list[str], records: Iterator[dict]
             count += 1
     else:
         for record in records:
-            handle.write(json.dumps({k: record.get(k) for k in fields}, ensure_ascii=False) + "\n")
+            line = jsonl.dumps({k: record.get(k) for k in fields}, sort_keys=False, separators=(", ", ": "))
+            handle.write(line + "\n")
             count += 1
     return count
 

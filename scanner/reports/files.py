@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from scanner.reports import jsonl
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -59,14 +61,12 @@ def utf8_text(raw: IO[bytes]) -> Iterator[IO[str]]:
 def write_json(path: str | Path, data: object) -> None:
     """Write stable, human-readable JSON atomically."""
     with atomic_open(path, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, ensure_ascii=False)
-        handle.write("\n")
+        handle.write(jsonl.escape(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)) + "\n")
 
 
 def write_jsonl(handle: IO, records: list[dict]) -> None:
-    """Append records as one compact, key-sorted JSON object a line."""
-    for record in records:
-        handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n")
+    """Append records as one compact, key-sorted JSON object a line (scanner.reports.jsonl)."""
+    jsonl.write_records(handle, records)
 
 
 def sha256_file(path: str | Path) -> str:

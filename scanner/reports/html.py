@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
+from scanner.reports import jsonl
 from scanner.reports.files import atomic_open
 from scanner.reports.records import OUTCOMES
 
@@ -142,12 +143,11 @@ def _counts(table: pa.Table, keys: list[str]) -> list[dict]:
 def match_figures(path: Path) -> MatchFigures:
     """Stream matches.jsonl line by line into counters (a file of millions of matches is still bounded)."""
     figures = MatchFigures()
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                _add_match(figures, json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InputError(str(path), f"not a match record ({exc})", number) from exc
+    for number, record in jsonl.read_lines(path):
+        try:
+            _add_match(figures, record)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(str(path), f"not a match record ({exc})", number) from exc
     return figures
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from scanner.checkpoint import Checkpoint
+from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, sha256_file, write_json
 from scanner.reports.html import write_html_report
 from scanner.reports.records import OUTCOME_SCHEMA, OUTCOMES, UNREADABLE
@@ -55,12 +56,12 @@ def merge_reports(out_dir: Path, checkpoint: Checkpoint, unit_ids: list[int]) ->
             _count_outcomes(tally, table.to_pydict())
     with atomic_open(out_dir / "matches.jsonl", "w") as handle:
         for path in checkpoint.side_files(unit_ids, ".matches.jsonl"):
-            for line in path.read_text().splitlines():
-                handle.write(line + "\n")
-                _count_match(tally, json.loads(line))
+            for match in jsonl.read_records(path):
+                jsonl.write_records(handle, [match])
+                _count_match(tally, match)
     with atomic_open(out_dir / "evidence.jsonl", "w") as handle:
         for path in checkpoint.side_files(unit_ids, ".evidence.jsonl"):
-            handle.write(path.read_text())
+            jsonl.write_records(handle, jsonl.read_records(path))
     return tally
 
 
@@ -124,7 +125,7 @@ def write_summary_and_manifest(out_dir: Path, summary_data: dict, manifest: dict
 def refresh_digests(out_dir: str | Path, names: list[str]) -> None:
     """Record new SHA-256s in manifest.json for report files regenerated after the scan (report.html)."""
     path = Path(out_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(path.read_text(encoding="utf-8"))
     manifest["files"].update({name: sha256_file(Path(out_dir) / name) for name in names})
     write_json(path, manifest)
 

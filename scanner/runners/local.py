@@ -128,7 +128,15 @@ async def _run(
             if progress is not None:
                 progress.unit_done()
 
-        await asyncio.gather(*(run_one(u) for u in units))
+        running = [asyncio.ensure_future(run_one(u)) for u in units]
+        try:
+            await asyncio.gather(*running)
+        finally:
+            # A unit that failed must stop the others before the fetcher closes: a unit still running
+            # would get client_error for every row left and commit them (a resume would never redo them).
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
     finally:
         await pipeline.stages.fetcher.aclose()
 

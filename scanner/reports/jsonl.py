@@ -1,0 +1,67 @@
+"""JSON as the reports hold it: UTF-8, one object a line in JSON Lines files, lines split on "\\n" only.
+
+Report strings come from hostile inputs (URLs, keys, member and shard names, list entries, header values).
+They stay readable UTF-8, but every character a reader or a terminal could take for something else is
+written as a \\uXXXX escape: what str.splitlines() splits on (\\x0b \\x0c \\x1c-\\x1e \\x85 U+2028 U+2029),
+the other C0 and C1 controls and DEL, the bidi controls (a line that reads differently from what it holds),
+the byte order mark and lone surrogates (no UTF-8 can carry them). json.loads reads the escapes back to the
+same strings, so values are unchanged, and files written before this (raw separators) still read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from scanner.errors import InputError
+
+# json.dumps already escapes C0 controls, '"' and '\'; these are what it leaves raw with ensure_ascii=False.
+_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
+_BLANK = b" \t\r\n"
+
+
+def escape(text: str) -> str:
+    """JSON text with every unsafe character written as a \\uXXXX escape (valid only inside JSON output:
+    outside strings JSON is ASCII, so every unsafe character is inside a string)."""
+    return _UNSAFE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
+def dumps(value: object, *, sort_keys: bool = True, separators: tuple[str, str] = (",", ":")) -> str:
+    """One JSON line (no newline), compact and key-sorted unless told otherwise, unsafe characters escaped."""
+    return escape(json.dumps(value, sort_keys=sort_keys, ensure_ascii=False, separators=separators))
+
+
+def write_records(handle: IO[str], records: Iterable[dict]) -> int:
+    """Append records, one a line; returns how many."""
+    count = 0
+    for record in records:
+        handle.write(dumps(record) + "\n")
+        count += 1
+    return count
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSON Lines file, split on "\\n" only (never on
+    U+2028 or the other characters str.splitlines() splits on); InputError with the line for anything else."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip(_BLANK):
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                reason = f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                raise InputError(str(path), reason, number) from exc
+            except ValueError as exc:
+                raise InputError(str(path), f"not JSON ({exc})", number) from exc
+            if not isinstance(record, dict):
+                raise InputError(str(path), "not a JSON object", number)
+            yield number, record
+
+
+def read_records(path: str | Path) -> Iterator[dict]:
+    """The objects of a JSON Lines file (see read_lines)."""
+    return (record for _number, record in read_lines(path))
