@@ -10,7 +10,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from scanner import nostore
+from scanner import nostore, procguard
 from scanner.hashing import DecodeError, DecodeLimits, ImageHashes, hash_image
 from scanner.hashing.api import digests
 from scanner.hashing.decode import DEFAULT_LIMITS
@@ -18,15 +18,25 @@ from scanner.hashing.decode import DEFAULT_LIMITS
 HashResult = tuple[ImageHashes | None, str | None]
 # The reason a row gets when its body killed the hashing process that held it, alone, in a fresh pool.
 HASHING_CRASHED = "hashing_crashed"
+# The reason when that process was killed for going past the decode budget (hashing.decode_timeout).
+DECODE_TIMEOUT = "decode_timeout"
 
 
 # The main process's body arena (runners/arena.py), mapped read-only; None when bodies come over pipes.
 _arena: mmap.mmap | None = None
 
 
-def init_worker(allowed_dirs: tuple[str, ...], arena: mmap.mmap | None = None) -> None:
-    """Guard the worker like the main process, and leave Ctrl-C to the main process, which stops the pool."""
+def init_worker(
+    allowed_dirs: tuple[str, ...], arena: mmap.mmap | None = None, parent: int | None = None
+) -> None:
+    """Guard the worker like the main process (no writes, no core dump, not dumpable), end it with its parent
+    (`parent`, the main process), bound each decode's CPU time, and leave Ctrl-C to the main process, which
+    stops the pool."""
     global _arena
+    procguard.harden()
+    if parent is not None:
+        procguard.die_with_parent(parent)
+    procguard.enforce_cpu_budgets()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     nostore.install(allowed_dirs)
     _arena = arena
@@ -55,11 +65,11 @@ class HashJob:
         except DecodeError as exc:
             return (ImageHashes(**exc.digests) if exc.digests else None), exc.reason
 
-    def crashed(self, body: bytes) -> HashResult:
-        """The result for a body that killed a worker: its digests, computed without parsing a byte of it,
-        so exact lists still match."""
+    def crashed(self, body: bytes, reason: str = HASHING_CRASHED) -> HashResult:
+        """The result for a body that killed a worker (HASHING_CRASHED) or ran it out of its decode budget
+        (DECODE_TIMEOUT): its digests, computed without parsing a byte of it, so exact lists still match."""
         found = digests(body, self.want)
-        return (ImageHashes(**found) if found else None), HASHING_CRASHED
+        return (ImageHashes(**found) if found else None), reason
 
 
 def hash_batch(bodies: Sequence[bytes], job: Callable[[bytes], HashResult]) -> list[HashResult]:

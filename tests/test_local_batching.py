@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import pytest
 from PIL import Image
+from stalling_jpeg import stalling_jpeg
 
 from scanner.errors import HashingWorkersError
 from scanner.hashing import DecodeLimits
 from scanner.runners.arena import Arena
 from scanner.runners.arena import supported as arena_supported
 from scanner.runners.local import MAX_BATCH, BatchingHasher, WorkerPool
-from scanner.workers import HASHING_CRASHED, HashJob
+from scanner.workers import DECODE_TIMEOUT, HASHING_CRASHED, HashJob
 
 WANT = frozenset({"md5", "pdq", "phash"})
 JOB = HashJob(WANT, DecodeLimits())
@@ -102,6 +103,25 @@ def test_a_body_that_kills_its_worker_gets_hashing_crashed_and_the_rest_their_ha
     assert hashes is not None and hashes.md5 == JOB(poison)[0].md5 and hashes.pdq is None
     assert [r for i, r in enumerate(results) if i not in crashed] == [JOB(b) for b in bodies if b != poison]
     assert restarts == 2  # once for the batch that died, once for the body that killed a fresh worker
+
+
+def test_a_body_past_its_cpu_budget_gets_decode_timeout_and_a_crash_still_hashing_crashed() -> None:
+    """A decode that stalls (a JPEG with thousands of empty scans) is killed by the kernel at its CPU budget:
+    its row is DECODE_TIMEOUT with its MD5; a body that kills its worker otherwise is still HASHING_CRASHED,
+    and every other row gets its own hashes."""
+    limits = DecodeLimits(max_scans=1_000_000, decode_timeout=1)
+    bodies = [_image(i, "JPEG") for i in range(MAX_BATCH + 2)]
+    stall, killer = stalling_jpeg(scans=20_000), bodies[3]
+    bodies.insert(MAX_BATCH - 2, stall)
+    job = _Killing(WANT, limits, poison=killer)
+    with WorkerPool(1) as pool:
+        results = asyncio.run(_hash_all(pool, job, bodies))
+    reasons = {i: r[1] for i, r in enumerate(results) if r[1] is not None}
+    assert reasons == {3: HASHING_CRASHED, MAX_BATCH - 2: DECODE_TIMEOUT}
+    assert results[MAX_BATCH - 2][0].md5 == JOB(stall)[0].md5
+    assert [r for i, r in enumerate(results) if i not in reasons] == [
+        JOB(b) for i, b in enumerate(bodies) if i not in reasons
+    ]
 
 
 def test_workers_that_die_on_anything_fail_the_rows_with_a_clear_error() -> None:

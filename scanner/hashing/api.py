@@ -7,6 +7,7 @@ from pathlib import Path
 from scanner.errors import InputError
 from scanner.hashing.decode import DEFAULT_LIMITS, DecodeError, DecodeLimits, decode_image, open_image
 from scanner.hashing.hashers import HASH_TYPES, HASHERS, HashInput, ImageHashes
+from scanner.procguard import cpu_budget
 
 # What `scanner hash FILE` reports: every type but the dihedral set, which is a matching option.
 FILE_RECORD_TYPES = frozenset({"md5", "sha1", "sha256", "pdq", "phash", "dhash"})
@@ -24,13 +25,16 @@ def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT
     perceptual = [HASHERS[name] for name in sorted(want) if HASHERS[name].needs_pixels]
     exact = digests(data, want)
     fields: dict[str, object] = dict(exact)
+    # Parsing and decoding the untrusted bytes is what can stall (a JPEG's scans, a GIF's frames); the hashes
+    # of decoded pixels are bounded by max_pixels. The budget binds in hashing workers only.
     try:
-        if perceptual:
-            decoded = decode_image(data, limits)
-            header, fmt = decoded.frame, decoded.format
-            source = HashInput(data, decoded)
-        else:
-            header, fmt = open_image(data, limits)
+        with cpu_budget(limits.decode_timeout):
+            if perceptual:
+                decoded = decode_image(data, limits)
+                header, fmt = decoded.frame, decoded.format
+                source = HashInput(data, decoded)
+            else:
+                header, fmt = open_image(data, limits)
     except DecodeError as exc:
         exc.digests = exact
         raise

@@ -17,10 +17,20 @@ DecodeReason = Literal[
     "truncated_image",
     "too_many_pixels",
     "too_many_frames",
+    "too_many_scans",
 ]
 
 # Pillow's own decompression-bomb threshold: at or below it Pillow never warns before our check runs.
 DEFAULT_MAX_PIXELS = 89_478_485
+# Scans in one JPEG: each one, even empty, costs a pass over every block of the image, so 10,000 empty scans
+# (100 KB) cost about a minute of CPU. Real progressive JPEGs have about 10 (libjpeg's default script) and
+# rarely more than a few dozen; libjpeg-turbo's own fuzzers stop at 500.
+DEFAULT_MAX_SCANS = 500
+# CPU seconds one body may take to decode in a hashing worker before the worker is replaced (decode_timeout).
+DEFAULT_DECODE_TIMEOUT = 5.0
+# A JPEG start-of-scan marker. Entropy-coded data stuffs every 0xFF with 0x00, so counting these bytes is an
+# upper bound on the scans (metadata segments may hold a few more, e.g. an EXIF thumbnail's).
+_JPEG_SOS = b"\xff\xda"
 
 # Sniffed format -> the Pillow plugins allowed to parse it (None: recognised, but not decodable here).
 # Naming the plugin keeps Pillow from guessing among its ~40 formats on untrusted bytes.
@@ -64,14 +74,23 @@ class DecodeError(ScannerError):
 
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
-    """Bounds checked from the header, before any pixel is decoded.
+    """Bounds checked from the header, before any pixel is decoded, and the CPU budget of one decode.
 
     A max_pixels above Pillow's Image.MAX_IMAGE_PIXELS lets Pillow warn on sizes between the two, and
-    Pillow itself refuses twice its own limit (reported as too_many_pixels all the same).
+    Pillow itself refuses twice its own limit (reported as too_many_pixels all the same). decode_timeout is
+    CPU seconds, enforced in hashing workers (procguard.cpu_budget): past it the worker is replaced and the
+    row is invalid/decode_timeout.
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_frames: int = 1000
+    max_scans: int = DEFAULT_MAX_SCANS
+    decode_timeout: float = DEFAULT_DECODE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "max_frames", "max_scans", "decode_timeout"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"hashing.{name} must be a number above 0, not {getattr(self, name)!r}")
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -118,6 +137,7 @@ def open_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[Imag
     fmt = sniff_format(data)
     if fmt is None:
         raise DecodeError("not_an_image")
+    _check_scans(data, fmt, limits)
     plugins = _PILLOW_FORMATS[fmt]
     Image.init()  # registers every plugin once, so Image.OPEN lists what this Pillow can decode
     if plugins is None or not set(plugins) <= Image.OPEN.keys():
@@ -141,6 +161,12 @@ def open_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[Imag
     if frames > limits.max_frames:
         raise DecodeError("too_many_frames", str(frames))
     return image, fmt
+
+
+def _check_scans(data: bytes, fmt: str, limits: DecodeLimits) -> None:
+    """Refuse a JPEG with more scans than the limit before parsing it (see DEFAULT_MAX_SCANS)."""
+    if fmt == "jpeg" and (scans := data.count(_JPEG_SOS)) > limits.max_scans:
+        raise DecodeError("too_many_scans", str(scans))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,9 @@ import asyncio
 import functools
 import io
 import multiprocessing
+import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -15,6 +17,7 @@ from functools import partial
 
 from PIL import Image
 
+from scanner import procguard
 from scanner.config import ScanConfig
 from scanner.errors import HashingWorkersError
 from scanner.pipeline import Progress
@@ -22,7 +25,16 @@ from scanner.planner import WorkUnit
 from scanner.runners.arena import Arena, Span
 from scanner.runners.arena import supported as arena_supported
 from scanner.scan import Prepared, ScanResult, check_config, hashing_job, run_scan, unit_pipeline
-from scanner.workers import HashJob, HashResult, hash_batch, hash_spans, init_worker, started
+from scanner.workers import (
+    DECODE_TIMEOUT,
+    HASHING_CRASHED,
+    HashJob,
+    HashResult,
+    hash_batch,
+    hash_spans,
+    init_worker,
+    started,
+)
 
 # Bodies sent to a worker in one call, at most: few enough to keep every worker busy, many enough that
 # the pickle round trip, the future and the wake-ups are paid once for several images.
@@ -30,6 +42,8 @@ MAX_BATCH = 8
 # Shared memory for bodies on their way to the workers, per batch the pool holds: room for a full batch of
 # bodies up to 512 KiB each. A batch that does not fit (large bodies) goes through the pipe instead.
 ARENA_PER_BATCH = MAX_BATCH * 512 * 1024
+# How long a dead pool's processes may take to report their exit status (the pool terminates the live ones).
+EXIT_STATUS_SECONDS = 5.0
 
 
 def scan(
@@ -37,9 +51,11 @@ def scan(
 ) -> ScanResult:
     """Run a whole scan locally, resuming from committed units in config.out.
 
-    The hashing workers start (a process and its imports each) while this process loads the lists.
+    The hashing workers start (a process and its imports each) while this process loads the lists. This
+    process and its workers are hardened first (procguard): no core dumps, not dumpable, no orphans.
     """
     check_config(config)
+    procguard.harden()
     with hashing_workers(config.run.worker_count) as workers:
         return run_scan(config, restart, make_progress, partial(run_units, workers=workers))
 
@@ -65,13 +81,24 @@ class WorkerPool:
         self.count = count
         self.arena = arena
         self.generation = 0
-        self.executor = _started_executor(count, arena)
+        self.executor, self.processes = _started_executor(count, arena)
 
     def restart(self) -> None:
         """Replace the processes (after one died); what the old set still held is lost with it."""
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.executor = _started_executor(self.count, self.arena)
+        self.executor, self.processes = _started_executor(self.count, self.arena)
         self.generation += 1
+
+    def death_reason(self) -> str:
+        """Why the current set broke: DECODE_TIMEOUT when a process was killed by its CPU budget (SIGXCPU),
+        else HASHING_CRASHED. Blocks until the processes have exited (the pool terminates the others)."""
+        deadline = time.monotonic() + EXIT_STATUS_SECONDS
+        for process in self.processes:
+            while process.exitcode is None and time.monotonic() < deadline:
+                process.join(0.05)
+        budget = procguard.CPU_BUDGET_SIGNAL
+        timed_out = budget is not None and any(p.exitcode == -budget for p in self.processes)
+        return DECODE_TIMEOUT if timed_out else HASHING_CRASHED
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -80,14 +107,15 @@ class WorkerPool:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _started_executor(count: int, arena: Arena | None) -> ProcessPoolExecutor:
-    """The processes, all starting now.
+def _started_executor(count: int, arena: Arena | None) -> tuple[ProcessPoolExecutor, list]:
+    """The processes, all starting now, and their Process objects.
 
     They start with Ctrl-C blocked, so one pressed while they import cannot interrupt them with a traceback:
-    the main process stops the pool (and does, if the Ctrl-C arrives while they are being started).
+    the main process stops the pool (and does, if the Ctrl-C arrives while they are being started). Each
+    gets this process's id, to end itself when this process dies.
     """
     context = multiprocessing.get_context("spawn")
-    initargs = ((), arena.handle() if arena else None)
+    initargs = ((), arena.handle() if arena else None, os.getpid())
     executor = ProcessPoolExecutor(count, mp_context=context, initializer=init_worker, initargs=initargs)
     try:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by the children
@@ -99,7 +127,9 @@ def _started_executor(count: int, arena: Arena | None) -> ProcessPoolExecutor:
     except BaseException:
         executor.shutdown(wait=True, cancel_futures=True)
         raise
-    return executor
+    # The executor spawns every process in submit() and exposes none of them; their exit status is the only
+    # word on why one died (SIGXCPU: the decode budget), and it is gone with the executor's own dict.
+    return executor, list(executor._processes.values())  # type: ignore[union-attr]
 
 
 def run_units(
@@ -155,7 +185,9 @@ class BatchingHasher:
     A worker that dies (a decoder crash, the OOM killer) takes its pool with it: the pool restarts, and the
     bodies it held are retried one at a time with nothing else in flight, so the one that kills a fresh
     worker is known; its row gets HASHING_CRASHED (with its digests) instead of failing the scan, and on
-    every resume. If a fresh pool then cannot hash a known-good image, the workers themselves are broken
+    every resume; DECODE_TIMEOUT instead when the kernel killed that worker for going past the body's CPU
+    budget (hashing.decode_timeout: a decode that stalls costs the budget twice, once in its batch and once
+    alone). If a fresh pool then cannot hash a known-good image, the workers themselves are broken
     and every waiting row fails with that error.
     """
 
@@ -255,9 +287,10 @@ class BatchingHasher:
                 try:
                     result = await loop.run_in_executor(self._workers.executor, self._job, body)
                 except BrokenProcessPool:
+                    reason = await asyncio.to_thread(self._workers.death_reason)
                     self._workers.restart()
                     await self._check_fresh_pool()
-                    result = self._job.crashed(body)
+                    result = self._job.crashed(body, reason)
                 except Exception as exc:
                     result = exc
                 self._suspects.pop(0)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from scanner import __version__, nostore
+from scanner import __version__, nostore, procguard
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError, ScannerError
 from scanner.lists import Matcher
@@ -87,7 +87,9 @@ def ray_local_dirs() -> list[str]:
 def scan(
     config: ScanConfig, restart: bool = False, make_progress: Callable[[Prepared], Progress] | None = None
 ) -> ScanResult:
-    """Run a whole scan on Ray, resuming from committed units in config.out; same reports as a local scan."""
+    """Run a whole scan on Ray, resuming from committed units in config.out; same reports as a local scan.
+    The driver and every actor are hardened (procguard): no core dumps, not dumpable."""
+    procguard.harden()
     connect(config.run.ray_address)
     return run_scan(config, restart, make_progress, run_units)
 
@@ -100,6 +102,7 @@ class UnitWorker:
             raise ConfigError(
                 f"scanner {__version__} on this node, {driver_version} on the driver: install one version"
             )
+        procguard.harden()  # before any body: no core dump of this actor, not dumpable
         nostore.install(())
         self._config = config
         self._matcher = matcher

@@ -1,0 +1,119 @@
+"""Process hardening for every process that may hold image bytes: no core dump, no ptrace by other users, no
+worker outliving the scan, and a CPU budget for decoding one body.
+
+The write guard (nostore.py) sees only writes Python makes; a core file is written by the kernel, with every
+body in flight in it. So each scan process sets its core limit to 0 and, on Linux, marks itself non-dumpable
+(which also keeps other users' debuggers out) before any body arrives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from scanner.errors import ScannerError
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows has no rlimits (nor core files)
+    resource = None  # type: ignore[assignment]
+
+# linux/prctl.h
+PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+# How often a worker without PR_SET_PDEATHSIG (not Linux) looks for its parent.
+PARENT_POLL_SECONDS = 0.5
+# The signal the kernel sends a process past its CPU-time limit (RLIMIT_CPU): a hashing worker that dies of it
+# ran out of its decode budget; any other death is a crash.
+CPU_BUDGET_SIGNAL = getattr(signal, "SIGXCPU", None)
+
+_budgets_enforced = False
+
+
+def harden() -> None:
+    """No core file from this process or the processes it starts, and (Linux) not dumpable, not traceable by
+    other users. Idempotent; call it before any body arrives."""
+    if resource is not None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform.startswith("linux"):
+        _prctl(PR_SET_DUMPABLE, 0)
+
+
+def dumpable() -> int | None:
+    """prctl(PR_GET_DUMPABLE) for this process (1: dumpable, 0: not); None where there is no prctl."""
+    return _prctl(PR_GET_DUMPABLE, 0) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process as soon as `parent` (the process that started it) dies, even of SIGKILL or the OOM
+    killer: an orphaned hashing worker would keep the body arena, with image bytes in it, alive forever."""
+    if sys.platform.startswith("linux"):
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        watch_parent(parent)
+    # The parent may have died before the line above (the kernel would then never send the signal).
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def watch_parent(parent: int, interval: float = PARENT_POLL_SECONDS) -> threading.Thread:
+    """A daemon thread that ends this process once its parent is no longer `parent` (it died, and the process
+    was re-parented): the portable way, where the kernel cannot be asked to signal the parent's death."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="scanner-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def enforce_cpu_budgets() -> None:
+    """Make cpu_budget() binding in this process: hashing workers only, where a death costs one body (the pool
+    replaces the worker and names the body), never a process whose death would stop the scan."""
+    global _budgets_enforced
+    _budgets_enforced = resource is not None and CPU_BUDGET_SIGNAL is not None
+
+
+@contextmanager
+def cpu_budget(seconds: float) -> Iterator[None]:
+    """Let the block use at most `seconds` more CPU time (rounded up to the next whole second of the process's
+    CPU clock), or the kernel kills the process with SIGXCPU.
+
+    A limit the kernel enforces holds while a decoder loops in C code that never returns to Python (a timer
+    or signal handler in Python would wait for it), and on a process that is not ours to wait for. A no-op
+    unless enforce_cpu_budgets() was called in this process.
+    """
+    if not _budgets_enforced:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    limit = math.ceil(time.process_time() + seconds)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _prctl(option: int, value: int) -> int:
+    unused = ctypes.c_ulong(0)
+    result = ctypes.CDLL(None, use_errno=True).prctl(option, ctypes.c_ulong(value), unused, unused, unused)
+    if result < 0:
+        raise ScannerError(
+            f"prctl({option}) failed ({os.strerror(ctypes.get_errno())}): this process cannot be hardened"
+            " against core dumps and orphaned workers, and a scan does not run without it"
+        )
+    return result

@@ -1,0 +1,401 @@
+"""Every scan process is hardened (issue 14, items 1, 2 and 5), shown on real processes and real signals:
+no core dump even under an unlimited core limit, not dumpable, no worker or resource tracker outliving a
+killed scan, and a decode that stalls costs its row (invalid, decode_timeout), never the scan."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from loopback import LoopbackServer
+from stalling_jpeg import stalling_jpeg
+
+from scanner.demo import encode, make_image
+
+REPO = Path(__file__).resolve().parents[1]
+LINUX = sys.platform.startswith("linux")
+IMAGES = {f"/img/{i}.jpg": encode(make_image(900 + i, (120, 90)), "JPEG") for i in range(4)}
+WORKER = "multiprocessing.spawn"
+TRACKER = "multiprocessing.resource_tracker"
+
+pytestmark = pytest.mark.skipif(not LINUX, reason="reads /proc and uses prctl: Linux only")
+
+
+# --- processes, as /proc shows them -------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    state, ppid = text.rpartition(")")[2].split()[:2]
+    return state, int(ppid)
+
+
+def _alive(pid: int) -> bool:
+    """Running: a zombie (dead, waiting for a parent that may never reap it) holds no memory."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below pid."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None and stat[0] not in ("Z", "X"):
+            parents[int(entry)] = stat[1]
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def _core_limit(pid: int) -> list[str]:
+    """The soft and hard core-file size limits in /proc/PID/limits ("0", "0" when hardened)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max core file size"):
+            return line.split()[4:6]
+    raise AssertionError(f"no core limit line for {pid}")
+
+
+def _wait_for(condition: Callable[[], object], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _unlimited_core() -> None:
+    """preexec_fn: the child may dump a core as large as it likes, unless the scanner forbids it."""
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def _can_unlimit_core() -> bool:
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    return hard == resource.RLIM_INFINITY or os.geteuid() == 0
+
+
+needs_unlimited_core = pytest.mark.skipif(
+    not _can_unlimit_core(),
+    reason="this process's hard core limit is already lowered (an in-process scan hardened it) and only "
+    "root can raise it: run this file alone to see the scanner lower an unlimited one",
+)
+
+
+def _env(*paths: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *map(str, paths)])}
+
+
+@contextmanager
+def _scan_process(args: list[str], cwd: Path, **popen: object) -> Iterator[subprocess.Popen]:
+    """`python -m scanner ARGS` as a child of this process; it and anything left below it are killed on exit,
+    so a failing test leaves no orphan behind."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scanner", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,  # type: ignore[arg-type]
+    )
+    seen: set[int] = set()
+    try:
+        yield process
+    finally:
+        seen.update(_descendants(process.pid) if process.poll() is None else ())
+        seen.update(getattr(process, "seen", ()))
+        for pid in seen:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _workers_of(pid: int, count: int) -> list[int]:
+    """Wait for `count` hashing workers and the resource tracker below pid; return every descendant."""
+    found: list[int] = []
+
+    def ready() -> bool:
+        found[:] = _descendants(pid)
+        commands = [_cmdline(p) for p in found]
+        return sum(TRACKER not in c and WORKER in c for c in commands) >= count and any(
+            TRACKER in c for c in commands
+        )
+
+    _wait_for(ready, 60, f"{count} hashing workers and the resource tracker below {pid}")
+    return found
+
+
+def _url_shard(path: Path, urls: list[str]) -> Path:
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(len(urls))], "url": urls}), path)
+    return path
+
+
+def _list(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("hash_type", "hash"), *rows])
+    return path
+
+
+def _outcomes(out: Path) -> list[tuple[str, str | None]]:
+    return [(r["outcome"], r["reason"]) for r in pq.read_table(out / "outcomes.parquet").to_pylist()]
+
+
+# --- item 1: no core dumps, not dumpable ------------------------------------------------------------------
+
+
+@needs_unlimited_core
+def test_a_segfaulting_worker_leaves_no_core_file_and_every_scan_process_has_a_core_limit_of_0(tmp_path):
+    """Under `ulimit -c unlimited` a hashing worker killed by SIGSEGV mid-scan dumps nothing (no core in the
+    working directory or --out), the scan still finishes every row, and the main process, each worker and
+    the resource tracker show "Max core file size 0 0"."""
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    listfile = _list(tmp_path / "list.csv", [("md5", hashlib.md5(IMAGES["/img/0.jpg"]).hexdigest())])
+    with LoopbackServer(IMAGES) as server:
+        urls = [server.url(p) for p in IMAGES] + [server.url("/slow?seconds=3")] + [server.url("/img/0.jpg")]
+        shard = _url_shard(tmp_path / "shard.parquet", urls)
+        args = ["scan", str(shard), "--hashlist", str(listfile), "--out", "out", "--workers", "2"]
+        args += ["--allow-private-networks", "--quiet"]
+        with _scan_process(args, tmp_path, preexec_fn=_unlimited_core) as scan:
+            processes = _workers_of(scan.pid, 2)
+            limits = {pid: _core_limit(pid) for pid in [scan.pid, *processes]}
+            victim = next(p for p in processes if TRACKER not in _cmdline(p))
+            os.kill(victim, signal.SIGSEGV)
+            _, stderr = scan.communicate(timeout=120)
+    assert scan.returncode == 0, stderr
+    cores = [p.name for p in tmp_path.rglob("*") if p.name.startswith("core")]
+    assert cores == [], f"core files written (core_pattern {pattern!r}): {cores}"
+    assert limits == {pid: ["0", "0"] for pid in limits}, limits
+    assert len(_outcomes(tmp_path / "out")) == len(urls)
+
+
+PROBE = '''
+import ctypes, json, os, resource
+
+def probe():
+    """This process's id, PR_GET_DUMPABLE (prctl option 3) and core limit, as seen from inside it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return {"pid": os.getpid(), "dumpable": libc.prctl(3, 0, 0, 0, 0),
+            "core": list(resource.getrlimit(resource.RLIMIT_CORE))}
+
+def slow_probe():
+    import time
+    time.sleep(0.3)
+    return probe()
+'''
+
+ENTRY = """
+import json, sys
+from probe import probe, slow_probe
+from scanner.config import build_config
+
+
+def workers_probed(pool):
+    found = {}
+    for _ in range(20):
+        for future in [pool.executor.submit(slow_probe) for _ in range(4)]:
+            report = future.result()
+            found[report["pid"]] = report
+        if len(found) == 2:
+            break
+    return list(found.values())
+
+
+def main(mode, out, shard, listfile, previous=None):
+    settings = {"inputs": [shard], "out": out, "hashlist": [listfile], "audit": {"keep_hashes": True},
+                "run": {"workers": 2, "progress": False}, "fetch": {"allow_private_networks": True}}
+    report = {}
+    if mode == "scan":
+        from scanner.runners import local
+        local.scan(build_config(settings, "test"))
+        with local.hashing_workers(2) as pool:  # the pool every scan and rescan starts
+            report["workers"] = workers_probed(pool)
+    elif mode == "rematch":
+        from scanner.rematch import rematch
+        rematch([previous], build_config({**settings, "inputs": []}, "test"))
+    else:
+        from scanner.rescan import rescan
+        rescan(previous, out)
+    report["main"] = probe()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":  # workers are spawned: they import this file
+    main(*sys.argv[1:])
+"""
+
+
+def test_every_scan_process_is_not_dumpable_and_has_no_core_limit(tmp_path):
+    """Inside the main process of a scan, a rematch and a rescan (each a fresh process that starts with an
+    unlimited core limit where allowed) and inside each hashing worker: prctl(PR_GET_DUMPABLE) is 0 and the
+    core limit is 0, 0."""
+    (tmp_path / "probe.py").write_text(PROBE)
+    (tmp_path / "entry.py").write_text(ENTRY)
+    listfile = _list(tmp_path / "list.csv", [("md5", hashlib.md5(IMAGES["/img/1.jpg"]).hexdigest())])
+    preexec = _unlimited_core if _can_unlimit_core() else None
+    reports = {}
+    with LoopbackServer(IMAGES) as server:
+        shard = _url_shard(tmp_path / "shard.parquet", [server.url(p) for p in IMAGES])
+        for mode, out, previous in (("scan", "a", ()), ("rematch", "b", ("a",)), ("rescan", "c", ("a",))):
+            done = subprocess.run(
+                [sys.executable, "entry.py", mode, out, str(shard), str(listfile), *previous],
+                cwd=tmp_path,
+                env=_env(tmp_path),
+                capture_output=True,
+                text=True,
+                timeout=180,
+                preexec_fn=preexec,
+            )
+            assert done.returncode == 0, done.stderr
+            reports[mode] = json.loads(done.stdout.splitlines()[-1])
+    seen = [reports[mode]["main"] for mode in reports] + reports["scan"]["workers"]
+    assert len(reports["scan"]["workers"]) == 2
+    assert [(p["dumpable"], p["core"]) for p in seen] == [(0, [0, 0])] * len(seen), reports
+
+
+# --- item 2: no orphans -----------------------------------------------------------------------------------
+
+
+def test_workers_and_resource_tracker_exit_when_the_scan_is_killed(tmp_path):
+    """kill -9 of a scan's main process (as the OOM killer does): its hashing workers and multiprocessing's
+    resource tracker, which held the body arena and the pool's semaphores, are gone within 5 s."""
+    listfile = _list(tmp_path / "list.csv", [("md5", "0" * 32)])
+    with LoopbackServer(IMAGES) as server:
+        urls = [server.url(p) for p in IMAGES] + [server.url(f"/slow?seconds=30&n={i}") for i in range(4)]
+        shard = _url_shard(tmp_path / "shard.parquet", urls)
+        args = ["scan", str(shard), "--hashlist", str(listfile), "--out", "out", "--workers", "2"]
+        args += ["--allow-private-networks", "--quiet"]
+        with _scan_process(args, tmp_path) as scan:
+            processes = _workers_of(scan.pid, 2)
+            scan.seen = processes  # type: ignore[attr-defined]  # killed by _scan_process if they live on
+            os.kill(scan.pid, signal.SIGKILL)
+            scan.wait(10)
+            try:
+                _wait_for(lambda: not any(map(_alive, processes)), 5, "the scan's processes to exit")
+            finally:
+                left = {pid: _cmdline(pid) for pid in processes if _alive(pid)}
+    assert left == {}
+
+
+PARENT = '''
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", """
+import os, sys, time
+from scanner.procguard import watch_parent
+watch_parent(os.getppid(), interval=0.1)
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""])
+time.sleep(60)
+'''
+
+
+def test_the_portable_parent_watch_ends_an_orphan(tmp_path):
+    """Where the kernel cannot signal a parent's death (no PR_SET_PDEATHSIG), a worker's watchdog thread sees
+    it is re-parented and exits: here without the prctl, on a real orphan."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], env=_env(), stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        child = int(parent.stdout.readline())  # type: ignore[union-attr]
+        assert _alive(child)
+        parent.kill()
+        parent.wait(10)
+        _wait_for(lambda: not _alive(child), 3, "the orphan to exit")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.communicate()
+
+
+# --- item 5: decoder stalls -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stalling() -> dict[str, bytes]:
+    """Two stalling JPEGs (different bytes: one listed by MD5, one not) and ordinary images."""
+    return {
+        **IMAGES,
+        "/stall-listed.jpg": stalling_jpeg(shade=100),
+        "/stall-unlisted.jpg": stalling_jpeg(shade=160),
+    }
+
+
+def _stall_scan(tmp_path: Path, files: dict[str, bytes], out: str, *flags: str) -> tuple[list, list[dict]]:
+    listed = hashlib.md5(files["/stall-listed.jpg"]).hexdigest()
+    # A PDQ entry makes the scan decode every body (an MD5-only scan reads headers only).
+    listfile = _list(tmp_path / "list.csv", [("md5", listed), ("pdq", "f" * 64)])
+    with LoopbackServer(files) as server:
+        shard = _url_shard(tmp_path / f"{out}.parquet", [server.url(p) for p in files])
+        args = ["scan", str(shard), "--hashlist", str(listfile), "--out", out, "--workers", "1"]
+        args += ["--allow-private-networks", "--quiet", *flags]
+        done = subprocess.run(
+            [sys.executable, "-m", "scanner", *args],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    assert done.returncode == 0, done.stderr
+    matches = [
+        json.loads(line) for line in (tmp_path / out / "matches.jsonl").read_text().split("\n") if line
+    ]
+    return _outcomes(tmp_path / out), matches
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(tmp_path, stalling):
+    """The default cap (hashing.max_scans, 500) refuses both stalling bodies up front as too_many_scans,
+    quickly, with their digests still matched; every other row is checked as usual."""
+    started = time.monotonic()
+    outcomes, matches = _stall_scan(tmp_path, stalling, "capped")
+    assert outcomes == [("clean", None)] * len(IMAGES) + [
+        ("match", "too_many_scans"),
+        ("invalid", "too_many_scans"),
+    ]
+    assert [(m["hash_type"], m["row"]) for m in matches] == [("md5", len(IMAGES))]
+    assert time.monotonic() - started < 60
+
+
+def test_a_decode_past_its_cpu_budget_is_decode_timeout_and_the_scan_goes_on(tmp_path, stalling):
+    """With the scan cap lifted and a 1 s budget (--decode-timeout), each stalling body (~10 s of CPU) kills
+    its worker at the budget: the worker is replaced, the row is decode_timeout with its digests matched, the
+    other rows are checked as usual and the scan finishes."""
+    config = tmp_path / "lifted.toml"
+    config.write_text("[hashing]\nmax_scans = 1000000\n")
+    outcomes, matches = _stall_scan(
+        tmp_path, stalling, "budget", "--config", str(config), "--decode-timeout", "1"
+    )
+    assert outcomes == [("clean", None)] * len(IMAGES) + [
+        ("match", "decode_timeout"),
+        ("invalid", "decode_timeout"),
+    ]
+    assert [(m["hash_type"], m["row"]) for m in matches] == [("md5", len(IMAGES))]
