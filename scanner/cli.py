@@ -46,6 +46,11 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         {"type": int, "help": "ignore PDQ below this quality (50)"},
     ),
     (
+        "--decode-timeout",
+        "hashing.decode_timeout",
+        {"type": float, "help": "CPU seconds to decode one body before its row is decode_timeout (5)"},
+    ),
+    (
         "--workers",
         "run.workers",
         {"type": int, "help": "hashing processes, or Ray worker actors (default: one per core)"},

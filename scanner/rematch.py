@@ -19,6 +19,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+from scanner import procguard
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import FetchResult
@@ -35,6 +36,7 @@ from scanner.urlnorm import normalise
 def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) -> ScanResult:
     """Re-match the hash records in `hashes` (files or report directories) against config's lists."""
     started_at = time.time()
+    procguard.harden()  # no core dump, not dumpable, before any stored record or body is read
     if not hashes:
         raise ConfigError("no hash records given (a hashes.parquet, or a report directory holding one)")
     if not config.hashlists:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scanner import procguard
 from scanner.checkpoint import Checkpoint
 from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
@@ -79,6 +80,7 @@ def rescan(
     """Re-check the scan in `previous` (a report directory written with --keep-hashes) into `out`, showing
     progress through `make_progress` unless the rescan's run.progress (the previous scan's) is off."""
     started_at = time.time()
+    procguard.harden()  # no core dump, not dumpable, before any stored record or body is read
     with report_lock(out, "rescan"):
         stored = _stored_scan(Path(previous))
         config = rescan_config(stored.manifest(), out, hashlists, overrides or {})
