@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
-from scanner.reports import jsonl
+from scanner.reports import jsonl, safetext
 from scanner.reports.files import atomic_open, utf8_text
 
 FORMATS = ("csv", "jsonl")
@@ -39,7 +39,6 @@ REFERRAL_FIELDS = (
     "member",  # the image inside a downloaded corpus shard (tar member, folder file); empty for URL lists
     "key",
 )
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def write_referrals(
@@ -117,21 +116,14 @@ def _write(handle: IO[str], fmt: str, fields: list[str], records: Iterator[dict]
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for record in records:
-            writer.writerow({k: _csv_cell(v) for k, v in record.items()})
+            writer.writerow({k: safetext.csv_cell(v) for k, v in record.items()})
             count += 1
     else:
         for record in records:
             line = jsonl.dumps({k: record.get(k) for k in fields}, sort_keys=False, separators=(", ", ": "))
-            handle.write(line + "\n")
+            handle.write(safetext.escape_json(line) + "\n")  # exact values; nothing hidden shows raw
             count += 1
     return count
-
-
-def _csv_cell(value: object) -> object:
-    """Keep spreadsheets from running a URL, key or caption that looks like a formula (CSV injection)."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
 
 
 class _Captions:

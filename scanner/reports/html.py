@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
-from scanner.reports import jsonl
+from scanner.reports import jsonl, safetext
 from scanner.reports.files import atomic_open
 from scanner.reports.records import OUTCOMES
 
@@ -179,10 +179,17 @@ def _read_json(path: Path) -> dict:
 
 
 # Page sections. Every value that reaches the page goes through _e (html.escape) or a number formatter.
+# _e also shows each hidden character (bidi controls, zero-width and other format characters, controls:
+# scanner.reports.safetext) as a visible, marked <U+XXXX> token, so a planted value reads as what it holds.
+HIDDEN_MARK = '<span class="hc">{}</span>'
+SVG_HIDDEN_MARK = '<tspan class="hc">{}</tspan>'  # an HTML <span> would end the <svg> element
+PLAIN_MARK = "{}"  # SVG <title> holds text only
 
 
-def _e(value: object) -> str:
-    return escape(str(value), quote=True)
+def _e(value: object, mark: str = HIDDEN_MARK) -> str:
+    return safetext.reveal(
+        str(value), lambda c: mark.format(escape(safetext.token(c))), lambda s: escape(s, quote=True)
+    )
 
 
 def _n(value: int) -> str:
@@ -344,8 +351,13 @@ def _provenance_section(manifest: dict) -> str:
         f"{_n(int(manifest.get('units') or 0))} work units; "
         f"command: <code>{_e(_command(manifest.get('command')))}</code></p>",
         _records_table(manifest.get("inputs") or [], INPUT_COLUMNS),
-        f"<details open><summary>Effective configuration</summary><pre>{_e(config)}</pre></details>",
+        f"<details open><summary>Effective configuration</summary><pre>{_pre(config)}</pre></details>",
     )
+
+
+def _pre(text: str) -> str:
+    """Preformatted text: its line breaks kept, everything else as _e shows it."""
+    return "\n".join(_e(line) for line in text.split("\n"))
 
 
 def _records_table(records: list[dict], first: tuple[str, ...]) -> str:
@@ -407,7 +419,7 @@ def bar_chart(
         short = label if len(str(label)) <= 28 else str(label)[:27] + "…"
         rows.append(
             f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end">'
-            f"{_e(short)}<title>{_e(label)}</title></text>"
+            f"{_e(short, SVG_HIDDEN_MARK)}<title>{_e(label, PLAIN_MARK)}</title></text>"
             f'<rect x="{label_w}" y="{y + 4}" width="{width:.1f}" height="16" fill="{colour}"/>'
             f'<text x="{label_w + width + 6:.1f}" y="{y + 16}">{_value(value, whole, counts)}</text>'
         )
@@ -459,7 +471,8 @@ def line_chart(points: list[tuple[str, float]]) -> str:
         parts.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{ACCENT}"/>'
             f'<text x="{x:.1f}" y="{y - 8:.1f}" text-anchor="middle">{_pct(share)}</text>'
-            f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" class="small">{_e(label[:10])}</text>'
+            f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" class="small">'
+            f"{_e(label[:10], SVG_HIDDEN_MARK)}</text>"
         )
     return _svg(width, height, "".join(parts))
 
@@ -480,6 +493,8 @@ h1{margin:0 0 4px}h2{border-bottom:1px solid #d8dce3;padding-bottom:4px;margin-t
 .tile{border:1px solid #d8dce3;border-radius:6px;padding:10px 12px}.tile .v{font-size:22px;font-weight:600}
 .tile .k{color:#555}figure{margin:14px 0}figcaption{font-weight:600;margin-bottom:6px}
 svg{font:12px system-ui,sans-serif;fill:#1d2330;max-width:100%;height:auto}svg .small{font-size:10px}
+.hc{font:11px ui-monospace,monospace;color:#b3261e;background:#fdecea;border:1px solid #b3261e;
+border-radius:2px;padding:0 1px}svg .hc{fill:#b3261e;font-weight:700}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #d8dce3;padding:3px 6px;text-align:left;
 vertical-align:top}td{overflow-wrap:anywhere}th{white-space:nowrap}.scroll{overflow-x:auto}pre{background:#f5f6f8;padding:10px;overflow-x:auto}
 """
