@@ -194,17 +194,32 @@ def test_damaged_header_after_an_extended_header_is_one_row(tmp_path):
         assert rows[2].body == image_bytes(3)
 
 
-def test_directory_and_link_entries_are_not_rows(tmp_path):
+def test_directories_are_not_rows_and_link_entries_are_rows_never_followed(tmp_path):
     path = tmp_path / "links.tar"
     with tarfile.open(path, "w") as tar:
         folder = tarfile.TarInfo("part")
         folder.type = tarfile.DIRTYPE
         tar.addfile(folder)
         add_member(tar, "part/1.jpg", image_bytes(1))
-        link = tarfile.TarInfo("part/2.jpg")
-        link.type, link.linkname = tarfile.SYMTYPE, "1.jpg"
-        tar.addfile(link)
-    assert summary(read_rows(path)) == [(0, "part/1", "part/1.jpg", None)]
+        for name, kind, target in [
+            ("part/2.jpg", tarfile.SYMTYPE, "1.jpg"),
+            ("part/3.jpg", tarfile.LNKTYPE, "part/1.jpg"),
+            ("part/4.jpg", tarfile.FIFOTYPE, ""),
+            ("part/5.json", tarfile.SYMTYPE, "/etc/passwd"),  # not an image name: not a row
+        ]:
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, target
+            tar.addfile(link)
+        add_member(tar, "part/6.jpg", image_bytes(6))
+    rows = read_rows(path)
+    assert summary(rows) == [
+        (0, "part/1", "part/1.jpg", None),
+        (1, "part/2", "part/2.jpg", "symlink_member"),
+        (2, "part/3", "part/3.jpg", "hard_link_member"),
+        (3, "part/4", "part/4.jpg", "not_a_regular_file"),
+        (4, "part/6", "part/6.jpg", None),
+    ]
+    assert rows[4].body == image_bytes(6)
 
 
 def test_damaged_data_before_the_end_marker_is_corrupt_member(tmp_path):

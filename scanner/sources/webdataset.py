@@ -5,6 +5,11 @@ each image member (by extension) is one row, with `url` and `key` from the sampl
 has them. A sample without an image member is one `invalid` row (`no_image_member`). Damage is one `invalid`
 row where it is and the walk resynchronises on the next valid header: `corrupt_member` for a stretch that is
 not a valid header, `truncated_tar` for data or an end-of-archive marker cut short by the end of the file.
+
+Members are read through tarfile's own reader, so a GNU or PAX sparse member is its expanded bytes (holes as
+zeros), bounded by its expanded size. A member with an image name that holds no bytes of its own is a row
+too, never followed: `hard_link_member` (its bytes are its target's, a row of its own when it has an image
+name), `symlink_member`, `not_a_regular_file` (a device, a FIFO, an unknown type). Directories are not rows.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif",
 SIDECAR_MAX_BYTES = 1024 * 1024
 BLOCK = tarfile.BLOCKSIZE
 ZERO_CHUNK = 1024 * 1024
+# tarfile lets these out of a damaged GNU or PAX sparse header (a map that is not numbers, cut short).
+DAMAGED_HEADER = (ValueError, IndexError)
 COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 
 
@@ -136,7 +143,7 @@ class WebDatasetSource:
                     current = None
                 yield Sample(item.offset, None, damage=item)
                 continue
-            if not item.isreg():
+            if not item.isreg() and (item.isdir() or extension(item.name) not in IMAGE_EXTENSIONS):
                 continue
             key = sample_key(item.name)
             if current is None or current.key != key:
@@ -164,7 +171,9 @@ class WebDatasetSource:
         return rows
 
     def _body(self, handle: BinaryIO, member: tarfile.TarInfo) -> tuple[bytes | None, str | None]:
-        """An image member's bytes, or why they are not read: too large, or cut short by the file's end."""
+        """An image member's bytes, or why they are not read: not a file, too large, or cut short."""
+        if not member.isreg():
+            return None, link_reason(member)
         if member.size > self.options.max_member_bytes:
             return None, "member_too_large"
         body = read_member(handle, member)
@@ -191,10 +200,52 @@ def sidecar_fields(meta: dict[str, object], options: SourceOptions) -> tuple[str
     return url, key, {c: meta.get(c) for c in options.extra_cols}
 
 
+def link_reason(member: tarfile.TarInfo) -> str:
+    """Why a member that is not a regular file gives no bytes."""
+    if member.islnk():
+        return "hard_link_member"
+    return "symlink_member" if member.issym() else "not_a_regular_file"
+
+
 def read_member(handle: BinaryIO, member: tarfile.TarInfo) -> bytes:
-    """A member's bytes, read by seeking to its data (short if the file ends early)."""
-    handle.seek(member.offset_data)
-    return handle.read(member.size)
+    """A regular member's bytes, short (or empty) if the file ends early; a sparse member's through
+    tarfile's own reader, which expands its map. The caller bounds member.size, the expanded size, first."""
+    if not member.issparse():  # the common case, read directly: tarfile's reader costs 3x per member
+        handle.seek(member.offset_data)
+        return handle.read(member.size)
+    handle.seek(member.offset)
+    try:
+        with open_tar(handle) as tar:
+            data = tar.extractfile(member)
+            return data.read(member.size) if data is not None else b""
+    except tarfile.ReadError:  # the data, or a sparse map, runs past the end of the file
+        return b""
+
+
+def open_tar(handle: BinaryIO, ignore_zeros: bool = False) -> tarfile.TarFile:
+    """tarfile over an open shard from its current position (which tarfile parses at once)."""
+    try:
+        return tarfile.open(fileobj=handle, mode="r:", ignore_zeros=ignore_zeros, errors="replace")
+    except DAMAGED_HEADER as exc:
+        raise tarfile.ReadError(f"damaged header ({exc})") from exc
+
+
+def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """tar.next(), where a damaged header is always a ReadError."""
+    try:
+        return tar.next()
+    except DAMAGED_HEADER as exc:
+        raise tarfile.ReadError(f"damaged header ({exc})") from exc
+
+
+def data_end(member: tarfile.TarInfo, next_header: int) -> int:
+    """Where a member's stored data ends. A sparse member stores only its map's chunks (its size is the
+    expanded one); a map that claims more than the header stored is cut at the next header, so a lying map
+    damages its own member, not the walk."""
+    if not member.issparse():
+        return member.offset_data + member.size
+    stored = sum(size for _offset, size in member.sparse or ())
+    return min(member.offset_data + stored, next_header)
 
 
 def walk(handle: BinaryIO, start: int, size: int, path: str) -> Iterator[tarfile.TarInfo | Damage]:
@@ -209,13 +260,13 @@ def walk(handle: BinaryIO, start: int, size: int, path: str) -> Iterator[tarfile
         handle.seek(restart)
         tar: tarfile.TarFile | None = None
         try:
-            with tarfile.open(fileobj=handle, mode="r:", ignore_zeros=True, errors="replace") as tar:
-                while (member := tar.next()) is not None:
+            with open_tar(handle, ignore_zeros=True) as tar:
+                while (member := next_member(tar)) is not None:
                     tar.members.clear()  # TarFile keeps every member it has seen; a walk needs none of them
                     skipped = member.offset > expected and not reported
                     if skipped and not zeros(handle, expected, member.offset):
                         yield Damage("corrupt_member", expected)
-                    if member.offset_data + member.size > size:
+                    if data_end(member, tar.offset) > size:
                         yield Damage("truncated_tar", member.offset, member.name)
                         return
                     yield member
