@@ -30,6 +30,7 @@ from scanner.pipeline import Progress
 from scanner.rematch import rematch
 from scanner.reports.export import write_referrals
 from scanner.reports.verify import verify_report
+from scanner.reports.writer import refresh_digests
 from scanner.rescan import rescan
 from scanner.runners.local import scan
 
@@ -324,49 +325,65 @@ def test_any_unicode_in_any_field_round_trips_through_every_command(
         run_everything(b)
 
 
-def test_the_cli_works_in_an_ascii_locale_and_on_an_ascii_terminal(tmp_path: Path) -> None:
-    """LC_ALL=C with UTF-8 mode off (an ASCII locale: open() and file names default to ASCII) and then
-    PYTHONIOENCODING=ascii: a non-ASCII shard, --out and matched URL scan, export and verify all the same."""
+LOCALES = {
+    # An ASCII locale: UTF-8 mode off, so argv, file names and open() would all be ASCII.
+    "ascii-locale": {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""},
+    # UTF-8 everywhere but the terminal: stdout cannot carry the --out path the summary prints.
+    "ascii-terminal": {"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": "ascii"},
+}
+
+
+@pytest.mark.parametrize("name", LOCALES)
+def test_the_cli_works_in_an_ascii_locale_and_on_an_ascii_terminal(tmp_path: Path, name: str) -> None:
+    """A non-ASCII shard name, --out and matched URL: scan, export, verify and report as in UTF-8."""
+    env = LOCALES[name]
     body = images(1, first_seed=800)[0]
     place = tmp_path / "données-数据"
     place.mkdir()
+    out = tmp_path / "rapport-é"
     with LoopbackServer() as server:
         server.files = EveryPath((body, on_the_wire("image/jpeg; charset=ü")))
         url = server.url("/ü/猫.jpg?q=é")
-        write_shard(place / "chat-猫.parquet", {"url": [url], "key": ["clé"]})
+        shard = write_shard(place / "chat-猫.parquet", {"url": [url], "key": ["clé"]})
         listfile = place / "liste.txt"
         listfile.write_text(hashlib.md5(body).hexdigest() + "\n", encoding="utf-8")
-        locales = {
-            "ascii-locale": {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""},
-            "ascii-terminal": {"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": "ascii"},
-        }
-        for name, env in locales.items():
-            out = tmp_path / f"rapport-{name}-é"
-            command = [
-                "scan",
-                str(place / "chat-猫.parquet"),
-                "--hashlist",
-                f"md5:{listfile}",
-                "--out",
-                str(out),
-            ]
-            done = run_scanner(*command, "--allow-private-networks", "--workers", "1", env=env)
-            assert done.returncode == 0, (name, done.stderr)
-            assert "Traceback" not in done.stderr
-            shown = (
-                str(out) if name == "ascii-locale" else str(out).encode("ascii", "backslashreplace").decode()
+        command = ["scan", str(shard), "--hashlist", f"md5:{listfile}", "--out", str(out)]
+        done = run_scanner(*command, "--allow-private-networks", "--workers", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    shown = str(out) if name == "ascii-locale" else str(out).encode("ascii", "backslashreplace").decode()
+    assert f"reports: {shown}" in done.stdout
+    [match] = read_jsonl(out / "matches.jsonl")
+    assert (match["url"], match["key"], Path(match["shard"]).name) == (url, "clé", "chat-猫.parquet")
+    [evidence] = read_jsonl(out / "evidence.jsonl")
+    assert evidence["content_type"] == "image/jpeg; charset=ü"
+    for command in (["export", str(out), "--format", "jsonl"], ["verify", str(out)], ["report", str(out)]):
+        done = run_scanner(*command, env=env)
+        assert done.returncode == 0, (command, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert read_jsonl(out / "referrals.jsonl")[0]["url"] == url
+
+
+def test_reports_written_with_raw_separators_still_read(tmp_path: Path) -> None:
+    """Reports from before the fix hold U+0085, U+2028 and U+2029 raw (ensure_ascii=False, no escaping):
+    rematch and rescan read them split on "\\n" only and write reports that hold every value, escaped."""
+    with built(tmp_path, [f"x{s}y" for s in SEPARATORS]) as b:
+        old = tmp_path / "old"
+        scan(scan_config(b.shards, old, b.listspec), restart=True)
+        raw = 0
+        for name in ("matches.jsonl", "evidence.jsonl"):
+            records = [json.loads(line) for line in (old / name).read_bytes().split(b"\n") if line]
+            text = "".join(
+                json.dumps(r, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n"
+                for r in records
             )
-            assert f"reports: {shown}" in done.stdout
-            [match] = read_jsonl(out / "matches.jsonl")
-            assert (match["url"], match["key"], Path(match["shard"]).name) == (url, "clé", "chat-猫.parquet")
-            [evidence] = read_jsonl(out / "evidence.jsonl")
-            assert evidence["content_type"] == "image/jpeg; charset=ü"
-            for command in (
-                ["export", str(out), "--format", "jsonl"],
-                ["verify", str(out)],
-                ["report", str(out)],
-            ):
-                done = run_scanner(*command, env=env)
-                assert done.returncode == 0, (name, command, done.stderr)
-                assert "Traceback" not in done.stderr
-            assert read_jsonl(out / "referrals.jsonl")[0]["url"] == url
+            (old / name).write_text(text, encoding="utf-8")
+            raw += text.splitlines() != text.split("\n")[:-1]  # JSON escapes C0, not U+0085 U+2028 U+2029
+        assert raw == 2, "the old-style reports hold no raw separator"
+        refresh_digests(old, ["matches.jsonl", "evidence.jsonl"])
+        rematched = tmp_path / "rematch"
+        rematch([str(old)], build_config({"out": str(rematched), "hashlist": [b.listspec]}, "test"))
+        check_reports(b, rematched)
+        rescanned = tmp_path / "rescan"
+        rescan(old, str(rescanned), (), {"run.workers": 1, "source.rows_per_unit": 1})
+        check_reports(b, rescanned)
