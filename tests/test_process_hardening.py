@@ -5,13 +5,16 @@ killed scan, and a decode that stalls costs its row (invalid, decode_timeout), n
 from __future__ import annotations
 
 import csv
+import ctypes
 import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -399,3 +402,41 @@ def test_a_decode_past_its_cpu_budget_is_decode_timeout_and_the_scan_goes_on(tmp
         ("invalid", "decode_timeout"),
     ]
     assert [(m["hash_type"], m["row"]) for m in matches] == [("md5", len(IMAGES))]
+
+
+# --- item 1 on Ray: the actors -----------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_ray_actors_are_not_dumpable_and_have_no_core_limit(tmp_path):
+    """A UnitWorker actor hardens its own process when it starts, before any unit (and so any body) reaches
+    it: prctl(PR_GET_DUMPABLE) is 0 and the core limit 0, 0 inside it."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install .[ray])")
+    import logging
+
+    from scanner import __version__
+    from scanner.config import build_config
+    from scanner.lists import Matcher, load_hashlist
+    from scanner.runners.ray import UnitWorker
+
+    listfile = _list(tmp_path / "list.csv", [("md5", "0" * 32)])
+    config = build_config({"inputs": [], "out": str(tmp_path / "out"), "hashlist": [str(listfile)]}, "test")
+    matcher = Matcher.from_lists([load_hashlist(str(listfile))])
+    # Ray's socket paths must stay under 108 bytes: a short directory of its own, not tmp_path.
+    temp_dir = tempfile.mkdtemp(prefix="ray-")
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, logging_level=logging.WARNING)
+    try:
+        actor = ray.remote(num_cpus=1)(UnitWorker).remote(config, matcher, __version__)
+        inside = ray.get(
+            actor.__ray_call__.remote(
+                lambda self: (
+                    ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
+                    list(resource.getrlimit(resource.RLIMIT_CORE)),
+                )
+            ),
+            timeout=120,
+        )
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert inside == (0, [0, 0])
