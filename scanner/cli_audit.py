@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-EXIT_OK, EXIT_ERROR = 0, 1
+from scanner.exitcodes import ExitCode
+from scanner.outputs import guard_writes
 
 
 def _url_args(sub: argparse.ArgumentParser) -> None:
@@ -20,13 +20,13 @@ def cmd_url(args: argparse.Namespace) -> int:
     """One JSON line per URL: its normal form, host and digests, as URL lists must hold them."""
     from scanner.urlnorm import normalise
 
-    status = EXIT_OK
+    status = ExitCode.OK
     for url in args.urls:
         try:
             normal = normalise(url)
         except ValueError as exc:
             print(f"scanner: error: {exc}", file=sys.stderr)
-            status = EXIT_ERROR
+            status = ExitCode.ERROR
             continue
         digests = {name: value.hex() for name, value in normal.digests().items()}
         print(json.dumps({"url": url, "normalised": normal.text, "host": normal.host, **digests}))
@@ -66,10 +66,10 @@ def cmd_rematch(args: argparse.Namespace) -> int:
         "match.pdq_dihedral": args.pdq_dihedral,
     }
     config = load_config(args.config, overrides)
-    _guard(config.out)
+    guard_writes(config.out)
     result = rematch(args.hashes, config, args.restart)
     _print(result, args.quiet, config.out)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _rescan_args(sub: argparse.ArgumentParser) -> None:
@@ -100,14 +100,14 @@ def cmd_rescan(args: argparse.Namespace) -> int:
         "fetch.total_timeout": args.timeout,
         "run.workers": args.workers,
     }
-    _guard(args.out)
+    guard_writes(args.out)
     bar = None if args.quiet else StoredRun.bar
     result = rescan(args.previous, args.out, args.hashlist, overrides, args.restart, bar)
     _print(result, args.quiet, args.out)
     if not args.quiet:
         changes = {k: v for k, v in result.summary["changes"].items() if k != "previous"}
         print("changes: " + ", ".join(f"{name} {count}" for name, count in changes.items()))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _clean_args(sub: argparse.ArgumentParser) -> None:
@@ -123,23 +123,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from scanner.clean import clean
 
     drop = [name.strip() for name in args.drop.split(",") if name.strip()]
-    _guard(args.out)
+    guard_writes(args.out)
     result = clean(args.shards, args.report, args.out, drop)
     for shard in result.shards:
         print(f"{shard.source}: {shard.rows} rows, {shard.removed} removed -> {shard.output}")
     print(f"removed rows ({result.removed}): {result.removed_file}")
-    return EXIT_OK
-
-
-def _guard(out: str) -> None:
-    """The write guard of a scan: nothing may be written outside the output directory (for an fsspec URL,
-    its local staging directory)."""
-    from scanner import nostore
-    from scanner.mirror import local_dir
-
-    directory = local_dir(out)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    nostore.install([str(directory)])
+    return ExitCode.OK
 
 
 def _print(result, quiet: bool, out: str | None = None) -> None:

@@ -6,7 +6,9 @@ import argparse
 import os
 from collections.abc import Callable
 
-EXIT_OK, EXIT_ERROR = 0, 1
+from scanner import outputs
+from scanner.exitcodes import ExitCode
+
 INTEGRITY_ONLY = (
     "note: this checks integrity, not origin: whoever can edit these files can edit manifest.json too; "
     "to know who made them, sign them (scanner sign DIR --key KEY) and verify with --public-key KEY.pub"
@@ -26,11 +28,12 @@ def _keygen_args(sub: argparse.ArgumentParser) -> None:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from scanner.reports.signing import generate_keypair
 
+    outputs.check_file(args.out, "--out")
     private, public, fingerprint = generate_keypair(args.out)
     print(f"private key: {private} (keep it to yourself; it signs reports in your name)")
     print(f"public key:  {public} (give it to whoever checks your reports)")
     print(f"fingerprint: {fingerprint}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _sign_args(sub: argparse.ArgumentParser) -> None:
@@ -43,18 +46,19 @@ def cmd_sign(args: argparse.Namespace) -> int:
     from scanner.reports.signing import load_private_key, sign_report
     from scanner.reports.verify import verify_report
 
+    outputs.check_dir(args.dir, "DIR", must_exist=True)
     load_private_key(args.key)  # a bad key is reported before the directory is read
     result = verify_report(args.dir)
     if not result.ok:
         for line in result.lines():
             print(line)
         print(f"not signed: {args.dir} does not match its manifest (see above)")
-        return EXIT_ERROR
+        return ExitCode.ERROR
     signed = sign_report(args.dir, args.key)
     print(f"signed: {signed.signature} (key {signed.fingerprint})")
     public = f"{args.key}.pub" if os.path.isfile(f"{args.key}.pub") else "PUBLIC_KEY"
     print(f"check it with: scanner verify {args.dir} --public-key {public}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def add_verify_args(sub: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from scanner.config import build_config
 from scanner.hashing import hash_image
+from scanner.outputs import prepare_dir
 from scanner.reports.files import atomic_open, private_dir
 from scanner.scan import ScanResult
 
@@ -129,7 +130,7 @@ def run_demo(out: str, images: int = 60, quiet: bool = False) -> ScanResult:
     """Build the demo inputs inside out/, serve them on loopback, and scan them with the real pipeline."""
     from scanner.cli import run_with_guard
 
-    out_dir = private_dir(out)
+    out_dir = private_dir(prepare_dir(out))
     inputs = private_dir(out_dir / "demo-input")
     routes, paths, bodies = demo_routes(max(images, 8))
     write_demo_list(inputs / "demo-NOT-REAL.csv", bodies)

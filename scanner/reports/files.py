@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -12,10 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from scanner.errors import WriteError
 from scanner.reports import jsonl
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+# Disk full, quota exceeded, read-only file system, file too large: the file system's fault, and a resume
+# gets past them once there is room.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def private_dir(path: str | Path) -> Path:
@@ -40,9 +45,11 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+        if isinstance(exc, OSError) and exc.errno in NO_ROOM:  # a write's OSError does not name the file
+            raise WriteError(str(target), exc.strerror or str(exc)) from exc
         raise
 
 
