@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,60 @@ else:  # pragma: no cover
 
 BAD_SHARD_POLICIES = ("fail", "skip")
 DEFAULT_OUT = "reports/scan"
+KIB, GIB = 1024, 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The values a numeric setting may take: low..high, low itself excluded when open (a timeout of 0 is
+    no timeout); floats must also be finite (TOML and float() both read nan and inf)."""
+
+    low: float
+    high: float
+    open: bool = False
+    meaning: str = ""  # what the low end means, when it is special (workers = 0: one per core)
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        return (self.low < value if self.open else self.low <= value) and value <= self.high
+
+    def text(self) -> str:
+        low = f"{self.low:,}" + (f" ({self.meaning})" if self.meaning else "")
+        return f"above {low} and at most {self.high:,}" if self.open else f"from {low} to {self.high:,}"
+
+
+SECONDS = Range(0, 3600, open=True)
+RANGES: dict[str, Range] = {
+    "source.rows_per_unit": Range(1, 10**9),
+    "source.max_member_bytes": Range(KIB, 2 * GIB),
+    "fetch.max_in_flight": Range(1, 100_000),
+    "fetch.max_per_host": Range(1, 10_000),
+    "fetch.connect_timeout": SECONDS,
+    "fetch.read_timeout": SECONDS,
+    "fetch.total_timeout": Range(0, 86_400, open=True),
+    "fetch.dns_timeout": SECONDS,
+    "fetch.max_bytes": Range(KIB, 2 * GIB),
+    "fetch.max_url_length": Range(16, 1_000_000),
+    "fetch.max_redirects": Range(0, 100),
+    "fetch.max_retries": Range(0, 100),
+    "fetch.retry_backoff": Range(0, 3600),
+    "fetch.max_retry_after": Range(0, 86_400),
+    "fetch.max_header_size": Range(KIB, 1024 * KIB),
+    "fetch.max_headers": Range(1, 100_000),
+    "hashing.max_pixels": Range(1, 2**34),
+    "hashing.max_frames": Range(1, 1_000_000),
+    "hashing.max_scans": Range(1, 1_000_000),
+    "hashing.decode_timeout": SECONDS,
+    "match.pdq_threshold": Range(0, 256),
+    "match.pdq_min_quality": Range(0, 100),
+    "match.phash_threshold": Range(0, 64),
+    "match.dhash_threshold": Range(0, 64),
+    "run.workers": Range(0, 4096, meaning="one per core"),
+    "run.rows_in_flight": Range(1, 1_000_000),
+    "run.units_in_flight": Range(1, 10_000),
+}
+"""Every numeric setting's allowed values, by its dotted name (tests check that none is missing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +156,20 @@ def build_config(data: dict[str, Any], origin: str) -> ScanConfig:
     if unknown:
         raise ConfigError(f"{origin}: unknown setting(s) {', '.join(sorted(unknown))}")
     config = ScanConfig(
-        inputs=tuple(data.get("inputs", ())),
-        out=str(data.get("out", DEFAULT_OUT)),
+        inputs=_strings(data.get("inputs", ()), "inputs", origin),
+        out=_strings([data.get("out", DEFAULT_OUT)], "out", origin)[0],
         hashlists=lists,
         **sections,
     )
     if config.run.on_bad_shard not in BAD_SHARD_POLICIES:
         raise ConfigError(f"{origin}: run.on_bad_shard must be one of {', '.join(BAD_SHARD_POLICIES)}")
     return config
+
+
+def _strings(values: Any, key: str, origin: str) -> tuple[str, ...]:
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v for v in values):
+        raise ConfigError(f"{origin}: {key} must be {'a list of paths' if key == 'inputs' else 'a path'}")
+    return tuple(values)
 
 
 def _with_match_columns(source: SourceOptions, audit: AuditConfig) -> SourceOptions:
@@ -136,12 +197,22 @@ def _section(cls: type, values: Any, name: str, origin: str) -> Any:
         raise ConfigError(f"{origin}: unknown setting(s) {', '.join(f'{name}.{k}' for k in sorted(unknown))}")
     defaults = cls()
     checked = {
-        key: _typed(getattr(defaults, key), value, f"{name}.{key}", origin) for key, value in values.items()
+        key: _in_range(
+            _typed(getattr(defaults, key), value, f"{name}.{key}", origin), f"{name}.{key}", origin
+        )
+        for key, value in values.items()
     }
     try:
         return cls(**checked)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{origin}: [{name}] {exc}") from exc
+
+
+def _in_range(value: Any, key: str, origin: str) -> Any:
+    allowed = RANGES.get(key)
+    if allowed is not None and not allowed.holds(value):
+        raise ConfigError(f"{origin}: {key} must be {allowed.text()}, not {value!r}")
+    return value
 
 
 def _typed(default: Any, value: Any, key: str, origin: str) -> Any:
@@ -159,6 +230,15 @@ def _typed(default: Any, value: Any, key: str, origin: str) -> Any:
     return value
 
 
+def _threshold(value: Any, key: str, origin: str) -> int:
+    """A per-list threshold: a whole number of bits (its range is checked against the loaded list)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(
+            f"{origin}: [[hashlist]] {key} must be a whole number of bits (0 or more), not {value!r}"
+        )
+    return value
+
+
 def _hashlist_spec(item: Any, origin: str) -> HashListSpec:
     if isinstance(item, str):
         return HashListSpec(item)
@@ -169,7 +249,11 @@ def _hashlist_spec(item: Any, origin: str) -> HashListSpec:
     name, kind = item.pop("name", None), item.pop("type", None)
     spec = f"{kind}:{path}" if kind else path
     spec = f"{name}={spec}" if name else spec
-    thresholds = {k.removesuffix("_threshold"): int(v) for k, v in item.items() if k.endswith("_threshold")}
+    thresholds = {
+        k.removesuffix("_threshold"): _threshold(v, k, origin)
+        for k, v in item.items()
+        if k.endswith("_threshold")
+    }
     extra = set(item) - {f"{k}_threshold" for k in thresholds}
     if extra:
         raise ConfigError(f"{origin}: unknown [[hashlist]] setting(s) {', '.join(sorted(extra))}")
