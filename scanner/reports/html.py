@@ -24,6 +24,8 @@ from scanner.reports.records import OUTCOMES
 
 REPORT_NAME = "report.html"
 PERCEPTUAL = ("pdq", "phash", "dhash")
+HASH_BITS = {"pdq": 256, "phash": 64, "dhash": 64}  # a distance outside 0..bits is not a real distance
+OUT_OF_RANGE = -1  # the distances counter's key for those
 DISTANCE_AXIS = {"pdq": 31, "phash": 16, "dhash": 16}  # histograms span at least the usual thresholds
 LISTED_MATCHES = 200
 TOP_BARS = 25
@@ -89,8 +91,8 @@ def write_html_report(out_dir: str | Path, show_urls: bool = False, manifest: di
 
 def render_report(out: Path, show_urls: bool = False, manifest: dict | None = None) -> str:
     """The whole page as a string; figures come from outcomes.parquet and matches.jsonl in bounded memory."""
-    summary = _read_json(out / "summary.json")
-    manifest = manifest if manifest is not None else _read_json(out / "manifest.json")
+    summary = checked_summary(out / "summary.json")
+    manifest = manifest if manifest is not None else checked_manifest(out / "manifest.json")
     outcomes = outcome_figures(out / "outcomes.parquet")
     matches = match_figures(out / "matches.jsonl")
     body = "".join(
@@ -152,15 +154,48 @@ def match_figures(path: Path) -> MatchFigures:
 
 
 def _add_match(figures: MatchFigures, record: dict) -> None:
+    kind = str(record["hash_type"])
     figures.total += 1
-    figures.by_list[record["list"]] += 1
-    figures.by_category[record.get("category") or "uncategorised"] += 1
-    figures.by_hash_type[record["hash_type"]] += 1
-    figures.by_shard[record["shard"]] += 1
-    if record["hash_type"] in PERCEPTUAL:
-        figures.distances.setdefault(record["hash_type"], Counter())[int(record["distance"])] += 1
+    figures.by_list[str(record["list"])] += 1
+    figures.by_category[str(record.get("category") or "uncategorised")] += 1
+    figures.by_hash_type[kind] += 1
+    figures.by_shard[str(record["shard"])] += 1
+    if kind in PERCEPTUAL:
+        figures.distances.setdefault(kind, Counter())[_distance(record.get("distance"), HASH_BITS[kind])] += 1
     if len(figures.listed) < LISTED_MATCHES:
         figures.listed.append(record)
+
+
+def _distance(value: object, bits: int) -> int:
+    """A Hamming distance as recorded, or OUT_OF_RANGE for anything no hash of that width can give (an
+    edited or damaged file): charts span the valid range, never the data's."""
+    valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bits
+    return value if valid else OUT_OF_RANGE
+
+
+def checked_summary(path: Path) -> dict:
+    """summary.json, refused unless it follows scanner/schemas/summary.schema.json (the page trusts its
+    types and ranges from then on)."""
+    from scanner.reports.verify import summary_schema, validate
+
+    summary = _read_json(path)
+    errors = validate(summary, summary_schema())
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InputError(
+            str(path),
+            f"does not follow summary.schema.json: {errors[0]}{more}; was it edited? "
+            "`scanner verify DIR` checks the whole directory",
+        )
+    return summary
+
+
+def checked_manifest(path: Path) -> dict:
+    """manifest.json, refused without its map of file digests (which `scanner report` updates)."""
+    manifest = _read_json(path)
+    if not isinstance(manifest.get("files"), dict):
+        raise InputError(str(path), "has no 'files' map of digests; is this a finished scan's directory?")
+    return manifest
 
 
 def _read_json(path: Path) -> dict:
@@ -171,7 +206,7 @@ def _read_json(path: Path) -> dict:
         raise InputError(
             str(path), f"cannot read ({exc.strerror}); is this a finished scan's directory?"
         ) from exc
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InputError(str(path), f"not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise InputError(str(path), "expected a JSON object")
@@ -271,7 +306,11 @@ def _match_section(figures: MatchFigures) -> str:
     if not figures.total:
         return _section("Matches", "<p>No row matched any list.</p>")
     distances = [
-        _figure(f"Hamming distance of {kind} matches", column_chart(counts, DISTANCE_AXIS.get(kind, 0)))
+        _figure(
+            f"Hamming distance of {kind} matches",
+            column_chart(counts, DISTANCE_AXIS.get(kind, 0), HASH_BITS[kind]),
+            _out_of_range(counts, HASH_BITS[kind]),
+        )
         for kind, counts in sorted(figures.distances.items())
     ]
     shard_bars = [(Path(s).name, n) for s, n in _top(figures.by_shard)]
@@ -285,11 +324,21 @@ def _match_section(figures: MatchFigures) -> str:
     )
 
 
+def _out_of_range(counts: Counter, bits: int) -> str:
+    bad = counts.get(OUT_OF_RANGE, 0)
+    return (
+        f"<p class=warn>{_n(bad)} match records give a distance outside 0..{bits}, which no hash of "
+        "this type can have: matches.jsonl was edited or damaged (not charted).</p>"
+        if bad
+        else ""
+    )
+
+
 def _link_rot_section(figures: OutcomeFigures, summary: dict) -> str:
     rot = Counter(
         {shard: counts["dead"] / sum(counts.values()) for shard, counts in figures.by_shard.items()}
     )
-    bars = [(Path(shard).name, share) for shard, share in _top(rot)]
+    bars = [(Path(str(shard)).name, share) for shard, share in _top(rot)]
     points = _rot_over_time(figures, summary)
     trend = (
         _figure("Link rot across scans of these inputs", line_chart(points))
@@ -333,11 +382,11 @@ def _matched_rows_section(figures: MatchFigures, show_urls: bool) -> str:
 
 def _cell(record: dict, column: str) -> object:
     value = record.get(column)
-    return Path(value).name if column == "shard" and value else value
+    return Path(str(value)).name if column == "shard" and value else value
 
 
 def _lists_section(manifest: dict) -> str:
-    lists = manifest.get("lists") or []
+    lists = _objects(manifest.get("lists"))
     if not lists:
         return _section("Hash lists", "<p>The manifest names no list.</p>")
     return _section("Hash lists", _records_table(lists, LIST_COLUMNS))
@@ -348,9 +397,9 @@ def _provenance_section(manifest: dict) -> str:
     return _section(
         "Scanner and configuration",
         f"<p>scanner {_e(manifest.get('scanner_version', '?'))}; "
-        f"{_n(int(manifest.get('units') or 0))} work units; "
+        f"{_count(manifest.get('units'))} work units; "
         f"command: <code>{_e(_command(manifest.get('command')))}</code></p>",
-        _records_table(manifest.get("inputs") or [], INPUT_COLUMNS),
+        _records_table(_objects(manifest.get("inputs")), INPUT_COLUMNS),
         f"<details open><summary>Effective configuration</summary><pre>{_pre(config)}</pre></details>",
     )
 
@@ -360,9 +409,18 @@ def _pre(text: str) -> str:
     return "\n".join(_e(line) for line in text.split("\n"))
 
 
+def _objects(value: object) -> list[dict]:
+    """A manifest's list of records, keeping only the records (a hand-edited manifest may hold anything)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _count(value: object) -> str:
+    return _n(value) if isinstance(value, int) and not isinstance(value, bool) else _e(value or 0)
+
+
 def _records_table(records: list[dict], first: tuple[str, ...]) -> str:
     """A table of manifest records whatever fields they carry: the known ones first, then the rest by name."""
-    present = {k for record in records for k in record}
+    present = {str(k) for record in records for k in record}
     columns = [c for c in first if c in present] + sorted(present - set(first))
     return _table(columns, [[record.get(c) for c in columns] for record in records])
 
@@ -430,15 +488,17 @@ def _value(value: float, whole: float, counts: bool) -> str:
     return f"{_n(int(value))} ({_pct(value, whole)})" if counts else _pct(value, whole)
 
 
-def column_chart(counts: dict[int, int], span: int = 0) -> str:
-    """Vertical bars for a histogram of small integers: a slot per value from 0 to the largest (or span)."""
-    slots = range(max(*counts, span) + 1)
+def column_chart(counts: dict[int, int], span: int = 0, limit: int = 256) -> str:
+    """Vertical bars for a histogram of small integers: a slot per value from 0 to the largest (or span),
+    never past limit; values outside 0..limit are left out (the caller says how many)."""
+    valid = {x: n for x, n in counts.items() if 0 <= x <= limit}
+    slots = range(min(max(*valid, span, 0), limit) + 1)
     width, height, left, bottom = 600, 150, 36, 22
     slot_w = (width - left) / len(slots)
-    top = max(counts.values())
+    top = max(valid.values(), default=0) or 1
     parts = [f'<text x="{left - 4}" y="14" text-anchor="end">{_n(top)}</text>']
     for x in slots:
-        value = counts.get(x, 0)
+        value = valid.get(x, 0)
         h = value / top * (height - bottom - 20)
         bx = left + x * slot_w
         parts.append(
@@ -458,6 +518,7 @@ def line_chart(points: list[tuple[str, float]]) -> str:
     width, height, left, bottom = 640, 190, 44, 28
     step = (width - left - 80) / max(len(points) - 1, 1)
     plot_h = height - bottom - 16
+    points = [(label, min(max(share, 0.0), 1.0)) for label, share in points]  # an edited history may say more
     xy = [(left + 20 + i * step, 16 + plot_h * (1 - share)) for i, (_, share) in enumerate(points)]
     parts = [
         f'<line x1="{left}" y1="{16 + plot_h}" x2="{width}" y2="{16 + plot_h}" stroke="#999"/>',
