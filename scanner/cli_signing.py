@@ -89,6 +89,18 @@ def verify_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
     return [signed, *result.lines()], result.ok
 
 
+def stale_signature_note(out_dir: str) -> str | None:
+    """For commands that rewrite manifest.json (report): say when its signature no longer matches it."""
+    from scanner.reports.signing import signature_is_stale
+
+    if not signature_is_stale(out_dir):
+        return None
+    return (
+        "note: manifest.json changed, so its signature (manifest.json.sig) no longer holds; sign again: "
+        f"scanner sign {out_dir} --key KEY"
+    )
+
+
 SIGNING_COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ("keygen", "create an Ed25519 key pair for signing reports", cmd_keygen, _keygen_args),
     ("sign", "sign a verified report directory's manifest (manifest.json.sig)", cmd_sign, _sign_args),

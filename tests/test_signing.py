@@ -275,8 +275,11 @@ def test_sign_refuses_a_directory_that_does_not_verify(tmp_path: Path, keys: Pat
 
 
 def test_regenerating_report_html_needs_a_new_signature(signed: Path, keys: Path) -> None:
-    """`scanner report` records report.html's new digest in manifest.json: the old signature no longer holds."""
-    assert cli("report", str(signed), "--show-urls").returncode == 0
+    """`scanner report` records report.html's new digest in manifest.json: the signature no longer holds."""
+    unchanged = cli("report", str(signed))  # the same page again: the manifest and its signature still agree
+    assert unchanged.returncode == 0 and "sign again" not in unchanged.stdout
+    report = cli("report", str(signed), "--show-urls")
+    assert report.returncode == 0 and "no longer holds; sign again" in report.stdout
     public = str(keys / "signer.pub")
     assert "changed since it was signed" in failure(cli("verify", str(signed), "--public-key", public))
     assert cli("sign", str(signed), "--key", str(keys / "signer")).returncode == 0

@@ -238,6 +238,18 @@ def verify_signature(out_dir: str | Path, public_key_path: str | Path) -> str:
     return f"signature OK: {out / MANIFEST} signed by key {expected} ({public_key_path})"
 
 
+def signature_is_stale(out_dir: str | Path) -> bool:
+    """Whether DIR holds a signature made over a manifest.json other than today's (after `scanner report`)."""
+    out = Path(out_dir)
+    if not (out / SIGNATURE).exists():
+        return False
+    try:
+        record = _read_signature(out)
+    except SignatureError:
+        return True
+    return hashlib.sha256(_read_manifest(out)).hexdigest() != record["manifest_sha256"]
+
+
 def _read_manifest(out: Path) -> bytes:
     path = out / MANIFEST
     if not out.is_dir():
