@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+import traceback
 from collections.abc import Callable
 
-from scanner import __version__, textmode
+from scanner import __version__, outputs, textmode
 from scanner.cli_audit import AUDIT_COMMANDS
 from scanner.cli_signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note
+from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
+from scanner.exitcodes import ExitCode
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 CORE_OUTCOMES = ("match", "clean", "dead", "invalid", "blocked")
 
 SCAN_FLAGS: list[tuple[str, str, dict]] = [
@@ -85,7 +88,7 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `scanner` command."""
+    """Entry point of the `scanner` command: whatever happens, at most one line on stderr and an ExitCode."""
     if argv is None:
         textmode.ensure_utf8_mode()
     textmode.tolerant_streams()
@@ -93,20 +96,56 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
-        return EXIT_USAGE
+        return ExitCode.USAGE
+    status = _run(args)
+    if status != ExitCode.OK:
+        outputs.discard_unused()
+    return status
+
+
+def _run(args: argparse.Namespace) -> ExitCode:
     try:
-        return args.handler(args)
+        return ExitCode(args.handler(args))
     except ScannerError as exc:
-        print(f"scanner: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(f"scanner: error: {exc}", ExitCode.ERROR)
     except KeyboardInterrupt:
-        print("scanner: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _fail("scanner: interrupted; run the same command again to resume", ExitCode.INTERRUPTED)
+    except OSError as exc:
+        if exc.filename is None or args.debug:
+            return _internal(exc, args.debug)
+        return _fail(f"scanner: error: {os_error_line(exc)}", ExitCode.ERROR)
+    except Exception as exc:
+        return _internal(exc, args.debug)
+
+
+def _internal(exc: BaseException, debug: bool) -> ExitCode:
+    """Anything not anticipated: the stack with --debug, else one line and the stack in a private log."""
+    if debug:
+        traceback.print_exception(exc)
+        return ExitCode.INTERNAL
+    return _fail(internal_error_line(exc, outputs.report_dir()), ExitCode.INTERNAL)
+
+
+def _fail(line: str, status: ExitCode) -> ExitCode:
+    print(line, file=sys.stderr)
+    return status
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError the scanner did not wrap, with the file it concerns: the file, the system's reason, and
+    for a full disk, a quota or a read-only file system that the same command resumes once there is room."""
+    text = f"{exc.filename}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        text += "; make room (or fix the file system), then run the same command again to resume"
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanner", description=__doc__)
     parser.add_argument("--version", action="version", version=f"scanner {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an internal error, print the stack instead of logging it"
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add(
         commands,
@@ -196,23 +235,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print_summary(result)
         if str(result.out) != config.out:
             print(f"published to: {config.out}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run_with_guard(config, restart: bool, quiet: bool):
     """Run a scan with the write guard on: nothing may be written outside the report directory (and, with
     Ray, outside Ray's own session directory, which it fills while joining the cluster, before the guard)."""
-    import os
-
-    from scanner import nostore
     from scanner.mirror import local_dir
     from scanner.progress import bar_for
 
     runner = runner_for(config)
+    outputs.check_dir(local_dir(config.out))  # before joining a Ray cluster, which takes a while
     allowed = runner.connect(config.run.ray_address) if config.run.runner == "ray" else []
-    out = local_dir(config.out)
-    os.makedirs(out, mode=0o700, exist_ok=True)
-    nostore.install([out, *allowed])
+    outputs.guard_writes(config.out, allowed)
     show = not quiet and config.run.progress
     return runner.scan(config, restart, bar_for if show else None)
 
@@ -259,7 +294,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, images=args.images, quiet=args.quiet)
     print_summary(result)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _hash_args(sub: argparse.ArgumentParser) -> None:
@@ -271,7 +306,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
     for path in args.files:
         print(json.dumps(hash_file_record(path), sort_keys=False))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _dir_arg(sub: argparse.ArgumentParser) -> None:
@@ -287,12 +322,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from scanner.reports.html import write_html_report
     from scanner.reports.writer import refresh_digests
 
+    outputs.check_dir(args.dir, "DIR", must_exist=True)
     path = write_html_report(args.dir, show_urls=args.show_urls)
     refresh_digests(args.dir, [path.name])
     print(f"report: {path}")
     if note := stale_signature_note(args.dir):
         print(note)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _export_args(sub: argparse.ArgumentParser) -> None:
@@ -305,9 +341,13 @@ def _export_args(sub: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from scanner.reports.export import write_referrals
 
+    if args.output:
+        outputs.check_file(args.output, "--output")
+    else:
+        outputs.check_dir(args.dir, "DIR", must_exist=True)
     path, count = write_referrals(args.dir, args.format, with_captions=args.with_captions, output=args.output)
     print(f"{count} referral rows: {path}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -316,4 +356,4 @@ def cmd_verify(args: argparse.Namespace) -> int:
     lines, ok = verify_lines(args)
     for line in lines:
         print(line)
-    return EXIT_OK if ok else EXIT_ERROR
+    return ExitCode.OK if ok else ExitCode.ERROR
