@@ -265,6 +265,12 @@ def test_an_encrypted_key_takes_its_passphrase_from_the_environment(signed: Path
     assert result.returncode == 0 and result.stdout.startswith("signature OK")
 
 
+def test_verify_of_something_that_is_not_a_report_directory_says_so(tmp_path: Path, keys: Path) -> None:
+    public = str(keys / "signer.pub")
+    assert "not a directory" in failure(cli("verify", str(tmp_path / "absent"), "--public-key", public))
+    assert "manifest.json: no such file" in failure(cli("verify", str(tmp_path), "--public-key", public))
+
+
 def test_sign_refuses_a_directory_that_does_not_verify(tmp_path: Path, keys: Path) -> None:
     built = build_report(tmp_path)
     _edit_report(built.out)

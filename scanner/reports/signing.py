@@ -217,8 +217,8 @@ def verify_signature(out_dir: str | Path, public_key_path: str | Path) -> str:
     Raises KeyFileError for an unusable key, SignatureError when the signature does not hold."""
     out = Path(out_dir)
     key = load_public_key(public_key_path)
-    record = _read_signature(out)
     manifest = _read_manifest(out)
+    record = _read_signature(out)
     expected = fingerprint(key)
     if record["key_fingerprint"] != expected:
         raise SignatureError(
