@@ -1,23 +1,37 @@
-"""Per-unit committed outputs: a killed scan resumes where it stopped, with no row lost or repeated."""
+"""Per-unit committed outputs: a killed scan resumes where it stopped, with no row lost or repeated.
+
+A unit's files (outcomes, matches, evidence, hash records, a rescan's changes and counts) are written first;
+its done marker, written last, is the commit: it names the unit and records each file's SHA-256. Committed
+units are checked against their markers when a run resumes and again as they are merged, so a damaged,
+missing or swapped unit file stops the run with its name, never a traceback and never a silent report.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pyarrow.parquet as pq
 
-from scanner.errors import ResumeError
+from scanner.errors import CheckpointError, ResumeError
 from scanner.mirror import Mirror, local_dir
-from scanner.reports.files import atomic_open, private_dir, write_json, write_jsonl
+from scanner.reports.files import DIR_MODE, atomic_open, private_dir, sha256_file, write_json, write_jsonl
 from scanner.reports.hashes import write_unit_hashes
 from scanner.reports.records import UnitReport, outcomes_table
 
 UNITS_DIR = ".units"
 FINGERPRINT = "fingerprint.json"
 COMPLETE = "complete"
+DONE_SUFFIX = ".done.json"
+OUTCOMES_SUFFIX = ".outcomes.parquet"
+MARKER = re.compile(r"u(\d{6})\.done\.json")
+RESTART = "run the same command with --restart to start over"
 
 
 def open_out(out: str, fingerprint: dict, restart: bool = False) -> tuple[Path, Checkpoint]:
@@ -30,26 +44,67 @@ def open_out(out: str, fingerprint: dict, restart: bool = False) -> tuple[Path, 
     return directory, Checkpoint(directory, fingerprint, restart, mirror)
 
 
+def own_dir(path: Path) -> Path:
+    """A directory the scanner keeps inside --out: created 0700, or used only when it is a real directory.
+    A symbolic link there is refused before anything touches it (its target's mode is left alone)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, DIR_MODE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:  # ELOOP: a symbolic link; ENOTDIR: a file
+        raise CheckpointError(
+            f"{path} is a symbolic link or a file, not the directory the scanner keeps there: remove it "
+            "(the scanner never follows links inside the report directory), or use another --out"
+        ) from exc
+    try:
+        os.fchmod(fd, DIR_MODE)
+    finally:
+        os.close(fd)
+    return path
+
+
+def finished_summary(out: Path) -> dict:
+    """summary.json of a run that completed in out (its checkpoint sealed)."""
+    path = out / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: the finished run's summary is unreadable ({_why(exc)}); {RESTART}"
+        ) from exc
+    if not isinstance(summary, dict):
+        raise CheckpointError(f"{path}: the finished run's summary is not a JSON object; {RESTART}")
+    return summary
+
+
 class Checkpoint:
-    """The units directory inside --out: one committed outcomes file per finished unit."""
+    """The units directory inside --out: one committed set of files per finished unit."""
 
     def __init__(
         self, out_dir: Path, fingerprint: dict, restart: bool = False, mirror: Mirror | None = None
     ) -> None:
         self.dir = Path(out_dir) / UNITS_DIR
         self.mirror = mirror
-        if restart and self.dir.exists():
-            shutil.rmtree(self.dir)
-        if restart and mirror is not None:
-            mirror.remove(self.dir)
-        private_dir(self.dir)
+        if restart:
+            self._discard()
+        private_dir(out_dir)
+        own_dir(self.dir)
         self._adopt(fingerprint)
+        self._committed = {unit_id: self._check_unit(unit_id) for unit_id in self._marked()}
+
+    def _discard(self) -> None:
+        if self.dir.is_symlink():
+            own_dir(self.dir)  # refuses it, naming it
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        if self.mirror is not None:
+            self.mirror.remove(self.dir)
 
     def _adopt(self, fingerprint: dict) -> None:
         """Refuse to mix units from a scan of other inputs, lists or settings."""
         path = self.dir / FINGERPRINT
         if path.exists():
-            previous = json.loads(path.read_text(encoding="utf-8"))
+            previous = self._read_json(path, f"the checkpoint's fingerprint is damaged ({{}}); {RESTART}")
             if previous != fingerprint:
                 changed = sorted(
                     k for k in fingerprint.keys() | previous.keys() if fingerprint.get(k) != previous.get(k)
@@ -63,36 +118,117 @@ class Checkpoint:
             self._publish([path])
 
     def done(self) -> set[int]:
-        """Ids of units whose outputs were committed."""
-        return {int(p.name[1:7]) for p in self.dir.glob("u*.outcomes.parquet")}
+        """Ids of units whose outputs were committed (and found intact when this run started)."""
+        return set(self._committed)
 
     def commit(self, report: UnitReport) -> None:
-        """Write a unit's side files first and its outcomes last: the outcomes file is the commit."""
+        """Write a unit's files, then its done marker (the commit) naming the unit and their digests."""
         stem = self.dir / f"u{report.unit_id:06d}"
         for suffix, records in ((".matches.jsonl", report.matches), (".evidence.jsonl", report.evidence)):
             with atomic_open(f"{stem}{suffix}", "w") as handle:
                 write_jsonl(handle, records)
         if report.hashes is not None:
             write_unit_hashes(str(stem), report.hashes)
-        with atomic_open(f"{stem}.outcomes.parquet") as handle:
+        with atomic_open(f"{stem}{OUTCOMES_SUFFIX}") as handle:
             pq.write_table(outcomes_table(report.outcomes), handle)
-        self._publish(
-            sorted(self.dir.glob(f"{stem.name}.*"), key=lambda p: p.name.endswith(".outcomes.parquet"))
-        )
+        files = self._unit_files(stem.name)
+        marker = {
+            "unit": report.unit_id,
+            "rows": len(report.outcomes),
+            "files": {path.name: sha256_file(path) for path in files},
+        }
+        write_json(f"{stem}{DONE_SUFFIX}", marker)
+        self._committed[report.unit_id] = marker
+        self._publish([*files, Path(f"{stem}{DONE_SUFFIX}")])
 
     def _publish(self, paths: list[Path]) -> None:
-        """Copy committed files to the output URL in order (a unit's outcomes file last: it is the commit)."""
+        """Copy committed files to the output URL in order (a unit's done marker last: it is the commit)."""
         if self.mirror is not None:
             for path in paths:
                 self.mirror.push(path)
 
     def outcome_files(self, unit_ids: list[int]) -> Iterator[Path]:
-        """Committed outcomes files in unit order."""
-        return (self.dir / f"u{i:06d}.outcomes.parquet" for i in sorted(unit_ids))
+        """Committed outcomes files in unit order, each checked against its unit's marker."""
+        return self.side_files(unit_ids, OUTCOMES_SUFFIX)
 
     def side_files(self, unit_ids: list[int], suffix: str) -> Iterator[Path]:
-        """Committed side files (matches, evidence, hash records) in unit order."""
-        return (self.dir / f"u{i:06d}{suffix}" for i in sorted(unit_ids))
+        """Committed side files (matches, evidence, hash records) in unit order, each checked against its
+        unit's marker as it is reached: a file the unit did not write is a path that does not exist."""
+        for unit_id in sorted(unit_ids):
+            yield self._checked_file(unit_id, suffix)
+
+    def _checked_file(self, unit_id: int, suffix: str) -> Path:
+        path = self.dir / f"u{unit_id:06d}{suffix}"
+        marker = self._committed.get(unit_id)
+        if marker is None:
+            raise CheckpointError(f"{self.dir}: unit {unit_id} was never committed; {RESTART}")
+        expected = marker["files"].get(path.name)
+        if expected is None:
+            if path.exists() or os.path.islink(path):
+                self._damaged(unit_id, path, "is not among the files its unit committed")
+            return path
+        self._check_digest(unit_id, path, expected)
+        return path
+
+    def _marked(self) -> list[int]:
+        return sorted(int(found[1]) for p in self.dir.iterdir() if (found := MARKER.fullmatch(p.name)))
+
+    def _check_unit(self, unit_id: int) -> dict:
+        """A committed unit's marker, after checking it names this unit and that every file it lists is
+        there with the digest it recorded."""
+        path = self.dir / f"u{unit_id:06d}{DONE_SUFFIX}"
+        marker = self._read_json(path, f"the unit's done marker is damaged ({{}}); {self._redo(unit_id)}")
+        files = marker.get("files")
+        if (
+            marker.get("unit") != unit_id
+            or not isinstance(files, dict)
+            or not all(isinstance(n, str) and isinstance(d, str) for n, d in files.items())
+            or f"u{unit_id:06d}{OUTCOMES_SUFFIX}" not in files
+        ):
+            self._damaged(unit_id, path, "is not this unit's done marker")
+        for name, digest in sorted(files.items()):
+            if Path(name).name != name or not name.startswith(f"u{unit_id:06d}."):
+                self._damaged(unit_id, path, f"names a file of another unit ({name!r})")
+            self._check_digest(unit_id, self.dir / name, digest)
+        return marker
+
+    def _check_digest(self, unit_id: int, path: Path, expected: str) -> None:
+        if os.path.islink(path):
+            self._damaged(unit_id, path, "is a symbolic link, not a file the unit wrote")
+        try:
+            actual = sha256_file(path)
+        except FileNotFoundError:
+            self._damaged(unit_id, path, "is missing")
+        except OSError as exc:
+            self._damaged(unit_id, path, f"is unreadable ({_why(exc)})")
+        if actual != expected:
+            self._damaged(unit_id, path, "is not the file its unit committed (damaged, or another unit's)")
+
+    def _damaged(self, unit_id: int, path: Path, problem: str) -> NoReturn:
+        raise CheckpointError(f"{path} {problem}; {self._redo(unit_id)}")
+
+    def _redo(self, unit_id: int) -> str:
+        return f"delete {self.dir}/u{unit_id:06d}.* to redo that unit, or {RESTART}"
+
+    def _read_json(self, path: Path, problem: str) -> dict:
+        """A checkpoint JSON object; CheckpointError naming path (problem has a {} for the cause)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: {problem.format(_why(exc))}") from exc
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: {problem.format('not a JSON object')}")
+        return data
+
+    def _unit_files(self, stem: str) -> list[Path]:
+        """A unit's files on disk (a rescan writes its changes and counts before the commit), outcomes
+        last."""
+        names = [
+            p
+            for p in self.dir.iterdir()
+            if p.name.startswith(f"{stem}.") and not p.name.endswith(DONE_SUFFIX) and p.is_file()
+        ]
+        return sorted(names, key=lambda p: (p.name.endswith(OUTCOMES_SUFFIX), p.name))
 
     @property
     def complete(self) -> bool:
@@ -110,3 +246,11 @@ class Checkpoint:
             self.mirror.push(self.dir / COMPLETE)
             for path in merged:
                 self.mirror.remove(path)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__

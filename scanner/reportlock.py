@@ -95,6 +95,8 @@ def _holder(fd: int) -> str:
 def _remove_stale_partials(directory: Path) -> None:
     """Temporary files a killed process left (only a lock holder writes here, so none is in use)."""
     for folder in (directory, directory / UNITS_DIR):
+        if folder.is_symlink():
+            continue  # refused by the checkpoint; nothing behind a link is touched
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for entry in os.scandir(folder):
                 if (

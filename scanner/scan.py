@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanner import __version__
-from scanner.checkpoint import Checkpoint, open_out
+from scanner.checkpoint import Checkpoint, finished_summary, open_out
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import make_fetcher
@@ -168,7 +168,7 @@ def already_done(prepared: Prepared) -> ScanResult | None:
     """The result of a scan that already completed in this --out with the same inputs, lists and settings."""
     if not prepared.checkpoint.complete:
         return None
-    return ScanResult(prepared.out, json.loads((prepared.out / "summary.json").read_text(encoding="utf-8")))
+    return ScanResult(prepared.out, finished_summary(prepared.out))
 
 
 def manifest(prepared: Prepared, summary_data: dict) -> dict:

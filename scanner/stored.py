@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner import __version__
-from scanner.checkpoint import Checkpoint, open_out
+from scanner.checkpoint import Checkpoint, finished_summary, open_out
 from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.hashing import ImageHashes
@@ -186,7 +186,7 @@ class StoredRun:
         """The result of the same run completed earlier in this --out."""
         if not self.checkpoint.complete:
             return None
-        return ScanResult(self.out, json.loads((self.out / "summary.json").read_text(encoding="utf-8")))
+        return ScanResult(self.out, finished_summary(self.out))
 
     @property
     def todo(self) -> list[StoredUnit]:

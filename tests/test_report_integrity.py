@@ -4,8 +4,11 @@ checkpoints refused by name, reports checked for their own consistency, no symli
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from audit_support import images, run_scan, write_list, write_shard
@@ -193,3 +197,214 @@ def _command_args(command: str, finished: Path, out: Path) -> list[str]:
     if command == "rescan":
         return ["rescan", str(finished / "scan"), "--out", str(out), "--workers", "1", "--quiet"]
     return ["clean", str(finished / "shard.parquet"), "--report", str(finished / "scan"), "--out", str(out)]
+
+
+# Item 8: damaged checkpoints. One scan is killed once its first units are committed; each case damages a
+# copy of its report directory and resumes it with the real CLI.
+
+
+@pytest.fixture(scope="module")
+def killed_scan(tmp_path_factory) -> Iterator[tuple[Path, list[str], list[int]]]:
+    """(report directory of a killed scan, its command's arguments, ids of units it committed)."""
+    tmp = tmp_path_factory.mktemp("killed")
+    with LoopbackServer({}) as server:
+        args = slow_scan_args(tmp, server, 0.3)
+        units = tmp / "out" / ".units"
+        scan = subprocess.Popen(scanner_command(*args), env=scanner_env(), stdout=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: len(list(units.glob("u*.outcomes.parquet"))) >= 3)
+        finally:
+            scan.send_signal(signal.SIGKILL)
+            scan.wait()
+        markers = {int(p.name[1:7]) for p in units.glob("u*.done.json")}
+        committed = sorted(
+            int(p.name[1:7])
+            for p in units.glob("u*.outcomes.parquet")
+            if not markers or int(p.name[1:7]) in markers
+        )
+        assert len(committed) >= 2
+        yield tmp / "out", args, committed
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path, fraction: float = 0.5) -> None:
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * fraction)])
+
+
+def swap(a: Path, b: Path) -> None:
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+
+
+def unit_file(units: Path, unit: int, suffix: str) -> Path:
+    return units / f"u{unit:06d}{suffix}"
+
+
+def outcomes_of(units: Path, unit: int) -> Path:
+    return unit_file(units, unit, ".outcomes.parquet")
+
+
+def _copy_marker(units: Path, a: int, b: int) -> None:
+    unit_file(units, a, ".done.json").write_bytes(unit_file(units, b, ".done.json").read_bytes())
+
+
+# case: (damage(units, a, b), the units whose files the message may name)
+DAMAGE = {
+    "truncated outcomes": (lambda u, a, b: truncate(outcomes_of(u, a)), "a"),
+    "outcomes bit flip in the footer": (lambda u, a, b: flip(outcomes_of(u, a), -12), "a"),
+    "outcomes bit flip in the magic": (lambda u, a, b: flip(outcomes_of(u, a), 1), "a"),
+    "outcomes bit flip in the data": (lambda u, a, b: flip(outcomes_of(u, a), 40), "a"),
+    "outcomes bit flip mid-file": (
+        lambda u, a, b: flip(outcomes_of(u, a), outcomes_of(u, a).stat().st_size // 2),
+        "a",
+    ),
+    "empty outcomes": (lambda u, a, b: outcomes_of(u, a).write_bytes(b""), "a"),
+    "two outcomes files swapped": (lambda u, a, b: swap(outcomes_of(u, a), outcomes_of(u, b)), "ab"),
+    "matches file deleted": (lambda u, a, b: unit_file(u, a, ".matches.jsonl").unlink(), "a"),
+    "matches not UTF-8": (lambda u, a, b: unit_file(u, a, ".matches.jsonl").write_bytes(b"\xff{\n"), "a"),
+    "garbage done marker": (lambda u, a, b: unit_file(u, a, ".done.json").write_bytes(b"{\x00garbage"), "a"),
+    "another unit's done marker": (_copy_marker, "a"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_unit_stops_the_resume_naming_it(tmp_path, killed_scan, case):
+    original, args, (a, b, *_) = killed_scan
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    damage, which = DAMAGE[case]
+    damage(out / ".units", a, b)
+    args = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
+    line = one_error_line(run_cli(*args))
+    named = [f"u{unit:06d}." for unit in (a, b)[: len(which)]]
+    assert str(out / ".units") in line and any(name in line for name in named), line
+    assert f"delete {out / '.units'}/u" in line and "--restart" in line, line
+
+
+def test_a_truncated_fingerprint_stops_the_resume_naming_it(tmp_path, killed_scan):
+    original, args, _ = killed_scan
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    truncate(out / ".units" / "fingerprint.json")
+    args = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
+    line = one_error_line(run_cli(*args))
+    assert str(out / ".units" / "fingerprint.json") in line and "--restart" in line, line
+
+
+def test_units_are_checked_again_as_they_are_merged(tmp_path):
+    """A unit damaged after the run started (between commit and merge) is caught by the merge."""
+    from scanner.checkpoint import Checkpoint
+    from scanner.errors import CheckpointError
+    from scanner.reports.records import Outcome, UnitReport
+    from scanner.reports.writer import merge_reports
+
+    checkpoint = Checkpoint(tmp_path / "out", {"test": True})
+    for unit in (0, 1):
+        outcomes = [Outcome("a.txt", 10 * unit + r, f"http://a.example/{r}", None, "dead") for r in range(10)]
+        checkpoint.commit(UnitReport(unit, outcomes))
+    flip(checkpoint.dir / "u000001.outcomes.parquet", -12)
+    with pytest.raises(
+        CheckpointError, match=r"u000001\.outcomes\.parquet is not the file its unit committed"
+    ):
+        merge_reports(tmp_path / "out", checkpoint, [0, 1])
+    with pytest.raises(CheckpointError, match="unit 2 was never committed"):
+        merge_reports(tmp_path / "out", checkpoint, [0, 2])
+
+
+# Item 8: verify checks the reports against each other. Each case edits a finished report and records the
+# edited files' new digests in the manifest, so only the consistency checks can catch it.
+
+
+def edit_outcomes(out: Path, change) -> None:
+    table = pq.read_table(out / "outcomes.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(change(table.to_pylist()), schema=table.schema), out / "outcomes.parquet"
+    )
+
+
+def redigest(out: Path, *names: str) -> None:
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in names:
+        manifest["files"][name] = hashlib.sha256((out / name).read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _duplicate_row(rows: list[dict]) -> list[dict]:
+    rows[2]["row"] = rows[0]["row"]  # row 0 twice, row 2 gone: the outcome counts do not change
+    return rows
+
+
+def _swap_match_outcome(rows: list[dict]) -> list[dict]:
+    rows[0]["outcome"], rows[1]["outcome"] = rows[1]["outcome"], rows[0]["outcome"]  # counts unchanged
+    return rows
+
+
+def _change_summary(out: Path) -> None:
+    summary = json.loads((out / "summary.json").read_text())
+    summary["outcomes"]["clean"] += 1
+    summary["rows"] += 1
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+VERIFY_CASES = {
+    "a row twice": (lambda out: edit_outcomes(out, _duplicate_row), "outcomes.parquet", "row 0"),
+    "a match's outcome changed": (
+        lambda out: edit_outcomes(out, _swap_match_outcome),
+        "outcomes.parquet",
+        "whose outcome in outcomes.parquet is not match",
+    ),
+    "summary counts changed": (_change_summary, "summary.json", "outcomes.clean is"),
+    "a match record moved to another row": (
+        lambda out: (out / "matches.jsonl").write_text(
+            (out / "matches.jsonl").read_text().replace('"row":1', '"row":2')
+        ),
+        "matches.jsonl",
+        "no record in matches.jsonl",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VERIFY_CASES))
+def test_verify_finds_reports_that_disagree(tmp_path, finished_scan, case):
+    out = tmp_path / "scan"
+    shutil.copytree(finished_scan / "scan", out)
+    assert run_cli("verify", str(out)).returncode == 0
+    assert pq.read_table(out / "outcomes.parquet").column("outcome").to_pylist() == [
+        "clean",
+        "match",
+        "clean",
+    ]
+    edit, name, expected = VERIFY_CASES[case]
+    edit(out)
+    redigest(out, name)
+    done = run_cli("verify", str(out))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, (done.stdout, done.stderr)
+    assert done.stdout.startswith("FAILED") and expected in done.stdout, done.stdout
+    assert "changed:" not in done.stdout, "the digests were updated: only consistency can catch this"
+
+
+# Item 11: a symbolic link inside --out is never followed.
+
+
+@pytest.mark.parametrize("command", ["scan", "rematch"])
+def test_a_units_symlink_is_refused_and_its_target_left_alone(tmp_path, finished_scan, command):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    target.chmod(0o755)
+    (target / "keep.txt").write_text("mine")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".units").symlink_to(target)
+    line = one_error_line(run_cli(*_command_args(command, finished_scan, out)))
+    assert str(out / ".units") in line and "symbolic link" in line, line
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    line = one_error_line(run_cli(*_command_args(command, finished_scan, out), "--restart"))
+    assert str(out / ".units") in line and "symbolic link" in line, line
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755 and (target / "keep.txt").read_text() == "mine"

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
+from scanner.reports.consistency import consistency_problems
 from scanner.reports.files import sha256_file
 
 MANIFEST = "manifest.json"
@@ -67,6 +68,7 @@ def verify_report(out_dir: str | Path) -> Verification:
     result.problems.extend(f"manifest: does not list {name}" for name in REQUIRED if name not in files)
     if (out / "summary.json").is_file():
         _check_summary(out, result)
+    result.problems.extend(consistency_problems(out))
     return result
 
 
