@@ -387,3 +387,27 @@ def test_reports_written_with_raw_separators_still_read(tmp_path: Path) -> None:
         rescanned = tmp_path / "rescan"
         rescan(old, str(rescanned), (), {"run.workers": 1, "source.rows_per_unit": 1})
         check_reports(b, rescanned)
+
+
+@pytest.mark.parametrize("name", ["a[1].csv", "b[xy]?.csv"])
+def test_a_shard_named_like_a_glob_is_that_file(tmp_path: Path, name: str) -> None:
+    """A shard whose name holds glob characters is scanned as named, not taken for a pattern (which matched
+    nothing, or other files)."""
+    (tmp_path / "a1.csv").write_text("url\nhttp://127.0.0.1/other\n", encoding="utf-8")
+    shard = tmp_path / name
+    shard.write_text("url\nhttp://127.0.0.1/named\n", encoding="utf-8")
+    listfile = tmp_path / "list.txt"
+    listfile.write_text("0" * 32 + "\n", encoding="utf-8")
+    config = build_config(
+        {
+            "inputs": [str(shard)],
+            "out": str(tmp_path / "out"),
+            "hashlist": [f"md5:{listfile}"],
+            "audit": {"no_fetch": True},
+            "run": {"progress": False, "workers": 1},
+        },
+        "test",
+    )
+    scan(config, restart=True)
+    rows = pq.read_table(tmp_path / "out" / "outcomes.parquet", columns=["shard", "url"]).to_pylist()
+    assert rows == [{"shard": str(shard), "url": "http://127.0.0.1/named"}]

@@ -48,7 +48,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
             paths.extend(drop_metadata(remote_glob(item)) if glob.has_magic(item) else [item])
         elif os.path.isdir(item):
             paths.extend(directory_inputs(item, KNOWN_SUFFIXES))
-        elif glob.has_magic(item):
+        elif glob.has_magic(item) and not os.path.exists(item):  # a file named a[1].csv is that file
             matched = sorted(glob.glob(item, recursive=True))
             if not matched:
                 raise SourceError(item, "pattern matches no file")
