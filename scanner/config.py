@@ -13,6 +13,7 @@ from scanner.errors import ConfigError
 from scanner.fetch import FetchConfig
 from scanner.hashing import DecodeLimits
 from scanner.lists import MatchConfig
+from scanner.regularfile import open_regular
 from scanner.screen import AuditConfig
 from scanner.sources import SourceOptions
 
@@ -180,7 +181,7 @@ def _with_match_columns(source: SourceOptions, audit: AuditConfig) -> SourceOpti
 
 def _read_toml(path: str) -> dict[str, Any]:
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a FIFO must not hang the start
             return tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc

@@ -17,11 +17,11 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, run_scanner
+from conftest import REPO
 from PIL import Image
 
 MiB = 1024 * 1024
-CHILD_MEMORY = 2048 * MiB
+CHILD_MEMORY = 4096 * MiB
 TIMEOUT = 60
 
 READ_ROWS = """
@@ -45,6 +45,19 @@ except SourceError as exc:
     print(exc)
 """
 
+OPEN_SOURCE = """
+import sys
+from scanner.errors import SourceError
+from scanner.sources import SourceOptions, open_source
+from scanner.sources.storage import open_input
+for path in sys.argv[1:]:
+    for opener in (lambda: open_source(path, SourceOptions()), lambda: open_input(path)):
+        try:
+            opener()
+        except SourceError as exc:
+            print(exc)
+"""
+
 
 def image_bytes(seed: int, fmt: str = "JPEG") -> bytes:
     image = Image.new("RGB", (24, 16), (seed * 37 % 256, seed * 91 % 256, seed * 13 % 256))
@@ -64,8 +77,17 @@ def limit_memory() -> None:
 
 def child(script: str, *args: str) -> subprocess.CompletedProcess:
     """Run a script of this checkout in a child process, bounded in time and memory."""
+    return bounded(["-c", script, *args])
+
+
+def scanner(*args: str) -> subprocess.CompletedProcess:
+    """`scanner ARGS` bounded in time and memory (conftest's run_scanner, with a memory limit)."""
+    return bounded(["-m", "scanner", *args])
+
+
+def bounded(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", script, *args],
+        [sys.executable, *args],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
@@ -143,7 +165,7 @@ def test_a_scan_of_a_folder_of_special_files_finishes_with_one_outcome_per_file(
     listfile.write_text("".join(f"{digest}\n" for digest in wanted[:2]))
     out = tmp_path / "out"
     args = ["scan", str(folder), "--hashlist", f"md5:{listfile}", "--out", str(out), "--workers", "1"]
-    done = run_scanner(*args, "--quiet", timeout=120)
+    done = scanner(*args, "--quiet")
     assert done.returncode == 0, done.stderr[-2000:]
     table = pq.read_table(out / "outcomes.parquet").to_pydict()
     outcomes = {m: (o, r) for m, o, r in zip(table["member"], table["outcome"], table["reason"], strict=True)}
@@ -158,27 +180,28 @@ def test_a_scan_of_a_folder_of_special_files_finishes_with_one_outcome_per_file(
     assert summary["reasons"]["not_a_regular_file"] == 7
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".txt", ".parquet", ".tar"])
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
-def test_a_shard_path_that_is_not_a_regular_file_is_a_named_error(tmp_path, suffix, kind):
-    shard = tmp_path / f"shard{suffix}"
-    if kind == "fifo":
-        os.mkfifo(shard)
-        what = "a FIFO"
-    else:
-        shard.symlink_to("/dev/zero")
-        what = "a character device"
+def test_a_shard_path_that_is_not_a_regular_file_is_a_named_error(tmp_path, kind):
+    shards = [tmp_path / f"shard{suffix}" for suffix in (".csv", ".jsonl", ".txt", ".parquet", ".tar")]
+    for shard in shards:
+        if kind == "fifo":
+            os.mkfifo(shard)
+        else:
+            shard.symlink_to("/dev/zero")
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    expected = [f"{shard}: not a regular file ({what}): give a regular file" for shard in shards]
+    # Opening the shard, and the check every local shard read goes through, made on the opened
+    # descriptor without blocking.
+    opened = child(OPEN_SOURCE, *map(str, shards))
+    assert opened.returncode == 0, opened.stderr[-2000:]
+    assert opened.stdout.splitlines() == [line for message in expected for line in (message, message)]
     listfile = tmp_path / "list.txt"
     listfile.write_text(md5(b"x") + "\n")
     out = tmp_path / "out"
-    done = run_scanner("scan", str(shard), "--hashlist", f"md5:{listfile}", "--out", str(out), timeout=60)
+    done = scanner("scan", str(shards[3]), "--hashlist", f"md5:{listfile}", "--out", str(out))
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
-    assert f"{shard}: not a regular file ({what}): give a regular file" in done.stderr
-    # The check every local shard read goes through is made on the opened descriptor, without blocking.
-    opened = child(OPEN_INPUT, str(shard))
-    assert opened.returncode == 0, opened.stderr[-2000:]
-    assert opened.stdout.strip() == f"{shard}: not a regular file ({what}): give a regular file"
+    assert expected[3] in done.stderr
 
 
 def test_a_socket_given_as_a_shard_is_a_named_error(tmp_path):
@@ -192,7 +215,7 @@ def test_a_socket_given_as_a_shard_is_a_named_error(tmp_path):
 
 def test_stat_size_is_only_a_hint_reads_stop_at_the_cap(tmp_path):
     """/proc files say size 0 and hold more: the cap, not stat, bounds the read."""
-    from scanner.sources.storage import open_regular, read_capped
+    from scanner.regularfile import open_regular, read_capped
 
     with open_regular("/proc/self/maps") as handle:
         assert read_capped(handle, 10) is None
@@ -204,3 +227,30 @@ def test_stat_size_is_only_a_hint_reads_stop_at_the_cap(tmp_path):
         assert read_capped(handle, 100) == b"x" * 100
     with open_regular(str(small)) as handle:
         assert read_capped(handle, 99) is None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_hash_lists_configs_and_hashed_files_that_are_not_regular_files_are_named_errors(tmp_path, kind):
+    """Every other input a user names is opened the same way: a FIFO hung these, /dev/zero filled memory."""
+    special = tmp_path / "special.txt"
+    if kind == "fifo":
+        os.mkfifo(special)
+        what = "a FIFO"
+    else:
+        special.symlink_to("/dev/zero")
+        what = "a character device"
+    shard, listfile = tmp_path / "l.csv", tmp_path / "list.txt"
+    shard.write_text("url\nhttp://127.0.0.1:9/x.jpg\n")
+    listfile.write_text(md5(b"x") + "\n")
+    scan = ["scan", str(shard), "--no-fetch", "--out", str(tmp_path / "out")]
+    config = ["--hashlist", f"md5:{listfile}", "--config", str(special)]
+    cases = [
+        ([*scan, "--hashlist", f"md5:{special}"], f"{special}: cannot read the list"),
+        ([*scan, *config], f"{special}: cannot read config"),
+        (["hash", str(special)], f"{special}: cannot read: "),
+    ]
+    for args, message in cases:
+        done = scanner(*args)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert message in done.stderr
+        assert f"not a regular file ({what})" in done.stderr

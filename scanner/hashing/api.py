@@ -8,6 +8,7 @@ from scanner.errors import InputError
 from scanner.hashing.decode import DEFAULT_LIMITS, DecodeError, DecodeLimits, decode_image, open_image
 from scanner.hashing.hashers import HASH_TYPES, HASHERS, HashInput, ImageHashes
 from scanner.procguard import cpu_budget
+from scanner.regularfile import open_regular
 
 # What `scanner hash FILE` reports: every type but the dihedral set, which is a matching option.
 FILE_RECORD_TYPES = frozenset({"md5", "sha1", "sha256", "pdq", "phash", "dhash"})
@@ -57,7 +58,8 @@ def digests(data: bytes, want: frozenset[str]) -> dict[str, bytes]:
 def hash_file_record(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, object]:
     """The `scanner hash FILE` record: every hash of one local file as lower-case hex, plus its header."""
     try:
-        data = Path(path).read_bytes()
+        with open_regular(str(path)) as handle:  # never a FIFO's endless wait or /dev/zero's endless read
+            data = handle.read()
     except OSError as exc:
         raise InputError(str(path), f"cannot read: {exc.strerror or exc}") from exc
     try:

@@ -18,6 +18,7 @@ from scanner.errors import HashListError
 from scanner.lists.formats import FormatError, ListText, RawList, read_list
 from scanner.lists.hashtypes import HASH_TYPES, BadValue, HashType
 from scanner.lists.index import aligned_copy, first_occurrences
+from scanner.regularfile import open_regular
 
 ColumnT = TypeVar("ColumnT", pa.Array, pa.Table, None)
 
@@ -113,7 +114,8 @@ def load_hashlist(spec: str | ListSpec) -> HashList:
     spec = spec if isinstance(spec, ListSpec) else ListSpec.parse(spec)
     path = str(spec.path)
     try:
-        data = spec.path.read_bytes()
+        with open_regular(path) as handle:  # a FIFO or /dev/zero named as a list must not hang the scan
+            data = handle.read()
     except OSError as error:
         raise HashListError(path, f"cannot read the list: {error.strerror or error}") from None
     text = _checked_text(data, path)

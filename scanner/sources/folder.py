@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from scanner.errors import SourceError
 from scanner.hashing import sniff_format
+from scanner.regularfile import NotRegularFileError, open_regular, read_capped
 from scanner.sources.base import (
     KEY_COLUMNS,
     URL_COLUMNS,
@@ -26,7 +27,6 @@ from scanner.sources.base import (
     parse_json,
     pick_column,
 )
-from scanner.sources.storage import NotRegularFileError, open_regular, read_capped
 from scanner.sources.webdataset import IMAGE_EXTENSIONS, SIDECAR_MAX_BYTES
 
 SNIFF_BYTES = 256

@@ -1,0 +1,70 @@
+"""Opening local input files safely: only regular files are read, judged on the opened descriptor.
+
+Every file a scan reads that a user or a dataset names (shards, folder images and sidecars, hash lists,
+configs, `scanner hash` files) goes through open_regular: a FIFO would block the open forever, and a
+device such as /dev/zero, whose stat size is 0, never ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import BinaryIO
+
+# A FIFO opens at once instead of waiting for a writer; a terminal never becomes ours.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_SAFE_OPEN = os.O_RDONLY | _NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class NotRegularFileError(OSError):
+    """A path that names something other than a regular file (FIFO, device, socket, directory)."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"not a regular file ({kind})", path)
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    return next((kind for test, kind in _KINDS if test(mode)), "not a file")
+
+
+def open_regular(path: str) -> BinaryIO:
+    """Open a local file for reading only if it is a regular file, judged on the opened descriptor (no race
+    between a check and the open). A FIFO would block the open and a device or socket never ends: all are
+    NotRegularFileError, before any read. Symlinks are followed; what they point at is what is judged."""
+    try:
+        fd = os.open(path, _SAFE_OPEN)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a Unix socket, or a device with no driver behind it
+            raise NotRegularFileError(path, "a socket or device") from exc
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, file_kind(mode))
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_capped(handle: BinaryIO, cap: int) -> bytes | None:
+    """At most `cap` bytes of an opened regular file, or None when it holds more. The stat size only sizes
+    the first read: a file may grow, and /proc files say 0 whatever they hold."""
+    size = os.fstat(handle.fileno()).st_size
+    if size > cap:
+        return None
+    body = handle.read(size + 1)
+    if len(body) > size:
+        body += handle.read(cap + 1 - len(body))
+    return None if len(body) > cap else body
