@@ -99,8 +99,9 @@ def cpu_budget(seconds: float) -> Iterator[None]:
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
     limit = math.ceil(time.process_time() + seconds)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
+    for given in (soft, hard):  # a limit set outside the scanner (ulimit -t) still holds
+        if given != resource.RLIM_INFINITY:
+            limit = min(limit, given)
     resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
     try:
         yield

@@ -404,28 +404,39 @@ def test_a_decode_past_its_cpu_budget_is_decode_timeout_and_the_scan_goes_on(tmp
     assert [(m["hash_type"], m["row"]) for m in matches] == [("md5", len(IMAGES))]
 
 
-# --- item 1 on Ray: the actors -----------------------------------------------------------------------------
+# --- Ray: the actors (items 1 and 5) ------------------------------------------------------------------
+
+
+@contextmanager
+def _ray_cluster() -> Iterator[object]:
+    """A one-CPU local Ray cluster, its session files in a short directory of its own (Ray's socket paths must
+    stay under 108 bytes: tmp_path is too deep)."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install .[ray])")
+    import logging
+
+    temp_dir = tempfile.mkdtemp(prefix="ray-")
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, logging_level=logging.WARNING)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.ray
 def test_ray_actors_are_not_dumpable_and_have_no_core_limit(tmp_path):
     """A UnitWorker actor hardens its own process when it starts, before any unit (and so any body) reaches
     it: prctl(PR_GET_DUMPABLE) is 0 and the core limit 0, 0 inside it."""
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install .[ray])")
-    import logging
-
     from scanner import __version__
     from scanner.config import build_config
     from scanner.lists import Matcher, load_hashlist
-    from scanner.runners.ray import UnitWorker
 
     listfile = _list(tmp_path / "list.csv", [("md5", "0" * 32)])
     config = build_config({"inputs": [], "out": str(tmp_path / "out"), "hashlist": [str(listfile)]}, "test")
     matcher = Matcher.from_lists([load_hashlist(str(listfile))])
-    # Ray's socket paths must stay under 108 bytes: a short directory of its own, not tmp_path.
-    temp_dir = tempfile.mkdtemp(prefix="ray-")
-    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, logging_level=logging.WARNING)
-    try:
+    with _ray_cluster() as ray:
+        from scanner.runners.ray import UnitWorker
+
         actor = ray.remote(num_cpus=1)(UnitWorker).remote(config, matcher, __version__)
         inside = ray.get(
             actor.__ray_call__.remote(
@@ -436,7 +447,29 @@ def test_ray_actors_are_not_dumpable_and_have_no_core_limit(tmp_path):
             ),
             timeout=120,
         )
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
     assert inside == (0, [0, 0])
+
+
+@pytest.mark.ray
+def test_a_decode_past_its_cpu_budget_on_ray_is_decode_timeout(tmp_path, stalling):
+    """On Ray too, a stalling body costs its row (decode_timeout, digests matched), not the actor and its
+    unit: each actor hashes in a worker process of its own, under the same budget."""
+    from scanner.config import build_config
+
+    files = {"/img/0.jpg": IMAGES["/img/0.jpg"], "/stall-listed.jpg": stalling["/stall-listed.jpg"]}
+    listed = hashlib.md5(files["/stall-listed.jpg"]).hexdigest()
+    listfile = _list(tmp_path / "list.csv", [("md5", listed), ("pdq", "f" * 64)])
+    with LoopbackServer(files) as server, _ray_cluster():
+        from scanner.runners import ray as ray_runner
+
+        shard = _url_shard(tmp_path / "shard.parquet", [server.url(p) for p in files])
+        settings = {
+            "inputs": [str(shard)],
+            "out": str(tmp_path / "out"),
+            "hashlist": [str(listfile)],
+            "hashing": {"max_scans": 1_000_000, "decode_timeout": 1.0},
+            "fetch": {"allow_private_networks": True},
+            "run": {"runner": "ray", "workers": 1, "progress": False},
+        }
+        ray_runner.scan(build_config(settings, "test"))
+    assert _outcomes(tmp_path / "out") == [("clean", None), ("match", "decode_timeout")]

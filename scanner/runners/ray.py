@@ -8,16 +8,13 @@ worker's memory and never enter Ray's object store.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from scanner import __version__, nostore, procguard
@@ -27,6 +24,7 @@ from scanner.lists import Matcher
 from scanner.pipeline import Pipeline, Progress
 from scanner.planner import WorkUnit
 from scanner.reports.records import UnitReport
+from scanner.runners.local import BatchingHasher, hashing_workers
 from scanner.scan import Prepared, ScanResult, hashing_job, run_scan, unit_pipeline
 from scanner.sources import Source, SourceOptions, open_source
 
@@ -95,7 +93,12 @@ def scan(
 
 
 class UnitWorker:
-    """A Ray actor: the matcher (from the object store, once), a fetcher, a hashing thread, opened shards."""
+    """A Ray actor: the matcher (from the object store, once), a fetcher, a hashing process, opened shards.
+
+    Bodies are hashed in a worker process of the actor's own, as the local runner hashes them (body arena,
+    batches, a dead worker replaced and its body blamed alone), so a decode past hashing.decode_timeout
+    costs its row (decode_timeout), not the actor and the unit with it.
+    """
 
     def __init__(self, config: ScanConfig, matcher: Matcher, driver_version: str) -> None:
         if driver_version != __version__:
@@ -107,6 +110,7 @@ class UnitWorker:
         self._config = config
         self._matcher = matcher
         self._pipeline: Pipeline | None = None
+        self._hashing = contextlib.ExitStack()
 
     async def run_unit(self, unit: WorkUnit) -> UnitReport:
         """Check every row of one unit; the report holds outcomes and match records, never image bytes."""
@@ -118,12 +122,12 @@ class UnitWorker:
         """Close the fetcher's connections before the actor ends."""
         if self._pipeline is not None:
             await self._pipeline.stages.fetcher.aclose()
+        self._hashing.close()
 
     def _start(self) -> Pipeline:
         """Build the stages inside the actor's event loop (the fetcher's sessions belong to it)."""
-        job = hashing_job(self._config, self._matcher)
-        hashing = ThreadPoolExecutor(1, thread_name_prefix="hash")
-        hash_fn = partial(asyncio.get_running_loop().run_in_executor, hashing, job)
+        workers = self._hashing.enter_context(hashing_workers(1))
+        hash_fn = BatchingHasher(workers, hashing_job(self._config, self._matcher), 2)
         return unit_pipeline(self._config, self._matcher, OpenedSources(self._config.source), hash_fn)
 
 
