@@ -28,19 +28,26 @@ from scanner.reports.files import private_dir
 
 PARTIAL_SUFFIX = ".partial"
 _MAX_HOLDER_BYTES = 64 * 1024
+_held: set[str] = set()  # report directories this process holds (a second flock here would refuse itself)
 
 
 @contextlib.contextmanager
 def report_lock(out: str | Path, command: str) -> Iterator[Path]:
     """Hold the lock of out's local report directory (created 0700) while the block runs; yields the
-    directory. ReportDirLockedError, at once, when another process holds it."""
+    directory. ReportDirLockedError, at once, when another process holds it; re-entrant in one process."""
     directory = private_dir(local_dir(str(out)))
+    key = os.path.realpath(directory)
+    if key in _held:  # this process holds it already (a runner locks before starting its workers)
+        yield directory
+        return
     path = directory / LOCK_FILE
     fd = _acquire(path, command)
+    _held.add(key)
     try:
         _remove_stale_partials(directory)
         yield directory
     finally:
+        _held.discard(key)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)

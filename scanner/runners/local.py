@@ -22,6 +22,7 @@ from scanner.config import ScanConfig
 from scanner.errors import HashingWorkersError
 from scanner.pipeline import Progress
 from scanner.planner import WorkUnit
+from scanner.reportlock import report_lock
 from scanner.runners.arena import Arena, Span
 from scanner.runners.arena import supported as arena_supported
 from scanner.scan import Prepared, ScanResult, check_config, hashing_job, run_scan, unit_pipeline
@@ -56,7 +57,7 @@ def scan(
     """
     check_config(config)
     procguard.harden()
-    with hashing_workers(config.run.worker_count) as workers:
+    with report_lock(config.out, "scan"), hashing_workers(config.run.worker_count) as workers:
         return run_scan(config, restart, make_progress, partial(run_units, workers=workers))
 
 
