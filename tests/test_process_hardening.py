@@ -104,13 +104,6 @@ def _can_unlimit_core() -> bool:
     return hard == resource.RLIM_INFINITY or os.geteuid() == 0
 
 
-needs_unlimited_core = pytest.mark.skipif(
-    not _can_unlimit_core(),
-    reason="this process's hard core limit is already lowered (an in-process scan hardened it) and only "
-    "root can raise it: run this file alone to see the scanner lower an unlimited one",
-)
-
-
 def _env(*paths: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *map(str, paths)])}
 
@@ -175,11 +168,15 @@ def _outcomes(out: Path) -> list[tuple[str, str | None]]:
 # --- item 1: no core dumps, not dumpable ------------------------------------------------------------------
 
 
-@needs_unlimited_core
 def test_a_segfaulting_worker_leaves_no_core_file_and_every_scan_process_has_a_core_limit_of_0(tmp_path):
     """Under `ulimit -c unlimited` a hashing worker killed by SIGSEGV mid-scan dumps nothing (no core in the
     working directory or --out), the scan still finishes every row, and the main process, each worker and
     the resource tracker show "Max core file size 0 0"."""
+    if not _can_unlimit_core():
+        pytest.skip(
+            "this process's hard core limit is already lowered (an in-process scan hardened it) and only root"
+            " can raise it: run this file alone to see the scanner lower an unlimited one"
+        )
     pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
     listfile = _list(tmp_path / "list.csv", [("md5", hashlib.md5(IMAGES["/img/0.jpg"]).hexdigest())])
     with LoopbackServer(IMAGES) as server:
@@ -407,10 +404,10 @@ def test_a_decode_past_its_cpu_budget_is_decode_timeout_and_the_scan_goes_on(tmp
 # --- Ray: the actors (items 1 and 5) ------------------------------------------------------------------
 
 
-@contextmanager
-def _ray_cluster() -> Iterator[object]:
-    """A one-CPU local Ray cluster, its session files in a short directory of its own (Ray's socket paths must
-    stay under 108 bytes: tmp_path is too deep)."""
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[object]:
+    """A one-CPU local Ray cluster for this module's Ray tests, its session files in a short directory of its
+    own (Ray's socket paths must stay under 108 bytes: tmp_path is too deep)."""
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install .[ray])")
     import logging
 
@@ -424,7 +421,7 @@ def _ray_cluster() -> Iterator[object]:
 
 
 @pytest.mark.ray
-def test_ray_actors_are_not_dumpable_and_have_no_core_limit(tmp_path):
+def test_ray_actors_are_not_dumpable_and_have_no_core_limit(tmp_path, ray_cluster):
     """A UnitWorker actor hardens its own process when it starts, before any unit (and so any body) reaches
     it: prctl(PR_GET_DUMPABLE) is 0 and the core limit 0, 0 inside it."""
     from scanner import __version__
@@ -434,24 +431,25 @@ def test_ray_actors_are_not_dumpable_and_have_no_core_limit(tmp_path):
     listfile = _list(tmp_path / "list.csv", [("md5", "0" * 32)])
     config = build_config({"inputs": [], "out": str(tmp_path / "out"), "hashlist": [str(listfile)]}, "test")
     matcher = Matcher.from_lists([load_hashlist(str(listfile))])
-    with _ray_cluster() as ray:
-        from scanner.runners.ray import UnitWorker
+    from scanner.runners.ray import UnitWorker
 
-        actor = ray.remote(num_cpus=1)(UnitWorker).remote(config, matcher, __version__)
-        inside = ray.get(
-            actor.__ray_call__.remote(
-                lambda self: (
-                    ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
-                    list(resource.getrlimit(resource.RLIMIT_CORE)),
-                )
-            ),
-            timeout=120,
-        )
+    ray = ray_cluster
+    actor = ray.remote(num_cpus=1)(UnitWorker).remote(config, matcher, __version__)
+    inside = ray.get(
+        actor.__ray_call__.remote(
+            lambda self: (
+                ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
+                list(resource.getrlimit(resource.RLIMIT_CORE)),
+            )
+        ),
+        timeout=120,
+    )
+    ray.kill(actor)
     assert inside == (0, [0, 0])
 
 
 @pytest.mark.ray
-def test_a_decode_past_its_cpu_budget_on_ray_is_decode_timeout(tmp_path, stalling):
+def test_a_decode_past_its_cpu_budget_on_ray_is_decode_timeout(tmp_path, stalling, ray_cluster):
     """On Ray too, a stalling body costs its row (decode_timeout, digests matched), not the actor and its
     unit: each actor hashes in a worker process of its own, under the same budget."""
     from scanner.config import build_config
@@ -459,7 +457,7 @@ def test_a_decode_past_its_cpu_budget_on_ray_is_decode_timeout(tmp_path, stallin
     files = {"/img/0.jpg": IMAGES["/img/0.jpg"], "/stall-listed.jpg": stalling["/stall-listed.jpg"]}
     listed = hashlib.md5(files["/stall-listed.jpg"]).hexdigest()
     listfile = _list(tmp_path / "list.csv", [("md5", listed), ("pdq", "f" * 64)])
-    with LoopbackServer(files) as server, _ray_cluster():
+    with LoopbackServer(files) as server:
         from scanner.runners import ray as ray_runner
 
         shard = _url_shard(tmp_path / "shard.parquet", [server.url(p) for p in files])
