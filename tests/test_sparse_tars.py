@@ -18,6 +18,8 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_scanner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from scanner.errors import SourceError
@@ -216,3 +218,42 @@ def test_a_scan_of_a_sparse_tar_matches_the_images_after_the_sparse_members(tmp_
         (7, "g.png", "clean", None),
         (8, "h.jpg", "match", None),
     ]
+
+
+@pytest.fixture(scope="module")
+def sparse_tars(tmp_path_factory) -> dict[str, bytes]:
+    """The gnu and pax-1.0 tars of make_tar, as bytes to damage."""
+    made = {}
+    for kind in ("gnu", "pax-1.0"):
+        shard, _files = make_tar(tmp_path_factory.mktemp(kind), kind)
+        made[kind] = shard.read_bytes()
+    return made
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=st.sampled_from(["gnu", "pax-1.0"]),
+    damage=st.lists(st.tuples(st.integers(0, 12_000), st.binary(min_size=1, max_size=64)), max_size=3),
+    keep=st.integers(1, 40_000),
+)
+def test_any_damage_to_a_sparse_tar_reads_the_same_whole_or_span_by_span(
+    tmp_path, sparse_tars, kind, damage, keep
+):
+    """The headers and maps of sparse members (the first 12 KB) damaged anywhere: rows or a named error."""
+    data = bytearray(sparse_tars[kind])
+    for at, garbage in damage:
+        data[at : at + len(garbage)] = garbage
+    shard = tmp_path / "fuzz.tar"
+    shard.write_bytes(bytes(data[:keep]))
+    try:
+        whole = read(shard, 1_000_000)
+    except SourceError as exc:
+        assert "not a tar archive" in str(exc) or "compressed" in str(exc)
+        return
+
+    def full(rows):
+        return [(r.row, r.key, r.member, r.error, r.url, r.body) for r in rows]
+
+    assert [r.row for r in whole] == list(range(len(whole)))
+    assert full(read(shard, 1)) == full(whole)
+    assert all((r.body is None) == (r.error is not None) for r in whole)
