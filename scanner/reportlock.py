@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scanner.checkpoint import UNITS_DIR
-from scanner.errors import ReportDirLockedError
+from scanner.errors import OutputError, ReportDirLockedError
 from scanner.mirror import LOCK_FILE, local_dir
 from scanner.reports.files import private_dir
 
@@ -55,7 +55,7 @@ def report_lock(out: str | Path, command: str) -> Iterator[Path]:
 
 def _acquire(path: Path, command: str) -> int:
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = _open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -71,6 +71,16 @@ def _acquire(path: Path, command: str) -> int:
             _write_holder(fd, command)
             return fd
         os.close(fd)  # released and removed by its holder after we opened it: lock the new one
+
+
+def _open(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # ELOOP: a symbolic link planted there (never followed)
+        raise OutputError(
+            f"{path}: cannot open the report directory's lock file ({exc.strerror}); "
+            "remove it if it is a link or not a file, or use another --out"
+        ) from exc
 
 
 def _same_file(fd: int, path: Path) -> bool:

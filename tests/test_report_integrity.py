@@ -408,3 +408,15 @@ def test_a_units_symlink_is_refused_and_its_target_left_alone(tmp_path, finished
     line = one_error_line(run_cli(*_command_args(command, finished_scan, out), "--restart"))
     assert str(out / ".units") in line and "symbolic link" in line, line
     assert stat.S_IMODE(target.stat().st_mode) == 0o755 and (target / "keep.txt").read_text() == "mine"
+
+
+def test_a_lock_file_symlink_is_refused_and_its_target_left_alone(tmp_path, finished_scan):
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("mine")
+    target.chmod(0o644)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".scanner.lock").symlink_to(target)
+    line = one_error_line(run_cli(*_command_args("rematch", finished_scan, out)))
+    assert str(out / ".scanner.lock") in line, line  # the write guard, or the lock itself, refuses the link
+    assert target.read_text() == "mine" and stat.S_IMODE(target.stat().st_mode) == 0o644
