@@ -17,12 +17,14 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from scanner.config import build_config
+from scanner.errors import ConfigError
 from scanner.hashing import hash_image
 from scanner.outputs import prepare_dir
 from scanner.reports.files import atomic_open, private_dir
 from scanner.scan import ScanResult
 
 FORMATS = ("JPEG", "PNG", "WEBP")
+MAX_IMAGES = 10_000
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
@@ -130,6 +132,8 @@ def run_demo(out: str, images: int = 60, quiet: bool = False) -> ScanResult:
     """Build the demo inputs inside out/, serve them on loopback, and scan them with the real pipeline."""
     from scanner.cli import run_with_guard
 
+    if not 1 <= images <= MAX_IMAGES:
+        raise ConfigError(f"--images must be from 1 to {MAX_IMAGES:,}, not {images}")
     out_dir = private_dir(prepare_dir(out))
     inputs = private_dir(out_dir / "demo-input")
     routes, paths, bodies = demo_routes(max(images, 8))

@@ -250,6 +250,13 @@ def test_a_flag_out_of_range_is_one_line_naming_the_setting(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("images", ["0", "-5", "100000"])
+def test_a_demo_of_too_few_or_too_many_images_is_one_line(images: str, tmp_path: Path) -> None:
+    result = run_scanner("demo", "--images", images, "--out", "demo", "--quiet", cwd=tmp_path, timeout=60)
+    assert_one_clear_line(result, "--images must be from 1 to 10,000")
+    assert not (tmp_path / "demo").exists()
+
+
 TOML_CASES = [
     ("[run]\nworkers = -1\n", "run.workers"),
     ("[fetch]\ntotal_timeout = nan\n", "fetch.total_timeout"),
