@@ -161,7 +161,7 @@ class Rescanner:
             kinds = change_kinds(row.previous, item.outcome, item.content_changed)
             changes.extend(_change_record(row.previous, item.outcome, kind) for kind in kinds)
             counts.update(CHANGE_KINDS[kind] for kind in kinds)
-            counts.update(not_modified=item.not_modified, liveness_only=item.liveness_only)
+            counts.update(not_modified=int(item.not_modified), liveness_only=int(item.liveness_only))
         return report, changes, dict(counts)
 
     def _stored_matches(self, rows: list[StoredRow]) -> list[list[Match]]:
@@ -386,7 +386,7 @@ def _summary_sections(stored: StoredScan, checkpoint: Checkpoint, unit_ids: list
     names = [*CHANGE_KINDS.values(), "not_modified", "liveness_only"]
     changes = {
         "previous": {"out": str(stored.dir.resolve()), "finished_at": before["finished_at"]},
-        **{name: counts.get(name, 0) for name in names},
+        **{name: int(counts.get(name, 0)) for name in names},  # units before the fix counted with bools
     }
     entry = {key: before[key] for key in ("finished_at", "rows", "outcomes", "live_rate")}
     return {"changes": changes, "history": [*before.get("history", []), entry]}

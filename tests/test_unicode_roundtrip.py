@@ -10,7 +10,10 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -20,7 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from audit_support import images, write_shard
-from conftest import run_scanner
+from conftest import REPO, run_scanner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loopback import LoopbackServer
@@ -411,3 +414,74 @@ def test_a_shard_named_like_a_glob_is_that_file(tmp_path: Path, name: str) -> No
     scan(config, restart=True)
     rows = pq.read_table(tmp_path / "out" / "outcomes.parquet", columns=["shard", "url"]).to_pylist()
     assert rows == [{"shard": str(shard), "url": "http://127.0.0.1/named"}]
+
+
+LIBRARY_RUN = """
+import json, sys
+from pathlib import Path
+from scanner.config import build_config
+from scanner.rematch import rematch
+from scanner.reports.export import write_referrals
+from scanner.reports.html import write_html_report
+from scanner.reports.verify import verify_report
+from scanner.reports.writer import refresh_digests
+from scanner.rescan import rescan
+from scanner.runners.local import scan
+
+assert sys.flags.utf8_mode == 0 and sys.getfilesystemencoding() == "ascii"
+tmp, listfile = Path(sys.argv[1]), sys.argv[2]
+settings = {"fetch": {"allow_private_networks": True}, "run": {"progress": False, "workers": 1}}
+scan(build_config({"inputs": [str(tmp / "shard.parquet")], "out": str(tmp / "a"), "hashlist": [listfile],
+                   "audit": {"keep_hashes": True}, **settings}, "test"), restart=True)
+rematch([str(tmp / "a")], build_config({"out": str(tmp / "b"), "hashlist": [listfile]}, "test"))
+rescan(tmp / "a", str(tmp / "c"), (), {"run.workers": 1})
+for name in "abc":
+    write_referrals(tmp / name, "jsonl")
+    write_referrals(tmp / name, "csv")
+    write_html_report(tmp / name, show_urls=True)
+    refresh_digests(tmp / name, ["report.html"])
+    verification = verify_report(tmp / name)
+    assert verification.ok, verification
+"""
+
+
+def test_the_library_reads_and_writes_utf8_in_an_ascii_locale(tmp_path: Path) -> None:
+    """Without the CLI's UTF-8 mode (scanner used as a library, LC_ALL=C, PYTHONUTF8=0: open() defaults to
+    ASCII), a non-ASCII matched URL, key and Content-Type go through scan, rematch, rescan, export, report."""
+    body = images(1, first_seed=810)[0]
+    with LoopbackServer() as server:
+        server.files = EveryPath((body, on_the_wire("image/jpeg; x=\u2028ü")))
+        url = server.url("/ü/猫.jpg?q=\u2028é")
+        write_shard(tmp_path / "shard.parquet", {"url": [url], "key": ["cl\u2029é"]})
+        listfile = tmp_path / "list.csv"
+        listfile.write_text(f"hash_type,hash,id,category\nmd5,{hashlib.md5(body).hexdigest()},é,ü\n", "utf-8")
+        env = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+        done = subprocess.run(
+            [sys.executable, "-c", LIBRARY_RUN, str(tmp_path), f"l={listfile}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    for name in "abc":
+        [match] = read_jsonl(tmp_path / name / "matches.jsonl")
+        assert (match["url"], match["key"], match["entry_id"], match["category"]) == (
+            url,
+            "cl\u2029é",
+            "é",
+            "ü",
+        )
+        [referral] = read_jsonl(tmp_path / name / "referrals.jsonl")
+        assert (referral["url"], referral["content_type"]) == (url, "image/jpeg; x=\u2028ü")
+
+
+def test_a_rescan_of_one_unit_counts_in_integers(tmp_path: Path) -> None:
+    """Counter.update() into an empty Counter kept the unit's booleans: a one-unit rescan with nothing
+    changed wrote "not_modified": true, which the summary schema (verify, report) refuses."""
+    with built(tmp_path, ["x"]) as b:
+        scan(scan_config(b.shards / b.cases[0].shard_name, tmp_path / "a", b.listspec), restart=True)
+        result = rescan(tmp_path / "a", str(tmp_path / "b"), (), {"run.workers": 1})
+    changes = result.summary["changes"]
+    assert all(type(changes[name]) is int for name in ("not_modified", "liveness_only")), changes
+    assert verify_report(tmp_path / "b").ok
