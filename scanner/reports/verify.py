@@ -1,4 +1,5 @@
-"""scanner verify: do a scan's files still match manifest.json, and does summary.json follow its schema?"""
+"""scanner verify: do a scan's files still match manifest.json, does summary.json follow its schema, and do
+the reports agree with each other?"""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class Verification:
     def lines(self) -> list[str]:
         """A human-readable verdict, problems first."""
         verdict = (
-            f"OK: {self.checked} files match {self.out_dir / MANIFEST}; summary.json follows its schema"
+            f"OK: {self.checked} files match {self.out_dir / MANIFEST}; summary.json follows its schema; "
+            "outcomes, matches and summary agree"
             if self.ok
             else f"FAILED: {len(self.problems)} problem(s) in {self.out_dir}"
         )
@@ -56,7 +58,8 @@ class Verification:
 
 
 def verify_report(out_dir: str | Path) -> Verification:
-    """Recompute every listed file's SHA-256, then check summary.json's schema and totals against the data."""
+    """Recompute every listed file's SHA-256, then check summary.json's schema and totals against the data,
+    and the reports against each other (scanner.reports.consistency)."""
     out = Path(out_dir)
     if not out.is_dir():
         raise InputError(str(out), "not a directory")
