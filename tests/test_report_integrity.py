@@ -352,7 +352,16 @@ def _change_summary(out: Path) -> None:
     (out / "summary.json").write_text(json.dumps(summary))
 
 
+def _rows_as_text(out: Path) -> None:
+    table = pq.read_table(out / "outcomes.parquet")
+    rows = table.column("row").cast(pa.string())
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("row"), "row", rows), out / "outcomes.parquet"
+    )
+
+
 VERIFY_CASES = {
+    "row numbers as text": (_rows_as_text, "outcomes.parquet", "no row column of the outcome schema's type"),
     "a row twice": (lambda out: edit_outcomes(out, _duplicate_row), "outcomes.parquet", "row 0"),
     "a match's outcome changed": (
         lambda out: edit_outcomes(out, _swap_match_outcome),

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SHOWN = 3  # examples named per problem
+COLUMNS = {"shard": pa.string(), "row": pa.int64(), "outcome": pa.string()}
 
 
 def consistency_problems(out: Path) -> list[str]:
@@ -26,7 +27,15 @@ def consistency_problems(out: Path) -> list[str]:
     if not outcomes_path.is_file():
         return []
     try:
-        table = pq.read_table(outcomes_path, columns=["shard", "row", "outcome"])
+        schema = pq.read_schema(outcomes_path)
+        wrong = [
+            name
+            for name, kind in COLUMNS.items()
+            if name not in schema.names or schema.field(name).type != kind
+        ]
+        if wrong:
+            return [f"outcomes.parquet: no {' or '.join(wrong)} column of the outcome schema's type"]
+        table = pq.read_table(outcomes_path, columns=list(COLUMNS))
     except (OSError, pa.ArrowException) as exc:
         return [f"outcomes.parquet: unreadable ({exc})"]
     problems = _row_problems(table)
