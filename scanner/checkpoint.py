@@ -113,6 +113,8 @@ class Checkpoint:
                     f"{self.dir.parent} holds a scan with different {', '.join(changed)}; "
                     "use a new --out, or --restart to discard it"
                 )
+        elif self._marked():  # units of unknown inputs and settings: never adopted
+            raise CheckpointError(f"{path} is missing, but {self.dir} holds committed units; {RESTART}")
         else:
             write_json(path, fingerprint)
             self._publish([path])

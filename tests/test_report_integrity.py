@@ -287,11 +287,12 @@ def test_a_damaged_unit_stops_the_resume_naming_it(tmp_path, killed_scan, case):
     assert f"delete {out / '.units'}/u" in line and "--restart" in line, line
 
 
-def test_a_truncated_fingerprint_stops_the_resume_naming_it(tmp_path, killed_scan):
+@pytest.mark.parametrize("damage", [truncate, Path.unlink])
+def test_a_damaged_fingerprint_stops_the_resume_naming_it(tmp_path, killed_scan, damage):
     original, args, _ = killed_scan
     out = tmp_path / "out"
     shutil.copytree(original, out)
-    truncate(out / ".units" / "fingerprint.json")
+    damage(out / ".units" / "fingerprint.json")
     args = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
     line = one_error_line(run_cli(*args))
     assert str(out / ".units" / "fingerprint.json") in line and "--restart" in line, line
