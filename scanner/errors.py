@@ -67,7 +67,7 @@ class WriteError(ScannerError):
         self.strerror = strerror
         super().__init__(
             f"cannot write {path}: {strerror}; make room (or fix the file system), then run the same command "
-            "again: it resumes from the last finished unit"
+            "again (a scan, rematch or rescan resumes from its last finished unit)"
         )
 
     def __reduce__(self) -> tuple:
