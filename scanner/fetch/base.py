@@ -49,6 +49,12 @@ class FetchConfig:
         for name in ("max_in_flight", "max_per_host", "max_bytes", "max_url_length", "total_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"fetch.{name} must be positive")
+        for name in ("contact", "user_agent"):  # sent as a header: a CR, LF or non-ASCII would fail every row
+            text = getattr(self, name)
+            if not all(" " <= char <= "~" for char in text):
+                raise ConfigError(
+                    f"fetch.{name} must be printable ASCII (it is sent as the User-Agent), not {text!r}"
+                )
         for network in self.allowed_networks:
             try:
                 ipaddress.ip_network(network, strict=False)
