@@ -29,7 +29,7 @@ def cache_log_dir() -> Path:
 
 def internal_error_line(exc: BaseException, report_dir: Path | None) -> str:
     """Write the log (report_dir first, else the cache) and return the one line the user sees."""
-    what = f"{type(exc).__name__}: {_first_line(str(exc))}"
+    what = exception_line(exc)
     candidates = [d for d in (report_dir, cache_log_dir()) if d is not None]
     path, problem = write_log(exc, candidates)
     where = f"details in {path}" if path else f"no log written ({problem}); run with --debug to see the stack"
@@ -58,6 +58,12 @@ def _write_private(directory: Path, name: str, text: str) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
         handle.write(text)
     return path
+
+
+def exception_line(exc: BaseException) -> str:
+    """`TypeName: first line of the message`, cut to 200 characters; "(no message)" when it has none (an
+    empty message has no first line to index)."""
+    return f"{type(exc).__name__}: {_first_line(str(exc))}"
 
 
 def _first_line(message: str) -> str:

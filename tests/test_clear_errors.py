@@ -450,3 +450,14 @@ def test_debug_shows_the_stack_instead(tmp_path: Path) -> None:
     assert result.returncode == ExitCode.INTERNAL
     assert "Traceback" in result.stderr and "RuntimeError: planted failure" in result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"), [("", "(no message)"), ("\n \n", "(no message)"), ("first\nsecond", "first")]
+)
+def test_an_error_is_named_by_its_type_and_first_line_even_with_no_message(message: str, shown: str) -> None:
+    """What the last-resort line and a Ray unit's retry say of an error. An empty message has no first line:
+    `str(exc).splitlines()[0]` raised IndexError there (a RayError with no message ended the scan)."""
+    from scanner.crashlog import exception_line
+
+    assert exception_line(RuntimeError(message)) == f"RuntimeError: {shown}"

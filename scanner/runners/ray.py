@@ -19,6 +19,7 @@ from typing import Any
 
 from scanner import __version__, nostore, procguard
 from scanner.config import ScanConfig
+from scanner.crashlog import exception_line
 from scanner.errors import ConfigError, ScannerError
 from scanner.lists import Matcher
 from scanner.pipeline import Pipeline, Progress
@@ -284,7 +285,7 @@ class _Scheduler:
             self._retry(unit, str(exc.cause or exc))
             return
         except errors.RayError as exc:
-            self._retry(unit, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            self._retry(unit, exception_line(exc))
             return
         self._prepared.checkpoint.commit(report)
         for outcome in report.outcomes:
