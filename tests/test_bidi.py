@@ -150,6 +150,25 @@ def test_jsonl_export_keeps_the_exact_values_with_nothing_raw(planted_scan) -> N
     assert "\\u202e" in data and NORMAL in data  # escaped, while other scripts stay readable
 
 
+def test_the_scan_reports_escape_every_hidden_character_the_exports_do(planted_scan) -> None:
+    """One rule for hidden characters: the scan's own JSON reports (matches, evidence, summary, manifest)
+    escape every family the exports escape (zero-width, tag characters, fillers, non-ASCII spaces, bidi,
+    C0/C1), not only line separators and bidi controls, and their values read back exact."""
+    out, urls, keys = planted_scan
+    for name in ("matches.jsonl", "evidence.jsonl", "summary.json", "manifest.json"):
+        text = (out / name).read_bytes().decode("utf-8")
+        assert_nothing_hidden(text, name)
+        assert not any(safetext.is_hidden(c) for c in text.replace("\n", "")), name
+    lines = (out / "matches.jsonl").read_bytes().decode("utf-8").split("\n")
+    matches = {m["row"]: m for m in map(json.loads, filter(None, lines))}
+    exact = list(zip(urls, keys, strict=True))
+    assert [(matches[i]["url"], matches[i]["key"]) for i in range(len(urls))] == exact
+    assert {(m["entry_id"], m["category"]) for m in matches.values()} == {
+        ("E\u202e1\u200b", "cat\u2067egory\u2069")
+    }
+    assert "\\u200b" in lines[0] and NORMAL in "".join(lines)  # escaped, while other scripts stay readable
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_character_of_each_family_is_revealed(family: str) -> None:
     for char in FAMILIES[family]:

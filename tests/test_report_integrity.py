@@ -399,6 +399,31 @@ def test_verify_finds_reports_that_disagree(tmp_path, finished_scan, case):
     assert "changed:" not in done.stdout, "the digests were updated: only consistency can catch this"
 
 
+MALFORMED_MATCH_LINES = {
+    "not UTF-8": (b'{"shard": "\xff"}\n', "not valid UTF-8 (invalid start byte at byte 11)"),
+    "nested too deeply": (b"[" * 200_000 + b"]" * 200_000 + b"\n", "not JSON (nested too deeply)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_MATCH_LINES))
+def test_verify_names_a_malformed_matches_line_as_every_report_reader_does(tmp_path, finished_scan, case):
+    """verify's consistency check reads matches.jsonl with the reports' one reader (jsonl.read_lines), as
+    export does: a damaged line is a problem naming its number and what is wrong, in the same words, and a
+    line nested too deep for the JSON parser is one too, never an internal error."""
+    out = tmp_path / "scan"
+    shutil.copytree(finished_scan / "scan", out)
+    line, reason = MALFORMED_MATCH_LINES[case]
+    with open(out / "matches.jsonl", "ab") as handle:
+        handle.write(line)
+    number = (out / "matches.jsonl").read_bytes().count(b"\n")
+    redigest(out, "matches.jsonl")
+    done = run_cli("verify", str(out))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, (done.stdout, done.stderr)
+    assert f"matches.jsonl: line {number}: {reason}" in done.stdout, done.stdout
+    exported = one_error_line(run_cli("export", str(out), "--output", str(tmp_path / "referrals.csv")))
+    assert exported.endswith(f"matches.jsonl:{number}: {reason}"), exported
+
+
 # Item 11: a symbolic link inside --out is never followed.
 
 

@@ -9,12 +9,14 @@ The summary's totals against the outcome and match rows are checked by verify it
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from scanner.errors import InputError
+from scanner.reports import jsonl
 
 SHOWN = 3  # examples named per problem
 COLUMNS = {"shard": pa.string(), "row": pa.int64(), "outcome": pa.string()}
@@ -102,17 +104,17 @@ def _match_problems(table: pa.Table, matches_path: Path) -> list[str]:
 
 
 def _match_keys(path: Path) -> set[tuple[str, int]]:
-    """(shard, row) of every match record; lines are split on "\\n" only."""
+    """(shard, row) of every match record, read as every report reader reads JSON Lines (jsonl.read_lines);
+    ValueError naming the line for one that is not a match record."""
     keys = set()
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line.decode("utf-8"))
-                keys.add((record["shard"], record["row"]))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise ValueError(f"line {number} is not a match record ({exc})") from exc
+    try:
+        for number, record in jsonl.read_lines(path):
+            shard, row = record.get("shard"), record.get("row")
+            if not isinstance(shard, str) or type(row) is not int:
+                raise ValueError(f"line {number} is not a match record (needs a shard name and a row number)")
+            keys.add((shard, row))
+    except InputError as exc:
+        raise ValueError(f"line {exc.line}: {exc.message}" if exc.line else exc.message) from exc
     return keys
 
 

@@ -121,7 +121,7 @@ def _write(handle: IO[str], fmt: str, fields: list[str], records: Iterator[dict]
     else:
         for record in records:
             line = jsonl.dumps({k: record.get(k) for k in fields}, sort_keys=False, separators=(", ", ": "))
-            handle.write(safetext.escape_json(line) + "\n")  # exact values; nothing hidden shows raw
+            handle.write(line + "\n")  # exact values; nothing hidden shows raw (jsonl escapes it)
             count += 1
     return count
 

@@ -2,35 +2,35 @@
 
 Report strings come from hostile inputs (URLs, keys, member and shard names, list entries, header values).
 They stay readable UTF-8, but every character a reader or a terminal could take for something else is
-written as a \\uXXXX escape: what str.splitlines() splits on (\\x0b \\x0c \\x1c-\\x1e \\x85 U+2028 U+2029),
-the other C0 and C1 controls and DEL, the bidi controls (a line that reads differently from what it holds),
-the byte order mark and lone surrogates (no UTF-8 can carry them). json.loads reads the escapes back to the
-same strings, so values are unchanged, and files written before this (raw separators) still read.
+written as a \\uXXXX escape: every character safetext calls hidden, the one rule the exports and report.html
+follow too (safetext.is_hidden): what str.splitlines() splits on (\\x0b \\x0c \\x1c-\\x1e \\x85 U+2028
+U+2029), the other C0 and C1 controls and DEL, bidi controls, zero-width and other format characters (the
+byte order mark, tag characters), spaces other than U+0020, invisible fillers, and lone surrogates (no UTF-8
+can carry them). json.loads reads the escapes back to the same strings, so values are unchanged, and files
+written before this (raw separators, raw format characters) still read.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from scanner.errors import InputError
+from scanner.reports import safetext
 
-# json.dumps already escapes C0 controls, '"' and '\'; these are what it leaves raw with ensure_ascii=False.
-_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
 _BLANK = b" \t\r\n"
 
 
 def escape(text: str) -> str:
-    """JSON text with every unsafe character written as a \\uXXXX escape (valid only inside JSON output:
-    outside strings JSON is ASCII, so every unsafe character is inside a string)."""
-    return _UNSAFE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    """JSON text with every hidden character (safetext.is_hidden) written as a \\uXXXX escape (valid only
+    inside JSON output: outside strings JSON is ASCII, so every hidden character is inside a string)."""
+    return safetext.escape_json(text)
 
 
 def dumps(value: object, *, sort_keys: bool = True, separators: tuple[str, str] = (",", ":")) -> str:
-    """One JSON line (no newline), compact and key-sorted unless told otherwise, unsafe characters escaped."""
+    """One JSON line (no newline), compact and key-sorted unless told otherwise, hidden characters escaped."""
     return escape(json.dumps(value, sort_keys=sort_keys, ensure_ascii=False, separators=separators))
 
 
@@ -57,6 +57,8 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
                 raise InputError(str(path), reason, number) from exc
             except ValueError as exc:
                 raise InputError(str(path), f"not JSON ({exc})", number) from exc
+            except RecursionError:  # [[[[...: the C parser recurses once per level
+                raise InputError(str(path), "not JSON (nested too deeply)", number) from None
             if not isinstance(record, dict):
                 raise InputError(str(path), "not a JSON object", number)
             yield number, record
