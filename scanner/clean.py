@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from scanner import procguard
 from scanner.errors import ConfigError, InputError
 from scanner.reportlock import report_lock
 from scanner.reports.files import atomic_open, private_dir, utf8_text
@@ -87,6 +88,9 @@ def clean(
 ) -> CleanResult:
     """Write each shard into out without the rows whose outcome in the report is one of drop."""
     drop = _checked_drop(drop)
+    # A shard is a URL list, but a Parquet one may carry binary columns it does not name as images (and a
+    # shard is read whole, row group by row group): no core dump, not dumpable, before any shard is read.
+    procguard.harden()
     with report_lock(out, "clean"):
         return _clean(shards, Path(report), Path(out), drop)
 

@@ -302,8 +302,10 @@ def _hash_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
+    from scanner import procguard
     from scanner.hashing import hash_file_record
 
+    procguard.harden()  # no core dump, not dumpable, before any image file is read
     for path in args.files:
         print(json.dumps(hash_file_record(path), sort_keys=False))
     return ExitCode.OK

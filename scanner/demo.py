@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from scanner import procguard
 from scanner.config import build_config
 from scanner.errors import ConfigError
 from scanner.hashing import hash_image
@@ -134,6 +135,7 @@ def run_demo(out: str, images: int = 60, quiet: bool = False) -> ScanResult:
 
     if not 1 <= images <= MAX_IMAGES:
         raise ConfigError(f"--images must be from 1 to {MAX_IMAGES:,}, not {images}")
+    procguard.harden()  # no core dump, not dumpable, before the images it makes and serves exist
     out_dir = private_dir(prepare_dir(out))
     inputs = private_dir(out_dir / "demo-input")
     routes, paths, bodies = demo_routes(max(images, 8))

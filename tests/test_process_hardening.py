@@ -281,6 +281,69 @@ def test_every_scan_process_is_not_dumpable_and_has_no_core_limit(tmp_path):
     assert [(p["dumpable"], p["core"]) for p in seen] == [(0, [0, 0])] * len(seen), reports
 
 
+AT_FIRST_OPEN = '''
+import ctypes, json, os, resource, sys
+
+target, argv = sys.argv[1], sys.argv[2:]
+prctl = ctypes.CDLL(None, use_errno=True).prctl
+seen = []
+
+
+def hook(event, args):
+    """At the first open of a path naming `target`: this process's PR_GET_DUMPABLE and core limit."""
+    if event == "open" and not seen and isinstance(args[0], (str, bytes)) and target in os.fsdecode(args[0]):
+        seen.append({"path": os.fsdecode(args[0]), "dumpable": prctl(3, 0, 0, 0, 0),
+                     "core": list(resource.getrlimit(resource.RLIMIT_CORE))})
+
+
+sys.addaudithook(hook)
+from scanner.cli import main
+
+status = main(argv)
+print(json.dumps({"status": int(status), "seen": seen}))
+'''
+
+
+def _command_args(command: str, tmp_path: Path) -> tuple[str, list[str]]:
+    """What the command first reads (a name in the path it opens), and its arguments."""
+    if command == "hash":
+        (tmp_path / "image.jpg").write_bytes(IMAGES["/img/2.jpg"])
+        return "image.jpg", ["hash", "image.jpg"]
+    if command == "demo":
+        return "demo-NOT-REAL.csv", ["demo", "--out", "demo", "--images", "8", "--quiet"]
+    # clean: a text shard scanned without fetching, then written again without its unchecked rows
+    (tmp_path / "shard.txt").write_text("http://example.invalid/a.jpg\nhttp://example.invalid/b.jpg\n")
+    _list(tmp_path / "list.csv", [("md5", "0" * 32)])
+    scan = ["scan", "shard.txt", "--hashlist", "list.csv", "--out", "report", "--no-fetch", "--quiet"]
+    done = subprocess.run(
+        [sys.executable, "-m", "scanner", *scan], cwd=tmp_path, env=_env(), capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return "shard.txt", ["clean", "shard.txt", "--report", "report", "--out", "clean", "--drop", "unchecked"]
+
+
+@pytest.mark.parametrize("command", ["hash", "clean", "demo"])
+def test_every_command_that_holds_image_bytes_hardens_itself_before_reading_any(tmp_path, command):
+    """scanner hash (image files), clean (scanned shards, which may carry more than URLs) and demo (the
+    images it makes and serves), each a fresh process started with an unlimited core limit where allowed:
+    at the moment it first opens what it reads, it is already not dumpable and its core limit is 0, 0."""
+    target, argv = _command_args(command, tmp_path)
+    (tmp_path / "at_first_open.py").write_text(AT_FIRST_OPEN)
+    done = subprocess.run(
+        [sys.executable, "at_first_open.py", target, *argv],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=_unlimited_core if _can_unlimit_core() else None,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["status"] == 0, done.stderr
+    assert [(s["dumpable"], s["core"]) for s in report["seen"]] == [(0, [0, 0])], report
+
+
 # --- item 2: no orphans -----------------------------------------------------------------------------------
 
 
