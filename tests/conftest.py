@@ -83,3 +83,10 @@ def memory_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MemoryOut:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     return MemoryOut(f"memory://reports/{tmp_path.name}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked unlimited_core run first (in their usual order): an in-process scan hardens the pytest
+    process itself (core limit 0, the hard limit too), and without CAP_SYS_RESOURCE nothing raises a hard
+    limit again, so their children could no longer be given an unlimited core limit to prove it is lowered."""
+    items.sort(key=lambda item: item.get_closest_marker("unlimited_core") is None)

@@ -9,6 +9,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -34,7 +35,12 @@ IMAGES = {f"/img/{i}.jpg": encode(make_image(900 + i, (120, 90)), "JPEG") for i 
 WORKER = "multiprocessing.spawn"
 TRACKER = "multiprocessing.resource_tracker"
 
-pytestmark = pytest.mark.skipif(not LINUX, reason="reads /proc and uses prctl: Linux only")
+# unlimited_core: conftest.py runs these first, before an in-process scan lowers this process's core limit.
+pytestmark = [
+    pytest.mark.skipif(not LINUX, reason="reads /proc and uses prctl: Linux only"),
+    pytest.mark.unlimited_core,
+]
+CAP_SYS_RESOURCE = 24
 
 
 # --- processes, as /proc shows them -------------------------------------------------------------------
@@ -100,8 +106,13 @@ def _unlimited_core() -> None:
 
 
 def _can_unlimit_core() -> bool:
-    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
-    return hard == resource.RLIM_INFINITY or os.geteuid() == 0
+    """Whether a child of this process can be given an unlimited core limit: the hard limit is unlimited
+    still, or this process holds CAP_SYS_RESOURCE (being root is not enough: containers often drop it)."""
+    if resource.getrlimit(resource.RLIMIT_CORE)[1] == resource.RLIM_INFINITY:
+        return True
+    status = Path("/proc/self/status").read_text()
+    effective = int(re.search(r"^CapEff:\s*([0-9a-f]+)", status, re.MULTILINE).group(1), 16)
+    return bool(effective & (1 << CAP_SYS_RESOURCE))
 
 
 def _env(*paths: Path) -> dict[str, str]:
