@@ -321,12 +321,14 @@ def _report_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from scanner.reportlock import report_lock
     from scanner.reports.html import write_html_report
     from scanner.reports.writer import refresh_digests
 
     outputs.check_dir(args.dir, "DIR", must_exist=True)
-    path = write_html_report(args.dir, show_urls=args.show_urls)
-    refresh_digests(args.dir, [path.name])
+    with report_lock(args.dir, "report"):  # rewrites report.html and manifest.json: no other writer there
+        path = write_html_report(args.dir, show_urls=args.show_urls)
+        refresh_digests(args.dir, [path.name])
     print(f"report: {path}")
     if note := stale_signature_note(args.dir):
         print(note)
@@ -341,13 +343,17 @@ def _export_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from scanner.reportlock import lock_if_writing_into
     from scanner.reports.export import write_referrals
 
     if args.output:
         outputs.check_file(args.output, "--output")
     else:
         outputs.check_dir(args.dir, "DIR", must_exist=True)
-    path, count = write_referrals(args.dir, args.format, with_captions=args.with_captions, output=args.output)
+    with lock_if_writing_into(args.dir, args.output or None, "export"):
+        path, count = write_referrals(
+            args.dir, args.format, with_captions=args.with_captions, output=args.output
+        )
     print(f"{count} referral rows: {path}")
     return ExitCode.OK
 

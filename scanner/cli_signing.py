@@ -43,18 +43,20 @@ def _sign_args(sub: argparse.ArgumentParser) -> None:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """Sign only a directory that verifies: a signature vouches for files that match their manifest."""
+    from scanner.reportlock import report_lock
     from scanner.reports.signing import load_private_key, sign_report
     from scanner.reports.verify import verify_report
 
     outputs.check_dir(args.dir, "DIR", must_exist=True)
     load_private_key(args.key)  # a bad key is reported before the directory is read
-    result = verify_report(args.dir)
-    if not result.ok:
-        for line in result.lines():
-            print(line)
-        print(f"not signed: {args.dir} does not match its manifest (see above)")
-        return ExitCode.ERROR
-    signed = sign_report(args.dir, args.key)
+    with report_lock(args.dir, "sign"):  # nothing may change between the check and the signature
+        result = verify_report(args.dir)
+        if not result.ok:
+            for line in result.lines():
+                print(line)
+            print(f"not signed: {args.dir} does not match its manifest (see above)")
+            return ExitCode.ERROR
+        signed = sign_report(args.dir, args.key)
     print(f"signed: {signed.signature} (key {signed.fingerprint})")
     public = f"{args.key}.pub" if os.path.isfile(f"{args.key}.pub") else "PUBLIC_KEY"
     print(f"check it with: scanner verify {args.dir} --public-key {public}")

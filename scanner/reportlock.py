@@ -1,5 +1,5 @@
 """One command at a time in a report directory: an advisory lock held for a scan's, rematch's, rescan's or
-clean's whole life.
+clean's whole life, and while report, sign or export (into the directory) write there.
 
 The lock is flock(2) on a file inside the directory (for an fsspec --out, inside its local staging
 directory), so the kernel releases it when the holder dies however it dies: a SIGKILLed scan leaves at most a
@@ -51,6 +51,19 @@ def report_lock(out: str | Path, command: str) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+
+
+def lock_if_writing_into(
+    directory: str | Path, target: str | Path | None, command: str
+) -> contextlib.AbstractContextManager[Path]:
+    """report_lock(directory) when `target` (a file the command writes; None: its default, inside the
+    directory) is in the report directory or below it, links resolved; else a context that holds nothing
+    (a command that only reads the reports and writes elsewhere takes no lock)."""
+    if target is not None:
+        folder = Path(target).absolute().parent.resolve()
+        if not folder.is_relative_to(Path(directory).resolve()):
+            return contextlib.nullcontext(Path(directory))
+    return report_lock(directory, command)
 
 
 def _acquire(path: Path, command: str) -> int:

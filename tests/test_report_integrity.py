@@ -179,6 +179,79 @@ def test_every_writing_command_is_refused_while_another_holds_out(tmp_path, fini
         holder.wait()
 
 
+def _report_writer_args(command: str, out: Path, key: Path) -> list[str]:
+    """A command that writes into a finished report directory (not a scan's --out)."""
+    if command == "report":
+        return ["report", str(out)]
+    if command == "export":
+        return ["export", str(out), "--format", "jsonl"]  # DIR/referrals.jsonl
+    return ["sign", str(out), "--key", str(key)]
+
+
+def _written_state(out: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["report", "export", "sign"])
+def test_report_export_and_sign_are_refused_while_another_holds_the_directory(
+    tmp_path, finished_scan, command
+):
+    """report (report.html, manifest.json), export into DIR (referrals) and sign (manifest.json.sig) write
+    into a report directory: a second writer holding it stops them at once, naming its pid, with nothing
+    written; once it is gone they run and leave no lock behind. An export written elsewhere only reads: it is
+    never refused."""
+    from scanner.reports.signing import generate_keypair
+
+    out = tmp_path / "scan"
+    shutil.copytree(finished_scan / "scan", out)
+    key = generate_keypair(tmp_path / "key")[0]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], env=scanner_env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        before = _written_state(out)
+        args = _report_writer_args(command, out, key)
+        line = one_error_line(run_cli(*args))
+        assert LOCKED.format(pid=holder.pid) in line and str(out) in line, line
+        assert _written_state(out) == before, "nothing was written"
+        if command == "export":
+            elsewhere = run_cli("export", str(out), "--output", str(tmp_path / "referrals.csv"))
+            assert elsewhere.returncode == 0, elsewhere.stderr
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        done = run_cli(*args)
+        assert done.returncode == 0, done.stderr
+        assert not (out / ".scanner.lock").exists()
+        assert _written_state(out) != before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_running_scan_refuses_report_export_and_sign_in_its_directory(tmp_path, slow_server):
+    """While a scan writes its --out, report, export and sign into it each stop at once naming the scan."""
+    from scanner.reports.signing import generate_keypair
+
+    key = generate_keypair(tmp_path / "key")[0]
+    args = slow_scan_args(tmp_path, slow_server, 2)  # 12 s: longer than the three refusals take
+    scan = subprocess.Popen(
+        scanner_command(*args), env=scanner_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: slow_server.total_hits > 0)
+        for command in ("report", "export", "sign"):
+            line = one_error_line(run_cli(*_report_writer_args(command, tmp_path / "out", key)))
+            assert LOCKED.format(pid=scan.pid) in line and "scan" in line, (command, line)
+        assert scan.poll() is None, "the scan was still running when they were refused"
+        assert scan.wait(timeout=120) == 0, scan.stderr.read() if scan.stderr else ""
+    finally:
+        scan.kill()
+        scan.wait()
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "referrals.jsonl" not in written and "manifest.json.sig" not in written, written
+
+
 def _command_args(command: str, finished: Path, out: Path) -> list[str]:
     listed = str(finished / "md5.txt")
     if command == "scan":
