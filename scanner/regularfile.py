@@ -8,9 +8,10 @@ device such as /dev/zero, whose stat size is 0, never ends.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 # A FIFO opens at once instead of waiting for a writer; a terminal never becomes ours.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -50,12 +51,29 @@ def open_regular(path: str) -> BinaryIO:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(path, file_kind(mode))
-        if _NONBLOCK:
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        # The descriptor stays non-blocking: storage ignores it, and a pseudo-file that is regular by stat
+        # but waits on a read (/proc/kmsg, tracefs trace_pipe) is an error, not a scan hung forever.
+        raw = _NoWaitFile(fd, "rb", closefd=True)
     except BaseException:
         os.close(fd)
         raise
+    return io.BufferedReader(raw)
+
+
+class _NoWaitFile(io.FileIO):
+    """A FileIO whose read that would wait raises BlockingIOError (an OSError) instead of returning None."""
+
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        if count is None:
+            raise BlockingIOError(errno.EAGAIN, "reading it would wait: not a file on storage", self.name)
+        return count
+
+    def readall(self) -> bytes:
+        data = super().readall()
+        if data is None:
+            raise BlockingIOError(errno.EAGAIN, "reading it would wait: not a file on storage", self.name)
+        return data
 
 
 def read_capped(handle: BinaryIO, cap: int) -> bytes | None:

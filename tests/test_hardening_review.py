@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import stat
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -52,3 +56,72 @@ def test_a_user_agent_that_no_header_can_carry_is_a_setting_error_before_any_req
         assert "printable ASCII" in result.stderr
         assert server.total_hits == 0
         assert not out.exists()
+
+
+def _waiting_regular_file() -> str:
+    """A file that is regular by stat but whose read waits (here /proc/kmsg: root only), or skip."""
+    path = "/proc/kmsg"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        pytest.skip("no readable /proc/kmsg (a regular file whose read waits) on this machine")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            pytest.skip("/proc/kmsg is not a regular file here")
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_a_regular_file_whose_read_waits_is_a_row_or_a_named_error_not_a_hang(
+    scanner_cli: ScannerCli, tmp_path: Path
+) -> None:
+    """Before: open_regular made the descriptor blocking again, so an image, sidecar or shard symlinked to a
+    pseudo-file such as /proc/kmsg (S_ISREG, size 0) hung the scan forever at planning."""
+    waiting = _waiting_regular_file()
+    jpeg = _jpeg()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg)
+    (folder / "a.json").symlink_to(waiting)  # a sidecar
+    (folder / "k.jpg").symlink_to(waiting)  # an image
+    hashes = tmp_path / "md5.txt"
+    hashes.write_text(hashlib.md5(jpeg).hexdigest() + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = scanner_cli(
+        "scan",
+        str(folder),
+        "--hashlist",
+        str(hashes),
+        "--out",
+        str(out),
+        "--quiet",
+        "--workers",
+        "1",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {row["member"]: row for row in pq.read_table(out / "outcomes.parquet").to_pylist()}
+    assert rows["a.jpg"]["outcome"] == "match"
+    assert rows["k.jpg"]["outcome"] == "invalid"
+    for name in ("waiting.csv", "waiting.txt", "waiting.jsonl"):
+        shard = tmp_path / name
+        shard.symlink_to(waiting)
+        result = scanner_cli(
+            "scan",
+            str(shard),
+            "--hashlist",
+            str(hashes),
+            "--out",
+            str(tmp_path / f"out-{name}"),
+            "--quiet",
+            timeout=120,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+        assert name in result.stderr
+    listed = ["--hashlist", str(tmp_path / "waiting.txt"), "--out", str(tmp_path / "out-list")]
+    for args in (["hash", str(folder / "k.jpg")], ["scan", str(folder), *listed]):
+        result = scanner_cli(*args, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr

@@ -32,7 +32,13 @@ class LineFeed:
         self.line = line
 
     def __iter__(self) -> Iterator[str]:
-        for raw in self._handle:
+        while True:
+            try:
+                raw = self._handle.readline()
+            except OSError as exc:  # an I/O error, or a pseudo-file whose read would wait forever
+                raise SourceError(self.path, f"read failed ({exc.strerror or exc})", self.line + 1) from exc
+            if not raw:
+                return
             first = self.offset == 0
             self.line += 1
             self.offset += len(raw)
