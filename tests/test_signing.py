@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -218,12 +219,26 @@ def _fifo(directory: Path) -> Path:
     return directory / "fifo"
 
 
+def _socket(directory: Path) -> Path:
+    """A Unix socket (bound by a relative name: a socket path must stay under 108 bytes)."""
+    cwd = os.getcwd()
+    with socket.socket(socket.AF_UNIX) as server:
+        os.chdir(directory)
+        try:
+            server.bind("socket")
+        finally:
+            os.chdir(cwd)
+    return directory / "socket"
+
+
 BAD_KEYS = {  # (command, key file maker, what the one line says)
     "sign_missing_file": ("sign", lambda d, k: d / "absent", "no such key file"),
     "sign_directory": ("sign", lambda d, k: d, "is a directory"),
     "sign_not_pem": ("sign", lambda d, k: _text(d, "notes.txt", b"just some text\n"), "not a PEM key file"),
     "sign_der": ("sign", _der, "not a PEM key file"),
-    "sign_fifo": ("sign", lambda d, k: _fifo(d), "not a regular file"),
+    "sign_fifo": ("sign", lambda d, k: _fifo(d), "not a regular file (a FIFO)"),
+    "sign_socket": ("sign", lambda d, k: _socket(d), "not a regular file (a socket or device)"),
+    "sign_device": ("sign", lambda d, k: Path("/dev/zero"), "not a regular file (a character device)"),
     "sign_rsa": ("sign", lambda d, k: _rsa_pem(d, True), "RSA key, not Ed25519"),
     "sign_ec": ("sign", lambda d, k: _ec_pem(d, True), "not Ed25519"),
     "sign_public_key": ("sign", lambda d, k: k / "signer.pub", "holds a public key"),
@@ -236,6 +251,7 @@ BAD_KEYS = {  # (command, key file maker, what the one line says)
     "verify_missing_file": ("verify", lambda d, k: d / "absent.pub", "no such key file"),
     "verify_not_pem": ("verify", lambda d, k: _text(d, "x.pub", b"\x00\x01binary"), "not a PEM key file"),
     "verify_rsa": ("verify", lambda d, k: _rsa_pem(d, False), "RSA key, not Ed25519"),
+    "verify_socket": ("verify", lambda d, k: _socket(d), "not a regular file (a socket or device)"),
     "verify_private_key": ("verify", lambda d, k: k / "signer", "holds a private key"),
 }
 

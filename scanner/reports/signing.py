@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from scanner.errors import ScannerError
+from scanner.regularfile import NotRegularFileError, open_regular
 from scanner.reports.files import FILE_MODE, atomic_open, write_json
 from scanner.reports.verify import MANIFEST, SIGNATURE
 
@@ -159,18 +160,18 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
 
 
 def _read_key_file(path: str | Path) -> tuple[bytes, int]:
-    """The key file's bytes (bounded) and its mode; only a regular file is read."""
+    """The key file's bytes (bounded) and its mode; only a regular file is read (regularfile.open_regular, as
+    for every input: a FIFO, device or socket named as the key is refused before any read)."""
     try:
-        # non-blocking, so a FIFO named as the key cannot hang the command before the check below refuses it
-        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+        with open_regular(os.fspath(path)) as handle:
             info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise KeyFileError(path, "not a regular file; pass the key file itself")
             data = handle.read(MAX_KEY_BYTES + 1)
     except FileNotFoundError as exc:
         raise KeyFileError(path, "no such key file") from exc
-    except IsADirectoryError as exc:
-        raise KeyFileError(path, "is a directory; pass the key file itself") from exc
+    except NotRegularFileError as exc:
+        if exc.kind == "a directory":
+            raise KeyFileError(path, "is a directory; pass the key file itself") from exc
+        raise KeyFileError(path, f"not a regular file ({exc.kind}); pass the key file itself") from exc
     except OSError as exc:
         raise KeyFileError(path, f"cannot read ({exc.strerror})") from exc
     if len(data) > MAX_KEY_BYTES:
