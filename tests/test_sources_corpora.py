@@ -16,22 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from source_support import image_bytes
 
 from scanner.errors import SourceError
 from scanner.sources import SourceOptions, expand_inputs, open_source
 from scanner.sources.storage import input_signature
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def image_bytes(seed: int, fmt: str = "JPEG") -> bytes:
-    """A small, distinct image encoded in memory."""
-    image = Image.new("RGB", (24, 16), (seed * 37 % 256, seed * 91 % 256, seed * 13 % 256))
-    image.putpixel((seed % 24, seed % 16), (255, 255, 255))
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -7,7 +7,6 @@ regression fails the test in seconds instead of hanging it or filling the machin
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import resource
@@ -18,7 +17,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
-from PIL import Image
+from source_support import image_bytes
 
 MiB = 1024 * 1024
 CHILD_MEMORY = 4096 * MiB
@@ -57,14 +56,6 @@ for path in sys.argv[1:]:
         except SourceError as exc:
             print(exc)
 """
-
-
-def image_bytes(seed: int, fmt: str = "JPEG") -> bytes:
-    image = Image.new("RGB", (24, 16), (seed * 37 % 256, seed * 91 % 256, seed * 13 % 256))
-    image.putpixel((seed % 24, seed % 16), (255, 255, 255))
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def md5(data: bytes) -> str:
