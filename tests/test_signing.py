@@ -256,6 +256,27 @@ BAD_KEYS = {  # (command, key file maker, what the one line says)
 }
 
 
+@pytest.mark.parametrize(
+    ("planted", "command", "key"),
+    [
+        ("manifest.json", "verify", ()),
+        ("manifest.json", "verify", ("--public-key", "signer.pub")),
+        ("manifest.json.sig", "verify", ("--public-key", "signer.pub")),
+        ("manifest.json", "sign", ("--key", "signer")),
+    ],
+)
+def test_a_fifo_planted_as_the_manifest_or_its_signature_is_named_not_waited_on(
+    signed: Path, keys: Path, planted: str, command: str, key: tuple[str, ...]
+) -> None:
+    """A report directory from elsewhere may hold a FIFO where manifest.json or manifest.json.sig goes: verify
+    (with or without --public-key) and sign open them as every input is opened (regularfile.open_regular)
+    and say so in one line, instead of waiting forever for a writer."""
+    (signed / planted).unlink()
+    os.mkfifo(signed / planted, 0o600)
+    line = failure(cli(command, str(signed), *(key and (key[0], str(keys / key[1])))))
+    assert f"{signed / planted}: not a regular file (a FIFO)" in line, line
+
+
 @pytest.mark.parametrize("case", list(BAD_KEYS))
 def test_each_unusable_key_file_is_a_one_line_error(
     signed: Path, keys: Path, tmp_path: Path, case: str

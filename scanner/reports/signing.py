@@ -256,9 +256,12 @@ def _read_manifest(out: Path) -> bytes:
     if not out.is_dir():
         raise SignatureError(out, "not a directory; pass a finished scan's report directory")
     try:
-        return path.read_bytes()
+        with open_regular(str(path)) as handle:  # a FIFO planted as the manifest would hang a plain read
+            return handle.read()
     except FileNotFoundError as exc:
         raise SignatureError(path, "no such file; is this a finished scan's directory?") from exc
+    except NotRegularFileError as exc:
+        raise SignatureError(path, f"not a regular file ({exc.kind})") from exc
     except OSError as exc:
         raise SignatureError(path, f"cannot read ({exc.strerror})") from exc
 
@@ -266,12 +269,14 @@ def _read_manifest(out: Path) -> bytes:
 def _read_signature(out: Path) -> dict:
     path = out / SIGNATURE
     try:
-        with open(path, "rb") as handle:
+        with open_regular(str(path)) as handle:
             data = handle.read(MAX_KEY_BYTES + 1)
     except FileNotFoundError as exc:
         raise SignatureError(
             path, "no signature: this directory was never signed (scanner sign DIR --key KEY)"
         ) from exc
+    except NotRegularFileError as exc:
+        raise SignatureError(path, f"not a regular file ({exc.kind})") from exc
     except OSError as exc:
         raise SignatureError(path, f"cannot read ({exc.strerror})") from exc
     try:

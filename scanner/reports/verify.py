@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
+from scanner.regularfile import NotRegularFileError, open_regular
 from scanner.reports.consistency import consistency_problems
 from scanner.reports.files import sha256_file
 
@@ -78,10 +79,13 @@ def verify_report(out_dir: str | Path) -> Verification:
 def _listed_files(out: Path, result: Verification) -> dict[str, str]:
     """The manifest's {name: sha256}; malformed entries (a name with a path, a bad digest) are problems."""
     try:
-        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        with open_regular(str(out / MANIFEST)) as handle:  # a FIFO planted there would hang a plain read
+            manifest = json.loads(handle.read().decode("utf-8"))
+    except NotRegularFileError as exc:
+        raise InputError(str(out / MANIFEST), f"not a regular file ({exc.kind})") from exc
     except OSError as exc:
         raise InputError(str(out / MANIFEST), f"cannot read ({exc.strerror})") from exc
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InputError(str(out / MANIFEST), f"not valid JSON ({exc})") from exc
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or not files:
