@@ -9,18 +9,20 @@ missing or swapped unit file stops the run with its name, never a traceback and 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 import pyarrow.parquet as pq
 
 from scanner.errors import CheckpointError, ResumeError
 from scanner.mirror import Mirror, local_dir
+from scanner.regularfile import open_regular
 from scanner.reports.files import DIR_MODE, atomic_open, private_dir, sha256_file, write_json, write_jsonl
 from scanner.reports.hashes import write_unit_hashes
 from scanner.reports.records import UnitReport, outcomes_table
@@ -31,6 +33,7 @@ COMPLETE = "complete"
 DONE_SUFFIX = ".done.json"
 OUTCOMES_SUFFIX = ".outcomes.parquet"
 MARKER = re.compile(r"u(\d{6})\.done\.json")
+MAX_JSON_BYTES = 256 << 20  # a fingerprint or done marker: far more than any scan writes
 RESTART = "run the same command with --restart to start over"
 
 
@@ -67,7 +70,7 @@ def finished_summary(out: Path) -> dict:
     """summary.json of a run that completed in out (its checkpoint sealed)."""
     path = out / "summary.json"
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = _load_json(path)
     except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: the finished run's summary is unreadable ({_why(exc)}); {RESTART}"
@@ -197,8 +200,9 @@ class Checkpoint:
     def _check_digest(self, unit_id: int, path: Path, expected: str) -> None:
         if os.path.islink(path):
             self._damaged(unit_id, path, "is a symbolic link, not a file the unit wrote")
-        try:
-            actual = sha256_file(path)
+        try:  # never through a link, a FIFO (whose open would wait) or a device (whose read never ends)
+            with open_regular(path, follow_links=False) as handle:
+                actual = _sha256(handle)
         except FileNotFoundError:
             self._damaged(unit_id, path, "is missing")
         except OSError as exc:
@@ -215,7 +219,7 @@ class Checkpoint:
     def _read_json(self, path: Path, problem: str) -> dict:
         """A checkpoint JSON object; CheckpointError naming path (problem has a {} for the cause)."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = _load_json(path)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: {problem.format(_why(exc))}") from exc
         if not isinstance(data, dict):
@@ -248,6 +252,23 @@ class Checkpoint:
             self.mirror.push(self.dir / COMPLETE)
             for path in merged:
                 self.mirror.remove(path)
+
+
+def _load_json(path: Path) -> object:
+    """A JSON file the scanner wrote in --out, never read through a link, a FIFO or a device (a done marker
+    linked to /dev/zero filled memory), nor past MAX_JSON_BYTES."""
+    with open_regular(path, follow_links=False) as handle:
+        raw = handle.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ValueError(f"over {MAX_JSON_BYTES:,} bytes")
+    return json.loads(raw.decode("utf-8"))
+
+
+def _sha256(handle: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _why(exc: BaseException) -> str:

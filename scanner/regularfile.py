@@ -37,20 +37,24 @@ def file_kind(mode: int) -> str:
     return next((kind for test, kind in _KINDS if test(mode)), "not a file")
 
 
-def open_regular(path: str) -> BinaryIO:
+def open_regular(path: str | os.PathLike[str], *, follow_links: bool = True) -> BinaryIO:
     """Open a local file for reading only if it is a regular file, judged on the opened descriptor (no race
     between a check and the open). A FIFO would block the open and a device or socket never ends: all are
-    NotRegularFileError, before any read. Symlinks are followed; what they point at is what is judged."""
+    NotRegularFileError, before any read. Symlinks are followed (what they point at is what is judged), or
+    with follow_links=False are NotRegularFileError themselves (the scanner's own files in --out)."""
+    nofollow = 0 if follow_links else getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, _SAFE_OPEN)
+        fd = os.open(path, _SAFE_OPEN | nofollow)
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # a Unix socket, or a device with no driver behind it
-            raise NotRegularFileError(path, "a socket or device") from exc
+            raise NotRegularFileError(str(path), "a socket or device") from exc
+        if nofollow and exc.errno == errno.ELOOP and os.path.islink(path):
+            raise NotRegularFileError(str(path), "a symbolic link") from exc
         raise
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotRegularFileError(path, file_kind(mode))
+            raise NotRegularFileError(str(path), file_kind(mode))
         # The descriptor stays non-blocking: storage ignores it, and a pseudo-file that is regular by stat
         # but waits on a read (/proc/kmsg, tracefs trace_pipe) is an error, not a scan hung forever.
         raw = _NoWaitFile(fd, "rb", closefd=True)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.conftest import ScannerCli
+from tests.conftest import REPO, ScannerCli
 from tests.loopback import LoopbackServer
 
 
@@ -125,3 +130,57 @@ def test_a_regular_file_whose_read_waits_is_a_row_or_a_named_error_not_a_hang(
         result = scanner_cli(*args, timeout=120)
         assert result.returncode == 1, result.stderr
         assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_a_fifo_device_or_link_in_the_checkpoint_is_a_named_error_not_a_hang(tmp_path: Path) -> None:
+    """Before: a FIFO planted as a done marker, a unit file or the fingerprint hung the resume forever (the
+    digest check opened it), a done marker or fingerprint linked to /dev/zero was read until the OOM killer,
+    and one linked to a copy of itself was followed."""
+    jpeg = _jpeg()
+    with LoopbackServer({"/a.jpg": jpeg}) as server:
+        shard = tmp_path / "urls.csv"
+        fast = [server.url(f"/a.jpg?n={i}") for i in range(4)]
+        slow = [server.url(f"/slow?seconds=60&n={i}") for i in range(4)]
+        shard.write_text("url\n" + "\n".join(fast + slow) + "\n", encoding="utf-8")
+        hashes = tmp_path / "md5.txt"
+        hashes.write_text(hashlib.md5(jpeg).hexdigest() + "\n", encoding="utf-8")
+        out = tmp_path / "out"
+        args = [sys.executable, "-m", "scanner", "scan", str(shard), "--hashlist", str(hashes), "--quiet"]
+        args += ["--allow-private-networks", "--workers", "1", "--rows-per-unit", "4", "--out"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        scan = subprocess.Popen([*args, str(out)], env=env, start_new_session=True, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 120
+            while not (out / ".units" / "u000000.done.json").exists():
+                assert time.monotonic() < deadline and scan.poll() is None, "unit 0 was never committed"
+                time.sleep(0.1)
+        finally:
+            os.killpg(scan.pid, signal.SIGKILL)
+            scan.wait()
+        damages = {
+            "fifo-marker": ("u000000.done.json", "fifo"),
+            "fifo-unit-file": ("u000000.matches.jsonl", "fifo"),
+            "fifo-fingerprint": ("fingerprint.json", "fifo"),
+            "linked-marker": ("u000000.done.json", "link"),
+            "linked-fingerprint": ("fingerprint.json", "link"),
+        }
+        for name, (target, kind) in damages.items():
+            damaged = tmp_path / name
+            shutil.copytree(out, damaged, symlinks=True)
+            path = damaged / ".units" / target
+            if kind == "fifo":
+                path.unlink()
+                os.mkfifo(path)
+            else:
+                kept = tmp_path / f"{name}-{target}"
+                path.rename(kept)
+                path.symlink_to(kept)
+            result = subprocess.run(
+                [*args, str(damaged)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+            )
+            assert result.returncode == 1, (name, result.stderr)
+            assert "Traceback" not in result.stderr, name
+            assert str(path) in result.stderr and "--restart" in result.stderr, (name, result.stderr)
+        assert (
+            server.hits("/slow") == 4
+        )  # only the interrupted scan asked for them: each resume stopped first
