@@ -29,15 +29,15 @@ import pyarrow.parquet as pq
 
 from scanner import procguard
 from scanner.errors import ConfigError, InputError
+from scanner.outcomes import OUTCOMES, Outcome
 from scanner.reportlock import report_lock
 from scanner.reports.files import atomic_open, private_dir, utf8_text
-from scanner.reports.records import OUTCOMES
 from scanner.sources import expand_inputs
 from scanner.sources.storage import input_signature, is_remote
 from scanner.sources.text import LineFeed
 from scanner.urlnorm import normalise_url
 
-DEFAULT_DROP = ("match",)
+DEFAULT_DROP = (Outcome.MATCH,)
 LINE_KINDS = ("jsonl", "txt")  # one row a line (a JSONL blank line is no row)
 DELIMITERS = {"csv": ",", "tsv": "\t"}  # a header, then one row a record (a blank line is no row)
 REMOVED_FILE = "removed.parquet"

@@ -15,8 +15,7 @@ from scanner.cli_signing import SIGNING_COMMANDS, add_verify_args, stale_signatu
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
 from scanner.exitcodes import ExitCode
-
-CORE_OUTCOMES = ("match", "clean", "dead", "invalid", "blocked")
+from scanner.outcomes import REQUIRED_OUTCOMES
 
 SCAN_FLAGS: list[tuple[str, str, dict]] = [
     ("--url-col", "source.url_col", {"help": "URL column (default: URL or url)"}),
@@ -271,7 +270,7 @@ def print_summary(result) -> None:
     """One screen: where the reports are, the outcome counts and the matches by list."""
     s = result.summary
     print(f"scanned {s['rows']} rows in {s['duration_seconds']:.1f}s ({s['rows_per_second']:.0f} rows/s)")
-    shown = {k: v for k, v in s["outcomes"].items() if v or k in CORE_OUTCOMES}
+    shown = {k: v for k, v in s["outcomes"].items() if v or k in REQUIRED_OUTCOMES}
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     print(f"live rate: {100 * s['live_rate']:.1f}%")
     matches = s["matches"]

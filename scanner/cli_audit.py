@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scanner.exitcodes import ExitCode
+from scanner.outcomes import Outcome
 from scanner.outputs import guard_writes
 
 
@@ -116,7 +117,9 @@ def _clean_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--out", required=True, metavar="CLEAN_DIR", help="where the clean shards go (created 0700)"
     )
-    sub.add_argument("--drop", default="match", help="outcomes to remove, comma-separated (default: match)")
+    sub.add_argument(
+        "--drop", default=Outcome.MATCH, help="outcomes to remove, comma-separated (default: match)"
+    )
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

@@ -11,9 +11,10 @@ from scanner.errors import SourceError
 from scanner.fetch import Fetcher, FetchResult
 from scanner.hashing import ImageHashes
 from scanner.lists import Match, Matcher, Query
+from scanner.outcomes import FetchOutcome, FetchReason, Outcome, SourceReason
 from scanner.planner import WorkUnit
 from scanner.reports.hashes import hash_record
-from scanner.reports.records import UNREADABLE, Outcome, UnitReport
+from scanner.reports.records import RowResult, UnitReport
 from scanner.screen import AuditConfig, Screen, Screened, content_changed
 from scanner.sources import Row, Source
 
@@ -26,7 +27,7 @@ MATCH_BATCH = 256
 class Progress:
     """Receives per-row and per-unit events; the default ignores them."""
 
-    def row_done(self, outcome: str) -> None:
+    def row_done(self, outcome: Outcome) -> None:
         """A row finished fetching and hashing (its final outcome may still become match)."""
 
     def matched(self, rows: int) -> None:
@@ -53,7 +54,7 @@ class Stages:
 class _Checked:
     """A row after fetching and hashing, waiting for its batched match."""
 
-    outcome: Outcome
+    result: RowResult
     query: Query | None = None
     fetch: FetchResult | None = None
     hashes: ImageHashes | None = None
@@ -116,8 +117,10 @@ class Pipeline:
 
     def _unreadable(self, shard: str, row: int) -> _Checked:
         """A row the shard could not give back (corrupt data): still exactly one outcome."""
-        self._progress.row_done("invalid")
-        return _Checked(Outcome(shard, row, None, None, "invalid", reason=UNREADABLE))
+        self._progress.row_done(Outcome.INVALID)
+        return _Checked(
+            RowResult(shard, row, None, None, Outcome.INVALID, reason=SourceReason.UNREADABLE_SHARD)
+        )
 
     async def _check(self, row: Row, screened: Screened, matching: _BatchMatching) -> _Checked:
         try:
@@ -126,61 +129,64 @@ class Pipeline:
             self._slots.release()
         if checked.query is not None:
             matching.add(checked)
-        self._progress.row_done(checked.outcome.outcome)
+        self._progress.row_done(checked.result.outcome)
         return checked
 
     async def _fetch_and_hash(self, row: Row, screened: Screened) -> _Checked:
         # A URL too long to fetch is reported cut to the limit: hostile rows cannot inflate memory or reports.
         url = row.url[: self._max_url_length] if row.url else row.url
-        outcome = Outcome(row.shard, row.row, url, row.key, "invalid", member=row.member)
+        row_result = RowResult(row.shard, row.row, url, row.key, Outcome.INVALID, member=row.member)
         if row.error is not None:
-            outcome.reason = row.error
-            return _Checked(outcome)
+            row_result.reason = row.error
+            return _Checked(row_result)
         if screened.matches:
-            return _Checked(outcome, matches=screened.matches)  # never fetched
+            return _Checked(row_result, matches=screened.matches)  # never fetched
         if row.body is not None:
-            return await self._hash(outcome, row.body, None, screened)
+            return await self._hash(row_result, row.body, None, screened)
         if row.url is None:
-            outcome.reason = "empty_url"
-            return _Checked(outcome)
+            row_result.reason = FetchReason.EMPTY_URL
+            return _Checked(row_result)
         if self.stages.audit.no_fetch:
-            outcome.outcome = "clean" if screened.checked else "unchecked"
-            return _Checked(outcome)
+            row_result.outcome = Outcome.CLEAN if screened.checked else Outcome.UNCHECKED
+            return _Checked(row_result)
         hop = self._screen.hop(screened)
         fetcher = self.stages.fetcher
         result = await (fetcher.fetch(row.url, screen=hop) if hop else fetcher.fetch(row.url))
         body, result.body = result.body, None
-        outcome.http_status, outcome.fetched_at = result.status, result.fetched_at
+        row_result.http_status, row_result.fetched_at = result.status, result.fetched_at
         if hop is not None and hop.matches:
-            return _Checked(outcome, fetch=result, matches=hop.matches)  # a redirect to a listed URL
-        if result.outcome != "ok" or body is None:
-            outcome.outcome, outcome.reason = result.outcome, result.reason
-            return _Checked(outcome)
-        return await self._hash(outcome, body, result, screened)
+            return _Checked(row_result, fetch=result, matches=hop.matches)  # a redirect to a listed URL
+        if result.outcome != FetchOutcome.OK:
+            row_result.outcome, row_result.reason = result.outcome.row_outcome, result.reason
+            return _Checked(row_result)
+        if body is None:  # a 304 to a request that was not conditional (invalid, as in a rescan)
+            row_result.reason = FetchReason.BAD_RESPONSE
+            return _Checked(row_result)
+        return await self._hash(row_result, body, result, screened)
 
     async def _hash(
-        self, outcome: Outcome, body: bytes, fetched: FetchResult | None, screened: Screened
+        self, row_result: RowResult, body: bytes, fetched: FetchResult | None, screened: Screened
     ) -> _Checked:
-        outcome.bytes = len(body)
-        hashes, outcome.reason = await self.stages.hash(body)
-        if outcome.reason is None:
-            outcome.outcome = "clean"
+        row_result.bytes = len(body)
+        hashes, row_result.reason = await self.stages.hash(body)
+        if row_result.reason is None:
+            row_result.outcome = Outcome.CLEAN
         if hashes is not None and content_changed(screened.claimed, hashes):
-            outcome.outcome = "changed"
+            row_result.outcome = Outcome.CHANGED
         query = None if hashes is None else to_query(hashes)
-        return _Checked(outcome, query, fetched, hashes)
+        return _Checked(row_result, query, fetched, hashes)
 
     def _report(self, unit_id: int, checked: list[_Checked]) -> UnitReport:
         """The unit's report from its checked and matched rows."""
-        report = UnitReport(unit_id, [c.outcome for c in checked])
+        report = UnitReport(unit_id, [c.result for c in checked])
         for item in checked:
             if item.matches:
-                item.outcome.outcome = "match"
-                report.matches.extend(match_record(item.outcome, m) for m in item.matches)
-                report.evidence.append(evidence_record(item.outcome, item.fetch))
+                item.result.outcome = Outcome.MATCH
+                report.matches.extend(match_record(item.result, m) for m in item.matches)
+                report.evidence.append(evidence_record(item.result, item.fetch))
         if self.stages.audit.keep_hashes:
-            report.hashes = [hash_record(c.outcome, c.hashes, c.fetch) for c in checked]
-        self._progress.matched(sum(1 for o in report.outcomes if o.outcome == "match"))
+            report.hashes = [hash_record(c.result, c.hashes, c.fetch) for c in checked]
+        self._progress.matched(sum(1 for o in report.outcomes if o.outcome == Outcome.MATCH))
         return report
 
 
@@ -229,13 +235,13 @@ def to_query(hashes: ImageHashes) -> Query:
     return Query(values, hashes.pdq_quality, tuple(hashes.pdq_dihedral or ()))
 
 
-def match_record(outcome: Outcome, match: Match) -> dict:
+def match_record(row_result: RowResult, match: Match) -> dict:
     """One line of matches.jsonl: the fewest fields a referral needs."""
     record = {
-        "shard": outcome.shard,
-        "row": outcome.row,
-        "url": outcome.url,
-        "key": outcome.key,
+        "shard": row_result.shard,
+        "row": row_result.row,
+        "url": row_result.url,
+        "key": row_result.key,
         "list": match.list,
         "entry_id": match.entry_id,
         "category": match.category,
@@ -245,22 +251,22 @@ def match_record(outcome: Outcome, match: Match) -> dict:
     }
     if match.transform:
         record["transform"] = match.transform
-    if outcome.member:
-        record["member"] = outcome.member
+    if row_result.member:
+        record["member"] = row_result.member
     return record
 
 
-def evidence_record(outcome: Outcome, fetch: FetchResult | None) -> dict:
+def evidence_record(row_result: RowResult, fetch: FetchResult | None) -> dict:
     """What a referral form asks about the response that carried a matched image."""
     fetched = fetch.fetched_at if fetch else None
     return {
-        "shard": outcome.shard,
-        "row": outcome.row,
-        "url": outcome.url,
+        "shard": row_result.shard,
+        "row": row_result.row,
+        "url": row_result.url,
         "final_url": fetch.final_url if fetch else None,
-        "http_status": outcome.http_status,
+        "http_status": row_result.http_status,
         "server_ip": fetch.server_ip if fetch else None,
         "content_type": fetch.content_type if fetch else None,
-        "content_length": outcome.bytes,
+        "content_length": row_result.bytes,
         "observed_at": datetime.fromtimestamp(fetched, tz=timezone.utc).isoformat() if fetched else None,
     }

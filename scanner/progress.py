@@ -6,10 +6,9 @@ import sys
 
 from tqdm import tqdm
 
+from scanner.outcomes import LIVE, Outcome
 from scanner.pipeline import Progress
 from scanner.scan import Prepared
-
-LIVE = frozenset({"clean", "match", "invalid"})
 
 
 def bar_for(prepared: Prepared) -> BarProgress:
@@ -28,7 +27,7 @@ class BarProgress(Progress):
         self._rows = self._live = self._matches = 0
         self._units, self._units_done = units, units_done
 
-    def row_done(self, outcome: str) -> None:
+    def row_done(self, outcome: Outcome) -> None:
         self._rows += 1
         self._live += outcome in LIVE
         self._bar.update(1)

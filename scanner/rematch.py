@@ -24,12 +24,13 @@ from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import FetchResult
 from scanner.lists import Match, Matcher
+from scanner.outcomes import LIVE, Outcome, unmatched
 from scanner.pipeline import evidence_record, match_record, to_query
 from scanner.reportlock import report_lock
-from scanner.reports.records import Outcome, UnitReport
+from scanner.reports.records import RowResult, UnitReport
 from scanner.scan import ScanResult
 from scanner.screen import Screen
-from scanner.stored import LIVE_OUTCOMES, StoredRow, StoredRun, StoredScan
+from scanner.stored import StoredRow, StoredRun, StoredScan
 from scanner.urlnorm import normalise
 
 
@@ -83,23 +84,25 @@ def rematch_unit(
     hashed = [
         i
         for i, (row, pre) in enumerate(zip(rows, screened, strict=True))
-        if not pre.matches and row.hashes is not None and row.previous.outcome in LIVE_OUTCOMES
+        if not pre.matches and row.hashes is not None and row.previous.outcome in LIVE
     ]
     found = matcher.match_batch([to_query(rows[i].hashes) for i in hashed]) if hashed else []
     matches: list[list[Match]] = [pre.matches for pre in screened]
     for i, row_matches in zip(hashed, found, strict=True):
         matches[i] = row_matches
     for i, row in enumerate(rows):
-        if not matches[i] and row.hashes is None and row.previous.outcome == "match":
+        if not matches[i] and row.hashes is None and row.previous.outcome == Outcome.MATCH:
             matches[i] = _redirect_matches(screen, evidence.get((row.previous.shard, row.previous.row)))
     report = UnitReport(unit_id, [], hashes=[row.record for row in rows])
     rematched = set(hashed)
     for i, row in enumerate(rows):
-        outcome = _rematched(row.previous, bool(matches[i]), i in rematched)
-        report.outcomes.append(outcome)
+        row_result = _rematched(row.previous, bool(matches[i]), i in rematched)
+        report.outcomes.append(row_result)
         if matches[i]:
-            report.matches.extend(match_record(outcome, m) for m in matches[i])
-            report.evidence.append(evidence.get((outcome.shard, outcome.row)) or _evidence(outcome, row))
+            report.matches.extend(match_record(row_result, m) for m in matches[i])
+            report.evidence.append(
+                evidence.get((row_result.shard, row_result.row)) or _evidence(row_result, row)
+            )
     return report
 
 
@@ -114,15 +117,17 @@ def _redirect_matches(screen: Screen, evidence: dict | None) -> list[Match]:
         return []
 
 
-def _rematched(previous: Outcome, matched: bool, hashed: bool) -> Outcome:
-    outcome = dataclasses.replace(previous)
+def _rematched(previous: RowResult, matched: bool, hashed: bool) -> RowResult:
+    row_result = dataclasses.replace(previous)
     if matched:
-        outcome.outcome = "match"
-    elif previous.outcome == "match":
-        outcome.outcome = ("invalid" if previous.reason else "clean") if hashed else "unchecked"
-    return outcome
+        row_result.outcome = Outcome.MATCH
+    elif previous.outcome == Outcome.MATCH:
+        row_result.outcome = unmatched(hashed, previous.reason)
+    return row_result
 
 
-def _evidence(outcome: Outcome, row: StoredRow) -> dict:
+def _evidence(row_result: RowResult, row: StoredRow) -> dict:
     """Evidence of a new match: what the stored record knows (when its hashes were observed)."""
-    return evidence_record(outcome, FetchResult(outcome.url, fetched_at=row.record["fetched_at"] or 0.0))
+    return evidence_record(
+        row_result, FetchResult(row_result.url, fetched_at=row.record["fetched_at"] or 0.0)
+    )

@@ -34,16 +34,17 @@ from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
 from scanner.fetch import FetchResult, make_fetcher
 from scanner.lists import Match, Matcher, Query
+from scanner.outcomes import LIVE, FetchOutcome, FetchReason, Outcome, unmatched
 from scanner.pipeline import Progress, Stages, evidence_record, match_record, to_query
 from scanner.reportlock import report_lock
 from scanner.reports import jsonl
 from scanner.reports.files import write_json
 from scanner.reports.hashes import hash_record
-from scanner.reports.records import Outcome, UnitReport
+from scanner.reports.records import RowResult, UnitReport
 from scanner.runners.local import BatchingHasher, WorkerPool, hashing_workers
 from scanner.scan import ScanResult, hashing_job
 from scanner.screen import CONTENT_DIGESTS, Screen, Screened, content_changed
-from scanner.stored import LIVE_OUTCOMES, StoredRow, StoredRun, StoredScan, write_unit_changes
+from scanner.stored import StoredRow, StoredRun, StoredScan, write_unit_changes
 
 COUNTS_SUFFIX = ".rescan.json"
 CHANGE_KINDS = {  # change record name -> summary count name
@@ -59,7 +60,7 @@ CHANGE_KINDS = {  # change record name -> summary count name
 class Rechecked:
     """One stored row after its re-check, waiting for the unit's batched match."""
 
-    outcome: Outcome
+    result: RowResult
     record: dict  # its hash record in the new hashes.parquet
     matches: list[Match] = field(default_factory=list)
     query: Query | None = None  # hashes still to match: a new body's, or the stored ones after a 304
@@ -149,17 +150,17 @@ class Rescanner:
         for item, matches in zip(pending, found, strict=True):
             item.matches.extend(matches)
         self.progress.matched(sum(1 for item in checked if item.matches))
-        report = UnitReport(unit_id, [c.outcome for c in checked], hashes=[c.record for c in checked])
+        report = UnitReport(unit_id, [c.result for c in checked], hashes=[c.record for c in checked])
         changes: list[dict] = []
         counts: Counter = Counter()
         for row, item in zip(rows, checked, strict=True):
             if item.matches:
-                item.outcome.outcome = "match"
-                report.matches.extend(match_record(item.outcome, m) for m in _ordered(item.matches))
-                key = (item.outcome.shard, item.outcome.row)
-                report.evidence.append(evidence.get(key) or evidence_record(item.outcome, item.fetch))
-            kinds = change_kinds(row.previous, item.outcome, item.content_changed)
-            changes.extend(_change_record(row.previous, item.outcome, kind) for kind in kinds)
+                item.result.outcome = Outcome.MATCH
+                report.matches.extend(match_record(item.result, m) for m in _ordered(item.matches))
+                key = (item.result.shard, item.result.row)
+                report.evidence.append(evidence.get(key) or evidence_record(item.result, item.fetch))
+            kinds = change_kinds(row.previous, item.result, item.content_changed)
+            changes.extend(_change_record(row.previous, item.result, kind) for kind in kinds)
             counts.update(CHANGE_KINDS[kind] for kind in kinds)
             counts.update(not_modified=int(item.not_modified), liveness_only=int(item.liveness_only))
         return report, changes, dict(counts)
@@ -176,64 +177,64 @@ class Rescanner:
     async def _bounded(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
         async with self._slots:
             checked = await self.recheck(row, screened, known)
-        self.progress.row_done(checked.outcome.outcome)
+        self.progress.row_done(checked.result.outcome)
         return checked
 
     async def recheck(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
         """One row: no request if its URL is listed, liveness only if known to match, else conditional."""
         previous = row.previous
         if not row.record["url"]:
-            outcome = dataclasses.replace(previous)
-            return Rechecked(outcome, dict(row.record), known if previous.outcome in LIVE_OUTCOMES else [])
-        outcome = Outcome(
-            previous.shard, previous.row, previous.url, previous.key, "invalid", member=previous.member
+            row_result = dataclasses.replace(previous)
+            return Rechecked(row_result, dict(row.record), known if previous.outcome in LIVE else [])
+        row_result = RowResult(
+            previous.shard, previous.row, previous.url, previous.key, Outcome.INVALID, member=previous.member
         )
         if screened.matches:  # a listed URL or domain is never requested, not even for liveness
-            return Rechecked(outcome, dict(row.record), [*screened.matches, *known])
-        if previous.outcome == "match" or known:
-            return await self._liveness(row, screened, known, outcome)
-        return await self._refetch(row, screened, outcome)
+            return Rechecked(row_result, dict(row.record), [*screened.matches, *known])
+        if previous.outcome == Outcome.MATCH or known:
+            return await self._liveness(row, screened, known, row_result)
+        return await self._refetch(row, screened, row_result)
 
     async def _liveness(
-        self, row: StoredRow, screened: Screened, known: list[Match], outcome: Outcome
+        self, row: StoredRow, screened: Screened, known: list[Match], row_result: RowResult
     ) -> Rechecked:
         hop = self.screen.hop(screened)
         result = await self.stages.fetcher.fetch(row.record["url"], read_body=False, screen=hop)
-        outcome.http_status, outcome.fetched_at = result.status, result.fetched_at
-        checked = Rechecked(outcome, dict(row.record), fetch=result, liveness_only=True)
+        row_result.http_status, row_result.fetched_at = result.status, result.fetched_at
+        checked = Rechecked(row_result, dict(row.record), fetch=result, liveness_only=True)
         redirected = hop.matches if hop is not None else []
-        if result.outcome != "ok" and not redirected:
-            outcome.outcome, outcome.reason = result.outcome, result.reason
+        if result.outcome != FetchOutcome.OK and not redirected:
+            row_result.outcome, row_result.reason = result.outcome.row_outcome, result.reason
             return checked
         checked.matches = [*known, *redirected]
         checked.content_changed = _validators_differ(row.record, result)
         if not checked.matches:  # the list entry it matched was withdrawn; the stored hashes say the rest
-            outcome.outcome = ("invalid" if row.previous.reason else "clean") if row.hashes else "unchecked"
+            row_result.outcome = unmatched(row.hashes is not None, row.previous.reason)
         return checked
 
-    async def _refetch(self, row: StoredRow, screened: Screened, outcome: Outcome) -> Rechecked:
+    async def _refetch(self, row: StoredRow, screened: Screened, row_result: RowResult) -> Rechecked:
         hop = self.screen.hop(screened)
         headers = None if self._lacks_dihedral(row) else _conditional_headers(row)
         result = await self.stages.fetcher.fetch(row.record["url"], headers=headers, screen=hop)
         body, result.body = result.body, None
-        outcome.http_status, outcome.fetched_at = result.status, result.fetched_at
+        row_result.http_status, row_result.fetched_at = result.status, result.fetched_at
         carried = dict(row.record)  # a row that gives nothing new keeps its last hash record
         if hop is not None and hop.matches:
-            return Rechecked(outcome, carried, hop.matches, fetch=result)
-        if result.outcome != "ok":
-            outcome.outcome, outcome.reason = result.outcome, result.reason
-            return Rechecked(outcome, carried, fetch=result)
+            return Rechecked(row_result, carried, hop.matches, fetch=result)
+        if result.outcome != FetchOutcome.OK:
+            row_result.outcome, row_result.reason = result.outcome.row_outcome, result.reason
+            return Rechecked(row_result, carried, fetch=result)
         if body is None:  # a 304: only requests made with stored hashes are conditional
-            return _not_modified(row, outcome, result)
-        outcome.bytes = len(body)
-        hashes, outcome.reason = await self.stages.hash(body)
-        outcome.outcome = "clean" if outcome.reason is None else "invalid"
+            return _not_modified(row, row_result, result)
+        row_result.bytes = len(body)
+        hashes, row_result.reason = await self.stages.hash(body)
+        row_result.outcome = Outcome.CLEAN if row_result.reason is None else Outcome.INVALID
         changed = hashes is not None and row.hashes is not None and content_changed(_digests(row), hashes)
         if changed:
-            outcome.outcome = "changed"
+            row_result.outcome = Outcome.CHANGED
         query = to_query(hashes) if hashes is not None else None
         return Rechecked(
-            outcome, hash_record(outcome, hashes, result), [], query, result, content_changed=changed
+            row_result, hash_record(row_result, hashes, result), [], query, result, content_changed=changed
         )
 
     def _lacks_dihedral(self, row: StoredRow) -> bool:
@@ -242,38 +243,38 @@ class Rescanner:
         return self._dihedral and stored is not None and stored.pdq is not None and not stored.pdq_dihedral
 
 
-def change_kinds(previous: Outcome, current: Outcome, content_changed: bool) -> list[str]:
+def change_kinds(previous: RowResult, current: RowResult, content_changed: bool) -> list[str]:
     """What changed for one row between two scans (a row may show several kinds)."""
     before, now = previous.outcome, current.outcome
     kinds = []
-    if before in LIVE_OUTCOMES and now == "dead":
+    if before in LIVE and now == Outcome.DEAD:
         kinds.append("newly_dead")
-    if before == "dead" and now in LIVE_OUTCOMES:
+    if before == Outcome.DEAD and now in LIVE:
         kinds.append("newly_live")
-    if now == "match" and before != "match":
+    if now == Outcome.MATCH and before != Outcome.MATCH:
         kinds.append("new_match")
-    if before == "match" and now != "match":
+    if before == Outcome.MATCH and now != Outcome.MATCH:
         kinds.append("match_gone")
     if content_changed:
         kinds.append("content_changed")
     return kinds
 
 
-def _not_modified(row: StoredRow, outcome: Outcome, result: FetchResult) -> Rechecked:
+def _not_modified(row: StoredRow, row_result: RowResult, result: FetchResult) -> Rechecked:
     """A 304: the stored hashes still describe what the URL serves; nothing was downloaded."""
     stored = row.hashes
     if stored is None:  # a 304 to a request that was not conditional
-        outcome.reason = "bad_response"
-        return Rechecked(outcome, dict(row.record), fetch=result)
-    outcome.outcome = "clean" if stored.width is not None else "invalid"
-    outcome.reason = row.previous.reason if outcome.outcome == "invalid" else None
+        row_result.reason = FetchReason.BAD_RESPONSE
+        return Rechecked(row_result, dict(row.record), fetch=result)
+    row_result.outcome = Outcome.CLEAN if stored.width is not None else Outcome.INVALID
+    row_result.reason = row.previous.reason if row_result.outcome == Outcome.INVALID else None
     record = {
         **row.record,
         "etag": result.etag or row.record["etag"],
         "last_modified": result.last_modified or row.record["last_modified"],
         "fetched_at": result.fetched_at,
     }
-    return Rechecked(outcome, record, [], to_query(stored), result, not_modified=True)
+    return Rechecked(row_result, record, [], to_query(stored), result, not_modified=True)
 
 
 def _conditional_headers(row: StoredRow) -> dict[str, str] | None:
@@ -307,7 +308,7 @@ def _ordered(matches: list[Match]) -> list[Match]:
     return sorted(matches, key=lambda m: (m.list, m.hash_type, m.distance, m.entry_id))
 
 
-def _change_record(previous: Outcome, current: Outcome, kind: str) -> dict:
+def _change_record(previous: RowResult, current: RowResult, kind: str) -> dict:
     return {
         "shard": current.shard,
         "row": current.row,

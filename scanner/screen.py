@@ -16,6 +16,7 @@ from scanner.errors import ConfigError
 from scanner.hashing import HASH_TYPES as IMAGE_HASH_TYPES
 from scanner.hashing import ImageHashes
 from scanner.lists import Match, Matcher, Query
+from scanner.outcomes import FetchReason
 from scanner.sources import Row
 from scanner.urlnorm import NormalURL, normalise
 
@@ -23,7 +24,6 @@ URL_TYPES = frozenset({"url", "url_md5", "url_sha1", "url_sha256", "domain"})
 COLUMN_TYPES = {"md5": 16, "sha1": 20, "sha256": 32, "pdq": 32, "phash": 8, "dhash": 8}
 CONTENT_DIGESTS = ("md5", "sha1", "sha256")  # digests of the exact bytes: a difference means `changed`
 KEPT_HASH_TYPES = frozenset(COLUMN_TYPES)  # what --keep-hashes records, whatever the lists hold
-SCREENED = "screened_url"  # the fetcher's reason for a URL it was told not to request
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,8 @@ class HopScreen:
         self.matches: list[Match] = []
 
     def __call__(self, url: str) -> str | None:
-        """SCREENED if url is on a list (its matches are kept), else None: the fetcher may request it."""
+        """FetchReason.SCREENED_URL if url is on a list (its matches are kept), else None: the fetcher may
+        request it."""
         try:
             normal = normalise(url)
         except ValueError:
@@ -144,7 +145,7 @@ class HopScreen:
         if not matches:
             return None
         self.matches = matches
-        return SCREENED
+        return FetchReason.SCREENED_URL
 
 
 def url_hashes(url: NormalURL, types: frozenset[str]) -> dict[str, bytes]:

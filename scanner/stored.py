@@ -19,6 +19,7 @@ from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.hashing import ImageHashes
 from scanner.lists import HashList, Matcher, load_hashlist
+from scanner.outcomes import Outcome
 from scanner.progress import BarProgress
 from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, write_jsonl
@@ -31,12 +32,11 @@ from scanner.reports.hashes import (
     read_slice,
     stored_hashes,
 )
-from scanner.reports.records import OUTCOME_SCHEMA, Outcome
+from scanner.reports.records import OUTCOME_SCHEMA, RowResult
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
 from scanner.scan import ScanResult, match_config
 from scanner.sources import Row
 
-LIVE_OUTCOMES = frozenset({"match", "clean", "invalid", "changed"})  # the URL served something
 CHANGES_FILE = "changes.jsonl"
 CHANGES_SUFFIX = ".changes.jsonl"
 
@@ -46,7 +46,7 @@ class StoredRow:
     """One row of a finished scan: its hash record, its outcome there, and the hashes the record holds."""
 
     record: dict
-    previous: Outcome
+    previous: RowResult
     hashes: ImageHashes | None
 
     @property
@@ -264,23 +264,23 @@ def _fingerprint(config: ScanConfig, scans: list[StoredScan], lists: list[HashLi
     }
 
 
-def _outcome(values: dict) -> Outcome:
+def _outcome(values: dict) -> RowResult:
     fetched = values.get("fetched_at")
     fields = {name: values.get(name) for name in OUTCOME_SCHEMA.names}
     fields["fetched_at"] = fetched.timestamp() if fetched is not None else None
-    return Outcome(**fields)
+    return RowResult(**fields)
 
 
-def _assumed_outcome(record: dict) -> Outcome:
+def _assumed_outcome(record: dict) -> RowResult:
     """Without outcomes.parquet: clean when the record holds an image's hashes, invalid when only digests
     (a body that was no usable image), unchecked when none."""
     hashed = any(record.get(name) for name in HEX_COLUMNS)
     image = record.get("width") is not None
-    return Outcome(
+    return RowResult(
         record["shard"],
         record["row"],
         record["url"],
         record["key"],
-        ("clean" if image else "invalid") if hashed else "unchecked",
+        (Outcome.CLEAN if image else Outcome.INVALID) if hashed else Outcome.UNCHECKED,
         fetched_at=record["fetched_at"],
     )

@@ -14,12 +14,9 @@ from scanner import nostore, procguard
 from scanner.hashing import DecodeError, DecodeLimits, ImageHashes, hash_image
 from scanner.hashing.api import digests
 from scanner.hashing.decode import DEFAULT_LIMITS
+from scanner.outcomes import HashingReason
 
 HashResult = tuple[ImageHashes | None, str | None]
-# The reason a row gets when its body killed the hashing process that held it, alone, in a fresh pool.
-HASHING_CRASHED = "hashing_crashed"
-# The reason when that process was killed for going past the decode budget (hashing.decode_timeout).
-DECODE_TIMEOUT = "decode_timeout"
 
 
 # The main process's body arena (runners/arena.py), mapped read-only; None when bodies come over pipes.
@@ -65,9 +62,10 @@ class HashJob:
         except DecodeError as exc:
             return (ImageHashes(**exc.digests) if exc.digests else None), exc.reason
 
-    def crashed(self, body: bytes, reason: str = HASHING_CRASHED) -> HashResult:
-        """The result for a body that killed a worker (HASHING_CRASHED) or ran it out of its decode budget
-        (DECODE_TIMEOUT): its digests, computed without parsing a byte of it, so exact lists still match."""
+    def crashed(self, body: bytes, reason: HashingReason = HashingReason.HASHING_CRASHED) -> HashResult:
+        """The result for a body that killed a worker, alone, in a fresh pool (HASHING_CRASHED) or ran it out
+        of its decode budget, hashing.decode_timeout (DECODE_TIMEOUT): its digests, computed without parsing
+        a byte of it, so exact lists still match."""
         found = digests(body, self.want)
         return (ImageHashes(**found) if found else None), reason
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from scanner import __version__
 from scanner.checkpoint import Checkpoint
-from scanner.reports.records import Outcome, UnitReport
+from scanner.reports.records import RowResult, UnitReport
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
 
 OBSERVED = 1_760_000_000.0
@@ -106,7 +106,7 @@ def _write_shard(directory: Path, name: str) -> Path:
 
 def _unit(unit_id: int, name: str, shard: str) -> UnitReport:
     outcomes = [
-        Outcome(
+        RowResult(
             shard,
             r,
             url_of(name, r),

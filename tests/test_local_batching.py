@@ -15,10 +15,11 @@ from stalling_jpeg import stalling_jpeg
 
 from scanner.errors import HashingWorkersError
 from scanner.hashing import DecodeLimits
+from scanner.outcomes import HashingReason
 from scanner.runners.arena import Arena
 from scanner.runners.arena import supported as arena_supported
 from scanner.runners.local import MAX_BATCH, BatchingHasher, WorkerPool
-from scanner.workers import DECODE_TIMEOUT, HASHING_CRASHED, HashJob
+from scanner.workers import HashJob
 
 WANT = frozenset({"md5", "pdq", "phash"})
 JOB = HashJob(WANT, DecodeLimits())
@@ -97,7 +98,7 @@ def test_a_body_that_kills_its_worker_gets_hashing_crashed_and_the_rest_their_ha
     with WorkerPool(2) as pool:
         results = asyncio.run(_hash_all(pool, _Killing(WANT, poison=poison), bodies, batches_in_flight=4))
         restarts = pool.generation
-    crashed = [i for i, r in enumerate(results) if r[1] == HASHING_CRASHED]
+    crashed = [i for i, r in enumerate(results) if r[1] == HashingReason.HASHING_CRASHED]
     assert crashed == [MAX_BATCH + 2]
     hashes, _ = results[MAX_BATCH + 2]
     assert hashes is not None and hashes.md5 == JOB(poison)[0].md5 and hashes.pdq is None
@@ -117,7 +118,7 @@ def test_a_body_past_its_cpu_budget_gets_decode_timeout_and_a_crash_still_hashin
     with WorkerPool(1) as pool:
         results = asyncio.run(_hash_all(pool, job, bodies))
     reasons = {i: r[1] for i, r in enumerate(results) if r[1] is not None}
-    assert reasons == {3: HASHING_CRASHED, MAX_BATCH - 2: DECODE_TIMEOUT}
+    assert reasons == {3: HashingReason.HASHING_CRASHED, MAX_BATCH - 2: HashingReason.DECODE_TIMEOUT}
     assert results[MAX_BATCH - 2][0].md5 == JOB(stall)[0].md5
     assert [r for i, r in enumerate(results) if i not in reasons] == [
         JOB(b) for i, b in enumerate(bodies) if i not in reasons

@@ -375,12 +375,14 @@ def test_units_are_checked_again_as_they_are_merged(tmp_path):
     """A unit damaged after the run started (between commit and merge) is caught by the merge."""
     from scanner.checkpoint import Checkpoint
     from scanner.errors import CheckpointError
-    from scanner.reports.records import Outcome, UnitReport
+    from scanner.reports.records import RowResult, UnitReport
     from scanner.reports.writer import merge_reports
 
     checkpoint = Checkpoint(tmp_path / "out", {"test": True})
     for unit in (0, 1):
-        outcomes = [Outcome("a.txt", 10 * unit + r, f"http://a.example/{r}", None, "dead") for r in range(10)]
+        outcomes = [
+            RowResult("a.txt", 10 * unit + r, f"http://a.example/{r}", None, "dead") for r in range(10)
+        ]
         checkpoint.commit(UnitReport(unit, outcomes))
     flip(checkpoint.dir / "u000001.outcomes.parquet", -12)
     with pytest.raises(

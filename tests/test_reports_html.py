@@ -16,9 +16,10 @@ import pytest
 from report_builder import MATCHES, SHARD_ROWS, build_report, expected_outcomes, url_of
 
 from scanner.cli import main
+from scanner.outcomes import OUTCOMES
 from scanner.reports.files import sha256_file
 from scanner.reports.html import BATCH_ROWS, COLOURS, outcome_figures, render_report, write_html_report
-from scanner.reports.records import OUTCOME_SCHEMA, OUTCOMES
+from scanner.reports.records import OUTCOME_SCHEMA
 from scanner.reports.verify import verify_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,6 +1,6 @@
 """The fetch stage: URLs into memory (never to disk) behind an SSRF guard, with deadlines, caps, retries."""
 
-from scanner.fetch.base import FetchConfig, Fetcher, FetchFailure, FetchResult, Outcome
+from scanner.fetch.base import FetchConfig, Fetcher, FetchFailure, FetchResult
 from scanner.fetch.fetcher import GuardedFetcher, make_fetcher
 from scanner.fetch.guard import AddressPolicy, Target, parse_url
 
@@ -11,7 +11,6 @@ __all__ = [
     "FetchResult",
     "Fetcher",
     "GuardedFetcher",
-    "Outcome",
     "Target",
     "make_fetcher",
     "parse_url",

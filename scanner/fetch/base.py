@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Literal, Protocol
+from typing import Protocol
 
 from scanner import __version__
 from scanner.errors import ConfigError, ScannerError
+from scanner.outcomes import FetchOutcome
 
-Outcome = Literal["ok", "dead", "invalid", "blocked"]
 CLIENTS = ("aiohttp", "httpx")
 
 
@@ -78,8 +78,8 @@ class FetchResult:
     final_url: str | None = None
     status: int | None = None
     body: bytes | None = None
-    outcome: Outcome = "ok"
-    reason: str | None = None
+    outcome: FetchOutcome = FetchOutcome.OK
+    reason: str | None = None  # a FetchReason, http_<status>, or the reason the caller's screen gave
     content_type: str | None = None
     content_length: int | None = None
     server_ip: str | None = None
@@ -116,10 +116,10 @@ class FetchFailure(ScannerError):
     """Why a URL (or one hop of it) gave no usable response; caught inside the fetcher, never escapes it."""
 
     def __init__(
-        self, outcome: Outcome, reason: str, *, retryable: bool = False, retry_after: float | None = None
+        self, outcome: FetchOutcome, reason: str, *, retryable: bool = False, retry_after: float | None = None
     ) -> None:
         super().__init__(f"{outcome}: {reason}")
-        self.outcome: Outcome = outcome
+        self.outcome = outcome
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after

@@ -6,6 +6,7 @@ import zlib
 from collections.abc import AsyncIterator
 
 from scanner.fetch.base import FetchFailure
+from scanner.outcomes import FetchOutcome, FetchReason
 
 _GZIP_WBITS = 31
 _ZLIB_WBITS = 15
@@ -17,14 +18,14 @@ async def read_body(
 ) -> bytes:
     """The body; body_too_large past cap bytes on the wire, decompression_bomb past cap bytes decoded."""
     if declared_length is not None and declared_length > cap:
-        raise FetchFailure("invalid", "body_too_large")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.BODY_TOO_LARGE)
     inflater = inflater_for(encoding, cap)
     parts: list[bytes] = []
     received = 0
     async for chunk in chunks:
         received += len(chunk)
         if received > cap:
-            raise FetchFailure("invalid", "body_too_large")
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.BODY_TOO_LARGE)
         if inflater is None:
             parts.append(chunk)
         else:
@@ -41,7 +42,7 @@ def inflater_for(encoding: str | None, cap: int) -> Inflater | None:
         return None
     if name in ("gzip", "x-gzip", "deflate"):
         return Inflater(gzip=name != "deflate", cap=cap)
-    raise FetchFailure("invalid", "unsupported_content_encoding")
+    raise FetchFailure(FetchOutcome.INVALID, FetchReason.UNSUPPORTED_CONTENT_ENCODING)
 
 
 class Inflater:
@@ -66,19 +67,19 @@ class Inflater:
         try:
             return self._decode(data)
         except zlib.error:
-            raise FetchFailure("invalid", "bad_content_encoding") from None
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.BAD_CONTENT_ENCODING) from None
 
     def finish(self) -> list[bytes]:
         """Flush the decoder at the end of the body; a cut-off stream is bad_content_encoding."""
         if self._decoder is None or self._pending:
-            raise FetchFailure("invalid", "bad_content_encoding")
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.BAD_CONTENT_ENCODING)
         try:
             tail = self._decoder.flush(self._room() + 1)
         except zlib.error:
-            raise FetchFailure("invalid", "bad_content_encoding") from None
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.BAD_CONTENT_ENCODING) from None
         self._count(tail)
         if not self._decoder.eof:
-            raise FetchFailure("invalid", "bad_content_encoding")
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.BAD_CONTENT_ENCODING)
         return [tail]
 
     def _decode(self, data: bytes) -> list[bytes]:
@@ -103,7 +104,7 @@ class Inflater:
     def _count(self, piece: bytes) -> None:
         self._produced += len(piece)
         if self._produced > self._cap:
-            raise FetchFailure("invalid", "decompression_bomb")
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.DECOMPRESSION_BOMB)
 
 
 def _has_zlib_header(data: bytes) -> bool:

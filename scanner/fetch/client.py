@@ -23,6 +23,7 @@ from yarl import URL
 from scanner.fetch.base import FetchConfig, FetchFailure
 from scanner.fetch.fetcher import exception_chain, failure_in_chain
 from scanner.fetch.guard import AddressPolicy, Lookup, Target, resolve_checked, system_lookup
+from scanner.outcomes import FetchOutcome, FetchReason
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 
@@ -126,33 +127,35 @@ def aiohttp_failure(exc: BaseException) -> FetchFailure:
     if failure is not None:
         return failure
     if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-        return FetchFailure("dead", "tls_error")
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.TLS_ERROR)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return FetchFailure("dead", "connect_timeout")
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECT_TIMEOUT)
     if isinstance(exc, asyncio.TimeoutError):
-        return FetchFailure("dead", "read_timeout")
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.READ_TIMEOUT)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return FetchFailure("dead", "connection_reset", retryable=True)
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECTION_RESET, retryable=True)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return FetchFailure("invalid", "truncated_body")
+        return FetchFailure(FetchOutcome.INVALID, FetchReason.TRUNCATED_BODY)
     if isinstance(exc, aiohttp.ClientResponseError):
         return _protocol_failure(exc)
     if isinstance(exc, aiohttp.ClientConnectorError):
         refused = exc.os_error.errno == errno.ECONNREFUSED
-        return FetchFailure("dead", "connection_refused" if refused else "connection_failed")
+        return FetchFailure(
+            FetchOutcome.DEAD, FetchReason.CONNECTION_REFUSED if refused else FetchReason.CONNECTION_FAILED
+        )
     if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
-        return FetchFailure("dead", "connection_reset", retryable=True)
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECTION_RESET, retryable=True)
     if isinstance(exc, aiohttp.InvalidURL):
-        return FetchFailure("invalid", "invalid_url")
-    return FetchFailure("dead", "client_error")
+        return FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
+    return FetchFailure(FetchOutcome.DEAD, FetchReason.CLIENT_ERROR)
 
 
 def _protocol_failure(exc: aiohttp.ClientResponseError) -> FetchFailure:
     for cause in exception_chain(exc):
         too_many = isinstance(cause, BadHttpMessage) and "too many headers" in str(cause).lower()
         if isinstance(cause, LineTooLong) or too_many:
-            return FetchFailure("invalid", "headers_too_large")
-    return FetchFailure("invalid", "bad_response")
+            return FetchFailure(FetchOutcome.INVALID, FetchReason.HEADERS_TOO_LARGE)
+    return FetchFailure(FetchOutcome.INVALID, FetchReason.BAD_RESPONSE)
 
 
 class _PeerRecordingResponse(aiohttp.ClientResponse):

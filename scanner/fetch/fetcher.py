@@ -19,6 +19,7 @@ from typing import Protocol
 from scanner.fetch.base import FetchConfig, FetchFailure, FetchResult, UrlScreen
 from scanner.fetch.body import read_body
 from scanner.fetch.guard import AddressPolicy, Lookup, Target, check_address, parse_url, redirect_target
+from scanner.outcomes import FetchOutcome, FetchReason, http_reason
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,12 @@ class GuardedFetcher:
                     self._follow(target, result, read_body, headers, screen), self.config.total_timeout
                 )
             except asyncio.TimeoutError:
-                _failed(result, FetchFailure("dead", "timeout"))
+                _failed(result, FetchFailure(FetchOutcome.DEAD, FetchReason.TIMEOUT))
             except FetchFailure as failure:
                 _failed(result, failure)
             except Exception:
                 logger.exception("unexpected error fetching %s", target.url)
-                _failed(result, FetchFailure("dead", "client_error"))
+                _failed(result, FetchFailure(FetchOutcome.DEAD, FetchReason.CLIENT_ERROR))
         return result
 
     async def aclose(self) -> None:
@@ -127,9 +128,9 @@ class GuardedFetcher:
             result.final_url = target.url
             _screen(screen, target.url)
             if target.url in seen:
-                raise FetchFailure("dead", "redirect_loop")
+                raise FetchFailure(FetchOutcome.DEAD, FetchReason.REDIRECT_LOOP)
             if len(seen) > self.config.max_redirects:
-                raise FetchFailure("dead", "too_many_redirects")
+                raise FetchFailure(FetchOutcome.DEAD, FetchReason.TOO_MANY_REDIRECTS)
             seen.add(target.url)
             if target.ip is not None:
                 check_address(target.ip, self.policy)
@@ -174,10 +175,10 @@ class GuardedFetcher:
 
     def _status_failure(self, status: int, headers: Mapping[str, str]) -> FetchFailure:
         if status not in RETRY_STATUSES:
-            return FetchFailure("dead", f"http_{status}")
+            return FetchFailure(FetchOutcome.DEAD, http_reason(status))
         wait = retry_after_seconds(headers.get("Retry-After"))
         retryable = wait is None or wait <= self.config.max_retry_after
-        return FetchFailure("dead", f"http_{status}", retryable=retryable, retry_after=wait)
+        return FetchFailure(FetchOutcome.DEAD, http_reason(status), retryable=retryable, retry_after=wait)
 
 
 async def read_body_of(response: Exchange, cap: int) -> bytes:
@@ -246,7 +247,7 @@ def _screen(screen: UrlScreen | None, url: str) -> None:
     """Refuse a URL the caller's screen names: it is never requested, not even as a redirect target."""
     reason = screen(url) if screen is not None else None
     if reason:
-        raise FetchFailure("blocked", reason)
+        raise FetchFailure(FetchOutcome.BLOCKED, reason)
 
 
 def _failed(result: FetchResult, failure: FetchFailure) -> FetchResult:

@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote_to_bytes, urljoin
 import idna
 
 from scanner.fetch.base import FetchConfig, FetchFailure
+from scanner.outcomes import FetchOutcome, FetchReason
 
 IPAddress = IPv4Address | IPv6Address
 Lookup = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -126,29 +127,29 @@ def is_forbidden_address(ip: IPAddress) -> bool:
 def check_address(ip: IPAddress, policy: AddressPolicy) -> None:
     """Raise a blocked FetchFailure unless the policy permits ip."""
     if not policy.permits(ip):
-        raise FetchFailure("blocked", "blocked_private_address")
+        raise FetchFailure(FetchOutcome.BLOCKED, FetchReason.BLOCKED_PRIVATE_ADDRESS)
 
 
 def parse_url(url: object, max_length: int = 4096) -> Target:
     """Read a URL into a canonical Target; raise FetchFailure (invalid or blocked) for anything unusable."""
     if url is None or (isinstance(url, str) and not url.strip(_C0_AND_SPACE)):
-        raise FetchFailure("invalid", "empty_url")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.EMPTY_URL)
     if not isinstance(url, str):
-        raise FetchFailure("invalid", "invalid_url")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
     if len(url) > max_length:
-        raise FetchFailure("invalid", "url_too_long")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.URL_TOO_LONG)
     text = url.strip(_C0_AND_SPACE).translate(_TAB_NEWLINE)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise FetchFailure("invalid", "invalid_url") from None
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL) from None
     scheme_match = _SCHEME.match(text)
     if scheme_match is None:
-        raise FetchFailure("invalid", "invalid_url")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
     scheme = scheme_match.group(1).lower()
     if scheme not in DEFAULT_PORTS:
-        raise FetchFailure("blocked", "blocked_scheme")
+        raise FetchFailure(FetchOutcome.BLOCKED, FetchReason.BLOCKED_SCHEME)
     rest = text[scheme_match.end() :].lstrip("/\\")
     end = _AUTHORITY_END.search(rest)
     authority, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
@@ -159,7 +160,7 @@ def parse_url(url: object, max_length: int = 4096) -> Target:
         netloc = f"{netloc}:{port}"
     canonical = f"{scheme}://{netloc}{_path_and_query(tail)}"
     if len(canonical) > max_length:
-        raise FetchFailure("invalid", "url_too_long")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.URL_TOO_LONG)
     return Target(canonical, scheme, host, port, ip)
 
 
@@ -173,12 +174,12 @@ def redirect_target(current: Target, location: str, max_length: int = 4096) -> T
     try:
         joined = urljoin(current.url, location)
     except ValueError:
-        raise FetchFailure("dead", "invalid_redirect") from None
+        raise FetchFailure(FetchOutcome.DEAD, FetchReason.INVALID_REDIRECT) from None
     try:
         return parse_url(joined, max_length)
     except FetchFailure as failure:
-        if failure.outcome == "invalid":
-            raise FetchFailure("dead", "invalid_redirect") from None
+        if failure.outcome == FetchOutcome.INVALID:
+            raise FetchFailure(FetchOutcome.DEAD, FetchReason.INVALID_REDIRECT) from None
         raise
 
 
@@ -186,10 +187,10 @@ def _split_port(hostport: str, default: int) -> tuple[str, int]:
     if hostport.startswith("["):
         close = hostport.find("]")
         if close < 0:
-            raise FetchFailure("invalid", "invalid_url")
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
         host_text, after = hostport[: close + 1], hostport[close + 1 :]
         if after and not after.startswith(":"):
-            raise FetchFailure("invalid", "invalid_url")
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
         port_text = after[1:]
     else:
         host_text, _, port_text = hostport.partition(":")
@@ -197,7 +198,7 @@ def _split_port(hostport: str, default: int) -> tuple[str, int]:
         return host_text, default
     digits = port_text.lstrip("0") or "0"
     if not (port_text.isascii() and port_text.isdigit() and len(digits) <= 5 and 0 < int(digits) <= 65535):
-        raise FetchFailure("invalid", "invalid_url")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
     return host_text, int(digits)
 
 
@@ -207,14 +208,14 @@ def _parse_host(host_text: str) -> tuple[str, IPAddress | None]:
         try:
             ip6 = IPv6Address(host_text[1:-1])
         except ValueError:
-            raise FetchFailure("invalid", "invalid_url") from None
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL) from None
         if ip6.scope_id:
-            raise FetchFailure("invalid", "invalid_url")
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
         return ip6.compressed, ip6
     try:
         decoded = unquote_to_bytes(host_text).decode("utf-8")
     except UnicodeDecodeError:
-        raise FetchFailure("invalid", "invalid_url") from None
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL) from None
     host = _ascii_host(decoded)
     if host.endswith("."):
         host = host[:-1]
@@ -222,7 +223,7 @@ def _parse_host(host_text: str) -> tuple[str, IPAddress | None]:
     if ip4 is not None:
         return str(ip4), ip4
     if not host or len(host) > _MAX_HOST or not all(_LABEL.fullmatch(label) for label in host.split(".")):
-        raise FetchFailure("invalid", "invalid_url")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
     return host, None
 
 
@@ -232,7 +233,7 @@ def _ascii_host(host: str) -> str:
     try:
         return idna.encode(host, uts46=True).decode("ascii")
     except (UnicodeError, ValueError):
-        raise FetchFailure("invalid", "invalid_url") from None
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL) from None
 
 
 def _parse_ipv4(host: str) -> IPv4Address | None:
@@ -243,10 +244,10 @@ def _parse_ipv4(host: str) -> IPv4Address | None:
         return None
     numbers = [_ipv4_number(part) for part in parts]
     if len(parts) > 4 or any(n is None for n in numbers):
-        raise FetchFailure("invalid", "invalid_url")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
     values = [n for n in numbers if n is not None]
     if any(n > 255 for n in values[:-1]) or values[-1] >= 256 ** (5 - len(values)):
-        raise FetchFailure("invalid", "invalid_url")
+        raise FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
     return IPv4Address(values[-1] + sum(n << (8 * (3 - i)) for i, n in enumerate(values[:-1])))
 
 
@@ -297,9 +298,9 @@ async def resolve_checked(
     try:
         answers = await asyncio.wait_for(lookup(host, port), timeout)
     except asyncio.TimeoutError:
-        raise FetchFailure("dead", "dns_timeout") from None
+        raise FetchFailure(FetchOutcome.DEAD, FetchReason.DNS_TIMEOUT) from None
     except (OSError, UnicodeError, ValueError):
-        raise FetchFailure("dead", "dns_failure") from None
+        raise FetchFailure(FetchOutcome.DEAD, FetchReason.DNS_FAILURE) from None
     addresses = _unique_addresses(answers)
     for address in addresses:
         check_address(address, policy)
@@ -316,5 +317,5 @@ def _unique_addresses(answers: Sequence[str]) -> list[IPAddress]:
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise FetchFailure("dead", "dns_failure")
+        raise FetchFailure(FetchOutcome.DEAD, FetchReason.DNS_FAILURE)
     return addresses

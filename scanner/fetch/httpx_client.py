@@ -23,6 +23,7 @@ import httpx
 from scanner.fetch.base import FetchConfig, FetchFailure
 from scanner.fetch.fetcher import exception_chain, failure_in_chain
 from scanner.fetch.guard import AddressPolicy, Lookup, Target, resolve_checked, system_lookup
+from scanner.outcomes import FetchOutcome, FetchReason
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 _CLIENT_ERRORS = (
@@ -182,7 +183,7 @@ class HttpxTransport:
         """The same header limits aiohttp applies while parsing."""
         longest = max((len(name) + len(value) for name, value in raw), default=0)
         if len(raw) > self._config.max_headers or longest > self._config.max_header_size:
-            raise FetchFailure("invalid", "headers_too_large")
+            raise FetchFailure(FetchOutcome.INVALID, FetchReason.HEADERS_TOO_LARGE)
 
 
 def httpx_failure(exc: BaseException) -> FetchFailure:
@@ -192,34 +193,36 @@ def httpx_failure(exc: BaseException) -> FetchFailure:
         return failure
     chain = list(exception_chain(exc))
     if any(isinstance(e, ssl.SSLError) for e in chain):
-        return FetchFailure("dead", "tls_error")
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.TLS_ERROR)
     if isinstance(exc, (httpcore.ConnectTimeout, httpx.ConnectTimeout)):
-        return FetchFailure("dead", "connect_timeout")
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECT_TIMEOUT)
     if isinstance(exc, (httpcore.TimeoutException, httpx.TimeoutException)):
-        return FetchFailure("dead", "read_timeout")
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.READ_TIMEOUT)
     if isinstance(exc, (httpcore.ConnectError, httpx.ConnectError)):
         refused = any(isinstance(e, ConnectionRefusedError) for e in chain)
-        return FetchFailure("dead", "connection_refused" if refused else "connection_failed")
+        return FetchFailure(
+            FetchOutcome.DEAD, FetchReason.CONNECTION_REFUSED if refused else FetchReason.CONNECTION_FAILED
+        )
     if any(isinstance(e, OSError) and e.errno in _RESET_ERRNOS for e in chain):
-        return FetchFailure("dead", "connection_reset", retryable=True)
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECTION_RESET, retryable=True)
     if isinstance(exc, (httpcore.RemoteProtocolError, httpx.RemoteProtocolError)):
         return _protocol_failure(str(exc))
     if isinstance(exc, httpx.InvalidURL):
-        return FetchFailure("invalid", "invalid_url")
-    return FetchFailure("dead", "client_error")
+        return FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
+    return FetchFailure(FetchOutcome.DEAD, FetchReason.CLIENT_ERROR)
 
 
 def _protocol_failure(message: str) -> FetchFailure:
     message = message.lower()
     if "location header" in message:  # httpx reads Location even when it does not follow it
-        return FetchFailure("dead", "invalid_redirect")
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.INVALID_REDIRECT)
     if "without sending" in message and "response" in message:
-        return FetchFailure("dead", "connection_reset", retryable=True)
+        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECTION_RESET, retryable=True)
     if "incomplete" in message or "complete message body" in message:
-        return FetchFailure("invalid", "truncated_body")
+        return FetchFailure(FetchOutcome.INVALID, FetchReason.TRUNCATED_BODY)
     if "too long" in message or "too large" in message:
-        return FetchFailure("invalid", "headers_too_large")
-    return FetchFailure("invalid", "bad_response")
+        return FetchFailure(FetchOutcome.INVALID, FetchReason.HEADERS_TOO_LARGE)
+    return FetchFailure(FetchOutcome.INVALID, FetchReason.BAD_RESPONSE)
 
 
 def _ssl_context(verify: bool) -> ssl.SSLContext:

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Literal
 
 from PIL import Image
 
 from scanner.errors import ScannerError
-
-DecodeReason = Literal[
-    "not_an_image",
-    "unsupported_format",
-    "corrupt_image",
-    "truncated_image",
-    "too_many_pixels",
-    "too_many_frames",
-    "too_many_scans",
-]
+from scanner.outcomes import DecodeReason
 
 # Pillow's own decompression-bomb threshold: at or below it Pillow never warns before our check runs.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -136,37 +126,37 @@ def open_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[Imag
     """Parse the header only (no pixels) and enforce the limits; returns the lazy image and its format."""
     fmt = sniff_format(data)
     if fmt is None:
-        raise DecodeError("not_an_image")
+        raise DecodeError(DecodeReason.NOT_AN_IMAGE)
     _check_scans(data, fmt, limits)
     plugins = _PILLOW_FORMATS[fmt]
     Image.init()  # registers every plugin once, so Image.OPEN lists what this Pillow can decode
     if plugins is None or not set(plugins) <= Image.OPEN.keys():
-        raise DecodeError("unsupported_format", fmt)
+        raise DecodeError(DecodeReason.UNSUPPORTED_FORMAT, fmt)
     try:
         image = Image.open(io.BytesIO(data), formats=plugins)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError("too_many_pixels", str(exc)) from exc
+        raise DecodeError(DecodeReason.TOO_MANY_PIXELS, str(exc)) from exc
     # Pillow raises many exception types on hostile headers; all of them mean "not usable".
     except Exception as exc:
         raise _failure(exc, data, fmt) from exc
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise DecodeError("too_many_pixels", f"{width}x{height}")
+        raise DecodeError(DecodeReason.TOO_MANY_PIXELS, f"{width}x{height}")
     if width <= 0 or height <= 0:
-        raise DecodeError("corrupt_image", f"{width}x{height}")
+        raise DecodeError(DecodeReason.CORRUPT_IMAGE, f"{width}x{height}")
     try:
         frames = getattr(image, "n_frames", 1)
     except Exception as exc:
         raise _failure(exc, data, fmt) from exc
     if frames > limits.max_frames:
-        raise DecodeError("too_many_frames", str(frames))
+        raise DecodeError(DecodeReason.TOO_MANY_FRAMES, str(frames))
     return image, fmt
 
 
 def _check_scans(data: bytes, fmt: str, limits: DecodeLimits) -> None:
     """Refuse a JPEG with more scans than the limit before parsing it (see DEFAULT_MAX_SCANS)."""
     if fmt == "jpeg" and (scans := data.count(_JPEG_SOS)) > limits.max_scans:
-        raise DecodeError("too_many_scans", str(scans))
+        raise DecodeError(DecodeReason.TOO_MANY_SCANS, str(scans))
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +200,8 @@ def _load(image: Image.Image, data: bytes, fmt: str) -> Image.Image:
 def _failure(exc: Exception, data: bytes, fmt: str) -> DecodeError:
     """Classify a Pillow failure as truncated (the data stops early) or corrupt (anything else)."""
     if isinstance(exc, EOFError) or "truncated" in str(exc).lower() or _riff_is_short(data, fmt):
-        return DecodeError("truncated_image", str(exc))
-    return DecodeError("corrupt_image", f"{type(exc).__name__}: {exc}")
+        return DecodeError(DecodeReason.TRUNCATED_IMAGE, str(exc))
+    return DecodeError(DecodeReason.CORRUPT_IMAGE, f"{type(exc).__name__}: {exc}")
 
 
 def _riff_is_short(data: bytes, fmt: str) -> bool:

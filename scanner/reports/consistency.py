@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
+from scanner.outcomes import Outcome
 from scanner.reports import jsonl
 
 SHOWN = 3  # examples named per problem
@@ -81,7 +82,7 @@ def _repeated_rows(table: pa.Table, shard: str) -> list[int]:
 
 def _match_problems(table: pa.Table, matches_path: Path) -> list[str]:
     """Match records against the rows whose outcome is `match`, both ways."""
-    matched = table.filter(pc.equal(table["outcome"], "match"))
+    matched = table.filter(pc.equal(table["outcome"], Outcome.MATCH.value))
     matched_rows = set(zip(matched["shard"].to_pylist(), matched["row"].to_pylist(), strict=True))
     try:
         recorded = _match_keys(matches_path)

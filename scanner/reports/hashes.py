@@ -21,7 +21,7 @@ from scanner.errors import InputError
 from scanner.fetch import FetchResult
 from scanner.hashing import DIHEDRAL_TRANSFORMS, ImageHashes
 from scanner.reports.files import atomic_open
-from scanner.reports.records import Outcome
+from scanner.reports.records import RowResult
 
 if TYPE_CHECKING:
     from scanner.checkpoint import Checkpoint
@@ -60,7 +60,7 @@ HASHES_SCHEMA = pa.schema(
 )
 
 
-def hash_record(outcome: Outcome, hashes: ImageHashes | None, fetch: FetchResult | None) -> dict:
+def hash_record(outcome: RowResult, hashes: ImageHashes | None, fetch: FetchResult | None) -> dict:
     """One row's record: where it came from, its hashes in lower-case hex, and the response validators."""
     record: dict = {"shard": outcome.shard, "row": outcome.row, "url": outcome.url, "key": outcome.key}
     record.update(hash_values(hashes))

@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
+from scanner.outcomes import OUTCOMES, Outcome
 from scanner.reports import jsonl, safetext
 from scanner.reports.files import atomic_open
-from scanner.reports.records import OUTCOMES
 
 REPORT_NAME = "report.html"
 PERCEPTUAL = ("pdq", "phash", "dhash")
@@ -31,21 +31,21 @@ LISTED_MATCHES = 200
 TOP_BARS = 25
 BATCH_ROWS = 64 * 1024
 COLOURS = {
-    "match": "#b3261e",
-    "clean": "#2e7d32",
-    "dead": "#6b7280",
-    "invalid": "#d97706",
-    "blocked": "#7c3aed",
-    "changed": "#db2777",
-    "unchecked": "#94a3b8",
+    Outcome.MATCH: "#b3261e",
+    Outcome.CLEAN: "#2e7d32",
+    Outcome.DEAD: "#6b7280",
+    Outcome.INVALID: "#d97706",
+    Outcome.BLOCKED: "#7c3aed",
+    Outcome.CHANGED: "#db2777",
+    Outcome.UNCHECKED: "#94a3b8",
 }
 ACCENT = "#1f5fa8"
 CHANGES = (  # a rescan's summary `changes` count, its label, and the outcome whose colour it takes
-    ("newly_dead", "newly dead", "dead"),
-    ("newly_live", "newly live", "clean"),
-    ("new_matches", "new matches", "match"),
-    ("matches_gone", "matches gone", "blocked"),
-    ("content_changed", "content changed", "changed"),
+    ("newly_dead", "newly dead", Outcome.DEAD),
+    ("newly_live", "newly live", Outcome.CLEAN),
+    ("new_matches", "new matches", Outcome.MATCH),
+    ("matches_gone", "matches gone", Outcome.BLOCKED),
+    ("content_changed", "content changed", Outcome.CHANGED),
 )
 LIST_COLUMNS = ("name", "path", "format", "sha256", "digest", "counts")
 INPUT_COLUMNS = ("path", "kind")
@@ -64,7 +64,7 @@ class OutcomeFigures:
 
     @property
     def link_rot(self) -> float:
-        return self.outcomes["dead"] / self.rows if self.rows else 0.0
+        return self.outcomes[Outcome.DEAD] / self.rows if self.rows else 0.0
 
 
 @dataclass(slots=True)
@@ -255,7 +255,7 @@ def _tiles(outcomes: OutcomeFigures, matches: MatchFigures, summary: dict) -> st
     tiles = [
         ("Rows scanned", _n(outcomes.rows)),
         ("Live rate", _pct(float(summary.get("live_rate", 0)))),  # summary.json's definition
-        ("Matched rows", _n(outcomes.outcomes["match"])),
+        ("Matched rows", _n(outcomes.outcomes[Outcome.MATCH])),
         ("Match records", _n(matches.total)),
         ("Link rot", _pct(outcomes.link_rot)),
         ("Duration", f"{float(summary.get('duration_seconds', 0)):,.1f} s"),
@@ -336,7 +336,7 @@ def _out_of_range(counts: Counter, bits: int) -> str:
 
 def _link_rot_section(figures: OutcomeFigures, summary: dict) -> str:
     rot = Counter(
-        {shard: counts["dead"] / sum(counts.values()) for shard, counts in figures.by_shard.items()}
+        {shard: counts[Outcome.DEAD] / sum(counts.values()) for shard, counts in figures.by_shard.items()}
     )
     bars = [(Path(str(shard)).name, share) for shard, share in _top(rot)]
     points = _rot_over_time(figures, summary)
@@ -355,7 +355,7 @@ def _link_rot_section(figures: OutcomeFigures, summary: dict) -> str:
 def _rot_over_time(figures: OutcomeFigures, summary: dict) -> list[tuple[str, float]]:
     """(finished_at, dead share) of each earlier scan in summary["history"], then of this one."""
     points = [
-        (str(h["finished_at"]), h["outcomes"].get("dead", 0) / h["rows"] if h["rows"] else 0.0)
+        (str(h["finished_at"]), h["outcomes"].get(Outcome.DEAD, 0) / h["rows"] if h["rows"] else 0.0)
         for h in summary.get("history", [])
     ]
     return [*points, (str(summary.get("finished_at", "now")), figures.link_rot)]

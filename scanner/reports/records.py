@@ -1,4 +1,4 @@
-"""The rows a scan reports: one Outcome per input row, plus match and evidence records."""
+"""The rows a scan reports: one RowResult per input row, plus match and evidence records."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-UNREADABLE = "unreadable_shard"  # reason of rows a corrupt shard could not give back
-OUTCOMES = ("match", "clean", "dead", "invalid", "blocked", "changed", "unchecked")
+from scanner.outcomes import Outcome
 
 OUTCOME_SCHEMA = pa.schema(
     [
@@ -39,16 +38,16 @@ MATCH_FIELDS = (
 
 
 @dataclass(slots=True)
-class Outcome:
-    """What happened to one input row."""
+class RowResult:
+    """What happened to one input row: one line of outcomes.parquet."""
 
     shard: str
     row: int
     url: str | None
     key: str | None
-    outcome: str
+    outcome: Outcome
     http_status: int | None = None
-    reason: str | None = None
+    reason: str | None = None  # a scanner.outcomes reason (or http_<status>)
     fetched_at: float | None = None
     bytes: int | None = None
     member: str | None = None
@@ -59,13 +58,13 @@ class UnitReport:
     """Everything one work unit produced: committed together, merged in unit order."""
 
     unit_id: int
-    outcomes: list[Outcome]
+    outcomes: list[RowResult]
     matches: list[dict] = field(default_factory=list)
     evidence: list[dict] = field(default_factory=list)
     hashes: list[dict] | None = None  # hash records, one per row, when the scan keeps them
 
 
-def outcomes_table(outcomes: list[Outcome]) -> pa.Table:
+def outcomes_table(outcomes: list[RowResult]) -> pa.Table:
     """Build the outcomes table with the fixed schema (timestamps in ms since the epoch, UTC)."""
     columns = {name: [getattr(o, name) for o in outcomes] for name in OUTCOME_SCHEMA.names}
     columns["fetched_at"] = [None if t is None else int(t * 1000) for t in columns["fetched_at"]]

@@ -10,10 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from scanner.checkpoint import Checkpoint
+from scanner.outcomes import LIVE, OUTCOMES, Outcome, SourceReason
 from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, sha256_file, write_json
 from scanner.reports.html import write_html_report
-from scanner.reports.records import OUTCOME_SCHEMA, OUTCOMES, UNREADABLE
+from scanner.reports.records import OUTCOME_SCHEMA
 
 SUMMARY_SCHEMA_VERSION = 1
 REPORT_FILES = (
@@ -71,7 +72,7 @@ def _count_outcomes(tally: Tally, columns: dict[str, list]) -> None:
     tally.status_classes.update(f"{s // 100}xx" if s else "none" for s in columns["http_status"])
     tally.reasons.update(r for r in columns["reason"] if r)
     reasons = zip(columns["shard"], columns["reason"], strict=True)
-    tally.unreadable.update(shard for shard, reason in reasons if reason == UNREADABLE)
+    tally.unreadable.update(shard for shard, reason in reasons if reason == SourceReason.UNREADABLE_SHARD)
 
 
 def _count_match(tally: Tally, match: dict) -> None:
@@ -86,7 +87,7 @@ def _count_match(tally: Tally, match: dict) -> None:
 def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[str, str]) -> dict:
     """The documented, versioned summary (schema: scanner/schemas/summary.schema.json)."""
     duration = max(finished_at - started_at, 1e-9)
-    reached = sum(tally.outcomes[o] for o in ("match", "clean", "invalid", "changed"))
+    reached = sum(tally.outcomes[o] for o in LIVE)
     for name, rows in tally.matched_rows_by_list.items():
         tally.by_list[name]["rows"] = len(rows)
     return {
@@ -100,7 +101,7 @@ def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[s
         "reasons": dict(sorted(tally.reasons.items())),
         "matches": {
             "total": tally.matches,
-            "rows": tally.outcomes.get("match", 0),
+            "rows": tally.outcomes.get(Outcome.MATCH, 0),
             "by_list": dict(sorted(tally.by_list.items())),
             "by_category": dict(sorted(tally.by_category.items())),
             "by_hash_type": dict(sorted(tally.by_hash_type.items())),

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from multiprocessing import reduction
 
-Span = tuple[int, int]  # offset, length
+Extent = tuple[int, int]  # offset, length: a stretch of the arena (not a source's row Span)
 
 
 def supported() -> bool:
@@ -30,13 +30,13 @@ class Arena:
         self._fd = os.memfd_create("scanner-bodies", os.MFD_CLOEXEC)
         os.ftruncate(self._fd, size)
         self._map = mmap.mmap(self._fd, size)
-        self._free: list[Span] = [(0, size)]  # sorted by offset, never adjacent
+        self._free: list[Extent] = [(0, size)]  # sorted by offset, never adjacent
 
     def handle(self) -> ArenaHandle:
         """What a worker process needs to map the same memory."""
         return ArenaHandle(self._fd, self.size)
 
-    def put(self, bodies: Sequence[bytes]) -> list[Span] | None:
+    def put(self, bodies: Sequence[bytes]) -> list[Extent] | None:
         """Copy the bodies into one free span; None when no span is large enough (the caller uses a pipe)."""
         total = sum(len(b) for b in bodies)
         start = self._take(max(total, 1))
@@ -49,7 +49,7 @@ class Arena:
             offset += len(body)
         return spans
 
-    def release(self, spans: Sequence[Span]) -> None:
+    def release(self, spans: Sequence[Extent]) -> None:
         """Give back the span that put() filled with these bodies."""
         start = spans[0][0]
         self._give(start, max(sum(n for _, n in spans), 1))

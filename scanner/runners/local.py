@@ -20,15 +20,14 @@ from PIL import Image
 from scanner import procguard
 from scanner.config import ScanConfig
 from scanner.errors import HashingWorkersError
+from scanner.outcomes import HashingReason
 from scanner.pipeline import Progress
 from scanner.planner import WorkUnit
 from scanner.reportlock import report_lock
-from scanner.runners.arena import Arena, Span
+from scanner.runners.arena import Arena, Extent
 from scanner.runners.arena import supported as arena_supported
 from scanner.scan import Prepared, ScanResult, check_config, hashing_job, run_scan, unit_pipeline
 from scanner.workers import (
-    DECODE_TIMEOUT,
-    HASHING_CRASHED,
     HashJob,
     HashResult,
     hash_batch,
@@ -90,7 +89,7 @@ class WorkerPool:
         self.executor, self.processes = _started_executor(self.count, self.arena)
         self.generation += 1
 
-    def death_reason(self) -> str:
+    def death_reason(self) -> HashingReason:
         """Why the current set broke: DECODE_TIMEOUT when a process was killed by its CPU budget (SIGXCPU),
         else HASHING_CRASHED. Blocks until the processes have exited (the pool terminates the others)."""
         deadline = time.monotonic() + EXIT_STATUS_SECONDS
@@ -99,7 +98,7 @@ class WorkerPool:
                 process.join(0.05)
         budget = procguard.CPU_BUDGET_SIGNAL
         timed_out = budget is not None and any(p.exitcode == -budget for p in self.processes)
-        return DECODE_TIMEOUT if timed_out else HASHING_CRASHED
+        return HashingReason.DECODE_TIMEOUT if timed_out else HashingReason.HASHING_CRASHED
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -245,14 +244,14 @@ class BatchingHasher:
         self._in_flight += 1
         sent.add_done_callback(partial(self._deliver, batch, spans, generation))
 
-    def _release(self, spans: list[Span] | None) -> None:
+    def _release(self, spans: list[Extent] | None) -> None:
         if spans is not None and self._workers.arena is not None:
             self._workers.arena.release(spans)
 
     def _deliver(
         self,
         batch: Waiting,
-        spans: list[Span] | None,
+        spans: list[Extent] | None,
         generation: int,
         sent: asyncio.Future[list[HashResult]],
     ) -> None:

@@ -22,6 +22,7 @@ from scanner.config import ScanConfig
 from scanner.crashlog import exception_line
 from scanner.errors import ConfigError, ScannerError
 from scanner.lists import Matcher
+from scanner.outcomes import Outcome
 from scanner.pipeline import Pipeline, Progress
 from scanner.planner import WorkUnit
 from scanner.reports.records import UnitReport
@@ -288,9 +289,9 @@ class _Scheduler:
             self._retry(unit, exception_line(exc))
             return
         self._prepared.checkpoint.commit(report)
-        for outcome in report.outcomes:
-            self._progress.row_done(outcome.outcome)
-        self._progress.matched(sum(1 for o in report.outcomes if o.outcome == "match"))
+        for row_result in report.outcomes:
+            self._progress.row_done(row_result.outcome)
+        self._progress.matched(sum(1 for o in report.outcomes if o.outcome == Outcome.MATCH))
         self._progress.unit_done()
 
     def _retry(self, unit: WorkUnit, why: str) -> None:

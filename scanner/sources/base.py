@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from scanner.outcomes import SourceReason
+
 URL_COLUMNS = ("URL", "url", "image_url", "img_url", "link")
 KEY_COLUMNS = ("SAMPLE_ID", "uid", "key", "id")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -27,7 +29,7 @@ class Row:
     columns: dict[str, object] = field(default_factory=dict)
     body: bytes | None = field(default=None, repr=False)  # image content never goes into a repr or a log
     member: str | None = None
-    error: str | None = None
+    error: SourceReason | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from scanner.errors import SourceError
 from scanner.hashing import sniff_format
+from scanner.outcomes import SourceReason
 from scanner.regularfile import NotRegularFileError, open_regular, read_capped
 from scanner.sources.base import (
     KEY_COLUMNS,
@@ -97,16 +98,16 @@ def sniffs_as_image(path: str) -> bool:
         return True
 
 
-def read_file(path: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+def read_file(path: str, max_bytes: int) -> tuple[bytes | None, SourceReason | None]:
     """A file's bytes, or why they are not read: not a regular file, too large, or unreadable."""
     try:
         with open_regular(path) as handle:
             body = read_capped(handle, max_bytes)
     except NotRegularFileError:
-        return None, "not_a_regular_file"
+        return None, SourceReason.NOT_A_REGULAR_FILE
     except OSError:
-        return None, "unreadable_file"
-    return (None, "member_too_large") if body is None else (body, None)
+        return None, SourceReason.UNREADABLE_FILE
+    return (None, SourceReason.MEMBER_TOO_LARGE) if body is None else (body, None)
 
 
 def sidecar(path: str) -> dict[str, object]:

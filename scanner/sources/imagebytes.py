@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import SourceError
+from scanner.outcomes import SourceReason
 from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, cell_to_str, pick_column
 from scanner.sources.parquet import ParquetSource, open_parquet_file
 
@@ -88,9 +89,9 @@ class ImageParquetSource(ParquetSource):
         for row, cell in zip(rows, batch.column(self.image_col).to_pylist(), strict=True):
             body, row.member = cell_parts(cell)
             if body is None:
-                row.error = "no_image_bytes"
+                row.error = SourceReason.NO_IMAGE_BYTES
             elif len(body) > self.options.max_member_bytes:
-                row.error = "member_too_large"
+                row.error = SourceReason.MEMBER_TOO_LARGE
             else:
                 row.body = body
         return rows

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from scanner.errors import SourceError
+from scanner.outcomes import SourceReason
 from scanner.sources.base import (
     KEY_COLUMNS,
     URL_COLUMNS,
@@ -46,7 +47,7 @@ COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "
 class Damage:
     """A stretch of the archive that cannot be read as members."""
 
-    reason: str
+    reason: SourceReason
     offset: int
     member: str | None = None
 
@@ -161,7 +162,9 @@ class WebDatasetSource:
         images = sample.images
         if not images:
             first = sample.members[0].name
-            return [Row(self.path, first_row, None, sample.key, member=first, error="no_image_member")]
+            return [
+                Row(self.path, first_row, None, sample.key, member=first, error=SourceReason.NO_IMAGE_MEMBER)
+            ]
         url, key, columns = sidecar_fields(self._sidecar(handle, sample), self.options)
         rows = []
         for index, member in enumerate(images):
@@ -170,14 +173,14 @@ class WebDatasetSource:
             rows.append(row)
         return rows
 
-    def _body(self, handle: BinaryIO, member: tarfile.TarInfo) -> tuple[bytes | None, str | None]:
+    def _body(self, handle: BinaryIO, member: tarfile.TarInfo) -> tuple[bytes | None, SourceReason | None]:
         """An image member's bytes, or why they are not read: not a file, too large, or cut short."""
         if not member.isreg():
             return None, link_reason(member)
         if member.size > self.options.max_member_bytes:
-            return None, "member_too_large"
+            return None, SourceReason.MEMBER_TOO_LARGE
         body = read_member(handle, member)
-        return (body, None) if len(body) == member.size else (None, "truncated_tar")
+        return (body, None) if len(body) == member.size else (None, SourceReason.TRUNCATED_TAR)
 
     def _sidecar(self, handle: BinaryIO, sample: Sample) -> dict[str, object]:
         """The sample's `.json` metadata, or {} when it has none that is a small JSON object."""
@@ -200,11 +203,11 @@ def sidecar_fields(meta: dict[str, object], options: SourceOptions) -> tuple[str
     return url, key, {c: meta.get(c) for c in options.extra_cols}
 
 
-def link_reason(member: tarfile.TarInfo) -> str:
+def link_reason(member: tarfile.TarInfo) -> SourceReason:
     """Why a member that is not a regular file gives no bytes."""
     if member.islnk():
-        return "hard_link_member"
-    return "symlink_member" if member.issym() else "not_a_regular_file"
+        return SourceReason.HARD_LINK_MEMBER
+    return SourceReason.SYMLINK_MEMBER if member.issym() else SourceReason.NOT_A_REGULAR_FILE
 
 
 def read_member(handle: BinaryIO, member: tarfile.TarInfo) -> bytes:
@@ -265,19 +268,19 @@ def walk(handle: BinaryIO, start: int, size: int, path: str) -> Iterator[tarfile
                     tar.members.clear()  # TarFile keeps every member it has seen; a walk needs none of them
                     skipped = member.offset > expected and not reported
                     if skipped and not zeros(handle, expected, member.offset):
-                        yield Damage("corrupt_member", expected)
+                        yield Damage(SourceReason.CORRUPT_MEMBER, expected)
                     if data_end(member, tar.offset) > size:
-                        yield Damage("truncated_tar", member.offset, member.name)
+                        yield Damage(SourceReason.TRUNCATED_TAR, member.offset, member.name)
                         return
                     yield member
                     expected, reported = tar.offset, False
         except tarfile.ReadError:
             if expected >= size:  # the last member's padding is cut off: tarfile cannot step past it
-                yield Damage("truncated_tar", expected)
+                yield Damage(SourceReason.TRUNCATED_TAR, expected)
                 return
             # A valid extended header followed by an invalid one: report it and resume one block further on.
             if not reported:
-                yield Damage("corrupt_member", expected)
+                yield Damage(SourceReason.CORRUPT_MEMBER, expected)
                 reported = True
             restart = max(restart, expected, tar.offset if tar is not None else 0) + BLOCK
             continue
@@ -292,11 +295,11 @@ def walk(handle: BinaryIO, start: int, size: int, path: str) -> Iterator[tarfile
 def tail_damage(handle: BinaryIO, end: int, size: int) -> Damage | None:
     """What follows the last member: a proper end-of-archive marker is zeros; nothing or garbage is damage."""
     if end >= size:
-        return Damage("truncated_tar", end)
+        return Damage(SourceReason.TRUNCATED_TAR, end)
     if zeros(handle, end, size):
         return None
     ends_with_marker = size - end >= BLOCK and zeros(handle, size - BLOCK, size)
-    return Damage("corrupt_member" if ends_with_marker else "truncated_tar", end)
+    return Damage(SourceReason.CORRUPT_MEMBER if ends_with_marker else SourceReason.TRUNCATED_TAR, end)
 
 
 def zeros(handle: BinaryIO, start: int, stop: int) -> bool:
