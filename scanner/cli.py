@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> ExitCode:
     try:
+        _check_report_dirs(args)
         return ExitCode(args.handler(args))
     except ScannerError as exc:
         return _fail(f"scanner: error: {exc}", ExitCode.ERROR)
@@ -115,6 +116,18 @@ def _run(args: argparse.Namespace) -> ExitCode:
         return _fail(f"scanner: error: {os_error_line(exc)}", ExitCode.ERROR)
     except Exception as exc:
         return _internal(exc, args.debug)
+
+
+def _check_report_dirs(args: argparse.Namespace) -> None:
+    """The report directories a command reads (report, export, verify, sign: DIR; rescan: PREVIOUS_OUT;
+    clean: --report; rematch: HASHES) hold only regular report files: a FIFO or device is refused up front."""
+    for setting, name in (("DIR", "dir"), ("PREVIOUS_OUT", "previous"), ("--report", "report")):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            outputs.check_report_files(value, setting)
+    for value in getattr(args, "hashes", None) or ():
+        if isinstance(value, str):
+            outputs.check_report_files(value, "HASHES")
 
 
 def _internal(exc: BaseException, debug: bool) -> ExitCode:

@@ -152,6 +152,36 @@ def _refuse_unwritable(directory: Path, path: str | Path, setting: str) -> None:
     raise OutputError(f"{setting} {path}: {directory} {why}; choose a writable directory")
 
 
+# Every file a command reads from a report directory (scanner's own names; a rescan's changes too).
+REPORT_FILES = (
+    "outcomes.parquet",
+    "matches.jsonl",
+    "evidence.jsonl",
+    "summary.json",
+    "manifest.json",
+    "manifest.json.sig",
+    "hashes.parquet",
+    "changes.jsonl",
+    "report.html",
+)
+
+
+def check_report_files(directory: str | Path, setting: str = "DIR") -> None:
+    """Refuse a report directory whose report files are not regular files, before any is read: a FIFO there
+    would hang report, verify or rescan forever, and a link to /dev/zero would be read until memory ran out.
+    A directory that is not there (or not a directory) is left to the command's own check."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return
+    for name in REPORT_FILES:
+        path = folder / name
+        if os.path.lexists(path) and (not os.path.exists(path) or not stat.S_ISREG(os.stat(path).st_mode)):
+            raise OutputError(
+                f"{setting} {directory}: {name} is {_kind(path)}, not a report file the scanner wrote; "
+                "this is not a scan's report directory as the scanner left it"
+            )
+
+
 def _kind(path: Path) -> str:
     if not os.path.exists(path):
         return "a broken symbolic link"

@@ -184,3 +184,41 @@ def test_a_fifo_device_or_link_in_the_checkpoint_is_a_named_error_not_a_hang(tmp
         assert (
             server.hits("/slow") == 4
         )  # only the interrupted scan asked for them: each resume stopped first
+
+
+def test_a_fifo_or_device_among_a_report_directorys_files_is_refused_by_every_command_that_reads_it(
+    scanner_cli: ScannerCli, tmp_path: Path
+) -> None:
+    """Before: a FIFO as summary.json, manifest.json, matches.jsonl or outcomes.parquet hung report, verify
+    or rescan forever, and one linked to /dev/zero was read until memory ran out."""
+    jpeg = _jpeg()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg)
+    hashes = tmp_path / "md5.txt"
+    hashes.write_text(hashlib.md5(jpeg).hexdigest() + "\n", encoding="utf-8")
+    finished = tmp_path / "finished"
+    result = scanner_cli(
+        "scan", str(folder), "--hashlist", str(hashes), "--out", str(finished), "--quiet", "--keep-hashes"
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("summary.json", "manifest.json", "matches.jsonl", "outcomes.parquet"):
+        for kind in ("fifo", "device"):
+            damaged = tmp_path / f"{name}-{kind}"
+            shutil.copytree(finished, damaged)
+            (damaged / name).unlink()
+            if kind == "fifo":
+                os.mkfifo(damaged / name)
+            else:
+                (damaged / name).symlink_to(os.devnull)
+            out = ["--out", str(tmp_path / f"again-{name}-{kind}")]
+            for command in (
+                ["verify", str(damaged)],
+                ["report", str(damaged)],
+                ["export", str(damaged), "--output", str(tmp_path / "referrals.csv")],
+                ["rescan", str(damaged), *out, "--quiet"],
+                ["rematch", str(damaged), "--hashlist", str(hashes), *out],
+            ):
+                result = scanner_cli(*command, timeout=60)
+                assert result.returncode == 1, (command, result.stderr)
+                assert f"{name} is a special file" in result.stderr, (command, result.stderr)
