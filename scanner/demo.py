@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from scanner import procguard
+from scanner.checkpoint import own_dir
 from scanner.config import build_config
 from scanner.errors import ConfigError
 from scanner.hashing import hash_image
@@ -137,7 +138,7 @@ def run_demo(out: str, images: int = 60, quiet: bool = False) -> ScanResult:
         raise ConfigError(f"--images must be from 1 to {MAX_IMAGES:,}, not {images}")
     procguard.harden()  # no core dump, not dumpable, before the images it makes and serves exist
     out_dir = private_dir(prepare_dir(out))
-    inputs = private_dir(out_dir / "demo-input")
+    inputs = own_dir(out_dir / "demo-input")  # a planted link there is refused, its target left alone
     routes, paths, bodies = demo_routes(max(images, 8))
     write_demo_list(inputs / "demo-NOT-REAL.csv", bodies)
     with serve(routes) as base:

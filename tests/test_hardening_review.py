@@ -222,3 +222,21 @@ def test_a_fifo_or_device_among_a_report_directorys_files_is_refused_by_every_co
                 result = scanner_cli(*command, timeout=60)
                 assert result.returncode == 1, (command, result.stderr)
                 assert f"{name} is a special file" in result.stderr, (command, result.stderr)
+
+
+def test_demo_refuses_a_link_planted_as_its_input_folder_and_leaves_the_target_alone(
+    scanner_cli: ScannerCli, tmp_path: Path
+) -> None:
+    """Before: `scanner demo --out DIR` with DIR/demo-input a symbolic link chmodded the link's target to
+    0700 and wrote the demo's shard and hash list into it."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    victim.chmod(0o755)
+    (out / "demo-input").symlink_to(victim)
+    result = scanner_cli("demo", "--out", str(out), "--images", "2", timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "symbolic link" in result.stderr
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+    assert list(victim.iterdir()) == []
