@@ -12,6 +12,7 @@ from typing import Any
 from scanner.errors import ConfigError
 from scanner.fetch import FetchConfig
 from scanner.hashing import DecodeLimits
+from scanner.hashtypes import REGISTRY
 from scanner.lists import MatchConfig
 from scanner.regularfile import open_regular
 from scanner.screen import AuditConfig
@@ -69,10 +70,10 @@ RANGES: dict[str, Range] = {
     "hashing.max_frames": Range(1, 1_000_000),
     "hashing.max_scans": Range(1, 1_000_000),
     "hashing.decode_timeout": SECONDS,
-    "match.pdq_threshold": Range(0, 256),
+    "match.pdq_threshold": Range(0, REGISTRY["pdq"].bits),
     "match.pdq_min_quality": Range(0, 100),
-    "match.phash_threshold": Range(0, 64),
-    "match.dhash_threshold": Range(0, 64),
+    "match.phash_threshold": Range(0, REGISTRY["phash"].bits),
+    "match.dhash_threshold": Range(0, REGISTRY["dhash"].bits),
     "run.workers": Range(0, 4096, meaning="one per core"),
     "run.rows_in_flight": Range(1, 1_000_000),
     "run.units_in_flight": Range(1, 10_000),

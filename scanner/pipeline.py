@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from scanner.errors import SourceError
 from scanner.fetch import Fetcher, FetchResult
 from scanner.hashing import ImageHashes
+from scanner.hashtypes import recorded_types
 from scanner.lists import Match, Matcher, Query
 from scanner.outcomes import FetchOutcome, FetchReason, Outcome, SourceReason
 from scanner.planner import WorkUnit
@@ -19,7 +20,6 @@ from scanner.screen import AuditConfig, Screen, Screened, content_changed
 from scanner.sources import Row, Source
 
 HashFn = Callable[[bytes], Awaitable[tuple[ImageHashes | None, str | None]]]
-QUERY_TYPES = ("md5", "sha1", "sha256", "pdq", "phash", "dhash")
 # Hashed rows matched together: a batch costs a few ms against 1M-entry lists, so a unit's end waits little.
 MATCH_BATCH = 256
 
@@ -231,7 +231,7 @@ class _BatchMatching:
 
 def to_query(hashes: ImageHashes) -> Query:
     """The hash values a matcher looks up, from the hashing stage's result."""
-    values = {t: getattr(hashes, t) for t in QUERY_TYPES if getattr(hashes, t) is not None}
+    values = {t.name: value for t in recorded_types() if (value := hashes.get(t.name)) is not None}
     return Query(values, hashes.pdq_quality, tuple(hashes.pdq_dihedral or ()))
 
 

@@ -43,7 +43,7 @@ from scanner.reports.hashes import hash_record
 from scanner.reports.records import RowResult, UnitReport
 from scanner.runners.local import BatchingHasher, WorkerPool, hashing_workers
 from scanner.scan import ScanResult, hashing_job
-from scanner.screen import CONTENT_DIGESTS, Screen, Screened, content_changed
+from scanner.screen import Screen, Screened, content_changed, content_digests
 from scanner.stored import StoredRow, StoredRun, StoredScan, write_unit_changes
 
 COUNTS_SUFFIX = ".rescan.json"
@@ -300,7 +300,7 @@ def _validators_differ(record: dict, result: FetchResult) -> bool:
 
 def _digests(row: StoredRow) -> dict[str, bytes]:
     stored = row.hashes
-    return {name: value for name in CONTENT_DIGESTS if (value := getattr(stored, name)) is not None}
+    return {name: value for name in content_digests() if (value := stored.get(name)) is not None}
 
 
 def _ordered(matches: list[Match]) -> list[Match]:

@@ -13,24 +13,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from scanner.errors import ConfigError
-from scanner.hashing import HASH_TYPES as IMAGE_HASH_TYPES
-from scanner.hashing import ImageHashes
+from scanner.hashtypes import IMAGE, REGISTRY, URL, ImageHashes, names_computed_from, recorded_types
 from scanner.lists import Match, Matcher, Query
 from scanner.outcomes import FetchReason
 from scanner.sources import Row
 from scanner.urlnorm import NormalURL, normalise
 
-URL_TYPES = frozenset({"url", "url_md5", "url_sha1", "url_sha256", "domain"})
-COLUMN_TYPES = {"md5": 16, "sha1": 20, "sha256": 32, "pdq": 32, "phash": 8, "dhash": 8}
-CONTENT_DIGESTS = ("md5", "sha1", "sha256")  # digests of the exact bytes: a difference means `changed`
-KEPT_HASH_TYPES = frozenset(COLUMN_TYPES)  # what --keep-hashes records, whatever the lists hold
+URL_TYPES = names_computed_from(URL)  # url, url_md5, url_sha1, url_sha256, domain
 
 
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     """Audits without fetching: dataset hash columns to match, fetching off, hash records kept."""
 
-    match_columns: tuple[str, ...] = ()  # "COLUMN=TYPE", TYPE one of COLUMN_TYPES
+    match_columns: tuple[str, ...] = ()  # "COLUMN=TYPE", TYPE a recorded image type (md5, ..., dhash)
     no_fetch: bool = False
     keep_hashes: bool = False
 
@@ -48,8 +44,8 @@ def parse_match_columns(specs: Sequence[str]) -> dict[str, str]:
     parsed: dict[str, str] = {}
     for spec in specs:
         column, sep, type_name = spec.rpartition("=")
-        if not sep or not column or type_name not in COLUMN_TYPES:
-            known = ", ".join(COLUMN_TYPES)
+        if not sep or not column or not _recorded(type_name):
+            known = ", ".join(t.name for t in recorded_types())
             raise ConfigError(f"--match-column {spec!r}: expected COLUMN=TYPE, TYPE one of {known}")
         if column in parsed or type_name in parsed.values():
             raise ConfigError(f"--match-column {spec!r}: each column and each type may be named once")
@@ -116,7 +112,7 @@ class Screen:
             value = column_hash(row.columns.get(column), type_name)
             if value is None:
                 continue
-            if type_name in CONTENT_DIGESTS:
+            if _content_digest(type_name):
                 item.claimed[type_name] = value
             if type_name in self._listed:
                 hashes[type_name] = value
@@ -158,7 +154,7 @@ def url_hashes(url: NormalURL, types: frozenset[str]) -> dict[str, bytes]:
 
 def column_hash(value: object, type_name: str) -> bytes | None:
     """A dataset cell as a hash of type_name: raw bytes of the right size, or hex text; None if neither."""
-    size = COLUMN_TYPES[type_name]
+    size = REGISTRY[type_name].nbytes
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
         if len(raw) == size:
@@ -177,14 +173,29 @@ def column_hash(value: object, type_name: str) -> bytes | None:
 
 def content_changed(claimed: dict[str, bytes], hashes: ImageHashes) -> bool:
     """Whether the bytes hashed differ from a digest the dataset gives for them."""
-    return any(getattr(hashes, name) not in (None, value) for name, value in claimed.items())
+    return any(hashes.get(name) not in (None, value) for name, value in claimed.items())
 
 
 def hash_types(matcher: Matcher, audit: AuditConfig) -> frozenset[str]:
     """What the hashing stage computes: the image types the lists hold, the digests the dataset claims
     (to find changed content), and every type when hash records are kept for later re-matching."""
-    want = set(matcher.needed_hash_types & IMAGE_HASH_TYPES)
-    want.update(t for t in audit.columns.values() if t in CONTENT_DIGESTS)
+    want = set(matcher.needed_hash_types & names_computed_from(IMAGE))
+    want.update(t for t in audit.columns.values() if _content_digest(t))
     if audit.keep_hashes:
-        want.update(KEPT_HASH_TYPES)
+        want.update(t.name for t in recorded_types())  # whatever the lists hold
     return frozenset(want)
+
+
+def _recorded(type_name: str) -> bool:
+    known = REGISTRY.get(type_name)
+    return known is not None and known.recorded
+
+
+def content_digests() -> tuple[str, ...]:
+    """The exact image types (md5, sha1, sha256): digests of the exact bytes, so a difference from the
+    dataset's (or a stored record's) means `changed`."""
+    return tuple(t.name for t in recorded_types() if not t.hamming)
+
+
+def _content_digest(type_name: str) -> bool:
+    return type_name in content_digests()

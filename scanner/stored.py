@@ -26,7 +26,7 @@ from scanner.reports.files import atomic_open, write_jsonl
 from scanner.reports.hashes import (
     DIHEDRAL_COLUMN,
     HASHES_FILE,
-    HEX_COLUMNS,
+    hex_columns,
     merge_hashes,
     open_hashes,
     read_slice,
@@ -274,7 +274,7 @@ def _outcome(values: dict) -> RowResult:
 def _assumed_outcome(record: dict) -> RowResult:
     """Without outcomes.parquet: clean when the record holds an image's hashes, invalid when only digests
     (a body that was no usable image), unchecked when none."""
-    hashed = any(record.get(name) for name in HEX_COLUMNS)
+    hashed = any(record.get(name) for name in hex_columns())
     image = record.get("width") is not None
     return RowResult(
         record["shard"],

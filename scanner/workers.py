@@ -60,14 +60,14 @@ class HashJob:
         try:
             return hash_image(body, self.want, self.limits), None
         except DecodeError as exc:
-            return (ImageHashes(**exc.digests) if exc.digests else None), exc.reason
+            return (ImageHashes.of(exc.digests) if exc.digests else None), exc.reason
 
     def crashed(self, body: bytes, reason: HashingReason = HashingReason.HASHING_CRASHED) -> HashResult:
         """The result for a body that killed a worker, alone, in a fresh pool (HASHING_CRASHED) or ran it out
         of its decode budget, hashing.decode_timeout (DECODE_TIMEOUT): its digests, computed without parsing
         a byte of it, so exact lists still match."""
         found = digests(body, self.want)
-        return (ImageHashes(**found) if found else None), reason
+        return (ImageHashes.of(found) if found else None), reason
 
 
 def hash_batch(bodies: Sequence[bytes], job: Callable[[bytes], HashResult]) -> list[HashResult]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from scanner.hashing.api import hash_file_record, hash_image
 from scanner.hashing.decode import DecodeError, DecodeLimits, DecodeReason, sniff_format
-from scanner.hashing.hashers import HASH_TYPES, HASHERS, ImageHashes
-from scanner.hashing.pdq import DIHEDRAL_TRANSFORMS
+from scanner.hashing.hashers import HASH_TYPES, HASHERS
+from scanner.hashtypes import DIHEDRAL_TRANSFORMS, ImageHashes
 
 __all__ = [
     "DIHEDRAL_TRANSFORMS",

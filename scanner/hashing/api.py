@@ -6,12 +6,10 @@ from pathlib import Path
 
 from scanner.errors import InputError
 from scanner.hashing.decode import DEFAULT_LIMITS, DecodeError, DecodeLimits, decode_image, open_image
-from scanner.hashing.hashers import HASH_TYPES, HASHERS, HashInput, ImageHashes
+from scanner.hashing.hashers import HASH_TYPES, HASHERS, HashInput
+from scanner.hashtypes import ImageHashes, recorded_types
 from scanner.procguard import cpu_budget
 from scanner.regularfile import open_regular
-
-# What `scanner hash FILE` reports: every type but the dihedral set, which is a matching option.
-FILE_RECORD_TYPES = frozenset({"md5", "sha1", "sha256", "pdq", "phash", "dhash"})
 
 
 def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT_LIMITS) -> ImageHashes:
@@ -42,7 +40,7 @@ def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT
     fields.update(width=header.width, height=header.height, format=fmt)
     for hasher in perceptual:
         fields.update(hasher.compute(source))
-    return ImageHashes(**fields)  # type: ignore[arg-type]
+    return ImageHashes.of(fields)
 
 
 def digests(data: bytes, want: frozenset[str]) -> dict[str, bytes]:
@@ -62,16 +60,15 @@ def hash_file_record(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) ->
             data = handle.read()
     except OSError as exc:
         raise InputError(str(path), f"cannot read: {exc.strerror or exc}") from exc
+    # Every recorded type, as hashes.parquet keeps them: not the dihedral set, which is a matching option.
+    types = recorded_types()
     try:
-        hashes = hash_image(data, FILE_RECORD_TYPES, limits)
+        hashes = hash_image(data, frozenset(t.name for t in types), limits)
     except DecodeError as exc:
         raise InputError(str(path), f"not a usable image ({exc})") from exc
-    return {
-        "path": str(path),
-        **{name: getattr(hashes, name).hex() for name in ("md5", "sha1", "sha256", "pdq")},
-        "pdq_quality": hashes.pdq_quality,
-        **{name: getattr(hashes, name).hex() for name in ("phash", "dhash")},
-        "width": hashes.width,
-        "height": hashes.height,
-        "format": hashes.format,
-    }
+    record: dict[str, object] = {"path": str(path)}
+    for hash_type in types:
+        record[hash_type.name] = hash_type.to_hex(hashes.get(hash_type.name))
+        if hash_type.quality_column:
+            record[hash_type.quality_column] = hashes.get(hash_type.quality_column)
+    return {**record, "width": hashes.width, "height": hashes.height, "format": hashes.format}

@@ -1,9 +1,12 @@
-"""One small class per hash type, and the registry: adding a hash type means editing this file only."""
+"""How each image hash type is computed: one small class per type, keyed by its name in scanner.hashtypes.
+
+What a type is (width, hex form, threshold, index kind, report column) is in scanner/hashtypes.py's
+REGISTRY; here only how it is computed. Adding an image hash type is its HashType there and its Hasher here
+(register_hasher); every other table derives from the registry."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
 
@@ -13,23 +16,7 @@ from PIL import Image
 
 from scanner.hashing import pdq
 from scanner.hashing.decode import DecodedImage
-
-
-@dataclass(frozen=True, slots=True)
-class ImageHashes:
-    """Every hash of one image body (raw bytes), plus what its header says; None where not wanted."""
-
-    md5: bytes | None = None
-    sha1: bytes | None = None
-    sha256: bytes | None = None
-    pdq: bytes | None = None
-    pdq_quality: int | None = None
-    pdq_dihedral: tuple[bytes, ...] | None = None
-    phash: bytes | None = None
-    dhash: bytes | None = None
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
+from scanner.hashtypes import IMAGE, REGISTRY
 
 
 class HashInput:
@@ -59,11 +46,15 @@ class HashInput:
 
 
 class Hasher:
-    """A hash type: its name, its length in bytes, and how to compute it into ImageHashes fields."""
+    """How one image hash type is computed into ImageHashes fields; `name` is its name in the registry."""
 
     name: ClassVar[str]
-    size: ClassVar[int]
     needs_pixels: ClassVar[bool]
+
+    @property
+    def size(self) -> int:
+        """The hash's length in bytes, as the registry gives it."""
+        return REGISTRY[self.name].nbytes
 
     def compute(self, source: HashInput) -> dict[str, object]:
         """The ImageHashes fields this hash type fills."""
@@ -84,28 +75,24 @@ class Md5(DigestHasher):
     """MD5, as exact-match lists (NCMEC, IWF) publish it."""
 
     name = "md5"
-    size = 16
 
 
 class Sha1(DigestHasher):
     """SHA-1, as exact-match lists publish it."""
 
     name = "sha1"
-    size = 20
 
 
 class Sha256(DigestHasher):
     """SHA-256, as exact-match lists publish it."""
 
     name = "sha256"
-    size = 32
 
 
 class Pdq(Hasher):
     """PDQ, bit-exact with the C++ reference; quality is reported as is (matching decides what to ignore)."""
 
     name = "pdq"
-    size = 32
     needs_pixels = True
 
     def compute(self, source: HashInput) -> dict[str, object]:
@@ -118,7 +105,6 @@ class PdqDihedral(Hasher):
     """The 8 dihedral PDQ hashes (rotations and flips), to match transformed copies of listed images."""
 
     name = "pdq_dihedral"
-    size = 32
     needs_pixels = True
 
     def compute(self, source: HashInput) -> dict[str, object]:
@@ -131,7 +117,6 @@ class PHash(Hasher):
     """imagehash's DCT perceptual hash, hash_size 8."""
 
     name = "phash"
-    size = 8
     needs_pixels = True
 
     def compute(self, source: HashInput) -> dict[str, object]:
@@ -143,7 +128,6 @@ class DHash(Hasher):
     """imagehash's horizontal difference hash, hash_size 8."""
 
     name = "dhash"
-    size = 8
     needs_pixels = True
 
     def compute(self, source: HashInput) -> dict[str, object]:
@@ -151,7 +135,28 @@ class DHash(Hasher):
         return {"dhash": bytes.fromhex(str(imagehash.dhash(source.grey, hash_size=8)))}
 
 
-HASHERS: dict[str, Hasher] = {
-    hasher.name: hasher for hasher in (Md5(), Sha1(), Sha256(), Pdq(), PdqDihedral(), PHash(), DHash())
-}
-HASH_TYPES: frozenset[str] = frozenset(HASHERS)
+HASHERS: dict[str, Hasher] = {}
+"""The hasher of every image hash type, by name."""
+HASH_TYPES = HASHERS.keys()
+"""The names of the hash types the hashing stage computes (a live view of HASHERS)."""
+
+
+def register_hasher(hasher: Hasher) -> Hasher:
+    """Add the hasher of a registered image hash type; one per type."""
+    hash_type = REGISTRY.get(hasher.name)
+    if hash_type is None or hash_type.computed_from != IMAGE:
+        raise ValueError(f"{hasher.name!r} is not a registered image hash type (scanner.hashtypes.register)")
+    if hasher.name in HASHERS:
+        raise ValueError(f"hash type {hasher.name!r} already has a hasher")
+    HASHERS[hasher.name] = hasher
+    return hasher
+
+
+def unregister_hasher(name: str) -> None:
+    """Remove a hasher (tests that register a toy type)."""
+    del HASHERS[name]
+
+
+for _hasher in (Md5(), Sha1(), Sha256(), Pdq(), PdqDihedral(), PHash(), DHash()):
+    register_hasher(_hasher)
+del _hasher

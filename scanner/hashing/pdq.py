@@ -14,18 +14,6 @@ from scanner import kernelcache
 
 DOWNSAMPLE_SIDE = 512
 
-# The 8 dihedral hashes, in the order of the reference's --pdqdih output and pdqhash.compute_dihedral.
-DIHEDRAL_TRANSFORMS = (
-    "original",
-    "rotate90",
-    "rotate180",
-    "rotate270",
-    "flipx",
-    "flipy",
-    "flipplus1",
-    "flipminus1",
-)
-
 # Images a process hashes with pdqhash before it compiles the faster kernels, when numba's disk cache is off
 # (kernelcache.py): short scans and tests never pay the compile, long scans pay it once per worker. With the
 # cache the kernels load in about half a second (after one compile per machine), so every image uses them.
@@ -71,7 +59,7 @@ def compiled_pdq(pixels: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def pdq_dihedral(pixels: np.ndarray) -> tuple[tuple[bytes, ...], int]:
-    """The 8 dihedral PDQ hashes in DIHEDRAL_TRANSFORMS order, and the quality."""
+    """The 8 dihedral PDQ hashes in DIHEDRAL_TRANSFORMS order (scanner.hashtypes), and the quality."""
     hashes, quality = pdqhash.compute_dihedral(pixels)
     return tuple(_pack(bits) for bits in hashes), int(quality)
 

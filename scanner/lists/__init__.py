@@ -1,20 +1,21 @@
 """Hash lists: file formats, in-memory indexes, and matching hashes against every loaded list."""
 
 from scanner.lists.hashlist import DuplicateHashWarning, HashEntries, HashList, ListSpec, load_hashlist
-from scanner.lists.hashtypes import HASH_TYPES, HashType
+from scanner.lists.hashtypes import LIST_TYPE_NAMES, ListKeys, list_keys
 from scanner.lists.matcher import DIHEDRAL_TRANSFORMS, Match, MatchConfig, Matcher, Query
 
 __all__ = [
     "DIHEDRAL_TRANSFORMS",
-    "HASH_TYPES",
+    "LIST_TYPE_NAMES",
     "DuplicateHashWarning",
     "HashEntries",
     "HashList",
-    "HashType",
+    "ListKeys",
     "ListSpec",
     "Match",
     "MatchConfig",
     "Matcher",
     "Query",
+    "list_keys",
     "load_hashlist",
 ]

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from scanner.lists import _kernels
-from scanner.lists.hashtypes import HASH_TYPES, string_buffers
+from scanner.lists.hashtypes import LIST_TYPE_NAMES, string_buffers
 
 
 class FormatError(ValueError):
@@ -175,7 +175,7 @@ class CanonicalCsv(CsvFormat):
 
     name = "csv"
     roles: ClassVar = {"type": ("hash_type",), "hash": ("hash",), "id": ("id",), "category": ("category",)}
-    type_names: ClassVar = {name: name for name in HASH_TYPES}
+    type_names: ClassVar = LIST_TYPE_NAMES
 
 
 class NcmecCsv(CsvFormat):

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from scanner.errors import HashListError
 from scanner.lists.formats import FormatError, ListText, RawList, read_list
-from scanner.lists.hashtypes import HASH_TYPES, BadValue, HashType
+from scanner.lists.hashtypes import LIST_TYPE_NAMES, BadValue, ListKeys, list_keys
 from scanner.lists.index import aligned_copy, first_occurrences
 from scanner.regularfile import open_regular
 
@@ -46,8 +46,8 @@ class ListSpec:
         typed = re.match(r"^([A-Za-z0-9_]+):(.+)$", spec)
         if typed and not Path(spec).exists():
             hash_type, spec = typed.group(1).lower(), typed.group(2)
-            if hash_type not in HASH_TYPES:
-                known = ", ".join(HASH_TYPES)
+            if hash_type not in LIST_TYPE_NAMES:
+                known = ", ".join(LIST_TYPE_NAMES)
                 raise HashListError(spec, f"unknown hash type {hash_type!r} in list spec (known: {known})")
         path = Path(spec)
         return cls(name or path.stem, hash_type, path)
@@ -57,7 +57,7 @@ class ListSpec:
 class HashEntries:
     """The entries of one hash type in one list, in file order (repeats merged)."""
 
-    hash_type: HashType
+    hash_type: ListKeys
     keys: np.ndarray  # (n, nbytes) uint8
     ids: pa.Array | None = None  # entry ids; null (or no array) means the hash's own text
     categories: pa.Array | None = None
@@ -155,13 +155,13 @@ def _decode(raw: RawList, path: str) -> tuple[dict[str, HashEntries], int]:
     merged = 0
     for type_name in sorted(groups):
         rows = groups[type_name]
-        entries[type_name], repeats = _decode_type(HASH_TYPES[type_name], raw, rows, path)
+        entries[type_name], repeats = _decode_type(list_keys(type_name), raw, rows, path)
         merged += repeats
     return entries, merged
 
 
 def _decode_type(
-    hash_type: HashType, raw: RawList, rows: pa.Array | None, path: str
+    hash_type: ListKeys, raw: RawList, rows: pa.Array | None, path: str
 ) -> tuple[HashEntries, int]:
     """One type's entries (rows: which of the list's rows hold this type; None for all): decoded keys,
     repeats merged, ids checked."""

@@ -1,8 +1,9 @@
-"""The hash types a list can hold: how each is written in a list, stored as a key, and looked up.
+"""How a list's values of each hash type become keys, and a query's value the keys to look up.
 
-Keys are fixed-width bytes, so one index serves every type. Hex types store their raw bytes. Text types
-(url, domain) store a 16-byte BLAKE2b digest of the normalised text and keep the text as the entry id.
-Adding a type is one class instance in HASH_TYPES.
+What the types are is scanner.hashtypes.REGISTRY; this is the lists' side of every listable type there,
+built from it (list_keys). Keys are fixed-width bytes, so one index serves every type. Hex types store
+their raw bytes. Text types (url, domain) store a 16-byte BLAKE2b digest of the normalised text and keep
+the text as the entry id.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import binascii
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from scanner.hashtypes import REGISTRY, HashType
 from scanner.lists.index import aligned_empty
 from scanner.urlnorm import BadEntry, normalise_host, normalise_hosts, normalise_url, normalise_urls
 
@@ -37,13 +39,24 @@ class ParsedKeys:
     names: pa.Array | None = None
 
 
-class HashType(ABC):
-    """One kind of hash: its name, key width, matching rule, and how list values become keys."""
+class ListKeys(ABC):
+    """One listable hash type as the lists key it: its registry entry, and how values become keys."""
 
-    def __init__(self, name: str, nbytes: int, hamming: bool = False) -> None:
-        self.name = name
-        self.nbytes = nbytes
-        self.hamming = hamming  # matched within a Hamming distance; otherwise exactly
+    def __init__(self, hash_type: HashType) -> None:
+        self.type = hash_type
+
+    @property
+    def name(self) -> str:
+        return self.type.name
+
+    @property
+    def nbytes(self) -> int:
+        return self.type.nbytes
+
+    @property
+    def hamming(self) -> bool:
+        """Matched within a Hamming distance; otherwise exactly."""
+        return self.type.hamming
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -57,7 +70,7 @@ class HashType(ABC):
         """The keys to look up for one query value (a domain also looks up its parent domains)."""
 
 
-class HexHash(HashType):
+class HexKeys(ListKeys):
     """A digest or perceptual hash written as hex: md5, sha1, sha256, pdq, phash, dhash, url_*."""
 
     def parse(self, values: pa.Array) -> ParsedKeys:
@@ -69,24 +82,21 @@ class HexHash(HashType):
         return [value]
 
 
-class TextKey(HashType):
+# A text type's normal form (HashType.normal_form): one value, and a whole column (the same, but fast).
+NORMAL_FORMS = {"url": (normalise_url, normalise_urls), "host": (normalise_host, normalise_hosts)}
+
+
+class TextKeys(ListKeys):
     """A string matched exactly after normalisation: keyed by the digest of its normal form.
 
     With match_parents, a query also matches entries for its parent domains (a.b.example.com matches a
     list entry example.com).
     """
 
-    def __init__(
-        self,
-        name: str,
-        normalise: Callable[[str], str],
-        normalise_column: Callable[[pa.Array], pa.Array],
-        match_parents: bool = False,
-    ) -> None:
-        super().__init__(name, nbytes=16)
-        self.normalise = normalise
-        self.normalise_column = normalise_column  # normalise of every value, the same, but fast
-        self.match_parents = match_parents
+    def __init__(self, hash_type: HashType) -> None:
+        super().__init__(hash_type)
+        self.normalise, self.normalise_column = NORMAL_FORMS[hash_type.normal_form]  # type: ignore[index]
+        self.match_parents = hash_type.match_parents
 
     def parse(self, values: pa.Array) -> ParsedKeys:
         try:
@@ -165,20 +175,35 @@ def _first(mask: pa.Array) -> int:
     return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
 
 
-HASH_TYPES: dict[str, HashType] = {
-    t.name: t
-    for t in (
-        HexHash("md5", 16),
-        HexHash("sha1", 20),
-        HexHash("sha256", 32),
-        HexHash("pdq", 32, hamming=True),
-        HexHash("phash", 8, hamming=True),
-        HexHash("dhash", 8, hamming=True),
-        HexHash("url_md5", 16),
-        HexHash("url_sha1", 20),
-        HexHash("url_sha256", 32),
-        TextKey("url", normalise_url, normalise_urls),
-        TextKey("domain", normalise_host, normalise_hosts, match_parents=True),
-    )
-}
-"""Every hash type by name. url, url_* and domain values are in normal form (scanner/urlnorm.py)."""
+_KEYS: dict[HashType, ListKeys] = {}
+
+
+def list_keys(name: str) -> ListKeys:
+    """The lists' side of a listable hash type, by name (KeyError for any other name)."""
+    hash_type = REGISTRY.get(name)
+    if hash_type is None or not hash_type.listable:
+        raise KeyError(name)
+    if hash_type not in _KEYS:
+        _KEYS[hash_type] = TextKeys(hash_type) if hash_type.text else HexKeys(hash_type)
+    return _KEYS[hash_type]
+
+
+class ListTypeNames(Mapping[str, str]):
+    """The names a list may give its hash types, each to itself: the registry's listable types, in order,
+    read at each use (a format's type column accepts exactly these)."""
+
+    def __getitem__(self, name: str) -> str:
+        hash_type = REGISTRY.get(name)
+        if hash_type is None or not hash_type.listable:
+            raise KeyError(name)
+        return name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([name for name, hash_type in REGISTRY.items() if hash_type.listable])
+
+    def __len__(self) -> int:
+        return sum(1 for hash_type in REGISTRY.values() if hash_type.listable)
+
+
+LIST_TYPE_NAMES = ListTypeNames()
+"""Every listable hash type's name. url, url_* and domain values are in normal form (scanner/urlnorm.py)."""

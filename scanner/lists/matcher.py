@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scanner.errors import ConfigError
-from scanner.hashing import HASH_TYPES as IMAGE_HASH_TYPES
-from scanner.hashing.pdq import DIHEDRAL_TRANSFORMS
+from scanner.hashtypes import DIHEDRAL_TRANSFORMS, IMAGE, REGISTRY
 from scanner.lists.hashlist import HashEntries, HashList
-from scanner.lists.hashtypes import HashType
+from scanner.lists.hashtypes import ListKeys
 from scanner.lists.index import ExactIndex, HammingIndex
 
 
@@ -43,7 +42,9 @@ class Query:
 class MatchConfig:
     """Match thresholds (Hamming distance, inclusive) and the PDQ quality gate.
 
-    PDQ: Meta's recommendation, distance <= 31 of 256 bits, ignoring hashes of quality below 50.
+    The defaults are the registry's (scanner.hashtypes); a type without a field here matches within its
+    registry threshold. PDQ: Meta's recommendation, distance <= 31 of 256 bits, ignoring hashes of quality
+    below 50.
     pHash/dHash default to 8 of 64 bits: the same 1/8 of the bits as PDQ's 31/256. Two unrelated random
     64-bit hashes come that close with probability 2.8e-10 (at 10 bits, 1e-8), so against a 1M-entry
     list about one query in 3,600 matches by chance (one in 100 at 10 bits). Real images' bits are
@@ -51,27 +52,31 @@ class MatchConfig:
     as the evidence.
     """
 
-    pdq_threshold: int = 31
+    pdq_threshold: int = REGISTRY["pdq"].threshold
     pdq_min_quality: int = 50
-    phash_threshold: int = 8
-    dhash_threshold: int = 8
+    phash_threshold: int = REGISTRY["phash"].threshold
+    dhash_threshold: int = REGISTRY["dhash"].threshold
     pdq_dihedral: bool = False
     list_thresholds: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # list -> type -> bits
 
     def __post_init__(self) -> None:
         for name, bits, limit in (
-            ("pdq_threshold", self.pdq_threshold, 256),
+            ("pdq_threshold", self.pdq_threshold, REGISTRY["pdq"].bits),
             ("pdq_min_quality", self.pdq_min_quality, 100),
-            ("phash_threshold", self.phash_threshold, 64),
-            ("dhash_threshold", self.dhash_threshold, 64),
+            ("phash_threshold", self.phash_threshold, REGISTRY["phash"].bits),
+            ("dhash_threshold", self.dhash_threshold, REGISTRY["dhash"].bits),
         ):
             if not 0 <= bits <= limit:
                 raise ConfigError(f"{name} must be within 0..{limit}, got {bits}")
 
     def threshold(self, list_name: str, hash_type: str) -> int:
-        """The Hamming threshold for one list's hashes of one type (0 for exact types)."""
-        defaults = {"pdq": self.pdq_threshold, "phash": self.phash_threshold, "dhash": self.dhash_threshold}
-        return self.list_thresholds.get(list_name, {}).get(hash_type, defaults.get(hash_type, 0))
+        """The Hamming threshold for one list's hashes of one type (0 for exact types): the list's own, else
+        this config's `<type>_threshold`, else the registry's default."""
+        own = self.list_thresholds.get(list_name, {}).get(hash_type)
+        if own is not None:
+            return own
+        known = REGISTRY.get(hash_type)
+        return getattr(self, f"{hash_type}_threshold", known.threshold if known is not None else 0)
 
 
 Index = ExactIndex | HammingIndex
@@ -133,7 +138,7 @@ class Matcher:
             for type_name, entries in hash_list.entries.items():
                 threshold = config.threshold(hash_list.name, type_name)
                 index: Index | Future[Index] = Future()
-                if entries.hash_type.name in IMAGE_HASH_TYPES:
+                if entries.hash_type.type.computed_from == IMAGE:
                     builds.append((index, entries, threshold))
                 else:
                     index = _index(entries, threshold)  # URL screening needs it before the first request
@@ -159,7 +164,7 @@ class Matcher:
             matches.sort(key=lambda m: (m.list, m.hash_type, m.distance, m.entry_id))
         return results
 
-    def _probes(self, queries: Sequence[Query], hash_type: HashType) -> _Probes:
+    def _probes(self, queries: Sequence[Query], hash_type: ListKeys) -> _Probes:
         keys: list[bytes] = []
         owners: list[int] = []
         transforms: list[int] = []

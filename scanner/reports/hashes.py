@@ -7,6 +7,10 @@ Schema version 2 (the `scanner.hashes_version` key of the Parquet metadata) adde
 dihedral PDQ hashes as a fixed-size list of 8 lower-case hex strings in DIHEDRAL_TRANSFORMS order (original
 first), set when the scan computed them (--pdq-dihedral with a PDQ list), null otherwise. Version 1 files
 (no metadata key, no column) are read as if that column were null.
+
+The hash columns derive from scanner.hashtypes.REGISTRY: one lower-case hex column per recorded image type
+(md5, sha1, sha256, pdq, phash, dhash, in registry order; `<type>_quality` after a type that has one), one
+fixed-size list column per variant type (pdq_dihedral) at the end.
 """
 
 from __future__ import annotations
@@ -18,46 +22,57 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
-from scanner.fetch import FetchResult
-from scanner.hashing import DIHEDRAL_TRANSFORMS, ImageHashes
+from scanner.hashtypes import REGISTRY, ImageHashes, recorded_types, variant_types
 from scanner.reports.files import atomic_open
 from scanner.reports.records import RowResult
 
 if TYPE_CHECKING:
     from scanner.checkpoint import Checkpoint
+    from scanner.fetch import FetchResult
 
 HASHES_FILE = "hashes.parquet"
 UNIT_SUFFIX = ".hashes.parquet"
-HEX_COLUMNS = ("md5", "sha1", "sha256", "pdq", "phash", "dhash")
-IMAGE_COLUMNS = ("pdq_quality", "width", "height", "format")
-DIHEDRAL_COLUMN = "pdq_dihedral"
-OPTIONAL_COLUMNS = (DIHEDRAL_COLUMN,)  # added after version 1: older files lack them
+HEADER_COLUMNS = ("width", "height", "format")
+DIHEDRAL_COLUMN = REGISTRY["pdq_dihedral"].name
 HASHES_VERSION = 2
 ROW_GROUP_ROWS = 64 * 1024
 
-HASHES_SCHEMA = pa.schema(
-    [
-        ("shard", pa.string()),
-        ("row", pa.int64()),
-        ("url", pa.string()),
-        ("key", pa.string()),
-        ("md5", pa.string()),
-        ("sha1", pa.string()),
-        ("sha256", pa.string()),
-        ("pdq", pa.string()),
-        ("pdq_quality", pa.int32()),
-        ("phash", pa.string()),
-        ("dhash", pa.string()),
+
+def hex_columns() -> tuple[str, ...]:
+    """The hex hash columns: every recorded image type (md5, sha1, sha256, pdq, phash, dhash)."""
+    return tuple(t.name for t in recorded_types())
+
+
+def image_columns() -> tuple[str, ...]:
+    """What else a hashed image gives: the qualities (pdq_quality), then width, height and format."""
+    return (*(t.quality_column for t in recorded_types() if t.quality_column), *HEADER_COLUMNS)
+
+
+def optional_columns() -> tuple[str, ...]:
+    """Columns added after version 1 (the variant types: pdq_dihedral): older files lack them."""
+    return tuple(t.name for t in variant_types())
+
+
+def hashes_schema() -> pa.Schema:
+    """The schema of hash records, from the registry as it is now."""
+    columns = [("shard", pa.string()), ("row", pa.int64()), ("url", pa.string()), ("key", pa.string())]
+    for hash_type in recorded_types():
+        columns.append((hash_type.name, pa.string()))
+        if hash_type.quality_column:
+            columns.append((hash_type.quality_column, pa.int32()))
+    columns += [
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("format", pa.string()),
         ("etag", pa.string()),
         ("last_modified", pa.string()),
         ("fetched_at", pa.timestamp("ms", tz="UTC")),
-        (DIHEDRAL_COLUMN, pa.list_(pa.string(), len(DIHEDRAL_TRANSFORMS))),
-    ],
-    metadata={"scanner.hashes_version": str(HASHES_VERSION)},
-)
+    ]
+    columns += [(t.name, pa.list_(pa.string(), len(t.transforms))) for t in variant_types()]
+    return pa.schema(columns, metadata={"scanner.hashes_version": str(HASHES_VERSION)})
+
+
+HASHES_SCHEMA = hashes_schema()  # the built-in types' schema (the writers ask hashes_schema() each time)
 
 
 def hash_record(outcome: RowResult, hashes: ImageHashes | None, fetch: FetchResult | None) -> dict:
@@ -72,36 +87,39 @@ def hash_record(outcome: RowResult, hashes: ImageHashes | None, fetch: FetchResu
 
 def hash_values(hashes: ImageHashes | None) -> dict:
     """The hash columns of a record (all None without hashes; pdq_dihedral None unless computed)."""
-    values: dict = dict.fromkeys((*HEX_COLUMNS, *IMAGE_COLUMNS, DIHEDRAL_COLUMN))
+    recorded, variants = recorded_types(), variant_types()
+    values: dict = dict.fromkeys((*(t.name for t in recorded), *image_columns(), *(t.name for t in variants)))
     if hashes is not None:
-        for name in HEX_COLUMNS:
-            value = getattr(hashes, name)
-            values[name] = value.hex() if value is not None else None
-        for name in IMAGE_COLUMNS:
-            values[name] = getattr(hashes, name)
-        if hashes.pdq_dihedral:
-            values[DIHEDRAL_COLUMN] = [value.hex() for value in hashes.pdq_dihedral]
+        for hash_type in recorded:
+            value = hashes.get(hash_type.name)
+            values[hash_type.name] = hash_type.to_hex(value) if value is not None else None
+        for name in image_columns():
+            values[name] = hashes.get(name)
+        for hash_type in variants:
+            if found := hashes.get(hash_type.name):
+                values[hash_type.name] = [hash_type.to_hex(value) for value in found]
     return values
 
 
 def stored_hashes(record: dict) -> ImageHashes | None:
     """The ImageHashes a record holds (the dihedral PDQ when stored), or None if it holds none."""
-    if all(record.get(name) is None for name in HEX_COLUMNS):
+    recorded = recorded_types()
+    if all(record.get(t.name) is None for t in recorded):
         return None
-    raw = {name: bytes.fromhex(record[name]) if record.get(name) else None for name in HEX_COLUMNS}
-    dihedral = record.get(DIHEDRAL_COLUMN)
-    return ImageHashes(
-        **raw,
-        **{name: record.get(name) for name in IMAGE_COLUMNS},
-        pdq_dihedral=tuple(bytes.fromhex(value) for value in dihedral) if dihedral else None,
-    )
+    values = {t.name: t.from_hex(record[t.name]) if record.get(t.name) else None for t in recorded}
+    values.update((name, record.get(name)) for name in image_columns())
+    for hash_type in variant_types():
+        found = record.get(hash_type.name)
+        values[hash_type.name] = tuple(hash_type.from_hex(value) for value in found) if found else None
+    return ImageHashes.of(values)
 
 
 def hashes_table(records: list[dict]) -> pa.Table:
     """Records as a table of the fixed schema (fetched_at in ms since the epoch, UTC)."""
-    columns = {name: [r.get(name) for r in records] for name in HASHES_SCHEMA.names}
+    schema = hashes_schema()
+    columns = {name: [r.get(name) for r in records] for name in schema.names}
     columns["fetched_at"] = [None if t is None else int(t * 1000) for t in columns["fetched_at"]]
-    return pa.table(columns, schema=HASHES_SCHEMA)
+    return pa.table(columns, schema=schema)
 
 
 def write_unit_hashes(stem: str, records: list[dict]) -> None:
@@ -113,9 +131,10 @@ def write_unit_hashes(stem: str, records: list[dict]) -> None:
 def merge_hashes(out_dir: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> Path:
     """Concatenate the units' records in unit order into hashes.parquet (0600, atomic)."""
     path = Path(out_dir) / HASHES_FILE
-    with atomic_open(path) as handle, pq.ParquetWriter(handle, HASHES_SCHEMA) as writer:
+    schema = hashes_schema()
+    with atomic_open(path) as handle, pq.ParquetWriter(handle, schema) as writer:
         for unit_path in checkpoint.side_files(unit_ids, UNIT_SUFFIX):
-            writer.write_table(pq.read_table(unit_path, schema=HASHES_SCHEMA), row_group_size=ROW_GROUP_ROWS)
+            writer.write_table(pq.read_table(unit_path, schema=schema), row_group_size=ROW_GROUP_ROWS)
     return path
 
 
@@ -130,7 +149,7 @@ def open_hashes(path: str | Path) -> pq.ParquetFile:
         file = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(str(path), f"not a readable Parquet file ({exc})") from exc
-    required = [name for name in HASHES_SCHEMA.names if name not in OPTIONAL_COLUMNS]
+    required = [name for name in hashes_schema().names if name not in optional_columns()]
     missing = [name for name in required if name not in file.schema_arrow.names]
     if missing:
         raise InputError(str(path), f"not a hashes.parquet: no column {', '.join(missing)}")

@@ -18,15 +18,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
+from scanner.hashtypes import REGISTRY
 from scanner.outcomes import OUTCOMES, Outcome
 from scanner.reports import jsonl, safetext
 from scanner.reports.files import atomic_open
 
 REPORT_NAME = "report.html"
-PERCEPTUAL = ("pdq", "phash", "dhash")
-HASH_BITS = {"pdq": 256, "phash": 64, "dhash": 64}  # a distance outside 0..bits is not a real distance
+# Match distances of Hamming types (scanner.hashtypes: pdq, phash, dhash) are drawn as histograms spanning
+# at least the type's histogram_bits and threshold; a distance outside 0..bits is not a real distance.
 OUT_OF_RANGE = -1  # the distances counter's key for those
-DISTANCE_AXIS = {"pdq": 31, "phash": 16, "dhash": 16}  # histograms span at least the usual thresholds
 LISTED_MATCHES = 200
 TOP_BARS = 25
 BATCH_ROWS = 64 * 1024
@@ -160,8 +160,9 @@ def _add_match(figures: MatchFigures, record: dict) -> None:
     figures.by_category[str(record.get("category") or "uncategorised")] += 1
     figures.by_hash_type[kind] += 1
     figures.by_shard[str(record["shard"])] += 1
-    if kind in PERCEPTUAL:
-        figures.distances.setdefault(kind, Counter())[_distance(record.get("distance"), HASH_BITS[kind])] += 1
+    hash_type = REGISTRY.get(kind)
+    if hash_type is not None and hash_type.hamming:
+        figures.distances.setdefault(kind, Counter())[_distance(record.get("distance"), hash_type.bits)] += 1
     if len(figures.listed) < LISTED_MATCHES:
         figures.listed.append(record)
 
@@ -305,14 +306,17 @@ def _outcome_section(figures: OutcomeFigures) -> str:
 def _match_section(figures: MatchFigures) -> str:
     if not figures.total:
         return _section("Matches", "<p>No row matched any list.</p>")
-    distances = [
-        _figure(
-            f"Hamming distance of {kind} matches",
-            column_chart(counts, DISTANCE_AXIS.get(kind, 0), HASH_BITS[kind]),
-            _out_of_range(counts, HASH_BITS[kind]),
+    distances = []
+    for kind, counts in sorted(figures.distances.items()):
+        hash_type = REGISTRY[kind]
+        axis = max(hash_type.histogram_bits, hash_type.threshold)
+        distances.append(
+            _figure(
+                f"Hamming distance of {kind} matches",
+                column_chart(counts, axis, hash_type.bits),
+                _out_of_range(counts, hash_type.bits),
+            )
         )
-        for kind, counts in sorted(figures.distances.items())
-    ]
     shard_bars = [(Path(s).name, n) for s, n in _top(figures.by_shard)]
     return _section(
         "Matches",
