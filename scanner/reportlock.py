@@ -107,8 +107,11 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def _write_holder(fd: int, command: str) -> None:
     holder = {"pid": os.getpid(), "command": command, "argv": sys.argv}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(holder) + "\n").encode("ascii"), 0)
+    # Who holds the lock is only for a second command's message: on a full disk the lock is held all the
+    # same, and the command's own first write says what is full and what to do.
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode("ascii"), 0)
 
 
 def _holder(fd: int) -> str:

@@ -240,3 +240,49 @@ def test_demo_refuses_a_link_planted_as_its_input_folder_and_leaves_the_target_a
     assert "Traceback" not in result.stderr and "symbolic link" in result.stderr
     assert stat.S_IMODE(victim.stat().st_mode) == 0o755
     assert list(victim.iterdir()) == []
+
+
+def _tiny_file_size_limit() -> None:
+    """In the child: every write fails with EFBIG, as on a disk with no room left (ENOSPC)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+def test_a_full_disk_when_report_export_or_sign_takes_the_lock_names_the_file_not_an_internal_error(
+    scanner_cli: ScannerCli, tmp_path: Path
+) -> None:
+    """Before: the lock holder's pid and command line could not be written, and report, export and sign
+    stopped with `internal error: OSError: [Errno 28] No space left on device` (EFBIG here)."""
+    jpeg = _jpeg()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg)
+    hashes = tmp_path / "md5.txt"
+    hashes.write_text(hashlib.md5(jpeg).hexdigest() + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert (
+        scanner_cli("scan", str(folder), "--hashlist", str(hashes), "--out", str(out), "--quiet").returncode
+        == 0
+    )
+    key = tmp_path / "key"
+    assert scanner_cli("keygen", "--out", str(key)).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for command, written in (
+        (["report", str(out)], "report.html"),
+        (["export", str(out), "--format", "csv"], "referrals.csv"),
+        (["sign", str(out), "--key", str(key)], "manifest.json.sig"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "scanner", *command],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=_tiny_file_size_limit,
+        )
+        assert result.returncode == 1, (command, result.stderr)
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert f"cannot write {out / written}" in result.stderr, result.stderr
