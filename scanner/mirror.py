@@ -4,15 +4,17 @@ committed units (a resumed scan, on any machine, pulls them back first) and, at 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scanner.errors import ConfigError
+from scanner.errors import ConfigError, OutputError
 from scanner.reports.files import private_dir
 from scanner.sources.storage import is_remote
 
@@ -48,24 +50,37 @@ class Mirror:
     def pull(self) -> None:
         """Make the staging directory a copy of what the URL holds (the URL is the truth, across machines)."""
         _empty(private_dir(self.local))
-        if not self._fs.exists(self._root):
-            return
-        for remote in sorted(self._fs.find(self._root)):
-            relative = os.path.relpath(remote, self._root)
-            if relative.endswith(PARTIAL):
-                continue
-            target = self.local / relative
-            private_dir(target.parent)
-            self._fs.get_file(remote, str(target))
-            os.chmod(target, 0o600)
+        with self._remote("read what is there"):
+            if not self._fs.exists(self._root):
+                return
+            for remote in sorted(self._fs.find(self._root)):
+                relative = os.path.relpath(remote, self._root)
+                if relative.endswith(PARTIAL):
+                    continue
+                target = self.local / relative
+                private_dir(target.parent)
+                self._fs.get_file(remote, str(target))
+                os.chmod(target, 0o600)
+
+    @contextlib.contextmanager
+    def _remote(self, action: str) -> Iterator[None]:
+        """A storage error (unreachable, refused, no such bucket, no permission) named in one line."""
+        try:
+            yield
+        except OSError as exc:
+            raise OutputError(
+                f"{self.url}: cannot {action} ({exc.strerror or exc}); check the URL, the network and the "
+                "credentials, then run the same command again (it resumes from the last unit it wrote there)"
+            ) from exc
 
     def push(self, path: Path) -> None:
         """Copy one staging file to the same place under the URL, whole (copy, then rename)."""
         remote = f"{self._root}/{path.relative_to(self.local).as_posix()}"
-        self._fs.makedirs(os.path.dirname(remote), exist_ok=True)
-        partial = f"{remote}.{secrets.token_hex(8)}{PARTIAL}"  # unique: never another writer's
-        self._fs.put_file(str(path), partial)
-        self._fs.mv(partial, remote)
+        with self._remote(f"write {path.name}"):
+            self._fs.makedirs(os.path.dirname(remote), exist_ok=True)
+            partial = f"{remote}.{secrets.token_hex(8)}{PARTIAL}"  # unique: never another writer's
+            self._fs.put_file(str(path), partial)
+            self._fs.mv(partial, remote)
 
     def push_reports(self) -> None:
         """Copy every report file (the top level of the staging directory)."""
@@ -76,8 +91,9 @@ class Mirror:
     def remove(self, path: Path) -> None:
         """Delete the URL's copy of a staging file or directory, if there is one."""
         remote = f"{self._root}/{path.relative_to(self.local).as_posix()}"
-        if self._fs.exists(remote):
-            self._fs.rm(remote, recursive=True)
+        with self._remote(f"remove {path.name}"):
+            if self._fs.exists(remote):
+                self._fs.rm(remote, recursive=True)
 
 
 def _empty(directory: Path) -> None:
@@ -102,4 +118,9 @@ def _filesystem(url: str) -> tuple[Any, str]:
         filesystem, root = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:
         raise ConfigError(f"{url}: cannot write reports there ({exc})") from exc
+    except OSError as exc:  # a file system that connects when made (ftp, sftp): refused, unreachable
+        raise OutputError(
+            f"{url}: cannot reach it ({exc.strerror or exc}); check the URL and the network, then run the "
+            "same command again"
+        ) from exc
     return filesystem, root.rstrip("/")

@@ -286,3 +286,30 @@ def test_a_full_disk_when_report_export_or_sign_takes_the_lock_names_the_file_no
         assert result.returncode == 1, (command, result.stderr)
         assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert f"cannot write {out / written}" in result.stderr, result.stderr
+
+
+def test_an_out_url_whose_server_refuses_the_connection_is_a_clear_error(
+    scanner_cli: ScannerCli, tmp_path: Path
+) -> None:
+    """Before: `--out ftp://127.0.0.1:PORT/x` with nothing listening stopped with `internal error:
+    ConnectionRefusedError` (fsspec's FTP file system connects when it is made)."""
+    pytest.importorskip("fsspec")
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(_jpeg())
+    hashes = tmp_path / "md5.txt"
+    hashes.write_text("0" * 32 + "\n", encoding="utf-8")
+    for command in (
+        ["scan", str(folder), "--hashlist", str(hashes), "--quiet"],
+        ["rematch", str(tmp_path / "missing" / "hashes.parquet"), "--hashlist", str(hashes)],
+    ):
+        result = scanner_cli(*command, "--out", f"ftp://127.0.0.1:{port}/reports", timeout=120)
+        assert result.returncode == 1, (command, result.stderr)
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+        if command[0] == "scan":
+            assert "cannot reach it (Connection refused)" in result.stderr, result.stderr
