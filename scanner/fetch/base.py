@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -123,3 +123,18 @@ class FetchFailure(ScannerError):
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """exc and the exceptions it was raised from, through a client's wrapping."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+
+
+def failure_in_chain(exc: BaseException) -> FetchFailure | None:
+    """A FetchFailure the guard raised inside a client, found through the client's exception wrapping."""
+    return next((e for e in exception_chain(exc) if isinstance(e, FetchFailure)), None)

@@ -20,8 +20,7 @@ from aiohttp.connector import Connection
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from yarl import URL
 
-from scanner.fetch.base import FetchConfig, FetchFailure
-from scanner.fetch.fetcher import exception_chain, failure_in_chain
+from scanner.fetch.base import FetchConfig, FetchFailure, exception_chain, failure_in_chain
 from scanner.fetch.guard import AddressPolicy, Lookup, Target, resolve_checked, system_lookup
 from scanner.outcomes import FetchOutcome, FetchReason
 

@@ -11,7 +11,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -205,21 +205,6 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    """exc and the exceptions it was raised from, through a client's wrapping."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        yield current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-
-
-def failure_in_chain(exc: BaseException) -> FetchFailure | None:
-    """A FetchFailure the guard raised inside a client, found through the client's exception wrapping."""
-    return next((e for e in exception_chain(exc) if isinstance(e, FetchFailure)), None)
-
-
 def _record(result: FetchResult, response: Exchange) -> None:
     headers = response.headers
     result.status = response.status
@@ -292,6 +277,7 @@ def make_fetcher(config: FetchConfig | None = None, *, lookup: Lookup | None = N
     """The fetcher config.client names; lookup replaces the system resolver (tests, custom DNS)."""
     config = config or FetchConfig()
     policy = AddressPolicy.from_config(config)
+    # Imported here for start-up cost: only the client a scan uses is loaded (aiohttp or httpx).
     if config.client == "httpx":
         from scanner.fetch.httpx_client import HttpxTransport
 
