@@ -122,6 +122,24 @@ class Checkpoint:
             write_json(path, fingerprint)
             self._publish([path])
 
+    def check_rows(self, expected: dict[int, tuple[str, int, int]]) -> None:
+        """Check each committed unit's outcomes hold exactly its own rows: `expected` maps a unit id to its
+        (shard, first row, stop). A unit's files copied over another's, marker and all, with digests that
+        match, would otherwise merge one unit's rows twice and another's not at all."""
+        for unit_id in sorted(self._committed):
+            if unit_id not in expected:
+                continue  # not a unit of this plan: never merged
+            path = self._checked_file(unit_id, OUTCOMES_SUFFIX)
+            shard, start, stop = expected[unit_id]
+            try:
+                columns = pq.read_table(path, columns=["shard", "row"]).to_pydict()
+            except (OSError, ValueError, KeyError) as exc:  # ArrowInvalid is a ValueError
+                self._damaged(unit_id, path, f"is unreadable ({_why(exc)})")
+            if set(columns["shard"]) - {shard} or sorted(columns["row"]) != list(range(start, stop)):
+                self._damaged(
+                    unit_id, path, f"does not hold its unit's rows ({shard} rows {start} to {stop - 1})"
+                )
+
     def done(self) -> set[int]:
         """Ids of units whose outputs were committed (and found intact when this run started)."""
         return set(self._committed)

@@ -99,6 +99,7 @@ def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
     lists = [load_hashlist(spec.spec) for spec in config.hashlists]
     matcher = Matcher.from_lists(lists, match_config(config, lists))
     out, checkpoint = open_out(config.out, fingerprint(config, work, lists), restart)
+    checkpoint.check_rows({u.id: (u.shard, u.span.start, u.span.stop) for u in work.units})
     return Prepared(config, out, work, lists, matcher, checkpoint, checkpoint.done())
 
 

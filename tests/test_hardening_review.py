@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -313,3 +314,47 @@ def test_an_out_url_whose_server_refuses_the_connection_is_a_clear_error(
         assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
         if command[0] == "scan":
             assert "cannot reach it (Connection refused)" in result.stderr, result.stderr
+
+
+def test_a_unit_copied_over_another_marker_and_all_is_refused_on_resume(tmp_path: Path) -> None:
+    """Before: unit 0's files and done marker copied as unit 1's (the marker's unit and names edited, the
+    digests still right) resumed into a report with unit 0's rows twice and unit 1's lost, exit 0."""
+    jpeg = _jpeg()
+    with LoopbackServer({"/a.jpg": jpeg}) as server:
+        shard = tmp_path / "urls.csv"
+        fast = [server.url(f"/a.jpg?n={i}") for i in range(8)]
+        slow = [server.url(f"/slow?seconds=60&n={i}") for i in range(4)]
+        shard.write_text("url\n" + "\n".join(fast + slow) + "\n", encoding="utf-8")
+        hashes = tmp_path / "md5.txt"
+        hashes.write_text(hashlib.md5(jpeg).hexdigest() + "\n", encoding="utf-8")
+        out = tmp_path / "out"
+        args = [sys.executable, "-m", "scanner", "scan", str(shard), "--hashlist", str(hashes), "--quiet"]
+        args += ["--allow-private-networks", "--workers", "1", "--rows-per-unit", "4", "--out", str(out)]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        scan = subprocess.Popen(args, env=env, start_new_session=True, cwd=REPO)
+        units = out / ".units"
+        try:
+            deadline = time.monotonic() + 120
+            while not all((units / f"u00000{i}.done.json").exists() for i in (0, 1)):
+                assert time.monotonic() < deadline and scan.poll() is None, (
+                    "units 0 and 1 were never committed"
+                )
+                time.sleep(0.1)
+        finally:
+            os.killpg(scan.pid, signal.SIGKILL)
+            scan.wait()
+        for path in units.glob("u000001.*"):
+            path.unlink()
+        for path in units.glob("u000000.*"):
+            shutil.copy(path, units / path.name.replace("u000000", "u000001"))
+        marker = json.loads((units / "u000001.done.json").read_text(encoding="utf-8"))
+        marker["unit"] = 1
+        marker["files"] = {
+            name.replace("u000000", "u000001"): digest for name, digest in marker["files"].items()
+        }
+        (units / "u000001.done.json").write_text(json.dumps(marker), encoding="utf-8")
+        result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"{units / 'u000001.outcomes.parquet'} does not hold its unit's rows" in result.stderr
+        assert server.hits("/slow") == 4  # the resume stopped before fetching anything
