@@ -116,10 +116,13 @@ def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides:
     data["out"] = out
     if hashlists:
         data["match"].pop("list_thresholds", None)
+    flags: dict = {}
     for dotted, value in overrides.items():
         if value is not None:
             section, _, key = dotted.rpartition(".")
             (data.setdefault(section, {}) if section else data)[key] = value
+            (flags.setdefault(section, {}) if section else flags)[key] = value
+    build_config(flags, "flags")  # a flag out of range is the flag's fault, not the manifest's: say so
     config = build_config(data, "the previous scan's manifest.json")
     saved_lists = [HashListSpec(s["spec"], s.get("thresholds") or {}) for s in saved.get("hashlists", [])]
     specs = tuple(HashListSpec(spec) for spec in hashlists) or tuple(saved_lists)

@@ -358,3 +358,26 @@ def test_a_unit_copied_over_another_marker_and_all_is_refused_on_resume(tmp_path
         assert "Traceback" not in result.stderr
         assert f"{units / 'u000001.outcomes.parquet'} does not hold its unit's rows" in result.stderr
         assert server.hits("/slow") == 4  # the resume stopped before fetching anything
+
+
+def test_a_rescan_flag_out_of_range_is_blamed_on_the_flag_not_the_previous_manifest(
+    scanner_cli: ScannerCli, tmp_path: Path
+) -> None:
+    """Before: `rescan --workers -1` said `the previous scan's manifest.json: run.workers must be ...`,
+    sending the user to a file that was fine."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(_jpeg())
+    hashes = tmp_path / "md5.txt"
+    hashes.write_text("0" * 32 + "\n", encoding="utf-8")
+    first = tmp_path / "first"
+    assert (
+        scanner_cli(
+            "scan", str(folder), "--hashlist", str(hashes), "--out", str(first), "--keep-hashes"
+        ).returncode
+        == 0
+    )
+    for flag, value in (("--workers", "-1"), ("--timeout", "nan")):
+        result = scanner_cli("rescan", str(first), "--out", str(tmp_path / "again"), flag, value)
+        assert result.returncode == 1, result.stderr
+        assert "flags:" in result.stderr and "manifest" not in result.stderr, result.stderr
