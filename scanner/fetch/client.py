@@ -8,7 +8,6 @@ from one lookup; IP literals never reach a resolver, and the fetcher checks them
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -20,11 +19,10 @@ from aiohttp.connector import Connection
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from yarl import URL
 
-from scanner.fetch.base import FetchConfig, FetchFailure, exception_chain, failure_in_chain
+from scanner.fetch.base import FetchConfig, FetchFailure
+from scanner.fetch.errors import REFUSED_ERRNOS, RESET_ERRNOS, ByCause, ByErrno, ExceptionTable, translate
 from scanner.fetch.guard import AddressPolicy, Lookup, Target, resolve_checked, system_lookup
-from scanner.outcomes import FetchOutcome, FetchReason
-
-_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+from scanner.outcomes import FetchReason
 
 
 class GuardedResolver(AbstractResolver):
@@ -120,41 +118,38 @@ class AiohttpTransport:
         return self._session
 
 
+AIOHTTP_ERRORS: ExceptionTable = (
+    # the exception aiohttp raised, most specific first (ClientSSLError is a ClientConnectorError,
+    # ConnectionTimeoutError a TimeoutError); fetch/errors.py walks it
+    ((aiohttp.ClientSSLError, ssl.SSLError), FetchReason.TLS_ERROR),
+    (aiohttp.ConnectionTimeoutError, FetchReason.CONNECT_TIMEOUT),  # sock_connect
+    (asyncio.TimeoutError, FetchReason.READ_TIMEOUT),  # sock_read (SocketTimeoutError)
+    (aiohttp.ServerDisconnectedError, FetchReason.CONNECTION_RESET),
+    (aiohttp.ClientPayloadError, FetchReason.TRUNCATED_BODY),
+    (
+        aiohttp.ClientResponseError,  # the response could not be parsed: the parser's error says why
+        ByCause(
+            (
+                (LineTooLong, (), FetchReason.HEADERS_TOO_LARGE),  # max_line_size, max_field_size
+                (BadHttpMessage, ("too many headers",), FetchReason.HEADERS_TOO_LARGE),  # max_headers
+            ),
+            default=FetchReason.BAD_RESPONSE,
+        ),
+    ),
+    # aiohttp copies the OS error's number onto its own exception: that one decides
+    (
+        aiohttp.ClientConnectorError,
+        ByErrno(REFUSED_ERRNOS, default=FetchReason.CONNECTION_FAILED, chain=False),
+    ),
+    (OSError, ByErrno(RESET_ERRNOS, chain=False)),  # a dropped connection; other OS errors: client_error
+    (aiohttp.InvalidURL, FetchReason.INVALID_URL),
+)
+"""aiohttp's exceptions -> reasons, walked by fetch.errors.translate like httpx's HTTPCORE_EXC_MAP."""
+
+
 def aiohttp_failure(exc: BaseException) -> FetchFailure:
     """The outcome and reason for an aiohttp error."""
-    failure = failure_in_chain(exc)
-    if failure is not None:
-        return failure
-    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.TLS_ERROR)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECT_TIMEOUT)
-    if isinstance(exc, asyncio.TimeoutError):
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.READ_TIMEOUT)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECTION_RESET, retryable=True)
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return FetchFailure(FetchOutcome.INVALID, FetchReason.TRUNCATED_BODY)
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return _protocol_failure(exc)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        refused = exc.os_error.errno == errno.ECONNREFUSED
-        return FetchFailure(
-            FetchOutcome.DEAD, FetchReason.CONNECTION_REFUSED if refused else FetchReason.CONNECTION_FAILED
-        )
-    if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECTION_RESET, retryable=True)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
-    return FetchFailure(FetchOutcome.DEAD, FetchReason.CLIENT_ERROR)
-
-
-def _protocol_failure(exc: aiohttp.ClientResponseError) -> FetchFailure:
-    for cause in exception_chain(exc):
-        too_many = isinstance(cause, BadHttpMessage) and "too many headers" in str(cause).lower()
-        if isinstance(cause, LineTooLong) or too_many:
-            return FetchFailure(FetchOutcome.INVALID, FetchReason.HEADERS_TOO_LARGE)
-    return FetchFailure(FetchOutcome.INVALID, FetchReason.BAD_RESPONSE)
+    return translate(exc, AIOHTTP_ERRORS)
 
 
 class _PeerRecordingResponse(aiohttp.ClientResponse):

@@ -10,7 +10,6 @@ it); max_header_size and max_headers are applied once the headers are in.
 
 from __future__ import annotations
 
-import errno
 import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -20,11 +19,11 @@ from typing import Any
 import httpcore
 import httpx
 
-from scanner.fetch.base import FetchConfig, FetchFailure, exception_chain, failure_in_chain
+from scanner.fetch.base import FetchConfig, FetchFailure
+from scanner.fetch.errors import RESET_ERRNOS, ByCause, ByErrno, ByMessage, ExceptionTable, translate
 from scanner.fetch.guard import AddressPolicy, Lookup, Target, resolve_checked, system_lookup
 from scanner.outcomes import FetchOutcome, FetchReason
 
-_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 _CLIENT_ERRORS = (
     httpx.HTTPError,
     httpx.InvalidURL,
@@ -185,43 +184,42 @@ class HttpxTransport:
             raise FetchFailure(FetchOutcome.INVALID, FetchReason.HEADERS_TOO_LARGE)
 
 
+HTTPX_ERRORS: ExceptionTable = (
+    # the exception httpx or httpcore raised (our pool transport hands httpcore's through unmapped), most
+    # specific first; fetch/errors.py walks it
+    (BaseException, ByCause(((ssl.SSLError, (), FetchReason.TLS_ERROR),))),  # under ConnectError or ReadError
+    ((httpcore.ConnectTimeout, httpx.ConnectTimeout), FetchReason.CONNECT_TIMEOUT),
+    ((httpcore.TimeoutException, httpx.TimeoutException), FetchReason.READ_TIMEOUT),
+    (
+        (httpcore.ConnectError, httpx.ConnectError),
+        ByCause(
+            ((ConnectionRefusedError, (), FetchReason.CONNECTION_REFUSED),),
+            default=FetchReason.CONNECTION_FAILED,
+        ),
+    ),
+    (BaseException, ByErrno(RESET_ERRNOS)),  # a dropped connection, under whatever httpcore raised for it
+    (
+        (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+        ByMessage(
+            (
+                (("location header",), FetchReason.INVALID_REDIRECT),  # httpx reads it, never follows
+                (("without sending", "response"), FetchReason.CONNECTION_RESET),
+                (("incomplete",), FetchReason.TRUNCATED_BODY),
+                (("complete message body",), FetchReason.TRUNCATED_BODY),
+                (("too long",), FetchReason.HEADERS_TOO_LARGE),
+                (("too large",), FetchReason.HEADERS_TOO_LARGE),
+            ),
+            default=FetchReason.BAD_RESPONSE,
+        ),
+    ),
+    (httpx.InvalidURL, FetchReason.INVALID_URL),
+)
+"""httpx's and httpcore's exceptions -> reasons, walked by fetch.errors.translate (as HTTPCORE_EXC_MAP)."""
+
+
 def httpx_failure(exc: BaseException) -> FetchFailure:
     """The outcome and reason for an httpx or httpcore error."""
-    failure = failure_in_chain(exc)
-    if failure is not None:
-        return failure
-    chain = list(exception_chain(exc))
-    if any(isinstance(e, ssl.SSLError) for e in chain):
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.TLS_ERROR)
-    if isinstance(exc, (httpcore.ConnectTimeout, httpx.ConnectTimeout)):
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECT_TIMEOUT)
-    if isinstance(exc, (httpcore.TimeoutException, httpx.TimeoutException)):
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.READ_TIMEOUT)
-    if isinstance(exc, (httpcore.ConnectError, httpx.ConnectError)):
-        refused = any(isinstance(e, ConnectionRefusedError) for e in chain)
-        return FetchFailure(
-            FetchOutcome.DEAD, FetchReason.CONNECTION_REFUSED if refused else FetchReason.CONNECTION_FAILED
-        )
-    if any(isinstance(e, OSError) and e.errno in _RESET_ERRNOS for e in chain):
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECTION_RESET, retryable=True)
-    if isinstance(exc, (httpcore.RemoteProtocolError, httpx.RemoteProtocolError)):
-        return _protocol_failure(str(exc))
-    if isinstance(exc, httpx.InvalidURL):
-        return FetchFailure(FetchOutcome.INVALID, FetchReason.INVALID_URL)
-    return FetchFailure(FetchOutcome.DEAD, FetchReason.CLIENT_ERROR)
-
-
-def _protocol_failure(message: str) -> FetchFailure:
-    message = message.lower()
-    if "location header" in message:  # httpx reads Location even when it does not follow it
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.INVALID_REDIRECT)
-    if "without sending" in message and "response" in message:
-        return FetchFailure(FetchOutcome.DEAD, FetchReason.CONNECTION_RESET, retryable=True)
-    if "incomplete" in message or "complete message body" in message:
-        return FetchFailure(FetchOutcome.INVALID, FetchReason.TRUNCATED_BODY)
-    if "too long" in message or "too large" in message:
-        return FetchFailure(FetchOutcome.INVALID, FetchReason.HEADERS_TOO_LARGE)
-    return FetchFailure(FetchOutcome.INVALID, FetchReason.BAD_RESPONSE)
+    return translate(exc, HTTPX_ERRORS)
 
 
 def _ssl_context(verify: bool) -> ssl.SSLContext:
