@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from scanner.errors import ScannerError
+from scanner.errors import KeyFileError, SignatureError
 from scanner.regularfile import NotRegularFileError, open_regular
 from scanner.reports.files import FILE_MODE, atomic_open, write_json
 from scanner.reports.verify import MANIFEST, SIGNATURE
@@ -46,20 +46,6 @@ class PemLabel(str, Enum):
     PRIVATE = "PRIVATE KEY"
     ENCRYPTED = "ENCRYPTED PRIVATE KEY"
     PUBLIC = "PUBLIC KEY"
-
-
-class KeyFileError(ScannerError):
-    """A key file is missing, unreadable, not PEM, not Ed25519, too open, or the wrong half of the pair."""
-
-    def __init__(self, path: str | Path, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-
-
-class SignatureError(ScannerError):
-    """A report's signature is missing, malformed, by another key, or does not match its manifest."""
-
-    def __init__(self, path: str | Path, message: str) -> None:
-        super().__init__(f"{path}: {message}")
 
 
 @dataclass(frozen=True, slots=True)
