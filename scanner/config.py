@@ -219,7 +219,11 @@ def _in_range(value: Any, key: str, origin: str) -> Any:
 
 def _typed(default: Any, value: Any, key: str, origin: str) -> Any:
     """Coerce a value to the default's type where that is lossless; refuse anything else."""
-    if isinstance(default, tuple) and isinstance(value, (list, tuple)):
+    if isinstance(default, tuple):
+        # Every list setting of a section holds text (columns, CIDRs): a number would be misread
+        # (allowed_networks = [5] as 0.0.0.5/32).
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{origin}: {key} must be a list of strings, not {value!r}")
         return tuple(value)
     if isinstance(default, bool) or default is None:
         if isinstance(default, bool) and not isinstance(value, bool):

@@ -264,6 +264,9 @@ TOML_CASES = [
     ("[source]\nrows_per_unit = 0\n", "source.rows_per_unit"),
     ('[[hashlist]]\npath = "list.txt"\npdq_threshold = "abc"\n', "pdq_threshold"),
     ('[[hashlist]]\npath = "list.txt"\npdq_threshold = 2.5\n', "pdq_threshold"),
+    ("[fetch]\nallowed_networks = [5]\n", "fetch.allowed_networks must be a list of strings"),
+    ("[source]\nextra_cols = [1, 2]\n", "source.extra_cols must be a list of strings"),
+    ('[audit]\nmatch_columns = "sha256=sha256"\n', "audit.match_columns must be a list of strings"),
 ]
 
 
