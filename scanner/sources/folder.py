@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 
 from scanner.errors import SourceError
-from scanner.hashing import sniff_format
+from scanner.imageformat import sniff_format
 from scanner.outcomes import SourceReason
 from scanner.regularfile import NotRegularFileError, open_regular, read_capped
 from scanner.sources.base import (
