@@ -16,7 +16,7 @@ fixed-size list column per variant type (pdq_dihedral) at the end.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,11 +24,7 @@ import pyarrow.parquet as pq
 from scanner.errors import InputError
 from scanner.hashtypes import REGISTRY, ImageHashes, recorded_types, variant_types
 from scanner.reports.files import atomic_open
-from scanner.reports.records import RowResult
-
-if TYPE_CHECKING:
-    from scanner.checkpoint import Checkpoint
-    from scanner.fetch import FetchResult
+from scanner.reports.records import RowResult, UnitFiles
 
 HASHES_FILE = "hashes.parquet"
 UNIT_SUFFIX = ".hashes.parquet"
@@ -75,7 +71,16 @@ def hashes_schema() -> pa.Schema:
 HASHES_SCHEMA = hashes_schema()  # the built-in types' schema (the writers ask hashes_schema() each time)
 
 
-def hash_record(outcome: RowResult, hashes: ImageHashes | None, fetch: FetchResult | None) -> dict:
+class Validators(Protocol):
+    """What a record keeps of a response (a scanner.fetch.FetchResult is one): its HTTP validators, for a
+    rescan's conditional request, and when it was fetched."""
+
+    etag: str | None
+    last_modified: str | None
+    fetched_at: float
+
+
+def hash_record(outcome: RowResult, hashes: ImageHashes | None, fetch: Validators | None) -> dict:
     """One row's record: where it came from, its hashes in lower-case hex, and the response validators."""
     record: dict = {"shard": outcome.shard, "row": outcome.row, "url": outcome.url, "key": outcome.key}
     record.update(hash_values(hashes))
@@ -128,7 +133,7 @@ def write_unit_hashes(stem: str, records: list[dict]) -> None:
         pq.write_table(hashes_table(records), handle)
 
 
-def merge_hashes(out_dir: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> Path:
+def merge_hashes(out_dir: Path, checkpoint: UnitFiles, unit_ids: list[int]) -> Path:
     """Concatenate the units' records in unit order into hashes.parquet (0600, atomic)."""
     path = Path(out_dir) / HASHES_FILE
     schema = hashes_schema()

@@ -22,6 +22,7 @@ from scanner.hashtypes import REGISTRY
 from scanner.outcomes import OUTCOMES, Outcome
 from scanner.reports import jsonl, safetext
 from scanner.reports.files import atomic_open
+from scanner.reports.verify import summary_schema, validate
 
 REPORT_NAME = "report.html"
 # Match distances of Hamming types (scanner.hashtypes: pdq, phash, dhash) are drawn as histograms spanning
@@ -177,8 +178,6 @@ def _distance(value: object, bits: int) -> int:
 def checked_summary(path: Path) -> dict:
     """summary.json, refused unless it follows scanner/schemas/summary.schema.json (the page trusts its
     types and ranges from then on)."""
-    from scanner.reports.verify import summary_schema, validate
-
     summary = _read_json(path)
     errors = validate(summary, summary_schema())
     if errors:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -69,3 +72,16 @@ def outcomes_table(outcomes: list[RowResult]) -> pa.Table:
     columns = {name: [getattr(o, name) for o in outcomes] for name in OUTCOME_SCHEMA.names}
     columns["fetched_at"] = [None if t is None else int(t * 1000) for t in columns["fetched_at"]]
     return pa.table(columns, schema=OUTCOME_SCHEMA)
+
+
+class UnitFiles(Protocol):
+    """The committed files of work units, as the merge reads them (scanner.checkpoint.Checkpoint is one):
+    the reports take unit files, never the checkpoint that wrote them."""
+
+    def outcome_files(self, unit_ids: list[int]) -> Iterator[Path]:
+        """Each unit's outcomes file, in unit order, checked against its commit."""
+        ...
+
+    def side_files(self, unit_ids: list[int], suffix: str) -> Iterator[Path]:
+        """Each unit's file with this suffix (matches, evidence, hash records), in unit order, checked."""
+        ...

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from scanner.checkpoint import Checkpoint
 from scanner.outcomes import LIVE, OUTCOMES, Outcome, SourceReason
 from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, sha256_file, write_json
 from scanner.reports.html import write_html_report
-from scanner.reports.records import OUTCOME_SCHEMA
+from scanner.reports.records import OUTCOME_SCHEMA, UnitFiles
 
 SUMMARY_SCHEMA_VERSION = 1
 REPORT_FILES = (
@@ -44,7 +43,7 @@ class Tally:
     unreadable: Counter = field(default_factory=Counter)
 
 
-def merge_reports(out_dir: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> Tally:
+def merge_reports(out_dir: Path, checkpoint: UnitFiles, unit_ids: list[int]) -> Tally:
     """Concatenate the units' outputs, in unit order, into outcomes.parquet, matches.jsonl, evidence.jsonl."""
     tally = Tally()
     with (
