@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from scanner.errors import OutputError
+from scanner.regularfile import file_kind
 
 KERNEL_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
 DIR_MODE = 0o700
@@ -176,9 +177,10 @@ def check_report_files(directory: str | Path, setting: str = "DIR") -> None:
     for name in REPORT_FILES:
         path = folder / name
         if os.path.lexists(path) and (not os.path.exists(path) or not stat.S_ISREG(os.stat(path).st_mode)):
+            kind = file_kind(os.stat(path).st_mode) if os.path.exists(path) else "a broken symbolic link"
             raise OutputError(
-                f"{setting} {directory}: {name} is {_kind(path)}, not a report file the scanner wrote; "
-                "this is not a scan's report directory as the scanner left it"
+                f"{path}: not a regular file ({kind}): {setting} {directory} is not a scan's report directory"
+                " as the scanner left it"
             )
 
 
