@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 from scanner import __version__, outputs, textmode
 from scanner.cli_audit import AUDIT_COMMANDS
-from scanner.cli_signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note
+from scanner.cli_common import print_summary, run_with_guard
+from scanner.cli_signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
 from scanner.exitcodes import ExitCode
-from scanner.outcomes import REQUIRED_OUTCOMES
 
 SCAN_FLAGS: list[tuple[str, str, dict]] = [
     ("--url-col", "source.url_col", {"help": "URL column (default: URL or url)"}),
@@ -239,7 +239,7 @@ def scan_overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from scanner.config import load_config
+    from scanner.config import load_config  # start-up cost: loaded when the command runs
 
     config = load_config(args.config, scan_overrides(args))
     result = run_with_guard(config, args.restart, args.quiet)
@@ -250,51 +250,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def run_with_guard(config, restart: bool, quiet: bool):
-    """Run a scan with the write guard on: nothing may be written outside the report directory (and, with
-    Ray, outside Ray's own session directory, which it fills while joining the cluster, before the guard)."""
-    from scanner.mirror import local_dir
-    from scanner.progress import bar_for
-
-    runner = runner_for(config)
-    outputs.check_dir(local_dir(config.out))  # before joining a Ray cluster, which takes a while
-    allowed = runner.connect(config.run.ray_address) if config.run.runner == "ray" else []
-    outputs.guard_writes(config.out, allowed)
-    show = not quiet and config.run.progress
-    return runner.scan(config, restart, bar_for if show else None)
-
-
-def runner_for(config):
-    """The runner module named by run.runner: local, or ray (an optional extra)."""
-    from scanner.errors import ConfigError
-
-    if config.run.runner == "local":
-        from scanner.runners import local
-
-        return local
-    if config.run.runner == "ray":
-        from scanner.runners import ray
-
-        return ray
-    raise ConfigError(f"run.runner must be local or ray, not {config.run.runner!r}")
-
-
-def print_summary(result) -> None:
-    """One screen: where the reports are, the outcome counts and the matches by list."""
-    s = result.summary
-    print(f"scanned {s['rows']} rows in {s['duration_seconds']:.1f}s ({s['rows_per_second']:.0f} rows/s)")
-    shown = {k: v for k, v in s["outcomes"].items() if v or k in REQUIRED_OUTCOMES}
-    print("outcomes: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
-    print(f"live rate: {100 * s['live_rate']:.1f}%")
-    matches = s["matches"]
-    print(f"matches: {matches['total']} on {matches['rows']} rows")
-    for name, counts in matches["by_list"].items():
-        print(f"  {name}: {counts['matches']} matches on {counts.get('rows', 0)} rows")
-    if s["skipped_shards"]:
-        print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
-    print(f"reports: {result.out}")
-
-
 def _demo_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--out", default="reports/demo", help="report directory (default reports/demo)")
     sub.add_argument("--images", type=int, default=60, help="how many images the demo serves")
@@ -302,7 +257,7 @@ def _demo_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scanner.demo import run_demo
+    from scanner.demo import run_demo  # start-up cost: loaded when the command runs
 
     result = run_demo(args.out, images=args.images, quiet=args.quiet)
     print_summary(result)
@@ -315,7 +270,7 @@ def _hash_args(sub: argparse.ArgumentParser) -> None:
 
 def cmd_hash(args: argparse.Namespace) -> int:
     from scanner import procguard
-    from scanner.hashing import hash_file_record
+    from scanner.hashing import hash_file_record  # start-up cost: loaded when the command runs
 
     procguard.harden()  # no core dump, not dumpable, before any image file is read
     for path in args.files:
@@ -333,7 +288,7 @@ def _report_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from scanner.reportlock import report_lock
+    from scanner.reportlock import report_lock  # start-up cost: loaded when the command runs
     from scanner.reports.html import write_html_report
     from scanner.reports.writer import refresh_digests
 
@@ -355,7 +310,7 @@ def _export_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from scanner.reportlock import lock_if_writing_into
+    from scanner.reportlock import lock_if_writing_into  # start-up cost: loaded when the command runs
     from scanner.reports.export import write_referrals
 
     if args.output:
@@ -371,8 +326,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from scanner.cli_signing import verify_lines
-
     lines, ok = verify_lines(args)
     for line in lines:
         print(line)

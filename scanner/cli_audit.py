@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from scanner.cli_common import print_summary
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import Outcome
 from scanner.outputs import guard_writes
@@ -19,7 +20,7 @@ def _url_args(sub: argparse.ArgumentParser) -> None:
 
 def cmd_url(args: argparse.Namespace) -> int:
     """One JSON line per URL: its normal form, host and digests, as URL lists must hold them."""
-    from scanner.urlnorm import normalise
+    from scanner.urlnorm import normalise  # start-up cost: loaded when the command runs
 
     status = ExitCode.OK
     for url in args.urls:
@@ -56,7 +57,7 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_rematch(args: argparse.Namespace) -> int:
-    from scanner.config import load_config
+    from scanner.config import load_config  # start-up cost: loaded when the command runs
     from scanner.rematch import rematch
 
     overrides = {
@@ -93,7 +94,7 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_rescan(args: argparse.Namespace) -> int:
-    from scanner.rescan import rescan
+    from scanner.rescan import rescan  # start-up cost: loaded when the command runs
     from scanner.stored import StoredRun
 
     overrides = {
@@ -123,7 +124,7 @@ def _clean_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from scanner.clean import clean
+    from scanner.clean import clean  # start-up cost: loaded when the command runs
 
     drop = [name.strip() for name in args.drop.split(",") if name.strip()]
     guard_writes(args.out)
@@ -135,8 +136,6 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _print(result, quiet: bool, out: str | None = None) -> None:
-    from scanner.cli import print_summary
-
     if not quiet:
         print_summary(result)
         if out is not None and Path(out) != Path(result.out):  # written through a staging directory

@@ -26,7 +26,7 @@ def _keygen_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from scanner.reports.signing import generate_keypair
+    from scanner.reports.signing import generate_keypair  # start-up cost: cryptography
 
     outputs.check_file(args.out, "--out")
     private, public, fingerprint = generate_keypair(args.out)
@@ -43,7 +43,7 @@ def _sign_args(sub: argparse.ArgumentParser) -> None:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """Sign only a directory that verifies: a signature vouches for files that match their manifest."""
-    from scanner.reportlock import report_lock
+    from scanner.reportlock import report_lock  # start-up cost: cryptography, pyarrow
     from scanner.reports.signing import load_private_key, sign_report
     from scanner.reports.verify import verify_report
 
@@ -76,12 +76,12 @@ def verify_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
     """verify's output and verdict. With --public-key: the signature first (a manifest that is not the signed
     one is not checked further), then the digests and the schema; without, a last line saying that this
     proves integrity, not origin. A key file that cannot be used is an error (raised)."""
-    from scanner.reports.verify import verify_report
+    from scanner.reports.verify import verify_report  # start-up cost: loaded when the command runs
 
     if not args.public_key:
         result = verify_report(args.dir)
         return [*result.lines(), INTEGRITY_ONLY], result.ok
-    from scanner.reports.signing import SignatureError, verify_signature
+    from scanner.reports.signing import SignatureError, verify_signature  # start-up cost: cryptography
 
     try:
         signed = verify_signature(args.dir, args.public_key)
@@ -93,7 +93,7 @@ def verify_lines(args: argparse.Namespace) -> tuple[list[str], bool]:
 
 def stale_signature_note(out_dir: str) -> str | None:
     """For commands that rewrite manifest.json (report): say when its signature no longer matches it."""
-    from scanner.reports.signing import signature_is_stale
+    from scanner.reports.signing import signature_is_stale  # start-up cost: cryptography
 
     if not signature_is_stale(out_dir):
         return None

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from scanner import procguard
 from scanner.checkpoint import own_dir
+from scanner.cli_common import run_with_guard
 from scanner.config import build_config
 from scanner.errors import ConfigError
 from scanner.hashing import hash_image
@@ -132,8 +133,6 @@ def write_demo_shard(path: Path, base: str, paths: list[str]) -> None:
 
 def run_demo(out: str, images: int = 60, quiet: bool = False) -> ScanResult:
     """Build the demo inputs inside out/, serve them on loopback, and scan them with the real pipeline."""
-    from scanner.cli import run_with_guard
-
     if not 1 <= images <= MAX_IMAGES:
         raise ConfigError(f"--images must be from 1 to {MAX_IMAGES:,}, not {images}")
     procguard.harden()  # no core dump, not dumpable, before the images it makes and serves exist

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from images import encode, make_image
 
 from scanner.config import build_config
-from scanner.demo import encode, make_image
 from scanner.runners.local import scan
 from scanner.scan import ScanResult
 

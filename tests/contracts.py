@@ -11,8 +11,8 @@ import random
 
 import pyarrow as pa
 import pytest
+from images import encode, make_image
 
-from scanner.demo import encode, make_image
 from scanner.hashing import HASHERS, hash_image
 from scanner.hashtypes import IMAGE, REGISTRY, URL, HashType
 from scanner.lists.hashtypes import list_keys

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from images import encode, make_image
 from PIL import Image
 
-from scanner.demo import encode, make_image
 from scanner.hashing import hash_image
 
 NAMES = ["rotated", "flipped", "plain"]

@@ -12,10 +12,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from audit_support import images, outcomes, write_shard
+from images import encode
 from loopback import LoopbackServer
 from PIL import Image
 
-from scanner.demo import encode
 from scanner.hashing import hash_image
 from scanner.reports.verify import verify_report
 

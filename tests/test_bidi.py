@@ -16,9 +16,9 @@ import pytest
 from conftest import run_scanner
 from hypothesis import given
 from hypothesis import strategies as st
+from images import encode, make_image
 from loopback import LoopbackServer
 
-from scanner.demo import encode, make_image
 from scanner.hashing import hash_image
 from scanner.reports import safetext
 

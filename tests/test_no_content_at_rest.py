@@ -11,8 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from images import encode, make_image
 
-from scanner.demo import encode, make_image, serve
+from scanner.demo import serve
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from images import encode, make_image
 from loopback import LoopbackServer
 from stalling_jpeg import stalling_jpeg
-
-from scanner.demo import encode, make_image
 
 REPO = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")

@@ -17,11 +17,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from images import encode, make_image
 from loopback import LoopbackServer
 from PIL import Image
 
 from scanner.config import build_config
-from scanner.demo import encode, make_image
 from scanner.errors import ConfigError, ScannerError
 from scanner.hashing import hash_image
 from scanner.mirror import local_dir
@@ -312,7 +312,7 @@ def test_ray_runner_without_ray_is_a_clear_error(tmp_path):
 
 def test_unknown_runner_is_refused(tmp_path, inputs):
     config = make_config(inputs, tmp_path / "out", "spark")
-    from scanner.cli import runner_for
+    from scanner.cli_common import runner_for
 
     with pytest.raises(ConfigError, match="spark"):
         runner_for(config)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from audit_support import images, matched_entries, outcomes, run_scan, write_shard
+from images import encode
 from loopback import LoopbackServer
 from PIL import Image
 
 from scanner.config import build_config
-from scanner.demo import encode
 from scanner.errors import ConfigError, InputError
 from scanner.hashing import hash_image
 from scanner.rematch import rematch

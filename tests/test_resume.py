@@ -14,10 +14,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from images import encode, make_image
 from loopback import LoopbackServer
 
 from scanner.config import build_config
-from scanner.demo import encode, make_image
 from scanner.errors import ResumeError, SourceError
 from scanner.hashing import hash_image
 from scanner.runners.local import scan

@@ -12,11 +12,11 @@ import imagehash
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from images import encode, make_image
 from loopback import LoopbackServer
 from PIL import Image, ImageDraw
 
 from scanner.config import build_config
-from scanner.demo import encode, make_image
 from scanner.hashing import hash_image
 from scanner.runners.local import scan
 

@@ -49,7 +49,7 @@ def pdq_hash(pixels: np.ndarray) -> tuple[bytes, int]:
 
 def compiled_pdq(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     """pdqhash.compute's bits and quality from the numba kernels (see _pdq_kernels.py)."""
-    from scanner.hashing import _pdq_kernels as kernels
+    from scanner.hashing import _pdq_kernels as kernels  # start-up cost: numba, only once compiled PDQ pays
 
     if pixels.strides[2] == 0:  # a grey image's (v, v, v) view: the reference's luma of it is exactly v
         luma = np.ascontiguousarray(pixels[:, :, 0], dtype=np.float32)

@@ -1,0 +1,51 @@
+"""What the command modules share (scanner.cli, cli_audit, demo): a scan run under the write guard, the
+runner by name, and the one-screen summary. It imports no command module, so they all import it."""
+
+from __future__ import annotations
+
+from scanner import outputs
+from scanner.errors import ConfigError
+from scanner.outcomes import REQUIRED_OUTCOMES
+
+
+def run_with_guard(config, restart: bool, quiet: bool):
+    """Run a scan with the write guard on: nothing may be written outside the report directory (and, with
+    Ray, outside Ray's own session directory, which it fills while joining the cluster, before the guard)."""
+    from scanner.mirror import local_dir  # start-up cost: a scan's modules load when a scan runs
+    from scanner.progress import bar_for
+
+    runner = runner_for(config)
+    outputs.check_dir(local_dir(config.out))  # before joining a Ray cluster, which takes a while
+    allowed = runner.connect(config.run.ray_address) if config.run.runner == "ray" else []
+    outputs.guard_writes(config.out, allowed)
+    show = not quiet and config.run.progress
+    return runner.scan(config, restart, bar_for if show else None)
+
+
+def runner_for(config):
+    """The runner module named by run.runner: local, or ray (an optional extra)."""
+    if config.run.runner == "local":
+        from scanner.runners import local  # start-up cost
+
+        return local
+    if config.run.runner == "ray":
+        from scanner.runners import ray  # an optional extra (pip install .[ray])
+
+        return ray
+    raise ConfigError(f"run.runner must be local or ray, not {config.run.runner!r}")
+
+
+def print_summary(result) -> None:
+    """One screen: where the reports are, the outcome counts and the matches by list."""
+    s = result.summary
+    print(f"scanned {s['rows']} rows in {s['duration_seconds']:.1f}s ({s['rows_per_second']:.0f} rows/s)")
+    shown = {k: v for k, v in s["outcomes"].items() if v or k in REQUIRED_OUTCOMES}
+    print("outcomes: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    print(f"live rate: {100 * s['live_rate']:.1f}%")
+    matches = s["matches"]
+    print(f"matches: {matches['total']} on {matches['rows']} rows")
+    for name, counts in matches["by_list"].items():
+        print(f"  {name}: {counts['matches']} matches on {counts.get('rows', 0)} rows")
+    if s["skipped_shards"]:
+        print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
+    print(f"reports: {result.out}")
