@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from scanner import __version__, outputs, textmode
 from scanner.cli_audit import AUDIT_COMMANDS
-from scanner.cli_common import print_summary, run_with_guard
+from scanner.cli_common import print_summary, run_with_guard, terminal_line
 from scanner.cli_signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
@@ -139,7 +139,7 @@ def _internal(exc: BaseException, debug: bool) -> ExitCode:
 
 
 def _fail(line: str, status: ExitCode) -> ExitCode:
-    print(line, file=sys.stderr)
+    print(terminal_line(line), file=sys.stderr)
     return status
 
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from scanner.cli_common import print_summary
+from scanner.cli_common import print_summary, terminal_line
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import Outcome
 from scanner.outputs import guard_writes
@@ -27,7 +27,7 @@ def cmd_url(args: argparse.Namespace) -> int:
         try:
             normal = normalise(url)
         except ValueError as exc:
-            print(f"scanner: error: {exc}", file=sys.stderr)
+            print(terminal_line(f"scanner: error: {exc}"), file=sys.stderr)
             status = ExitCode.ERROR
             continue
         digests = {name: value.hex() for name, value in normal.digests().items()}

@@ -6,6 +6,9 @@ from __future__ import annotations
 from scanner import outputs
 from scanner.errors import ConfigError
 from scanner.outcomes import REQUIRED_OUTCOMES
+from scanner.reports import safetext
+
+MAX_ERROR_LINE = 2_000  # characters; a hostile argument or file name must not flood the terminal
 
 
 def run_with_guard(config, restart: bool, quiet: bool):
@@ -49,3 +52,14 @@ def print_summary(result) -> None:
     if s["skipped_shards"]:
         print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
     print(f"reports: {result.out}")
+
+
+def terminal_line(line: str) -> str:
+    """One line as a person reads it: hidden characters (bidi controls, line breaks, zero-width) shown as
+    <U+XXXX> tokens, so a planted path or URL cannot read as something else or break the line; the middle
+    of an overlong line cut, saying how much."""
+    line = safetext.reveal(line)
+    if len(line) <= MAX_ERROR_LINE:
+        return line
+    half = MAX_ERROR_LINE // 2
+    return f"{line[:half]}...[{len(line) - 2 * half:,} characters cut]...{line[-half:]}"

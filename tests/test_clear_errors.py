@@ -464,3 +464,22 @@ def test_an_error_is_named_by_its_type_and_first_line_even_with_no_message(messa
     from scanner.crashlog import exception_line
 
     assert exception_line(RuntimeError(message)) == f"RuntimeError: {shown}"
+
+
+# In a terminal, a planted name cannot hide, reorder or break an error line, nor flood it.
+
+HIDDEN_IN_NAMES = ["\u202e", "\u2028", "\u200b", "\x1b", "\n"]
+
+
+@pytest.mark.parametrize("char", HIDDEN_IN_NAMES, ids=lambda c: f"U+{ord(c):04X}")
+def test_an_error_naming_a_planted_path_shows_its_hidden_characters(char: str, tmp_path: Path) -> None:
+    planted = tmp_path / f"report{char}dir"
+    result = run_scanner("verify", str(planted), cwd=tmp_path, timeout=60)
+    line = assert_one_clear_line(result, f"report<U+{ord(char):04X}>dir")
+    assert char not in line
+
+
+def test_an_error_about_an_overlong_argument_is_cut_to_a_readable_line(tmp_path: Path) -> None:
+    result = run_scanner("url", "http://" + "a" * 100_000 + ".example/", cwd=tmp_path, timeout=60)
+    line = assert_one_clear_line(result, "characters cut", ".example/")
+    assert len(line) < 2_100
