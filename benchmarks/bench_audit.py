@@ -20,13 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scanner.audits.rematch import rematch
 from scanner.config import build_config
 from scanner.lists import DuplicateHashWarning, Matcher, load_hashlist
-from scanner.rematch import rematch
 from scanner.reports.hashes import HASHES_SCHEMA
 from scanner.screen import Screen
 from scanner.sources import Row
-from scanner.urlnorm import normalise
+from scanner.urls.normal import normalise
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "url-lists" / "test_10000.parquet"
 

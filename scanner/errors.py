@@ -1,6 +1,6 @@
 """The scanner's exception tree: every error a user can cause is a ScannerError with a clear message.
 
-The CLI (`cli._run`) prints any ScannerError as one line, `scanner: error: <message>`, and exits 1
+The CLI (`cli/main.py`, `_run`) prints any ScannerError as one line, `scanner: error: <message>`, and exits 1
 (`ExitCode.ERROR`); anything else is an internal error (70, the traceback in a private log). Every subclass
 in the package is drawn below, each with when it is raised and what the user sees or does. Classes defined
 elsewhere name their module: they are per-row failures kept as results, never shown as errors.

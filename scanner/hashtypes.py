@@ -13,7 +13,7 @@ Two kinds sit side by side, told apart by `computed_from`:
 - IMAGE: computed from a fetched body by a hasher (md5, sha1, sha256, pdq, phash, dhash, and pdq_dihedral,
   the 8 rotated and flipped PDQ hashes, a `variant_of` pdq that no list holds). Recorded in hashes.parquet,
   matchable as dataset columns (--match-column), printed by `scanner hash`.
-- URL: computed from a row's URL in normal form by the screen (scanner/urlnorm.py), before any request (url,
+- URL: computed from a row's URL in normal form by the screen (urls/normal.py), before any request (url,
   domain, url_md5, url_sha1, url_sha256). No hasher and no stored column: a rematch screens the stored URL
   again. They share the registry because a list file and the matcher treat both alike (a list may mix them,
   a match names its type, a threshold is 0); keeping them out would bring back a second list of names in
@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 IMAGE = "image"  # computed from the body by a hasher (hashing/hashers.py)
-URL = "url"  # computed from the URL's normal form by the screen (scanner/urlnorm.py)
+URL = "url"  # computed from the URL's normal form by the screen (scanner/urls/normal.py)
 EXACT = "exact"  # matched by equal keys
 HAMMING = "hamming"  # matched within a Hamming distance (multi-index hashing, lists/index.py)
 

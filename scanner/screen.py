@@ -1,6 +1,6 @@
 """Pre-fetch screening: what a row's URL and the dataset's own hash columns tell before any request.
 
-Every row is screened before it is fetched: its URL in normal form (scanner/urlnorm.py) against the url,
+Every row is screened before it is fetched: its URL in normal form (scanner/urls/normal.py) against the url,
 url_md5, url_sha1, url_sha256 and domain entries of the lists, and the content hashes a dataset carries
 (`--match-column COLUMN=TYPE`) against the image hash entries. A hit is a match and the row is never
 fetched. The fetcher asks the same screen about every URL before requesting it, redirect targets included
@@ -17,7 +17,7 @@ from scanner.hashtypes import IMAGE, REGISTRY, URL, ImageHashes, names_computed_
 from scanner.lists import Match, Matcher, Query
 from scanner.outcomes import FetchReason
 from scanner.sources import Row
-from scanner.urlnorm import NormalURL, normalise
+from scanner.urls.normal import NormalURL, normalise
 
 URL_TYPES = names_computed_from(URL)  # url, url_md5, url_sha1, url_sha256, domain
 

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 from images import encode, make_image
 
 from scanner.config import build_config
+from scanner.run.scan import ScanResult
 from scanner.runners.local import scan
-from scanner.scan import ScanResult
 
 
 def images(count: int, first_seed: int = 100) -> list[bytes]:

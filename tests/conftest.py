@@ -65,7 +65,7 @@ class MemoryOut:
     def published_reports(self, result_out: Path) -> dict[str, bytes]:
         """The reports under the URL, checked to be exactly the local staging directory's files, which a run
         must have written inside the working directory (never in a folder named after the URL)."""
-        from scanner.mirror import local_dir
+        from scanner.run.mirror import local_dir
 
         staging = local_dir(self.url)
         assert result_out == staging and staging.is_relative_to(Path.cwd())

@@ -1,6 +1,6 @@
 """The tests' image factory: deterministic, photo-like pictures encoded in memory.
 
-The same pictures `scanner demo` serves (scanner/demo.py draws its own): tests depend on this helper, not on
+The same pictures `scanner demo` serves (cli/demo.py draws its own): tests depend on this helper, not on
 the demo, which sits at the top of the package beside the command line.
 """
 

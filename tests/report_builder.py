@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner import __version__
-from scanner.checkpoint import Checkpoint
 from scanner.reports.records import RowResult, UnitReport
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
+from scanner.run.checkpoint import Checkpoint
 
 OBSERVED = 1_760_000_000.0
 # Per shard: (outcome, http_status, reason) for each row, in row order.

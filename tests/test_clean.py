@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from audit_support import images, outcomes, run_scan, write_list
 
-from scanner.clean import REMOVED_SCHEMA, clean
+from scanner.audits.clean import REMOVED_SCHEMA, clean
 from scanner.errors import ConfigError, InputError
 from scanner.sources import SourceOptions
 from scanner.sources.text import TextSource

@@ -404,7 +404,7 @@ PLANTED = textwrap.dedent(
         raise RuntimeError("planted failure " + "x" * 100_000)
 
     target.{function} = planted
-    from scanner.cli import main
+    from scanner.cli.main import main
     raise SystemExit(main(sys.argv[1:]))
     """
 )

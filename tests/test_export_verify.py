@@ -15,7 +15,7 @@ import pytest
 from audit_support import images, run_scan, write_list
 from report_builder import MATCHES, build_report, caption_of, key_of, url_of
 
-from scanner.cli import main
+from scanner.cli.main import main
 from scanner.errors import InputError
 from scanner.reports.export import REFERRAL_FIELDS, write_referrals
 from scanner.reports.verify import summary_schema, validate, verify_report

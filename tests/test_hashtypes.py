@@ -16,6 +16,7 @@ from audit_support import images, matched_entries, outcomes, run_scan, write_sha
 from contracts import HashTypeContract
 from loopback import LoopbackServer
 
+from scanner.audits.rematch import rematch
 from scanner.config import build_config
 from scanner.errors import HashListError
 from scanner.hashing import HASH_TYPES, HASHERS, hash_file_record
@@ -31,7 +32,6 @@ from scanner.hashtypes import (
     registered,
 )
 from scanner.lists import LIST_TYPE_NAMES, MatchConfig, load_hashlist
-from scanner.rematch import rematch
 from scanner.reports.hashes import HASHES_SCHEMA, hashes_schema
 from scanner.reports.verify import verify_report
 from scanner.screen import URL_TYPES, content_digests, parse_match_columns

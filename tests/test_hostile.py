@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from loopback import LoopbackServer, tiny_jpeg
 
-from scanner.cli import build_parser, scan_overrides
+from scanner.cli.main import build_parser, scan_overrides
 from scanner.config import build_config, load_config
 from scanner.errors import SourceError
 from scanner.planner import plan

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from images import encode, make_image
 
-from scanner.demo import serve
+from scanner.cli.demo import serve
 
 REPO = Path(__file__).resolve().parents[1]
 

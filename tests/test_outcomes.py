@@ -42,9 +42,9 @@ SCHEMA = json.loads((REPO / "scanner" / "schemas" / "summary.schema.json").read_
 # each file may spell them: a new spelling of an outcome or a reason fails the test below.
 OTHER_MEANINGS = {
     ("scanner/config.py", "match"): 1,  # the [match] section of the config
-    ("scanner/rescan.py", "match"): 2,  # the same section, in the stored effective config
-    ("scanner/clean.py", "clean"): 1,  # the command's name, for the report-directory lock
-    ("scanner/cli_audit.py", "clean"): 1,  # the command's name
+    ("scanner/audits/rescan.py", "match"): 2,  # the same section, in the stored effective config
+    ("scanner/audits/clean.py", "clean"): 1,  # the command's name, for the report-directory lock
+    ("scanner/cli/audit.py", "clean"): 1,  # the command's name
     ("scanner/hashing/decode.py", "decode_timeout"): 1,  # the setting hashing.decode_timeout
 }
 
@@ -202,7 +202,7 @@ def test_live_has_one_definition_the_summary_schemas() -> None:
 
 
 def test_the_progress_bar_counts_a_changed_row_as_live(capsys) -> None:
-    from scanner.progress import BarProgress
+    from scanner.run.progress import BarProgress
 
     bar = BarProgress(total=4)
     for outcome in ("changed", "match", "dead", "blocked"):
@@ -212,7 +212,7 @@ def test_the_progress_bar_counts_a_changed_row_as_live(capsys) -> None:
 
 
 def test_rescan_change_kinds_use_the_same_live_set() -> None:
-    from scanner.rescan import change_kinds
+    from scanner.audits.rescan import change_kinds
 
     def row(outcome: str) -> RowResult:
         return RowResult("s", 0, "u", None, outcome)

@@ -249,10 +249,10 @@ def main(mode, out, shard, listfile, previous=None):
         with local.hashing_workers(2) as pool:  # the pool every scan and rescan starts
             report["workers"] = workers_probed(pool)
     elif mode == "rematch":
-        from scanner.rematch import rematch
+        from scanner.audits.rematch import rematch
         rematch([previous], build_config({**settings, "inputs": []}, "test"))
     else:
-        from scanner.rescan import rescan
+        from scanner.audits.rescan import rescan
         rescan(previous, out)
     report["main"] = probe()
     print(json.dumps(report))
@@ -307,7 +307,7 @@ def hook(event, args):
 
 
 sys.addaudithook(hook)
-from scanner.cli import main
+from scanner.cli.main import main
 
 status = main(argv)
 print(json.dumps({"status": int(status), "seen": seen}))

@@ -24,9 +24,9 @@ from PIL import Image
 from scanner.config import build_config
 from scanner.errors import ConfigError, ScannerError
 from scanner.hashing import hash_image
-from scanner.mirror import local_dir
+from scanner.run.mirror import local_dir
+from scanner.run.scan import prepare
 from scanner.runners import local
-from scanner.scan import prepare
 
 try:
     import ray
@@ -292,7 +292,7 @@ def scan_in_fresh_interpreter(
     """`scanner scan` on inputs that do not exist, in a new Python (where `import ray` fails, if asked)."""
     args = ["scan", "shard.parquet", "--hashlist", "list.txt", "--out", str(tmp_path / "out"), *flags]
     hide = "sys.modules['ray'] = None\n" if hide_ray else ""
-    script = f"import sys\n{hide}from scanner.cli import main\nsys.exit(main({args!r}))\n"
+    script = f"import sys\n{hide}from scanner.cli.main import main\nsys.exit(main({args!r}))\n"
     return subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
@@ -312,7 +312,7 @@ def test_ray_runner_without_ray_is_a_clear_error(tmp_path):
 
 def test_unknown_runner_is_refused(tmp_path, inputs):
     config = make_config(inputs, tmp_path / "out", "spark")
-    from scanner.cli_common import runner_for
+    from scanner.cli.common import runner_for
 
     with pytest.raises(ConfigError, match="spark"):
         runner_for(config)

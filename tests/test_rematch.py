@@ -17,10 +17,10 @@ from images import encode
 from loopback import LoopbackServer
 from PIL import Image
 
+from scanner.audits.rematch import rematch
 from scanner.config import build_config
 from scanner.errors import ConfigError, InputError
 from scanner.hashing import hash_image
-from scanner.rematch import rematch
 from scanner.reports.verify import verify_report
 
 REPO = Path(__file__).resolve().parents[1]

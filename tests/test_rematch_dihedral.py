@@ -12,12 +12,12 @@ from audit_support import matches, outcomes, run_scan, write_shard
 from dihedral_support import DIHEDRAL, NAMES, PATHS, as_version_1, originals, pdq_list, served_files
 from loopback import LoopbackServer
 
+from scanner.audits.rematch import rematch
+from scanner.audits.stored import StoredScan
 from scanner.config import ScanConfig, build_config
 from scanner.errors import ConfigError
-from scanner.rematch import rematch
 from scanner.reports.hashes import HASHES_SCHEMA, open_hashes, stored_hashes
 from scanner.reports.verify import verify_report
-from scanner.stored import StoredScan
 
 
 @pytest.fixture(scope="module")

@@ -138,7 +138,7 @@ def test_a_killed_scan_leaves_no_lock_and_the_next_one_resumes(tmp_path, slow_se
 
 HOLD = """
 import sys, time
-from scanner.reportlock import report_lock
+from scanner.run.reportlock import report_lock
 with report_lock(sys.argv[1], "scan"):
     print("locked", flush=True)
     time.sleep(120)
@@ -373,10 +373,10 @@ def test_a_damaged_fingerprint_stops_the_resume_naming_it(tmp_path, killed_scan,
 
 def test_units_are_checked_again_as_they_are_merged(tmp_path):
     """A unit damaged after the run started (between commit and merge) is caught by the merge."""
-    from scanner.checkpoint import Checkpoint
     from scanner.errors import CheckpointError
     from scanner.reports.records import RowResult, UnitReport
     from scanner.reports.writer import merge_reports
+    from scanner.run.checkpoint import Checkpoint
 
     checkpoint = Checkpoint(tmp_path / "out", {"test": True})
     for unit in (0, 1):

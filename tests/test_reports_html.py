@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from report_builder import MATCHES, SHARD_ROWS, build_report, expected_outcomes, url_of
 
-from scanner.cli import main
+from scanner.cli.main import main
 from scanner.outcomes import OUTCOMES
 from scanner.reports.files import sha256_file
 from scanner.reports.html import BATCH_ROWS, COLOURS, outcome_figures, render_report, write_html_report

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from scanner.cli.demo import demo_routes, serve, write_demo_list, write_demo_shard
 from scanner.config import build_config
-from scanner.demo import demo_routes, serve, write_demo_list, write_demo_shard
 from scanner.reports.export import write_referrals
 from scanner.reports.verify import verify_report
 from scanner.runners.local import scan

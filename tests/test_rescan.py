@@ -13,10 +13,10 @@ import pytest
 from audit_support import images, matched_entries, outcomes, run_scan, write_list, write_shard
 from loopback import LoopbackServer
 
+from scanner.audits.rescan import rescan
 from scanner.errors import InputError
 from scanner.pipeline import Progress
 from scanner.reports.verify import verify_report
-from scanner.rescan import rescan
 
 NAMES = ["match", "same", "changed", "gone", "back", "newmatch", "taken", "screened"]
 

@@ -12,8 +12,8 @@ from audit_support import matches, outcomes, run_scan, write_shard
 from dihedral_support import DIHEDRAL, NAMES, PATHS, as_version_1, originals, pdq_list, served_files
 from loopback import LoopbackServer
 
+from scanner.audits.rescan import rescan
 from scanner.errors import InputError
-from scanner.rescan import rescan
 
 ONE_WORKER = {"run.workers": 1}
 

@@ -22,7 +22,7 @@ from scanner.reports.hashes import HASHES_SCHEMA
 from scanner.reports.verify import verify_report
 from scanner.screen import AuditConfig, Screen
 from scanner.sources import Row
-from scanner.urlnorm import normalise_host, normalise_url
+from scanner.urls.normal import normalise_host, normalise_url
 
 NORMAL_FORMS = [
     ("HTTP://Example.COM/a", "http://example.com/a"),  # scheme and host lower-cased

@@ -28,13 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loopback import LoopbackServer
 
+from scanner.audits.rematch import rematch
+from scanner.audits.rescan import rescan
 from scanner.config import build_config
 from scanner.pipeline import Progress
-from scanner.rematch import rematch
 from scanner.reports.export import write_referrals
 from scanner.reports.verify import verify_report
 from scanner.reports.writer import refresh_digests
-from scanner.rescan import rescan
 from scanner.runners.local import scan
 
 # Every character str.splitlines() ends a line at, but "\n" (which JSON always escapes).
@@ -420,12 +420,12 @@ LIBRARY_RUN = """
 import json, sys
 from pathlib import Path
 from scanner.config import build_config
-from scanner.rematch import rematch
+from scanner.audits.rematch import rematch
 from scanner.reports.export import write_referrals
 from scanner.reports.html import write_html_report
 from scanner.reports.verify import verify_report
 from scanner.reports.writer import refresh_digests
-from scanner.rescan import rescan
+from scanner.audits.rescan import rescan
 from scanner.runners.local import scan
 
 assert sys.flags.utf8_mode == 0 and sys.getfilesystemencoding() == "ascii"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scanner.errors import HashListError
 from scanner.lists import DuplicateHashWarning, load_hashlist
 from scanner.lists.hashtypes import text_key
-from scanner.urlnorm import (
+from scanner.urls.normal import (
     BadEntry,
     normalise_host,
     normalise_hosts,

@@ -1,6 +1,6 @@
 """URL and address policy against SSRF: only http(s), one canonical reading of a URL, no private addresses.
 
-`parse_url` reads a URL the way a browser does (scanner.urls: WHATWG rules for the host, percent-decoding,
+`parse_url` reads a URL the way a browser does (urls/parse.py: WHATWG rules for the host, percent-decoding,
 IDNA, every legacy IPv4 spelling) and returns a canonical `Target`, or raises a FetchFailure; clients are
 handed only that canonical URL, so they cannot read the host differently. `resolve_checked` is the real
 defence: it looks a name up once and refuses it unless every address it resolves to is public, and the
@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from scanner import urls
 from scanner.fetch.base import FetchConfig, FetchFailure
 from scanner.outcomes import FetchOutcome, FetchReason
-from scanner.urls import IPAddress, Target, UnusableURL
+from scanner.urls import parse
+from scanner.urls.parse import IPAddress, Target, UnusableURL
 
 Lookup = Callable[[str, int], Awaitable[Sequence[str]]]
 
@@ -105,19 +105,19 @@ def check_address(ip: IPAddress, policy: AddressPolicy) -> None:
 
 
 def parse_url(url: object, max_length: int = 4096) -> Target:
-    """Read a URL into a canonical Target (scanner.urls); raise FetchFailure (invalid or blocked) for
+    """Read a URL into a canonical Target (scanner.urls.parse); raise FetchFailure (invalid or blocked) for
     anything unusable."""
     try:
-        return urls.parse_url(url, max_length)
+        return parse.parse_url(url, max_length)
     except UnusableURL as exc:
         raise FetchFailure(exc.outcome, exc.reason) from None
 
 
 def redirect_target(current: Target, location: str, max_length: int = 4096) -> Target:
-    """The Target a Location header points to, read relative to the current one (scanner.urls); raise
+    """The Target a Location header points to, read relative to the current one (scanner.urls.parse); raise
     FetchFailure: dead (invalid_redirect) or blocked."""
     try:
-        return urls.redirect_target(current, location, max_length)
+        return parse.redirect_target(current, location, max_length)
     except UnusableURL as exc:
         raise FetchFailure(exc.outcome, exc.reason) from None
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from scanner.hashtypes import REGISTRY, HashType
 from scanner.lists.index import aligned_empty
-from scanner.urlnorm import BadEntry, normalise_host, normalise_hosts, normalise_url, normalise_urls
+from scanner.urls.normal import BadEntry, normalise_host, normalise_hosts, normalise_url, normalise_urls
 
 
 class BadValue(ValueError):
@@ -206,4 +206,4 @@ class ListTypeNames(Mapping[str, str]):
 
 
 LIST_TYPE_NAMES = ListTypeNames()
-"""Every listable hash type's name. url, url_* and domain values are in normal form (scanner/urlnorm.py)."""
+"""Every listable hash type's name. url, url_* and domain values are in normal form (urls/normal.py)."""

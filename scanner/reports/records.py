@@ -75,7 +75,7 @@ def outcomes_table(outcomes: list[RowResult]) -> pa.Table:
 
 
 class UnitFiles(Protocol):
-    """The committed files of work units, as the merge reads them (scanner.checkpoint.Checkpoint is one):
+    """The committed files of work units, as the merge reads them (scanner.run.checkpoint.Checkpoint is one):
     the reports take unit files, never the checkpoint that wrote them."""
 
     def outcome_files(self, unit_ids: list[int]) -> Iterator[Path]:

@@ -23,10 +23,10 @@ from scanner.errors import HashingWorkersError
 from scanner.outcomes import HashingReason
 from scanner.pipeline import Progress
 from scanner.planner import WorkUnit
-from scanner.reportlock import report_lock
+from scanner.run.reportlock import report_lock
+from scanner.run.scan import Prepared, ScanResult, check_config, hashing_job, run_scan, unit_pipeline
 from scanner.runners.arena import Arena, Extent
 from scanner.runners.arena import supported as arena_supported
-from scanner.scan import Prepared, ScanResult, check_config, hashing_job, run_scan, unit_pipeline
 from scanner.workers import (
     HashJob,
     HashResult,

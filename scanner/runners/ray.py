@@ -26,8 +26,8 @@ from scanner.outcomes import Outcome
 from scanner.pipeline import Pipeline, Progress
 from scanner.planner import WorkUnit
 from scanner.reports.records import UnitReport
+from scanner.run.scan import Prepared, ScanResult, hashing_job, run_scan, unit_pipeline
 from scanner.runners.local import BatchingHasher, hashing_workers
-from scanner.scan import Prepared, ScanResult, hashing_job, run_scan, unit_pipeline
 from scanner.sources import Source, SourceOptions, open_source
 
 logger = logging.getLogger(__name__)

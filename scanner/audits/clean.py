@@ -30,12 +30,12 @@ import pyarrow.parquet as pq
 from scanner import procguard
 from scanner.errors import ConfigError, InputError
 from scanner.outcomes import OUTCOMES, Outcome
-from scanner.reportlock import report_lock
 from scanner.reports.files import atomic_open, private_dir, utf8_text
+from scanner.run.reportlock import report_lock
 from scanner.sources import expand_inputs
 from scanner.sources.storage import input_signature, is_remote
 from scanner.sources.text import LineFeed
-from scanner.urlnorm import normalise_url
+from scanner.urls.normal import normalise_url
 
 DEFAULT_DROP = (Outcome.MATCH,)
 LINE_KINDS = ("jsonl", "txt")  # one row a line (a JSONL blank line is no row)

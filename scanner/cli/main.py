@@ -9,10 +9,11 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from scanner import __version__, outputs, textmode
-from scanner.cli_audit import AUDIT_COMMANDS
-from scanner.cli_common import print_summary, run_with_guard, terminal_line
-from scanner.cli_signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
+from scanner import __version__, textmode
+from scanner.cli import outputs
+from scanner.cli.audit import AUDIT_COMMANDS
+from scanner.cli.common import print_summary, run_with_guard, terminal_line
+from scanner.cli.signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
 from scanner.exitcodes import ExitCode
@@ -257,7 +258,7 @@ def _demo_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scanner.demo import run_demo  # start-up cost: loaded when the command runs
+    from scanner.cli.demo import run_demo  # start-up cost: loaded when the command runs
 
     result = run_demo(args.out, images=args.images, quiet=args.quiet)
     print_summary(result)
@@ -288,9 +289,9 @@ def _report_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from scanner.reportlock import report_lock  # start-up cost: loaded when the command runs
     from scanner.reports.html import write_html_report
     from scanner.reports.writer import refresh_digests
+    from scanner.run.reportlock import report_lock  # start-up cost: loaded when the command runs
 
     outputs.check_dir(args.dir, "DIR", must_exist=True)
     with report_lock(args.dir, "report"):  # rewrites report.html and manifest.json: no other writer there
@@ -310,8 +311,8 @@ def _export_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from scanner.reportlock import lock_if_writing_into  # start-up cost: loaded when the command runs
     from scanner.reports.export import write_referrals
+    from scanner.run.reportlock import lock_if_writing_into  # start-up cost: loaded when the command runs
 
     if args.output:
         outputs.check_file(args.output, "--output")

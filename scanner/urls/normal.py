@@ -2,7 +2,7 @@
 
 A URL list entry and a dataset URL match when their normal forms are equal, so every spelling the fetcher
 would send to the same place must normalise alike. The URL is first read exactly as the fetcher reads it
-(`scanner.urls.parse_url`, WHATWG host rules), then made canonical:
+(`scanner.urls.parse.parse_url`, WHATWG host rules), then made canonical:
 
 1. Surrounding spaces and control characters are stripped; tabs and newlines inside are removed.
 2. Only http and https are URLs here; the scheme is lower-cased.
@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scanner.urls import Target, UnusableURL, parse_url
+from scanner.urls.parse import Target, UnusableURL, parse_url
 
 DIGEST_TYPES = ("url_md5", "url_sha1", "url_sha256")
 

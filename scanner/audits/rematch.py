@@ -20,18 +20,18 @@ import time
 from collections.abc import Sequence
 
 from scanner import procguard
+from scanner.audits.stored import StoredRow, StoredRun, StoredScan
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import FetchResult
 from scanner.lists import Match, Matcher
 from scanner.outcomes import LIVE, Outcome, unmatched
 from scanner.pipeline import evidence_record, match_record, to_query
-from scanner.reportlock import report_lock
 from scanner.reports.records import RowResult, UnitReport
-from scanner.scan import ScanResult
+from scanner.run.reportlock import report_lock
+from scanner.run.scan import ScanResult
 from scanner.screen import Screen
-from scanner.stored import StoredRow, StoredRun, StoredScan
-from scanner.urlnorm import normalise
+from scanner.urls.normal import normalise
 
 
 def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) -> ScanResult:

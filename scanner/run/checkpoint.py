@@ -21,11 +21,11 @@ from typing import BinaryIO, NoReturn
 import pyarrow.parquet as pq
 
 from scanner.errors import CheckpointError, ResumeError
-from scanner.mirror import Mirror, local_dir
 from scanner.regularfile import open_regular
 from scanner.reports.files import DIR_MODE, atomic_open, private_dir, sha256_file, write_json, write_jsonl
 from scanner.reports.hashes import write_unit_hashes
 from scanner.reports.records import UnitReport, outcomes_table
+from scanner.run.mirror import Mirror, local_dir
 
 UNITS_DIR = ".units"
 FINGERPRINT = "fingerprint.json"
@@ -39,7 +39,7 @@ RESTART = "run the same command with --restart to start over"
 
 def open_out(out: str, fingerprint: dict, restart: bool = False) -> tuple[Path, Checkpoint]:
     """The local report directory for --out and its checkpoint; an fsspec URL is written through a local
-    staging directory, pulled from the URL first (scanner.mirror)."""
+    staging directory, pulled from the URL first (scanner.run.mirror)."""
     mirror = Mirror.for_out(out)
     if mirror is not None:
         mirror.pull()

@@ -6,7 +6,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-from scanner import outputs
+from scanner.cli import outputs
 from scanner.exitcodes import ExitCode
 
 INTEGRITY_ONLY = (
@@ -43,9 +43,9 @@ def _sign_args(sub: argparse.ArgumentParser) -> None:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """Sign only a directory that verifies: a signature vouches for files that match their manifest."""
-    from scanner.reportlock import report_lock  # start-up cost: cryptography, pyarrow
     from scanner.reports.signing import load_private_key, sign_report
     from scanner.reports.verify import verify_report
+    from scanner.run.reportlock import report_lock  # start-up cost: cryptography, pyarrow
 
     outputs.check_dir(args.dir, "DIR", must_exist=True)
     load_private_key(args.key)  # a bad key is reported before the directory is read

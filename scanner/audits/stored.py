@@ -14,13 +14,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner import __version__
-from scanner.checkpoint import Checkpoint, finished_summary, open_out
 from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.hashing import ImageHashes
 from scanner.lists import HashList, Matcher, load_hashlist
 from scanner.outcomes import Outcome
-from scanner.progress import BarProgress
 from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, write_jsonl
 from scanner.reports.hashes import (
@@ -34,7 +32,9 @@ from scanner.reports.hashes import (
 )
 from scanner.reports.records import OUTCOME_SCHEMA, RowResult
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
-from scanner.scan import ScanResult, match_config
+from scanner.run.checkpoint import Checkpoint, finished_summary, open_out
+from scanner.run.progress import BarProgress
+from scanner.run.scan import ScanResult, match_config
 from scanner.sources import Row
 
 CHANGES_FILE = "changes.jsonl"

@@ -1,9 +1,9 @@
-"""What the command modules share (scanner.cli, cli_audit, demo): a scan run under the write guard, the
+"""What the command modules share (main.py, audit.py, demo.py): a scan run under the write guard, the
 runner by name, and the one-screen summary. It imports no command module, so they all import it."""
 
 from __future__ import annotations
 
-from scanner import outputs
+from scanner.cli import outputs
 from scanner.errors import ConfigError
 from scanner.outcomes import REQUIRED_OUTCOMES
 from scanner.reports import safetext
@@ -14,8 +14,8 @@ MAX_ERROR_LINE = 2_000  # characters; a hostile argument or file name must not f
 def run_with_guard(config, restart: bool, quiet: bool):
     """Run a scan with the write guard on: nothing may be written outside the report directory (and, with
     Ray, outside Ray's own session directory, which it fills while joining the cluster, before the guard)."""
-    from scanner.mirror import local_dir  # start-up cost: a scan's modules load when a scan runs
-    from scanner.progress import bar_for
+    from scanner.run.mirror import local_dir  # start-up cost: a scan's modules load when a scan runs
+    from scanner.run.progress import bar_for
 
     runner = runner_for(config)
     outputs.check_dir(local_dir(config.out))  # before joining a Ray cluster, which takes a while

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanner import __version__
-from scanner.checkpoint import Checkpoint, finished_summary, open_out
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import make_fetcher
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
 from scanner.pipeline import HashFn, Pipeline, Progress, Stages
 from scanner.planner import Plan, WorkUnit, plan
-from scanner.reportlock import report_lock
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
+from scanner.run.checkpoint import Checkpoint, finished_summary, open_out
+from scanner.run.reportlock import report_lock
 from scanner.screen import hash_types
 from scanner.sources import Source, expand_inputs
 from scanner.sources.storage import input_signature

@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from scanner import procguard
-from scanner.checkpoint import own_dir
-from scanner.cli_common import run_with_guard
+from scanner.cli.common import run_with_guard
+from scanner.cli.outputs import prepare_dir
 from scanner.config import build_config
 from scanner.errors import ConfigError
 from scanner.hashing import hash_image
-from scanner.outputs import prepare_dir
 from scanner.reports.files import atomic_open, private_dir
-from scanner.scan import ScanResult
+from scanner.run.checkpoint import own_dir
+from scanner.run.scan import ScanResult
 
 FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_IMAGES = 10_000

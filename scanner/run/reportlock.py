@@ -21,10 +21,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from scanner.checkpoint import UNITS_DIR
 from scanner.errors import OutputError, ReportDirLockedError
-from scanner.mirror import LOCK_FILE, local_dir
 from scanner.reports.files import private_dir
+from scanner.run.checkpoint import UNITS_DIR
+from scanner.run.mirror import LOCK_FILE, local_dir
 
 PARTIAL_SUFFIX = ".partial"
 _MAX_HOLDER_BYTES = 64 * 1024

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from scanner.outcomes import LIVE, Outcome
 from scanner.pipeline import Progress
-from scanner.scan import Prepared
+from scanner.run.scan import Prepared
 
 
 def bar_for(prepared: Prepared) -> BarProgress:

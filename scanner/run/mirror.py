@@ -19,7 +19,7 @@ from scanner.reports.files import private_dir
 from scanner.sources.storage import is_remote
 
 PARTIAL = ".partial"
-LOCK_FILE = ".scanner.lock"  # the report directory's lock (scanner.reportlock)
+LOCK_FILE = ".scanner.lock"  # the report directory's lock (scanner.run.reportlock)
 FILE_SCHEME = "file://"
 
 
@@ -97,7 +97,7 @@ class Mirror:
 
 
 def _empty(directory: Path) -> None:
-    """Remove everything in the staging directory but the lock its owner holds there (scanner.reportlock)."""
+    """Remove everything in the staging directory but the lock its owner holds there (reportlock.py)."""
     for path in directory.iterdir():
         if path.name == LOCK_FILE:
             continue

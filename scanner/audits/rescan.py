@@ -29,22 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scanner import procguard
-from scanner.checkpoint import Checkpoint
+from scanner.audits.stored import StoredRow, StoredRun, StoredScan, write_unit_changes
 from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
 from scanner.fetch import FetchResult, make_fetcher
 from scanner.lists import Match, Matcher, Query
 from scanner.outcomes import LIVE, FetchOutcome, FetchReason, Outcome, unmatched
 from scanner.pipeline import Progress, Stages, evidence_record, match_record, to_query
-from scanner.reportlock import report_lock
 from scanner.reports import jsonl
 from scanner.reports.files import write_json
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import RowResult, UnitReport
+from scanner.run.checkpoint import Checkpoint
+from scanner.run.reportlock import report_lock
+from scanner.run.scan import ScanResult, hashing_job
 from scanner.runners.local import BatchingHasher, WorkerPool, hashing_workers
-from scanner.scan import ScanResult, hashing_job
 from scanner.screen import Screen, Screened, content_changed, content_digests
-from scanner.stored import StoredRow, StoredRun, StoredScan, write_unit_changes
 
 COUNTS_SUFFIX = ".rescan.json"
 CHANGE_KINDS = {  # change record name -> summary count name

@@ -4,7 +4,7 @@
 legacy IPv4 spelling) and returns a canonical `Target`; `redirect_target` reads a Location header relative to
 one. Both stages that read URLs use this module: the fetch stage (scanner.fetch.guard, which turns
 `UnusableURL` into a FetchFailure and adds the address policy) and the URL lists' normal form
-(scanner.urlnorm). It imports no stage.
+(scanner.urls.normal). It imports no stage.
 """
 
 from __future__ import annotations

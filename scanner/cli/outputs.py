@@ -78,7 +78,7 @@ def guard_writes(out: str, also: Iterable[str] = ()) -> Path:
     """Prepare out's local report directory (for an fsspec URL, its staging directory), then install the
     write guard: from here on this process writes nothing outside it (and outside `also`)."""
     from scanner import nostore
-    from scanner.mirror import local_dir  # start-up cost: every command imports this module
+    from scanner.run.mirror import local_dir  # start-up cost: every command imports this module
 
     directory = prepare_dir(local_dir(out))
     nostore.install([str(directory), *also])

@@ -1,4 +1,4 @@
-"""Command line of the audits that fetch little or nothing: url, rematch, rescan, clean (see scanner.cli)."""
+"""Command line of the audits that fetch little or nothing: url, rematch, rescan, clean (see main.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from scanner.cli_common import print_summary, terminal_line
+from scanner.cli.common import print_summary, terminal_line
+from scanner.cli.outputs import guard_writes
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import Outcome
-from scanner.outputs import guard_writes
 
 
 def _url_args(sub: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def _url_args(sub: argparse.ArgumentParser) -> None:
 
 def cmd_url(args: argparse.Namespace) -> int:
     """One JSON line per URL: its normal form, host and digests, as URL lists must hold them."""
-    from scanner.urlnorm import normalise  # start-up cost: loaded when the command runs
+    from scanner.urls.normal import normalise  # start-up cost: loaded when the command runs
 
     status = ExitCode.OK
     for url in args.urls:
@@ -57,8 +57,8 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_rematch(args: argparse.Namespace) -> int:
+    from scanner.audits.rematch import rematch
     from scanner.config import load_config  # start-up cost: loaded when the command runs
-    from scanner.rematch import rematch
 
     overrides = {
         "out": args.out,
@@ -94,8 +94,8 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_rescan(args: argparse.Namespace) -> int:
-    from scanner.rescan import rescan  # start-up cost: loaded when the command runs
-    from scanner.stored import StoredRun
+    from scanner.audits.rescan import rescan  # start-up cost: loaded when the command runs
+    from scanner.audits.stored import StoredRun
 
     overrides = {
         "fetch.allow_private_networks": args.allow_private_networks,
@@ -124,7 +124,7 @@ def _clean_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from scanner.clean import clean  # start-up cost: loaded when the command runs
+    from scanner.audits.clean import clean  # start-up cost: loaded when the command runs
 
     drop = [name.strip() for name in args.drop.split(",") if name.strip()]
     guard_writes(args.out)
@@ -158,4 +158,4 @@ AUDIT_COMMANDS: list[tuple[str, str, Callable, Callable]] = [
     ),
     ("clean", "write shards again without the rows a scan flagged, and list them", cmd_clean, _clean_args),
 ]
-"""(name, help, handler, argument builder) of each command, registered by scanner.cli."""
+"""(name, help, handler, argument builder) of each command, registered by main.py."""
