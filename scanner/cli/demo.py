@@ -11,14 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from scanner import procguard
 from scanner.cli.common import run_with_guard
 from scanner.cli.outputs import prepare_dir
+from scanner.cli.pictures import encode, make_image
 from scanner.config import build_config
 from scanner.errors import ConfigError
 from scanner.hashing import hash_image
@@ -29,27 +29,6 @@ from scanner.run.scan import ScanResult
 FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_IMAGES = 10_000
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-
-
-def make_image(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
-    """A deterministic photo-like picture: smooth noise plus shapes, textured enough for PDQ quality."""
-    rng = np.random.default_rng(seed)
-    low = rng.integers(0, 256, (size[1] // 24 + 2, size[0] // 24 + 2, 3), dtype=np.uint8)
-    image = Image.fromarray(low).resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(12):
-        x, y = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
-        r = int(rng.integers(10, 80))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-    return image
-
-
-def encode(image: Image.Image, fmt: str, quality: int = 90) -> bytes:
-    """Encode a picture in memory."""
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, quality=quality)
-    return buffer.getvalue()
 
 
 class _Handler(BaseHTTPRequestHandler):
