@@ -3,21 +3,17 @@ over the stored rows, and the new report written through the same checkpoint and
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scanner import __version__
 from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.hashing import ImageHashes
-from scanner.lists import HashList, Matcher, load_hashlist
+from scanner.lists import HashList, Matcher
 from scanner.outcomes import Outcome
 from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, write_jsonl
@@ -25,16 +21,15 @@ from scanner.reports.hashes import (
     DIHEDRAL_COLUMN,
     HASHES_FILE,
     hex_columns,
-    merge_hashes,
     open_hashes,
     read_slice,
     stored_hashes,
 )
 from scanner.reports.records import OUTCOME_SCHEMA, RowResult
-from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
-from scanner.run.checkpoint import Checkpoint, finished_summary, open_out
+from scanner.run import lifecycle
+from scanner.run.checkpoint import Checkpoint, open_out
+from scanner.run.lifecycle import ScanResult
 from scanner.run.progress import BarProgress
-from scanner.run.scan import ScanResult, match_config
 from scanner.sources import Row
 
 CHANGES_FILE = "changes.jsonl"
@@ -174,9 +169,9 @@ class StoredRun:
     @classmethod
     def start(cls, config: ScanConfig, scans: list[StoredScan], restart: bool) -> StoredRun:
         """Load the lists and adopt (or start) the checkpoint in config.out (an fsspec URL as a scan's)."""
-        lists = [load_hashlist(spec.spec) for spec in config.hashlists]
-        matcher = Matcher.from_lists(lists, match_config(config, lists))
-        out, checkpoint = open_out(config.out, _fingerprint(config, scans, lists), restart)
+        lists, matcher = lifecycle.load_lists(config)
+        records = [scan.signature() for scan in scans]
+        out, checkpoint = open_out(config.out, lifecycle.fingerprint(config, lists, records=records), restart)
         return cls(
             config, scans, lists, matcher, out, checkpoint, plan_units(scans, config.source.rows_per_unit)
         )
@@ -184,9 +179,7 @@ class StoredRun:
     @property
     def finished(self) -> ScanResult | None:
         """The result of the same run completed earlier in this --out."""
-        if not self.checkpoint.complete:
-            return None
-        return ScanResult(self.out, finished_summary(self.out))
+        return lifecycle.already_done(self.out, self.checkpoint)
 
     @property
     def todo(self) -> list[StoredUnit]:
@@ -199,14 +192,7 @@ class StoredRun:
         for scan in self.scans:
             if (scan.dir / "manifest.json").is_file():
                 inputs.extend(scan.manifest().get("inputs", []))
-        return {
-            "scanner_version": __version__,
-            "command": sys.argv,
-            "config": self.config.to_dict(),
-            "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in self.lists],
-            "inputs": inputs,
-            **extra,
-        }
+        return lifecycle.manifest(self.config, self.lists, inputs, **extra)
 
     def bar(self) -> BarProgress:
         """A progress bar over every stored row, starting at the rows of the units already committed."""
@@ -216,9 +202,17 @@ class StoredRun:
         return BarProgress(total, committed, len(self.units), len(done))
 
     def finish(self, started_at: float, manifest: dict, extra: dict) -> ScanResult:
-        """The report files, merged from every unit (see finish_report)."""
-        return finish_report(
-            self.out, self.checkpoint, [u.id for u in self.units], started_at, manifest, extra
+        """Merge the units into the same report files a scan writes (plus changes.jsonl when units wrote
+        changes), with `extra` sections added to summary.json, then seal the checkpoint."""
+        unit_ids = [u.id for u in self.units]
+        return lifecycle.finish(
+            self.out,
+            self.checkpoint,
+            unit_ids,
+            started_at,
+            lambda _summary: manifest,
+            extra=extra,
+            merge_more=lambda: _merge_changes(self.out, self.checkpoint, unit_ids),
         )
 
 
@@ -228,40 +222,13 @@ def write_unit_changes(checkpoint: Checkpoint, unit_id: int, records: list[dict]
         write_jsonl(handle, records)
 
 
-def finish_report(
-    out: Path, checkpoint: Checkpoint, unit_ids: list[int], started_at: float, manifest: dict, extra: dict
-) -> ScanResult:
-    """Merge the units into the same report files a scan writes (plus changes.jsonl when units wrote
-    changes), with `extra` sections added to summary.json, then seal the checkpoint."""
-    tally = merge_reports(out, checkpoint, unit_ids)
-    merge_hashes(out, checkpoint, unit_ids)
+def _merge_changes(out: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> None:
+    """changes.jsonl, from the units' change records, when every unit wrote them."""
     changes = list(checkpoint.side_files(unit_ids, CHANGES_SUFFIX))
     if changes and all(path.exists() for path in changes):
         with atomic_open(out / CHANGES_FILE, "w") as handle:
             for path in changes:
                 jsonl.write_records(handle, jsonl.read_records(path))
-    finished_at = time.time()
-    summary_data = {**summary(tally, started_at, finished_at, {}), **extra}
-    manifest = {
-        **manifest,
-        "started_at": summary_data["started_at"],
-        "finished_at": summary_data["finished_at"],
-    }
-    write_summary_and_manifest(out, summary_data, manifest)
-    if checkpoint.mirror is not None:
-        checkpoint.mirror.push_reports()
-    checkpoint.seal()
-    return ScanResult(out, summary_data)
-
-
-def _fingerprint(config: ScanConfig, scans: list[StoredScan], lists: list[HashList]) -> dict:
-    """What must not change between a run and its resumption: the records, the lists and the settings."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
-    return {
-        "records": [scan.signature() for scan in scans],
-        "lists": [[hl.name, hl.digest] for hl in lists],
-        "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
-    }
 
 
 def _outcome(values: dict) -> RowResult:

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from scanner import __version__
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import make_fetcher
-from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
+from scanner.lists import HashList, Matcher
 from scanner.pipeline import HashFn, Pipeline, Progress, Stages
 from scanner.planner import Plan, WorkUnit, plan
-from scanner.reports.hashes import merge_hashes
-from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
-from scanner.run.checkpoint import Checkpoint, finished_summary, open_out
+from scanner.run import lifecycle
+from scanner.run.checkpoint import Checkpoint, open_out
+from scanner.run.lifecycle import ScanResult
 from scanner.run.reportlock import report_lock
 from scanner.screen import hash_types
 from scanner.sources import Source, expand_inputs
@@ -76,14 +71,6 @@ def unit_pipeline(
     )
 
 
-@dataclass(slots=True)
-class ScanResult:
-    """Where the reports are and what the summary says."""
-
-    out: Path
-    summary: dict
-
-
 def check_config(config: ScanConfig) -> None:
     """Refuse a scan that could not start, before anything is loaded or started."""
     if not config.inputs:
@@ -96,49 +83,33 @@ def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
     """Validate inputs and lists before any fetch, and pick up a previous run's committed units."""
     check_config(config)
     work = plan(expand_inputs(list(config.inputs)), config.source, config.run.on_bad_shard)
-    lists = [load_hashlist(spec.spec) for spec in config.hashlists]
-    matcher = Matcher.from_lists(lists, match_config(config, lists))
+    lists, matcher = lifecycle.load_lists(config)
     out, checkpoint = open_out(config.out, fingerprint(config, work, lists), restart)
     checkpoint.check_rows({u.id: (u.shard, u.span.start, u.span.stop) for u in work.units})
     return Prepared(config, out, work, lists, matcher, checkpoint, checkpoint.done())
 
 
-def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
-    """The match settings with each list's own thresholds; two lists may not share a name."""
-    names = [hl.name for hl in lists]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise ConfigError(f"two hash lists are named {', '.join(duplicated)}; name them with NAME=PATH")
-    per_list = {
-        hl.name: spec.thresholds for hl, spec in zip(lists, config.hashlists, strict=True) if spec.thresholds
-    }
-    return dataclasses.replace(config.match, list_thresholds={**config.match.list_thresholds, **per_list})
-
-
 def fingerprint(config: ScanConfig, work: Plan, lists: list[HashList]) -> dict:
     """What must not change between a scan and its resumption: inputs, lists and result-affecting settings."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
-    return {
-        "inputs": [[p, *input_signature(p)] for p in work.sources],
-        "skipped": sorted(work.skipped),
-        "lists": [[hl.name, hl.digest] for hl in lists],
-        "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
-    }
+    return lifecycle.fingerprint(
+        config,
+        lists,
+        inputs=[[p, *input_signature(p)] for p in work.sources],
+        skipped=sorted(work.skipped),
+    )
 
 
 def finish(prepared: Prepared, started_at: float) -> ScanResult:
     """Merge every unit into the final reports, write summary and manifest, and drop the units."""
-    out, work = prepared.out, prepared.plan
-    tally = merge_reports(out, prepared.checkpoint, [u.id for u in work.units])
-    if prepared.config.audit.keep_hashes:
-        merge_hashes(out, prepared.checkpoint, [u.id for u in work.units])
-    finished_at = time.time()
-    summary_data = summary(tally, started_at, finished_at, work.skipped)
-    write_summary_and_manifest(out, summary_data, manifest(prepared, summary_data))
-    if prepared.checkpoint.mirror is not None:
-        prepared.checkpoint.mirror.push_reports()
-    prepared.checkpoint.seal()
-    return ScanResult(out, summary_data)
+    return lifecycle.finish(
+        prepared.out,
+        prepared.checkpoint,
+        [u.id for u in prepared.plan.units],
+        started_at,
+        lambda summary_data: manifest(prepared, summary_data),
+        skipped=prepared.plan.skipped,
+        keep_hashes=prepared.config.audit.keep_hashes,
+    )
 
 
 def run_scan(
@@ -167,26 +138,21 @@ def run_scan(
 
 def already_done(prepared: Prepared) -> ScanResult | None:
     """The result of a scan that already completed in this --out with the same inputs, lists and settings."""
-    if not prepared.checkpoint.complete:
-        return None
-    return ScanResult(prepared.out, finished_summary(prepared.out))
+    return lifecycle.already_done(prepared.out, prepared.checkpoint)
 
 
 def manifest(prepared: Prepared, summary_data: dict) -> dict:
-    """Provenance: version, command, effective config, lists with digests, inputs with sizes, times."""
+    """Provenance (scanner.run.lifecycle.manifest) with the inputs' kinds and sizes, the skipped shards
+    and the unit count; finish adds the times."""
     config = prepared.config
-    return {
-        "scanner_version": __version__,
-        "command": sys.argv,
-        "config": config.to_dict(),
-        "allow_private_networks": config.fetch.allow_private_networks,
-        "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in prepared.lists],
-        "inputs": [
+    return lifecycle.manifest(
+        config,
+        prepared.lists,
+        [
             {"path": path, "kind": source.kind, "signature": input_signature(path)}
             for path, source in prepared.plan.sources.items()
         ],
-        "skipped_shards": summary_data["skipped_shards"],
-        "units": len(prepared.plan.units),
-        "started_at": summary_data["started_at"],
-        "finished_at": summary_data["finished_at"],
-    }
+        allow_private_networks=config.fetch.allow_private_networks,
+        skipped_shards=summary_data["skipped_shards"],
+        units=len(prepared.plan.units),
+    )

@@ -1,0 +1,113 @@
+"""The steps every run shares, scan, rematch and rescan alike, each defined once: load the lists, fingerprint
+what a resumption must find unchanged, skip a run already complete, build the manifest, and finish (merge the
+units into the report files, write summary and manifest, push a mirror, seal the checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from scanner import __version__
+from scanner.config import ScanConfig
+from scanner.errors import ConfigError
+from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
+from scanner.reports.hashes import merge_hashes
+from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
+from scanner.run.checkpoint import Checkpoint, finished_summary
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """Where the reports are and what the summary says."""
+
+    out: Path
+    summary: dict
+
+
+def load_lists(config: ScanConfig) -> tuple[list[HashList], Matcher]:
+    """The configured hash lists, loaded, and the matcher over them with each list's own thresholds."""
+    lists = [load_hashlist(spec.spec) for spec in config.hashlists]
+    return lists, Matcher.from_lists(lists, match_config(config, lists))
+
+
+def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
+    """The match settings with each list's own thresholds; two lists may not share a name."""
+    names = [hl.name for hl in lists]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"two hash lists are named {', '.join(duplicated)}; name them with NAME=PATH")
+    per_list = {
+        hl.name: spec.thresholds for hl, spec in zip(lists, config.hashlists, strict=True) if spec.thresholds
+    }
+    return dataclasses.replace(config.match, list_thresholds={**config.match.list_thresholds, **per_list})
+
+
+def fingerprint(config: ScanConfig, lists: list[HashList], **inputs: object) -> dict:
+    """What must not change between a run and its resumption: what it reads (`inputs`: a scan's shards,
+    a rematch's or rescan's records), the lists, and the result-affecting settings (not run, out, inputs)."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
+    return {
+        **inputs,
+        "lists": [[hl.name, hl.digest] for hl in lists],
+        "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
+    }
+
+
+def already_done(out: Path, checkpoint: Checkpoint) -> ScanResult | None:
+    """The result of the same run completed earlier in this --out (same fingerprint), or None."""
+    if not checkpoint.complete:
+        return None
+    return ScanResult(out, finished_summary(out))
+
+
+def manifest(config: ScanConfig, lists: list[HashList], inputs: list, **extra: object) -> dict:
+    """Provenance: version, command, effective config, lists with digests, inputs, and a run's own fields
+    (finish adds the times)."""
+    return {
+        "scanner_version": __version__,
+        "command": sys.argv,
+        "config": config.to_dict(),
+        "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in lists],
+        "inputs": inputs,
+        **extra,
+    }
+
+
+def finish(
+    out: Path,
+    checkpoint: Checkpoint,
+    unit_ids: list[int],
+    started_at: float,
+    manifest: Callable[[dict], dict],
+    *,
+    skipped: dict[str, str] | None = None,
+    extra: dict | None = None,
+    keep_hashes: bool = True,
+    merge_more: Callable[[], None] | None = None,
+) -> ScanResult:
+    """Merge the units into the report files (hashes.parquet when `keep_hashes`; `merge_more` for a run's
+    own files), write summary.json (with `extra` sections) and manifest.json (`manifest(summary)`, with
+    the times added), push the reports to a mirror, and seal the checkpoint."""
+    tally = merge_reports(out, checkpoint, unit_ids)
+    if keep_hashes:
+        merge_hashes(out, checkpoint, unit_ids)
+    if merge_more is not None:
+        merge_more()
+    finished_at = time.time()
+    summary_data = {**summary(tally, started_at, finished_at, skipped or {}), **(extra or {})}
+    provenance = {
+        **manifest(summary_data),
+        "started_at": summary_data["started_at"],
+        "finished_at": summary_data["finished_at"],
+    }
+    write_summary_and_manifest(out, summary_data, provenance)
+    if checkpoint.mirror is not None:
+        checkpoint.mirror.push_reports()
+    checkpoint.seal()
+    return ScanResult(out, summary_data)
