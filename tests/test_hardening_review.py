@@ -383,3 +383,108 @@ def test_a_rescan_flag_out_of_range_is_blamed_on_the_flag_not_the_previous_manif
         result = scanner_cli("rescan", str(first), "--out", str(tmp_path / "again"), flag, value)
         assert result.returncode == 1, result.stderr
         assert "flags:" in result.stderr and "manifest" not in result.stderr, result.stderr
+
+
+_READ_REPORT_FILE = """
+import sys
+from pathlib import Path
+from scanner.errors import InputError
+from scanner.reports import html, jsonl
+reader, path = sys.argv[1], Path(sys.argv[2])
+try:
+    if reader == "read_lines":
+        list(jsonl.read_lines(path))
+    else:
+        getattr(html, reader)(path)
+except InputError as exc:
+    print(exc)
+    sys.exit(1)
+print("read it")
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "reader"),
+    [
+        ("summary.json", "checked_summary"),
+        ("manifest.json", "checked_manifest"),
+        ("matches.jsonl", "read_lines"),
+        ("matches.jsonl", "match_figures"),
+        ("outcomes.parquet", "outcome_figures"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_the_report_readers_themselves_refuse_a_fifo_or_device_without_the_clis_check(
+    tmp_path: Path, name: str, reader: str, kind: str
+) -> None:
+    """Before: the report readers (reports/html.py _read_json, outcome_figures, reports/jsonl.py read_lines)
+    opened by path and were safe only thanks to the CLI's up-front check: called as a library, a FIFO as
+    summary.json hung forever and a link to /dev/zero as matches.jsonl was read until memory ran out."""
+    path = tmp_path / name
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_REPORT_FILE, reader, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    shown = "a FIFO" if kind == "fifo" else "a character device"
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.strip() == f"{path}: not a regular file ({shown})", done.stdout + done.stderr
+
+
+_HOLD_LOCK = """
+import sys, time
+from scanner.run.reportlock import report_lock
+with report_lock(sys.argv[1], "scan"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_demo_into_a_locked_out_is_refused_before_it_writes_anything(
+    scanner_cli: ScannerCli, tmp_path: Path
+) -> None:
+    """Before: `scanner demo` wrote demo-input/ (its shard and hash list) into --out, and only then did its
+    scan find the report directory locked by another scanner process."""
+    out = tmp_path / "demo"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(out)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        result = scanner_cli("demo", "--out", str(out), "--images", "2", timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert f"in use by another scanner process (pid {holder.pid}" in result.stderr, result.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".scanner.lock"], "nothing was written"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_rematch_names_a_fifo_or_device_given_as_hashes_as_not_a_regular_file(
+    scanner_cli: ScannerCli, tmp_path: Path, kind: str
+) -> None:
+    """Before: `scanner rematch /tmp/x.parquet --hashlist L --out O` said "no such file" for a FIFO or a
+    link to /dev/zero, unlike every other input."""
+    hashes = tmp_path / "hashes.parquet"
+    if kind == "fifo":
+        os.mkfifo(hashes)
+    else:
+        hashes.symlink_to("/dev/zero")
+    listed = tmp_path / "md5.txt"
+    listed.write_text(hashlib.md5(b"x").hexdigest() + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = scanner_cli("rematch", str(hashes), "--hashlist", str(listed), "--out", str(out), timeout=60)
+    assert result.returncode == 1, result.stderr
+    shown = "a FIFO" if kind == "fifo" else "a character device"
+    assert f"{hashes}: not a regular file ({shown})" in result.stderr, result.stderr

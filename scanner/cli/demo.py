@@ -24,6 +24,7 @@ from scanner.errors import ConfigError
 from scanner.hashing import hash_image
 from scanner.reports.files import atomic_open, private_dir
 from scanner.run.checkpoint import own_dir
+from scanner.run.reportlock import report_lock
 from scanner.run.scan import ScanResult
 
 FORMATS = ("JPEG", "PNG", "WEBP")
@@ -116,6 +117,13 @@ def run_demo(out: str, images: int = 60, quiet: bool = False) -> ScanResult:
         raise ConfigError(f"--images must be from 1 to {MAX_IMAGES:,}, not {images}")
     procguard.harden()  # no core dump, not dumpable, before the images it makes and serves exist
     out_dir = private_dir(prepare_dir(out))
+    # The scan's lock, taken before demo-input/ is written (the scan re-enters it): a second demo into the
+    # same --out is refused before it writes anything.
+    with report_lock(out_dir, "demo"):
+        return _build_and_scan(out_dir, images, quiet)
+
+
+def _build_and_scan(out_dir: Path, images: int, quiet: bool) -> ScanResult:
     inputs = own_dir(out_dir / "demo-input")  # a planted link there is refused, its target left alone
     routes, paths, bodies = demo_routes(max(images, 8))
     write_demo_list(inputs / "demo-NOT-REAL.csv", bodies)

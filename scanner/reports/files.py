@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from scanner.errors import WriteError
+from scanner.regularfile import open_regular
 from scanner.reports import jsonl
 
 DIR_MODE = 0o700
@@ -77,9 +78,10 @@ def write_jsonl(handle: IO, records: list[dict]) -> None:
 
 
 def sha256_file(path: str | Path) -> str:
-    """Digest a file in chunks."""
+    """Digest a file in chunks; a regular file only (regularfile.open_regular: a FIFO would hang the open, a
+    link to /dev/zero never end), NotRegularFileError (an OSError) otherwise."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

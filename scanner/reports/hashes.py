@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from scanner.errors import InputError
 from scanner.hashtypes import REGISTRY, ImageHashes, recorded_types, variant_types
+from scanner.regularfile import NotRegularFileError, open_regular
 from scanner.reports.files import atomic_open
 from scanner.reports.records import RowResult, UnitFiles
 
@@ -148,8 +149,17 @@ def open_hashes(path: str | Path) -> pq.ParquetFile:
     path = Path(path)
     if path.is_dir():
         path = path / HASHES_FILE
-    if not path.is_file():
-        raise InputError(str(path), "no such file: hash records are written by a scan with --keep-hashes")
+    try:  # a FIFO would hang pyarrow's own open: judged first, as every input is (regularfile.open_regular);
+        # the ParquetFile opens the path itself, so that it stays picklable for the workers
+        open_regular(path).close()
+    except NotRegularFileError as exc:
+        raise InputError(str(path), exc.strerror) from exc
+    except FileNotFoundError as exc:
+        raise InputError(
+            str(path), "no such file: hash records are written by a scan with --keep-hashes"
+        ) from exc
+    except OSError as exc:
+        raise InputError(str(path), f"cannot read ({exc.strerror})") from exc
     try:
         file = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:

@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 from scanner.errors import InputError
 from scanner.hashtypes import REGISTRY
 from scanner.outcomes import OUTCOMES, Outcome
+from scanner.regularfile import NotRegularFileError, open_regular, read_capped
 from scanner.reports import jsonl, safetext
 from scanner.reports.files import atomic_open
-from scanner.reports.verify import summary_schema, validate
+from scanner.reports.verify import MAX_JSON_BYTES, summary_schema, validate
 
 REPORT_NAME = "report.html"
 # Match distances of Hamming types (scanner.hashtypes: pdq, phash, dhash) are drawn as histograms spanning
@@ -116,11 +117,14 @@ def outcome_figures(path: Path) -> OutcomeFigures:
     """Group outcomes.parquet batch by batch with pyarrow, so millions of rows never become Python objects."""
     figures = OutcomeFigures()
     try:
-        batches = pq.ParquetFile(path).iter_batches(
-            BATCH_ROWS, columns=["shard", "outcome", "http_status", "reason"]
-        )
-        for batch in batches:
-            _add_batch(figures, pa.Table.from_batches([batch]))
+        with open_regular(path) as handle:  # a FIFO there would hang pyarrow's own open
+            batches = pq.ParquetFile(handle).iter_batches(
+                BATCH_ROWS, columns=["shard", "outcome", "http_status", "reason"]
+            )
+            for batch in batches:
+                _add_batch(figures, pa.Table.from_batches([batch]))
+    except NotRegularFileError as exc:
+        raise InputError(str(path), exc.strerror) from exc
     except (OSError, pa.ArrowException) as exc:
         raise InputError(str(path), f"cannot read outcomes ({exc})") from exc
     return figures
@@ -199,13 +203,21 @@ def checked_manifest(path: Path) -> dict:
 
 
 def _read_json(path: Path) -> dict:
+    """A report directory's JSON file (summary.json, manifest.json): a regular file only, judged on the opened
+    descriptor (a FIFO would hang the open, /dev/zero never ends), and at most MAX_JSON_BYTES."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        with open_regular(path) as handle:
+            body = read_capped(handle, MAX_JSON_BYTES)
+    except NotRegularFileError as exc:
+        raise InputError(str(path), exc.strerror) from exc
     except OSError as exc:
         raise InputError(
             str(path), f"cannot read ({exc.strerror}); is this a finished scan's directory?"
         ) from exc
+    if body is None:
+        raise InputError(str(path), f"larger than {MAX_JSON_BYTES >> 20} MiB; not a scan's report file")
+    try:
+        data = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise InputError(str(path), f"not valid JSON ({exc})") from exc
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from scanner.errors import InputError
+from scanner.regularfile import NotRegularFileError, open_regular
 from scanner.reports import safetext
 
 _BLANK = b" \t\r\n"
@@ -45,8 +46,13 @@ def write_records(handle: IO[str], records: Iterable[dict]) -> int:
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a JSON Lines file, split on "\\n" only (never on
-    U+2028 or the other characters str.splitlines() splits on); InputError with the line for anything else."""
-    with open(path, "rb") as handle:
+    U+2028 or the other characters str.splitlines() splits on); InputError with the line for anything else,
+    and InputError for a path that is no regular file (regularfile.open_regular)."""
+    try:
+        handle = open_regular(path)  # a FIFO would hang a plain open, a link to /dev/zero never end
+    except NotRegularFileError as exc:
+        raise InputError(str(path), exc.strerror) from exc
+    with handle:
         for number, raw in enumerate(handle, 1):
             if not raw.strip(_BLANK):
                 continue

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
-from scanner.regularfile import NotRegularFileError, open_regular
+from scanner.regularfile import NotRegularFileError, open_regular, read_capped
 from scanner.reports.consistency import consistency_problems
 from scanner.reports.files import sha256_file
 
@@ -22,6 +22,7 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"  # scanner.reports.signing: signs the manifest, so not listed in it
 REQUIRED = ("outcomes.parquet", "matches.jsonl", "evidence.jsonl", "summary.json")
 HEX64 = re.compile(r"[0-9a-f]{64}")
+MAX_JSON_BYTES = 64 << 20  # summary.json and manifest.json are kilobytes; a larger one is not the scanner's
 ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description"}
 JSON_TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
@@ -80,7 +81,11 @@ def _listed_files(out: Path, result: Verification) -> dict[str, str]:
     """The manifest's {name: sha256}; malformed entries (a name with a path, a bad digest) are problems."""
     try:
         with open_regular(str(out / MANIFEST)) as handle:  # a FIFO planted there would hang a plain read
-            manifest = json.loads(handle.read().decode("utf-8"))
+            body = read_capped(handle, MAX_JSON_BYTES)
+        if body is None:
+            too_big = f"larger than {MAX_JSON_BYTES >> 20} MiB; not a scan's manifest"
+            raise InputError(str(out / MANIFEST), too_big)
+        manifest = json.loads(body.decode("utf-8"))
     except NotRegularFileError as exc:
         raise InputError(str(out / MANIFEST), f"not a regular file ({exc.kind})") from exc
     except OSError as exc:
@@ -132,8 +137,12 @@ def _note_unlisted(out: Path, files: dict[str, str], result: Verification) -> No
 def _check_summary(out: Path, result: Verification) -> None:
     path = out / "summary.json"
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        with open_regular(path) as handle:  # a FIFO would hang a plain read, /dev/zero never end
+            body = read_capped(handle, MAX_JSON_BYTES)
+        if body is None:
+            raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MiB")
+        summary = json.loads(body.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
         result.problems.append(f"summary.json: unreadable ({exc})")
         return
     errors = validate(summary, summary_schema())
@@ -155,7 +164,7 @@ def _count_mismatches(out: Path, summary: dict) -> list[str]:
                 problems.append(f"outcomes.{name} is {said} but outcomes.parquet has {outcomes[name]}")
     matches = out / "matches.jsonl"
     if matches.is_file():
-        with open(matches, "rb") as handle:
+        with open_regular(matches) as handle:
             lines = sum(1 for line in handle if line.strip())
         if summary["matches"]["total"] != lines:
             problems.append(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ import pyarrow.parquet as pq
 from scanner.outcomes import LIVE, OUTCOMES, Outcome, SourceReason
 from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, sha256_file, write_json
-from scanner.reports.html import write_html_report
+from scanner.reports.html import checked_manifest, write_html_report
 from scanner.reports.records import OUTCOME_SCHEMA, UnitFiles
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -125,7 +124,7 @@ def write_summary_and_manifest(out_dir: Path, summary_data: dict, manifest: dict
 def refresh_digests(out_dir: str | Path, names: list[str]) -> None:
     """Record new SHA-256s in manifest.json for report files regenerated after the scan (report.html)."""
     path = Path(out_dir) / "manifest.json"
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = checked_manifest(path)  # a regular file of bounded size, with its map of digests
     manifest["files"].update({name: sha256_file(Path(out_dir) / name) for name in names})
     write_json(path, manifest)
 
