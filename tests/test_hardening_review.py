@@ -133,31 +133,41 @@ def test_a_regular_file_whose_read_waits_is_a_row_or_a_named_error_not_a_hang(
         assert "Traceback" not in result.stderr and "internal error" not in result.stderr
 
 
+def _killed_scan(
+    tmp_path: Path, server: LoopbackServer, fast_rows: int, committed: tuple[int, ...]
+) -> tuple[list[str], dict[str, str], Path]:
+    """A scan of `fast_rows` matching images then 4 URLs that hang, 4 rows a unit, SIGKILLed once the units
+    `committed` are committed: its command line (ending in --out, for the caller's directory), environment
+    and report directory."""
+    jpeg = _jpeg()  # what the server serves at /a.jpg: the same bytes every call
+    shard = tmp_path / "urls.csv"
+    fast = [server.url(f"/a.jpg?n={i}") for i in range(fast_rows)]
+    slow = [server.url(f"/slow?seconds=60&n={i}") for i in range(4)]
+    shard.write_text("url\n" + "\n".join(fast + slow) + "\n", encoding="utf-8")
+    hashes = tmp_path / "md5.txt"
+    hashes.write_text(hashlib.md5(jpeg).hexdigest() + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "scanner", "scan", str(shard), "--hashlist", str(hashes), "--quiet"]
+    args += ["--allow-private-networks", "--workers", "1", "--rows-per-unit", "4", "--out"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    scan = subprocess.Popen([*args, str(out)], env=env, start_new_session=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((out / ".units" / f"u{i:06d}.done.json").exists() for i in committed):
+            assert time.monotonic() < deadline and scan.poll() is None, f"units {committed} never committed"
+            time.sleep(0.1)
+    finally:
+        os.killpg(scan.pid, signal.SIGKILL)
+        scan.wait()
+    return args, env, out
+
+
 def test_a_fifo_device_or_link_in_the_checkpoint_is_a_named_error_not_a_hang(tmp_path: Path) -> None:
     """Before: a FIFO planted as a done marker, a unit file or the fingerprint hung the resume forever (the
     digest check opened it), a done marker or fingerprint linked to /dev/zero was read until the OOM killer,
     and one linked to a copy of itself was followed."""
-    jpeg = _jpeg()
-    with LoopbackServer({"/a.jpg": jpeg}) as server:
-        shard = tmp_path / "urls.csv"
-        fast = [server.url(f"/a.jpg?n={i}") for i in range(4)]
-        slow = [server.url(f"/slow?seconds=60&n={i}") for i in range(4)]
-        shard.write_text("url\n" + "\n".join(fast + slow) + "\n", encoding="utf-8")
-        hashes = tmp_path / "md5.txt"
-        hashes.write_text(hashlib.md5(jpeg).hexdigest() + "\n", encoding="utf-8")
-        out = tmp_path / "out"
-        args = [sys.executable, "-m", "scanner", "scan", str(shard), "--hashlist", str(hashes), "--quiet"]
-        args += ["--allow-private-networks", "--workers", "1", "--rows-per-unit", "4", "--out"]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        scan = subprocess.Popen([*args, str(out)], env=env, start_new_session=True, cwd=REPO)
-        try:
-            deadline = time.monotonic() + 120
-            while not (out / ".units" / "u000000.done.json").exists():
-                assert time.monotonic() < deadline and scan.poll() is None, "unit 0 was never committed"
-                time.sleep(0.1)
-        finally:
-            os.killpg(scan.pid, signal.SIGKILL)
-            scan.wait()
+    with LoopbackServer({"/a.jpg": _jpeg()}) as server:
+        args, env, out = _killed_scan(tmp_path, server, fast_rows=4, committed=(0,))
         damages = {
             "fifo-marker": ("u000000.done.json", "fifo"),
             "fifo-unit-file": ("u000000.matches.jsonl", "fifo"),
@@ -321,30 +331,10 @@ def test_an_out_url_whose_server_refuses_the_connection_is_a_clear_error(
 def test_a_unit_copied_over_another_marker_and_all_is_refused_on_resume(tmp_path: Path) -> None:
     """Before: unit 0's files and done marker copied as unit 1's (the marker's unit and names edited, the
     digests still right) resumed into a report with unit 0's rows twice and unit 1's lost, exit 0."""
-    jpeg = _jpeg()
-    with LoopbackServer({"/a.jpg": jpeg}) as server:
-        shard = tmp_path / "urls.csv"
-        fast = [server.url(f"/a.jpg?n={i}") for i in range(8)]
-        slow = [server.url(f"/slow?seconds=60&n={i}") for i in range(4)]
-        shard.write_text("url\n" + "\n".join(fast + slow) + "\n", encoding="utf-8")
-        hashes = tmp_path / "md5.txt"
-        hashes.write_text(hashlib.md5(jpeg).hexdigest() + "\n", encoding="utf-8")
-        out = tmp_path / "out"
-        args = [sys.executable, "-m", "scanner", "scan", str(shard), "--hashlist", str(hashes), "--quiet"]
-        args += ["--allow-private-networks", "--workers", "1", "--rows-per-unit", "4", "--out", str(out)]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        scan = subprocess.Popen(args, env=env, start_new_session=True, cwd=REPO)
+    with LoopbackServer({"/a.jpg": _jpeg()}) as server:
+        args, env, out = _killed_scan(tmp_path, server, fast_rows=8, committed=(0, 1))
+        args.append(str(out))
         units = out / ".units"
-        try:
-            deadline = time.monotonic() + 120
-            while not all((units / f"u00000{i}.done.json").exists() for i in (0, 1)):
-                assert time.monotonic() < deadline and scan.poll() is None, (
-                    "units 0 and 1 were never committed"
-                )
-                time.sleep(0.1)
-        finally:
-            os.killpg(scan.pid, signal.SIGKILL)
-            scan.wait()
         for path in units.glob("u000001.*"):
             path.unlink()
         for path in units.glob("u000000.*"):
