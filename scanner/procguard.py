@@ -27,7 +27,6 @@ except ImportError:  # pragma: no cover - Windows has no rlimits (nor core files
 
 # linux/prctl.h
 PR_SET_PDEATHSIG = 1
-PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 # How often a worker without PR_SET_PDEATHSIG (not Linux) looks for its parent.
 PARENT_POLL_SECONDS = 0.5
@@ -45,11 +44,6 @@ def harden() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if sys.platform.startswith("linux"):
         _prctl(PR_SET_DUMPABLE, 0)
-
-
-def dumpable() -> int | None:
-    """prctl(PR_GET_DUMPABLE) for this process (1: dumpable, 0: not); None where there is no prctl."""
-    return _prctl(PR_GET_DUMPABLE, 0) if sys.platform.startswith("linux") else None
 
 
 def die_with_parent(parent: int) -> None:
