@@ -77,11 +77,12 @@ def write_jsonl(handle: IO, records: list[dict]) -> None:
     jsonl.write_records(handle, records)
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, follow_links: bool = True) -> str:
     """Digest a file in chunks; a regular file only (regularfile.open_regular: a FIFO would hang the open, a
-    link to /dev/zero never end), NotRegularFileError (an OSError) otherwise."""
+    link to /dev/zero never end), NotRegularFileError (an OSError) otherwise; with follow_links=False a
+    symbolic link is refused too."""
     digest = hashlib.sha256()
-    with open_regular(path) as handle:
+    with open_regular(path, follow_links=follow_links) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
