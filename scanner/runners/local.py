@@ -94,7 +94,8 @@ class WorkerPool:
         else HASHING_CRASHED. Blocks until the processes have exited (the pool terminates the others)."""
         deadline = time.monotonic() + EXIT_STATUS_SECONDS
         for process in self.processes:
-            process.join(max(0.0, deadline - time.monotonic()))
+            while process.exitcode is None and time.monotonic() < deadline:
+                process.join(0.05)
         budget = procguard.CPU_BUDGET_SIGNAL
         timed_out = budget is not None and any(p.exitcode == -budget for p in self.processes)
         return HashingReason.DECODE_TIMEOUT if timed_out else HashingReason.HASHING_CRASHED
