@@ -58,6 +58,10 @@ RANGES: dict[str, Range] = {
     "fetch.read_timeout": SECONDS,
     "fetch.total_timeout": Range(0, 86_400, open=True),
     "fetch.dns_timeout": SECONDS,
+    "fetch.dns_cache_ttl": Range(0, 86_400),
+    "fetch.dns_negative_ttl": Range(0, 86_400),
+    "fetch.dns_cache_size": Range(1, 10_000_000),
+    "fetch.connect_failure_ttl": Range(0, 3600),
     "fetch.max_bytes": Range(KIB, 2 * GIB),
     "fetch.max_url_length": Range(16, 1_000_000),
     "fetch.max_redirects": Range(0, 100),
@@ -76,6 +80,7 @@ RANGES: dict[str, Range] = {
     "match.dhash_threshold": Range(0, REGISTRY["dhash"].bits),
     "run.workers": Range(0, 4096, meaning="one per core"),
     "run.rows_in_flight": Range(1, 1_000_000),
+    "run.body_bytes_in_flight": Range(KIB, 64 * GIB),
     "run.units_in_flight": Range(1, 10_000),
 }
 """Every numeric setting's allowed values, by its dotted name (tests check that none is missing)."""
@@ -86,7 +91,10 @@ class RunConfig:
     """How the scan is executed; none of it changes the results."""
 
     workers: int = 0
-    rows_in_flight: int = 128
+    # Rows waiting on the network hold no body: thousands may wait on DNS and connects at once, while
+    # body_bytes_in_flight bounds the bodies in memory, from their first byte read until hashed.
+    rows_in_flight: int = 4096
+    body_bytes_in_flight: int = 256 * 1024 * 1024
     units_in_flight: int = 3
     on_bad_shard: str = "fail"
     runner: str = "local"

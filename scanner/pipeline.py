@@ -168,7 +168,11 @@ class Pipeline:
         self, row_result: RowResult, body: bytes, fetched: FetchResult | None, screened: Screened
     ) -> _Checked:
         row_result.bytes = len(body)
-        hashes, row_result.reason = await self.stages.hash(body)
+        try:
+            hashes, row_result.reason = await self.stages.hash(body)
+        finally:
+            if fetched is not None:
+                fetched.release()  # the body's bytes leave the fetcher's budget once hashed
         if row_result.reason is None:
             row_result.outcome = Outcome.CLEAN
         if hashes is not None and content_changed(screened.claimed, hashes):

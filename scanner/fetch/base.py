@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Protocol
 
 from scanner import __version__
 from scanner.errors import ConfigError, ScannerError
 from scanner.outcomes import FetchOutcome
+
+if TYPE_CHECKING:
+    from scanner.fetch.budget import Grant
 
 CLIENTS = ("aiohttp", "httpx")
 
@@ -24,7 +27,11 @@ class FetchConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     total_timeout: float = 30.0
-    dns_timeout: float = 5.0
+    dns_timeout: float = 5.0  # the total time of one host's lookup, whatever resolv.conf's attempts
+    dns_cache_ttl: float = 300.0  # a host is looked up at most once in this time; 0: every fetch
+    dns_negative_ttl: float = 300.0  # a host whose lookup failed fails again at once for this long
+    dns_cache_size: int = 100_000  # hosts remembered, least recently used dropped first
+    connect_failure_ttl: float = 30.0  # a host:port that refused or timed out is not connected to again
     max_bytes: int = 16 * 1024 * 1024
     max_url_length: int = 4096
     max_redirects: int = 10
@@ -46,7 +53,15 @@ class FetchConfig:
             value = getattr(self, spec.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"fetch.{spec.name} must not be negative, not {value!r}")
-        for name in ("max_in_flight", "max_per_host", "max_bytes", "max_url_length", "total_timeout"):
+        positive = (
+            "max_in_flight",
+            "max_per_host",
+            "max_bytes",
+            "max_url_length",
+            "total_timeout",
+            "dns_cache_size",
+        )
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"fetch.{name} must be positive")
         for name in ("contact", "user_agent"):  # sent as a header: a CR, LF or non-ASCII would fail every row
@@ -86,6 +101,13 @@ class FetchResult:
     etag: str | None = None
     last_modified: str | None = None
     fetched_at: float = 0.0
+    grant: Grant | None = field(default=None, repr=False, compare=False)  # the body's room in the budget
+
+    def release(self) -> None:
+        """Give the body's bytes back to the fetcher's budget: call once the body has been hashed."""
+        if self.grant is not None:
+            self.grant.release()
+            self.grant = None
 
 
 UrlScreen = Callable[[str], "str | None"]

@@ -11,6 +11,7 @@ import email.utils
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +19,17 @@ from typing import Protocol
 
 from scanner.fetch.base import FetchConfig, FetchFailure, FetchResult, UrlScreen
 from scanner.fetch.body import read_body
-from scanner.fetch.guard import AddressPolicy, Lookup, Target, check_address, parse_url, redirect_target
+from scanner.fetch.budget import BodyBudget
+from scanner.fetch.dns import AresLookup, HostCache
+from scanner.fetch.guard import (
+    AddressPolicy,
+    Lookup,
+    Target,
+    check_address,
+    parse_url,
+    redirect_target,
+    resolve_checked,
+)
 from scanner.outcomes import FetchOutcome, FetchReason, http_reason
 
 logger = logging.getLogger(__name__)
@@ -26,6 +37,10 @@ logger = logging.getLogger(__name__)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 503})
 HEAD_REFUSED_STATUSES = frozenset({405, 501})
+# A connect that failed this way fails the host's next rows too, for connect_failure_ttl.
+UNREACHABLE_REASONS = frozenset(
+    {FetchReason.CONNECTION_REFUSED, FetchReason.CONNECT_TIMEOUT, FetchReason.CONNECTION_FAILED}
+)
 
 
 class Exchange(Protocol):
@@ -55,10 +70,19 @@ class Transport(Protocol):
 class GuardedFetcher:
     """The Fetcher: every URL guarded, limited, deadlined and capped the same way whatever the transport."""
 
-    def __init__(self, config: FetchConfig, transport: Transport) -> None:
+    def __init__(
+        self,
+        config: FetchConfig,
+        transport: Transport,
+        lookup: Lookup | None = None,
+        body_budget: BodyBudget | None = None,
+    ) -> None:
         self.config = config
         self.policy = AddressPolicy.from_config(config)
         self._transport = transport
+        self._lookup = lookup  # the transport's (cached) lookup: a name is resolved before a slot is taken
+        self.body_budget = body_budget
+        self._unreachable = Unreachable(config.connect_failure_ttl, config.dns_cache_size)
         self._in_flight = asyncio.Semaphore(config.max_in_flight)
         self._hosts = _HostSlots(config.max_per_host)
         self._headers = {
@@ -84,8 +108,34 @@ class GuardedFetcher:
             if target.ip is not None:
                 check_address(target.ip, self.policy)
             _screen(screen, target.url)
+            await self._before_slot(target)
         except FetchFailure as failure:
             return _failed(result, failure)
+        try:
+            await self._fetch_in_slot(target, result, read_body, headers, screen)
+        except BaseException:
+            result.release()
+            raise
+        return result
+
+    async def _before_slot(self, target: Target) -> None:
+        """What fails a URL without a connection: a host known unreachable, a name that does not resolve or
+        resolves to a refused address. Thousands of rows may wait here at once: no slot is held."""
+        self._unreachable.check(target)
+        if target.ip is None and self._lookup is not None:
+            config = self.config
+            await resolve_checked(
+                target.host, target.port, self.policy, timeout=config.dns_timeout, lookup=self._lookup
+            )
+
+    async def _fetch_in_slot(
+        self,
+        target: Target,
+        result: FetchResult,
+        read_body: bool,
+        headers: Mapping[str, str] | None,
+        screen: UrlScreen | None,
+    ) -> None:
         async with self._hosts.slot(target.host), self._in_flight:
             result.fetched_at = time.time()
             try:
@@ -99,11 +149,13 @@ class GuardedFetcher:
             except Exception:
                 logger.exception("unexpected error fetching %s", target.url)
                 _failed(result, FetchFailure(FetchOutcome.DEAD, FetchReason.CLIENT_ERROR))
-        return result
 
     async def aclose(self) -> None:
-        """Close the transport's connections."""
+        """Close the transport's connections and the resolver."""
         await self._transport.aclose()
+        closer = getattr(self._lookup, "aclose", None)
+        if closer is not None:
+            await closer()
 
     async def _follow(
         self,
@@ -157,6 +209,16 @@ class GuardedFetcher:
     ) -> str | None:
         """Send one request and record its response; return the Location to follow, if any."""
         _clear_response(result)
+        self._unreachable.check(target)
+        try:
+            return await self._exchange(target, method, headers, read_body, result)
+        except FetchFailure as failure:
+            self._unreachable.note(target, failure)
+            raise
+
+    async def _exchange(
+        self, target: Target, method: str, headers: dict[str, str], read_body: bool, result: FetchResult
+    ) -> str | None:
         async with self._transport.exchange(target, method, headers) as response:
             _record(result, response)
             status = response.status
@@ -168,10 +230,22 @@ class GuardedFetcher:
             if 200 <= status < 300 and not read_body:
                 return None
             if 200 <= status < 300:
-                result.body = await read_body_of(response, self.config.max_bytes)
-                result.content_length = len(result.body)
+                await self._read_body(response, result)
                 return None
             raise self._status_failure(status, response.headers)
+
+    async def _read_body(self, response: Exchange, result: FetchResult) -> None:
+        """The body under the cap, read only once the budget has room for it."""
+        cap = self.config.max_bytes
+        if self.body_budget is not None:
+            declared = _int_or_none(response.headers.get("Content-Length"))
+            encoded = (response.headers.get("Content-Encoding") or "identity").strip().lower() != "identity"
+            need = cap if declared is None or encoded else min(declared, cap)
+            result.grant = await self.body_budget.acquire(need)
+        result.body = await read_body_of(response, cap)
+        result.content_length = len(result.body)
+        if result.grant is not None:
+            result.grant.shrink(len(result.body))
 
     def _status_failure(self, status: int, headers: Mapping[str, str]) -> FetchFailure:
         if status not in RETRY_STATUSES:
@@ -237,6 +311,7 @@ def _screen(screen: UrlScreen | None, url: str) -> None:
 
 def _failed(result: FetchResult, failure: FetchFailure) -> FetchResult:
     result.outcome, result.reason, result.body = failure.outcome, failure.reason, None
+    result.release()
     return result
 
 
@@ -273,15 +348,56 @@ class _HostSlots:
                 del self._slots[host]
 
 
-def make_fetcher(config: FetchConfig | None = None, *, lookup: Lookup | None = None) -> GuardedFetcher:
-    """The fetcher config.client names; lookup replaces the system resolver (tests, custom DNS)."""
+class Unreachable:
+    """Host:ports whose connect was refused or timed out lately: their next rows fail with the same reason
+    without a connect, for ttl seconds. Bounded: the least recently failed are forgotten first."""
+
+    def __init__(self, ttl: float, max_hosts: int) -> None:
+        self._ttl = ttl
+        self._max_hosts = max_hosts
+        self._failed: OrderedDict[tuple[str, int], tuple[float, str]] = OrderedDict()
+
+    def check(self, target: Target) -> None:
+        key = (target.host, target.port)
+        entry = self._failed.get(key)
+        if entry is None:
+            return
+        if entry[0] <= time.monotonic():
+            del self._failed[key]
+            return
+        raise FetchFailure(FetchOutcome.DEAD, entry[1])
+
+    def note(self, target: Target, failure: FetchFailure) -> None:
+        if self._ttl <= 0 or failure.reason not in UNREACHABLE_REASONS:
+            return
+        key = (target.host, target.port)
+        self._failed[key] = (time.monotonic() + self._ttl, failure.reason)
+        self._failed.move_to_end(key)
+        while len(self._failed) > self._max_hosts:
+            self._failed.popitem(last=False)
+
+
+def make_fetcher(
+    config: FetchConfig | None = None, *, lookup: Lookup | None = None, body_budget: int | None = None
+) -> GuardedFetcher:
+    """The fetcher config.client names; lookup replaces the c-ares resolver (tests, custom DNS); either is
+    cached per fetcher. body_budget bounds the bytes of bodies read and not yet released
+    (FetchResult.release)."""
     config = config or FetchConfig()
     policy = AddressPolicy.from_config(config)
+    cached = HostCache(
+        lookup or AresLookup(),
+        timeout=config.dns_timeout,
+        ttl=config.dns_cache_ttl,
+        negative_ttl=config.dns_negative_ttl,
+        max_hosts=config.dns_cache_size,
+    )
+    budget = BodyBudget(body_budget) if body_budget else None
     # Imported here for start-up cost: only the client a scan uses is loaded (aiohttp or httpx).
     if config.client == "httpx":
         from scanner.fetch.httpx_client import HttpxTransport
 
-        return GuardedFetcher(config, HttpxTransport(config, policy, lookup))
+        return GuardedFetcher(config, HttpxTransport(config, policy, cached), cached, budget)
     from scanner.fetch.client import AiohttpTransport
 
-    return GuardedFetcher(config, AiohttpTransport(config, policy, lookup))
+    return GuardedFetcher(config, AiohttpTransport(config, policy, cached), cached, budget)

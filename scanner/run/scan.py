@@ -59,7 +59,8 @@ def unit_pipeline(
 ) -> Pipeline:
     """The stages every runner drives, built one way, so a unit is checked alike on any runner.
     The caller owns the fetcher: close it with `await pipeline.stages.fetcher.aclose()`."""
-    stages = Stages(make_fetcher(config.fetch), hash_fn, matcher, config.audit)
+    fetcher = make_fetcher(config.fetch, body_budget=config.run.body_bytes_in_flight)
+    stages = Stages(fetcher, hash_fn, matcher, config.audit)
     skip = config.run.on_bad_shard == "skip"
     return Pipeline(
         stages,
