@@ -58,7 +58,7 @@ RANGES: dict[str, Range] = {
     "fetch.read_timeout": SECONDS,
     "fetch.total_timeout": Range(0, 86_400, open=True),
     "fetch.dns_timeout": SECONDS,
-    "fetch.dns_cache_ttl": Range(0, 86_400),
+    "fetch.dns_cache_ttl": Range(0, 86_400, open=True),
     "fetch.dns_negative_ttl": Range(0, 86_400),
     "fetch.dns_cache_size": Range(1, 10_000_000),
     "fetch.connect_failure_ttl": Range(0, 3600),

@@ -28,7 +28,8 @@ class FetchConfig:
     read_timeout: float = 10.0
     total_timeout: float = 30.0
     dns_timeout: float = 5.0  # the total time of one host's lookup, whatever resolv.conf's attempts
-    dns_cache_ttl: float = 300.0  # a host is looked up at most once in this time; 0: every fetch
+    dns_cache_ttl: float = 300.0  # a host is looked up at most once in this time (> 0: a fetch's two
+    # resolutions, before its slot and at connect, must see one answer)
     dns_negative_ttl: float = 300.0  # a host whose lookup failed fails again at once for this long
     dns_cache_size: int = 100_000  # hosts remembered, least recently used dropped first
     connect_failure_ttl: float = 30.0  # a host:port that refused or timed out is not connected to again

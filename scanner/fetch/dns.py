@@ -26,15 +26,17 @@ Clock = Callable[[], float]
 
 
 class AresLookup:
-    """A Lookup through c-ares; the channel is made inside the running loop on first use."""
+    """A Lookup through c-ares; the channel is made inside the running loop on first use. nameservers
+    ("ip" or "ip:port") and options (c-ares channel options: timeout, tries) replace resolv.conf's."""
 
-    def __init__(self, nameservers: Sequence[str] | None = None) -> None:
+    def __init__(self, nameservers: Sequence[str] | None = None, **options: float) -> None:
         self._nameservers = list(nameservers) if nameservers else None
+        self._options = options
         self._resolver: aiodns.DNSResolver | None = None
 
     async def __call__(self, host: str, port: int) -> list[str]:
         if self._resolver is None:
-            self._resolver = aiodns.DNSResolver(self._nameservers)
+            self._resolver = aiodns.DNSResolver(self._nameservers, **self._options)
         try:
             result = await self._resolver.getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
         except aiodns.error.DNSError as exc:
