@@ -10,13 +10,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from loopback import LoopbackServer, tiny_jpeg
 
+from scanner.config import build_config
 from scanner.fetch import FetchConfig, FetchResult, make_fetcher
 from scanner.fetch.dns import AresLookup
 from scanner.fetch.guard import Lookup
+from scanner.runners.local import scan
 
 JPEG = tiny_jpeg()
 
@@ -331,3 +334,25 @@ def test_a_failed_body_gives_its_room_back(config: FetchConfig) -> None:
         results, held = asyncio.run(run(server))
     assert [r.reason for r in results] == ["truncated_body", None, "body_too_large"]
     assert held == 1  # only the one-byte body that succeeded and was never released
+
+
+def test_a_scan_gives_each_body_back_once_hashed(tmp_path: Path) -> None:
+    """A budget of one small body: every later body waits for the one before it to be hashed and released;
+    a body never given back would leave the rest to time out."""
+    paths = [f"/img{i}.jpg" for i in range(12)]
+    with LoopbackServer(dict.fromkeys(paths, JPEG)) as server:
+        shard = tmp_path / "s.csv"
+        shard.write_text("url\n" + "".join(server.url(p) + "\n" for p in paths))
+        (tmp_path / "l.txt").write_text("0" * 31 + "1\n")
+        config = build_config(
+            {
+                "inputs": [str(shard)],
+                "out": str(tmp_path / "out"),
+                "hashlist": [f"md5:{tmp_path / 'l.txt'}"],
+                "fetch": {"allowed_networks": ["127.0.0.1/32"], "total_timeout": 5.0},
+                "run": {"workers": 1, "body_bytes_in_flight": max(1024, len(JPEG))},
+            },
+            "test",
+        )
+        result = scan(config)
+    assert result.summary["outcomes"]["clean"] == 12
