@@ -43,7 +43,8 @@ def main() -> int:
         if os.geteuid() != 0:
             print("bench_deadlinks: needs root (unshare -n -m)", file=sys.stderr)
             return 2
-        inner = ["unshare", "-n", "-m", sys.executable, str(Path(__file__).resolve()), "--inner", *sys.argv[1:]]
+        script = str(Path(__file__).resolve())
+        inner = ["unshare", "-n", "-m", sys.executable, script, "--inner", *sys.argv[1:]]
         return subprocess.run(inner, check=False).returncode
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     problem = not_isolated()
