@@ -46,11 +46,11 @@ def main() -> int:
         script = str(Path(__file__).resolve())
         inner = ["unshare", "-n", "-m", sys.executable, script, "--inner", *sys.argv[1:]]
         return subprocess.run(inner, check=False).returncode
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    problem = not_isolated()
+    problem = not_isolated()  # checked before anything here touches the network or the mounts
     if problem:
         print(f"bench_deadlinks: refusing to scan: {problem}", file=sys.stderr)
         return 2
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     return run(args)
 
 
