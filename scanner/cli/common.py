@@ -1,5 +1,5 @@
-"""What the command modules share (main.py, audit.py, demo.py): a scan run under the write guard, the
-runner by name, and the one-screen summary. It imports no command module, so they all import it."""
+"""What the command modules share (main.py, audit.py, demo.py): a run under the write guard, on the runner
+named by run.runner, and the one-screen summary. It imports no command module, so they all import it."""
 
 from __future__ import annotations
 
@@ -11,18 +11,20 @@ from scanner.reports import safetext
 MAX_ERROR_LINE = 2_000  # characters; a hostile argument or file name must not flood the terminal
 
 
-def run_with_guard(config, restart: bool, quiet: bool):
-    """Run a scan with the write guard on: nothing may be written outside the report directory (and, with
-    Ray, outside Ray's own session directory, which it fills while joining the cluster, before the guard)."""
-    from scanner.run.mirror import local_dir  # start-up cost: a scan's modules load when a scan runs
+def run_with_guard(job, restart: bool, quiet: bool):
+    """Run a job (scan, rescan) with the write guard on: nothing may be written outside the report directory
+    (and, with Ray, outside Ray's own session directory, which it fills while joining the cluster, before
+    the guard)."""
+    from scanner.run.mirror import local_dir  # start-up cost: a run's modules load when a run runs
     from scanner.run.progress import bar_for
 
+    config = job.config
     runner = runner_for(config)
     outputs.check_dir(local_dir(config.out))  # before joining a Ray cluster, which takes a while
     allowed = runner.connect(config.run.ray_address) if config.run.runner == "ray" else []
     outputs.guard_writes(config.out, allowed)
     show = not quiet and config.run.progress
-    return runner.scan(config, restart, bar_for if show else None)
+    return runner.run(job, restart, bar_for if show else None)
 
 
 def runner_for(config):
