@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from scanner.audits.stored import StoredJob, StoredRow, StoredScan, StoredScans, StoredUnit
 from scanner.config import ScanConfig
@@ -26,16 +27,25 @@ from scanner.lists import Match, Matcher
 from scanner.outcomes import LIVE, Outcome, unmatched
 from scanner.pipeline import HashFn, Progress, evidence_record, match_record, to_query
 from scanner.reports.records import RowResult, UnitReport
-from scanner.run.job import Run
+from scanner.run.job import Run, execute
 from scanner.run.lifecycle import ScanResult
-from scanner.runners import local
 from scanner.screen import Screen
 from scanner.urls.normal import normalise
 
 
 def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) -> ScanResult:
     """Re-match the hash records in `hashes` (files or report directories) against config's lists."""
-    return local.run(RematchJob(hashes, config), restart)
+    return execute(RematchJob(hashes, config), run_here, restart)
+
+
+def run_here(run: Run, units: list[StoredUnit], progress: Progress | None = None) -> None:
+    """The units one after another in this process, with no event loop: a rematch opens no socket, not
+    even an event loop's wake-up pair."""
+    rematcher = run.work().open(run.config, run.matcher, None, progress)
+    for unit in units:
+        run.checkpoint.commit(rematcher.rematch(unit))
+        if progress is not None:
+            progress.unit_done()
 
 
 class RematchJob(StoredJob):
@@ -78,14 +88,24 @@ class RematchWork:
 
     def open(
         self, config: ScanConfig, matcher: Matcher, hash_fn: HashFn | None, progress: Progress | None
-    ) -> RematchWork:
-        self.screen = Screen(matcher)
-        self.matcher = matcher
-        return self
+    ) -> Rematcher:
+        return Rematcher(self.scans, Screen(matcher), matcher)
 
-    async def run_unit(self, unit: StoredUnit) -> UnitReport:
+
+@dataclass(slots=True)
+class Rematcher:
+    """A rematch's unit processor: stored rows read, screened and matched; no request, no hashing."""
+
+    scans: StoredScans
+    screen: Screen
+    matcher: Matcher
+
+    def rematch(self, unit: StoredUnit) -> UnitReport:
         rows = self.scans.read(unit)
         return rematch_unit(unit.id, rows, self.screen, self.matcher, self.scans.evidence(unit.scan))
+
+    async def run_unit(self, unit: StoredUnit) -> UnitReport:
+        return self.rematch(unit)
 
     async def aclose(self) -> None:
         """Nothing to close: a rematch opens no connection."""
