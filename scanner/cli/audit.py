@@ -98,7 +98,10 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
 
 
 def cmd_rescan(args: argparse.Namespace) -> int:
+    from scanner import procguard
     from scanner.audits.rescan import RescanJob  # start-up cost: loaded when the command runs
+
+    procguard.harden()  # no core dump, not dumpable, before the previous scan's records are read
 
     overrides = {
         "fetch.allow_private_networks": args.allow_private_networks,
