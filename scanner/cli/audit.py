@@ -111,7 +111,7 @@ def cmd_rescan(args: argparse.Namespace) -> int:
         "run.ray_address": args.ray_address,
     }
     job = RescanJob(args.previous, args.out, args.hashlist, overrides)
-    result = run_with_guard(job, args.restart, args.quiet)
+    result = run_with_guard(job.config, args.restart, args.quiet, job)
     _print(result, args.quiet, args.out)
     if not args.quiet:
         changes = {k: v for k, v in result.summary["changes"].items() if k != "previous"}

@@ -11,20 +11,20 @@ from scanner.reports import safetext
 MAX_ERROR_LINE = 2_000  # characters; a hostile argument or file name must not flood the terminal
 
 
-def run_with_guard(job, restart: bool, quiet: bool):
-    """Run a job (scan, rescan) with the write guard on: nothing may be written outside the report directory
-    (and, with Ray, outside Ray's own session directory, which it fills while joining the cluster, before
-    the guard)."""
+def run_with_guard(config, restart: bool, quiet: bool, job=None):
+    """Run a scan of `config` (or the job given: a rescan) with the write guard on: nothing may be written
+    outside the report directory (and, with Ray, outside Ray's own session directory, which it fills while
+    joining the cluster, before the guard)."""
     from scanner.run.mirror import local_dir  # start-up cost: a run's modules load when a run runs
     from scanner.run.progress import bar_for
 
-    config = job.config
     runner = runner_for(config)
     outputs.check_dir(local_dir(config.out))  # before joining a Ray cluster, which takes a while
     allowed = runner.connect(config.run.ray_address) if config.run.runner == "ray" else []
     outputs.guard_writes(config.out, allowed)
     show = not quiet and config.run.progress
-    return runner.run(job, restart, bar_for if show else None)
+    bar = bar_for if show else None
+    return runner.scan(config, restart, bar) if job is None else runner.run(job, restart, bar)
 
 
 def runner_for(config):

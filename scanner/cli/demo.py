@@ -26,7 +26,6 @@ from scanner.reports.files import atomic_open, private_dir
 from scanner.run.checkpoint import own_dir
 from scanner.run.lifecycle import ScanResult
 from scanner.run.reportlock import report_lock
-from scanner.run.scan import ScanJob
 
 FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_IMAGES = 10_000
@@ -140,4 +139,4 @@ def _build_and_scan(out_dir: Path, images: int, quiet: bool) -> ScanResult:
             },
             "demo",
         )
-        return run_with_guard(ScanJob(config), restart=True, quiet=quiet)
+        return run_with_guard(config, restart=True, quiet=quiet)

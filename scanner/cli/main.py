@@ -241,10 +241,9 @@ def scan_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from scanner.config import load_config  # start-up cost: loaded when the command runs
-    from scanner.run.scan import ScanJob
 
     config = load_config(args.config, scan_overrides(args))
-    result = run_with_guard(ScanJob(config), args.restart, args.quiet)
+    result = run_with_guard(config, args.restart, args.quiet)
     if not args.quiet:
         print_summary(result)
         if str(result.out) != config.out:
