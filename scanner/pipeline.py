@@ -1,14 +1,17 @@
-"""Runs one work unit through source -> fetch -> hash -> match; the only place the stages meet."""
+"""Runs one work unit through source -> fetch -> hash -> match; the only place the stages meet. A row policy
+(FetchPolicy for a scan, a rescan's own) decides per row; the pipeline owns the window and the matching."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any, Protocol
 
+from scanner.config import ScanConfig
 from scanner.errors import SourceError
-from scanner.fetch import Fetcher, FetchResult
+from scanner.fetch import Fetcher, FetchResult, make_fetcher
 from scanner.hashing import ImageHashes
 from scanner.hashtypes import recorded_types
 from scanner.lists import Match, Matcher, Query
@@ -50,9 +53,16 @@ class Stages:
     audit: AuditConfig = field(default_factory=AuditConfig)
 
 
+def build_stages(config: ScanConfig, hash_fn: HashFn | None, matcher: Matcher) -> Stages:
+    """The stages for these settings, one way for every job: a fetcher whose bodies share the run's byte
+    budget (run.body_bytes_in_flight), the hash function, the matcher."""
+    fetcher = make_fetcher(config.fetch, body_budget=config.run.body_bytes_in_flight)
+    return Stages(fetcher, hash_fn, matcher, config.audit)
+
+
 @dataclass(slots=True)
-class _Checked:
-    """A row after fetching and hashing, waiting for its batched match."""
+class Checked:
+    """A row after its policy checked it (fetched, hashed, or not), waiting for its batched match."""
 
     result: RowResult
     query: Query | None = None
@@ -61,70 +71,65 @@ class _Checked:
     matches: list[Match] = field(default_factory=list)  # found before any fetch, or on a redirect
 
 
+class RowPolicy(Protocol):
+    """What a job decides per row, while the pipeline owns the window of rows in flight, the batched
+    matching and the progress: which rows a unit has (screened before any request), how one row is
+    checked (no request, liveness only, a plain or a conditional GET) and how the checked rows become
+    the unit's report. `state` is the policy's own per-row data, passed back to check."""
+
+    stages: Stages
+
+    def rows(self, unit: Any) -> Iterator[tuple[Row, Screened, Any]]: ...
+
+    async def check(self, row: Row, screened: Screened, state: Any) -> Checked: ...
+
+    def report(self, unit_id: int, checked: list[Checked]) -> UnitReport: ...
+
+
 class Pipeline:
     """Drives rows through the stages with a bound on rows in flight (and so on bodies in memory)."""
 
-    def __init__(
-        self,
-        stages: Stages,
-        sources: dict[str, Source],
-        rows_in_flight: int,
-        progress: Progress | None = None,
-        skip_bad_shards: bool = False,
-        max_url_length: int = 4096,
-    ) -> None:
-        self.stages = stages
-        self.sources = sources
-        self._skip_bad_shards = skip_bad_shards
-        self._max_url_length = max_url_length
+    def __init__(self, policy: RowPolicy, rows_in_flight: int, progress: Progress | None = None) -> None:
+        self.policy = policy
+        self.stages = policy.stages
         self._slots = asyncio.Semaphore(rows_in_flight)
         self._progress = progress or Progress()
-        self._screen = Screen(stages.matcher, stages.audit)
         self._matching = asyncio.Lock()  # one batch at a time, whatever its unit
         # One unit at a time takes rows in flight: the others only finish theirs, so a unit's rows wait for
         # their outcomes in memory one unit at a time, not interleaved over all the units in flight.
         self._dispatching = asyncio.Lock()
 
-    async def run_unit(self, unit: WorkUnit) -> UnitReport:
+    async def run_unit(self, unit: Any) -> UnitReport:
         """Check every row of the unit and return exactly one outcome per row, in row order."""
-        tasks: list[asyncio.Task[_Checked]] = []
-        unreadable: list[_Checked] = []
+        tasks: list[asyncio.Task[Checked]] = []
         matching = _BatchMatching(self.stages.matcher, self._matching, self.stages.audit.keep_hashes)
-        next_row = unit.span.start
         try:
             async with self._dispatching:
-                for batch in self.sources[unit.shard].read(unit.span):
-                    for row, screened in zip(batch, self._screen.rows(batch), strict=True):
-                        await self._slots.acquire()
-                        tasks.append(asyncio.create_task(self._check(row, screened, matching)))
-                        next_row = row.row + 1
-            if next_row != unit.span.stop:
-                raise SourceError(unit.shard, f"gave rows up to {next_row}, not {unit.span.stop} as planned")
-        except SourceError:
-            if not self._skip_bad_shards:
-                for task in tasks:
-                    task.cancel()
-                await matching.finish()
-                raise
-            unreadable = [self._unreadable(unit.shard, row) for row in range(next_row, unit.span.stop)]
+                for row, screened, state in self.policy.rows(unit):
+                    await self._slots.acquire()
+                    tasks.append(asyncio.create_task(self._check(row, screened, state, matching)))
+        except Exception:
+            for task in tasks:
+                task.cancel()
+            await matching.finish()
+            raise
         except BaseException:  # cancelled (Ctrl-C): no row may go on fetching after the unit is abandoned
             for task in tasks:
                 task.cancel()
             raise
-        checked = [*await asyncio.gather(*tasks), *unreadable]
+        checked = list(await asyncio.gather(*tasks))
         await matching.finish()
-        return self._report(unit.id, checked)
+        report = self.policy.report(unit.id, checked)
+        self._progress.matched(sum(1 for o in report.outcomes if o.outcome == Outcome.MATCH))
+        return report
 
-    def _unreadable(self, shard: str, row: int) -> _Checked:
-        """A row the shard could not give back (corrupt data): still exactly one outcome."""
-        self._progress.row_done(Outcome.INVALID)
-        return _Checked(
-            RowResult(shard, row, None, None, Outcome.INVALID, reason=SourceReason.UNREADABLE_SHARD)
-        )
+    async def aclose(self) -> None:
+        """Close the fetcher's connections."""
+        await self.stages.fetcher.aclose()
 
-    async def _check(self, row: Row, screened: Screened, matching: _BatchMatching) -> _Checked:
+    async def _check(self, row: Row, screened: Screened, state: Any, matching: _BatchMatching) -> Checked:
         try:
-            checked = await self._fetch_and_hash(row, screened)
+            checked = await self.policy.check(row, screened, state)
         finally:
             self._slots.release()
         if checked.query is not None:
@@ -132,41 +137,79 @@ class Pipeline:
         self._progress.row_done(checked.result.outcome)
         return checked
 
-    async def _fetch_and_hash(self, row: Row, screened: Screened) -> _Checked:
+
+class FetchPolicy:
+    """A scan's rows: read from the sources, screened, fetched (unless screening settled them) and hashed."""
+
+    def __init__(
+        self,
+        stages: Stages,
+        sources: Mapping[str, Source],
+        skip_bad_shards: bool = False,
+        max_url_length: int = 4096,
+    ) -> None:
+        self.stages = stages
+        self.sources = sources
+        self._skip_bad_shards = skip_bad_shards
+        self._max_url_length = max_url_length
+        self._screen = Screen(stages.matcher, stages.audit)
+
+    def rows(self, unit: WorkUnit) -> Iterator[tuple[Row, Screened, None]]:
+        """The unit's rows, screened a source batch at a time; with skip_bad_shards, the rows a corrupt
+        shard could not give back are rows that carry that reason (still exactly one outcome each)."""
+        next_row = unit.span.start
+        try:
+            for batch in self.sources[unit.shard].read(unit.span):
+                for row, screened in zip(batch, self._screen.rows(batch), strict=True):
+                    yield row, screened, None
+                    next_row = row.row + 1
+            if next_row != unit.span.stop:
+                raise SourceError(unit.shard, f"gave rows up to {next_row}, not {unit.span.stop} as planned")
+        except SourceError:
+            if not self._skip_bad_shards:
+                raise
+            for row in range(next_row, unit.span.stop):
+                yield Row(unit.shard, row, None, None, error=SourceReason.UNREADABLE_SHARD), Screened(), None
+
+    async def check(self, row: Row, screened: Screened, state: None = None) -> Checked:
         # A URL too long to fetch is reported cut to the limit: hostile rows cannot inflate memory or reports.
         url = row.url[: self._max_url_length] if row.url else row.url
         row_result = RowResult(row.shard, row.row, url, row.key, Outcome.INVALID, member=row.member)
         if row.error is not None:
             row_result.reason = row.error
-            return _Checked(row_result)
+            return Checked(row_result)
         if screened.matches:
-            return _Checked(row_result, matches=screened.matches)  # never fetched
+            return Checked(row_result, matches=screened.matches)  # never fetched
         if row.body is not None:
             return await self._hash(row_result, row.body, None, screened)
         if row.url is None:
             row_result.reason = FetchReason.EMPTY_URL
-            return _Checked(row_result)
+            return Checked(row_result)
         if self.stages.audit.no_fetch:
             row_result.outcome = Outcome.CLEAN if screened.checked else Outcome.UNCHECKED
-            return _Checked(row_result)
+            return Checked(row_result)
         hop = self._screen.hop(screened)
         fetcher = self.stages.fetcher
         result = await (fetcher.fetch(row.url, screen=hop) if hop else fetcher.fetch(row.url))
         body, result.body = result.body, None
+        if body is None:
+            result.release()  # nothing to hash: no room held in the body budget
         row_result.http_status, row_result.fetched_at = result.status, result.fetched_at
         if hop is not None and hop.matches:
-            return _Checked(row_result, fetch=result, matches=hop.matches)  # a redirect to a listed URL
+            result.release()
+            return Checked(row_result, fetch=result, matches=hop.matches)  # a redirect to a listed URL
         if result.outcome != FetchOutcome.OK:
+            result.release()
             row_result.outcome, row_result.reason = result.outcome.row_outcome, result.reason
-            return _Checked(row_result)
+            return Checked(row_result)
         if body is None:  # a 304 to a request that was not conditional (invalid, as in a rescan)
             row_result.reason = FetchReason.BAD_RESPONSE
-            return _Checked(row_result)
+            return Checked(row_result)
         return await self._hash(row_result, body, result, screened)
 
     async def _hash(
         self, row_result: RowResult, body: bytes, fetched: FetchResult | None, screened: Screened
-    ) -> _Checked:
+    ) -> Checked:
         row_result.bytes = len(body)
         try:
             hashes, row_result.reason = await self.stages.hash(body)
@@ -178,9 +221,9 @@ class Pipeline:
         if hashes is not None and content_changed(screened.claimed, hashes):
             row_result.outcome = Outcome.CHANGED
         query = None if hashes is None else to_query(hashes)
-        return _Checked(row_result, query, fetched, hashes)
+        return Checked(row_result, query, fetched, hashes)
 
-    def _report(self, unit_id: int, checked: list[_Checked]) -> UnitReport:
+    def report(self, unit_id: int, checked: list[Checked]) -> UnitReport:
         """The unit's report from its checked and matched rows."""
         report = UnitReport(unit_id, [c.result for c in checked])
         for item in checked:
@@ -190,7 +233,6 @@ class Pipeline:
                 report.evidence.append(evidence_record(item.result, item.fetch))
         if self.stages.audit.keep_hashes:
             report.hashes = [hash_record(c.result, c.hashes, c.fetch) for c in checked]
-        self._progress.matched(sum(1 for o in report.outcomes if o.outcome == Outcome.MATCH))
         return report
 
 
@@ -203,10 +245,10 @@ class _BatchMatching:
         self._matcher = matcher
         self._lock = lock
         self._keep_hashes = keep_hashes
-        self._waiting: list[_Checked] = []
+        self._waiting: list[Checked] = []
         self._running: list[asyncio.Task[None]] = []
 
-    def add(self, item: _Checked) -> None:
+    def add(self, item: Checked) -> None:
         """Queue a hashed row; a full batch starts matching."""
         self._waiting.append(item)
         if len(self._waiting) >= MATCH_BATCH:
@@ -222,7 +264,7 @@ class _BatchMatching:
             batch, self._waiting = self._waiting, []
             self._running.append(asyncio.create_task(self._match(batch)))
 
-    async def _match(self, batch: list[_Checked]) -> None:
+    async def _match(self, batch: list[Checked]) -> None:
         queries = [item.query for item in batch if item.query is not None]
         async with self._lock:
             found = await asyncio.get_running_loop().run_in_executor(None, self._matcher.match_batch, queries)

@@ -16,6 +16,15 @@ class WorkUnit:
     shard: str
     span: Span
 
+    @property
+    def rows(self) -> int:
+        return self.span.rows
+
+    @property
+    def where(self) -> str:
+        """The unit as an error names it."""
+        return f"unit {self.id} ({self.shard} rows {self.span.start}-{self.span.stop})"
+
 
 @dataclass(slots=True)
 class Plan:
@@ -24,10 +33,6 @@ class Plan:
     units: list[WorkUnit]
     sources: dict[str, Source]
     skipped: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def total_rows(self) -> int:
-        return sum(unit.span.rows for unit in self.units)
 
 
 def plan(paths: list[str], options: SourceOptions, on_bad_shard: str = "fail") -> Plan:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from images import encode, make_image
 
 from scanner.config import build_config
-from scanner.run.scan import ScanResult
+from scanner.run.lifecycle import ScanResult
 from scanner.runners.local import scan
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ from images import encode, make_image
 from loopback import LoopbackServer
 from PIL import Image
 
+from scanner.audits.rescan import rescan
 from scanner.config import build_config
 from scanner.errors import ConfigError, ScannerError
 from scanner.hashing import hash_image
@@ -284,6 +286,39 @@ def test_cli_runs_on_an_existing_cluster_by_address(tmp_path, cluster, inputs, l
     )
     assert done.returncode == 0, done.stderr
     assert_same_reports(tmp_path / "out", local_out)
+
+
+@pytest.fixture(scope="module")
+def kept(tmp_path_factory, inputs) -> Path:
+    """A local scan of the inputs that kept its hash records, for rescans."""
+    out = tmp_path_factory.mktemp("kept") / "out"
+    config = make_config(inputs, out, "local")
+    local.scan(dataclasses.replace(config, audit=dataclasses.replace(config.audit, keep_hashes=True)))
+    return out
+
+
+@needs_ray
+def test_rescan_command_on_ray_gives_the_local_rescan(tmp_path, cluster, kept):
+    """`scanner rescan --runner ray`: the actors read the stored rows from the previous scan's
+    hashes.parquet and re-check them as the local runner does, row for row, change for change."""
+    rescan(kept, str(tmp_path / "local"), (), {"run.workers": 2})
+    command = [
+        *(sys.executable, "-m", "scanner", "rescan", str(kept), "--out", str(tmp_path / "ray")),
+        *("--runner", "ray", "--ray-address", ray.get_runtime_context().gcs_address, "--quiet"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr
+    assert_same_reports(tmp_path / "ray", tmp_path / "local")
+    changes = [(tmp_path / run / "changes.jsonl").read_bytes() for run in ("ray", "local")]
+    assert changes[0] == changes[1]
+    hashes = [
+        pq.read_table(tmp_path / run / "hashes.parquet").drop_columns(["fetched_at"])
+        for run in ("ray", "local")
+    ]
+    assert hashes[0].num_rows == SHARDS * ROWS_PER_SHARD and hashes[0].equals(hashes[1])
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["config"]["run"]["runner"] == "ray"
 
 
 def scan_in_fresh_interpreter(

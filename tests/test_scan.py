@@ -329,7 +329,7 @@ def test_a_source_that_comes_up_short_never_loses_rows(skip):
 
     from scanner.errors import SourceError
     from scanner.lists import MatchConfig, Matcher
-    from scanner.pipeline import Pipeline, Stages
+    from scanner.pipeline import FetchPolicy, Pipeline, Stages
     from scanner.planner import WorkUnit
     from scanner.screen import AuditConfig
 
@@ -337,7 +337,7 @@ def test_a_source_that_comes_up_short_never_loses_rows(skip):
     stages = Stages(
         fetcher=None, hash=None, matcher=Matcher.from_lists([], MatchConfig()), audit=AuditConfig()
     )
-    pipeline = Pipeline(stages, {"short.txt": source}, rows_in_flight=4, skip_bad_shards=skip)
+    pipeline = Pipeline(FetchPolicy(stages, {"short.txt": source}, skip_bad_shards=skip), rows_in_flight=4)
     unit = WorkUnit(0, "short.txt", source.spans()[0])
     if not skip:
         with pytest.raises(SourceError, match=r"short\.txt: gave rows up to 3, not 5"):

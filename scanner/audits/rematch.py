@@ -16,46 +16,99 @@ be rematched or rescanned.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from scanner import procguard
-from scanner.audits.stored import StoredRow, StoredRun, StoredScan
+from scanner.audits.stored import StoredJob, StoredRow, StoredScan, StoredScans, StoredUnit
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import FetchResult
 from scanner.lists import Match, Matcher
 from scanner.outcomes import LIVE, Outcome, unmatched
-from scanner.pipeline import evidence_record, match_record, to_query
+from scanner.pipeline import HashFn, Progress, evidence_record, match_record, to_query
 from scanner.reports.records import RowResult, UnitReport
-from scanner.run.reportlock import report_lock
-from scanner.run.scan import ScanResult
+from scanner.run.job import Run, execute
+from scanner.run.lifecycle import ScanResult
 from scanner.screen import Screen
 from scanner.urls.normal import normalise
 
 
 def rematch(hashes: Sequence[str], config: ScanConfig, restart: bool = False) -> ScanResult:
     """Re-match the hash records in `hashes` (files or report directories) against config's lists."""
-    started_at = time.time()
-    procguard.harden()  # no core dump, not dumpable, before any stored record or body is read
-    if not hashes:
-        raise ConfigError("no hash records given (a hashes.parquet, or a report directory holding one)")
-    if not config.hashlists:
-        raise ConfigError("no hash list given (--hashlist PATH)")
-    with report_lock(config.out, "rematch"):
-        scans = [StoredScan(path) for path in hashes]
-        if config.match.pdq_dihedral:
-            _check_dihedral(scans)
-        run = StoredRun.start(config, scans, restart)
-        if run.finished is not None:
-            return run.finished
-        screen = Screen(run.matcher)
-        evidence = [scan.evidence() for scan in run.scans]
-        for unit in run.todo:
-            rows = run.scans[unit.scan].read(unit.start, unit.stop)
-            run.checkpoint.commit(rematch_unit(unit.id, rows, screen, run.matcher, evidence[unit.scan]))
-        manifest = run.manifest(rematched=[str(scan.hashes_path) for scan in run.scans])
-        return run.finish(started_at, manifest, {})
+    return execute(RematchJob(hashes, config), run_here, restart)
+
+
+def run_here(run: Run, units: list[StoredUnit], progress: Progress | None = None) -> None:
+    """The units one after another in this process, with no event loop: a rematch opens no socket, not
+    even an event loop's wake-up pair."""
+    rematcher = run.work().open(run.config, run.matcher, None, progress)
+    for unit in units:
+        run.checkpoint.commit(rematcher.rematch(unit))
+        if progress is not None:
+            progress.unit_done()
+
+
+class RematchJob(StoredJob):
+    """Stored rows matched again, screened again; no request, no hashing."""
+
+    name = "rematch"
+    hashing = False
+
+    def __init__(self, hashes: Sequence[str], config: ScanConfig) -> None:
+        self.hashes = list(hashes)
+        self.config = config
+        self.scans = []
+
+    def check(self) -> None:
+        if not self.hashes:
+            raise ConfigError("no hash records given (a hashes.parquet, or a report directory holding one)")
+        if not self.config.hashlists:
+            raise ConfigError("no hash list given (--hashlist PATH)")
+
+    def load(self) -> list[StoredUnit]:
+        self.scans = [StoredScan(path) for path in self.hashes]
+        if self.config.match.pdq_dihedral:
+            _check_dihedral(self.scans)
+        return super().load()
+
+    def work(self, run: Run) -> RematchWork:
+        return RematchWork(StoredScans([str(scan.hashes_path) for scan in self.scans]))
+
+    def manifest(self, run: Run, summary: dict) -> dict:
+        return self.stored_manifest(run, rematched=[str(scan.hashes_path) for scan in self.scans])
+
+
+class RematchWork:
+    """A rematch's units in any process: each reads its stored rows and matches them (no network)."""
+
+    hashing = False
+
+    def __init__(self, scans: StoredScans) -> None:
+        self.scans = scans
+
+    def open(
+        self, config: ScanConfig, matcher: Matcher, hash_fn: HashFn | None, progress: Progress | None
+    ) -> Rematcher:
+        return Rematcher(self.scans, Screen(matcher), matcher)
+
+
+@dataclass(slots=True)
+class Rematcher:
+    """A rematch's unit processor: stored rows read, screened and matched; no request, no hashing."""
+
+    scans: StoredScans
+    screen: Screen
+    matcher: Matcher
+
+    def rematch(self, unit: StoredUnit) -> UnitReport:
+        rows = self.scans.read(unit)
+        return rematch_unit(unit.id, rows, self.screen, self.matcher, self.scans.evidence(unit.scan))
+
+    async def run_unit(self, unit: StoredUnit) -> UnitReport:
+        return self.rematch(unit)
+
+    async def aclose(self) -> None:
+        """Nothing to close: a rematch opens no connection."""
 
 
 def _check_dihedral(scans: list[StoredScan]) -> None:

@@ -18,34 +18,45 @@ new matches, matches gone, content changed) and appends the previous scan to the
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scanner import procguard
-from scanner.audits.stored import StoredRow, StoredRun, StoredScan, write_unit_changes
+from scanner.audits.stored import StoredJob, StoredRow, StoredScan, StoredScans, StoredUnit
 from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
-from scanner.fetch import FetchResult, make_fetcher
-from scanner.lists import Match, Matcher, Query
+from scanner.fetch import FetchResult
+from scanner.lists import Match, Matcher
 from scanner.outcomes import LIVE, FetchOutcome, FetchReason, Outcome, unmatched
-from scanner.pipeline import Progress, Stages, evidence_record, match_record, to_query
+from scanner.pipeline import (
+    Checked,
+    HashFn,
+    Pipeline,
+    Progress,
+    Stages,
+    build_stages,
+    evidence_record,
+    match_record,
+    to_query,
+)
 from scanner.reports import jsonl
-from scanner.reports.files import write_json
+from scanner.reports.files import atomic_open
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import RowResult, UnitReport
 from scanner.run.checkpoint import Checkpoint
-from scanner.run.reportlock import report_lock
-from scanner.run.scan import ScanResult, hashing_job
-from scanner.runners.local import BatchingHasher, WorkerPool, hashing_workers
+from scanner.run.job import Run
+from scanner.run.lifecycle import ScanResult
+from scanner.runners import local
 from scanner.screen import Screen, Screened, content_changed, content_digests
+from scanner.sources import Row
 
+CHANGES_FILE = "changes.jsonl"
+CHANGES_SUFFIX = ".changes.jsonl"
 COUNTS_SUFFIX = ".rescan.json"
 CHANGE_KINDS = {  # change record name -> summary count name
     "newly_dead": "newly_dead",
@@ -57,14 +68,13 @@ CHANGE_KINDS = {  # change record name -> summary count name
 
 
 @dataclass(slots=True)
-class Rechecked:
-    """One stored row after its re-check, waiting for the unit's batched match."""
+class Rechecked(Checked):
+    """One stored row after its re-check, waiting for the unit's batched match (`query`: a new body's
+    hashes, or the stored ones after a 304)."""
 
-    result: RowResult
-    record: dict  # its hash record in the new hashes.parquet
-    matches: list[Match] = field(default_factory=list)
-    query: Query | None = None  # hashes still to match: a new body's, or the stored ones after a 304
-    fetch: FetchResult | None = None
+    record: dict = field(default_factory=dict)  # its hash record in the new hashes.parquet
+    previous: RowResult | None = None
+    evidence: dict | None = None  # the previous scan's evidence record of the row, if it matched
     content_changed: bool = False
     not_modified: bool = False
     liveness_only: bool = False
@@ -76,35 +86,63 @@ def rescan(
     hashlists: Sequence[str] = (),
     overrides: dict | None = None,
     restart: bool = False,
-    make_progress: Callable[[StoredRun], Progress] | None = None,
+    make_progress: Callable[[Run], Progress] | None = None,
 ) -> ScanResult:
-    """Re-check the scan in `previous` (a report directory written with --keep-hashes) into `out`, showing
-    progress through `make_progress` unless the rescan's run.progress (the previous scan's) is off."""
-    started_at = time.time()
+    """Re-check the scan in `previous` (a report directory written with --keep-hashes) into `out` on this
+    machine, showing progress through `make_progress` unless the rescan's run.progress (the previous scan's)
+    is off. On Ray: `scanner rescan --runner ray`, or scanner.runners.ray.run(RescanJob(...))."""
     procguard.harden()  # no core dump, not dumpable, before any stored record or body is read
-    with report_lock(out, "rescan"):
-        stored = _stored_scan(Path(previous))
-        config = rescan_config(stored.manifest(), out, hashlists, overrides or {})
-        run = StoredRun.start(config, [stored], restart)
-        if run.finished is not None:
-            return run.finished
-        _check_dihedral(stored, run.matcher)
-        if run.todo:
-            progress = make_progress(run) if make_progress is not None and config.run.progress else Progress()
-            try:
-                with hashing_workers(config.run.worker_count) as workers:
-                    asyncio.run(
-                        _run(config, run.matcher, stored, run.todo, run.checkpoint, workers, progress)
-                    )
-            finally:
-                progress.close()
-        extra = _summary_sections(stored, run.checkpoint, [u.id for u in run.units])
+    job = RescanJob(previous, out, hashlists, overrides or {})
+    shown = make_progress if job.config.run.progress else None
+    return local.run(job, restart, shown)
+
+
+class RescanJob(StoredJob):
+    """A previous scan's rows checked again under its own settings: the rules of RescanPolicy."""
+
+    name = "rescan"
+
+    def __init__(self, previous: str | Path, out: str, hashlists: Sequence[str], overrides: dict) -> None:
+        self.stored = _stored_scan(Path(previous))
+        self.scans = [self.stored]
+        self.config = rescan_config(self.stored.manifest(), out, hashlists, overrides)
+
+    def check_matcher(self, matcher: Matcher) -> None:
+        _check_dihedral(self.stored, matcher)
+
+    def work(self, run: Run) -> RescanWork:
+        return RescanWork(StoredScans([str(self.stored.hashes_path)]))
+
+    def manifest(self, run: Run, summary: dict) -> dict:
+        stored = self.stored
         previous = {
             "out": str(stored.dir.resolve()),
             "manifest_sha256": hashlib.sha256((stored.dir / "manifest.json").read_bytes()).hexdigest(),
         }
-        manifest = run.manifest(allow_private_networks=config.fetch.allow_private_networks, previous=previous)
-        return run.finish(started_at, manifest, extra)
+        allow = self.config.fetch.allow_private_networks
+        return self.stored_manifest(run, allow_private_networks=allow, previous=previous)
+
+    def summary_sections(self, run: Run) -> dict:
+        return _summary_sections(self.stored, run.checkpoint, [u.id for u in run.units])
+
+    def merge_more(self, run: Run) -> None:
+        _merge_changes(run.out, run.checkpoint, [u.id for u in run.units])
+
+
+class RescanWork:
+    """A rescan's units in any process: stored rows read there from the previous scan's hash records, each
+    row re-checked by RescanPolicy in the pipeline."""
+
+    hashing = True
+
+    def __init__(self, scans: StoredScans) -> None:
+        self.scans = scans
+
+    def open(
+        self, config: ScanConfig, matcher: Matcher, hash_fn: HashFn | None, progress: Progress | None
+    ) -> Pipeline:
+        stages = build_stages(config, hash_fn, matcher)
+        return Pipeline(RescanPolicy(stages, self.scans), config.run.rows_in_flight, progress)
 
 
 def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides: dict) -> ScanConfig:
@@ -112,6 +150,8 @@ def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides:
     unless new ones are given (their per-list thresholds then go with them)."""
     saved = manifest.get("config") or {}
     data: dict = {name: dict(saved.get(name) or {}) for name in ("fetch", "hashing", "match", "run")}
+    for where in ("runner", "ray_address"):  # where a rescan runs is its own flags' choice
+        data["run"].pop(where, None)
     data["audit"] = {"keep_hashes": True}
     data["out"] = out
     if hashlists:
@@ -129,44 +169,49 @@ def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides:
     return dataclasses.replace(config, hashlists=specs)
 
 
-class Rescanner:
-    """Re-checks the stored rows of one unit at a time, with a bound on rows in flight."""
+class RescanPolicy:
+    """The pipeline's row policy of a rescan: each stored row screened and its stored hashes matched before
+    any request, then no request, liveness only, or a conditional GET (see the module's docstring)."""
 
-    def __init__(self, stages: Stages, rows_in_flight: int, progress: Progress | None = None) -> None:
+    def __init__(self, stages: Stages, scans: StoredScans) -> None:
         self.stages = stages
+        self.scans = scans
         self.screen = Screen(stages.matcher)
-        self.progress = progress or Progress()
-        self._slots = asyncio.Semaphore(rows_in_flight)
         self._dihedral = "pdq_dihedral" in stages.matcher.needed_hash_types
 
-    async def run_unit(
-        self, unit_id: int, rows: list[StoredRow], evidence: dict
-    ) -> tuple[UnitReport, list, dict]:
-        """The unit's report (hash records included), its change records and its counts."""
+    def rows(self, unit: StoredUnit) -> Iterator[tuple[Row, Screened, tuple]]:
+        """The unit's stored rows, screened, each with what its stored hashes match and its evidence."""
+        rows = self.scans.read(unit)
+        evidence = self.scans.evidence(unit.scan)
         screened = self.screen.rows([r.row for r in rows])
         known = self._stored_matches(rows)
-        checked = await asyncio.gather(
-            *(self._bounded(r, pre, k) for r, pre, k in zip(rows, screened, known, strict=True))
-        )
-        pending = [c for c in checked if c.query is not None]
-        found = self.stages.matcher.match_batch([c.query for c in pending]) if pending else []
-        for item, matches in zip(pending, found, strict=True):
-            item.matches.extend(matches)
-        self.progress.matched(sum(1 for item in checked if item.matches))
-        report = UnitReport(unit_id, [c.result for c in checked], hashes=[c.record for c in checked])
+        for row, pre, matches in zip(rows, screened, known, strict=True):
+            key = (row.previous.shard, row.previous.row)
+            yield row.row, pre, (row, matches, evidence.get(key))
+
+    async def check(self, row: Row, screened: Screened, state: tuple) -> Rechecked:
+        stored, known, evidence = state
+        checked = await self.recheck(stored, screened, known)
+        checked.previous, checked.evidence = stored.previous, evidence
+        return checked
+
+    def report(self, unit_id: int, checked: list[Checked]) -> UnitReport:
+        """The unit's report (hash records included), with its change records and counts as side files."""
+        items = [item for item in checked if isinstance(item, Rechecked)]
+        report = UnitReport(unit_id, [c.result for c in items], hashes=[c.record for c in items])
         changes: list[dict] = []
         counts: Counter = Counter()
-        for row, item in zip(rows, checked, strict=True):
+        for item in items:
             if item.matches:
                 item.result.outcome = Outcome.MATCH
                 report.matches.extend(match_record(item.result, m) for m in _ordered(item.matches))
-                key = (item.result.shard, item.result.row)
-                report.evidence.append(evidence.get(key) or evidence_record(item.result, item.fetch))
-            kinds = change_kinds(row.previous, item.result, item.content_changed)
-            changes.extend(_change_record(row.previous, item.result, kind) for kind in kinds)
+                report.evidence.append(item.evidence or evidence_record(item.result, item.fetch))
+            kinds = change_kinds(item.previous, item.result, item.content_changed)
+            changes.extend(_change_record(item.previous, item.result, kind) for kind in kinds)
             counts.update(CHANGE_KINDS[kind] for kind in kinds)
             counts.update(not_modified=int(item.not_modified), liveness_only=int(item.liveness_only))
-        return report, changes, dict(counts)
+        report.side = {CHANGES_SUFFIX: changes, COUNTS_SUFFIX: dict(counts)}
+        return report
 
     def _stored_matches(self, rows: list[StoredRow]) -> list[list[Match]]:
         """What each row's stored hashes match in the current lists (before any request)."""
@@ -177,23 +222,19 @@ class Rescanner:
             known[i] = matches
         return known
 
-    async def _bounded(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
-        async with self._slots:
-            checked = await self.recheck(row, screened, known)
-        self.progress.row_done(checked.result.outcome)
-        return checked
-
     async def recheck(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
         """One row: no request if its URL is listed, liveness only if known to match, else conditional."""
         previous = row.previous
         if not row.record["url"]:
             row_result = dataclasses.replace(previous)
-            return Rechecked(row_result, dict(row.record), known if previous.outcome in LIVE else [])
+            return Rechecked(
+                row_result, record=dict(row.record), matches=known if previous.outcome in LIVE else []
+            )
         row_result = RowResult(
             previous.shard, previous.row, previous.url, previous.key, Outcome.INVALID, member=previous.member
         )
         if screened.matches:  # a listed URL or domain is never requested, not even for liveness
-            return Rechecked(row_result, dict(row.record), [*screened.matches, *known])
+            return Rechecked(row_result, record=dict(row.record), matches=[*screened.matches, *known])
         if previous.outcome == Outcome.MATCH or known:
             return await self._liveness(row, screened, known, row_result)
         return await self._refetch(row, screened, row_result)
@@ -204,7 +245,7 @@ class Rescanner:
         hop = self.screen.hop(screened)
         result = await self.stages.fetcher.fetch(row.record["url"], read_body=False, screen=hop)
         row_result.http_status, row_result.fetched_at = result.status, result.fetched_at
-        checked = Rechecked(row_result, dict(row.record), fetch=result, liveness_only=True)
+        checked = Rechecked(row_result, fetch=result, record=dict(row.record), liveness_only=True)
         redirected = hop.matches if hop is not None else []
         if result.outcome != FetchOutcome.OK and not redirected:
             row_result.outcome, row_result.reason = result.outcome.row_outcome, result.reason
@@ -220,25 +261,29 @@ class Rescanner:
         headers = None if self._lacks_dihedral(row) else _conditional_headers(row)
         result = await self.stages.fetcher.fetch(row.record["url"], headers=headers, screen=hop)
         body, result.body = result.body, None
+        if body is None or result.outcome != FetchOutcome.OK or (hop is not None and hop.matches):
+            result.release()  # no body to hash: its room in the body budget goes back now
         row_result.http_status, row_result.fetched_at = result.status, result.fetched_at
         carried = dict(row.record)  # a row that gives nothing new keeps its last hash record
         if hop is not None and hop.matches:
-            return Rechecked(row_result, carried, hop.matches, fetch=result)
+            return Rechecked(row_result, fetch=result, matches=hop.matches, record=carried)
         if result.outcome != FetchOutcome.OK:
             row_result.outcome, row_result.reason = result.outcome.row_outcome, result.reason
-            return Rechecked(row_result, carried, fetch=result)
+            return Rechecked(row_result, fetch=result, record=carried)
         if body is None:  # a 304: only requests made with stored hashes are conditional
             return _not_modified(row, row_result, result)
         row_result.bytes = len(body)
-        hashes, row_result.reason = await self.stages.hash(body)
+        try:
+            hashes, row_result.reason = await self.stages.hash(body)
+        finally:
+            result.release()  # the body's bytes leave the fetcher's budget once hashed
         row_result.outcome = Outcome.CLEAN if row_result.reason is None else Outcome.INVALID
         changed = hashes is not None and row.hashes is not None and content_changed(_digests(row), hashes)
         if changed:
             row_result.outcome = Outcome.CHANGED
         query = to_query(hashes) if hashes is not None else None
-        return Rechecked(
-            row_result, hash_record(row_result, hashes, result), [], query, result, content_changed=changed
-        )
+        record = hash_record(row_result, hashes, result)
+        return Rechecked(row_result, query, result, record=record, content_changed=changed)
 
     def _lacks_dihedral(self, row: StoredRow) -> bool:
         """A stored PDQ hash without the rotated and flipped ones that dihedral matching needs."""
@@ -268,7 +313,7 @@ def _not_modified(row: StoredRow, row_result: RowResult, result: FetchResult) ->
     stored = row.hashes
     if stored is None:  # a 304 to a request that was not conditional
         row_result.reason = FetchReason.BAD_RESPONSE
-        return Rechecked(row_result, dict(row.record), fetch=result)
+        return Rechecked(row_result, fetch=result, record=dict(row.record))
     row_result.outcome = Outcome.CLEAN if stored.width is not None else Outcome.INVALID
     row_result.reason = row.previous.reason if row_result.outcome == Outcome.INVALID else None
     record = {
@@ -277,7 +322,7 @@ def _not_modified(row: StoredRow, row_result: RowResult, result: FetchResult) ->
         "last_modified": result.last_modified or row.record["last_modified"],
         "fetched_at": result.fetched_at,
     }
-    return Rechecked(row_result, record, [], to_query(stored), result, not_modified=True)
+    return Rechecked(row_result, to_query(stored), result, record=record, not_modified=True)
 
 
 def _conditional_headers(row: StoredRow) -> dict[str, str] | None:
@@ -321,32 +366,6 @@ def _change_record(previous: RowResult, current: RowResult, kind: str) -> dict:
         "previous": previous.outcome,
         "current": current.outcome,
     }
-
-
-async def _run(
-    config: ScanConfig,
-    matcher: Matcher,
-    stored: StoredScan,
-    units: list,
-    checkpoint: Checkpoint,
-    workers: WorkerPool,
-    progress: Progress,
-) -> None:
-    hash_fn = BatchingHasher(workers, hashing_job(config, matcher), 2 * config.run.worker_count)
-    fetcher = make_fetcher(config.fetch)
-    try:
-        stages = Stages(fetcher, hash_fn, matcher, config.audit)
-        rescanner = Rescanner(stages, config.run.rows_in_flight, progress)
-        evidence = stored.evidence()
-        for unit in units:
-            rows = stored.read(unit.start, unit.stop)
-            report, changes, counts = await rescanner.run_unit(unit.id, rows, evidence)
-            write_unit_changes(checkpoint, unit.id, changes)
-            write_json(checkpoint.dir / f"u{unit.id:06d}{COUNTS_SUFFIX}", counts)
-            checkpoint.commit(report)
-            progress.unit_done()
-    finally:
-        await fetcher.aclose()
 
 
 def _stored_scan(previous: Path) -> StoredScan:
@@ -394,3 +413,12 @@ def _summary_sections(stored: StoredScan, checkpoint: Checkpoint, unit_ids: list
     }
     entry = {key: before[key] for key in ("finished_at", "rows", "outcomes", "live_rate")}
     return {"changes": changes, "history": [*before.get("history", []), entry]}
+
+
+def _merge_changes(out: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> None:
+    """changes.jsonl, from the units' change records, when every unit wrote them."""
+    changes = list(checkpoint.side_files(unit_ids, CHANGES_SUFFIX))
+    if changes and all(path.exists() for path in changes):
+        with atomic_open(out / CHANGES_FILE, "w") as handle:
+            for path in changes:
+                jsonl.write_records(handle, jsonl.read_records(path))

@@ -1,5 +1,6 @@
 """Finished scans read back for rematch and rescan: each row's hash record and previous outcome, work units
-over the stored rows, and the new report written through the same checkpoint and writers as a scan."""
+over the stored rows, and what the two share as Jobs (their reports go through the same lifecycle as a
+scan's: scanner.run.job)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scanner.config import ScanConfig
 from scanner.errors import InputError
 from scanner.hashing import ImageHashes
-from scanner.lists import HashList, Matcher
+from scanner.lists import HashList
 from scanner.outcomes import Outcome
 from scanner.reports import jsonl
-from scanner.reports.files import atomic_open, write_jsonl
 from scanner.reports.hashes import (
     DIHEDRAL_COLUMN,
     HASHES_FILE,
@@ -27,13 +26,8 @@ from scanner.reports.hashes import (
 )
 from scanner.reports.records import OUTCOME_SCHEMA, RowResult
 from scanner.run import lifecycle
-from scanner.run.checkpoint import Checkpoint, open_out
-from scanner.run.lifecycle import ScanResult
-from scanner.run.progress import BarProgress
+from scanner.run.job import Job, Run
 from scanner.sources import Row
-
-CHANGES_FILE = "changes.jsonl"
-CHANGES_SUFFIX = ".changes.jsonl"
 
 
 @dataclass(slots=True)
@@ -144,6 +138,15 @@ class StoredUnit:
     start: int
     stop: int
 
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def where(self) -> str:
+        """The unit as an error names it."""
+        return f"unit {self.id} (stored rows {self.start}-{self.stop} of scan {self.scan})"
+
 
 def plan_units(scans: list[StoredScan], rows_per_unit: int) -> list[StoredUnit]:
     """Consecutive units over every stored scan's rows, in order."""
@@ -154,81 +157,54 @@ def plan_units(scans: list[StoredScan], rows_per_unit: int) -> list[StoredUnit]:
     return units
 
 
-@dataclass(slots=True)
-class StoredRun:
-    """What a rematch or rescan sets up alike: lists and matcher, output directory, checkpoint and units."""
+class StoredJob(Job):
+    """What a rematch and a rescan share as Jobs: units over the stored rows, the records' signatures as
+    what a resumption must find unchanged, the scans' inputs in the manifest, hash records always kept."""
 
-    config: ScanConfig
     scans: list[StoredScan]
-    lists: list[HashList]
-    matcher: Matcher
-    out: Path
-    checkpoint: Checkpoint
-    units: list[StoredUnit]
 
-    @classmethod
-    def start(cls, config: ScanConfig, scans: list[StoredScan], restart: bool) -> StoredRun:
-        """Load the lists and adopt (or start) the checkpoint in config.out (an fsspec URL as a scan's)."""
-        lists, matcher = lifecycle.load_lists(config)
-        records = [scan.signature() for scan in scans]
-        out, checkpoint = open_out(config.out, lifecycle.fingerprint(config, lists, records=records), restart)
-        return cls(
-            config, scans, lists, matcher, out, checkpoint, plan_units(scans, config.source.rows_per_unit)
-        )
+    def load(self) -> list[StoredUnit]:
+        return plan_units(self.scans, self.config.source.rows_per_unit)
 
-    @property
-    def finished(self) -> ScanResult | None:
-        """The result of the same run completed earlier in this --out."""
-        return lifecycle.already_done(self.out, self.checkpoint)
+    def fingerprint(self, lists: list[HashList]) -> dict:
+        return lifecycle.fingerprint(self.config, lists, records=[scan.signature() for scan in self.scans])
 
-    @property
-    def todo(self) -> list[StoredUnit]:
-        done = self.checkpoint.done()
-        return [unit for unit in self.units if unit.id not in done]
-
-    def manifest(self, **extra: object) -> dict:
+    def stored_manifest(self, run: Run, **extra: object) -> dict:
         """Provenance, with the inputs of the scans whose records were read (for `scanner clean`)."""
         inputs = []
         for scan in self.scans:
             if (scan.dir / "manifest.json").is_file():
                 inputs.extend(scan.manifest().get("inputs", []))
-        return lifecycle.manifest(self.config, self.lists, inputs, **extra)
-
-    def bar(self) -> BarProgress:
-        """A progress bar over every stored row, starting at the rows of the units already committed."""
-        done = self.checkpoint.done()
-        committed = sum(unit.stop - unit.start for unit in self.units if unit.id in done)
-        total = sum(scan.rows for scan in self.scans)
-        return BarProgress(total, committed, len(self.units), len(done))
-
-    def finish(self, started_at: float, manifest: dict, extra: dict) -> ScanResult:
-        """Merge the units into the same report files a scan writes (plus changes.jsonl when units wrote
-        changes), with `extra` sections added to summary.json, then seal the checkpoint."""
-        unit_ids = [u.id for u in self.units]
-        return lifecycle.finish(
-            self.out,
-            self.checkpoint,
-            unit_ids,
-            started_at,
-            lambda _summary: manifest,
-            extra=extra,
-            merge_more=lambda: _merge_changes(self.out, self.checkpoint, unit_ids),
-        )
+        return lifecycle.manifest(self.config, run.lists, inputs, **extra)
 
 
-def write_unit_changes(checkpoint: Checkpoint, unit_id: int, records: list[dict]) -> None:
-    """A unit's change records, committed (like its other side files) before its outcomes."""
-    with atomic_open(checkpoint.dir / f"u{unit_id:06d}{CHANGES_SUFFIX}", "w") as handle:
-        write_jsonl(handle, records)
+class StoredScans:
+    """The stored scans as a process running units opens them: by path, each once, on first use (a
+    ParquetFile stays in the process that opened it), with its evidence records."""
 
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self._scans: dict[int, StoredScan] = {}
+        self._evidence: dict[int, dict[tuple[str, int], dict]] = {}
 
-def _merge_changes(out: Path, checkpoint: Checkpoint, unit_ids: list[int]) -> None:
-    """changes.jsonl, from the units' change records, when every unit wrote them."""
-    changes = list(checkpoint.side_files(unit_ids, CHANGES_SUFFIX))
-    if changes and all(path.exists() for path in changes):
-        with atomic_open(out / CHANGES_FILE, "w") as handle:
-            for path in changes:
-                jsonl.write_records(handle, jsonl.read_records(path))
+    def __getstate__(self) -> dict:
+        return {"paths": self.paths}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["paths"])
+
+    def read(self, unit: StoredUnit) -> list[StoredRow]:
+        return self.scan(unit.scan).read(unit.start, unit.stop)
+
+    def scan(self, index: int) -> StoredScan:
+        if index not in self._scans:
+            self._scans[index] = StoredScan(self.paths[index])
+        return self._scans[index]
+
+    def evidence(self, index: int) -> dict[tuple[str, int], dict]:
+        if index not in self._evidence:
+            self._evidence[index] = self.scan(index).evidence()
+        return self._evidence[index]
 
 
 def _outcome(values: dict) -> RowResult:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from scanner.cli.common import print_summary, terminal_line
+from scanner.cli.common import print_summary, run_with_guard, terminal_line
 from scanner.cli.outputs import guard_writes
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import Outcome
@@ -89,22 +89,29 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--allow-private-networks", action="store_true", default=None, help="as for scan")
     sub.add_argument("--timeout", type=float, help="total seconds per URL, redirects included")
     sub.add_argument("--workers", type=int, help="hashing processes (default: one per core)")
+    sub.add_argument("--runner", choices=["local", "ray"], help="run on this machine or on Ray (local)")
+    sub.add_argument(
+        "--ray-address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start one)"
+    )
     sub.add_argument("--restart", action="store_true", help="discard a previous rescan in --out")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
 def cmd_rescan(args: argparse.Namespace) -> int:
-    from scanner.audits.rescan import rescan  # start-up cost: loaded when the command runs
-    from scanner.audits.stored import StoredRun
+    from scanner import procguard
+    from scanner.audits.rescan import RescanJob  # start-up cost: loaded when the command runs
+
+    procguard.harden()  # no core dump, not dumpable, before the previous scan's records are read
 
     overrides = {
         "fetch.allow_private_networks": args.allow_private_networks,
         "fetch.total_timeout": args.timeout,
         "run.workers": args.workers,
+        "run.runner": args.runner,
+        "run.ray_address": args.ray_address,
     }
-    guard_writes(args.out)
-    bar = None if args.quiet else StoredRun.bar
-    result = rescan(args.previous, args.out, args.hashlist, overrides, args.restart, bar)
+    job = RescanJob(args.previous, args.out, args.hashlist, overrides)
+    result = run_with_guard(job.config, args.restart, args.quiet, job)
     _print(result, args.quiet, args.out)
     if not args.quiet:
         changes = {k: v for k, v in result.summary["changes"].items() if k != "previous"}

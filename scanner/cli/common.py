@@ -1,5 +1,5 @@
-"""What the command modules share (main.py, audit.py, demo.py): a scan run under the write guard, the
-runner by name, and the one-screen summary. It imports no command module, so they all import it."""
+"""What the command modules share (main.py, audit.py, demo.py): a run under the write guard, on the runner
+named by run.runner, and the one-screen summary. It imports no command module, so they all import it."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from scanner.reports import safetext
 MAX_ERROR_LINE = 2_000  # characters; a hostile argument or file name must not flood the terminal
 
 
-def run_with_guard(config, restart: bool, quiet: bool):
-    """Run a scan with the write guard on: nothing may be written outside the report directory (and, with
-    Ray, outside Ray's own session directory, which it fills while joining the cluster, before the guard)."""
-    from scanner.run.mirror import local_dir  # start-up cost: a scan's modules load when a scan runs
+def run_with_guard(config, restart: bool, quiet: bool, job=None):
+    """Run a scan of `config` (or the job given: a rescan) with the write guard on: nothing may be written
+    outside the report directory (and, with Ray, outside Ray's own session directory, which it fills while
+    joining the cluster, before the guard)."""
+    from scanner.run.mirror import local_dir  # start-up cost: a run's modules load when a run runs
     from scanner.run.progress import bar_for
 
     runner = runner_for(config)
@@ -22,7 +23,8 @@ def run_with_guard(config, restart: bool, quiet: bool):
     allowed = runner.connect(config.run.ray_address) if config.run.runner == "ray" else []
     outputs.guard_writes(config.out, allowed)
     show = not quiet and config.run.progress
-    return runner.scan(config, restart, bar_for if show else None)
+    bar = bar_for if show else None
+    return runner.scan(config, restart, bar) if job is None else runner.run(job, restart, bar)
 
 
 def runner_for(config):

@@ -24,8 +24,8 @@ from scanner.errors import ConfigError
 from scanner.hashing import hash_image
 from scanner.reports.files import atomic_open, private_dir
 from scanner.run.checkpoint import own_dir
+from scanner.run.lifecycle import ScanResult
 from scanner.run.reportlock import report_lock
-from scanner.run.scan import ScanResult
 
 FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_IMAGES = 10_000

@@ -65,6 +65,9 @@ class UnitReport:
     matches: list[dict] = field(default_factory=list)
     evidence: list[dict] = field(default_factory=list)
     hashes: list[dict] | None = None  # hash records, one per row, when the scan keeps them
+    # A job's own unit files (a rescan's changes and counts), by suffix: a list is written as JSON Lines,
+    # a dict as one JSON object; committed with the unit, merged by the job.
+    side: dict[str, list[dict] | dict] = field(default_factory=dict)
 
 
 def outcomes_table(outcomes: list[RowResult]) -> pa.Table:

@@ -152,6 +152,12 @@ class Checkpoint:
                 write_jsonl(handle, records)
         if report.hashes is not None:
             write_unit_hashes(str(stem), report.hashes)
+        for suffix, data in report.side.items():
+            if isinstance(data, dict):
+                write_json(f"{stem}{suffix}", data)
+            else:
+                with atomic_open(f"{stem}{suffix}", "w") as handle:
+                    write_jsonl(handle, data)
         with atomic_open(f"{stem}{OUTCOMES_SUFFIX}") as handle:
             pq.write_table(outcomes_table(report.outcomes), handle)
         files = self._unit_files(stem.name)
@@ -245,7 +251,7 @@ class Checkpoint:
         return data
 
     def _unit_files(self, stem: str) -> list[Path]:
-        """A unit's files on disk (a rescan writes its changes and counts before the commit), outcomes
+        """A unit's files on disk (a job's own side files too: a rescan's changes and counts), outcomes
         last."""
         names = [
             p

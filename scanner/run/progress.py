@@ -8,13 +8,14 @@ from tqdm import tqdm
 
 from scanner.outcomes import LIVE, Outcome
 from scanner.pipeline import Progress
-from scanner.run.scan import Prepared
+from scanner.run.job import Run
 
 
-def bar_for(prepared: Prepared) -> BarProgress:
-    """A bar sized to the whole plan, starting at the rows already committed by a previous run."""
-    done = sum(u.span.rows for u in prepared.plan.units if u.id in prepared.done)
-    return BarProgress(prepared.plan.total_rows, done, len(prepared.plan.units), len(prepared.done))
+def bar_for(run: Run) -> BarProgress:
+    """A bar sized to every unit of the run, starting at the rows already committed by a previous run."""
+    total = sum(u.rows for u in run.units)
+    done = sum(u.rows for u in run.units if u.id in run.done)
+    return BarProgress(total, done, len(run.units), len(run.done))
 
 
 class BarProgress(Progress):

@@ -1,159 +1,141 @@
-"""A whole scan: plan, load lists, resume, run the units with a runner, merge the reports."""
+"""A scan as a Job: plan the inputs into units, fingerprint the shards, check a resumed checkpoint's rows,
+and run each unit's rows through the pipeline's FetchPolicy."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections import OrderedDict
+from collections.abc import Mapping
 
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
-from scanner.fetch import make_fetcher
 from scanner.lists import HashList, Matcher
-from scanner.pipeline import HashFn, Pipeline, Progress, Stages
+from scanner.pipeline import FetchPolicy, HashFn, Pipeline, Progress, build_stages
 from scanner.planner import Plan, WorkUnit, plan
 from scanner.run import lifecycle
-from scanner.run.checkpoint import Checkpoint, open_out
-from scanner.run.lifecycle import ScanResult
-from scanner.run.reportlock import report_lock
-from scanner.screen import hash_types
-from scanner.sources import Source, expand_inputs
+from scanner.run.checkpoint import Checkpoint
+from scanner.run.job import Job, Run, open_run
+from scanner.sources import Source, SourceOptions, expand_inputs, open_source
 from scanner.sources.storage import input_signature
-from scanner.workers import HashJob
+
+OPEN_SOURCES_PER_PROCESS = 8
 
 
-@dataclass(slots=True)
-class Prepared:
-    """Everything a runner needs: the plan, the loaded lists, the checkpoint and what is left to do."""
+class ScanJob(Job):
+    """Shards planned into units of rows, each row fetched, hashed and matched."""
 
-    config: ScanConfig
-    out: Path
-    plan: Plan
-    lists: list[HashList]
-    matcher: Matcher
-    checkpoint: Checkpoint
-    done: set[int]
+    name = "scan"
 
-    @property
-    def todo(self) -> list:
-        return [u for u in self.plan.units if u.id not in self.done]
+    def __init__(self, config: ScanConfig) -> None:
+        self.config = config
+        self.plan: Plan | None = None
 
-    @property
-    def hash_types(self) -> frozenset[str]:
-        """What the hashing stage computes for every body (see scanner.screen.hash_types)."""
-        return hash_types(self.matcher, self.config.audit)
+    def check(self) -> None:
+        if not self.config.inputs:
+            raise ConfigError("no input shards given")
+        if not self.config.hashlists:
+            raise ConfigError(
+                "no hash list given (--hashlist PATH); a scan without lists only checks liveness"
+            )
 
+    def load(self) -> list[WorkUnit]:
+        config = self.config
+        self.plan = plan(expand_inputs(list(config.inputs)), config.source, config.run.on_bad_shard)
+        return self.plan.units
 
-def hashing_job(config: ScanConfig, matcher: Matcher) -> HashJob:
-    """The hashing job (body -> hashes, reason) for these settings; picklable, for worker processes."""
-    return HashJob(hash_types(matcher, config.audit), config.hashing)
+    def fingerprint(self, lists: list[HashList]) -> dict:
+        return lifecycle.fingerprint(
+            self.config,
+            lists,
+            inputs=[[p, *input_signature(p)] for p in self._plan.sources],
+            skipped=sorted(self._plan.skipped),
+        )
 
+    def check_resumed(self, checkpoint: Checkpoint, units: list[WorkUnit]) -> None:
+        checkpoint.check_rows({u.id: (u.shard, u.span.start, u.span.stop) for u in units})
 
-def unit_pipeline(
-    config: ScanConfig,
-    matcher: Matcher,
-    sources: Mapping[str, Source],
-    hash_fn: HashFn,
-    progress: Progress | None = None,
-) -> Pipeline:
-    """The stages every runner drives, built one way, so a unit is checked alike on any runner.
-    The caller owns the fetcher: close it with `await pipeline.stages.fetcher.aclose()`."""
-    fetcher = make_fetcher(config.fetch, body_budget=config.run.body_bytes_in_flight)
-    stages = Stages(fetcher, hash_fn, matcher, config.audit)
-    skip = config.run.on_bad_shard == "skip"
-    return Pipeline(
-        stages,
-        sources,
-        config.run.rows_in_flight,
-        progress,
-        skip_bad_shards=skip,
-        max_url_length=config.fetch.max_url_length,
-    )
+    def work(self, run: Run) -> ScanWork:
+        return ScanWork(self._plan.sources)
 
-
-def check_config(config: ScanConfig) -> None:
-    """Refuse a scan that could not start, before anything is loaded or started."""
-    if not config.inputs:
-        raise ConfigError("no input shards given")
-    if not config.hashlists:
-        raise ConfigError("no hash list given (--hashlist PATH); a scan without lists only checks liveness")
-
-
-def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
-    """Validate inputs and lists before any fetch, and pick up a previous run's committed units."""
-    check_config(config)
-    work = plan(expand_inputs(list(config.inputs)), config.source, config.run.on_bad_shard)
-    lists, matcher = lifecycle.load_lists(config)
-    out, checkpoint = open_out(config.out, fingerprint(config, work, lists), restart)
-    checkpoint.check_rows({u.id: (u.shard, u.span.start, u.span.stop) for u in work.units})
-    return Prepared(config, out, work, lists, matcher, checkpoint, checkpoint.done())
-
-
-def fingerprint(config: ScanConfig, work: Plan, lists: list[HashList]) -> dict:
-    """What must not change between a scan and its resumption: inputs, lists and result-affecting settings."""
-    return lifecycle.fingerprint(
-        config,
-        lists,
-        inputs=[[p, *input_signature(p)] for p in work.sources],
-        skipped=sorted(work.skipped),
-    )
-
-
-def finish(prepared: Prepared, started_at: float) -> ScanResult:
-    """Merge every unit into the final reports, write summary and manifest, and drop the units."""
-    return lifecycle.finish(
-        prepared.out,
-        prepared.checkpoint,
-        [u.id for u in prepared.plan.units],
-        started_at,
-        lambda summary_data: manifest(prepared, summary_data),
-        skipped=prepared.plan.skipped,
-        keep_hashes=prepared.config.audit.keep_hashes,
-    )
-
-
-def run_scan(
-    config: ScanConfig,
-    restart: bool,
-    make_progress: Callable[[Prepared], Progress] | None,
-    run_units: Callable[[Prepared, list[WorkUnit], Progress | None], None],
-) -> ScanResult:
-    """A whole scan with a runner's run_units: lock --out, prepare, skip if complete, run what is left,
-    finish."""
-    started_at = time.time()
-    check_config(config)
-    with report_lock(config.out, "scan"):
-        prepared = prepare(config, restart)
-        done = already_done(prepared)
-        if done is not None:
-            return done
-        progress = make_progress(prepared) if make_progress else None
-        try:
-            run_units(prepared, prepared.todo, progress)
-        finally:
-            if progress is not None:
-                progress.close()
-        return finish(prepared, started_at)
-
-
-def already_done(prepared: Prepared) -> ScanResult | None:
-    """The result of a scan that already completed in this --out with the same inputs, lists and settings."""
-    return lifecycle.already_done(prepared.out, prepared.checkpoint)
-
-
-def manifest(prepared: Prepared, summary_data: dict) -> dict:
-    """Provenance (scanner.run.lifecycle.manifest) with the inputs' kinds and sizes, the skipped shards
-    and the unit count; finish adds the times."""
-    config = prepared.config
-    return lifecycle.manifest(
-        config,
-        prepared.lists,
-        [
+    def manifest(self, run: Run, summary: dict) -> dict:
+        """Provenance with the inputs' kinds and sizes, the skipped shards and the unit count."""
+        config = self.config
+        inputs = [
             {"path": path, "kind": source.kind, "signature": input_signature(path)}
-            for path, source in prepared.plan.sources.items()
-        ],
-        allow_private_networks=config.fetch.allow_private_networks,
-        skipped_shards=summary_data["skipped_shards"],
-        units=len(prepared.plan.units),
-    )
+            for path, source in self._plan.sources.items()
+        ]
+        return lifecycle.manifest(
+            config,
+            run.lists,
+            inputs,
+            allow_private_networks=config.fetch.allow_private_networks,
+            skipped_shards=summary["skipped_shards"],
+            units=len(run.units),
+        )
+
+    def keep_hashes(self) -> bool:
+        return self.config.audit.keep_hashes
+
+    def skipped(self) -> dict[str, str]:
+        return self._plan.skipped
+
+    @property
+    def _plan(self) -> Plan:
+        if self.plan is None:
+            raise RuntimeError("the scan's inputs are read by load() first")
+        return self.plan
+
+
+class ScanWork:
+    """A scan's units in any process: the shards this process opened, or (pickled to another process) the
+    shards opened there on first use."""
+
+    hashing = True
+
+    def __init__(self, sources: Mapping[str, Source] | None = None) -> None:
+        self.sources = sources
+
+    def __getstate__(self) -> dict:
+        return {"sources": None}  # an opened shard stays in the process that opened it
+
+    def __setstate__(self, state: dict) -> None:
+        self.sources = state["sources"]
+
+    def open(
+        self, config: ScanConfig, matcher: Matcher, hash_fn: HashFn | None, progress: Progress | None
+    ) -> Pipeline:
+        """The stages every runner drives, built one way, so a unit is checked alike on any runner; built
+        inside the event loop that runs the units (the fetcher's sessions belong to it)."""
+        stages = build_stages(config, hash_fn, matcher)
+        sources = self.sources if self.sources is not None else OpenedSources(config.source)
+        policy = FetchPolicy(
+            stages,
+            sources,
+            skip_bad_shards=config.run.on_bad_shard == "skip",
+            max_url_length=config.fetch.max_url_length,
+        )
+        return Pipeline(policy, config.run.rows_in_flight, progress)
+
+
+class OpenedSources(OrderedDict):
+    """Shards opened on first use by this process, the least recently used closed past a small bound."""
+
+    def __init__(self, options: SourceOptions) -> None:
+        super().__init__()
+        self._options = options
+
+    def __missing__(self, shard: str) -> Source:
+        source = open_source(shard, self._options)
+        self[shard] = source
+        while len(self) > OPEN_SOURCES_PER_PROCESS:
+            self.popitem(last=False)
+        return source
+
+    def __getitem__(self, shard: str) -> Source:
+        source = super().__getitem__(shard)
+        self.move_to_end(shard)
+        return source
+
+
+def prepare(config: ScanConfig, restart: bool = False) -> Run:
+    """Validate inputs and lists before any fetch, and pick up a previous run's committed units."""
+    return open_run(ScanJob(config), restart)

@@ -1,4 +1,5 @@
-"""Run units on this machine: one asyncio loop fetching, worker processes hashing the bodies it hands them."""
+"""Run a job's units on this machine: one asyncio loop fetching, worker processes hashing the bodies it hands
+them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, closing, contextmanager
 from functools import partial
+from typing import Any
 
 from PIL import Image
 
@@ -22,9 +24,10 @@ from scanner.config import ScanConfig
 from scanner.errors import HashingWorkersError
 from scanner.outcomes import HashingReason
 from scanner.pipeline import Progress
-from scanner.planner import WorkUnit
+from scanner.run.job import Job, Run, execute, hashing_job
+from scanner.run.lifecycle import ScanResult
 from scanner.run.reportlock import report_lock
-from scanner.run.scan import Prepared, ScanResult, check_config, hashing_job, run_scan, unit_pipeline
+from scanner.run.scan import ScanJob
 from scanner.runners.arena import Arena, Extent
 from scanner.runners.arena import supported as arena_supported
 from scanner.workers import (
@@ -47,17 +50,27 @@ EXIT_STATUS_SECONDS = 5.0
 
 
 def scan(
-    config: ScanConfig, restart: bool = False, make_progress: Callable[[Prepared], Progress] | None = None
+    config: ScanConfig, restart: bool = False, make_progress: Callable[[Run], Progress] | None = None
 ) -> ScanResult:
-    """Run a whole scan locally, resuming from committed units in config.out.
+    """Run a whole scan locally, resuming from committed units in config.out."""
+    return run(ScanJob(config), restart, make_progress)
 
-    The hashing workers start (a process and its imports each) while this process loads the lists. This
-    process and its workers are hardened first (procguard): no core dumps, not dumpable, no orphans.
+
+def run(
+    job: Job, restart: bool = False, make_progress: Callable[[Run], Progress] | None = None
+) -> ScanResult:
+    """Run a whole job (scan, rematch, rescan) locally, resuming from committed units in its --out.
+
+    The hashing workers (for a job that hashes) start, a process and its imports each, while this process
+    loads the lists. This process and its workers are hardened first (procguard): no core dumps, not
+    dumpable, no orphans.
     """
-    check_config(config)
+    job.check()
     procguard.harden()
-    with report_lock(config.out, "scan"), hashing_workers(config.run.worker_count) as workers:
-        return run_scan(config, restart, make_progress, partial(run_units, workers=workers))
+    with ExitStack() as stack:
+        stack.enter_context(report_lock(job.config.out, job.name))
+        workers = stack.enter_context(hashing_workers(job.config.run.worker_count)) if job.hashing else None
+        return execute(job, partial(run_units, workers=workers), restart, make_progress)
 
 
 @contextmanager
@@ -132,29 +145,27 @@ def _started_executor(count: int, arena: Arena | None) -> tuple[ProcessPoolExecu
     return executor, list(executor._processes.values())  # type: ignore[union-attr]
 
 
-def run_units(
-    prepared: Prepared, units: list[WorkUnit], progress: Progress | None = None, *, workers: WorkerPool
-) -> None:
-    """Fetch in this process and hash in the worker processes; each finished unit is committed at once."""
+def run_units(run: Run, units: list, progress: Progress | None = None, *, workers: WorkerPool | None) -> None:
+    """Process units in this process, hashing in the worker processes; each finished unit is committed at
+    once."""
     if units:
-        asyncio.run(_run(prepared, units, workers, progress))
+        asyncio.run(_run(run, units, workers, progress))
 
 
-async def _run(
-    prepared: Prepared, units: list[WorkUnit], workers: WorkerPool, progress: Progress | None
-) -> None:
-    config = prepared.config
-    # Two batches a worker: one it hashes, one waiting in its queue, so no worker idles between batches.
-    job = hashing_job(config, prepared.matcher)
-    hash_fn = BatchingHasher(workers, job, 2 * config.run.worker_count)
-    pipeline = unit_pipeline(config, prepared.matcher, prepared.plan.sources, hash_fn, progress)
+async def _run(run: Run, units: list, workers: WorkerPool | None, progress: Progress | None) -> None:
+    config = run.config
+    hash_fn = None
+    if workers is not None:
+        # Two batches a worker: one it hashes, one waiting in its queue, so no worker idles between batches.
+        hash_fn = BatchingHasher(workers, hashing_job(config, run.matcher), 2 * config.run.worker_count)
+    processor = run.work().open(config, run.matcher, hash_fn, progress)
     try:
         gate = asyncio.Semaphore(config.run.units_in_flight)
 
-        async def run_one(unit: WorkUnit) -> None:
+        async def run_one(unit: Any) -> None:
             async with gate:
-                report = await pipeline.run_unit(unit)
-            prepared.checkpoint.commit(report)
+                report = await processor.run_unit(unit)
+            run.checkpoint.commit(report)
             if progress is not None:
                 progress.unit_done()
 
@@ -168,7 +179,7 @@ async def _run(
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
     finally:
-        await pipeline.stages.fetcher.aclose()
+        await processor.aclose()
 
 
 Waiting = list[tuple[bytes, "asyncio.Future[HashResult]"]]

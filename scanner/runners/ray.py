@@ -1,4 +1,5 @@
-"""Run units on a Ray cluster: a pool of actors, each holding the matcher once and running whole units.
+"""Run a job's units on a Ray cluster: a pool of actors, each holding the matcher once and running whole
+units.
 
 The driver plans, keeps a bounded window of units in flight (ray.wait), retries a failed unit a bounded number
 of times on a fresh actor, and commits every returned unit through the same Checkpoint as the local runner.
@@ -12,7 +13,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,18 +24,17 @@ from scanner.crashlog import exception_line
 from scanner.errors import ConfigError, ScannerError
 from scanner.lists import Matcher
 from scanner.outcomes import Outcome
-from scanner.pipeline import Pipeline, Progress
-from scanner.planner import WorkUnit
+from scanner.pipeline import Progress
 from scanner.reports.records import UnitReport
-from scanner.run.scan import Prepared, ScanResult, hashing_job, run_scan, unit_pipeline
+from scanner.run.job import Job, Run, UnitProcessor, UnitWork, execute, hashing_job
+from scanner.run.lifecycle import ScanResult
+from scanner.run.scan import ScanJob, ScanWork
 from scanner.runners.local import BatchingHasher, hashing_workers
-from scanner.sources import Source, SourceOptions, open_source
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 STALL_WARNING_SECONDS = 300.0
-OPEN_SOURCES_PER_WORKER = 8
 CONNECT_CHECK_SECONDS = 5.0
 DRAIN_SECONDS = 10.0
 
@@ -85,24 +85,34 @@ def ray_local_dirs() -> list[str]:
 
 
 def scan(
-    config: ScanConfig, restart: bool = False, make_progress: Callable[[Prepared], Progress] | None = None
+    config: ScanConfig, restart: bool = False, make_progress: Callable[[Run], Progress] | None = None
 ) -> ScanResult:
-    """Run a whole scan on Ray, resuming from committed units in config.out; same reports as a local scan.
-    The driver and every actor are hardened (procguard): no core dumps, not dumpable."""
+    """Run a whole scan on Ray, resuming from committed units in config.out; same reports as a local scan."""
+    return run(ScanJob(config), restart, make_progress)
+
+
+def run(
+    job: Job, restart: bool = False, make_progress: Callable[[Run], Progress] | None = None
+) -> ScanResult:
+    """Run a whole job (scan, rescan, rematch) on Ray; same reports as on the local runner. The driver and
+    every actor are hardened (procguard): no core dumps, not dumpable."""
     procguard.harden()
-    connect(config.run.ray_address)
-    return run_scan(config, restart, make_progress, run_units)
+    connect(job.config.run.ray_address)
+    return execute(job, run_units, restart, make_progress)
 
 
 class UnitWorker:
-    """A Ray actor: the matcher (from the object store, once), a fetcher, a hashing process, opened shards.
+    """A Ray actor: the matcher (from the object store, once) and the job's unit work, opened on the first
+    unit: for a scan or rescan a fetcher, a hashing process and opened shards or stored records.
 
     Bodies are hashed in a worker process of the actor's own, as the local runner hashes them (body arena,
     batches, a dead worker replaced and its body blamed alone), so a decode past hashing.decode_timeout
     costs its row (decode_timeout), not the actor and the unit with it.
     """
 
-    def __init__(self, config: ScanConfig, matcher: Matcher, driver_version: str) -> None:
+    def __init__(
+        self, config: ScanConfig, matcher: Matcher, driver_version: str, work: UnitWork | None = None
+    ) -> None:
         if driver_version != __version__:
             raise ConfigError(
                 f"scanner {__version__} on this node, {driver_version} on the driver: install one version"
@@ -111,46 +121,29 @@ class UnitWorker:
         nostore.install(())
         self._config = config
         self._matcher = matcher
-        self._pipeline: Pipeline | None = None
+        self._work = work if work is not None else ScanWork()
+        self._processor: UnitProcessor | None = None
         self._hashing = contextlib.ExitStack()
 
-    async def run_unit(self, unit: WorkUnit) -> UnitReport:
-        """Check every row of one unit; the report holds outcomes and match records, never image bytes."""
-        if self._pipeline is None:
-            self._pipeline = self._start()
-        return await self._pipeline.run_unit(unit)
+    async def run_unit(self, unit: Any) -> UnitReport:
+        """Process one unit; the report holds outcomes and match records, never image bytes."""
+        if self._processor is None:
+            self._processor = self._start()
+        return await self._processor.run_unit(unit)
 
     async def close(self) -> None:
         """Close the fetcher's connections before the actor ends."""
-        if self._pipeline is not None:
-            await self._pipeline.stages.fetcher.aclose()
+        if self._processor is not None:
+            await self._processor.aclose()
         self._hashing.close()
 
-    def _start(self) -> Pipeline:
-        """Build the stages inside the actor's event loop (the fetcher's sessions belong to it)."""
-        workers = self._hashing.enter_context(hashing_workers(1))
-        hash_fn = BatchingHasher(workers, hashing_job(self._config, self._matcher), 2)
-        return unit_pipeline(self._config, self._matcher, OpenedSources(self._config.source), hash_fn)
-
-
-class OpenedSources(OrderedDict):
-    """Shards opened on first use by this worker, the least recently used closed past a small bound."""
-
-    def __init__(self, options: SourceOptions) -> None:
-        super().__init__()
-        self._options = options
-
-    def __missing__(self, shard: str) -> Source:
-        source = open_source(shard, self._options)
-        self[shard] = source
-        while len(self) > OPEN_SOURCES_PER_WORKER:
-            self.popitem(last=False)
-        return source
-
-    def __getitem__(self, shard: str) -> Source:
-        source = super().__getitem__(shard)
-        self.move_to_end(shard)
-        return source
+    def _start(self) -> UnitProcessor:
+        """Open the work inside the actor's event loop (the fetcher's sessions belong to it)."""
+        hash_fn = None
+        if self._work.hashing:
+            workers = self._hashing.enter_context(hashing_workers(1))
+            hash_fn = BatchingHasher(workers, hashing_job(self._config, self._matcher), 2)
+        return self._work.open(self._config, self._matcher, hash_fn, None)
 
 
 @dataclass(eq=False)
@@ -164,17 +157,20 @@ class _Slot:
 class Pool:
     """A fixed number of UnitWorker actors; a dead one is replaced, its units retried elsewhere."""
 
-    def __init__(self, prepared: Prepared, size: int) -> None:
+    def __init__(self, run: Run, size: int) -> None:
         ray = require_ray()
         self._ray = ray
-        self._remote = ray.remote(num_cpus=1, max_concurrency=prepared.config.run.units_in_flight)(UnitWorker)
-        self._config = prepared.config
-        self._matcher = ray.put(prepared.matcher)
+        self._remote = ray.remote(num_cpus=1, max_concurrency=run.config.run.units_in_flight)(UnitWorker)
+        self._config = run.config
+        self._matcher = ray.put(run.matcher)
+        self._work = ray.put(run.work())
         self.slots = [self._new_slot(i) for i in range(size)]
 
     def _new_slot(self, index: int) -> _Slot:
         name = f"scanner-unit-worker-{index}-{time.monotonic_ns()}"
-        return _Slot(self._remote.options(name=name).remote(self._config, self._matcher, __version__))
+        return _Slot(
+            self._remote.options(name=name).remote(self._config, self._matcher, __version__, self._work)
+        )
 
     def least_busy(self) -> _Slot:
         return min(self.slots, key=lambda slot: slot.running)
@@ -195,8 +191,8 @@ class Pool:
 
 
 def run_units(
-    prepared: Prepared,
-    units: list[WorkUnit],
+    run: Run,
+    units: list,
     progress: Progress | None = None,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> None:
@@ -204,8 +200,8 @@ def run_units(
     if not units:
         return
     ray = require_ray()
-    pool = Pool(prepared, pool_size(prepared.config, ray))
-    scheduler = _Scheduler(ray, pool, prepared, progress or Progress(), max_attempts)
+    pool = Pool(run, pool_size(run.config, ray))
+    scheduler = _Scheduler(ray, pool, run, progress or Progress(), max_attempts)
     try:
         scheduler.run(units)
     finally:
@@ -228,20 +224,18 @@ def pool_size(config: ScanConfig, ray: Any) -> int:
 class _Scheduler:
     """The driver's loop: a queue of units, the units in flight on the pool, and each unit's attempts."""
 
-    def __init__(
-        self, ray: Any, pool: Pool, prepared: Prepared, progress: Progress, max_attempts: int
-    ) -> None:
+    def __init__(self, ray: Any, pool: Pool, run: Run, progress: Progress, max_attempts: int) -> None:
         self._ray = ray
         self._pool = pool
-        self._prepared = prepared
+        self._run = run
         self._progress = progress
         self._max_attempts = max_attempts
-        self._per_actor = prepared.config.run.units_in_flight
-        self._queue: deque[WorkUnit] = deque()
-        self._pending: dict[Any, tuple[WorkUnit, _Slot]] = {}
+        self._per_actor = run.config.run.units_in_flight
+        self._queue: deque[Any] = deque()
+        self._pending: dict[Any, tuple[Any, _Slot]] = {}
         self._attempts: Counter[int] = Counter()
 
-    def run(self, units: list[WorkUnit]) -> None:
+    def run(self, units: list[Any]) -> None:
         """Keep every actor's slots full until every unit is committed, or one runs out of attempts."""
         self._queue.extend(units)
         while self._queue or self._pending:
@@ -265,7 +259,7 @@ class _Scheduler:
             with contextlib.suppress(self._ray.exceptions.RayError):
                 self._ray.get(ref)
 
-    def _submit(self, unit: WorkUnit) -> None:
+    def _submit(self, unit: Any) -> None:
         slot = self._pool.least_busy()
         slot.running += 1
         self._attempts[unit.id] += 1
@@ -288,15 +282,15 @@ class _Scheduler:
         except errors.RayError as exc:
             self._retry(unit, exception_line(exc))
             return
-        self._prepared.checkpoint.commit(report)
+        self._run.checkpoint.commit(report)
         for row_result in report.outcomes:
             self._progress.row_done(row_result.outcome)
         self._progress.matched(sum(1 for o in report.outcomes if o.outcome == Outcome.MATCH))
         self._progress.unit_done()
 
-    def _retry(self, unit: WorkUnit, why: str) -> None:
+    def _retry(self, unit: Any, why: str) -> None:
         tried = self._attempts[unit.id]
-        where = f"unit {unit.id} ({unit.shard} rows {unit.span.start}-{unit.span.stop})"
+        where = unit.where
         if tried >= self._max_attempts:
             raise ScannerError(
                 f"{where} failed {tried} times, last because {why}; run the same command to resume"
