@@ -27,8 +27,9 @@ MATCH_BATCH = 256
 class Progress:
     """Receives per-row and per-unit events; the default ignores them."""
 
-    def row_done(self, outcome: Outcome) -> None:
-        """A row finished fetching and hashing (its final outcome may still become match)."""
+    def row_done(self, result: RowResult) -> None:
+        """A row finished fetching and hashing (its final outcome may still become match; its liveness is
+        final)."""
 
     def matched(self, rows: int) -> None:
         """A unit's rows were all matched; this many of them match."""
@@ -117,10 +118,9 @@ class Pipeline:
 
     def _unreadable(self, shard: str, row: int) -> _Checked:
         """A row the shard could not give back (corrupt data): still exactly one outcome."""
-        self._progress.row_done(Outcome.INVALID)
-        return _Checked(
-            RowResult(shard, row, None, None, Outcome.INVALID, reason=SourceReason.UNREADABLE_SHARD)
-        )
+        result = RowResult(shard, row, None, None, Outcome.INVALID, reason=SourceReason.UNREADABLE_SHARD)
+        self._progress.row_done(result)
+        return _Checked(result)
 
     async def _check(self, row: Row, screened: Screened, matching: _BatchMatching) -> _Checked:
         try:
@@ -129,7 +129,7 @@ class Pipeline:
             self._slots.release()
         if checked.query is not None:
             matching.add(checked)
-        self._progress.row_done(checked.result.outcome)
+        self._progress.row_done(checked.result)
         return checked
 
     async def _fetch_and_hash(self, row: Row, screened: Screened) -> _Checked:

@@ -34,7 +34,7 @@ from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
 from scanner.fetch import FetchResult, make_fetcher
 from scanner.lists import Match, Matcher, Query
-from scanner.outcomes import LIVE, FetchOutcome, FetchReason, Outcome, unmatched
+from scanner.outcomes import CONTENT, FetchOutcome, FetchReason, Liveness, Outcome, liveness, unmatched
 from scanner.pipeline import Progress, Stages, evidence_record, match_record, to_query
 from scanner.reports import jsonl
 from scanner.reports.files import write_json
@@ -180,7 +180,7 @@ class Rescanner:
     async def _bounded(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
         async with self._slots:
             checked = await self.recheck(row, screened, known)
-        self.progress.row_done(checked.result.outcome)
+        self.progress.row_done(checked.result)
         return checked
 
     async def recheck(self, row: StoredRow, screened: Screened, known: list[Match]) -> Rechecked:
@@ -188,7 +188,7 @@ class Rescanner:
         previous = row.previous
         if not row.record["url"]:
             row_result = dataclasses.replace(previous)
-            return Rechecked(row_result, dict(row.record), known if previous.outcome in LIVE else [])
+            return Rechecked(row_result, dict(row.record), known if previous.outcome in CONTENT else [])
         row_result = RowResult(
             previous.shard, previous.row, previous.url, previous.key, Outcome.INVALID, member=previous.member
         )
@@ -249,10 +249,11 @@ class Rescanner:
 def change_kinds(previous: RowResult, current: RowResult, content_changed: bool) -> list[str]:
     """What changed for one row between two scans (a row may show several kinds)."""
     before, now = previous.outcome, current.outcome
+    was, is_now = (liveness(r.outcome, r.reason, r.fetched_at) for r in (previous, current))
     kinds = []
-    if before in LIVE and now == Outcome.DEAD:
+    if was == Liveness.LIVE and is_now == Liveness.DEAD:
         kinds.append("newly_dead")
-    if before == Outcome.DEAD and now in LIVE:
+    if was == Liveness.DEAD and is_now == Liveness.LIVE:
         kinds.append("newly_live")
     if now == Outcome.MATCH and before != Outcome.MATCH:
         kinds.append("new_match")
@@ -392,5 +393,9 @@ def _summary_sections(stored: StoredScan, checkpoint: Checkpoint, unit_ids: list
         "previous": {"out": str(stored.dir.resolve()), "finished_at": before["finished_at"]},
         **{name: int(counts.get(name, 0)) for name in names},  # units before the fix counted with bools
     }
-    entry = {key: before[key] for key in ("finished_at", "rows", "outcomes", "live_rate")}
+    entry = {
+        key: before[key]
+        for key in ("finished_at", "rows", "outcomes", "live_rate", "liveness")
+        if key in before
+    }
     return {"changes": changes, "history": [*before.get("history", []), entry]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from scanner.cli import outputs
 from scanner.errors import ConfigError
-from scanner.outcomes import REQUIRED_OUTCOMES
+from scanner.outcomes import REQUIRED_OUTCOMES, Liveness
 from scanner.reports import safetext
 
 MAX_ERROR_LINE = 2_000  # characters; a hostile argument or file name must not flood the terminal
@@ -44,7 +44,7 @@ def print_summary(result) -> None:
     print(f"scanned {s['rows']} rows in {s['duration_seconds']:.1f}s ({s['rows_per_second']:.0f} rows/s)")
     shown = {k: v for k, v in s["outcomes"].items() if v or k in REQUIRED_OUTCOMES}
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
-    print(f"live rate: {100 * s['live_rate']:.1f}%")
+    print(live_line(s))
     matches = s["matches"]
     print(f"matches: {matches['total']} on {matches['rows']} rows")
     for name, counts in matches["by_list"].items():
@@ -52,6 +52,18 @@ def print_summary(result) -> None:
     if s["skipped_shards"]:
         print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
     print(f"reports: {result.out}")
+
+
+def live_line(summary: dict) -> str:
+    """The live rate in words, with the counts behind it (summary.json `liveness`; older files lack them)."""
+    rate, counts = summary["live_rate"], summary.get("liveness")
+    if counts is None:
+        return "live rate: not measured" if rate is None else f"live rate: {100 * rate:.1f}%"
+    live, dead, apart = (counts[k] for k in Liveness)
+    apart_text = f"; {apart} rows not requested (blocked, screened, no usable URL, local or --no-fetch)"
+    if rate is None:
+        return f"live rate: not measured, no URL was requested{apart_text}"
+    return f"live rate: {100 * rate:.1f}% ({live} of {live + dead} requested URLs answered){apart_text}"
 
 
 def terminal_line(line: str) -> str:
