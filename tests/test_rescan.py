@@ -90,7 +90,7 @@ def test_rescan_outcomes_and_what_changed(rescanned) -> None:
     }
     first = json.loads((tmp / "first" / "summary.json").read_text())
     assert summary["changes"]["previous"]["finished_at"] == first["finished_at"]
-    assert summary["history"] == [{k: first[k] for k in ("finished_at", "rows", "outcomes", "live_rate")}]
+    assert summary["history"] == [{k: first[k] for k in ("finished_at", "rows", "outcomes", "live_rate", "liveness")}]
     assert [(row, hash_type, entry) for row, _, hash_type, entry in matched_entries(tmp / "second")] == [
         (0, "md5", "m1"),
         (5, "md5", "n1"),
@@ -102,7 +102,7 @@ def test_rescan_outcomes_and_what_changed(rescanned) -> None:
 def test_rescans_carry_the_history_and_the_page_draws_link_rot_over_time(rescanned) -> None:
     tmp = rescanned["tmp"]
     scans = [json.loads((tmp / name / "summary.json").read_text()) for name in ("first", "second", "third")]
-    entries = [{k: s[k] for k in ("finished_at", "rows", "outcomes", "live_rate")} for s in scans]
+    entries = [{k: s[k] for k in ("finished_at", "rows", "outcomes", "live_rate", "liveness")} for s in scans]
     assert scans[2]["history"] == entries[:2]  # oldest first: the first scan, then the rescan it had
     assert scans[2]["changes"]["previous"]["out"] == str((tmp / "second").resolve())
     assert scans[2]["changes"]["newly_dead"] == 1 and outcomes(tmp / "third")[1] == "dead"

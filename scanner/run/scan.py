@@ -76,7 +76,9 @@ def check_config(config: ScanConfig) -> None:
     if not config.inputs:
         raise ConfigError("no input shards given")
     if not config.hashlists:
-        raise ConfigError("no hash list given (--hashlist PATH); a scan without lists only checks liveness")
+        raise ConfigError(
+            "no hash list given: a scan needs at least one --hashlist PATH (formats: hashlists/README.md)"
+        )
 
 
 def prepare(config: ScanConfig, restart: bool = False) -> Prepared:
