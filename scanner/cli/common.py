@@ -3,6 +3,8 @@ runner by name, and the one-screen summary. It imports no command module, so the
 
 from __future__ import annotations
 
+import argparse
+
 from scanner.cli import outputs
 from scanner.errors import ConfigError
 from scanner.outcomes import REQUIRED_OUTCOMES, Liveness
@@ -75,3 +77,41 @@ def terminal_line(line: str) -> str:
         return line
     half = MAX_ERROR_LINE // 2
     return f"{line[:half]}...[{len(line) - 2 * half:,} characters cut]...{line[-half:]}"
+
+
+def configured(action: argparse.Action, key: str) -> None:
+    """Mark a flag as setting `key` of the config: its help shows that setting's default (Help)."""
+    action.config_key = key  # type: ignore[attr-defined]
+
+
+class Help(argparse.HelpFormatter):
+    """Every flag's help ends with its default: a scan setting's from the config dataclasses, read only
+    when help is shown (start-up cost), never a copy of it; any other flag's from argparse."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        key = getattr(action, "config_key", None)
+        default = config_default(key) if key else action.default
+        if (
+            "%(default)" in text
+            or default is None
+            or default is False
+            or default in ("", (), [], argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+def config_default(key: str) -> object:
+    """The default of a config setting by its dotted name (`out`, `fetch.max_bytes`); for the URL and key
+    columns, the names tried in order."""
+    from scanner.config import ScanConfig  # start-up cost: only when help is shown
+    from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS
+
+    columns = {"source.url_col": URL_COLUMNS, "source.key_col": KEY_COLUMNS}
+    if key in columns:
+        return "the first of " + ", ".join(columns[key])
+    value: object = ScanConfig()
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
