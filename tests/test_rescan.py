@@ -212,7 +212,9 @@ def test_rescan_command_shows_a_bar_unless_quiet(served, tmp_path: Path, scanner
     bar = shown.stderr.rstrip().rsplit("\r", 1)[-1]
     assert "5/5" in bar and "units 1/1" in bar and "matches 1" in bar, shown.stderr
     quiet = scanner_cli(*common, "--out", str(tmp_path / "quiet"), "--quiet", cwd=tmp_path)
-    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
+    assert (
+        quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == f"reports: {tmp_path / 'quiet'}\n"
+    )  # --quiet: only where the reports are
 
 
 def test_rescan_to_a_filesystem_url_goes_through_the_mirror_and_resumes_from_it(served, memory_out) -> None:
