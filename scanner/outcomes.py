@@ -49,9 +49,38 @@ REQUIRED_OUTCOMES: tuple[Outcome, ...] = (
 )
 """The outcomes every summary.json has (the schema requires them of older files too)."""
 
-LIVE: frozenset[Outcome] = frozenset({Outcome.MATCH, Outcome.CLEAN, Outcome.INVALID, Outcome.CHANGED})
-"""Outcomes whose URL still served something: summary.json `live_rate` = rows with one of these / rows, the
-progress bar's live %, and a rescan's newly dead and newly live."""
+CONTENT: frozenset[Outcome] = frozenset({Outcome.MATCH, Outcome.CLEAN, Outcome.INVALID, Outcome.CHANGED})
+"""Outcomes a row's content (fetched or local) may stand behind: a rematch matches the stored hashes of such
+a row, a rescan carries its known matches. Not the live rate: that is `liveness`."""
+
+
+class Liveness(StrEnum):
+    """Whether a row's URL answered (summary.json `liveness`): every row is exactly one of these."""
+
+    LIVE = "live"  # requested, and a response came back (an image or not)
+    DEAD = "dead"  # requested, and no successful response (outcome dead)
+    NOT_REQUESTED = "not_requested"  # never requested: blocked, unchecked, screened, no usable URL, local
+
+
+LIVENESS: tuple[Liveness, ...] = tuple(Liveness)
+
+
+def liveness(outcome: str, reason: str | None, fetched_at: object) -> Liveness:
+    """The one definition of live, from a row of outcomes.parquet: summary.json `liveness` and `live_rate`,
+    the CLI summary, report.html, the progress bar and a rescan's newly dead and newly live all use it.
+    A row was requested when the fetch stage stamped it (`fetched_at`) and did not refuse it before any
+    connection (blocked, screened, no usable URL); local bodies and --no-fetch rows carry no stamp."""
+    if outcome == Outcome.DEAD:
+        return Liveness.DEAD
+    if outcome in _NEVER_REQUESTED or reason in _REFUSED_BEFORE_REQUEST or fetched_at is None:
+        return Liveness.NOT_REQUESTED
+    return Liveness.LIVE
+
+
+def live_rate(live: int, dead: int) -> float | None:
+    """Live rows / requested rows (live + dead), rounded for summary.json; None when nothing was requested
+    (--no-fetch, local images): the rate was not measured."""
+    return round(live / (live + dead), 6) if live + dead else None
 
 
 def unmatched(hashed: bool, reason: str | None) -> Outcome:
@@ -162,3 +191,17 @@ def http_reason(status: int) -> str:
 def is_reason(text: str) -> bool:
     """Whether text is a reason a scan can write: a member of a reason enum, or `http_<status>`."""
     return text in REASONS or _HTTP_REASON.fullmatch(text) is not None
+
+
+_NEVER_REQUESTED = frozenset({Outcome.BLOCKED, Outcome.UNCHECKED})
+_REFUSED_BEFORE_REQUEST = frozenset(
+    {
+        FetchReason.EMPTY_URL,
+        FetchReason.INVALID_URL,
+        FetchReason.URL_TOO_LONG,
+        FetchReason.BLOCKED_SCHEME,
+        FetchReason.BLOCKED_PRIVATE_ADDRESS,
+        FetchReason.SCREENED_URL,
+        *SourceReason,
+    }
+)

@@ -30,8 +30,9 @@ MATCH_BATCH = 256
 class Progress:
     """Receives per-row and per-unit events; the default ignores them."""
 
-    def row_done(self, outcome: Outcome) -> None:
-        """A row finished fetching and hashing (its final outcome may still become match)."""
+    def row_done(self, result: RowResult) -> None:
+        """A row finished fetching and hashing (its final outcome may still become match; its liveness is
+        final)."""
 
     def matched(self, rows: int) -> None:
         """A unit's rows were all matched; this many of them match."""
@@ -134,7 +135,7 @@ class Pipeline:
             self._slots.release()
         if checked.query is not None:
             matching.add(checked)
-        self._progress.row_done(checked.result.outcome)
+        self._progress.row_done(checked.result)
         return checked
 
 

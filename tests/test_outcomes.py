@@ -19,13 +19,13 @@ from loopback import LoopbackServer
 
 from scanner import outcomes
 from scanner.outcomes import (
-    LIVE,
     OUTCOMES,
     REASON_ENUMS,
     REASONS,
     REQUIRED_OUTCOMES,
     DecodeReason,
     FetchOutcome,
+    Liveness,
     Outcome,
     StrEnum,
     http_reason,
@@ -192,34 +192,29 @@ def test_the_summary_schema_and_the_docs_list_every_outcome_and_reason() -> None
 
 
 def test_live_has_one_definition_the_summary_schemas() -> None:
-    """summary.json's live_rate is (match + clean + invalid + changed) / rows; the progress bar's live %
-    and a rescan's newly dead/newly live use the same set (the bar used to leave `changed` out)."""
-    formula = re.search(r"\(([a-z +]+)\) / rows", SCHEMA["properties"]["live_rate"]["description"])
-    assert formula is not None
-    assert set(formula.group(1).split(" + ")) == LIVE
+    """summary.json's live_rate is liveness live / (live + dead), rows never requested outside both; the
+    progress bar, the CLI, report.html and a rescan's newly dead/newly live use the same function."""
+    assert "live / (live + dead)" in SCHEMA["properties"]["live_rate"]["description"]
+    assert set(SCHEMA["properties"]["liveness"]["required"]) == set(Liveness)
     tally = Tally(rows=len(OUTCOMES), outcomes=Counter(o.value for o in OUTCOMES))
-    assert summary(tally, 0.0, 1.0, {})["live_rate"] == round(len(LIVE) / len(OUTCOMES), 6)
+    tally.liveness.update({Liveness.LIVE: 3, Liveness.DEAD: 1, Liveness.NOT_REQUESTED: 3})
+    written = summary(tally, 0.0, 1.0, {})
+    assert written["live_rate"] == 0.75
+    assert written["liveness"] == {"live": 3, "dead": 1, "not_requested": 3}
+    assert summary(Tally(rows=2), 0.0, 1.0, {})["live_rate"] is None  # nothing requested: not measured
 
 
-def test_the_progress_bar_counts_a_changed_row_as_live(capsys) -> None:
-    from scanner.run.progress import BarProgress
-
-    bar = BarProgress(total=4)
-    for outcome in ("changed", "match", "dead", "blocked"):
-        bar.row_done(outcome)
-    bar.close()
-    assert "live 50.0%" in capsys.readouterr().err
-
-
-def test_rescan_change_kinds_use_the_same_live_set() -> None:
+def test_rescan_change_kinds_use_the_same_liveness() -> None:
     from scanner.audits.rescan import change_kinds
 
-    def row(outcome: str) -> RowResult:
-        return RowResult("s", 0, "u", None, outcome)
+    def row(outcome: str, fetched_at: float | None = 1.0, reason: str | None = None) -> RowResult:
+        return RowResult("s", 0, "u", None, outcome, reason=reason, fetched_at=fetched_at)
 
     assert change_kinds(row("changed"), row("dead"), False) == ["newly_dead"]
     assert change_kinds(row("dead"), row("changed"), False) == ["newly_live"]
     assert change_kinds(row("blocked"), row("dead"), False) == []
+    assert change_kinds(row("clean", fetched_at=None), row("dead"), False) == []  # --no-fetch before
+    assert change_kinds(row("dead"), row("invalid", reason="invalid_url"), False) == []
 
 
 def test_a_304_to_a_plain_get_is_invalid_bad_response_not_ok(tmp_path) -> None:

@@ -46,11 +46,13 @@ def expected_figures() -> list[str]:
     """The main figures as the page prints them, derived from the scenario."""
     outcomes = expected_outcomes()
     rows = sum(outcomes.values())
-    live = sum(outcomes[o] for o in ("match", "clean", "invalid", "changed"))  # summary.json's live_rate
+    # summary.json's live_rate: of the requested rows (not blocked, unchecked or the one empty URL)
+    live = sum(outcomes[o] for o in ("match", "clean", "invalid", "changed")) - 1
+    requested = live + outcomes["dead"]
     return [
         f"{rows:,}",
-        f"{100 * live / rows:.1f}% Live rate",
-        f"{100 * outcomes['dead'] / rows:.1f}%",
+        f"{100 * live / requested:.1f}% Live rate",
+        f"{100 * outcomes['dead'] / requested:.1f}% Link rot",
         *(f"{n:,} ({100 * n / rows:.1f}%)" for n in outcomes.values()),
         f"{len(MATCHES):,}",
     ]

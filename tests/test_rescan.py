@@ -90,7 +90,9 @@ def test_rescan_outcomes_and_what_changed(rescanned) -> None:
     }
     first = json.loads((tmp / "first" / "summary.json").read_text())
     assert summary["changes"]["previous"]["finished_at"] == first["finished_at"]
-    assert summary["history"] == [{k: first[k] for k in ("finished_at", "rows", "outcomes", "live_rate")}]
+    assert summary["history"] == [
+        {k: first[k] for k in ("finished_at", "rows", "outcomes", "live_rate", "liveness")}
+    ]
     assert [(row, hash_type, entry) for row, _, hash_type, entry in matched_entries(tmp / "second")] == [
         (0, "md5", "m1"),
         (5, "md5", "n1"),
@@ -102,14 +104,16 @@ def test_rescan_outcomes_and_what_changed(rescanned) -> None:
 def test_rescans_carry_the_history_and_the_page_draws_link_rot_over_time(rescanned) -> None:
     tmp = rescanned["tmp"]
     scans = [json.loads((tmp / name / "summary.json").read_text()) for name in ("first", "second", "third")]
-    entries = [{k: s[k] for k in ("finished_at", "rows", "outcomes", "live_rate")} for s in scans]
+    entries = [{k: s[k] for k in ("finished_at", "rows", "outcomes", "live_rate", "liveness")} for s in scans]
     assert scans[2]["history"] == entries[:2]  # oldest first: the first scan, then the rescan it had
     assert scans[2]["changes"]["previous"]["out"] == str((tmp / "second").resolve())
     assert scans[2]["changes"]["newly_dead"] == 1 and outcomes(tmp / "third")[1] == "dead"
     html = (tmp / "third" / "report.html").read_text(encoding="utf-8")
     trend = html[html.index("Link rot across scans of these inputs") :]
     trend = trend[: trend.index("</svg>")]
-    rot = [outcomes(tmp / name).count("dead") / len(NAMES) for name in ("first", "second", "third")]
+    # link rot: dead / requested rows, as summary.json's liveness counts them (1 - live_rate)
+    rot = [s["liveness"]["dead"] / (s["liveness"]["live"] + s["liveness"]["dead"]) for s in scans]
+    assert [round(1 - share, 6) for share in rot] == [s["live_rate"] for s in scans]
     assert rot[0] < rot[1] < rot[2]
     assert re.findall(r">(\d+\.\d%)</text>", trend) == [f"{100 * share:.1f}%" for share in rot]
     assert "Changes since the previous scan" in html
@@ -208,7 +212,9 @@ def test_rescan_command_shows_a_bar_unless_quiet(served, tmp_path: Path, scanner
     bar = shown.stderr.rstrip().rsplit("\r", 1)[-1]
     assert "5/5" in bar and "units 1/1" in bar and "matches 1" in bar, shown.stderr
     quiet = scanner_cli(*common, "--out", str(tmp_path / "quiet"), "--quiet", cwd=tmp_path)
-    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
+    assert (
+        quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == f"reports: {tmp_path / 'quiet'}\n"
+    )  # --quiet: only where the reports are
 
 
 def test_rescan_to_a_filesystem_url_goes_through_the_mirror_and_resumes_from_it(served, memory_out) -> None:

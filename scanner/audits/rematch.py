@@ -24,7 +24,7 @@ from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import FetchResult
 from scanner.lists import Match, Matcher
-from scanner.outcomes import LIVE, Outcome, unmatched
+from scanner.outcomes import CONTENT, Outcome, unmatched
 from scanner.pipeline import HashFn, Progress, evidence_record, match_record, to_query
 from scanner.reports.records import RowResult, UnitReport
 from scanner.run.job import Run, execute
@@ -137,7 +137,7 @@ def rematch_unit(
     hashed = [
         i
         for i, (row, pre) in enumerate(zip(rows, screened, strict=True))
-        if not pre.matches and row.hashes is not None and row.previous.outcome in LIVE
+        if not pre.matches and row.hashes is not None and row.previous.outcome in CONTENT
     ]
     found = matcher.match_batch([to_query(rows[i].hashes) for i in hashed]) if hashed else []
     matches: list[list[Match]] = [pre.matches for pre in screened]

@@ -32,7 +32,7 @@ from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
 from scanner.fetch import FetchResult
 from scanner.lists import Match, Matcher
-from scanner.outcomes import LIVE, FetchOutcome, FetchReason, Outcome, unmatched
+from scanner.outcomes import CONTENT, FetchOutcome, FetchReason, Liveness, Outcome, liveness, unmatched
 from scanner.pipeline import (
     Checked,
     HashFn,
@@ -228,7 +228,7 @@ class RescanPolicy:
         if not row.record["url"]:
             row_result = dataclasses.replace(previous)
             return Rechecked(
-                row_result, record=dict(row.record), matches=known if previous.outcome in LIVE else []
+                row_result, record=dict(row.record), matches=known if previous.outcome in CONTENT else []
             )
         row_result = RowResult(
             previous.shard, previous.row, previous.url, previous.key, Outcome.INVALID, member=previous.member
@@ -294,10 +294,11 @@ class RescanPolicy:
 def change_kinds(previous: RowResult, current: RowResult, content_changed: bool) -> list[str]:
     """What changed for one row between two scans (a row may show several kinds)."""
     before, now = previous.outcome, current.outcome
+    was, is_now = (liveness(r.outcome, r.reason, r.fetched_at) for r in (previous, current))
     kinds = []
-    if before in LIVE and now == Outcome.DEAD:
+    if was == Liveness.LIVE and is_now == Liveness.DEAD:
         kinds.append("newly_dead")
-    if before == Outcome.DEAD and now in LIVE:
+    if was == Liveness.DEAD and is_now == Liveness.LIVE:
         kinds.append("newly_live")
     if now == Outcome.MATCH and before != Outcome.MATCH:
         kinds.append("new_match")
@@ -411,7 +412,11 @@ def _summary_sections(stored: StoredScan, checkpoint: Checkpoint, unit_ids: list
         "previous": {"out": str(stored.dir.resolve()), "finished_at": before["finished_at"]},
         **{name: int(counts.get(name, 0)) for name in names},  # units before the fix counted with bools
     }
-    entry = {key: before[key] for key in ("finished_at", "rows", "outcomes", "live_rate")}
+    entry = {
+        key: before[key]
+        for key in ("finished_at", "rows", "outcomes", "live_rate", "liveness")
+        if key in before
+    }
     return {"changes": changes, "history": [*before.get("history", []), entry]}
 
 

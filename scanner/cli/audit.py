@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from scanner.cli.common import print_summary, run_with_guard, terminal_line
+from scanner.cli.common import configured, print_summary, run_with_guard, terminal_line
 from scanner.cli.outputs import guard_writes
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import Outcome
@@ -40,12 +40,21 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
         "hashes", nargs="+", metavar="HASHES", help="hashes.parquet files, or scans' report directories"
     )
     sub.add_argument(
-        "--hashlist", action="append", default=[], metavar="[NAME=][TYPE:]PATH", help="a hash list"
+        "--hashlist",
+        action="append",
+        default=[],
+        metavar="[NAME=][TYPE:]PATH",
+        help="a hash list, repeatable (hashlists/README.md)",
     )
     sub.add_argument("--out", required=True, help="report directory (created 0700)")
     sub.add_argument("--config", help="TOML config file (its [match] and [[hashlist]] apply)")
-    sub.add_argument("--pdq-threshold", type=int, help="PDQ Hamming distance (default 31)")
-    sub.add_argument("--pdq-min-quality", type=int, help="ignore PDQ below this quality (50)")
+    configured(
+        sub.add_argument("--pdq-threshold", type=int, help="PDQ Hamming distance"), "match.pdq_threshold"
+    )
+    configured(
+        sub.add_argument("--pdq-min-quality", type=int, help="ignore PDQ hashes below this quality"),
+        "match.pdq_min_quality",
+    )
     sub.add_argument(
         "--pdq-dihedral",
         action="store_true",
@@ -53,7 +62,7 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
         help="match the rotated and flipped PDQ hashes a --pdq-dihedral scan stored (refused without them)",
     )
     sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
-    sub.add_argument("--quiet", action="store_true", help="no summary")
+    sub.add_argument("--quiet", action="store_true", help="no summary: only the line naming the reports")
 
 
 def cmd_rematch(args: argparse.Namespace) -> int:
@@ -84,17 +93,17 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="[NAME=][TYPE:]PATH",
-        help="lists to match (default: the previous scan's)",
+        help="lists to match, repeatable (hashlists/README.md); none given: the previous scan's",
     )
     sub.add_argument("--allow-private-networks", action="store_true", default=None, help="as for scan")
     sub.add_argument("--timeout", type=float, help="total seconds per URL, redirects included")
-    sub.add_argument("--workers", type=int, help="hashing processes (default: one per core)")
+    sub.add_argument("--workers", type=int, help="hashing processes; 0 or none given: one per core")
     sub.add_argument("--runner", choices=["local", "ray"], help="run on this machine or on Ray (local)")
     sub.add_argument(
         "--ray-address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start one)"
     )
     sub.add_argument("--restart", action="store_true", help="discard a previous rescan in --out")
-    sub.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar or summary: only the reports line")
 
 
 def cmd_rescan(args: argparse.Namespace) -> int:
@@ -125,9 +134,7 @@ def _clean_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--out", required=True, metavar="CLEAN_DIR", help="where the clean shards go (created 0700)"
     )
-    sub.add_argument(
-        "--drop", default=Outcome.MATCH, help="outcomes to remove, comma-separated (default: match)"
-    )
+    sub.add_argument("--drop", default=Outcome.MATCH, help="outcomes to remove, comma-separated")
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -143,10 +150,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _print(result, quiet: bool, out: str | None = None) -> None:
-    if not quiet:
+    if quiet:
+        print(f"reports: {result.out}")  # the one line --quiet keeps: where to look
+    else:
         print_summary(result)
-        if out is not None and Path(out) != Path(result.out):  # written through a staging directory
-            print(f"published to: {out}")
+    if out is not None and Path(out) != Path(result.out):  # written through a staging directory
+        print(f"published to: {out}")
 
 
 AUDIT_COMMANDS: list[tuple[str, str, Callable, Callable]] = [

@@ -3,9 +3,11 @@ named by run.runner, and the one-screen summary. It imports no command module, s
 
 from __future__ import annotations
 
+import argparse
+
 from scanner.cli import outputs
 from scanner.errors import ConfigError
-from scanner.outcomes import REQUIRED_OUTCOMES
+from scanner.outcomes import REQUIRED_OUTCOMES, Liveness
 from scanner.reports import safetext
 
 MAX_ERROR_LINE = 2_000  # characters; a hostile argument or file name must not flood the terminal
@@ -46,7 +48,7 @@ def print_summary(result) -> None:
     print(f"scanned {s['rows']} rows in {s['duration_seconds']:.1f}s ({s['rows_per_second']:.0f} rows/s)")
     shown = {k: v for k, v in s["outcomes"].items() if v or k in REQUIRED_OUTCOMES}
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
-    print(f"live rate: {100 * s['live_rate']:.1f}%")
+    print(live_line(s))
     matches = s["matches"]
     print(f"matches: {matches['total']} on {matches['rows']} rows")
     for name, counts in matches["by_list"].items():
@@ -54,6 +56,18 @@ def print_summary(result) -> None:
     if s["skipped_shards"]:
         print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
     print(f"reports: {result.out}")
+
+
+def live_line(summary: dict) -> str:
+    """The live rate in words, with the counts behind it (summary.json `liveness`; older files lack them)."""
+    rate, counts = summary["live_rate"], summary.get("liveness")
+    if counts is None:
+        return "live rate: not measured" if rate is None else f"live rate: {100 * rate:.1f}%"
+    live, dead, apart = (counts[k] for k in Liveness)
+    apart_text = f"; {apart} rows not requested (blocked, screened, no usable URL, local or --no-fetch)"
+    if rate is None:
+        return f"live rate: not measured, no URL was requested{apart_text}"
+    return f"live rate: {100 * rate:.1f}% ({live} of {live + dead} requested URLs answered){apart_text}"
 
 
 def terminal_line(line: str) -> str:
@@ -65,3 +79,41 @@ def terminal_line(line: str) -> str:
         return line
     half = MAX_ERROR_LINE // 2
     return f"{line[:half]}...[{len(line) - 2 * half:,} characters cut]...{line[-half:]}"
+
+
+def configured(action: argparse.Action, key: str) -> None:
+    """Mark a flag as setting `key` of the config: its help shows that setting's default (Help)."""
+    action.config_key = key  # type: ignore[attr-defined]
+
+
+class Help(argparse.HelpFormatter):
+    """Every flag's help ends with its default: a scan setting's from the config dataclasses, read only
+    when help is shown (start-up cost), never a copy of it; any other flag's from argparse."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        key = getattr(action, "config_key", None)
+        default = config_default(key) if key else action.default
+        if (
+            "%(default)" in text
+            or default is None
+            or default is False
+            or default in ("", (), [], argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+def config_default(key: str) -> object:
+    """The default of a config setting by its dotted name (`out`, `fetch.max_bytes`); for the URL and key
+    columns, the names tried in order."""
+    from scanner.config import ScanConfig  # start-up cost: only when help is shown
+    from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS
+
+    columns = {"source.url_col": URL_COLUMNS, "source.key_col": KEY_COLUMNS}
+    if key in columns:
+        return "the first of " + ", ".join(columns[key])
+    value: object = ScanConfig()
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value

@@ -12,24 +12,38 @@ from collections.abc import Callable
 from scanner import __version__, textmode
 from scanner.cli import outputs
 from scanner.cli.audit import AUDIT_COMMANDS
-from scanner.cli.common import print_summary, run_with_guard, terminal_line
+from scanner.cli.common import Help, configured, print_summary, run_with_guard, terminal_line
 from scanner.cli.signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
 from scanner.exitcodes import ExitCode
 
+DESCRIPTION = """\
+Find the images in a dataset that match hash lists of known abusive images, and see which of its URLs
+still answer. scanner reads URL lists (Parquet, CSV, TSV, JSONL, TXT) or downloaded shards (WebDataset
+tars, Parquet with image bytes, image folders), fetches and hashes every image in memory (MD5, SHA-1,
+SHA-256, PDQ, pHash, dHash; no image is ever written to disk), matches them against your hash lists, and
+writes reports you can hand on: outcomes.parquet (one outcome per row), matches.jsonl, summary.json and
+a self-contained report.html.
+
+Try it offline:  scanner demo
+Then:            scanner scan SHARDS... --hashlist LIST --out DIR   (lists: hashlists/README.md)
+
+Exit status: 0 done; 1 an input or setting refused (one line on stderr); 2 a command line that does not
+parse (the command's usage is shown); 70 an internal error; 130 interrupted (run it again to resume)."""
+
 SCAN_FLAGS: list[tuple[str, str, dict]] = [
-    ("--url-col", "source.url_col", {"help": "URL column (default: URL or url)"}),
+    ("--url-col", "source.url_col", {"help": "URL column"}),
     (
         "--key-col",
         "source.key_col",
-        {"help": "key column carried into reports (default: SAMPLE_ID, uid, key or id)"},
+        {"help": "key column carried into reports"},
     ),
     ("--image-col", "source.image_col", {"help": "image-bytes column of Parquet shards (default: detect)"}),
     (
         "--max-member-bytes",
         "source.max_member_bytes",
-        {"type": int, "help": "largest image read from a tar, Parquet cell or file (default 50 MiB)"},
+        {"type": int, "help": "largest image read from a tar, Parquet cell or file, in bytes"},
     ),
     ("--rows-per-unit", "source.rows_per_unit", {"type": int, "help": "rows per resumable work unit"}),
     ("--max-in-flight", "fetch.max_in_flight", {"type": int, "help": "requests in flight overall"}),
@@ -39,34 +53,34 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         "fetch.total_timeout",
         {"type": float, "help": "total seconds per URL, redirects included"},
     ),
-    ("--max-bytes", "fetch.max_bytes", {"type": int, "help": "body cap in bytes"}),
+    ("--max-bytes", "fetch.max_bytes", {"type": int, "help": "body cap in bytes; larger bodies are invalid"}),
     ("--contact", "fetch.contact", {"help": "contact URL put in the User-Agent"}),
-    ("--client", "fetch.client", {"choices": ["aiohttp", "httpx"], "help": "HTTP client (default aiohttp)"}),
-    ("--pdq-threshold", "match.pdq_threshold", {"type": int, "help": "PDQ Hamming distance (default 31)"}),
+    ("--client", "fetch.client", {"choices": ["aiohttp", "httpx"], "help": "HTTP client"}),
+    ("--pdq-threshold", "match.pdq_threshold", {"type": int, "help": "PDQ Hamming distance that matches"}),
     (
         "--pdq-min-quality",
         "match.pdq_min_quality",
-        {"type": int, "help": "ignore PDQ below this quality (50)"},
+        {"type": int, "help": "ignore PDQ hashes below this quality"},
     ),
     (
         "--decode-timeout",
         "hashing.decode_timeout",
-        {"type": float, "help": "CPU seconds to decode one body before its row is decode_timeout (5)"},
+        {"type": float, "help": "CPU seconds to decode one body before its row is decode_timeout"},
     ),
     (
         "--workers",
         "run.workers",
-        {"type": int, "help": "hashing processes, or Ray worker actors (default: one per core)"},
+        {"type": int, "help": "hashing processes, or Ray worker actors; 0: one per core"},
     ),
     (
         "--runner",
         "run.runner",
-        {"choices": ["local", "ray"], "help": "run on this machine or on Ray (local)"},
+        {"choices": ["local", "ray"], "help": "run on this machine or on Ray"},
     ),
     (
         "--ray-address",
         "run.ray_address",
-        {"help": "Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)"},
+        {"help": "Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT; none given: start a local one"},
     ),
     (
         "--on-bad-shard",
@@ -78,7 +92,15 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         "audit.match_columns",
         {"action": "append", "metavar": "COLUMN=TYPE", "help": "match a dataset hash column, unfetched"},
     ),
-    ("--no-fetch", "audit.no_fetch", {"action": "store_true", "default": None, "help": "fetch nothing"}),
+    (
+        "--no-fetch",
+        "audit.no_fetch",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "fetch nothing: match URL lists and hash columns only (the live rate is not measured)",
+        },
+    ),
     (
         "--keep-hashes",
         "audit.keep_hashes",
@@ -93,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         textmode.ensure_utf8_mode()
     textmode.tolerant_streams()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # an unknown flag: the command's own usage, not the top level's (exit 2, ExitCode.USAGE)
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return ExitCode.USAGE
@@ -154,7 +178,9 @@ def os_error_line(exc: OSError) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scanner", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="scanner", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"scanner {__version__}")
     parser.add_argument(
         "--debug", action="store_true", help="on an internal error, print the stack instead of logging it"
@@ -192,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add(commands, name: str, help_text: str, handler: Callable, add_args: Callable) -> None:
-    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=Help)
     add_args(sub)
-    sub.set_defaults(handler=handler)
+    sub.set_defaults(handler=handler, command_parser=sub)
 
 
 def _scan_args(sub: argparse.ArgumentParser) -> None:
@@ -202,9 +228,13 @@ def _scan_args(sub: argparse.ArgumentParser) -> None:
         "inputs", nargs="+", help="shards: Parquet, CSV, TSV, JSONL or TXT files, directories or globs"
     )
     sub.add_argument(
-        "--hashlist", action="append", default=[], metavar="[NAME=][TYPE:]PATH", help="a hash list"
+        "--hashlist",
+        action="append",
+        default=[],
+        metavar="[NAME=][TYPE:]PATH",
+        help="a hash list to match against, repeatable; specs and formats: hashlists/README.md",
     )
-    sub.add_argument("--out", help="report directory (created 0700)")
+    configured(sub.add_argument("--out", help="report directory, created 0700, relative to here"), "out")
     sub.add_argument("--config", help="TOML config file (flags override it)")
     sub.add_argument(
         "--allow-private-networks",
@@ -218,9 +248,13 @@ def _scan_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--restart", action="store_true", help="discard a previous scan (partial or complete) in --out"
     )
-    sub.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    for flag, _key, options in SCAN_FLAGS:
-        sub.add_argument(flag, **options)
+    sub.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar or summary: only the line naming the report directory",
+    )
+    for flag, key, options in SCAN_FLAGS:
+        configured(sub.add_argument(flag, **options), key)
 
 
 def scan_overrides(args: argparse.Namespace) -> dict:
@@ -244,15 +278,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, scan_overrides(args))
     result = run_with_guard(config, args.restart, args.quiet)
-    if not args.quiet:
+    if args.quiet:
+        print(f"reports: {result.out}")  # the one line --quiet keeps: where to look
+    else:
         print_summary(result)
-        if str(result.out) != config.out:
-            print(f"published to: {config.out}")
+    if str(result.out) != config.out:
+        print(f"published to: {config.out}")
     return ExitCode.OK
 
 
 def _demo_args(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--out", default="reports/demo", help="report directory (default reports/demo)")
+    sub.add_argument("--out", default="reports/demo", help="report directory")
     sub.add_argument("--images", type=int, default=60, help="how many images the demo serves")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -305,7 +341,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _export_args(sub: argparse.ArgumentParser) -> None:
     _dir_arg(sub)
-    sub.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="file format (default csv)")
+    sub.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="file format")
     sub.add_argument("--with-captions", action="store_true", help="add each row's caption (Parquet shards)")
     sub.add_argument("--output", help="file to write (default DIR/referrals.csv or .jsonl), created 0600")
 

@@ -293,7 +293,12 @@ def read_list(text: ListText, hash_type: str | None) -> tuple[str, RawList]:
                     f"this {list_format.name} list names its own hash types: drop the TYPE: prefix"
                 )
             return list_format.name, list_format().read(text, hash_type)
-    raise FormatError(f"unrecognised list format: {text.first_line[:80]!r}", text.first_content_line())
+    accepted = ", ".join(f.name for f in FORMATS)
+    raise FormatError(
+        f"unrecognised list format: {text.first_line[:80]!r}; accepted formats: {accepted} "
+        "(hashlists/README.md)",
+        text.first_content_line(),
+    )
 
 
 def _header(first_line: str) -> list[str]:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from scanner.errors import InputError
 from scanner.hashtypes import REGISTRY
-from scanner.outcomes import OUTCOMES, Outcome
+from scanner.outcomes import OUTCOMES, Liveness, Outcome, live_rate, liveness
 from scanner.regularfile import NotRegularFileError, open_regular, read_capped
 from scanner.reports import jsonl, safetext
 from scanner.reports.files import atomic_open
@@ -51,6 +51,7 @@ CHANGES = (  # a rescan's summary `changes` count, its label, and the outcome wh
 )
 LIST_COLUMNS = ("name", "path", "format", "sha256", "digest", "counts")
 INPUT_COLUMNS = ("path", "kind")
+NOT_MEASURED = "not measured"
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'; base-uri 'none'"
 
 
@@ -63,10 +64,18 @@ class OutcomeFigures:
     status_classes: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
     by_shard: dict[str, Counter] = field(default_factory=dict)
+    liveness: Counter = field(default_factory=Counter)  # rows per Liveness (scanner.outcomes.liveness)
+    liveness_by_shard: dict[str, Counter] = field(default_factory=dict)
 
     @property
-    def link_rot(self) -> float:
-        return self.outcomes[Outcome.DEAD] / self.rows if self.rows else 0.0
+    def link_rot(self) -> float | None:
+        """Dead rows / requested rows: 1 - live_rate; None when no URL was requested (not measured)."""
+        return _rot(self.liveness)
+
+
+def _rot(counts: Counter) -> float | None:
+    rate = live_rate(counts[Liveness.LIVE], counts[Liveness.DEAD])
+    return None if rate is None else 1 - rate
 
 
 @dataclass(slots=True)
@@ -119,7 +128,7 @@ def outcome_figures(path: Path) -> OutcomeFigures:
     try:
         with open_regular(path) as handle:  # a FIFO there would hang pyarrow's own open
             batches = pq.ParquetFile(handle).iter_batches(
-                BATCH_ROWS, columns=["shard", "outcome", "http_status", "reason"]
+                BATCH_ROWS, columns=["shard", "outcome", "http_status", "reason", "fetched_at"]
             )
             for batch in batches:
                 _add_batch(figures, pa.Table.from_batches([batch]))
@@ -141,6 +150,11 @@ def _add_batch(figures: OutcomeFigures, table: pa.Table) -> None:
     for group in _counts(table, ["reason"]):
         if group["reason"]:
             figures.reasons[group["reason"]] += group["count_all"]
+    columns = [table[name].to_pylist() for name in ("shard", "outcome", "reason", "fetched_at")]
+    for shard, *row in zip(*columns, strict=True):
+        kind = liveness(*row)
+        figures.liveness[kind] += 1
+        figures.liveness_by_shard.setdefault(shard, Counter())[kind] += 1
 
 
 def _counts(table: pa.Table, keys: list[str]) -> list[dict]:
@@ -264,12 +278,18 @@ def _header(summary: dict, manifest: dict, show_urls: bool) -> str:
 
 
 def _tiles(outcomes: OutcomeFigures, matches: MatchFigures, summary: dict) -> str:
+    """Rows scanned = live + dead + not requested; live rate + link rot = 100% of the requested rows."""
+    counts = outcomes.liveness
+    rate = summary.get("live_rate")
     tiles = [
         ("Rows scanned", _n(outcomes.rows)),
-        ("Live rate", _pct(float(summary.get("live_rate", 0)))),  # summary.json's definition
+        ("Live (URL answered)", _n(counts[Liveness.LIVE])),
+        ("Dead", _n(counts[Liveness.DEAD])),
+        ("Not requested", _n(counts[Liveness.NOT_REQUESTED])),
+        ("Live rate", NOT_MEASURED if rate is None else _pct(float(rate))),  # summary.json's
+        ("Link rot", NOT_MEASURED if outcomes.link_rot is None else _pct(outcomes.link_rot)),
         ("Matched rows", _n(outcomes.outcomes[Outcome.MATCH])),
         ("Match records", _n(matches.total)),
-        ("Link rot", _pct(outcomes.link_rot)),
         ("Duration", f"{float(summary.get('duration_seconds', 0)):,.1f} s"),
         ("Rows per second", f"{float(summary.get('rows_per_second', 0)):,.1f}"),
         ("Skipped shards", _n(len(summary.get("skipped_shards", {})))),
@@ -350,9 +370,12 @@ def _out_of_range(counts: Counter, bits: int) -> str:
 
 
 def _link_rot_section(figures: OutcomeFigures, summary: dict) -> str:
-    rot = Counter(
-        {shard: counts[Outcome.DEAD] / sum(counts.values()) for shard, counts in figures.by_shard.items()}
-    )
+    if figures.link_rot is None:
+        return _section(
+            "Link rot: not measured", "<p>No URL was requested (--no-fetch, or local images).</p>"
+        )
+    shares = {shard: _rot(counts) for shard, counts in figures.liveness_by_shard.items()}
+    rot = Counter({shard: share for shard, share in shares.items() if share is not None})
     bars = [(Path(str(shard)).name, share) for shard, share in _top(rot)]
     points = _rot_over_time(figures, summary)
     trend = (
@@ -361,19 +384,28 @@ def _link_rot_section(figures: OutcomeFigures, summary: dict) -> str:
         else "<p>One scan so far; rescans of the same inputs add a trend here.</p>"
     )
     return _section(
-        f"Link rot: {_pct(figures.link_rot)} of rows are dead",
-        _figure("Share of dead rows per shard, highest first", bar_chart(bars, 1, counts=False), _more(rot)),
+        f"Link rot: {_pct(figures.link_rot)} of requested URLs are dead",
+        _figure(
+            "Share of requested URLs that are dead, per shard, highest first",
+            bar_chart(bars, 1, counts=False),
+            _more(rot),
+        ),
         trend,
     )
 
 
 def _rot_over_time(figures: OutcomeFigures, summary: dict) -> list[tuple[str, float]]:
-    """(finished_at, dead share) of each earlier scan in summary["history"], then of this one."""
-    points = [
-        (str(h["finished_at"]), h["outcomes"].get(Outcome.DEAD, 0) / h["rows"] if h["rows"] else 0.0)
-        for h in summary.get("history", [])
-    ]
-    return [*points, (str(summary.get("finished_at", "now")), figures.link_rot)]
+    """(finished_at, link rot) of each earlier scan in summary["history"] that measured it, then of this one
+    (1 - live_rate; an older entry without liveness counts: its dead share of rows, as it was reported)."""
+    points = [(str(h["finished_at"]), _history_rot(h)) for h in summary.get("history", [])]
+    points.append((str(summary.get("finished_at", "now")), figures.link_rot))
+    return [(when, rot) for when, rot in points if rot is not None]
+
+
+def _history_rot(entry: dict) -> float | None:
+    if "liveness" in entry:
+        return _rot(Counter(entry["liveness"]))
+    return entry["outcomes"].get(Outcome.DEAD, 0) / entry["rows"] if entry["rows"] else 0.0
 
 
 def _matched_rows_section(figures: MatchFigures, show_urls: bool) -> str:

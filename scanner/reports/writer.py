@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from scanner.outcomes import LIVE, OUTCOMES, Outcome, SourceReason
+from scanner.outcomes import LIVENESS, OUTCOMES, Liveness, Outcome, SourceReason, live_rate, liveness
 from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, sha256_file, write_json
 from scanner.reports.html import checked_manifest, write_html_report
@@ -40,6 +40,7 @@ class Tally:
     by_hash_type: Counter = field(default_factory=Counter)
     matched_rows_by_list: dict[str, set] = field(default_factory=dict)
     unreadable: Counter = field(default_factory=Counter)
+    liveness: Counter = field(default_factory=Counter)
 
 
 def merge_reports(out_dir: Path, checkpoint: UnitFiles, unit_ids: list[int]) -> Tally:
@@ -69,6 +70,8 @@ def _count_outcomes(tally: Tally, columns: dict[str, list]) -> None:
     tally.outcomes.update(columns["outcome"])
     tally.status_classes.update(f"{s // 100}xx" if s else "none" for s in columns["http_status"])
     tally.reasons.update(r for r in columns["reason"] if r)
+    rows = zip(columns["outcome"], columns["reason"], columns["fetched_at"], strict=True)
+    tally.liveness.update(liveness(*row) for row in rows)
     reasons = zip(columns["shard"], columns["reason"], strict=True)
     tally.unreadable.update(shard for shard, reason in reasons if reason == SourceReason.UNREADABLE_SHARD)
 
@@ -85,7 +88,6 @@ def _count_match(tally: Tally, match: dict) -> None:
 def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[str, str]) -> dict:
     """The documented, versioned summary (schema: scanner/schemas/summary.schema.json)."""
     duration = max(finished_at - started_at, 1e-9)
-    reached = sum(tally.outcomes[o] for o in LIVE)
     for name, rows in tally.matched_rows_by_list.items():
         tally.by_list[name]["rows"] = len(rows)
     return {
@@ -94,7 +96,8 @@ def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[s
         "outcomes": {
             o: tally.outcomes.get(o, 0) for o in (*OUTCOMES, *sorted(set(tally.outcomes) - set(OUTCOMES)))
         },
-        "live_rate": round(reached / tally.rows, 6) if tally.rows else 0.0,
+        "live_rate": live_rate(tally.liveness[Liveness.LIVE], tally.liveness[Liveness.DEAD]),
+        "liveness": {kind: tally.liveness.get(kind, 0) for kind in LIVENESS},
         "http_status_classes": dict(sorted(tally.status_classes.items())),
         "reasons": dict(sorted(tally.reasons.items())),
         "matches": {

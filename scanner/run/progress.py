@@ -6,8 +6,9 @@ import sys
 
 from tqdm import tqdm
 
-from scanner.outcomes import LIVE, Outcome
+from scanner.outcomes import Liveness, live_rate, liveness
 from scanner.pipeline import Progress
+from scanner.reports.records import RowResult
 from scanner.run.job import Run
 
 
@@ -25,12 +26,14 @@ class BarProgress(Progress):
         self._bar = tqdm(
             total=total, initial=done, unit="row", file=sys.stderr, dynamic_ncols=True, mininterval=0.5
         )
-        self._rows = self._live = self._matches = 0
+        self._rows = self._live = self._dead = self._matches = 0
         self._units, self._units_done = units, units_done
 
-    def row_done(self, outcome: Outcome) -> None:
+    def row_done(self, result: RowResult) -> None:
         self._rows += 1
-        self._live += outcome in LIVE
+        kind = liveness(result.outcome, result.reason, result.fetched_at)
+        self._live += kind == Liveness.LIVE
+        self._dead += kind == Liveness.DEAD
         self._bar.update(1)
         if self._rows % 64 == 0:
             self._show()
@@ -44,10 +47,17 @@ class BarProgress(Progress):
         self._show()
 
     def _show(self) -> None:
-        live = 100.0 * self._live / self._rows if self._rows else 0.0
         units = f"units {self._units_done}/{self._units}, " if self._units else ""
-        self._bar.set_postfix_str(f"{units}live {live:.1f}%, matches {self._matches}", refresh=False)
+        self._bar.set_postfix_str(
+            f"{units}{live_text(self._live, self._dead)}, matches {self._matches}", refresh=False
+        )
 
     def close(self) -> None:
         self._show()
         self._bar.close()
+
+
+def live_text(live: int, dead: int) -> str:
+    """The bar's live rate: live / requested rows, as summary.json's live_rate; none requested yet: n/a."""
+    rate = live_rate(live, dead)
+    return f"live {100 * rate:.1f}%" if rate is not None else "live n/a"

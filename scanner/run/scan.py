@@ -34,7 +34,7 @@ class ScanJob(Job):
             raise ConfigError("no input shards given")
         if not self.config.hashlists:
             raise ConfigError(
-                "no hash list given (--hashlist PATH); a scan without lists only checks liveness"
+                "no hash list given: a scan needs at least one --hashlist PATH (formats: hashlists/README.md)"
             )
 
     def load(self) -> list[WorkUnit]:

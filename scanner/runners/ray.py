@@ -284,7 +284,7 @@ class _Scheduler:
             return
         self._run.checkpoint.commit(report)
         for row_result in report.outcomes:
-            self._progress.row_done(row_result.outcome)
+            self._progress.row_done(row_result)
         self._progress.matched(sum(1 for o in report.outcomes if o.outcome == Outcome.MATCH))
         self._progress.unit_done()
 

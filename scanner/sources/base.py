@@ -12,6 +12,7 @@ from scanner.outcomes import SourceReason
 
 URL_COLUMNS = ("URL", "url", "image_url", "img_url", "link")
 KEY_COLUMNS = ("SAMPLE_ID", "uid", "key", "id")
+URL_COL_HINT = "name the URL column with --url-col (source.url_col)"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 

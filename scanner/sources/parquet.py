@@ -8,7 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import SourceError
-from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, Span, cell_to_str, pick_column
+from scanner.sources.base import (
+    KEY_COLUMNS,
+    URL_COL_HINT,
+    URL_COLUMNS,
+    Row,
+    SourceOptions,
+    Span,
+    cell_to_str,
+    pick_column,
+)
 from scanner.sources.storage import open_input
 
 READ_BATCH_ROWS = 8192
@@ -43,7 +52,9 @@ class ParquetSource:
         self.url_col = pick_column(names, options.url_col, URL_COLUMNS)
         if self.url_col is None:
             wanted = options.url_col or " or ".join(URL_COLUMNS)
-            raise SourceError(path, f"no URL column {wanted!r}; columns are: {', '.join(names)}")
+            raise SourceError(
+                path, f"no URL column {wanted!r}; columns are: {', '.join(names)}; {URL_COL_HINT}"
+            )
         self.key_col = pick_column(names, options.key_col, KEY_COLUMNS)
         if options.key_col is not None and self.key_col is None:
             raise SourceError(path, f"no key column {options.key_col!r}; columns are: {', '.join(names)}")

@@ -9,6 +9,7 @@ from typing import BinaryIO
 from scanner.errors import SourceError
 from scanner.sources.base import (
     KEY_COLUMNS,
+    URL_COL_HINT,
     URL_COLUMNS,
     Row,
     SourceOptions,
@@ -112,7 +113,9 @@ class TextSource:
         self.url_col = pick_column(header, self.options.url_col, URL_COLUMNS)
         if self.url_col is None:
             wanted = self.options.url_col or " or ".join(URL_COLUMNS)
-            raise SourceError(self.path, f"no URL column {wanted!r}; columns are: {', '.join(header)}", 1)
+            raise SourceError(
+                self.path, f"no URL column {wanted!r}; columns are: {', '.join(header)}; {URL_COL_HINT}", 1
+            )
         self.key_col = pick_column(header, self.options.key_col, KEY_COLUMNS)
         self._header = header
         return header
@@ -159,7 +162,9 @@ class TextSource:
         if self.url_col is None:
             wanted = self.options.url_col or " or ".join(URL_COLUMNS)
             raise SourceError(
-                self.path, f"no URL field {wanted!r}; fields are: {', '.join(record)}", line_number
+                self.path,
+                f"no URL field {wanted!r}; fields are: {', '.join(record)}; {URL_COL_HINT}",
+                line_number,
             )
         return record
 
