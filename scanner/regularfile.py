@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import stat
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 # A FIFO opens at once instead of waiting for a writer; a terminal never becomes ours.
@@ -78,6 +79,22 @@ class _NoWaitFile(io.FileIO):
         if data is None:
             raise BlockingIOError(errno.EAGAIN, "reading it would wait: not a file on storage", self.name)
         return data
+
+
+def files_under(path: str, on_error: Callable[[OSError], None]) -> Iterator[str]:
+    """`path` itself, or every entry under it that is not a directory when it is one, in a stable order (by
+    name, depth first). Links to directories are not followed (a link loop would never end); anything else
+    is yielded for open_regular to judge, so a FIFO or device in the tree is named, never read. A directory
+    that cannot be listed goes to on_error and the walk goes on."""
+    if not os.path.isdir(path):
+        yield path
+        return
+    for top, dirs, files in os.walk(path, onerror=on_error):
+        dirs.sort()
+        linked = [name for name in dirs if os.path.islink(os.path.join(top, name))]
+        for name in linked:
+            dirs.remove(name)
+        yield from (os.path.join(top, name) for name in sorted(files))
 
 
 def read_capped(handle: BinaryIO, cap: int) -> bytes | None:

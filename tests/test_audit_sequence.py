@@ -91,7 +91,7 @@ def test_scan_update_rematch_rescan_clean(tmp_path: Path, cli: Callable[..., str
         del server.files["/i/0.jpg"], server.files["/i/11.jpg"]
         server.files["/i/12.jpg"] = (bodies[IMAGES + 1], "image/jpeg")
         server.reset_hits()
-        cli("rescan", str(scan_out), "--hashlist", v2, "--out", str(rescan_out), "--workers", "1", "--quiet")
+        cli("rescan", str(scan_out), "--hashlist", v2, "--out", str(rescan_out), *common)
         methods = {
             path: [m for m, p, _ in server.requests() if p == path]
             for path in ("/i/1.jpg", "/i/7.jpg", "/i/9.jpg")

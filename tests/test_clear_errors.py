@@ -87,7 +87,7 @@ def command(name: str, out: str, finished: dict[str, Path]) -> list[str]:
         "scan": ["scan", shard, "--hashlist", listed, "--out", out, "--quiet", "--workers", "1"],
         "demo": ["demo", "--out", out, "--quiet", "--images", "8"],
         "rematch": ["rematch", scan, "--hashlist", listed, "--out", out, "--quiet"],
-        "rescan": ["rescan", scan, "--out", out, "--quiet", "--workers", "1"],
+        "rescan": ["rescan", scan, "--out", out, "--quiet", "--workers", "1", "--allow-private-networks"],
         "clean": ["clean", shard, "--report", scan, "--out", out],
         "export": ["export", scan, "--output", out],
         "report": ["report", out],

@@ -227,7 +227,7 @@ def test_a_fifo_or_device_among_a_report_directorys_files_is_refused_by_every_co
                 ["verify", str(damaged)],
                 ["report", str(damaged)],
                 ["export", str(damaged), "--output", str(tmp_path / "referrals.csv")],
-                ["rescan", str(damaged), *out, "--quiet"],
+                ["rescan", str(damaged), *out, "--quiet", "--allow-private-networks"],
                 ["rematch", str(damaged), "--hashlist", str(hashes), *out],
             ):
                 result = scanner_cli(*command, timeout=60)

@@ -253,7 +253,7 @@ def main(mode, out, shard, listfile, previous=None):
         rematch([previous], build_config({**settings, "inputs": []}, "test"))
     else:
         from scanner.audits.rescan import rescan
-        rescan(previous, out)
+        rescan(previous, out, (), {"fetch.allow_private_networks": True})
     report["main"] = probe()
     print(json.dumps(report))
 

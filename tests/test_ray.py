@@ -301,9 +301,10 @@ def kept(tmp_path_factory, inputs) -> Path:
 def test_rescan_command_on_ray_gives_the_local_rescan(tmp_path, cluster, kept):
     """`scanner rescan --runner ray`: the actors read the stored rows from the previous scan's
     hashes.parquet and re-check them as the local runner does, row for row, change for change."""
-    rescan(kept, str(tmp_path / "local"), (), {"run.workers": 2})
+    rescan(kept, str(tmp_path / "local"), (), {"run.workers": 2, "fetch.allow_private_networks": True})
     command = [
         *(sys.executable, "-m", "scanner", "rescan", str(kept), "--out", str(tmp_path / "ray")),
+        "--allow-private-networks",
         *("--runner", "ray", "--ray-address", ray.get_runtime_context().gcs_address, "--quiet"),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

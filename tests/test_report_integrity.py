@@ -268,7 +268,16 @@ def _command_args(command: str, finished: Path, out: Path) -> list[str]:
             "--quiet",
         ]
     if command == "rescan":
-        return ["rescan", str(finished / "scan"), "--out", str(out), "--workers", "1", "--quiet"]
+        return [
+            "rescan",
+            str(finished / "scan"),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--quiet",
+            "--allow-private-networks",
+        ]
     return ["clean", str(finished / "shard.parquet"), "--report", str(finished / "scan"), "--out", str(out)]
 
 

@@ -18,6 +18,7 @@ from scanner.errors import InputError
 from scanner.pipeline import Progress
 from scanner.reports.verify import verify_report
 
+LOOPBACK = {"run.workers": 1, "fetch.allow_private_networks": True}  # the images are served from 127.0.0.1
 NAMES = ["match", "same", "changed", "gone", "back", "newmatch", "taken", "screened"]
 
 
@@ -47,11 +48,11 @@ def rescanned(tmp_path_factory: pytest.TempPathFactory) -> dict:
             handle.write(f"md5,{md5['newmatch']},n1\nurl,{urls[7]},s1\n")
         server.reset_hits()
         result = rescan(
-            tmp / "first", str(tmp / "second"), [f"list={v2}"], {"run.workers": 1, "source.rows_per_unit": 3}
+            tmp / "first", str(tmp / "second"), [f"list={v2}"], {**LOOPBACK, "source.rows_per_unit": 3}
         )
         requests = [(method, path.split("?")[0]) for method, path, _ in server.requests()]
         del server.files["/same.jpg"]
-        rescan(tmp / "second", str(tmp / "third"), (), {"run.workers": 1, "source.rows_per_unit": 3})
+        rescan(tmp / "second", str(tmp / "third"), (), {**LOOPBACK, "source.rows_per_unit": 3})
     return {"tmp": tmp, "result": result, "requests": requests, "urls": urls}
 
 
@@ -194,7 +195,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_rescan_reports_progress_row_by_row_and_unit_by_unit(served, tmp_path: Path) -> None:
-    settings = {"run.workers": 1, "source.rows_per_unit": 2}
+    settings = {**LOOPBACK, "source.rows_per_unit": 2}
     recorded, silenced = Recorded(), Recorded()
     first = served["tmp"] / "first"
     result = rescan(first, str(tmp_path / "shown"), (), settings, make_progress=lambda run: recorded)
@@ -206,7 +207,7 @@ def test_rescan_reports_progress_row_by_row_and_unit_by_unit(served, tmp_path: P
 
 
 def test_rescan_command_shows_a_bar_unless_quiet(served, tmp_path: Path, scanner_cli) -> None:
-    common = ["rescan", str(served["tmp"] / "first"), "--workers", "1"]
+    common = ["rescan", str(served["tmp"] / "first"), "--workers", "1", "--allow-private-networks"]
     shown = scanner_cli(*common, "--out", str(tmp_path / "shown"), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     bar = shown.stderr.rstrip().rsplit("\r", 1)[-1]
@@ -217,9 +218,28 @@ def test_rescan_command_shows_a_bar_unless_quiet(served, tmp_path: Path, scanner
     )  # --quiet: only where the reports are
 
 
+def test_rescan_reaches_private_networks_only_when_asked_again(served, tmp_path: Path, scanner_cli) -> None:
+    """The earlier scan allowed 127.0.0.1; a rescan without the flag does not inherit it, and says so."""
+    common = ["rescan", str(served["tmp"] / "first"), "--workers", "1", "--quiet"]
+    served["server"].reset_hits()
+    refused = scanner_cli(*common, "--out", str(tmp_path / "refused"), cwd=tmp_path)
+    assert refused.returncode == 0, refused.stderr
+    warning = [line for line in refused.stderr.splitlines() if "private networks" in line]
+    assert len(warning) == 1 and "--allow-private-networks" in warning[0], refused.stderr
+    assert outcomes(tmp_path / "refused") == ["blocked"] * 5 and served["server"].total_hits == 0
+    manifest = json.loads((tmp_path / "refused" / "manifest.json").read_text())
+    assert manifest["allow_private_networks"] is False
+    allowed = scanner_cli(
+        *common, "--allow-private-networks", "--out", str(tmp_path / "allowed"), cwd=tmp_path
+    )
+    assert allowed.returncode == 0 and allowed.stderr == "", allowed.stderr
+    assert outcomes(tmp_path / "allowed") == ["clean", "clean", "clean", "match", "clean"]
+    assert served["server"].total_hits == 5
+
+
 def test_rescan_to_a_filesystem_url_goes_through_the_mirror_and_resumes_from_it(served, memory_out) -> None:
     first, server = served["tmp"] / "first", served["server"]
-    result = rescan(first, memory_out.url, (), {"run.workers": 1})
+    result = rescan(first, memory_out.url, (), LOOPBACK)
     reports = memory_out.published_reports(result.out)
     staging = result.out
     assert {"outcomes.parquet", "hashes.parquet", "changes.jsonl", "summary.json", "report.html"} <= set(
@@ -228,5 +248,5 @@ def test_rescan_to_a_filesystem_url_goes_through_the_mirror_and_resumes_from_it(
     assert sorted(set(memory_out.files()) - set(reports)) == [".units/complete", ".units/fingerprint.json"]
     shutil.rmtree(staging)  # as on another machine: only the URL holds the finished rescan
     server.reset_hits()
-    again = rescan(first, memory_out.url, (), {"run.workers": 1})
+    again = rescan(first, memory_out.url, (), LOOPBACK)
     assert server.total_hits == 0 and again.summary == result.summary

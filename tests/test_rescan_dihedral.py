@@ -15,7 +15,7 @@ from loopback import LoopbackServer
 from scanner.audits.rescan import rescan
 from scanner.errors import InputError
 
-ONE_WORKER = {"run.workers": 1}
+ONE_WORKER = {"run.workers": 1, "fetch.allow_private_networks": True}  # served from 127.0.0.1
 
 
 @pytest.fixture(scope="module")

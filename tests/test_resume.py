@@ -147,6 +147,64 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     ]
 
 
+def committed_units(out: Path) -> int:
+    return len(list((out / ".units").glob("u*.done.json"))) if (out / ".units").is_dir() else 0
+
+
+def test_a_rerun_says_what_it_kept_what_was_complete_and_which_settings_differ(tmp_path):
+    """Through the real command: SIGINT after some units, the rerun names the rows kept; a rerun of the
+    finished scan says so instead of passing the old summary off as new; a changed setting is named."""
+    files = {f"/img/{i}.jpg": body for i, body in enumerate(IMAGES)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with LoopbackServer(files) as server:
+        tmp, listfile = build_inputs(tmp_path, server)
+        out = tmp / "out"
+        command = [arg for arg in scan_command(tmp, out, listfile) if arg != "--quiet"]
+        process = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 120
+        while committed_units(out) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "the scan finished before it could be interrupted: make it bigger"
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        kept = 50 * committed_units(out)
+        assert 0 < kept < ROWS
+        resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        assert resumed.stdout.splitlines()[0] == f"resumed: {kept:,} of {ROWS:,} rows already done"
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        first = again.stdout.splitlines()[0]
+        assert first.startswith(f"already complete: {out} ") and "--restart" in first, again.stdout
+        assert "resumed" not in again.stdout and f"scanned {ROWS} rows" in again.stdout
+        changed = subprocess.run(
+            [*command, "--timeout", "20"], env=env, capture_output=True, text=True, timeout=300
+        )
+    assert changed.returncode == 1 and changed.stdout == ""
+    assert len(changed.stderr.splitlines()) == 1, changed.stderr
+    assert "settings (fetch.total_timeout: 30.0 -> 20.0)" in changed.stderr, changed.stderr
+
+
+def test_a_checkpoint_without_settings_by_name_resumes_and_is_refused_as_before(tmp_path):
+    """Fingerprints written before they kept the settings by name: the same run still resumes (their
+    hash decides), and a changed setting gets the message of old."""
+    shard = tmp_path / "s.txt"
+    shard.write_text("file:///x\n")
+    listfile = tmp_path / "l.txt"
+    listfile.write_text("0" * 32 + "\n")
+    first = scan(small_config(tmp_path, shard, listfile))
+    path = tmp_path / "out" / ".units" / "fingerprint.json"
+    old = json.loads(path.read_text())
+    assert old.pop("settings_shown")["match.pdq_threshold"] == 31
+    path.write_text(json.dumps(old))
+    again = scan(small_config(tmp_path, shard, listfile))
+    assert again.earlier and again.summary == first.summary
+    with pytest.raises(ResumeError, match=r"different settings; use a new --out"):
+        scan(small_config(tmp_path, shard, listfile, pdq_threshold=20))
+
+
 def small_config(tmp: Path, shard: Path, listfile: Path, **match: object) -> object:
     return build_config(
         {
@@ -169,13 +227,14 @@ def test_changed_inputs_or_lists_are_refused_unless_restart(tmp_path):
     assert first.summary["outcomes"]["blocked"] == 1
     again = scan(small_config(tmp_path, shard, listfile))
     assert again.summary == first.summary, "a completed scan is not run twice"
+    assert again.earlier and not first.earlier
     listfile.write_text("1" * 32 + "\n")
     with pytest.raises(ResumeError, match="lists"):
         scan(small_config(tmp_path, shard, listfile))
     shard.write_text("file:///x\nfile:///y\n")
     with pytest.raises(ResumeError, match="inputs"):
         scan(small_config(tmp_path, shard, listfile))
-    with pytest.raises(ResumeError, match="settings"):
+    with pytest.raises(ResumeError, match=r"settings \(match.pdq_threshold: 31 -> 20\)"):
         scan(small_config(tmp_path, shard, listfile, pdq_threshold=20))
     redone = scan(small_config(tmp_path, shard, listfile), restart=True)
     assert redone.summary["rows"] == 2

@@ -17,6 +17,7 @@ from loopback import LoopbackServer
 from PIL import Image, ImageDraw
 
 from scanner.config import build_config
+from scanner.exitcodes import ExitCode
 from scanner.hashing import hash_image
 from scanner.runners.local import scan
 
@@ -282,6 +283,38 @@ def test_cli_hash_prints_the_scan_hashes(tmp_path, scanner_cli):
         "height",
         "format",
     }
+
+
+def test_cli_hash_names_each_file_it_cannot_hash_and_goes_on(tmp_path, scanner_cli):
+    """A directory is walked by name; a FIFO, a link to a device, a dangling link, a file that is no image
+    (and, when not root, one that cannot be opened) are one line each, the images are hashed all the same."""
+    tree = tmp_path / "tree"
+    (tree / "b").mkdir(parents=True)
+    (tree / "b" / "2.jpg").write_bytes(EXACT)
+    (tree / "a.jpg").write_bytes(EXACT)
+    (tree / "c.txt").write_text("not an image")
+    os.mkfifo(tree / "fifo")
+    (tree / "zero").symlink_to("/dev/zero")
+    (tree / "gone").symlink_to(tmp_path / "missing.jpg")
+    (tree / "loop").symlink_to(tree, target_is_directory=True)  # not followed
+    single = tmp_path / "single.jpg"
+    single.write_bytes(EXACT)
+    refused = {"c.txt": "not a usable image", "fifo": "(a FIFO)", "zero": "(a character device)"}
+    refused["gone"] = "No such file"
+    if os.geteuid() != 0:  # root reads a mode-0 file all the same
+        (tree / "locked.jpg").write_bytes(EXACT)
+        (tree / "locked.jpg").chmod(0)
+        refused["locked.jpg"] = "Permission denied"
+    done = scanner_cli("hash", str(tree), str(single), cwd=tmp_path, timeout=60)
+    assert done.returncode == ExitCode.ERROR, done.stderr
+    hashed = [json.loads(line)["path"] for line in done.stdout.splitlines()]
+    assert hashed == [str(tree / "a.jpg"), str(tree / "b" / "2.jpg"), str(single)]
+    lines = done.stderr.splitlines()
+    assert len(lines) == len(refused) and "Traceback" not in done.stderr, done.stderr
+    for name, why in refused.items():
+        assert any(str(tree / name) in line and why in line for line in lines), (name, done.stderr)
+    fine = scanner_cli("hash", str(single), str(tree / "b"), cwd=tmp_path)
+    assert fine.returncode == ExitCode.OK and fine.stderr == "" and len(fine.stdout.splitlines()) == 2
 
 
 def test_overlong_urls_are_reported_cut_to_the_limit(tmp_path):

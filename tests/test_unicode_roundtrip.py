@@ -277,7 +277,12 @@ def run_everything(b: Built) -> None:
     rematch([str(first)], build_config({"out": str(rematched), "hashlist": [b.listspec]}, "test"))
     check_reports(b, rematched)
     rescanned = b.tmp / "rescan"
-    rescan(first, str(rescanned), (), {"run.workers": 1, "source.rows_per_unit": 1})
+    rescan(
+        first,
+        str(rescanned),
+        (),
+        {"run.workers": 1, "source.rows_per_unit": 1, "fetch.allow_private_networks": True},
+    )
     check_reports(b, rescanned)
 
 
@@ -388,7 +393,12 @@ def test_reports_written_with_raw_separators_still_read(tmp_path: Path) -> None:
         rematch([str(old)], build_config({"out": str(rematched), "hashlist": [b.listspec]}, "test"))
         check_reports(b, rematched)
         rescanned = tmp_path / "rescan"
-        rescan(old, str(rescanned), (), {"run.workers": 1, "source.rows_per_unit": 1})
+        rescan(
+            old,
+            str(rescanned),
+            (),
+            {"run.workers": 1, "source.rows_per_unit": 1, "fetch.allow_private_networks": True},
+        )
         check_reports(b, rescanned)
 
 
@@ -434,7 +444,7 @@ settings = {"fetch": {"allow_private_networks": True}, "run": {"progress": False
 scan(build_config({"inputs": [str(tmp / "shard.parquet")], "out": str(tmp / "a"), "hashlist": [listfile],
                    "audit": {"keep_hashes": True}, **settings}, "test"), restart=True)
 rematch([str(tmp / "a")], build_config({"out": str(tmp / "b"), "hashlist": [listfile]}, "test"))
-rescan(tmp / "a", str(tmp / "c"), (), {"run.workers": 1})
+rescan(tmp / "a", str(tmp / "c"), (), {"run.workers": 1, "fetch.allow_private_networks": True})
 for name in "abc":
     write_referrals(tmp / name, "jsonl")
     write_referrals(tmp / name, "csv")
@@ -481,7 +491,9 @@ def test_a_rescan_of_one_unit_counts_in_integers(tmp_path: Path) -> None:
     changed wrote "not_modified": true, which the summary schema (verify, report) refuses."""
     with built(tmp_path, ["x"]) as b:
         scan(scan_config(b.shards / b.cases[0].shard_name, tmp_path / "a", b.listspec), restart=True)
-        result = rescan(tmp_path / "a", str(tmp_path / "b"), (), {"run.workers": 1})
+        result = rescan(
+            tmp_path / "a", str(tmp_path / "b"), (), {"run.workers": 1, "fetch.allow_private_networks": True}
+        )
     changes = result.summary["changes"]
     assert all(type(changes[name]) is int for name in ("not_modified", "liveness_only")), changes
     assert verify_report(tmp_path / "b").ok

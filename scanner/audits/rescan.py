@@ -105,7 +105,9 @@ class RescanJob(StoredJob):
     def __init__(self, previous: str | Path, out: str, hashlists: Sequence[str], overrides: dict) -> None:
         self.stored = _stored_scan(Path(previous))
         self.scans = [self.stored]
-        self.config = rescan_config(self.stored.manifest(), out, hashlists, overrides)
+        manifest = self.stored.manifest()
+        self.config = rescan_config(manifest, out, hashlists, overrides)
+        self.private_networks_dropped = private_networks_dropped(manifest, self.config)
 
     def check_matcher(self, matcher: Matcher) -> None:
         _check_dihedral(self.stored, matcher)
@@ -147,9 +149,11 @@ class RescanWork:
 
 def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides: dict) -> ScanConfig:
     """The previous scan's settings (fetch, hashing, match, run), hash records kept, flags on top; its lists
-    unless new ones are given (their per-list thresholds then go with them)."""
+    unless new ones are given (their per-list thresholds then go with them). Private networks are never
+    inherited: a rescan reaches them only when asked again (see `private_networks_dropped`)."""
     saved = manifest.get("config") or {}
     data: dict = {name: dict(saved.get(name) or {}) for name in ("fetch", "hashing", "match", "run")}
+    data["fetch"].pop("allow_private_networks", None)
     for where in ("runner", "ray_address"):  # where a rescan runs is its own flags' choice
         data["run"].pop(where, None)
     data["audit"] = {"keep_hashes": True}
@@ -167,6 +171,12 @@ def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides:
     saved_lists = [HashListSpec(s["spec"], s.get("thresholds") or {}) for s in saved.get("hashlists", [])]
     specs = tuple(HashListSpec(spec) for spec in hashlists) or tuple(saved_lists)
     return dataclasses.replace(config, hashlists=specs)
+
+
+def private_networks_dropped(manifest: dict, config: ScanConfig) -> bool:
+    """The previous scan reached private networks and this rescan, not asked again, will not."""
+    saved = (manifest.get("config") or {}).get("fetch") or {}
+    return saved.get("allow_private_networks") is True and not config.fetch.allow_private_networks
 
 
 class RescanPolicy:

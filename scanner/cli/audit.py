@@ -83,6 +83,12 @@ def cmd_rematch(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+PRIVATE_NETWORKS_DROPPED = (
+    "scanner: warning: the previous scan allowed private networks and this rescan does not: their rows "
+    "will be blocked (give --allow-private-networks again to reach them)"
+)
+
+
 def _rescan_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "previous", metavar="PREVIOUS_OUT", help="report directory of a scan run with --keep-hashes"
@@ -95,7 +101,12 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
         metavar="[NAME=][TYPE:]PATH",
         help="lists to match, repeatable (hashlists/README.md); none given: the previous scan's",
     )
-    sub.add_argument("--allow-private-networks", action="store_true", default=None, help="as for scan")
+    sub.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        default=None,
+        help="as for scan; never inherited from the previous scan: give it again to reach private addresses",
+    )
     sub.add_argument("--timeout", type=float, help="total seconds per URL, redirects included")
     sub.add_argument("--workers", type=int, help="hashing processes; 0 or none given: one per core")
     sub.add_argument("--runner", choices=["local", "ray"], help="run on this machine or on Ray (local)")
@@ -120,6 +131,8 @@ def cmd_rescan(args: argparse.Namespace) -> int:
         "run.ray_address": args.ray_address,
     }
     job = RescanJob(args.previous, args.out, args.hashlist, overrides)
+    if job.private_networks_dropped:
+        print(PRIVATE_NETWORKS_DROPPED, file=sys.stderr)
     result = run_with_guard(job.config, args.restart, args.quiet, job)
     _print(result, args.quiet, args.out)
     if not args.quiet:

@@ -43,8 +43,12 @@ def runner_for(config):
 
 
 def print_summary(result) -> None:
-    """One screen: where the reports are, the outcome counts and the matches by list."""
+    """One screen: what this run did (resumed, or nothing: complete before), where the reports are, the
+    outcome counts and the matches by list."""
     s = result.summary
+    note = run_line(result)
+    if note is not None:
+        print(note)
     print(f"scanned {s['rows']} rows in {s['duration_seconds']:.1f}s ({s['rows_per_second']:.0f} rows/s)")
     shown = {k: v for k, v in s["outcomes"].items() if v or k in REQUIRED_OUTCOMES}
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
@@ -56,6 +60,16 @@ def print_summary(result) -> None:
     if s["skipped_shards"]:
         print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
     print(f"reports: {result.out}")
+
+
+def run_line(result) -> str | None:
+    """What this run did, unless it simply ran: finished earlier (the summary that follows is that run's),
+    or resumed, keeping the rows earlier runs committed."""
+    if result.earlier:
+        return f"already complete: {result.out} (use --restart to scan again); the earlier result:"
+    if result.kept_rows:
+        return f"resumed: {result.kept_rows:,} of {result.summary['rows']:,} rows already done"
+    return None
 
 
 def live_line(summary: dict) -> str:

@@ -17,6 +17,7 @@ from scanner.cli.signing import SIGNING_COMMANDS, add_verify_args, stale_signatu
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
 from scanner.exitcodes import ExitCode
+from scanner.regularfile import files_under
 
 DESCRIPTION = """\
 Find the images in a dataset that match hash lists of known abusive images, and see which of its URLs
@@ -302,17 +303,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _hash_args(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("files", nargs="+", help="image files")
+    sub.add_argument(
+        "files",
+        nargs="+",
+        metavar="PATH",
+        help="image files, or directories (every file under them, by name)",
+    )
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
+    """One JSON line per file; a file that cannot be hashed is one line on stderr and the others go on."""
     from scanner import procguard
     from scanner.hashing import hash_file_record  # start-up cost: loaded when the command runs
 
     procguard.harden()  # no core dump, not dumpable, before any image file is read
-    for path in args.files:
-        print(json.dumps(hash_file_record(path), sort_keys=False))
-    return ExitCode.OK
+    failed = 0
+
+    def report(line: str) -> None:
+        nonlocal failed
+        failed += 1
+        print(terminal_line(f"scanner: error: {line}"), file=sys.stderr)
+
+    for named in args.files:
+        for path in files_under(named, lambda exc: report(os_error_line(exc))):
+            try:
+                record = hash_file_record(path)
+            except ScannerError as exc:
+                report(str(exc))
+                continue
+            print(json.dumps(record, sort_keys=False), flush=True)
+    return ExitCode.ERROR if failed else ExitCode.OK
 
 
 def _dir_arg(sub: argparse.ArgumentParser) -> None:

@@ -34,6 +34,8 @@ OUTCOMES_SUFFIX = ".outcomes.parquet"
 MARKER = re.compile(r"u(\d{6})\.done\.json")
 MAX_JSON_BYTES = 256 << 20  # a fingerprint or done marker: far more than any scan writes
 RESTART = "run the same command with --restart to start over"
+SETTINGS_SHOWN = "settings_shown"  # the fingerprint's settings by name (older checkpoints keep only the hash)
+MAX_SHOWN = 8  # changed settings a refusal lists
 
 
 def open_out(out: str, fingerprint: dict, restart: bool = False) -> tuple[Path, Checkpoint]:
@@ -107,12 +109,12 @@ class Checkpoint:
         path = self.dir / FINGERPRINT
         if path.exists():
             previous = self._read_json(path, f"the checkpoint's fingerprint is damaged ({{}}); {RESTART}")
-            if previous != fingerprint:
-                changed = sorted(
-                    k for k in fingerprint.keys() | previous.keys() if fingerprint.get(k) != previous.get(k)
-                )
+            keys = (fingerprint.keys() | previous.keys()) - {SETTINGS_SHOWN}  # the settings' hash decides
+            changed = sorted(k for k in keys if fingerprint.get(k) != previous.get(k))
+            if changed:
+                named = [_settings_named(previous, fingerprint) if k == "settings" else k for k in changed]
                 raise ResumeError(
-                    f"{self.dir.parent} holds a scan with different {', '.join(changed)}; "
+                    f"{self.dir.parent} holds a scan with different {', '.join(named)}; "
                     "use a new --out, or --restart to discard it"
                 )
         elif self._marked():  # units of unknown inputs and settings: never adopted
@@ -143,6 +145,10 @@ class Checkpoint:
     def done(self) -> set[int]:
         """Ids of units whose outputs were committed (and found intact when this run started)."""
         return set(self._committed)
+
+    def committed_rows(self, unit_ids: set[int]) -> int:
+        """Rows of these units that earlier runs committed, as their done markers count them."""
+        return sum(int(self._committed[i].get("rows") or 0) for i in unit_ids if i in self._committed)
 
     def commit(self, report: UnitReport) -> None:
         """Write a unit's files, then its done marker (the commit) naming the unit and their digests."""
@@ -276,6 +282,23 @@ class Checkpoint:
             self.mirror.push(self.dir / COMPLETE)
             for path in merged:
                 self.mirror.remove(path)
+
+
+def _settings_named(previous: dict, current: dict) -> str:
+    """`settings (fetch.total_timeout: 10.0 -> 20.0, ...)`, or plain `settings` when the checkpoint was
+    written before fingerprints kept them by name."""
+    before, after = previous.get(SETTINGS_SHOWN), current.get(SETTINGS_SHOWN)
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return "settings"
+    names = sorted(k for k in before.keys() | after.keys() if before.get(k, "unset") != after.get(k, "unset"))
+    shown = [f"{k}: {_setting_text(before, k)} -> {_setting_text(after, k)}" for k in names[:MAX_SHOWN]]
+    if len(names) > MAX_SHOWN:
+        shown.append(f"{len(names) - MAX_SHOWN} more")
+    return f"settings ({'; '.join(shown)})" if shown else "settings"
+
+
+def _setting_text(settings: dict, name: str) -> str:
+    return json.dumps(settings[name], ensure_ascii=False) if name in settings else "unset"
 
 
 def _load_json(path: Path) -> object:

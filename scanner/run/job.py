@@ -167,13 +167,16 @@ def execute(
         done = lifecycle.already_done(run.out, run.checkpoint)
         if done is not None:
             return done
+        kept = run.checkpoint.committed_rows({u.id for u in run.units} & run.done)
         progress = make_progress(run) if make_progress else None
         try:
             run_units(run, run.todo, progress)
         finally:
             if progress is not None:
                 progress.close()
-        return finish(run, started_at)
+        result = finish(run, started_at)
+        result.kept_rows = kept
+        return result
 
 
 def finish(run: Run, started_at: float) -> ScanResult:

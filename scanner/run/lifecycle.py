@@ -19,7 +19,9 @@ from scanner.errors import ConfigError
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
-from scanner.run.checkpoint import Checkpoint, finished_summary
+from scanner.run.checkpoint import SETTINGS_SHOWN, Checkpoint, finished_summary
+
+PRIVATE_SETTINGS = frozenset({"fetch.contact", "fetch.user_agent"})
 
 
 @dataclass(slots=True)
@@ -28,6 +30,8 @@ class ScanResult:
 
     out: Path
     summary: dict
+    kept_rows: int = 0  # rows of the units an earlier, interrupted run of the same command committed
+    earlier: bool = False  # the same run had already completed: nothing ran, the summary is that run's
 
 
 def load_lists(config: ScanConfig) -> tuple[list[HashList], Matcher]:
@@ -50,20 +54,37 @@ def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
 
 def fingerprint(config: ScanConfig, lists: list[HashList], **inputs: object) -> dict:
     """What must not change between a run and its resumption: what it reads (`inputs`: a scan's shards,
-    a rematch's or rescan's records), the lists, and the result-affecting settings (not run, out, inputs)."""
+    a rematch's or rescan's records), the lists, and the result-affecting settings (not run, out, inputs):
+    their hash, which decides, and the settings themselves by dotted name, which a refusal lists."""
     settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
     return {
         **inputs,
         "lists": [[hl.name, hl.digest] for hl in lists],
         "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
+        SETTINGS_SHOWN: _shown_settings(settings),
     }
+
+
+def _shown_settings(settings: dict, prefix: str = "") -> dict:
+    """Settings flattened to dotted names as JSON keeps them (tuples read back as lists); a setting that
+    may name a person (contact, user agent) only as a digest."""
+    flat: dict = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and name != "match.list_thresholds":
+            flat.update(_shown_settings(value, f"{name}."))
+        elif name in PRIVATE_SETTINGS:
+            flat[name] = "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()[:16]
+        else:
+            flat[name] = json.loads(json.dumps(value, default=str))
+    return flat
 
 
 def already_done(out: Path, checkpoint: Checkpoint) -> ScanResult | None:
     """The result of the same run completed earlier in this --out (same fingerprint), or None."""
     if not checkpoint.complete:
         return None
-    return ScanResult(out, finished_summary(out))
+    return ScanResult(out, finished_summary(out), earlier=True)
 
 
 def manifest(config: ScanConfig, lists: list[HashList], inputs: list, **extra: object) -> dict:
