@@ -338,11 +338,9 @@ def dataset_name(manifest: dict) -> str:
 
 def loosened_settings(manifest: dict) -> list[tuple[str, object, str]]:
     """(setting, value, what it means) for each safety setting this run changed from its safe default."""
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     found = []
     for (section, name), (default, meaning) in SAFETY_DEFAULTS.items():
-        part = config.get(section)
-        value = part.get(name, default) if isinstance(part, dict) else default
+        value = _setting(manifest, section, name, default)
         if _loosened(value, default):
             found.append((f"{section}.{name}", value, meaning))
     if manifest.get("allow_private_networks") is True and not any(
@@ -352,6 +350,13 @@ def loosened_settings(manifest: dict) -> list[tuple[str, object, str]]:
             0, ("allow_private_networks", True, SAFETY_DEFAULTS["fetch", "allow_private_networks"][1])
         )
     return found
+
+
+def _setting(manifest: dict, section: str, name: str, default: object) -> object:
+    """A setting of the manifest's effective config, or default where a hand-edited manifest lacks it."""
+    config = manifest.get("config")
+    part = config.get(section) if isinstance(config, dict) else None
+    return part.get(name, default) if isinstance(part, dict) else default
 
 
 def _loosened(value: object, default: object) -> bool:
@@ -482,9 +487,7 @@ def _match_section(figures: MatchFigures, manifest: dict) -> str:
 
 def _threshold(manifest: dict, kind: str, default: int) -> int:
     """The run's match threshold for a Hamming type (its config's `<type>_threshold`), else the type's."""
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-    match = config.get("match") if isinstance(config.get("match"), dict) else {}
-    value = match.get(f"{kind}_threshold", default)
+    value = _setting(manifest, "match", f"{kind}_threshold", default)  # the config's [match] section
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
