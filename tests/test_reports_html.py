@@ -350,7 +350,10 @@ def test_failure_reasons_are_grouped_under_their_outcome_in_its_colour(tmp_path:
         for outcome, _, reason in shard:
             if reason:
                 reasons_of.setdefault(outcome, set()).add(reason)
-    headings = [f"{o}: {outcomes[o]:,} rows, by reason" for o in ("dead", "invalid", "blocked")]
+    headings = [
+        f"{o}: {outcomes[o]:,} row{'s' * (outcomes[o] != 1)}, by reason"
+        for o in ("dead", "invalid", "blocked")
+    ]
     places = [text.index(h) for h in headings]
     assert places == sorted(places)
     for outcome, heading, start in zip(("dead", "invalid", "blocked"), headings, places, strict=True):

@@ -446,7 +446,7 @@ def _reasons_figure(figures: OutcomeFigures) -> str:
     order = [*FAILURE_OUTCOMES, *sorted(set(groups) - set(FAILURE_OUTCOMES))]
     parts = [
         _figure(
-            f"{outcome}: {_n(figures.outcomes[outcome])} rows, by reason",
+            f"{outcome}: {_n(figures.outcomes[outcome])} {_rows(figures.outcomes[outcome])}, by reason",
             bar_chart(_top(groups[outcome]), figures.rows, {}, fill=COLOURS.get(outcome, ACCENT)),
             _more(groups[outcome]),
         )
@@ -483,6 +483,10 @@ def _match_section(figures: MatchFigures, manifest: dict) -> str:
         *distances,
         _figure("Match records per shard", bar_chart(shard_bars, figures.total), _more(figures.by_shard)),
     )
+
+
+def _rows(count: int) -> str:
+    return "row" if count == 1 else "rows"
 
 
 def _threshold(manifest: dict, kind: str, default: int) -> int:
