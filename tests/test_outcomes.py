@@ -46,6 +46,8 @@ OTHER_MEANINGS = {
     ("scanner/audits/clean.py", "clean"): 1,  # the command's name, for the report-directory lock
     ("scanner/cli/audit.py", "clean"): 1,  # the command's name
     ("scanner/hashing/decode.py", "decode_timeout"): 1,  # the setting hashing.decode_timeout
+    ("scanner/reports/html.py", "decode_timeout"): 1,  # the same setting, warned of when raised
+    ("scanner/reports/html.py", "match"): 1,  # the [match] section, in the stored effective config
 }
 
 

@@ -7,6 +7,7 @@ since the page may travel further than the reports it summarises. It never holds
 from __future__ import annotations
 
 import json
+import posixpath
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ COLOURS = {
     Outcome.UNCHECKED: "#94a3b8",
 }
 ACCENT = "#1f5fa8"
+TRACK = "#eef0f3"  # the 100% a bar is drawn against
+THRESHOLD_COLOUR = "#b3261e"
 CHANGES = (  # a rescan's summary `changes` count, its label, and the outcome whose colour it takes
     ("newly_dead", "newly dead", Outcome.DEAD),
     ("newly_live", "newly live", Outcome.CLEAN),
@@ -52,6 +55,28 @@ CHANGES = (  # a rescan's summary `changes` count, its label, and the outcome wh
 LIST_COLUMNS = ("name", "path", "format", "sha256", "digest", "counts")
 INPUT_COLUMNS = ("path", "kind")
 NOT_MEASURED = "not measured"
+FAILURE_OUTCOMES = (Outcome.DEAD, Outcome.INVALID, Outcome.BLOCKED)  # reasons grouped under these first
+# Safety settings and their defaults (scanner.config's, which a test holds equal): a run that loosened one
+# says so at the top of the page. A cap counts as loosened when raised, any other setting when changed.
+SAFETY_DEFAULTS = {
+    ("fetch", "allow_private_networks"): (False, "private, loopback and link-local addresses were allowed"),
+    ("fetch", "allowed_networks"): ([], "these networks were let through the address guard"),
+    ("fetch", "verify_tls"): (True, "TLS certificates were not verified"),
+    ("fetch", "max_bytes"): (16_777_216, "the body size cap was raised"),
+    ("fetch", "max_redirects"): (10, "more redirects than the default were followed"),
+    ("fetch", "max_url_length"): (4096, "longer URLs than the default were accepted"),
+    ("fetch", "max_header_size"): (8190, "larger response headers than the default were accepted"),
+    ("fetch", "max_headers"): (128, "more response headers than the default were accepted"),
+    ("hashing", "max_pixels"): (89_478_485, "the decoded image size cap was raised"),
+    ("hashing", "max_frames"): (1000, "the frame cap was raised"),
+    ("hashing", "max_scans"): (500, "the progressive scan cap was raised"),
+    ("hashing", "decode_timeout"): (5.0, "the decode deadline was raised"),
+}
+SIGNATURE_NOTE = (
+    "The signature is what a resume compares to tell whether an input changed since this scan: a local "
+    "file's size in bytes and modification time in nanoseconds, a remote object's size and ETag or version, "
+    "a folder's file count and a digest of every file's path, size and time."
+)
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'; base-uri 'none'"
 
 
@@ -63,6 +88,7 @@ class OutcomeFigures:
     outcomes: Counter = field(default_factory=Counter)
     status_classes: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
+    reasons_by_outcome: dict[str, Counter] = field(default_factory=dict)
     by_shard: dict[str, Counter] = field(default_factory=dict)
     liveness: Counter = field(default_factory=Counter)  # rows per Liveness (scanner.outcomes.liveness)
     liveness_by_shard: dict[str, Counter] = field(default_factory=dict)
@@ -112,14 +138,14 @@ def render_report(out: Path, show_urls: bool = False, manifest: dict | None = No
             _tiles(outcomes, matches, summary),
             _changes_section(summary),
             _outcome_section(outcomes),
-            _match_section(matches),
+            _match_section(matches, manifest),
             _link_rot_section(outcomes, summary),
             _matched_rows_section(matches, show_urls),
             _lists_section(manifest),
             _provenance_section(manifest),
         ]
     )
-    return _page(body)
+    return _page(page_title(summary, manifest), body)
 
 
 def outcome_figures(path: Path) -> OutcomeFigures:
@@ -147,9 +173,11 @@ def _add_batch(figures: OutcomeFigures, table: pa.Table) -> None:
     classes = table.append_column("class", pc.divide(table["http_status"], 100))
     for group in _counts(classes, ["class"]):
         figures.status_classes[f"{group['class']}xx" if group["class"] else "none"] += group["count_all"]
-    for group in _counts(table, ["reason"]):
+    for group in _counts(table, ["outcome", "reason"]):
         if group["reason"]:
             figures.reasons[group["reason"]] += group["count_all"]
+            by_outcome = figures.reasons_by_outcome.setdefault(group["outcome"], Counter())
+            by_outcome[group["reason"]] += group["count_all"]
     columns = [table[name].to_pylist() for name in ("shard", "outcome", "reason", "fetched_at")]
     for shard, *row in zip(*columns, strict=True):
         kind = liveness(*row)
@@ -270,10 +298,87 @@ def _header(summary: dict, manifest: dict, show_urls: bool) -> str:
         "<code>scanner report DIR --show-urls</code> adds them.</p>"
     )
     return (
-        f"<header><h1>Scan report</h1><p>Finished {_e(summary.get('finished_at', '?'))} &middot; "
+        f"<header><h1>{_e(page_title(summary, manifest))}</h1>{_safety_warning(manifest)}"
+        f"<p>Finished {_e(summary.get('finished_at', '?'))} &middot; "
         f"scanner {_e(manifest.get('scanner_version', '?'))} &middot; "
         f"summary schema {_e(summary.get('schema_version', '?'))}</p>{warning}"
         "<p class=note>This page never contains image content.</p></header>"
+    )
+
+
+def page_title(summary: dict, manifest: dict) -> str:
+    """'Rescan report: laion-part (12 inputs)': the run kind and the dataset, for the page and its tab."""
+    return f"{run_kind(summary, manifest).capitalize()} report: {dataset_name(manifest)}"
+
+
+def run_kind(summary: dict, manifest: dict) -> str:
+    """scan, rescan or rematch, from the fields only that run writes (a rescan's `previous` and `changes`,
+    a rematch's `rematched`)."""
+    if "rematched" in manifest:
+        return "rematch"
+    if "previous" in manifest or "changes" in summary:
+        return "rescan"
+    return "scan"
+
+
+def dataset_name(manifest: dict) -> str:
+    """The input's name, or the folder the inputs share and how many there are."""
+    paths = [str(i.get("path")) for i in _objects(manifest.get("inputs")) if i.get("path")]
+    if not paths:
+        return "no inputs named"
+    names = [posixpath.basename(p.rstrip("/")) or p for p in paths]
+    if len(paths) == 1:
+        return names[0]
+    try:
+        shared = posixpath.basename(posixpath.commonpath(paths).rstrip("/"))
+    except ValueError:  # absolute and relative mixed
+        shared = ""
+    return f"{shared}/ ({len(paths):,} inputs)" if shared else f"{names[0]} and {len(paths) - 1:,} more"
+
+
+def loosened_settings(manifest: dict) -> list[tuple[str, object, str]]:
+    """(setting, value, what it means) for each safety setting this run changed from its safe default."""
+    found = []
+    for (section, name), (default, meaning) in SAFETY_DEFAULTS.items():
+        value = _setting(manifest, section, name, default)
+        if _loosened(value, default):
+            found.append((f"{section}.{name}", value, meaning))
+    if manifest.get("allow_private_networks") is True and not any(
+        f[0].endswith("private_networks") for f in found
+    ):
+        found.insert(
+            0, ("allow_private_networks", True, SAFETY_DEFAULTS["fetch", "allow_private_networks"][1])
+        )
+    return found
+
+
+def _setting(manifest: dict, section: str, name: str, default: object) -> object:
+    """A setting of the manifest's effective config, or default where a hand-edited manifest lacks it."""
+    config = manifest.get("config")
+    part = config.get(section) if isinstance(config, dict) else None
+    return part.get(name, default) if isinstance(part, dict) else default
+
+
+def _loosened(value: object, default: object) -> bool:
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if numeric and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value > default
+    if isinstance(default, list):
+        return bool(value)
+    return value != default
+
+
+def _safety_warning(manifest: dict) -> str:
+    found = loosened_settings(manifest)
+    if not found:
+        return ""
+    items = "".join(
+        f"<li><code>{_e(name)} = {_e(json.dumps(value, default=str))}</code>: {_e(meaning)}</li>"
+        for name, value, meaning in found
+    )
+    return (
+        '<div class="warn safety"><strong>Safety settings changed from their defaults for this run</strong>'
+        f"<ul>{items}</ul></div>"
     )
 
 
@@ -330,21 +435,42 @@ def _outcome_section(figures: OutcomeFigures) -> str:
             "HTTP status class of the final response",
             bar_chart(sorted(figures.status_classes.items()), figures.rows),
         ),
-        _figure("Failure reasons", bar_chart(_top(figures.reasons), figures.rows), _more(figures.reasons)),
+        _reasons_figure(figures),
     )
 
 
-def _match_section(figures: MatchFigures) -> str:
+def _reasons_figure(figures: OutcomeFigures) -> str:
+    """Failure reasons under their outcome (dead, invalid, blocked, then any other), in its colour; each bar
+    a share of all rows."""
+    groups = figures.reasons_by_outcome
+    order = [*FAILURE_OUTCOMES, *sorted(set(groups) - set(FAILURE_OUTCOMES))]
+    parts = [
+        _figure(
+            f"{outcome}: {_n(figures.outcomes[outcome])} {_rows(figures.outcomes[outcome])}, by reason",
+            bar_chart(_top(groups[outcome]), figures.rows, {}, fill=COLOURS.get(outcome, ACCENT)),
+            _more(groups[outcome]),
+        )
+        for outcome in order
+        if groups.get(outcome)
+    ]
+    return (
+        '<figure class="reasons"><figcaption>Failure reasons, by outcome (share of all rows)</figcaption>'
+        f"{''.join(parts) or '<p>None.</p>'}</figure>"
+    )
+
+
+def _match_section(figures: MatchFigures, manifest: dict) -> str:
     if not figures.total:
         return _section("Matches", "<p>No row matched any list.</p>")
     distances = []
     for kind, counts in sorted(figures.distances.items()):
         hash_type = REGISTRY[kind]
         axis = max(hash_type.histogram_bits, hash_type.threshold)
+        threshold = _threshold(manifest, kind, hash_type.threshold)
         distances.append(
             _figure(
-                f"Hamming distance of {kind} matches",
-                column_chart(counts, axis, hash_type.bits),
+                f"Hamming distance of {kind} matches (threshold {threshold})",
+                column_chart(counts, max(axis, threshold), hash_type.bits, threshold),
                 _out_of_range(counts, hash_type.bits),
             )
         )
@@ -357,6 +483,16 @@ def _match_section(figures: MatchFigures) -> str:
         *distances,
         _figure("Match records per shard", bar_chart(shard_bars, figures.total), _more(figures.by_shard)),
     )
+
+
+def _rows(count: int) -> str:
+    return "row" if count == 1 else "rows"
+
+
+def _threshold(manifest: dict, kind: str, default: int) -> int:
+    """The run's match threshold for a Hamming type (its config's `<type>_threshold`), else the type's."""
+    value = _setting(manifest, "match", f"{kind}_threshold", default)  # the config's [match] section
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
 def _out_of_range(counts: Counter, bits: int) -> str:
@@ -436,7 +572,24 @@ def _lists_section(manifest: dict) -> str:
     lists = _objects(manifest.get("lists"))
     if not lists:
         return _section("Hash lists", "<p>The manifest names no list.</p>")
-    return _section("Hash lists", _records_table(lists, LIST_COLUMNS))
+    return _section(
+        "Hash lists",
+        _figure("Entries per list and hash type", list_counts_table(lists)),
+        _records_table([{k: v for k, v in hl.items() if k != "counts"} for hl in lists], LIST_COLUMNS),
+    )
+
+
+def list_counts_table(lists: list[dict]) -> str:
+    """A row per list, a column per hash type it holds (registry order), and the list's total."""
+    counts = [hl.get("counts") if isinstance(hl.get("counts"), dict) else {} for hl in lists]
+    present = {str(k) for c in counts for k in c}
+    kinds = [k for k in REGISTRY if k in present] + sorted(present - set(REGISTRY))
+    rows = []
+    for hl, held in zip(lists, counts, strict=True):
+        numbers = [held.get(k) for k in kinds]
+        total = sum(n for n in numbers if isinstance(n, int) and not isinstance(n, bool))
+        rows.append([hl.get("name"), *(_n(n) if isinstance(n, int) else n for n in numbers), _n(total)])
+    return _table(["list", *kinds, "total"], rows, numeric_from=1)
 
 
 def _provenance_section(manifest: dict) -> str:
@@ -447,6 +600,7 @@ def _provenance_section(manifest: dict) -> str:
         f"{_count(manifest.get('units'))} work units; "
         f"command: <code>{_e(_command(manifest.get('command')))}</code></p>",
         _records_table(_objects(manifest.get("inputs")), INPUT_COLUMNS),
+        f"<p class=note>{_e(SIGNATURE_NOTE)}</p>",
         f"<details open><summary>Effective configuration</summary><pre>{_pre(config)}</pre></details>",
     )
 
@@ -472,10 +626,20 @@ def _records_table(records: list[dict], first: tuple[str, ...]) -> str:
     return _table(columns, [[record.get(c) for c in columns] for record in records])
 
 
-def _table(columns: list[str], rows: list[list[object]]) -> str:
+def _table(columns: list[str], rows: list[list[object]], numeric_from: int | None = None) -> str:
+    """numeric_from: the first column of numbers (right-aligned), if any."""
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(_plain(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{_num(i, numeric_from)}>{_e(_plain(c))}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
     return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _num(column: int, numeric_from: int | None) -> str:
+    return " class=num" if numeric_from is not None and column >= numeric_from else ""
 
 
 def _command(argv: object) -> str:
@@ -509,60 +673,111 @@ def _figure(caption: str, chart: str, after: str = "") -> str:
 
 
 def bar_chart(
-    items: list[tuple[str, float]], whole: float, colours: dict[str, str] | None = None, counts: bool = True
+    items: list[tuple[str, float]],
+    whole: float,
+    colours: dict[str, str] | None = None,
+    counts: bool = True,
+    fill: str = ACCENT,
 ) -> str:
-    """Horizontal bars with the count (unless counts is False) and its share of whole printed beside each."""
+    """Horizontal bars, each as long as its share of whole (a full bar is 100%, whatever the largest item),
+    on a faint track of the whole, with the count (unless counts is False) and the share printed beside."""
     if not items:
         return "<p>None.</p>"
     label_w, bar_w, row_h = 190, 330, 24
-    top = max(v for _, v in items) or 1
     rows = []
     for i, (label, value) in enumerate(items):
         y = i * row_h
-        width = max(value / top * bar_w, 1 if value else 0)
-        colour = (colours or {}).get(label, ACCENT)
+        share = min(max(value / whole, 0.0), 1.0) if whole else 0.0
+        width = max(share * bar_w, 1 if value else 0)
+        colour = (colours or {}).get(label, fill)
         short = label if len(str(label)) <= 28 else str(label)[:27] + "…"
         rows.append(
             f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end">'
             f"{_e(short, SVG_HIDDEN_MARK)}<title>{_e(label, PLAIN_MARK)}</title></text>"
+            f'<rect x="{label_w}" y="{y + 4}" width="{bar_w}" height="16" fill="{TRACK}"/>'
             f'<rect x="{label_w}" y="{y + 4}" width="{width:.1f}" height="16" fill="{colour}"/>'
-            f'<text x="{label_w + width + 6:.1f}" y="{y + 16}">{_value(value, whole, counts)}</text>'
+            f'<text x="{label_w + bar_w + 6}" y="{y + 16}">{_value(value, whole, counts)}</text>'
         )
-    return _svg(label_w + bar_w + 120, len(items) * row_h + 4, "".join(rows))
+    return _svg(label_w + bar_w + 130, len(items) * row_h + 4, "".join(rows))
 
 
 def _value(value: float, whole: float, counts: bool) -> str:
     return f"{_n(int(value))} ({_pct(value, whole)})" if counts else _pct(value, whole)
 
 
-def column_chart(counts: dict[int, int], span: int = 0, limit: int = 256) -> str:
-    """Vertical bars for a histogram of small integers: a slot per value from 0 to the largest (or span),
-    never past limit; values outside 0..limit are left out (the caller says how many)."""
+def column_chart(
+    counts: dict[int, int], span: int = 0, limit: int = 256, threshold: int | None = None
+) -> str:
+    """A histogram of small integers: a column per value from 0 to the largest (or span), never past limit
+    (values outside 0..limit are left out; the caller says how many), with both axes titled and ticked, and
+    a dashed line after the threshold column (matches are at or under it)."""
     valid = {x: n for x, n in counts.items() if 0 <= x <= limit}
     slots = range(min(max(*valid, span, 0), limit) + 1)
-    width, height, left, bottom = 600, 150, 36, 22
-    slot_w = (width - left) / len(slots)
+    width, height, left, bottom, top_pad = 620, 200, 56, 40, 22
+    plot_h = height - bottom - top_pad
+    slot_w = (width - left - 10) / len(slots)
     top = max(valid.values(), default=0) or 1
-    parts = [f'<text x="{left - 4}" y="14" text-anchor="end">{_n(top)}</text>']
+    parts = [
+        _y_axis(left, top_pad, plot_h, top),
+        f'<text x="12" y="{top_pad + plot_h / 2:.0f}" '
+        f'transform="rotate(-90 12 {top_pad + plot_h / 2:.0f})" text-anchor="middle">match records</text>',
+    ]
+    every = _tick_step(len(slots))
     for x in slots:
         value = valid.get(x, 0)
-        h = value / top * (height - bottom - 20)
+        h = value / top * plot_h
         bx = left + x * slot_w
         parts.append(
-            f'<rect x="{bx + 1:.1f}" y="{height - bottom - h:.1f}" width="{max(slot_w - 2, 1):.1f}" '
+            f'<rect x="{bx + 1:.1f}" y="{top_pad + plot_h - h:.1f}" width="{max(slot_w - 2, 1):.1f}" '
             f'height="{h:.1f}" fill="{ACCENT}"><title>distance {x}: {_n(value)}</title></rect>'
         )
-        if x % max(1, len(slots) // 16) == 0:
-            parts.append(f'<text x="{bx + slot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">{x}</text>')
+        if x % every == 0:
+            cx = bx + slot_w / 2
+            parts.append(
+                f'<line x1="{cx:.1f}" y1="{top_pad + plot_h}" x2="{cx:.1f}" y2="{top_pad + plot_h + 4}" '
+                f'stroke="#999"/><text x="{cx:.1f}" y="{top_pad + plot_h + 16}" '
+                f'text-anchor="middle">{x}</text>'
+            )
     parts.append(
-        f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" stroke="#999"/>'
+        f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{width - 10}" y2="{top_pad + plot_h}" stroke="#999"/>'
+        f'<text x="{left + (width - left) / 2:.0f}" y="{height - 4}" text-anchor="middle">'
+        "Hamming distance (bits that differ)</text>"
     )
+    if threshold is not None and threshold in slots:
+        tx = left + (threshold + 1) * slot_w
+        parts.append(
+            f'<line class="threshold" x1="{tx:.1f}" y1="{top_pad - 6}" x2="{tx:.1f}" y2="{top_pad + plot_h}" '
+            f'stroke="{THRESHOLD_COLOUR}" stroke-width="2" stroke-dasharray="5 3"/>'
+            f'<text x="{tx - 4:.1f}" y="{top_pad - 10}" text-anchor="end" fill="{THRESHOLD_COLOUR}">'
+            f"threshold {threshold}</text>"
+        )
     return _svg(width, height, "".join(parts))
 
 
+def _y_axis(left: float, top_pad: float, plot_h: float, top: int) -> str:
+    """Ticks at 0, half and the top count (whole numbers only), with faint grid lines."""
+    parts = [f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="#999"/>']
+    for value in sorted({0, top // 2, top}):
+        y = top_pad + plot_h - value / top * plot_h
+        parts.append(
+            f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#999"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_n(value)}</text>'
+        )
+    return "".join(parts)
+
+
+def _tick_step(slots: int) -> int:
+    """A round step (1, 2, 4, 8, ...) giving at most about 16 labelled ticks."""
+    step = 1
+    while slots / step > 16:
+        step *= 2
+    return step
+
+
 def line_chart(points: list[tuple[str, float]]) -> str:
-    """A share (0..1) over successive scans, each point labelled with its value."""
-    width, height, left, bottom = 640, 190, 44, 28
+    """A share (0..1) over successive scans, each point labelled with its value, and its finish date and time
+    under the axis (two scans on one day stay apart)."""
+    width, height, left, bottom = 640, 210, 44, 44
     step = (width - left - 80) / max(len(points) - 1, 1)
     plot_h = height - bottom - 16
     points = [(label, min(max(share, 0.0), 1.0)) for label, share in points]  # an edited history may say more
@@ -576,13 +791,25 @@ def line_chart(points: list[tuple[str, float]]) -> str:
         ),
     ]
     for (label, share), (x, y) in zip(points, xy, strict=True):
+        day, time = _when(label)
         parts.append(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{ACCENT}"/>'
-            f'<text x="{x:.1f}" y="{y - 8:.1f}" text-anchor="middle">{_pct(share)}</text>'
-            f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" class="small">'
-            f"{_e(label[:10], SVG_HIDDEN_MARK)}</text>"
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{ACCENT}"><title>{_e(label, PLAIN_MARK)}</title>'
+            f'</circle><text x="{x:.1f}" y="{y - 8:.1f}" text-anchor="middle">{_pct(share)}</text>'
+            f'<text x="{x:.1f}" y="{height - 24}" text-anchor="middle" class="small">'
+            f"{_e(day, SVG_HIDDEN_MARK)}</text>"
+            f'<text x="{x:.1f}" y="{height - 10}" text-anchor="middle" class="small">'
+            f"{_e(time, SVG_HIDDEN_MARK)}</text>"
         )
     return _svg(width, height, "".join(parts))
+
+
+def _when(stamp: str) -> tuple[str, str]:
+    """'2025-06-01T14:03:09.123+00:00' as ('2025-06-01', '14:03:09 +00:00'); anything else as it is."""
+    day, sep, rest = stamp.partition("T")
+    if not sep:
+        return stamp[:24], ""
+    clock, zone = rest[:8], rest[8:].lstrip(".0123456789")
+    return day[:10], f"{clock} {'UTC' if zone in ('Z', '+00:00') else zone[:6]}".strip()
 
 
 def _svg(width: float, height: float, content: str) -> str:
@@ -597,6 +824,9 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#
 max-width:1100px;padding:24px}
 h1{margin:0 0 4px}h2{border-bottom:1px solid #d8dce3;padding-bottom:4px;margin-top:32px}
 .note{color:#555}.warn{background:#fdecea;border:1px solid #b3261e;padding:8px 12px}
+.safety ul{margin:4px 0 0;padding-left:20px}.reasons figure{margin:8px 0 8px 12px}
+.reasons figure figcaption{font-weight:500}
+@media (max-width:600px){body{padding:12px}.tiles{grid-template-columns:repeat(2,1fr)}}
 .tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(122px,1fr));gap:10px;margin-top:18px}
 .tile{border:1px solid #d8dce3;border-radius:6px;padding:10px 12px}.tile .v{font-size:22px;font-weight:600}
 .tile .k{color:#555}figure{margin:14px 0}figcaption{font-weight:600;margin-bottom:6px}
@@ -604,15 +834,15 @@ svg{font:12px system-ui,sans-serif;fill:#1d2330;max-width:100%;height:auto}svg .
 .hc{font:11px ui-monospace,monospace;color:#b3261e;background:#fdecea;border:1px solid #b3261e;
 border-radius:2px;padding:0 1px}svg .hc{fill:#b3261e;font-weight:700}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #d8dce3;padding:3px 6px;text-align:left;
-vertical-align:top}td{overflow-wrap:anywhere}th{white-space:nowrap}.scroll{overflow-x:auto}pre{background:#f5f6f8;padding:10px;overflow-x:auto}
+vertical-align:top}td{overflow-wrap:anywhere}td.num{text-align:right;font-variant-numeric:tabular-nums}th{white-space:nowrap}.scroll{overflow-x:auto}pre{background:#f5f6f8;padding:10px;overflow-x:auto}
 """
 
 
-def _page(body: str) -> str:
+def _page(title: str, body: str) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="referrer" content="no-referrer"><meta name="robots" content="noindex">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Scan report</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
+        f"<title>{_e(title, PLAIN_MARK)}</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
     )
