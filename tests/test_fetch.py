@@ -54,9 +54,13 @@ def config(client: str) -> FetchConfig:
 
 
 async def fetch_all(
-    config: FetchConfig, urls: Sequence[str], lookup: Lookup | None = None, **kwargs: object
+    config: FetchConfig,
+    urls: Sequence[str],
+    lookup: Lookup | None = None,
+    body_budget: int | None = None,
+    **kwargs: object,
 ) -> list[FetchResult]:
-    fetcher = make_fetcher(config, lookup=lookup)
+    fetcher = make_fetcher(config, lookup=lookup, body_budget=body_budget)
     try:
         return list(await asyncio.gather(*(fetcher.fetch(url, **kwargs) for url in urls)))
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from loopback import LoopbackServer, tiny_jpeg
+from test_fetch import fetch_all
 
 from scanner.config import build_config
 from scanner.fetch import FetchConfig, FetchResult, make_fetcher
@@ -88,16 +89,6 @@ def config() -> FetchConfig:
         dns_timeout=0.5,
         max_bytes=1_000_000,
     )
-
-
-async def fetch_all(
-    config: FetchConfig, urls: Sequence[str], lookup: Lookup | None, body_budget: int | None = None
-) -> list[FetchResult]:
-    fetcher = make_fetcher(config, lookup=lookup, body_budget=body_budget)
-    try:
-        return list(await asyncio.gather(*(fetcher.fetch(url) for url in urls)))
-    finally:
-        await fetcher.aclose()
 
 
 def reasons(results: Sequence[FetchResult]) -> Counter[tuple[str, str | None]]:
