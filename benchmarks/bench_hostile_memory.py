@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from scanner.runners.local import MAX_BATCH
+from scanner.runners.hashpool import MAX_BATCH
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -29,6 +29,12 @@ class Progress:
 
     def row_done(self, outcome: Outcome) -> None:
         """A row finished fetching and hashing (its final outcome may still become match)."""
+
+    def rows_done(self, outcomes: Mapping[Outcome, int]) -> None:
+        """Rows finished elsewhere (a unit worker), counted by outcome: row_done for each by default."""
+        for outcome, rows in outcomes.items():
+            for _ in range(rows):
+                self.row_done(outcome)
 
     def matched(self, rows: int) -> None:
         """A unit's rows were all matched; this many of them match."""

@@ -43,7 +43,7 @@ from scanner.reports.records import RowResult, UnitReport
 from scanner.run.checkpoint import Checkpoint
 from scanner.run.reportlock import report_lock
 from scanner.run.scan import ScanResult, hashing_job
-from scanner.runners.local import BatchingHasher, WorkerPool, hashing_workers
+from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_workers
 from scanner.screen import Screen, Screened, content_changed, content_digests
 
 COUNTS_SUFFIX = ".rescan.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 from tqdm import tqdm
 
@@ -33,6 +34,13 @@ class BarProgress(Progress):
         self._bar.update(1)
         if self._rows % 64 == 0:
             self._show()
+
+    def rows_done(self, outcomes: Mapping[Outcome, int]) -> None:
+        rows = sum(outcomes.values())
+        self._rows += rows
+        self._live += sum(n for outcome, n in outcomes.items() if outcome in LIVE)
+        self._bar.update(rows)
+        self._show()
 
     def matched(self, rows: int) -> None:
         self._matches += rows

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,14 +27,13 @@ from scanner.pipeline import Pipeline, Progress
 from scanner.planner import WorkUnit
 from scanner.reports.records import UnitReport
 from scanner.run.scan import Prepared, ScanResult, hashing_job, run_scan, unit_pipeline
-from scanner.runners.local import BatchingHasher, hashing_workers
-from scanner.sources import Source, SourceOptions, open_source
+from scanner.runners.hashpool import BatchingHasher, hashing_workers
+from scanner.runners.procs import OpenedSources
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 STALL_WARNING_SECONDS = 300.0
-OPEN_SOURCES_PER_WORKER = 8
 CONNECT_CHECK_SECONDS = 5.0
 DRAIN_SECONDS = 10.0
 
@@ -131,26 +130,6 @@ class UnitWorker:
         workers = self._hashing.enter_context(hashing_workers(1))
         hash_fn = BatchingHasher(workers, hashing_job(self._config, self._matcher), 2)
         return unit_pipeline(self._config, self._matcher, OpenedSources(self._config.source), hash_fn)
-
-
-class OpenedSources(OrderedDict):
-    """Shards opened on first use by this worker, the least recently used closed past a small bound."""
-
-    def __init__(self, options: SourceOptions) -> None:
-        super().__init__()
-        self._options = options
-
-    def __missing__(self, shard: str) -> Source:
-        source = open_source(shard, self._options)
-        self[shard] = source
-        while len(self) > OPEN_SOURCES_PER_WORKER:
-            self.popitem(last=False)
-        return source
-
-    def __getitem__(self, shard: str) -> Source:
-        source = super().__getitem__(shard)
-        self.move_to_end(shard)
-        return source
 
 
 @dataclass(eq=False)
