@@ -244,9 +244,9 @@ def main(mode, out, shard, listfile, previous=None):
                 "run": {"workers": 2, "progress": False}, "fetch": {"allow_private_networks": True}}
     report = {}
     if mode == "scan":
-        from scanner.runners import local
+        from scanner.runners import hashpool, local
         local.scan(build_config(settings, "test"))
-        with local.hashing_workers(2) as pool:  # the pool every scan and rescan starts
+        with hashpool.hashing_workers(2) as pool:  # the pool every scan and rescan starts
             report["workers"] = workers_probed(pool)
     elif mode == "rematch":
         from scanner.audits.rematch import rematch

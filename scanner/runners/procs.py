@@ -139,7 +139,8 @@ class UnitWorkers:
         if shared.supported():
             self._lists = shared.SharedObject(matcher)
         for worker in self.workers:
-            self._send_lists(worker)
+            with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and it is replaced
+                self._send_lists(worker)
 
     def _send_lists(self, worker: UnitWorker) -> None:
         if self._lists is None:
@@ -154,7 +155,8 @@ class UnitWorkers:
         worker.conn.close()
         self._spawn([worker.index])
         fresh = self.workers[worker.index]
-        self._send_lists(fresh)
+        with contextlib.suppress(OSError):
+            self._send_lists(fresh)
         return fresh
 
     def __enter__(self) -> UnitWorkers:
