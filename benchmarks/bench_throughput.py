@@ -566,7 +566,7 @@ def print_table(results: list[Result], stages: dict[str, float], peer_stages: di
             f"| {per.get('main', 0):6.3f} | {per.get('units', 0):6.2f} | {per.get('hashing', 0):7.2f} "
             f"| {per.get('helper', 0):6.2f} | {server:6.2f} | {total:6.2f} | {rss} | {proc} | {pss} |"
         )
-    scans = [r for r in results if r.name.startswith(("(a)", "flat"))]
+    scans = [r for r in results if r.name.startswith(("(a)", "flat", "sweep"))]
     if scans:
         per_row = ", ".join(f"{1000 * r.usage.cpu.get('main', 0) / r.rows:.3f}" for r in scans)
         print(f"\ncoordinator (scanner's main process) CPU ms per row, each scan: {per_row} (target <= 0.1)")
@@ -671,10 +671,11 @@ def run_all(args: argparse.Namespace, skip: set[str], work: Path) -> None:
     stages = stage_times(corpus[:200], lists)
     stages["match"] = _match_ms(results)
     print()
-    print_table(results + flat, stages, peer_stages)
+    print_table(results + flat + [r for _, r in sweep], stages, peer_stages)
     print_ratios(results)
     if sweep:
         print_sweep(sweep)
+        print_coordinator_marginal(results, sweep, args.workers or os.cpu_count() or 1)
     found = drift(corpus[:300])
     print(
         "\ndrift against the reference path (bits differing, mean / max over "
@@ -763,6 +764,24 @@ def print_sweep(sweep: list[tuple[int, Result]]) -> None:
             f"| {r.usage.peak_rss / 2**20:11.0f} | {added:23.0f} |"
         )
     print("target: <= 150 MB PSS per added worker")
+
+
+def print_coordinator_marginal(results: list[Result], sweep: list[tuple[int, Result]], workers: int) -> None:
+    """The coordinator's CPU per row with its fixed costs (loading and indexing the lists, starting, merging)
+    taken out: (a) minus the sweep's scan at the same worker count, over the rows it has more."""
+    small = next((r for count, r in sweep if count == workers), None)
+    scans = [r for r in results if r.name.startswith("(a)")]
+    if small is None or not scans or scans[0].rows <= small.rows:
+        return
+    main = statistics.median(r.usage.cpu.get("main", 0.0) for r in scans)
+    fixed_and_small = small.usage.cpu.get("main", 0.0)
+    per_row = (main - fixed_and_small) / (scans[0].rows - small.rows)
+    fixed = fixed_and_small - per_row * small.rows
+    print(
+        f"coordinator CPU per row with its fixed costs out ((a) {scans[0].rows} rows minus the sweep's "
+        f"{small.rows} rows, {workers} workers): {1000 * per_row:.3f} ms (target <= 0.1); "
+        f"fixed: {fixed:.2f} CPU s (lists, start, merge)"
+    )
 
 
 def print_ratios(results: list[Result]) -> None:
