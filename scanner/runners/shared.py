@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 ALIGNMENT = 64  # each buffer starts on a cache line, as the index kernels expect of their keys
-_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
 
 def supported() -> bool:
@@ -35,7 +34,8 @@ class SharedObject:
         self._fd = os.memfd_create("scanner-lists", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             self.size = self._write(buffers)
-            fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, _SEALS)
+            seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, seals)
         except BaseException:
             os.close(self._fd)
             raise
