@@ -238,7 +238,10 @@ class TreeMonitor:
                 with process.oneshot():
                     rss, times = process.memory_info().rss, process.cpu_times()
                     pss = process.memory_full_info().pss if with_pss else 0
-                    role = self._role(process, self._root)  # again each time: a unit worker starts childless
+                    # Again each time (a unit worker starts childless), but once a unit worker always one
+                    # (its hashing worker stops before it does).
+                    known = self._cpu.get(process.pid, (None, 0.0))[0]
+                    role = known if known == "units" else self._role(process, self._root)
             except psutil.Error:
                 continue
             total += rss
