@@ -45,6 +45,18 @@ def test_each_worker_gets_its_part_of_the_per_host_in_flight_and_row_limits() ->
     assert all(p.run.units_in_flight == config.run.units_in_flight for p in parts)
 
 
+def test_the_body_budget_is_divided_but_each_worker_can_hold_two_largest_bodies() -> None:
+    def parts(body_bytes: int, max_bytes: int, workers: int) -> list[int]:
+        settings = {"fetch": {"max_bytes": max_bytes}, "run": {"body_bytes_in_flight": body_bytes}}
+        config = build_config({"inputs": ["x"], "out": "o", **settings}, "test")
+        return [worker_config(config, i, workers).run.body_bytes_in_flight for i in range(workers)]
+
+    mib = 1024 * 1024
+    assert parts(256 * mib, 16 * mib, 4) == [64 * mib] * 4  # a total, divided
+    assert parts(256 * mib, 64 * mib, 4) == [128 * mib] * 4  # at least 2 x max_bytes each
+    assert parts(64 * mib, 64 * mib, 2) == [64 * mib] * 2  # never more than the whole budget
+
+
 def _value() -> dict:
     rng = np.random.default_rng(3)
     return {"keys": rng.integers(0, 256, (1000, 32), dtype=np.uint8), "ids": np.arange(1000), "name": "x"}

@@ -10,7 +10,8 @@ the hashing's) leaves one unit worker per core near the hashing ceiling with no 
 
 Limits that protect a server or memory are totals: fetch.max_per_host, fetch.max_in_flight,
 run.rows_in_flight and run.body_bytes_in_flight are divided among the unit workers (each gets at least 1,
-and a body budget of at least 2 x fetch.max_bytes, so one largest body always fits beside another).
+and a body budget of at least 2 x fetch.max_bytes, so one largest body always fits beside another,
+but never more than the whole budget).
 run.units_in_flight is per worker, as on Ray.
 """
 
