@@ -15,7 +15,7 @@ from scanner.fetch import Fetcher, FetchResult, make_fetcher
 from scanner.hashing import ImageHashes
 from scanner.hashtypes import recorded_types
 from scanner.lists import Match, Matcher, Query
-from scanner.outcomes import FetchOutcome, FetchReason, Outcome, SourceReason
+from scanner.outcomes import FetchOutcome, FetchReason, Liveness, Outcome, SourceReason
 from scanner.planner import WorkUnit
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import RowResult, UnitReport
@@ -33,6 +33,10 @@ class Progress:
     def row_done(self, result: RowResult) -> None:
         """A row finished fetching and hashing (its final outcome may still become match; its liveness is
         final)."""
+
+    def rows_done(self, counts: Mapping[tuple[str, Liveness], int]) -> None:
+        """Rows finished in another process (a unit worker), counted by (outcome, liveness): what row_done
+        would have seen of them, sent in batches."""
 
     def matched(self, rows: int) -> None:
         """A unit's rows were all matched; this many of them match."""

@@ -34,6 +34,7 @@ from scanner.hashtypes import (
 from scanner.lists import LIST_TYPE_NAMES, MatchConfig, load_hashlist
 from scanner.reports.hashes import HASHES_SCHEMA, hashes_schema
 from scanner.reports.verify import verify_report
+from scanner.run.job import hashing_job
 from scanner.screen import URL_TYPES, content_digests, parse_match_columns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,10 +141,10 @@ class TestToyHashType(HashTypeContract):
 
 
 class InProcessHasher:
-    """The runner's BatchingHasher, hashing in this process: the toy is registered here, not in the
-    spawned hashing workers (a real type is registered at import, so workers have it too)."""
+    """A hash function hashing in this process: the toy is registered here, not in spawned processes (a
+    real type is registered at import, so unit workers and hashing workers have it too)."""
 
-    def __init__(self, workers: object, job, batches_in_flight: int = 2) -> None:
+    def __init__(self, job) -> None:
         self._job = job
 
     async def __call__(self, body: bytes):
@@ -151,10 +152,26 @@ class InProcessHasher:
         return self._job(body)
 
 
+def units_in_this_process(run, units, progress=None, *, pool) -> None:
+    """The local runner's run_units with the units run here, through the job's own processor, hashing
+    here."""
+
+    async def here() -> None:
+        hash_fn = InProcessHasher(hashing_job(run.config, run.matcher))
+        processor = run.work().open(run.config, run.matcher, hash_fn, progress)
+        try:
+            for unit in units:
+                run.checkpoint.commit(await processor.run_unit(unit))
+        finally:
+            await processor.aclose()
+
+    asyncio.run(here())
+
+
 def test_a_toy_type_added_in_one_place_is_matched_stored_rematched_and_reported(
     toy: HashType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("scanner.runners.local.BatchingHasher", InProcessHasher)
+    monkeypatch.setattr("scanner.runners.local.run_units", units_in_this_process)
     bodies = images(4, first_seed=300)
     toys = [toy_hash(body) for body in bodies]
     near = bytes([toys[2][0] ^ 0x01, toys[2][1] ^ 0x10]) + toys[2][2:]  # 2 bits from image 2's

@@ -482,7 +482,8 @@ def test_peak_memory_of_a_hostile_scan_stays_within_the_bound_of_its_settings(tm
     benign, attack, cut = bench.run(100, MEMORY_SETTINGS, tmp_path)
     assert cut == 0, "the deadline cut some attacks short"
     assert bench.unexpected(attack, bench.hostile(MEMORY_SETTINGS)) == []
-    assert len(attack.children) == MEMORY_SETTINGS.workers + 1  # the workers and the resource tracker
+    # the unit workers, a hashing worker each, and the resource tracker
+    assert len(attack.children) == 2 * MEMORY_SETTINGS.workers + 1
     assert attack.total <= bench.memory_bound(MEMORY_SETTINGS, benign)
 
 

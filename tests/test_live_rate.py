@@ -112,3 +112,23 @@ def test_the_progress_bar_counts_only_requested_rows(capsys) -> None:
     bar.row_done(RowResult("s", 0, "u", None, "blocked", reason="blocked_scheme", fetched_at=1.0))
     bar.close()
     assert "live 50.0%" in capsys.readouterr().err
+
+
+def test_the_bar_fed_by_unit_workers_in_batches_shows_the_same_live_rate(capsys) -> None:
+    """A unit worker counts its rows by (outcome, liveness) and sends the counts in batches: the
+    coordinator's bar keeps the one definition of live, as if it had seen each row."""
+    from scanner.run.progress import BarProgress
+    from scanner.runners.procs import _BatchedProgress
+
+    sent: list[tuple] = []
+    worker = _BatchedProgress(sent.append)
+    for (outcome, reason, fetched), _ in LIVE_RATE_CASES:
+        worker.row_done(RowResult("s", 0, "u", None, outcome, reason=reason, fetched_at=fetched))
+    worker.flush()
+    bar = BarProgress(total=len(LIVE_RATE_CASES))
+    for kind, counts, matches in sent:
+        assert kind == "rows" and matches == 0
+        bar.rows_done(counts)
+    bar.close()
+    last = re.split(r"[\r\n]", capsys.readouterr().err.rstrip())[-1]
+    assert f"{len(LIVE_RATE_CASES)}/{len(LIVE_RATE_CASES)}" in last and "live 60.0%" in last, last

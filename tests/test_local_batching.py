@@ -18,7 +18,7 @@ from scanner.hashing import DecodeLimits
 from scanner.outcomes import HashingReason
 from scanner.runners.arena import Arena
 from scanner.runners.arena import supported as arena_supported
-from scanner.runners.local import MAX_BATCH, BatchingHasher, WorkerPool
+from scanner.runners.hashpool import MAX_BATCH, BatchingHasher, WorkerPool
 from scanner.workers import HashJob
 
 WANT = frozenset({"md5", "pdq", "phash"})

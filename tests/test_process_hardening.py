@@ -244,9 +244,9 @@ def main(mode, out, shard, listfile, previous=None):
                 "run": {"workers": 2, "progress": False}, "fetch": {"allow_private_networks": True}}
     report = {}
     if mode == "scan":
-        from scanner.runners import local
+        from scanner.runners import hashpool, local
         local.scan(build_config(settings, "test"))
-        with local.hashing_workers(2) as pool:  # the pool every scan and rescan starts
+        with hashpool.hashing_workers(2) as pool:  # the pool every scan and rescan starts
             report["workers"] = workers_probed(pool)
     elif mode == "rematch":
         from scanner.audits.rematch import rematch
@@ -544,3 +544,40 @@ def test_a_decode_past_its_cpu_budget_on_ray_is_decode_timeout(tmp_path, stallin
         }
         ray_runner.scan(build_config(settings, "test"))
     assert _outcomes(tmp_path / "out") == [("clean", None), ("match", "decode_timeout")]
+
+
+def test_a_killed_unit_worker_costs_a_retry_not_the_scan_and_every_row_is_reported_once(tmp_path):
+    """kill -9 of a unit worker (as the OOM killer does) while it runs units: the coordinator runs them again
+    on a fresh worker, the scan exits 0, and each row is in the report exactly once with its own outcome."""
+    listfile = _list(tmp_path / "list.csv", [("md5", hashlib.md5(IMAGES["/img/1.jpg"]).hexdigest())])
+    with LoopbackServer(IMAGES) as server:
+        urls = [server.url(p) for p in IMAGES] * 3 + [server.url(f"/slow?seconds=3&n={i}") for i in range(6)]
+        shard = _url_shard(tmp_path / "shard.parquet", urls)
+        args = ["scan", str(shard), "--hashlist", str(listfile), "--out", "out", "--workers", "2"]
+        args += ["--rows-per-unit", "3", "--allow-private-networks", "--quiet"]
+        with _scan_process(args, tmp_path) as scan:
+            _workers_of(scan.pid, 2)
+            unit_workers: list[int] = []
+
+            def found() -> bool:
+                unit_workers[:] = [p for p in _descendants(scan.pid) if _unit_worker(p, scan.pid)]
+                return len(unit_workers) == 2
+
+            _wait_for(found, 60, "two unit workers, each with its hashing worker")
+            time.sleep(1.0)  # units handed out, the slow rows waiting on the server
+            os.kill(unit_workers[0], signal.SIGKILL)
+            _, stderr = scan.communicate(timeout=120)
+    assert scan.returncode == 0, stderr
+    rows = pq.read_table(tmp_path / "out" / "outcomes.parquet", columns=["row", "outcome"]).to_pydict()
+    assert rows["row"] == list(range(len(urls)))
+    assert (
+        rows["outcome"] == ["clean", "match", "clean", "clean"] * 3 + ["invalid"] * 6
+    )  # /slow: not an image
+
+
+def _unit_worker(pid: int, root: int) -> bool:
+    """A child of the scan's coordinator that has a child of its own (its hashing worker)."""
+    stat = _stat(pid)
+    if stat is None or stat[1] != root or TRACKER in _cmdline(pid):
+        return False
+    return any((_stat(child) or ("", 0))[1] == pid for child in _descendants(pid))

@@ -161,8 +161,11 @@ class Recorded(Progress):
         self.rows: list[str] = []
         self.matched_rows = self.units = self.closed = 0
 
-    def row_done(self, outcome: str) -> None:
-        self.rows.append(outcome)
+    def row_done(self, result) -> None:
+        self.rows.append(result.outcome)
+
+    def rows_done(self, counts) -> None:  # from unit worker processes, in batches
+        self.rows.extend(outcome for (outcome, _), rows in counts.items() for _ in range(rows))
 
     def matched(self, rows: int) -> None:
         self.matched_rows += rows

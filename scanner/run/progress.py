@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 from tqdm import tqdm
 
@@ -37,6 +38,14 @@ class BarProgress(Progress):
         self._bar.update(1)
         if self._rows % 64 == 0:
             self._show()
+
+    def rows_done(self, counts: Mapping[tuple[str, Liveness], int]) -> None:
+        rows = sum(counts.values())
+        self._rows += rows
+        self._live += sum(n for (_, kind), n in counts.items() if kind == Liveness.LIVE)
+        self._dead += sum(n for (_, kind), n in counts.items() if kind == Liveness.DEAD)
+        self._bar.update(rows)
+        self._show()
 
     def matched(self, rows: int) -> None:
         self._matches += rows

@@ -29,7 +29,7 @@ from scanner.reports.records import UnitReport
 from scanner.run.job import Job, Run, UnitProcessor, UnitWork, execute, hashing_job
 from scanner.run.lifecycle import ScanResult
 from scanner.run.scan import ScanJob, ScanWork
-from scanner.runners.local import BatchingHasher, hashing_workers
+from scanner.runners.hashpool import BatchingHasher, hashing_workers
 
 logger = logging.getLogger(__name__)
 

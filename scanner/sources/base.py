@@ -41,7 +41,7 @@ class SourceOptions:
     url_col: str | None = None
     key_col: str | None = None
     extra_cols: tuple[str, ...] = ()
-    rows_per_unit: int = 10_000
+    rows_per_unit: int = 500
     image_col: str | None = None
     max_member_bytes: int = 50 * 1024 * 1024
 

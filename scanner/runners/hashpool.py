@@ -1,0 +1,282 @@
+"""Hashing worker processes for one fetch loop: the pool, its body arena, and the batching hash function that
+hands bodies to it (a unit worker's, a rescan's, a Ray actor's)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack, closing, contextmanager
+from functools import partial
+
+from PIL import Image
+
+from scanner import procguard
+from scanner.errors import HashingWorkersError
+from scanner.outcomes import HashingReason
+from scanner.runners.arena import Arena, Extent
+from scanner.runners.arena import supported as arena_supported
+from scanner.workers import (
+    HashJob,
+    HashResult,
+    hash_batch,
+    hash_spans,
+    init_worker,
+    started,
+)
+
+# Bodies sent to a worker in one call, at most: few enough to keep every worker busy, many enough that
+# the pickle round trip, the future and the wake-ups are paid once for several images.
+MAX_BATCH = 8
+# Shared memory for bodies on their way to the workers, per batch the pool holds: room for a full batch of
+# bodies up to 512 KiB each. A batch that does not fit (large bodies) goes through the pipe instead.
+ARENA_PER_BATCH = MAX_BATCH * 512 * 1024
+# How long a dead pool's processes may take to report their exit status (the pool terminates the live ones).
+EXIT_STATUS_SECONDS = 5.0
+
+
+@contextmanager
+def hashing_workers(count: int) -> Iterator[WorkerPool]:
+    """Hashing worker processes and their body arena, ready now and stopped on leaving."""
+    with ExitStack() as stack:
+        arena = None
+        if arena_supported():
+            arena = stack.enter_context(closing(Arena(2 * count * ARENA_PER_BATCH)))
+        yield stack.enter_context(WorkerPool(count, arena))
+
+
+class WorkerPool:
+    """The hashing processes, guarded with no directory to write to, and the arena they map (if any).
+
+    When one of them dies the executor is broken for good: restart() puts a fresh set in its place, and
+    `generation` counts the sets, so that the many batches a death fails cause one restart, not many.
+    """
+
+    def __init__(self, count: int, arena: Arena | None = None) -> None:
+        self.count = count
+        self.arena = arena
+        self.generation = 0
+        self.executor, self.processes = _started_executor(count, arena)
+
+    def restart(self) -> None:
+        """Replace the processes (after one died); what the old set still held is lost with it."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor, self.processes = _started_executor(self.count, self.arena)
+        self.generation += 1
+
+    def death_reason(self) -> HashingReason:
+        """Why the current set broke: DECODE_TIMEOUT when a process was killed by its CPU budget (SIGXCPU),
+        else HASHING_CRASHED. Blocks until the processes have exited (the pool terminates the others)."""
+        deadline = time.monotonic() + EXIT_STATUS_SECONDS
+        for process in self.processes:
+            while process.exitcode is None and time.monotonic() < deadline:
+                process.join(0.05)
+        budget = procguard.CPU_BUDGET_SIGNAL
+        timed_out = budget is not None and any(p.exitcode == -budget for p in self.processes)
+        return HashingReason.DECODE_TIMEOUT if timed_out else HashingReason.HASHING_CRASHED
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _started_executor(count: int, arena: Arena | None) -> tuple[ProcessPoolExecutor, list]:
+    """The processes, all starting now, and their Process objects.
+
+    They start with Ctrl-C blocked, so one pressed while they import cannot interrupt them with a traceback:
+    the main process stops the pool (and does, if the Ctrl-C arrives while they are being started). Each
+    gets this process's id, to end itself when this process dies.
+    """
+    context = multiprocessing.get_context("spawn")
+    initargs = ((), arena.handle() if arena else None, os.getpid())
+    executor = ProcessPoolExecutor(count, mp_context=context, initializer=init_worker, initargs=initargs)
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by the children
+        try:
+            for _ in range(count):
+                executor.submit(started)  # the pool starts a process per job waiting for one
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C meanwhile is delivered now
+    except BaseException:
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    # The executor spawns every process in submit() and exposes none of them; their exit status is the only
+    # word on why one died (SIGXCPU: the decode budget), and it is gone with the executor's own dict.
+    return executor, list(executor._processes.values())  # type: ignore[union-attr]
+
+
+Waiting = list[tuple[bytes, "asyncio.Future[HashResult]"]]
+
+
+class BatchingHasher:
+    """The pipeline's hash function: bodies go to the workers in batches, only as fast as the workers hash.
+
+    At most `batches_in_flight` batches are with the pool (sent and not yet returned); bodies that arrive
+    meanwhile wait here and leave together, MAX_BATCH at most, when a batch comes back. Fuller batches cost
+    the main process less per body (one round trip, one future, one wake-up a batch). Memory stays bounded
+    by the pipeline's rows in flight, whether a body waits here, in the arena or in the pool's queue.
+
+    A worker that dies (a decoder crash, the OOM killer) takes its pool with it: the pool restarts, and the
+    bodies it held are retried one at a time with nothing else in flight, so the one that kills a fresh
+    worker is known; its row gets HASHING_CRASHED (with its digests) instead of failing the scan, and on
+    every resume; DECODE_TIMEOUT instead when the kernel killed that worker for going past the body's CPU
+    budget (hashing.decode_timeout: a decode that stalls costs the budget twice, once in its batch and once
+    alone). If a fresh pool then cannot hash a known-good image, the workers themselves are broken
+    and every waiting row fails with that error.
+    """
+
+    def __init__(self, workers: WorkerPool, job: HashJob, batches_in_flight: int = 2) -> None:
+        self._workers = workers
+        self._job = job
+        self._batch_job = partial(hash_batch, job=job)
+        self._spans_job = partial(hash_spans, job=job)
+        self._waiting: Waiting = []
+        self._suspects: Waiting = []  # bodies a dead pool held, to retry one at a time
+        self._quarantine: asyncio.Task[None] | None = None
+        self._limit = batches_in_flight
+        self._in_flight = 0
+
+    def __call__(self, body: bytes) -> asyncio.Future[HashResult]:
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[HashResult] = loop.create_future()
+        self._waiting.append((body, result))
+        if len(self._waiting) >= MAX_BATCH:
+            self._send()
+        elif len(self._waiting) == 1:
+            loop.call_soon(self._send)
+        return result
+
+    def _send(self) -> None:
+        if self._suspects or self._quarantine is not None:
+            if self._in_flight == 0 and self._quarantine is None:
+                self._quarantine = asyncio.ensure_future(self._retry_suspects())
+            return
+        while self._waiting and self._in_flight < self._limit:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            self._submit(batch)
+
+    def _submit(self, batch: Waiting) -> None:
+        loop = asyncio.get_running_loop()
+        bodies = [body for body, _ in batch]
+        arena = self._workers.arena
+        spans = arena.put(bodies) if arena is not None else None
+        generation = self._workers.generation
+        try:
+            if spans is None:
+                sent = loop.run_in_executor(self._workers.executor, self._batch_job, bodies)
+            else:
+                sent = loop.run_in_executor(self._workers.executor, self._spans_job, spans)
+        except BrokenProcessPool:  # a death this hasher has not heard of yet
+            self._release(spans)
+            self._crashed(generation, batch)
+            return
+        except Exception as exc:  # the pool is shut down: every waiting row sees why
+            self._release(spans)
+            for _, future in batch:
+                _fail(future, exc)
+            return
+        self._in_flight += 1
+        sent.add_done_callback(partial(self._deliver, batch, spans, generation))
+
+    def _release(self, spans: list[Extent] | None) -> None:
+        if spans is not None and self._workers.arena is not None:
+            self._workers.arena.release(spans)
+
+    def _deliver(
+        self,
+        batch: Waiting,
+        spans: list[Extent] | None,
+        generation: int,
+        sent: asyncio.Future[list[HashResult]],
+    ) -> None:
+        self._in_flight -= 1
+        self._release(spans)
+        if sent.cancelled():
+            for _, future in batch:
+                future.cancel()
+        elif isinstance(error := sent.exception(), BrokenProcessPool):
+            self._crashed(generation, batch)
+        elif error is None:
+            for (_, future), result in zip(batch, sent.result(), strict=True):
+                if not future.done():
+                    future.set_result(result)
+        elif len(batch) == 1:
+            _fail(batch[0][1], error)
+        else:  # a body broke the batch's job: each alone, so each row sees only what its own body did
+            self._suspects.extend(batch)
+        self._send()
+
+    def _crashed(self, generation: int, batch: Waiting) -> None:
+        """A worker of that generation died: restart once for it, and hold the batch's bodies as suspects."""
+        if generation == self._workers.generation:
+            self._workers.restart()
+        self._suspects.extend(item for item in batch if not item[1].done())
+
+    async def _retry_suspects(self) -> None:
+        """Hash each suspect alone, nothing else in flight; blame only a body that kills a fresh worker."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._suspects:
+                body, future = self._suspects[0]  # stays listed until settled, so _stop_all reaches it
+                try:
+                    result = await loop.run_in_executor(self._workers.executor, self._job, body)
+                except BrokenProcessPool:
+                    reason = await asyncio.to_thread(self._workers.death_reason)
+                    self._workers.restart()
+                    await self._check_fresh_pool()
+                    result = self._job.crashed(body, reason)
+                except Exception as exc:
+                    result = exc
+                self._suspects.pop(0)
+                if isinstance(result, Exception):
+                    _fail(future, result)
+                elif not future.done():
+                    future.set_result(result)
+        except asyncio.CancelledError:
+            self._stop_all(None)
+            raise
+        except Exception as exc:  # the workers are broken whatever they hash
+            self._stop_all(exc)
+        finally:
+            self._quarantine = None
+        self._send()
+
+    def _stop_all(self, error: Exception | None) -> None:
+        """Every row still waiting here fails with the error (or is cancelled, without one)."""
+        for _, future in self._suspects + self._waiting:
+            if error is None:
+                future.cancel()
+            else:
+                _fail(future, error)
+        self._suspects, self._waiting = [], []
+
+    async def _check_fresh_pool(self) -> None:
+        """Raise HashingWorkersError unless a fresh pool hashes a known-good image."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._workers.executor, self._job, known_good())
+        except BrokenProcessPool as exc:
+            raise HashingWorkersError(
+                "hashing workers die even on a known-good image: check memory limits and the decoders"
+            ) from exc
+
+
+@functools.cache
+def known_good() -> bytes:
+    """A small PNG every decoder handles, made in memory."""
+    picture = io.BytesIO()
+    Image.linear_gradient("L").resize((64, 64)).save(picture, "PNG")
+    return picture.getvalue()
+
+
+def _fail(future: asyncio.Future[HashResult], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

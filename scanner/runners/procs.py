@@ -1,0 +1,398 @@
+"""Unit workers: processes that each run whole units (fetch loop, a hashing process, matching), for a
+coordinator that only plans, hands out unit specs and commits the reports that come back.
+
+Each unit worker holds what a Ray actor holds (runners/ray.py): the job's UnitWork (pickled once, when the
+run starts) opened once into a UnitProcessor with its own fetcher, a BatchingHasher over one hashing process
+of its own (for a job that hashes), and the matcher, whose arrays it maps read-only from the memory the
+coordinator filled once (runners/shared.py). One hashing process per unit worker: a body
+that kills its decoder costs only that worker's batch, and the fetch loop's share of the CPU (a tenth of
+the hashing's) leaves one unit worker per core near the hashing ceiling with no scheduling across them.
+
+Limits that protect a server or memory are totals: fetch.max_per_host, fetch.max_in_flight,
+run.rows_in_flight and run.body_bytes_in_flight are divided among the unit workers (each gets at least 1,
+and a body budget of at least 2 x fetch.max_bytes, so one largest body always fits beside another,
+but never more than the whole budget).
+run.units_in_flight is per worker, as on Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+import traceback
+from collections import Counter, deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import recv_handle, send_handle
+from typing import Any
+
+from scanner import nostore, procguard
+from scanner.config import ScanConfig
+from scanner.crashlog import exception_line
+from scanner.errors import ScannerError
+from scanner.lists import Matcher
+from scanner.outcomes import Liveness, liveness
+from scanner.pipeline import Progress
+from scanner.reports.records import RowResult, UnitReport
+from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
+from scanner.runners import shared
+from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_workers
+
+# How often a unit worker reports the rows it finished (and at each unit's end): the bar moves smoothly and
+# the coordinator reads one message per interval, not one per row.
+PROGRESS_SECONDS = 0.2
+# A unit whose worker died is run again on a fresh one, this many times in all.
+MAX_ATTEMPTS = 3
+# How long stopped unit workers may take to close their connections and hashing processes.
+STOP_SECONDS = 5.0
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an error raised in a unit worker, chained to it in the coordinator (crash log)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def share(total: int, count: int, index: int) -> int:
+    """Worker `index`'s part of a limit shared by `count` workers: the parts add up to `total` (each at
+    least 1, so with more workers than `total` the sum is `count`)."""
+    return max(1, total // count + (index < total % count))
+
+
+def worker_config(config: ScanConfig, index: int, count: int) -> ScanConfig:
+    """The settings of unit worker `index` of `count`: the total limits divided among the workers."""
+    fetch = dataclasses.replace(
+        config.fetch,
+        max_per_host=share(config.fetch.max_per_host, count, index),
+        max_in_flight=share(config.fetch.max_in_flight, count, index),
+    )
+    body_bytes = max(share(config.run.body_bytes_in_flight, count, index), 2 * config.fetch.max_bytes)
+    run = dataclasses.replace(
+        config.run,
+        rows_in_flight=share(config.run.rows_in_flight, count, index),
+        body_bytes_in_flight=min(body_bytes, config.run.body_bytes_in_flight),
+    )
+    return dataclasses.replace(config, fetch=fetch, run=run)
+
+
+# ---------------------------------------------------------------- the coordinator's side
+
+
+class UnitWorker:
+    """One unit worker process, its end of the pipe, and the units it is running."""
+
+    def __init__(self, config: ScanConfig, index: int, count: int, hashing: bool) -> None:
+        self.index = index
+        self.running: dict[int, Any] = {}
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        settings = worker_config(config, index, count)
+        self.process = context.Process(
+            target=worker_main, args=(child, settings, hashing, os.getpid()), name=f"scanner-unit-{index}"
+        )
+        self.process.start()
+        child.close()
+
+    def send(self, message: object) -> None:
+        self.conn.send(message)
+
+    def died(self) -> str:
+        """Why the process ended, in words."""
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            return f"its worker process was killed ({signal.Signals(-code).name})"
+        return f"its worker process exited (status {code})"
+
+
+class UnitWorkers:
+    """The unit worker processes: started at once (they import while the coordinator loads the lists),
+    given the job's unit work and the lists when they are loaded, stopped on leaving."""
+
+    def __init__(self, config: ScanConfig, count: int, hashing: bool = True) -> None:
+        self.config = config
+        self.count = count
+        self.hashing = hashing
+        self.workers: list[UnitWorker] = []
+        self._work: bytes | None = None
+        self._lists: shared.SharedObject | None = None
+        self._matcher: Matcher | None = None
+        self._spawn(range(count))
+
+    def _spawn(self, indexes: range | list[int]) -> None:
+        # Ctrl-C blocked while they start, inherited: one pressed while they import cannot interrupt them
+        # with a traceback; the coordinator stops them.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for i in indexes:
+                worker = UnitWorker(self.config, i, self.count, self.hashing)
+                if i < len(self.workers):
+                    self.workers[i] = worker
+                else:
+                    self.workers.append(worker)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def give(self, work: UnitWork, matcher: Matcher) -> None:
+        """Send every worker the job's unit work (pickled once, here) and share the matcher's indexes
+        (built once, here) with them."""
+        self._work = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
+        self._matcher = matcher
+        if shared.supported():
+            self._lists = shared.SharedObject(matcher)
+        for worker in self.workers:
+            with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and it is replaced
+                self._send_lists(worker)
+
+    def _send_lists(self, worker: UnitWorker) -> None:
+        worker.send(("work", self._work))
+        if self._lists is None:
+            worker.send(("matcher", self._matcher))
+            return
+        handle = self._lists.handle()
+        worker.send(("lists", handle.size, handle.data, handle.extents))
+        send_handle(worker.conn, handle.fd, worker.process.pid)
+
+    def replace(self, worker: UnitWorker) -> UnitWorker:
+        """A fresh process in a dead one's place, given the lists."""
+        worker.conn.close()
+        self._spawn([worker.index])
+        fresh = self.workers[worker.index]
+        with contextlib.suppress(OSError):
+            self._send_lists(fresh)
+        return fresh
+
+    def __enter__(self) -> UnitWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._stop()
+        finally:
+            for worker in self.workers:
+                if worker.process.is_alive():
+                    worker.process.kill()
+                worker.process.join()
+                worker.conn.close()
+            if self._lists is not None:
+                self._lists.close()
+
+    def _stop(self) -> None:
+        """Ask every worker to stop (cancelling what it runs) and wait a while for each to close down."""
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.send(("stop",))
+        deadline = time.monotonic() + STOP_SECONDS
+        for worker in self.workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+
+
+def run_units(run: Run, units: list, progress: Progress | None = None, *, pool: UnitWorkers) -> None:
+    """Hand the units out to the unit workers, at most run.units_in_flight each, and commit each report
+    as it comes back."""
+    if units:
+        pool.give(run.work(), run.matcher)
+        _Coordinator(pool, run, progress or Progress()).run(units)
+
+
+class _Coordinator:
+    """The coordinator's loop: a queue of units, the units each worker runs, and each unit's attempts."""
+
+    def __init__(self, pool: UnitWorkers, run: Run, progress: Progress) -> None:
+        self._pool = pool
+        self._run = run
+        self._progress = progress
+        self._per_worker = run.config.run.units_in_flight
+        self._queue: deque[Any] = deque()
+        self._attempts: Counter[int] = Counter()
+
+    def run(self, units: list) -> None:
+        self._queue.extend(units)
+        while self._queue or any(w.running for w in self._pool.workers):
+            self._hand_out()
+            by_conn = {w.conn: w for w in self._pool.workers}
+            by_sentinel = {w.process.sentinel: w for w in self._pool.workers}
+            for ready in wait([*by_conn, *by_sentinel]):
+                if ready in by_conn:
+                    self._read(by_conn[ready])
+                elif by_sentinel[ready] in self._pool.workers:
+                    self._lost(by_sentinel[ready])
+
+    def _hand_out(self) -> None:
+        for worker in sorted(self._pool.workers, key=lambda w: len(w.running)):
+            while self._queue and len(worker.running) < self._per_worker:
+                unit = self._queue.popleft()
+                self._attempts[unit.id] += 1
+                worker.running[unit.id] = unit
+                with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
+                    worker.send(("unit", unit))
+
+    def _read(self, worker: UnitWorker) -> None:
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            self._lost(worker)
+            return
+        self._handle(worker, message)
+
+    def _handle(self, worker: UnitWorker, message: tuple) -> None:
+        kind = message[0]
+        if kind == "rows":
+            self._progress.rows_done(message[1])
+            if message[2]:
+                self._progress.matched(message[2])
+        elif kind == "done":
+            report: UnitReport = message[1]
+            self._run.checkpoint.commit(report)
+            del worker.running[report.unit_id]
+            self._progress.unit_done()
+        elif kind == "failed":
+            _, error, text = message
+            raise error from RemoteTraceback(text)
+
+    def _lost(self, worker: UnitWorker) -> None:
+        """A worker died: take what it sent before, then run its units again on a fresh one."""
+        if worker not in self._pool.workers:
+            return
+        with contextlib.suppress(EOFError, OSError):
+            while worker.conn.poll():
+                self._handle(worker, worker.conn.recv())
+        worker.process.join()
+        why = worker.died()
+        for unit in worker.running.values():
+            if self._attempts[unit.id] >= MAX_ATTEMPTS:
+                raise ScannerError(
+                    f"{unit.where} failed {self._attempts[unit.id]} times, last because {why}; "
+                    "run the same command to resume"
+                )
+        self._queue.extendleft(reversed(worker.running.values()))
+        self._pool.replace(worker)
+
+
+# ---------------------------------------------------------------- the unit worker's side
+
+
+def worker_main(conn: Connection, config: ScanConfig, hashing: bool, parent: int) -> None:
+    """A unit worker: hardened and guarded like the coordinator (no writes at all), ending with it, Ctrl-C
+    left to it; it runs units until told to stop."""
+    procguard.harden()
+    procguard.die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    nostore.install(())
+    atexit.register(os._exit, 0)  # nothing to flush: skip tearing down numba, LLVM and the rest
+    with contextlib.ExitStack() as stack:
+        hashers = stack.enter_context(hashing_workers(1)) if hashing else None
+        given = _receive(conn)
+        if given is not None:
+            asyncio.run(_serve(conn, config, *given, hashers))
+
+
+def _receive(conn: Connection) -> tuple[UnitWork, Matcher] | None:
+    """The job's unit work, then the matcher: over the coordinator's shared memory where there is one, else
+    whole through the pipe. None when the coordinator stops first."""
+    try:
+        message = conn.recv()
+        if message[0] != "work":
+            return None
+        work: UnitWork = pickle.loads(message[1])
+        message = conn.recv()
+    except EOFError:
+        return None
+    if message[0] == "matcher":
+        return work, message[1]
+    if message[0] != "lists":
+        return None
+    _, size, data, extents = message
+    handle = shared.SharedHandle(recv_handle(conn), size, data, extents)
+    return work, shared.attach(handle).load()
+
+
+def open_work(
+    work: UnitWork, config: ScanConfig, matcher: Matcher, hashers: WorkerPool | None, progress: Progress
+) -> UnitProcessor:
+    """This worker's unit processor, opened once: its own fetcher, its hashing process (if the job hashes)."""
+    hash_fn = None
+    if hashers is not None and work.hashing:
+        hash_fn = BatchingHasher(hashers, hashing_job(config, matcher), 2)
+    return work.open(config, matcher, hash_fn, progress)
+
+
+async def _serve(
+    conn: Connection, config: ScanConfig, work: UnitWork, matcher: Matcher, hashers: WorkerPool | None
+) -> None:
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            inbox.put_nowait(conn.recv())
+        except (EOFError, OSError):  # the coordinator is gone
+            loop.remove_reader(conn.fileno())
+            inbox.put_nowait(("stop",))
+
+    progress = _BatchedProgress(conn.send)
+    processor = open_work(work, config, matcher, hashers, progress)
+    running: set[asyncio.Task[None]] = set()
+    loop.add_reader(conn.fileno(), readable)
+    try:
+        while (message := await inbox.get())[0] == "unit":
+            task = asyncio.create_task(_run_one(conn, processor, progress, message[1]))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    finally:
+        loop.remove_reader(conn.fileno())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await processor.aclose()
+
+
+async def _run_one(conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any) -> None:
+    try:
+        report: UnitReport = await processor.run_unit(unit)
+    except Exception as exc:  # the coordinator raises it: the run stops, as it would in one process
+        conn.send(("failed", _portable(exc), "".join(traceback.format_exception(exc))))
+        return
+    progress.flush()
+    conn.send(("done", report))
+
+
+def _portable(exc: Exception) -> Exception:
+    """The error itself when it survives a pickle round trip, else a RuntimeError saying what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(exception_line(exc))
+    return exc
+
+
+class _BatchedProgress(Progress):
+    """Rows finished, counted by (outcome, liveness) and sent every PROGRESS_SECONDS (and at each unit's
+    end): the coordinator's bar keeps the one definition of live (outcomes.liveness) at a message a batch."""
+
+    def __init__(self, send: Callable[[Any], None]) -> None:
+        self._send = send
+        self._counts: Counter[tuple[str, Liveness]] = Counter()
+        self._matches = 0
+        self._sent = time.monotonic()
+
+    def row_done(self, result: RowResult) -> None:
+        self._counts[result.outcome, liveness(result.outcome, result.reason, result.fetched_at)] += 1
+        if time.monotonic() - self._sent >= PROGRESS_SECONDS:
+            self.flush()
+
+    def matched(self, rows: int) -> None:
+        self._matches += rows
+
+    def flush(self) -> None:
+        if self._counts or self._matches:
+            self._send(("rows", dict(self._counts), self._matches))
+            self._counts, self._matches = Counter(), 0
+        self._sent = time.monotonic()

@@ -1,0 +1,113 @@
+"""The local runner's unit workers: limits shared among them, and the lists shared read-only in sealed
+memory rather than copied into each (runners/procs.py, runners/shared.py)."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+from scanner.config import build_config
+from scanner.runners import shared
+from scanner.runners.procs import share, worker_config
+
+needs_memfd = pytest.mark.skipif(not shared.supported(), reason="memfd and sealing are Linux only")
+
+
+@pytest.mark.parametrize(("total", "count"), [(8, 1), (8, 2), (8, 3), (128, 16), (64, 5)])
+def test_a_shared_limit_is_divided_so_the_parts_add_up_to_it(total: int, count: int) -> None:
+    parts = [share(total, count, i) for i in range(count)]
+    assert sum(parts) == total
+    assert max(parts) - min(parts) <= 1
+
+
+def test_more_workers_than_the_limit_get_one_each() -> None:
+    assert [share(8, 16, i) for i in range(16)] == [1] * 16
+
+
+def test_each_worker_gets_its_part_of_the_per_host_in_flight_and_row_limits() -> None:
+    config = build_config(
+        {
+            "inputs": ["x"],
+            "out": "o",
+            "fetch": {"max_per_host": 8, "max_in_flight": 64},
+            "run": {"workers": 3},
+        },
+        "test",
+    )
+    parts = [worker_config(config, i, 3) for i in range(3)]
+    assert [p.fetch.max_per_host for p in parts] == [3, 3, 2]
+    assert sum(p.fetch.max_in_flight for p in parts) == 64
+    assert sum(p.run.rows_in_flight for p in parts) == config.run.rows_in_flight
+    assert all(p.run.units_in_flight == config.run.units_in_flight for p in parts)
+
+
+def test_the_body_budget_is_divided_but_each_worker_can_hold_two_largest_bodies() -> None:
+    def parts(body_bytes: int, max_bytes: int, workers: int) -> list[int]:
+        settings = {"fetch": {"max_bytes": max_bytes}, "run": {"body_bytes_in_flight": body_bytes}}
+        config = build_config({"inputs": ["x"], "out": "o", **settings}, "test")
+        return [worker_config(config, i, workers).run.body_bytes_in_flight for i in range(workers)]
+
+    mib = 1024 * 1024
+    assert parts(256 * mib, 16 * mib, 4) == [64 * mib] * 4  # a total, divided
+    assert parts(256 * mib, 64 * mib, 4) == [128 * mib] * 4  # at least 2 x max_bytes each
+    assert parts(64 * mib, 64 * mib, 2) == [64 * mib] * 2  # never more than the whole budget
+
+
+def _value() -> dict:
+    rng = np.random.default_rng(3)
+    return {"keys": rng.integers(0, 256, (1000, 32), dtype=np.uint8), "ids": np.arange(1000), "name": "x"}
+
+
+def _load_in_child(handle: shared.SharedHandle, queue: multiprocessing.Queue) -> None:
+    value = shared.attach(handle).load()
+    keys = value["keys"]
+    try:
+        keys[0, 0] ^= 1
+        wrote = True
+    except ValueError:
+        wrote = False
+    queue.put((keys.sum(dtype=np.int64).item(), value["ids"][-1].item(), keys.flags.writeable, wrote))
+
+
+@needs_memfd
+def test_a_shared_object_loads_in_another_process_as_read_only_views_of_one_sealed_memory() -> None:
+    value = _value()
+    lists = shared.SharedObject(value)
+    try:
+        handle = lists.handle()
+        big = value["keys"].nbytes + value["ids"].nbytes
+        assert len(handle.data) < big // 10  # the arrays left the pickle: they are in the shared memory
+        with pytest.raises(OSError) as refused:  # sealed: nobody writes the lists once they are shared
+            os.pwrite(handle.fd, b"\0", 0)
+        assert refused.value.errno == errno.EPERM
+        assert os.readlink(f"/proc/self/fd/{handle.fd}").startswith("/memfd:scanner-lists")  # no file
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        process = context.Process(target=_load_in_child, args=(_Passed(handle), queue))
+        process.start()
+        result = queue.get(timeout=60)
+        process.join(60)
+    finally:
+        lists.close()
+    assert result == (value["keys"].sum(dtype=np.int64).item(), 999, False, False)
+
+
+class _Passed:
+    """A handle whose descriptor travels to a spawned child as the child's own copy."""
+
+    def __init__(self, handle: shared.SharedHandle) -> None:
+        self.handle = handle
+
+    def __reduce__(self) -> tuple:
+        from multiprocessing import reduction
+
+        h = self.handle
+        return _received, (reduction.DupFd(h.fd), h.size, h.data, h.extents)
+
+
+def _received(fd, size: int, data: bytes, extents: tuple) -> shared.SharedHandle:
+    return shared.SharedHandle(fd.detach(), size, data, extents)
