@@ -32,6 +32,7 @@ import io
 import json
 import multiprocessing
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -330,6 +331,7 @@ def scan_argv(shards: Path, lists: dict[str, Path], out: Path, workers: int | No
     argv = [sys.executable, "-m", "scanner", "scan", str(shards), "--out", str(out), "--quiet"]
     argv += ["--hashlist", f"pdq=pdq:{lists['pdq']}", "--hashlist", f"md5=md5:{lists['md5']}"]
     argv += ["--hashlist", f"extra={lists['extra']}", "--allow-private-networks", "--per-host", "64"]
+    argv += shlex.split(os.environ.get("BENCH_SCAN_ARGS", ""))  # e.g. "--per-host 256 --max-in-flight 256"
     return argv + (["--workers", str(workers)] if workers else [])
 
 

@@ -111,3 +111,36 @@ class _Passed:
 
 def _received(fd, size: int, data: bytes, extents: tuple) -> shared.SharedHandle:
     return shared.SharedHandle(fd.detach(), size, data, extents)
+
+
+class _Recorder:
+    """A unit worker as the coordinator's hand-out sees it: the units it runs and what it was sent."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, object] = {}
+        self.sent: list[int] = []
+
+    def send(self, message: tuple) -> None:
+        self.sent.append(message[1].id)
+
+
+def _hand_out(workers: int, units: int, per_worker: int) -> list[list[int]]:
+    from types import SimpleNamespace
+
+    from scanner.pipeline import Progress
+    from scanner.runners.procs import _Coordinator
+
+    pool = SimpleNamespace(workers=[_Recorder() for _ in range(workers)])
+    run = SimpleNamespace(config=build_config({"run": {"units_in_flight": per_worker}}, "test"))
+    coordinator = _Coordinator(pool, run, Progress())  # type: ignore[arg-type]
+    coordinator._queue.extend(SimpleNamespace(id=i) for i in range(units))
+    coordinator._hand_out()
+    return [w.sent for w in pool.workers]
+
+
+def test_units_are_spread_over_every_worker_before_any_gets_a_second() -> None:
+    # 16 units on 16 workers (3 in flight each) start on all 16: not 3 each on the first 6.
+    assert [len(sent) for sent in _hand_out(16, 16, 3)] == [1] * 16
+    assert sorted(u for sent in _hand_out(4, 10, 3) for u in sent) == list(range(10))
+    assert [len(sent) for sent in _hand_out(4, 10, 3)] == [3, 3, 2, 2]
+    assert [len(sent) for sent in _hand_out(2, 10, 3)] == [3, 3]  # the rest wait in the queue

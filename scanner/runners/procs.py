@@ -226,13 +226,17 @@ class _Coordinator:
                     self._lost(by_sentinel[ready])
 
     def _hand_out(self) -> None:
-        for worker in sorted(self._pool.workers, key=lambda w: len(w.running)):
-            while self._queue and len(worker.running) < self._per_worker:
-                unit = self._queue.popleft()
-                self._attempts[unit.id] += 1
-                worker.running[unit.id] = unit
-                with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
-                    worker.send(("unit", unit))
+        """One unit at a time to the least busy worker: 16 units on 16 workers start on all 16, not three
+        each on the first five (each worker hashes in one process, so a worker's units share it)."""
+        while self._queue and self._pool.workers:
+            worker = min(self._pool.workers, key=lambda w: len(w.running))
+            if len(worker.running) >= self._per_worker:
+                return
+            unit = self._queue.popleft()
+            self._attempts[unit.id] += 1
+            worker.running[unit.id] = unit
+            with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
+                worker.send(("unit", unit))
 
     def _read(self, worker: UnitWorker) -> None:
         try:
