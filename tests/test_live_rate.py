@@ -132,3 +132,27 @@ def test_the_bar_fed_by_unit_workers_in_batches_shows_the_same_live_rate(capsys)
     bar.close()
     last = re.split(r"[\r\n]", capsys.readouterr().err.rstrip())[-1]
     assert f"{len(LIVE_RATE_CASES)}/{len(LIVE_RATE_CASES)}" in last and "live 60.0%" in last, last
+
+
+def _bar_lines(stderr: str) -> list[str]:
+    return [line for line in re.split(r"[\r\n]", stderr) if "live " in line]
+
+
+def test_the_bar_shows_dead_and_invalid_by_top_reasons_and_units_done(tmp_path: Path, scanner_cli) -> None:
+    """Three 404s, two 500s and one 403 (dead), two pages and one empty URL (invalid), in units of two rows:
+    the last line counts each kind with its two most common reasons, and every unit done."""
+    paths = ["/status/404"] * 3 + ["/status/500"] * 2 + ["/status/403", "/page.html", "/page.html"]
+    with LoopbackServer({"/page.html": b"<html>no image</html>"}) as server:
+        _, hashlist, config = _shard(tmp_path, server)
+        shard = tmp_path / "reasons.csv"
+        rows = [server.url(path) for path in paths] + [""]
+        shard.write_text("url,key\n" + "".join(f"{u},k{i}\n" for i, u in enumerate(rows)), encoding="utf-8")
+        done = scanner_cli(
+            "scan", str(shard), "--hashlist", str(hashlist), "--config", str(config),
+            "--out", str(tmp_path / "out"), "--rows-per-unit", "2",
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    last = _bar_lines(done.stderr)[-1]
+    assert "units 5/5" in last, last
+    assert "dead 6 (http_404 3, http_500 2)" in last and "http_403" not in last, last
+    assert "invalid 3 (not_an_image 2, empty_url 1)" in last, last
