@@ -34,9 +34,9 @@ class Progress:
         """A row finished fetching and hashing (its final outcome may still become match; its liveness is
         final)."""
 
-    def rows_done(self, counts: Mapping[tuple[str, Liveness], int]) -> None:
-        """Rows finished in another process (a unit worker), counted by (outcome, liveness): what row_done
-        would have seen of them, sent in batches."""
+    def rows_done(self, counts: Mapping[tuple[str, str | None, Liveness], int]) -> None:
+        """Rows finished in another process (a unit worker), counted by (outcome, reason, liveness): what
+        row_done would have seen of them, sent in batches."""
 
     def matched(self, rows: int) -> None:
         """A unit's rows were all matched; this many of them match."""

@@ -165,7 +165,7 @@ class Recorded(Progress):
         self.rows.append(result.outcome)
 
     def rows_done(self, counts) -> None:  # from unit worker processes, in batches
-        self.rows.extend(outcome for (outcome, _), rows in counts.items() for _ in range(rows))
+        self.rows.extend(outcome for (outcome, *_), rows in counts.items() for _ in range(rows))
 
     def matched(self, rows: int) -> None:
         self.matched_rows += rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,8 @@ def test_a_rerun_says_what_it_kept_what_was_complete_and_which_settings_differ(t
         resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr
         assert resumed.stdout.splitlines()[0] == f"resumed: {kept:,} of {ROWS:,} rows already done"
+        bar = [line for line in re.split(r"[\r\n]", resumed.stderr) if "row" in line]
+        assert f"{kept}/{ROWS}" in bar[0] and f"units {ROWS // 50}/{ROWS // 50}" in bar[-1], resumed.stderr
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr
         first = again.stdout.splitlines()[0]

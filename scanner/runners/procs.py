@@ -378,17 +378,19 @@ def _portable(exc: Exception) -> Exception:
 
 
 class _BatchedProgress(Progress):
-    """Rows finished, counted by (outcome, liveness) and sent every PROGRESS_SECONDS (and at each unit's
-    end): the coordinator's bar keeps the one definition of live (outcomes.liveness) at a message a batch."""
+    """Rows finished, counted by (outcome, reason, liveness) and sent every PROGRESS_SECONDS (and at each
+    unit's end): the coordinator's bar keeps the one definition of live (outcomes.liveness) at a message a
+    batch."""
 
     def __init__(self, send: Callable[[Any], None]) -> None:
         self._send = send
-        self._counts: Counter[tuple[str, Liveness]] = Counter()
+        self._counts: Counter[tuple[str, str | None, Liveness]] = Counter()
         self._matches = 0
         self._sent = time.monotonic()
 
     def row_done(self, result: RowResult) -> None:
-        self._counts[result.outcome, liveness(result.outcome, result.reason, result.fetched_at)] += 1
+        kind = liveness(result.outcome, result.reason, result.fetched_at)
+        self._counts[result.outcome, result.reason, kind] += 1
         if time.monotonic() - self._sent >= PROGRESS_SECONDS:
             self.flush()
 
