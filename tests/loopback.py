@@ -35,6 +35,7 @@ Hostile routes (query parameters in brackets, with defaults):
     /retry-after?key=K[&status=503&seconds=0&times=1]
                                  status with Retry-After for the first `times` requests of K, then 200
     /reset[?key=K&times=1]       sends a TCP RST instead of an answer (always, or the first `times` for K)
+    /reset-body[?key=K&times=1&length=N]  sends half a body, then a TCP RST (the first `times` for K)
     /not-http                    answers with bytes that are not HTTP, then closes
     /echo-headers                200 application/json: the request's method and headers
     /no-head                     405 to HEAD, 200 to GET
@@ -341,6 +342,21 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.query.get("key")
         if key is not None and self.owner.take_turn("reset:" + key) >= self._int("times", 1):
             return self._send(200, b"served after reset", "text/plain")
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    def route_reset_body(self, rest: str) -> None:
+        key = "reset-body:" + self.query.get("key", "")
+        body = b"x" * self._int("length", 100_000)
+        if self.owner.take_turn(key) >= self._int("times", 1):
+            return self._send(200, body, "application/octet-stream")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close_connection = True
         self.connection.close()

@@ -347,3 +347,28 @@ def test_a_scan_gives_each_body_back_once_hashed(tmp_path: Path) -> None:
         )
         result = scan(config)
     assert result.summary["outcomes"]["clean"] == 12
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+def test_a_body_cut_by_a_reset_and_retried_gives_back_the_first_attempts_room(
+    config: FetchConfig, client: str
+) -> None:
+    """Each attempt's grant goes back before the next attempt reads: a leak would starve later bodies."""
+
+    async def run(url: str) -> tuple[FetchResult, int]:
+        retrying = replace(config, client=client, max_retries=2, retry_backoff=0.01)
+        fetcher = make_fetcher(retrying, body_budget=1_000_000)
+        try:
+            result = await fetcher.fetch(url)
+            result.release()
+            assert fetcher.body_budget is not None
+            return result, fetcher.body_budget.held
+        finally:
+            await fetcher.aclose()
+
+    with LoopbackServer() as server:
+        result, held = asyncio.run(run(server.url(f"/reset-body?key={client}&length=100000")))
+        attempts = server.hits("/reset-body")
+    # httpx reports the reset as connection_reset, which is retried; aiohttp as a truncated body, which is not
+    assert (attempts, result.reason) == ((2, None) if client == "httpx" else (1, "truncated_body"))
+    assert held == 0

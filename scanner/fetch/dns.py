@@ -35,9 +35,9 @@ class AresLookup:
         self._resolver: aiodns.DNSResolver | None = None
 
     async def __call__(self, host: str, port: int) -> list[str]:
-        if self._resolver is None:
-            self._resolver = aiodns.DNSResolver(self._nameservers, **self._options)
         try:
+            if self._resolver is None:  # a channel c-ares cannot make (no nameserver) fails its rows alike
+                self._resolver = aiodns.DNSResolver(self._nameservers, **self._options)
             result = await self._resolver.getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
         except aiodns.error.DNSError as exc:
             code = exc.args[0] if exc.args else None

@@ -298,6 +298,7 @@ def _text(value: str | None) -> str | None:
 
 
 def _clear_response(result: FetchResult) -> None:
+    result.release()  # an earlier attempt's room in the body budget (a retried reset mid-body)
     result.status = result.server_ip = result.content_type = result.content_length = None
     result.etag = result.last_modified = result.body = None
 
