@@ -144,3 +144,34 @@ def test_units_are_spread_over_every_worker_before_any_gets_a_second() -> None:
     assert sorted(u for sent in _hand_out(4, 10, 3) for u in sent) == list(range(10))
     assert [len(sent) for sent in _hand_out(4, 10, 3)] == [3, 3, 2, 2]
     assert [len(sent) for sent in _hand_out(2, 10, 3)] == [3, 3]  # the rest wait in the queue
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("this unit work cannot be opened here")
+
+
+class _PoisonWork:
+    """Unit work that pickles in the coordinator and fails to load in the worker (a start-up failure)."""
+
+    hashing = False
+
+    def __reduce__(self) -> tuple:
+        return (_refuse_to_load, ())
+
+
+def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(capfd: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from scanner.lists import Matcher
+    from scanner.pipeline import Progress
+    from scanner.runners.procs import UnitWorkers, _Coordinator
+
+    config = build_config({"run": {"workers": 1}}, "test")
+    run = SimpleNamespace(config=config)
+    with UnitWorkers(config, 1, hashing=False) as pool:
+        pool.give(_PoisonWork(), Matcher.from_lists([]))  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="cannot be opened here"):
+            _Coordinator(pool, run, Progress()).run([SimpleNamespace(id=0, where="unit 0")])  # type: ignore[arg-type]
+        pool.workers[0].process.join(5)
+        assert pool.workers[0].process.exitcode == 1
+    assert "Traceback" not in capfd.readouterr().err  # one line from the coordinator, not one per worker

@@ -291,11 +291,15 @@ def worker_main(conn: Connection, config: ScanConfig, hashing: bool, parent: int
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     nostore.install(())
     atexit.register(os._exit, 0)  # nothing to flush: skip tearing down numba, LLVM and the rest
-    with contextlib.ExitStack() as stack:
-        hashers = stack.enter_context(hashing_workers(1)) if hashing else None
-        given = _receive(conn)
-        if given is not None:
-            asyncio.run(_serve(conn, config, *given, hashers))
+    try:
+        with contextlib.ExitStack() as stack:
+            hashers = stack.enter_context(hashing_workers(1)) if hashing else None
+            given = _receive(conn)
+            if given is not None:
+                asyncio.run(_serve(conn, config, *given, hashers))
+    except Exception as exc:  # the coordinator says it in one line; no traceback on stderr, no status 0
+        _tell(conn, ("failed", _portable(exc), "".join(traceback.format_exception(exc))))
+        os._exit(1)
 
 
 def _receive(conn: Connection) -> tuple[UnitWork, Matcher] | None:
@@ -362,10 +366,22 @@ async def _run_one(conn: Connection, processor: UnitProcessor, progress: _Batche
     try:
         report: UnitReport = await processor.run_unit(unit)
     except Exception as exc:  # the coordinator raises it: the run stops, as it would in one process
-        conn.send(("failed", _portable(exc), "".join(traceback.format_exception(exc))))
+        _tell(conn, ("failed", _portable(exc), "".join(traceback.format_exception(exc))))
         return
-    progress.flush()
-    conn.send(("done", report))
+    try:
+        progress.flush()
+        conn.send(("done", report))
+    except Exception as exc:  # a report that cannot be sent: say why rather than leave the unit waiting
+        _tell(conn, ("failed", _portable(exc), "".join(traceback.format_exception(exc))))
+
+
+def _tell(conn: Connection, message: tuple) -> None:
+    """Send, or end this worker when even that fails: its death makes the coordinator run its units again
+    rather than wait for them forever."""
+    try:
+        conn.send(message)
+    except Exception:
+        os._exit(1)
 
 
 def _portable(exc: Exception) -> Exception:
