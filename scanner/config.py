@@ -94,7 +94,7 @@ class RunConfig:
     # Rows waiting on the network hold no body: thousands may wait on DNS and connects at once, while
     # body_bytes_in_flight bounds the bodies in memory, from their first byte read until hashed.
     rows_in_flight: int = 4096
-    body_bytes_in_flight: int = 256 * 1024 * 1024
+    body_bytes_in_flight: int = 64 * 1024 * 1024  # fetch-ahead past this buys nothing: hashing is the bound
     units_in_flight: int = 3
     on_bad_shard: str = "fail"
     runner: str = "local"
