@@ -197,14 +197,10 @@ class FetchPolicy:
         fetcher = self.stages.fetcher
         result = await (fetcher.fetch(row.url, screen=hop) if hop else fetcher.fetch(row.url))
         body, result.body = result.body, None
-        if body is None:
-            result.release()  # nothing to hash: no room held in the body budget
         row_result.http_status, row_result.fetched_at = result.status, result.fetched_at
         if hop is not None and hop.matches:
-            result.release()
             return Checked(row_result, fetch=result, matches=hop.matches)  # a redirect to a listed URL
         if result.outcome != FetchOutcome.OK:
-            result.release()
             row_result.outcome, row_result.reason = result.outcome.row_outcome, result.reason
             return Checked(row_result)
         if body is None:  # a 304 to a request that was not conditional (invalid, as in a rescan)

@@ -271,8 +271,6 @@ class RescanPolicy:
         headers = None if self._lacks_dihedral(row) else _conditional_headers(row)
         result = await self.stages.fetcher.fetch(row.record["url"], headers=headers, screen=hop)
         body, result.body = result.body, None
-        if body is None or result.outcome != FetchOutcome.OK or (hop is not None and hop.matches):
-            result.release()  # no body to hash: its room in the body budget goes back now
         row_result.http_status, row_result.fetched_at = result.status, result.fetched_at
         carried = dict(row.record)  # a row that gives nothing new keeps its last hash record
         if hop is not None and hop.matches:

@@ -116,6 +116,8 @@ class GuardedFetcher:
         except BaseException:
             result.release()
             raise
+        if result.body is None:
+            result.release()  # only a body holds room in the budget: the caller releases it once hashed
         return result
 
     async def _before_slot(self, target: Target) -> None:
