@@ -298,7 +298,7 @@ def worker_main(conn: Connection, config: ScanConfig, hashing: bool, parent: int
             if given is not None:
                 asyncio.run(_serve(conn, config, *given, hashers))
     except Exception as exc:  # the coordinator says it in one line; no traceback on stderr, no status 0
-        _tell(conn, ("failed", _portable(exc), "".join(traceback.format_exception(exc))))
+        _tell(conn, _failed(exc))
         os._exit(1)
 
 
@@ -366,13 +366,18 @@ async def _run_one(conn: Connection, processor: UnitProcessor, progress: _Batche
     try:
         report: UnitReport = await processor.run_unit(unit)
     except Exception as exc:  # the coordinator raises it: the run stops, as it would in one process
-        _tell(conn, ("failed", _portable(exc), "".join(traceback.format_exception(exc))))
+        _tell(conn, _failed(exc))
         return
     try:
         progress.flush()
         conn.send(("done", report))
     except Exception as exc:  # a report that cannot be sent: say why rather than leave the unit waiting
-        _tell(conn, ("failed", _portable(exc), "".join(traceback.format_exception(exc))))
+        _tell(conn, _failed(exc))
+
+
+def _failed(exc: Exception) -> tuple:
+    """The message that makes the coordinator raise exc, with this worker's traceback chained to it."""
+    return ("failed", _portable(exc), "".join(traceback.format_exception(exc)))
 
 
 def _tell(conn: Connection, message: tuple) -> None:
