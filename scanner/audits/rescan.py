@@ -137,6 +137,7 @@ class RescanJob(StoredJob):
         return _summary_sections(self.stored, run.checkpoint, [u.id for u in run.units])
 
     def merge_more(self, run: Run) -> None:
+        super().merge_more(run)
         _merge_changes(run.out, run.checkpoint, [u.id for u in run.units])
 
 
