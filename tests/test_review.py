@@ -20,6 +20,7 @@ from loopback import LoopbackServer
 from scanner.cli.main import main
 from scanner.config import build_config
 from scanner.hashing import hash_image
+from scanner.lists import Matcher, Query, load_hashlist
 from scanner.reports.verdicts import Verdicts, url_sha256
 from scanner.runners.local import scan
 
@@ -110,6 +111,30 @@ def test_hold_floods_reports_held_rows_and_keeps_them_for_review(scanned, scanne
     assert "outcomes: match 2, clean 4, dead 0, invalid 0, blocked 0, held 6" in done.stdout
     assert "likely bad list entry: flist F-1 matched 6 rows; its rows held (held.jsonl)" in done.stdout
     assert main(["verify", str(held_out)]) == 0
+    released = tmp / "released"  # held rows keep their hash records: without the flag they match again
+    done = scanner_cli(
+        "rematch", str(held_out), "--hashlist", f"tlist={tmp / 'tlist.csv'}", "--hashlist",
+        f"flist={tmp / 'flist.csv'}", "--out", str(released), "--config", str(_low(tmp)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {_outcomes(released)[r] for r in popular} == {"match"}
+
+
+def test_a_negative_entry_alone_is_no_match(tmp_path) -> None:
+    listed, negative = tmp_path / "listed.csv", tmp_path / "neg.csv"
+    near = hash_image(encode(WRONG, "PNG"), frozenset({"pdq"}))
+    listed.write_text(f"hash_type,hash,id\nmd5,{'0' * 32},L-1\n")
+    negative.write_text(f"hash_type,hash,id\npdq,{near.pdq.hex()},N-1\n")
+    lists = [load_hashlist(f"listed={listed}"), load_hashlist(f"neg={negative}")]
+    matcher = Matcher.from_lists(lists, negative=["neg"])
+    only_negative = Query({"pdq": near.pdq, "md5": bytes(15) + b"\x01"}, near.pdq_quality)
+    both = Query({"pdq": near.pdq, "md5": bytes(16)}, near.pdq_quality)
+    found = matcher.match_batch([only_negative, both])
+    assert found[0] == []
+    assert [(m.list, m.entry_id, m.value) for m in found[1]] == [
+        ("listed", "L-1", "0" * 32),
+        ("neg", "N-1", near.pdq.hex()),
+    ]
 
 
 def _low(tmp: Path) -> Path:
