@@ -42,6 +42,8 @@ COLOURS = {
     Outcome.BLOCKED: "#7c3aed",
     Outcome.CHANGED: "#db2777",
     Outcome.UNCHECKED: "#94a3b8",
+    Outcome.HELD: "#0e7490",
+    Outcome.SUPPRESSED: "#a16207",
 }
 ACCENT = "#1f5fa8"
 TRACK = "#eef0f3"  # the 100% a bar is drawn against
