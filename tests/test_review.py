@@ -21,6 +21,7 @@ from scanner.cli.main import main
 from scanner.config import build_config
 from scanner.hashing import hash_image
 from scanner.lists import Matcher, Query, load_hashlist
+from scanner.reports.review import ReviewConfig, is_flood
 from scanner.reports.verdicts import Verdicts, url_sha256
 from scanner.runners.local import scan
 
@@ -276,3 +277,11 @@ def test_clean_drops_rows_by_verdict(reviewed, scanner_cli) -> None:
 def test_unknown_verdict_names_are_refused(scanned) -> None:
     _tmp, out, _rows, _urls, _summary = scanned
     assert main(["export", str(out), "--verdict", "maybe"]) == 1
+
+
+def test_an_entry_is_a_flood_by_rows_or_by_share_past_a_floor() -> None:
+    config = ReviewConfig()  # more than 100 rows, or more than 0.1% of the rows and more than 10
+    assert not is_flood(100, 1_000_000, config) and is_flood(101, 1_000_000, config)
+    assert is_flood(11, 10_000, config) and not is_flood(10, 10_000, config)  # 0.1% of 10,000 is 10
+    assert not is_flood(10, 20, config)  # half of a small scan, but only 10 rows
+    assert not is_flood(50, 100_000, config)  # 0.05%
