@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -127,13 +128,12 @@ def merge_reviewed(
     scanned = sum(pq.read_metadata(path).num_rows for path in units.outcome_files(unit_ids))
     unit_matches = (jsonl.read_records(p) for p in units.side_files(unit_ids, ".matches.jsonl"))
     found = floods(count_entries(unit_matches, review.negative), scanned, review.config)
-    flooded = {(f["list"], f["entry_id"]) for f in found}
-    aside: dict[Outcome, list[dict]] = {outcome: [] for outcome in SET_ASIDE}
+    merge = _Merge(review, {(f["list"], f["entry_id"]) for f in found}, counts)
     with ExitStack() as stack:
         handle = stack.enter_context(atomic_open(out_dir / "outcomes.parquet"))
         writer = stack.enter_context(pq.ParquetWriter(handle, OUTCOME_SCHEMA))
-        matches = stack.enter_context(atomic_open(out_dir / "matches.jsonl", "w"))
-        evidence = stack.enter_context(atomic_open(out_dir / "evidence.jsonl", "w"))
+        merge.matches = stack.enter_context(atomic_open(out_dir / "matches.jsonl", "w"))
+        merge.evidence = stack.enter_context(atomic_open(out_dir / "evidence.jsonl", "w"))
         sides = zip(
             units.outcome_files(unit_ids),
             units.side_files(unit_ids, ".matches.jsonl"),
@@ -141,27 +141,45 @@ def merge_reviewed(
             strict=True,
         )
         for outcome_path, matches_path, evidence_path in sides:
-            proofs = {(e["shard"], e["row"]): e for e in jsonl.read_records(evidence_path)}
-            changed: dict[tuple[str, int], Outcome] = {}
-            for records in by_row(jsonl.read_records(matches_path)):
-                where = (records[0]["shard"], records[0]["row"])
-                outcome = set_aside(records, review, flooded)
-                if outcome is None:
-                    jsonl.write_records(matches, records)
-                    jsonl.write_records(evidence, [proofs[where]] if where in proofs else [])
-                    for record in records:
-                        counts[1](record)
-                else:
-                    changed[where] = outcome
-                    aside[outcome].append(set_aside_record(records, proofs.get(where), outcome))
+            changed = merge.unit(jsonl.read_records(matches_path), jsonl.read_records(evidence_path))
             table = _rewritten(pq.read_table(outcome_path, schema=OUTCOME_SCHEMA), changed)
             writer.write_table(table, row_group_size=64 * 1024)
             counts[0](table)
-    for outcome, records in aside.items():
-        if records:
-            with atomic_open(out_dir / SET_ASIDE[outcome], "w") as handle:
-                jsonl.write_records(handle, records)
+    for outcome, records in merge.aside.items():
+        path = out_dir / SET_ASIDE[outcome]
+        if not records:
+            path.unlink(missing_ok=True)  # an earlier run's, in a --restart'ed directory
+            continue
+        with atomic_open(path, "w") as handle:
+            jsonl.write_records(handle, records)
     return found
+
+
+class _Merge:
+    """One reviewed merge's state: where kept matches go, and the rows set aside so far."""
+
+    def __init__(self, review: Review, flooded: set[tuple[str, str]], counts: Counts) -> None:
+        self.review, self.flooded, self.count_match = review, flooded, counts[1]
+        self.matches: IO[str] | None = None
+        self.evidence: IO[str] | None = None
+        self.aside: dict[Outcome, list[dict]] = {outcome: [] for outcome in SET_ASIDE}
+
+    def unit(self, matches: Iterable[dict], evidence: Iterable[dict]) -> dict[tuple[str, int], Outcome]:
+        """Write a unit's kept matches and evidence; returns the outcomes of its rows set aside."""
+        proofs = {(e["shard"], e["row"]): e for e in evidence}
+        changed: dict[tuple[str, int], Outcome] = {}
+        for records in by_row(matches):
+            where = (records[0]["shard"], records[0]["row"])
+            outcome = set_aside(records, self.review, self.flooded)
+            if outcome is not None:
+                changed[where] = outcome
+                self.aside[outcome].append(set_aside_record(records, proofs.get(where), outcome))
+                continue
+            jsonl.write_records(self.matches, records)
+            jsonl.write_records(self.evidence, [proofs[where]] if where in proofs else [])
+            for record in records:
+                self.count_match(record)
+        return changed
 
 
 def _rewritten(table: pa.Table, changed: dict[tuple[str, int], Outcome]) -> pa.Table:
