@@ -15,6 +15,7 @@ from scanner.hashing import DecodeLimits
 from scanner.hashtypes import REGISTRY
 from scanner.lists import MatchConfig
 from scanner.regularfile import open_regular
+from scanner.reports.review import ReviewConfig
 from scanner.screen import AuditConfig
 from scanner.sources import SourceOptions
 
@@ -82,6 +83,9 @@ RANGES: dict[str, Range] = {
     "run.rows_in_flight": Range(1, 1_000_000),
     "run.body_bytes_in_flight": Range(KIB, 64 * GIB),
     "run.units_in_flight": Range(1, 10_000),
+    "review.flood_rows": Range(0, 10**12),
+    "review.flood_share": Range(0, 1),
+    "review.flood_min_rows": Range(0, 10**12),
 }
 """Every numeric setting's allowed values, by its dotted name (tests check that none is missing)."""
 
@@ -127,6 +131,7 @@ class ScanConfig:
     match: MatchConfig = field(default_factory=MatchConfig)
     run: RunConfig = field(default_factory=RunConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain data, for the manifest."""
@@ -140,6 +145,7 @@ SECTIONS = {
     "match": MatchConfig,
     "run": RunConfig,
     "audit": AuditConfig,
+    "review": ReviewConfig,
 }
 
 

@@ -35,6 +35,8 @@ class Outcome(StrEnum):
     BLOCKED = "blocked"  # refused by policy before any connection
     CHANGED = "changed"  # the bytes differ from the content hash the dataset (or the stored record) gives
     UNCHECKED = "unchecked"  # nothing could be checked without fetching (--no-fetch, rematch)
+    HELD = "held"  # every entry it matched is a flood (--hold-floods): kept for review in held.jsonl
+    SUPPRESSED = "suppressed"  # it matched a list and a negative entry too: kept in suppressed.jsonl
 
 
 OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
@@ -49,7 +51,12 @@ REQUIRED_OUTCOMES: tuple[Outcome, ...] = (
 )
 """The outcomes every summary.json has (the schema requires them of older files too)."""
 
-CONTENT: frozenset[Outcome] = frozenset({Outcome.MATCH, Outcome.CLEAN, Outcome.INVALID, Outcome.CHANGED})
+MATCHED: frozenset[Outcome] = frozenset({Outcome.MATCH, Outcome.HELD, Outcome.SUPPRESSED})
+"""Outcomes of rows some list entry matched (held and suppressed rows are matches set aside for review)."""
+
+CONTENT: frozenset[Outcome] = frozenset(
+    {Outcome.MATCH, Outcome.CLEAN, Outcome.INVALID, Outcome.CHANGED, Outcome.HELD, Outcome.SUPPRESSED}
+)
 """Outcomes a row's content (fetched or local) may stand behind: a rematch matches the stored hashes of such
 a row, a rescan carries its known matches. Not the live rate: that is `liveness`."""
 
@@ -90,6 +97,17 @@ def unmatched(hashed: bool, reason: str | None) -> Outcome:
     if not hashed:
         return Outcome.UNCHECKED
     return Outcome.INVALID if reason else Outcome.CLEAN
+
+
+class Verdict(StrEnum):
+    """A reviewer's word on a matched row (verdicts.jsonl); a match without one is unreviewed."""
+
+    CONFIRMED = "confirmed"
+    FALSE_POSITIVE = "false_positive"
+    UNREVIEWED = "unreviewed"  # recorded to take back an earlier verdict
+
+
+VERDICTS: tuple[Verdict, ...] = tuple(Verdict)
 
 
 class FetchOutcome(StrEnum):

@@ -298,6 +298,8 @@ def match_record(row_result: RowResult, match: Match) -> dict:
     }
     if match.transform:
         record["transform"] = match.transform
+    if match.value:
+        record["hash"] = match.value  # the row's own hash that matched (never the image)
     if row_result.member:
         record["member"] = row_result.member
     return record

@@ -26,7 +26,8 @@ SHARD_ROWS: dict[str, list[tuple[str, int | None, str | None]]] = {
     + [("dead", 410, "http_410")] * 8
     + [("match", 200, None), ("invalid", None, "empty_url")]
     + [("changed", 200, None)] * 3
-    + [("unchecked", None, None)] * 2,
+    + [("unchecked", None, None)] * 2
+    + [("held", 200, None), ("suppressed", 200, None)],  # set aside by review (docs/review.md)
 }
 # (shard, row, list, entry_id, category, hash_type, distance, quality)
 MATCHES = [

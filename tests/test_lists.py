@@ -365,9 +365,9 @@ def test_exact_and_pdq_matches_carry_entry_details(tmp_path):
     query = Query({"md5": query_bytes(MD5_A), "pdq": query_bytes(flip(PDQ_A, 5))}, pdq_quality=90)
     assert matcher.match_batch([query, Query({"md5": query_bytes(MD5_B)})]) == [
         [
-            Match("mixed", "m1", "A1", "md5", 0, None),
-            Match("mixed", "p1", "B1", "pdq", 5, 90),
-        ],
+            Match("mixed", "m1", "A1", "md5", 0, None, value=query_bytes(MD5_A).hex()),
+            Match("mixed", "p1", "B1", "pdq", 5, 90, value=query_bytes(flip(PDQ_A, 5)).hex()),
+        ],  # value: the query's own hash that matched
         [],
     ]
 

@@ -23,11 +23,13 @@ from scanner.outcomes import (
     REASON_ENUMS,
     REASONS,
     REQUIRED_OUTCOMES,
+    VERDICTS,
     DecodeReason,
     FetchOutcome,
     Liveness,
     Outcome,
     StrEnum,
+    Verdict,
     http_reason,
     is_reason,
     unmatched,
@@ -35,7 +37,7 @@ from scanner.outcomes import (
 from scanner.reports.records import RowResult, outcomes_table
 from scanner.reports.writer import Tally, summary
 
-ALL_ENUMS = (Outcome, FetchOutcome, *REASON_ENUMS)
+ALL_ENUMS = (Outcome, FetchOutcome, Verdict, *REASON_ENUMS)
 SCHEMA = json.loads((REPO / "scanner" / "schemas" / "summary.schema.json").read_text(encoding="utf-8"))
 
 # String constants in scanner/ equal to an enum value that mean something else there, with how many times
@@ -106,7 +108,10 @@ def test_values_are_unchanged_and_unique() -> None:
         "blocked",
         "changed",
         "unchecked",
+        "held",
+        "suppressed",
     ]
+    assert [v.value for v in VERDICTS] == ["confirmed", "false_positive", "unreviewed"]
     assert [o.value for o in FetchOutcome] == ["ok", "dead", "invalid", "blocked"]
     values = [m.value for reasons in REASON_ENUMS for m in reasons]
     assert len(values) == len(set(values)) == len(REASONS), Counter(values).most_common(3)

@@ -62,7 +62,7 @@ def expected_figures() -> list[str]:
     outcomes = expected_outcomes()
     rows = sum(outcomes.values())
     # summary.json's live_rate: of the requested rows (not blocked, unchecked or the one empty URL)
-    live = sum(outcomes[o] for o in ("match", "clean", "invalid", "changed")) - 1
+    live = sum(outcomes[o] for o in ("match", "clean", "invalid", "changed", "held", "suppressed")) - 1
     requested = live + outcomes["dead"]
     return [
         f"{rows:,}",

@@ -199,6 +199,7 @@ def test_matches_exact_and_near_duplicates_not_unrelated(scanned):
         "hash_type",
         "distance",
         "quality",
+        "hash",  # the row's own hash that matched: negative lists and referral drafts
     }
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import json
 import os
 from collections import defaultdict
@@ -29,13 +28,13 @@ import pyarrow.parquet as pq
 
 from scanner import procguard
 from scanner.errors import ConfigError, InputError
-from scanner.outcomes import OUTCOMES, Outcome
+from scanner.outcomes import MATCHED, OUTCOMES, VERDICTS, Outcome
 from scanner.reports.files import atomic_open, private_dir, utf8_text
+from scanner.reports.verdicts import Verdicts, url_sha256
 from scanner.run.reportlock import report_lock
 from scanner.sources import expand_inputs
 from scanner.sources.storage import input_signature, is_remote
 from scanner.sources.text import LineFeed
-from scanner.urls.normal import normalise_url
 
 DEFAULT_DROP = (Outcome.MATCH,)
 LINE_KINDS = ("jsonl", "txt")  # one row a line (a JSONL blank line is no row)
@@ -119,10 +118,11 @@ def _clean(shards: Sequence[str], report: Path, out: Path, drop: tuple[str, ...]
 
 
 def _checked_drop(drop: Sequence[str]) -> tuple[str, ...]:
-    unknown = sorted(set(drop) - set(OUTCOMES))
+    unknown = sorted(set(drop) - set(OUTCOMES) - set(VERDICTS))
     if unknown or not drop:
         raise ConfigError(
-            f"--drop takes outcomes among {', '.join(OUTCOMES)}; not {', '.join(unknown) or 'none'}"
+            f"--drop takes outcomes among {', '.join(OUTCOMES)} and verdicts among {', '.join(VERDICTS)}; "
+            f"not {', '.join(unknown) or 'none'}"
         )
     return tuple(drop)
 
@@ -159,7 +159,8 @@ def _check_cleanable(path: str, inputs: dict[str, dict]) -> None:
 def _flagged_rows(outcomes: Path, shards: set[str], drop: tuple[str, ...]) -> dict[str, _Flagged]:
     """Per shard: rows in the report, and the rows whose outcome is to be dropped, read batch by batch."""
     flagged: dict[str, _Flagged] = defaultdict(_Flagged)
-    wanted, dropped = pa.array(sorted(shards)), pa.array(drop)
+    wanted, dropped = pa.array(sorted(shards)), pa.array([d for d in drop if d in OUTCOMES], pa.string())
+    by_verdict = _by_verdict(outcomes.parent, drop)
     try:
         file = pq.ParquetFile(outcomes)
     except (OSError, pa.ArrowException) as exc:
@@ -171,7 +172,29 @@ def _flagged_rows(outcomes: Path, shards: set[str], drop: tuple[str, ...]) -> di
             flagged[group["shard"]].rows += group["count_all"]
         for record in table.filter(pc.is_in(table["outcome"], dropped)).to_pylist():
             flagged[record["shard"]].dropped.append(record)
+        if by_verdict is not None:
+            for record in table.filter(pc.invert(pc.is_in(table["outcome"], dropped))).to_pylist():
+                if by_verdict(record):
+                    flagged[record["shard"]].dropped.append(record)
+    for shard in flagged.values():
+        shard.dropped.sort(key=lambda r: r["row"])
     return flagged
+
+
+def _by_verdict(report: Path, drop: tuple[str, ...]) -> Callable[[dict], bool] | None:
+    """Whether a row is dropped for its verdict (a matched row's; unreviewed when none is recorded), or
+    None when --drop names no verdict."""
+    wanted = {d for d in drop if d in VERDICTS}
+    if not wanted:
+        return None
+    verdicts = Verdicts.load(report)
+
+    def dropped(record: dict) -> bool:
+        if record["outcome"] not in MATCHED:
+            return False
+        return verdicts.of(record["shard"], record["row"], record["url"], record["key"]) in wanted
+
+    return dropped
 
 
 def _writer(kind: str) -> Callable[[str, Path, set[int], int], int]:
@@ -279,11 +302,3 @@ def _removed_record(shard: str, record: dict) -> dict:
         "url_sha256": url_sha256(record["url"]),
         "outcome": record["outcome"],
     }
-
-
-def url_sha256(url: str | None) -> str | None:
-    """SHA-256 hex of a URL's normal form, or None when it has none."""
-    try:
-        return hashlib.sha256(normalise_url(url).encode("utf-8")).hexdigest() if url else None
-    except ValueError:
-        return None

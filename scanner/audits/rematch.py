@@ -24,7 +24,7 @@ from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.fetch import FetchResult
 from scanner.lists import Match, Matcher
-from scanner.outcomes import CONTENT, Outcome, unmatched
+from scanner.outcomes import CONTENT, MATCHED, Outcome, unmatched
 from scanner.pipeline import HashFn, Progress, evidence_record, match_record, to_query
 from scanner.reports.records import RowResult, UnitReport
 from scanner.run.job import Run, execute
@@ -144,7 +144,7 @@ def rematch_unit(
     for i, row_matches in zip(hashed, found, strict=True):
         matches[i] = row_matches
     for i, row in enumerate(rows):
-        if not matches[i] and row.hashes is None and row.previous.outcome == Outcome.MATCH:
+        if not matches[i] and row.hashes is None and row.previous.outcome in MATCHED:
             matches[i] = _redirect_matches(screen, evidence.get((row.previous.shard, row.previous.row)))
     report = UnitReport(unit_id, [], hashes=[row.record for row in rows])
     rematched = set(hashed)
@@ -174,7 +174,7 @@ def _rematched(previous: RowResult, matched: bool, hashed: bool) -> RowResult:
     row_result = dataclasses.replace(previous)
     if matched:
         row_result.outcome = Outcome.MATCH
-    elif previous.outcome == Outcome.MATCH:
+    elif previous.outcome in MATCHED:
         row_result.outcome = unmatched(hashed, previous.reason)
     return row_result
 

@@ -32,7 +32,16 @@ from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
 from scanner.fetch import FetchResult
 from scanner.lists import Match, Matcher
-from scanner.outcomes import CONTENT, FetchOutcome, FetchReason, Liveness, Outcome, liveness, unmatched
+from scanner.outcomes import (
+    CONTENT,
+    MATCHED,
+    FetchOutcome,
+    FetchReason,
+    Liveness,
+    Outcome,
+    liveness,
+    unmatched,
+)
 from scanner.pipeline import (
     Checked,
     HashFn,
@@ -128,6 +137,7 @@ class RescanJob(StoredJob):
         return _summary_sections(self.stored, run.checkpoint, [u.id for u in run.units])
 
     def merge_more(self, run: Run) -> None:
+        super().merge_more(run)
         _merge_changes(run.out, run.checkpoint, [u.id for u in run.units])
 
 
@@ -245,7 +255,7 @@ class RescanPolicy:
         )
         if screened.matches:  # a listed URL or domain is never requested, not even for liveness
             return Rechecked(row_result, record=dict(row.record), matches=[*screened.matches, *known])
-        if previous.outcome == Outcome.MATCH or known:
+        if previous.outcome in MATCHED or known:
             return await self._liveness(row, screened, known, row_result)
         return await self._refetch(row, screened, row_result)
 
@@ -308,9 +318,9 @@ def change_kinds(previous: RowResult, current: RowResult, content_changed: bool)
         kinds.append("newly_dead")
     if was == Liveness.DEAD and is_now == Liveness.LIVE:
         kinds.append("newly_live")
-    if now == Outcome.MATCH and before != Outcome.MATCH:
+    if now in MATCHED and before not in MATCHED:  # held and suppressed rows matched too
         kinds.append("new_match")
-    if before == Outcome.MATCH and now != Outcome.MATCH:
+    if before in MATCHED and now not in MATCHED:
         kinds.append("match_gone")
     if content_changed:
         kinds.append("content_changed")

@@ -15,7 +15,7 @@ from scanner.errors import InputError
 from scanner.hashing import ImageHashes
 from scanner.lists import HashList
 from scanner.outcomes import Outcome
-from scanner.reports import jsonl
+from scanner.reports import jsonl, verdicts
 from scanner.reports.hashes import (
     DIHEDRAL_COLUMN,
     HASHES_FILE,
@@ -176,6 +176,10 @@ class StoredJob(Job):
             if (scan.dir / "manifest.json").is_file():
                 inputs.extend(scan.manifest().get("inputs", []))
         return lifecycle.manifest(self.config, run.lists, inputs, **extra)
+
+    def merge_more(self, run: Run) -> None:
+        """Verdicts recorded beside the stored scans come along (reports/verdicts.py checks each row)."""
+        verdicts.carry([scan.dir for scan in self.scans], run.out)
 
 
 class StoredScans:

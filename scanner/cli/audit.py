@@ -10,6 +10,7 @@ from pathlib import Path
 
 from scanner.cli.common import configured, print_summary, run_with_guard, terminal_line
 from scanner.cli.outputs import guard_writes
+from scanner.cli.review import REVIEW_FLAGS
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import Outcome
 
@@ -61,6 +62,8 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
         default=None,
         help="match the rotated and flipped PDQ hashes a --pdq-dihedral scan stored (refused without them)",
     )
+    for flag, key, options in REVIEW_FLAGS:  # --negative-list, --hold-floods: as for scan
+        configured(sub.add_argument(flag, **options), key)
     sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
     sub.add_argument("--quiet", action="store_true", help="no summary: only the line naming the reports")
 
@@ -75,6 +78,8 @@ def cmd_rematch(args: argparse.Namespace) -> int:
         "match.pdq_threshold": args.pdq_threshold,
         "match.pdq_min_quality": args.pdq_min_quality,
         "match.pdq_dihedral": args.pdq_dihedral,
+        "review.negative_lists": args.negative_list,
+        "review.hold_floods": args.hold_floods,
     }
     config = load_config(args.config, overrides)
     guard_writes(config.out)
@@ -147,7 +152,11 @@ def _clean_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--out", required=True, metavar="CLEAN_DIR", help="where the clean shards go (created 0700)"
     )
-    sub.add_argument("--drop", default=Outcome.MATCH, help="outcomes to remove, comma-separated")
+    sub.add_argument(
+        "--drop",
+        default=Outcome.MATCH,
+        help="outcomes and verdicts to remove, comma-separated (confirmed,unreviewed: keep false positives)",
+    )
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

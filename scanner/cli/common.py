@@ -57,9 +57,17 @@ def print_summary(result) -> None:
     print(f"matches: {matches['total']} on {matches['rows']} rows")
     for name, counts in matches["by_list"].items():
         print(f"  {name}: {counts['matches']} matches on {counts.get('rows', 0)} rows")
+    for flood in s.get("floods", []):
+        print(flood_line(flood))
     if s["skipped_shards"]:
         print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
     print(f"reports: {result.out}")
+
+
+def flood_line(flood: dict) -> str:
+    """A flood entry in words: a likely bad list entry, and whether its rows were held."""
+    held = "; its rows held (held.jsonl)" if flood["hold"] else "; --hold-floods holds such rows"
+    return f"likely bad list entry: {flood['list']} {flood['entry_id']} matched {flood['rows']} rows{held}"
 
 
 def run_line(result) -> str | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +24,8 @@ from scanner.cli.pictures import encode, make_image
 from scanner.config import build_config
 from scanner.errors import ConfigError
 from scanner.hashing import hash_image
+from scanner.outcomes import Verdict
+from scanner.reports import verdicts
 from scanner.reports.files import atomic_open, private_dir
 from scanner.run.checkpoint import own_dir
 from scanner.run.lifecycle import ScanResult
@@ -127,6 +131,7 @@ def _build_and_scan(out_dir: Path, images: int, quiet: bool) -> ScanResult:
     inputs = own_dir(out_dir / "demo-input")  # a planted link there is refused, its target left alone
     routes, paths, bodies = demo_routes(max(images, 8))
     write_demo_list(inputs / "demo-NOT-REAL.csv", bodies)
+    plant_flood(routes, paths, inputs / "demo-NOT-REAL.csv")
     with serve(routes) as base:
         write_demo_shard(inputs / "demo-shard-00000.parquet", base, paths)
         config = build_config(
@@ -136,7 +141,48 @@ def _build_and_scan(out_dir: Path, images: int, quiet: bool) -> ScanResult:
                 "hashlist": [f"demo={inputs / 'demo-NOT-REAL.csv'}"],
                 "fetch": {"allow_private_networks": True},
                 "source": {"rows_per_unit": 32},
+                "review": {"flood_rows": FLOOD_COPIES - 1},
             },
             "demo",
         )
-        return run_with_guard(config, restart=True, quiet=quiet)
+        result = run_with_guard(config, restart=True, quiet=quiet)
+    record_demo_verdict(out_dir)
+    return result
+
+
+FLOOD_COPIES = 5
+
+
+def plant_flood(routes: dict, paths: list[str], list_path: Path) -> None:
+    """One picture served at several URLs and a list entry for it (demo-0003): a flood, as a bad entry
+    that matches far too many rows shows in the report."""
+    picture = make_image(999_999)
+    for i in range(FLOOD_COPIES):
+        body = encode(picture.resize((480 - 40 * i, 360 - 30 * i)), "JPEG")
+        routes[f"/popular/{i}.jpg"] = (200, CONTENT_TYPES["JPEG"], body, {})
+        paths.append(f"/popular/{i}.jpg")
+    pdq = hash_image(encode(picture, "PNG"), frozenset({"pdq"})).pdq.hex()
+    with open(list_path, "a", encoding="utf-8") as handle:
+        handle.write(f"pdq,{pdq},demo-0003,demo-not-real\n")
+
+
+def record_demo_verdict(out_dir: Path) -> None:
+    """A reviewer's verdict on the exact match (demo-0001), as `scanner review import` records one, and
+    the report written again to show it."""
+    from scanner.reports.html import write_html_report
+    from scanner.reports.verdicts import matched_rows
+    from scanner.reports.writer import refresh_digests
+
+    with open(out_dir / "matches.jsonl", encoding="utf-8") as handle:
+        exact = next((m for m in map(json.loads, handle) if m["entry_id"] == "demo-0001"), None)
+    if exact is None:
+        return
+    row = matched_rows(out_dir)[exact["shard"], exact["row"]]
+    record = {"shard": row.shard, "row": row.row, "url_sha256": row.url_sha256, "key": row.key}
+    note = "demo: a verdict as `scanner review import` records it"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    verdicts.append(
+        out_dir,
+        [{**record, "verdict": Verdict.CONFIRMED, "note": note, "operator": "demo", "recorded_at": stamp}],
+    )
+    refresh_digests(out_dir, [write_html_report(out_dir).name])

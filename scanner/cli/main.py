@@ -13,6 +13,7 @@ from scanner import __version__, textmode
 from scanner.cli import outputs
 from scanner.cli.audit import AUDIT_COMMANDS
 from scanner.cli.common import Help, configured, print_summary, run_with_guard, terminal_line
+from scanner.cli.review import REVIEW_COMMANDS, REVIEW_FLAGS, verdict_names
 from scanner.cli.signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
@@ -107,6 +108,7 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         "audit.keep_hashes",
         {"action": "store_true", "default": None, "help": "write hashes.parquet (for rematch and rescan)"},
     ),
+    *REVIEW_FLAGS,
 ]
 
 
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_verify,
         add_verify_args,
     )
-    for name, help_text, handler, add_args in [*AUDIT_COMMANDS, *SIGNING_COMMANDS]:
+    for name, help_text, handler, add_args in [*AUDIT_COMMANDS, *SIGNING_COMMANDS, *REVIEW_COMMANDS]:
         _add(commands, name, help_text, handler, add_args)
     return parser
 
@@ -361,7 +363,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _export_args(sub: argparse.ArgumentParser) -> None:
     _dir_arg(sub)
-    sub.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="file format")
+    sub.add_argument(
+        "--format",
+        choices=["csv", "jsonl", "cybertip-draft"],
+        default="csv",
+        help="file format; cybertip-draft: one draft per confirmed row, never sent (docs/review.md)",
+    )
+    sub.add_argument(
+        "--verdict",
+        default="",
+        metavar="VERDICT[,VERDICT]",
+        help="only rows with these verdicts: confirmed, false_positive, unreviewed (default: all rows)",
+    )
     sub.add_argument("--with-captions", action="store_true", help="add each row's caption (Parquet shards)")
     sub.add_argument("--output", help="file to write (default DIR/referrals.csv or .jsonl), created 0600")
 
@@ -376,9 +389,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         outputs.check_dir(args.dir, "DIR", must_exist=True)
     with lock_if_writing_into(args.dir, args.output or None, "export"):
         path, count = write_referrals(
-            args.dir, args.format, with_captions=args.with_captions, output=args.output
+            args.dir,
+            args.format,
+            with_captions=args.with_captions,
+            output=args.output,
+            verdicts=verdict_names(args.verdict),
         )
-    print(f"{count} referral rows: {path}")
+    print(f"{count} {'drafts' if args.format == 'cybertip-draft' else 'referral rows'}: {path}")
     return ExitCode.OK
 
 

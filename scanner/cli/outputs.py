@@ -164,6 +164,9 @@ REPORT_FILES = (
     "hashes.parquet",
     "changes.jsonl",
     "report.html",
+    "verdicts.jsonl",
+    "held.jsonl",
+    "suppressed.jsonl",
 )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -27,6 +27,7 @@ class Match:
     distance: int  # 0 for exact types
     quality: int | None  # the query's PDQ quality, for pdq matches
     transform: str | None = None  # the dihedral transform that matched, when not the original image
+    value: str | None = None  # the query's own hash (hex) that matched: negative lists, referral drafts
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +119,22 @@ class Matcher:
     background thread, so a scan fetches and hashes meanwhile and its first match waits only for the rest.
     """
 
-    def __init__(self, searchables: Sequence[_Searchable], config: MatchConfig) -> None:
+    def __init__(
+        self, searchables: Sequence[_Searchable], config: MatchConfig, negative: Collection[str] = ()
+    ) -> None:
         self._searchables = tuple(searchables)
         self.config = config
+        self.negative = frozenset(negative)  # negative lists: they only ever suppress another list's match
         types = {s.entries.hash_type.name for s in self._searchables}
         dihedral = {"pdq_dihedral"} if config.pdq_dihedral and "pdq" in types else set()
         self.needed_hash_types: frozenset[str] = frozenset(types | dihedral)
 
     @classmethod
-    def from_lists(cls, lists: Sequence[HashList], config: MatchConfig | None = None) -> Matcher:
-        """Index every list's entries; refuses duplicate list names and overrides for unknown lists."""
+    def from_lists(
+        cls, lists: Sequence[HashList], config: MatchConfig | None = None, negative: Collection[str] = ()
+    ) -> Matcher:
+        """Index every list's entries; refuses duplicate list names and overrides for unknown lists.
+        `negative` names lists whose entries matter only beside another list's match (negative lists)."""
         config = config or MatchConfig()
         names = [hash_list.name for hash_list in lists]
         if len(set(names)) != len(names):
@@ -145,7 +152,7 @@ class Matcher:
                 searchables.append(_Searchable(hash_list.name, entries, index, threshold))
         if builds:
             threading.Thread(target=_build_all, args=(builds,), name="index-build", daemon=True).start()
-        return cls(searchables, config)
+        return cls(searchables, config, negative)
 
     def match_batch(self, queries: Sequence[Query]) -> list[list[Match]]:
         """Every match of every query, each query's sorted by list, hash type, distance and entry id."""
@@ -162,6 +169,8 @@ class Matcher:
                 results[q].append(self._match(searchable, queries[q], entry, distance, transform))
         for matches in results:
             matches.sort(key=lambda m: (m.list, m.hash_type, m.distance, m.entry_id))
+            if self.negative and all(m.list in self.negative for m in matches):
+                matches.clear()  # a negative entry alone is no match: the row is what it was
         return results
 
     def _probes(self, queries: Sequence[Query], hash_type: ListKeys) -> _Probes:
@@ -198,6 +207,8 @@ class Matcher:
     def _match(searchable: _Searchable, query: Query, entry: int, distance: int, transform: int) -> Match:
         entries = searchable.entries
         is_pdq = entries.hash_type.name == "pdq"
+        value = query.pdq_dihedral[transform] if transform else query.hashes.get(entries.hash_type.name)
+        kind = entries.hash_type.type
         return Match(
             list=searchable.list_name,
             entry_id=entries.entry_id(entry),
@@ -206,6 +217,7 @@ class Matcher:
             distance=distance,
             quality=query.pdq_quality if is_pdq else None,
             transform=DIHEDRAL_TRANSFORMS[transform] if transform else None,
+            value=None if value is None or kind.text else kind.to_hex(value),
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import csv
 import itertools
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -13,10 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
+from scanner.outcomes import Verdict
 from scanner.reports import jsonl, safetext
+from scanner.reports.cybertip import CYBERTIP_DRAFT, write_drafts
 from scanner.reports.files import atomic_open, utf8_text
+from scanner.reports.verdicts import Verdicts
 
-FORMATS = ("csv", "jsonl")
+FORMATS = ("csv", "jsonl", CYBERTIP_DRAFT)
 CAPTION_COLUMNS = ("TEXT", "caption", "text")
 REFERRAL_FIELDS = (
     "url",
@@ -38,22 +41,39 @@ REFERRAL_FIELDS = (
     "row",
     "member",  # the image inside a downloaded corpus shard (tar member, folder file); empty for URL lists
     "key",
+    "verdict",  # the reviewer's (verdicts.jsonl): confirmed, false_positive, or unreviewed
 )
 
 
 def write_referrals(
-    out_dir: str | Path, fmt: str = "csv", with_captions: bool = False, output: str | Path | None = None
+    out_dir: str | Path,
+    fmt: str = "csv",
+    with_captions: bool = False,
+    output: str | Path | None = None,
+    verdicts: Collection[str] = (),
 ) -> tuple[Path, int]:
-    """Write the referral file (0600, atomically; default DIR/referrals.FORMAT); return path and row count."""
+    """Write the referral file (0600, atomically; default DIR/referrals.FORMAT, DIR/cybertip-draft.jsonl);
+    return path and count (rows; drafts). `verdicts`: only match records whose row has one of these."""
     if fmt not in FORMATS:
-        raise InputError(str(output or out_dir), f"unknown export format {fmt!r}; expected csv or jsonl")
+        raise InputError(
+            str(output or out_dir), f"unknown export format {fmt!r}; expected {', '.join(FORMATS)}"
+        )
     out = Path(out_dir)
     if not (out / "matches.jsonl").is_file():
         raise InputError(str(out), "no matches.jsonl here; is this a finished scan's directory?")
+    records = referrals(out, with_captions)
+    if fmt == CYBERTIP_DRAFT and not verdicts:
+        verdicts = (Verdict.CONFIRMED,)  # a draft is for a reviewed, confirmed row only, unless asked
+    if verdicts:
+        records = (r for r in records if r["verdict"] in verdicts)
+    if fmt == CYBERTIP_DRAFT:
+        path = Path(output) if output else out / f"{CYBERTIP_DRAFT}.jsonl"
+        with atomic_open(path, "wb") as raw, utf8_text(raw) as handle:
+            return path, write_drafts(handle, records)
     path = Path(output) if output else out / f"referrals.{fmt}"
     fields = [*REFERRAL_FIELDS, "caption"] if with_captions else list(REFERRAL_FIELDS)
     with atomic_open(path, "wb") as raw, utf8_text(raw) as handle:
-        count = _write(handle, fmt, fields, referrals(out, with_captions))
+        count = _write(handle, fmt, fields, records)
     return path, count
 
 
@@ -61,6 +81,7 @@ def referrals(out_dir: Path, with_captions: bool = False) -> Iterator[dict]:
     """Stream-join matches.jsonl and evidence.jsonl: both in unit order, one evidence line per matched row."""
     evidence = _records(out_dir / "evidence.jsonl")
     captions = _Captions() if with_captions else None
+    verdicts = Verdicts.load(out_dir)
     current: dict | None = None
     for number, match in _records(out_dir / "matches.jsonl"):
         where = (match["shard"], match["row"])
@@ -71,6 +92,7 @@ def referrals(out_dir: Path, with_captions: bool = False) -> Iterator[dict]:
                     str(out_dir / "matches.jsonl"), "no evidence.jsonl record for this match", number
                 )
         record = referral(match, current)
+        record["verdict"] = verdicts.of_record(match)
         if captions is not None:
             record["caption"] = captions.get(match["shard"], match["row"])
         yield record
@@ -98,6 +120,8 @@ def referral(match: dict, evidence: dict) -> dict:
         "row": match["row"],
         "member": match.get("member"),
         "key": match.get("key"),
+        "hash": match.get("hash"),
+        "classification": match.get("classification"),
     }
 
 

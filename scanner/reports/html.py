@@ -24,6 +24,7 @@ from scanner.outcomes import OUTCOMES, Liveness, Outcome, live_rate, liveness
 from scanner.regularfile import NotRegularFileError, open_regular, read_capped
 from scanner.reports import jsonl, safetext
 from scanner.reports.files import atomic_open
+from scanner.reports.verdicts import Verdicts
 from scanner.reports.verify import MAX_JSON_BYTES, summary_schema, validate
 
 REPORT_NAME = "report.html"
@@ -41,6 +42,8 @@ COLOURS = {
     Outcome.BLOCKED: "#7c3aed",
     Outcome.CHANGED: "#db2777",
     Outcome.UNCHECKED: "#94a3b8",
+    Outcome.HELD: "#0e7490",
+    Outcome.SUPPRESSED: "#a16207",
 }
 ACCENT = "#1f5fa8"
 TRACK = "#eef0f3"  # the 100% a bar is drawn against
@@ -132,6 +135,9 @@ def render_report(out: Path, show_urls: bool = False, manifest: dict | None = No
     manifest = manifest if manifest is not None else checked_manifest(out / "manifest.json")
     outcomes = outcome_figures(out / "outcomes.parquet")
     matches = match_figures(out / "matches.jsonl")
+    verdicts = Verdicts.load(out)
+    for record in matches.listed:
+        record["verdict"] = verdicts.of_record(record)
     body = "".join(
         [
             _header(summary, manifest, show_urls),
@@ -139,6 +145,7 @@ def render_report(out: Path, show_urls: bool = False, manifest: dict | None = No
             _changes_section(summary),
             _outcome_section(outcomes),
             _match_section(matches, manifest),
+            _floods_section(summary),
             _link_rot_section(outcomes, summary),
             _matched_rows_section(matches, show_urls),
             _lists_section(manifest),
@@ -547,7 +554,7 @@ def _history_rot(entry: dict) -> float | None:
 def _matched_rows_section(figures: MatchFigures, show_urls: bool) -> str:
     if not figures.total:
         return ""
-    columns = ["shard", "row", "key", "list", "entry_id", "category", "hash_type", "distance"]
+    columns = ["shard", "row", "key", "list", "entry_id", "category", "hash_type", "distance", "verdict"]
     columns += ["url"] if show_urls else []
     rows = [[_cell(record, c) for c in columns] for record in figures.listed]
     shown = (
@@ -560,6 +567,23 @@ def _matched_rows_section(figures: MatchFigures, show_urls: bool) -> str:
         f"<p>Showing {shown} match records; <code>scanner export DIR</code> writes them all "
         "with their evidence.</p>",
         _table(columns, rows),
+    )
+
+
+def _floods_section(summary: dict) -> str:
+    """Entries that matched far too many rows: likely bad list entries (summary.json `floods`)."""
+    floods = _objects(summary.get("floods"))
+    if not floods:
+        return ""
+    rows = [
+        [f.get("list"), f.get("entry_id"), f.get("rows"), "yes" if f.get("hold") else "no"] for f in floods
+    ]
+    return _section(
+        "Likely bad list entries (floods)",
+        "<p>These entries matched more rows than the [review] settings allow: check them with the list's "
+        "owner before trusting their matches. Held: their rows are outcome held (--hold-floods), in "
+        "held.jsonl.</p>",
+        _table(["list", "entry_id", "rows matched", Outcome.HELD], rows, numeric_from=2),
     )
 
 

@@ -37,6 +37,7 @@ MATCH_FIELDS = (
     "hash_type",
     "distance",
     "quality",
+    "hash",
 )
 
 

@@ -13,6 +13,7 @@ from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, sha256_file, write_json
 from scanner.reports.html import checked_manifest, write_html_report
 from scanner.reports.records import OUTCOME_SCHEMA, UnitFiles
+from scanner.reports.review import Review, merge_reviewed
 
 SUMMARY_SCHEMA_VERSION = 1
 REPORT_FILES = (
@@ -23,6 +24,8 @@ REPORT_FILES = (
     "report.html",
     "hashes.parquet",
     "changes.jsonl",
+    "held.jsonl",
+    "suppressed.jsonl",
 )
 
 
@@ -41,11 +44,19 @@ class Tally:
     matched_rows_by_list: dict[str, set] = field(default_factory=dict)
     unreadable: Counter = field(default_factory=Counter)
     liveness: Counter = field(default_factory=Counter)
+    floods: list[dict] | None = None  # entries that matched too many rows (reviewed runs)
 
 
-def merge_reports(out_dir: Path, checkpoint: UnitFiles, unit_ids: list[int]) -> Tally:
-    """Concatenate the units' outputs, in unit order, into outcomes.parquet, matches.jsonl, evidence.jsonl."""
+def merge_reports(
+    out_dir: Path, checkpoint: UnitFiles, unit_ids: list[int], review: Review | None = None
+) -> Tally:
+    """Concatenate the units' outputs, in unit order, into outcomes.parquet, matches.jsonl, evidence.jsonl;
+    with `review`, held and suppressed rows are set aside as they are written (reports/review.py)."""
     tally = Tally()
+    if review is not None:
+        counts = (lambda table: _count_outcomes(tally, table.to_pydict()), lambda m: _count_match(tally, m))
+        tally.floods = merge_reviewed(out_dir, checkpoint, unit_ids, review, counts)
+        return tally
     with (
         atomic_open(out_dir / "outcomes.parquet") as handle,
         pq.ParquetWriter(handle, OUTCOME_SCHEMA) as writer,
@@ -109,6 +120,7 @@ def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[s
         },
         "skipped_shards": dict(sorted(skipped.items())),
         "unreadable_rows_by_shard": dict(sorted(tally.unreadable.items())),
+        **({"floods": tally.floods} if tally.floods is not None else {}),
         "started_at": _iso(started_at),
         "finished_at": _iso(finished_at),
         "duration_seconds": round(duration, 3),

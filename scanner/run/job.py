@@ -21,6 +21,7 @@ from scanner.config import ScanConfig
 from scanner.lists import HashList, Matcher
 from scanner.pipeline import HashFn, Progress
 from scanner.reports.records import UnitReport
+from scanner.reports.review import Review
 from scanner.run import lifecycle
 from scanner.run.checkpoint import Checkpoint, open_out
 from scanner.run.lifecycle import ScanResult
@@ -192,4 +193,5 @@ def finish(run: Run, started_at: float) -> ScanResult:
         extra=job.summary_sections(run),
         keep_hashes=job.keep_hashes(),
         merge_more=lambda: job.merge_more(run),
+        review=Review(job.config.review, run.matcher.negative),
     )

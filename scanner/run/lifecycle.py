@@ -16,8 +16,10 @@ from pathlib import Path
 from scanner import __version__
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
+from scanner.hashtypes import IMAGE, REGISTRY
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
 from scanner.reports.hashes import merge_hashes
+from scanner.reports.review import Review
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
 from scanner.run.checkpoint import SETTINGS_SHOWN, Checkpoint, finished_summary
 
@@ -35,9 +37,21 @@ class ScanResult:
 
 
 def load_lists(config: ScanConfig) -> tuple[list[HashList], Matcher]:
-    """The configured hash lists, loaded, and the matcher over them with each list's own thresholds."""
+    """The configured hash lists and negative lists, loaded, and the matcher over them with each list's
+    own thresholds (a negative list's entries only ever suppress another list's match)."""
     lists = [load_hashlist(spec.spec) for spec in config.hashlists]
-    return lists, Matcher.from_lists(lists, match_config(config, lists))
+    lists += [load_negative(spec) for spec in config.review.negative_lists]
+    negative = [hl.name for hl in lists[len(config.hashlists) :]]
+    return lists, Matcher.from_lists(lists, match_config(config, lists), negative)
+
+
+def load_negative(spec: str) -> HashList:
+    """A negative list holds image hashes only: a listed URL is never fetched, so it has nothing to undo."""
+    loaded = load_hashlist(spec)
+    other = sorted(name for name in loaded.entries if REGISTRY[name].computed_from != IMAGE)
+    if other:
+        raise ConfigError(f"{spec}: a negative list holds image hashes only, not {', '.join(other)}")
+    return loaded
 
 
 def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
@@ -47,7 +61,7 @@ def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
     if duplicated:
         raise ConfigError(f"two hash lists are named {', '.join(duplicated)}; name them with NAME=PATH")
     per_list = {
-        hl.name: spec.thresholds for hl, spec in zip(lists, config.hashlists, strict=True) if spec.thresholds
+        hl.name: spec.thresholds for hl, spec in zip(lists, config.hashlists, strict=False) if spec.thresholds
     }
     return dataclasses.replace(config.match, list_thresholds={**config.match.list_thresholds, **per_list})
 
@@ -111,11 +125,12 @@ def finish(
     extra: dict | None = None,
     keep_hashes: bool = True,
     merge_more: Callable[[], None] | None = None,
+    review: Review | None = None,
 ) -> ScanResult:
     """Merge the units into the report files (hashes.parquet when `keep_hashes`; `merge_more` for a run's
     own files), write summary.json (with `extra` sections) and manifest.json (`manifest(summary)`, with
     the times added), push the reports to a mirror, and seal the checkpoint."""
-    tally = merge_reports(out, checkpoint, unit_ids)
+    tally = merge_reports(out, checkpoint, unit_ids, review)
     if keep_hashes:
         merge_hashes(out, checkpoint, unit_ids)
     if merge_more is not None:
