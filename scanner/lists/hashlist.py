@@ -6,7 +6,7 @@ import hashlib
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,6 +18,7 @@ from scanner.errors import HashListError
 from scanner.lists.formats import FormatError, ListText, RawList, read_list
 from scanner.lists.hashtypes import LIST_TYPE_NAMES, BadValue, ListKeys, list_keys
 from scanner.lists.index import aligned_copy, first_occurrences
+from scanner.lists.skipped import SkippedType
 from scanner.regularfile import open_regular
 
 ColumnT = TypeVar("ColumnT", pa.Array, pa.Table, None)
@@ -90,6 +91,7 @@ class HashList:
     format: str
     entries: Mapping[str, HashEntries]
     duplicates_merged: int = 0
+    skipped: Mapping[str, SkippedType] = field(default_factory=dict)  # entries of types left out, by type
 
     @property
     def counts(self) -> dict[str, int]:
@@ -106,6 +108,7 @@ class HashList:
             "format": self.format,
             "counts": self.counts,
             "duplicates_merged": self.duplicates_merged,
+            "skipped": {name: skipped.stats(name) for name, skipped in self.skipped.items()},
         }
 
 
@@ -124,9 +127,11 @@ def load_hashlist(spec: str | ListSpec) -> HashList:
     except FormatError as error:
         raise HashListError(path, error.message, error.line) from None
     entries, merged = _decode(raw, path)
+    skipped = raw.skipped
     del text, raw
     pa.default_memory_pool().release_unused()  # hand the file's text back to the OS, not to a pool
-    return HashList(spec.name, spec.path, hashlib.sha256(data).hexdigest(), format_name, entries, merged)
+    digest = hashlib.sha256(data).hexdigest()
+    return HashList(spec.name, spec.path, digest, format_name, entries, merged, dict(skipped))
 
 
 def _checked_text(data: bytes, path: str) -> ListText:
@@ -145,6 +150,12 @@ def _checked_text(data: bytes, path: str) -> ListText:
 
 def _decode(raw: RawList, path: str) -> tuple[dict[str, HashEntries], int]:
     """Entries per hash type and how many repeated hashes were merged."""
+    if len(raw.hashes) == 0 and raw.skipped:
+        unknown = "; ".join(
+            f"unknown hash type {name!r} on {n.entries} entries ({n.why(name)})"
+            for name, n in raw.skipped.items()
+        )
+        raise HashListError(path, f"no entry of a hash type the scanner can match: {unknown}")
     if len(raw.hashes) == 0:
         raise HashListError(path, "the list has no entries")
     if isinstance(raw.types, str):
