@@ -47,6 +47,28 @@ class TestThreatExchange(ListFormatContract):
         return f"{self.signals[entry.hash_type]} {entry.text}"
 
 
+class TestThreatExchangeCsv(ListFormatContract):
+    """`threatexchange dataset -P --csv` as pytx writes it (tests/test_threatexchange_lists.py runs pytx)."""
+
+    format_name = "threatexchange-csv"
+    types = ("pdq", "md5", "sha256", "url", "url_md5")
+    categories = True
+    garbage = "pdq,0,1"
+    signals: ClassVar = {
+        "pdq": "pdq",
+        "md5": "video_md5",
+        "sha256": "video_sha256",
+        "url": "url",
+        "url_md5": "url_md5",
+    }
+
+    def header(self) -> list[str]:
+        return ["signal_type,signal_str,collab,category,tags"]
+
+    def line(self, entry: Entry) -> str:
+        return csv_line([self.signals[entry.hash_type], entry.text, "Contract Collab", entry.category, "a b"])
+
+
 class TestPdqHashio(ListFormatContract):
     format_name = "pdq-hashio"
     types = ("pdq",)

@@ -210,19 +210,34 @@ class NcmecCsv(CsvFormat):
     type_names: ClassVar = {"md5": "md5", "sha1": "sha1", "sha-1": "sha1", "sha256": "sha256", "pdq": "pdq"}
 
 
+SIGNAL_TYPES: Mapping[str, str] = {
+    "pdq": "pdq",
+    "md5": "md5",
+    "photo_md5": "md5",
+    "video_md5": "md5",
+    "video_sha256": "sha256",
+    "url": "url",
+    "url_md5": "url_md5",
+}
+"""python-threatexchange signal type names -> hash types (digests of the file's bytes whatever the content
+type); any other name a registered type has is its own (a plug-in's SignalType)."""
+
+
+class ThreatExchangeCsv(CsvFormat):
+    """`threatexchange dataset -P --csv`: `signal_type,signal_str,collab,category,tags` (tags space-separated);
+    collab and tags become entry metadata."""
+
+    name = "threatexchange-csv"
+    roles: ClassVar = {"type": ("signal_type",), "hash": ("signal_str",), "category": ("category",)}
+    type_names: ClassVar = SIGNAL_TYPES
+
+
 class ThreatExchangeText(ListFormat):
     """python-threatexchange signal lines: `<signal_type> <hash>`, e.g. `pdq 5f1c...` or `video_md5 ...`."""
 
     name = "threatexchange"
     typed = True
-    type_names: ClassVar = {
-        "pdq": "pdq",
-        "md5": "md5",
-        "photo_md5": "md5",
-        "video_md5": "md5",
-        "url": "url",
-        "url_md5": "url_md5",
-    }
+    type_names: ClassVar = SIGNAL_TYPES
     _line = re.compile(r"^[A-Za-z][A-Za-z0-9_]*\s+\S+$")  # a signal type the scanner may not know (photodna)
 
     @classmethod
@@ -290,7 +305,14 @@ class PlainText(ListFormat):
         )
 
 
-FORMATS: tuple[type[ListFormat], ...] = (CanonicalCsv, NcmecCsv, ThreatExchangeText, PdqHashio, PlainText)
+FORMATS: tuple[type[ListFormat], ...] = (
+    CanonicalCsv,
+    NcmecCsv,
+    ThreatExchangeCsv,
+    ThreatExchangeText,
+    PdqHashio,
+    PlainText,
+)
 """Every format, in the order they are tried: the first whose sniff accepts the file reads it."""
 
 
