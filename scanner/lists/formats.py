@@ -224,8 +224,8 @@ type); any other name a registered type has is its own (a plug-in's SignalType).
 
 
 class ThreatExchangeCsv(CsvFormat):
-    """`threatexchange dataset -P --csv`: `signal_type,signal_str,collab,category,tags` (tags space-separated);
-    collab and tags become entry metadata."""
+    """`threatexchange dataset -P --csv`: `signal_type,signal_str,collab,category,tags` (tags
+    space-separated); collab and tags become entry metadata."""
 
     name = "threatexchange-csv"
     roles: ClassVar = {"type": ("signal_type",), "hash": ("signal_str",), "category": ("category",)}
