@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scanner.errors import HashListError
+from scanner.lists import ncmec
 from scanner.lists.formats import FormatError, ListText, RawList, read_list
 from scanner.lists.hashtypes import LIST_TYPE_NAMES, BadValue, ListKeys, list_keys
 from scanner.lists.index import aligned_copy, first_occurrences
@@ -116,11 +117,11 @@ def load_hashlist(spec: str | ListSpec) -> HashList:
     """Read, check and decode one list; raises HashListError naming the file and line of any problem."""
     spec = spec if isinstance(spec, ListSpec) else ListSpec.parse(spec)
     path = str(spec.path)
-    try:
-        with open_regular(path) as handle:  # a FIFO or /dev/zero named as a list must not hang the scan
-            data = handle.read()
-    except OSError as error:
-        raise HashListError(path, f"cannot read the list: {error.strerror or error}") from None
+    if spec.path.is_dir():
+        return _load_ncmec(spec, None)
+    data = _read(path)
+    if ncmec.is_xml(data):
+        return _load_ncmec(spec, data)
     text = _checked_text(data, path)
     try:
         format_name, raw = read_list(text, spec.hash_type)
@@ -132,6 +133,47 @@ def load_hashlist(spec: str | ListSpec) -> HashList:
     pa.default_memory_pool().release_unused()  # hand the file's text back to the OS, not to a pool
     digest = hashlib.sha256(data).hexdigest()
     return HashList(spec.name, spec.path, digest, format_name, entries, merged, dict(skipped))
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open_regular(path) as handle:  # a FIFO or /dev/zero named as a list must not hang the scan
+            return handle.read()
+    except OSError as error:
+        raise HashListError(path, f"cannot read the list: {error.strerror or error}") from None
+
+
+def _load_ncmec(spec: ListSpec, data: bytes | None) -> HashList:
+    """An NCMEC hash sharing response: one saved file (its bytes, `data`), or a folder of saved pages."""
+    path = str(spec.path)
+    if spec.hash_type is not None:
+        raise HashListError(path, f"this {ncmec.NAME} list names its own hash types: drop the TYPE: prefix")
+    files = [spec.path] if data is not None else ncmec.pages(spec.path)
+    if not files:
+        message = f"a directory with no {ncmec.PAGE_SUFFIX} file (a folder of saved NCMEC pages holds them)"
+        raise HashListError(path, f"cannot read the list: {message}")
+    digests: list[tuple[str, str]] = []
+
+    def read_all() -> Iterator[ncmec.Page]:
+        for page in files:
+            content = data if data is not None else _read(str(page))
+            digests.append((page.name, hashlib.sha256(content).hexdigest()))
+            yield ncmec.Page(str(page), content)
+
+    starts: list[tuple[str, int]] = []
+    try:
+        raw = ncmec.read_pages(read_all(), starts)
+    except ncmec.PageError as error:
+        raise HashListError(error.path, error.message, error.line) from None
+    try:
+        entries, merged = _decode(raw, path)
+    except HashListError as error:
+        if error.line is None:
+            raise
+        page, line = ncmec.locate(starts, error.line)
+        raise HashListError(page, error.message, line) from None
+    digest = digests[0][1] if data is not None else ncmec.folder_digest(digests)
+    return HashList(spec.name, spec.path, digest, ncmec.NAME, entries, merged, dict(raw.skipped))
 
 
 def _checked_text(data: bytes, path: str) -> ListText:
