@@ -298,6 +298,8 @@ def match_record(row_result: RowResult, match: Match) -> dict:
     }
     if match.transform:
         record["transform"] = match.transform
+    if match.entry:
+        record["entry"] = dict(match.entry)  # the list's own columns, namespaced (NCMEC member, pytx tags)
     if row_result.member:
         record["member"] = row_result.member
     return record

@@ -61,6 +61,15 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
         default=None,
         help="match the rotated and flipped PDQ hashes a --pdq-dihedral scan stored (refused without them)",
     )
+    configured(
+        sub.add_argument(
+            "--omit-entry-field",
+            action="append",
+            metavar="COLUMN",
+            help="a list's column left out of matches (default: none)",
+        ),
+        "match.omit_entry_fields",
+    )
     sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
     sub.add_argument("--quiet", action="store_true", help="no summary: only the line naming the reports")
 
@@ -75,6 +84,7 @@ def cmd_rematch(args: argparse.Namespace) -> int:
         "match.pdq_threshold": args.pdq_threshold,
         "match.pdq_min_quality": args.pdq_min_quality,
         "match.pdq_dihedral": args.pdq_dihedral,
+        "match.omit_entry_fields": args.omit_entry_field,
     }
     config = load_config(args.config, overrides)
     guard_writes(config.out)

@@ -57,9 +57,20 @@ def print_summary(result) -> None:
     print(f"matches: {matches['total']} on {matches['rows']} rows")
     for name, counts in matches["by_list"].items():
         print(f"  {name}: {counts['matches']} matches on {counts.get('rows', 0)} rows")
+    for line in skipped_entry_lines(s.get("skipped_list_entries", {})):
+        print(f"list entries skipped: {line}")
     if s["skipped_shards"]:
         print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
     print(f"reports: {result.out}")
+
+
+def skipped_entry_lines(skipped: dict) -> list[str]:
+    """One line per list and hash type whose entries were left out (summary.json skipped_list_entries)."""
+    return [
+        f"{name}: {info['entries']} {type_name} entries skipped ({info['why']})"
+        for name, types in skipped.items()
+        for type_name, info in types.items()
+    ]
 
 
 def run_line(result) -> str | None:

@@ -107,6 +107,11 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         "audit.keep_hashes",
         {"action": "store_true", "default": None, "help": "write hashes.parquet (for rematch and rescan)"},
     ),
+    (
+        "--omit-entry-field",
+        "match.omit_entry_fields",
+        {"action": "append", "metavar": "COLUMN", "help": "a list column matches leave out (default: none)"},
+    ),
 ]
 
 

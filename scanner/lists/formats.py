@@ -330,7 +330,7 @@ def read_list(text: ListText, hash_type: str | None) -> tuple[str, RawList]:
                     f"this {list_format.name} list names its own hash types: drop the TYPE: prefix"
                 )
             return list_format.name, list_format().read(text, hash_type)
-    accepted = ", ".join(f.name for f in FORMATS)
+    accepted = ", ".join([*(f.name for f in FORMATS), "ncmec-xml"])  # XML: read apart (lists/ncmec.py)
     raise FormatError(
         f"unrecognised list format: {text.first_line[:80]!r}; accepted formats: {accepted} "
         "(hashlists/README.md)",

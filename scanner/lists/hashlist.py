@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -80,6 +81,20 @@ class HashEntries:
             return None
         value = self.categories[row].as_py()
         return None if value is None else str(value)
+
+    def fields(self, row: int) -> tuple[tuple[str, str], ...]:
+        """The entry's metadata columns that hold a value, by name (read for matched entries only)."""
+        if self.metadata is None:
+            return ()
+        values = self.metadata.slice(row, 1).to_pylist()[0]
+        return tuple((name, str(value)) for name, value in values.items() if value not in (None, ""))
+
+    def without_fields(self, names: Collection[str]) -> HashEntries:
+        """These entries with the named metadata columns dropped (the rest shared, not copied)."""
+        if self.metadata is None or not set(names) & set(self.metadata.column_names):
+            return self
+        kept = [name for name in self.metadata.column_names if name not in names]
+        return dataclasses.replace(self, metadata=self.metadata.select(kept) if kept else None)
 
 
 @dataclass(frozen=True, eq=False)

@@ -40,6 +40,12 @@ def load_lists(config: ScanConfig) -> tuple[list[HashList], Matcher]:
     return lists, Matcher.from_lists(lists, match_config(config, lists))
 
 
+def skipped_entries(lists: list[HashList]) -> dict:
+    """summary.json's `skipped_list_entries` (list -> type -> count and why), when any list skipped some."""
+    skipped = {hl.name: hl.stats["skipped"] for hl in lists if hl.skipped}
+    return {"skipped_list_entries": skipped} if skipped else {}
+
+
 def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
     """The match settings with each list's own thresholds; two lists may not share a name."""
     names = [hl.name for hl in lists]
