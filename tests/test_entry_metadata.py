@@ -10,6 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from images import encode, make_image
 
@@ -105,3 +106,15 @@ def test_metadata_is_read_only_for_matched_entries(corpus) -> None:
     assert entries.fields(1) == (("member", "Member 1"), ("member_id", "41"), ("kind", "image"))
     assert entries.without_fields(["member", "kind", "member_id"]).metadata is None
     assert entries.without_fields(["nothing"]) is entries
+
+
+def test_repeated_metadata_values_are_held_once(tmp_path: Path) -> None:
+    rows = [f"md5,{i:032x},Partner Collab,tag{i}" for i in range(10)]
+    path = tmp_path / "list.csv"
+    path.write_text("\n".join(["hash_type,hash,collab,tags", *rows]) + "\n", encoding="utf-8")
+    entries = load_hashlist(str(path)).entries["md5"]
+    metadata = entries.metadata
+    assert metadata is not None
+    assert pa.types.is_dictionary(metadata.schema.field("collab").type)
+    assert not pa.types.is_dictionary(metadata.schema.field("tags").type)  # all distinct: kept plain
+    assert entries.fields(3) == (("collab", "Partner Collab"), ("tags", "tag3"))

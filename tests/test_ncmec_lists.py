@@ -5,14 +5,18 @@ metadata kept, and a hostile document refused with a named error, never expanded
 from __future__ import annotations
 
 import shutil
+import tempfile
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scanner.errors import HashListError
 from scanner.hashtypes import HashType, registered
-from scanner.lists import load_hashlist
+from scanner.lists import DuplicateHashWarning, load_hashlist
 
 PAGES = Path(__file__).parent / "fixtures" / "ncmec-pages"
 HEAD = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
@@ -117,6 +121,12 @@ def test_not_well_formed_xml_names_its_page_and_line(tmp_path: Path) -> None:
     with pytest.raises(HashListError, match="not well-formed XML") as caught:
         load_hashlist(str(folder))
     assert (caught.value.path, caught.value.line) == (str(folder / "page-3.xml"), 4)
+
+
+def test_an_unknown_encoding_is_a_named_error(tmp_path: Path) -> None:
+    path = write(tmp_path, document(image("e", f"<md5>{MD5}</md5>")).replace("UTF-8", "UTFR8"))
+    with pytest.raises(HashListError, match="not readable XML: unknown encoding: UTFR8"):
+        load_hashlist(str(path))
 
 
 def test_an_entry_without_an_id_is_refused(tmp_path: Path) -> None:
@@ -229,3 +239,32 @@ def test_a_large_response_streams_in_bounded_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert hash_list.counts == {"md5": 2_000}
     assert peak < size + (16 << 20)
+
+
+SPLICES = [b"<", b">", b"&", b"<!DOCTYPE x>", b"\x00", b"\xff", b"]]>", b"<![CDATA[", b'encoding="x"']
+
+
+@settings(max_examples=200, deadline=None)
+@given(edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 60), st.sampled_from(SPLICES)), max_size=6))
+def test_any_damaged_response_loads_or_raises_hash_list_error(edits) -> None:
+    """Byte flips, cuts and splices in a saved page: entries, or one HashListError naming the file."""
+    data = bytearray((PAGES / "page-1.xml").read_bytes())
+    for where, size, splice in edits:
+        at = int(where * (len(data) - 1))
+        if size % 3 == 0:
+            data[at] = size * 4 % 256
+        elif size % 3 == 1:
+            del data[at : at + size]
+        else:
+            data[at:at] = splice
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "page.xml"
+        path.write_bytes(bytes(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DuplicateHashWarning)
+            try:
+                hash_list = load_hashlist(str(path))
+            except HashListError as error:
+                assert error.path == str(path)
+                return
+    assert sum(hash_list.counts.values()) > 0

@@ -257,9 +257,22 @@ def _decode_type(
         keys=aligned_copy(parsed.keys[keep]) if repeats else parsed.keys,
         ids=ids,
         categories=_subset(_subset(raw.categories, rows), kept),
-        metadata=_subset(_subset(raw.metadata, rows), kept),
+        metadata=_compact(_subset(_subset(raw.metadata, rows), kept)),
     )
     return entries, repeats
+
+
+def _compact(metadata: pa.Table | None) -> pa.Table | None:
+    """Metadata columns that repeat their values (an NCMEC member, a pytx collab) dictionary-encoded: each
+    value held once, four bytes an entry."""
+    if metadata is None:
+        return None
+    columns = {}
+    for name, column in zip(metadata.column_names, metadata.columns, strict=True):
+        whole = column.combine_chunks()
+        repeats = len(whole) >= 2 * pc.count_distinct(whole, mode="all").as_py()
+        columns[name] = pc.dictionary_encode(whole) if repeats else whole
+    return pa.table(columns)
 
 
 def _subset(column: ColumnT, mask: pa.Array | None) -> ColumnT:

@@ -207,6 +207,8 @@ def _parse(data: bytes, entries: dict[tuple[str, str], _Entry], offset: int) -> 
         parser.close()
     except SAXParseException as error:
         raise FormatError(f"not well-formed XML: {error.getMessage()}", error.getLineNumber()) from None
+    except LookupError as error:  # an encoding Python does not know, named in the XML declaration
+        raise FormatError(f"not readable XML: {error}", parser.getLineNumber()) from None
     except DefusedXmlException:
         message = "refused: the document declares a document type (DTD): entities are never expanded"
         raise FormatError(message, parser.getLineNumber()) from None
