@@ -4,6 +4,7 @@ metadata kept, and a hostile document refused with a named error, never expanded
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import tracemalloc
@@ -134,6 +135,17 @@ def test_an_entry_without_an_id_is_refused(tmp_path: Path) -> None:
     with pytest.raises(HashListError, match="entry without an id") as caught:
         load_hashlist(str(path))
     assert caught.value.line == 4
+
+
+def test_a_prefixed_namespace_reads_the_same(tmp_path: Path) -> None:
+    plain = document(image("e1", f"<md5>{MD5}</md5>"))
+    prefixed = re.sub(r"<(/?)(\w)", r"<\1h:\2", plain.replace("xmlns=", "xmlns:h="))
+    assert "<h:queryResult xmlns:h=" in prefixed and "</h:md5>" in prefixed
+    entries = load_hashlist(str(write(tmp_path, prefixed))).entries["md5"]
+    assert (entries.entry_id(0), entries.category(0)) == ("e1", "A1")
+    other = prefixed.replace("hashsharing/v2", "hashsharing/v3")
+    with pytest.raises(HashListError, match="not an NCMEC hash sharing v2 query result"):
+        load_hashlist(str(write(tmp_path, other)))
 
 
 def test_another_document_is_not_a_list(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax import SAXParseException
 from xml.sax.handler import ContentHandler
-from xml.sax.xmlreader import AttributesNSImpl, Locator
+from xml.sax.xmlreader import AttributesImpl, Locator
 
 import numpy as np
 import pyarrow as pa
@@ -95,24 +95,27 @@ class _Handler(ContentHandler):
     def line(self) -> int:
         return self.locator.getLineNumber()
 
-    def startElementNS(
-        self, name: tuple[str | None, str], qname: str | None, attrs: AttributesNSImpl
-    ) -> None:
-        uri, local = name
-        if not self.stack and (local != "queryResult" or uri not in (None, NAMESPACE)):
-            raise FormatError(f"not an NCMEC hash sharing v2 query result: <{local}>", self.line())
-        self.stack.append(local)
-        self.text, self.text_size = [], 0
-        parent = self.stack[-2] if len(self.stack) > 1 else None
-        if local in ENTRY_ELEMENTS and parent in ("images", "videos"):
+    def startElement(self, name: str, attrs: AttributesImpl) -> None:
+        prefix, _, local = name.rpartition(":")
+        stack = self.stack
+        stack.append(local)
+        depth = len(stack)
+        if self.text:
+            self.text, self.text_size = [], 0
+        if depth == 1:
+            namespace = attrs.get(f"xmlns:{prefix}" if prefix else "xmlns")
+            if local != "queryResult" or namespace not in (None, NAMESPACE):
+                raise FormatError(f"not an NCMEC hash sharing v2 query result: <{name}>", self.line())
+        elif depth == 3 and local in ENTRY_ELEMENTS and stack[1] in ("images", "videos"):
             kind, deleted = ENTRY_ELEMENTS[local]
             self.entry = _Entry(kind, self.line(), deleted)
-        elif self.entry is not None and parent == "fingerprints" and len(self.stack) == 5:
-            href = attrs.get((None, "href"))
-            value = None if href is not None else ""
+        elif self.entry is None or depth > 5:
+            return
+        elif depth == 5 and stack[3] == "fingerprints":
+            value = None if attrs.get("href") is not None else ""
             self.entry.fingerprints.append((local, value, self.offset + self.line()))
-        elif self.entry is not None and local == "member" and len(self.stack) == 4:
-            self.entry.member_id = attrs.get((None, "id"))
+        elif depth == 4 and local == "member":
+            self.entry.member_id = attrs.get("id")
 
     def characters(self, content: str) -> None:
         self.text_size += len(content)
@@ -120,21 +123,22 @@ class _Handler(ContentHandler):
             raise FormatError(f"an element's text is longer than {MAX_TEXT} characters", self.line())
         self.text.append(content)
 
-    def endElementNS(self, name: tuple[str | None, str], qname: str | None) -> None:
-        local = name[1]
+    def endElement(self, name: str) -> None:
+        depth = len(self.stack)
+        local = self.stack.pop()
+        entry = self.entry
+        if entry is None or depth > 5:
+            if self.text:
+                self.text, self.text_size = [], 0
+            return
         text = "".join(self.text).strip()
         self.text, self.text_size = [], 0
-        depth = len(self.stack)
-        self.stack.pop()
-        entry = self.entry
-        if entry is None:
-            return
-        if depth == 3 and local in ENTRY_ELEMENTS:
+        if depth == 3:
             self._finish(entry)
             self.entry = None
         elif depth == 4:
             self._field(entry, local, text)
-        elif depth == 5 and self.stack[-1] == "fingerprints" and entry.fingerprints:
+        elif depth == 5 and self.stack[3] == "fingerprints":
             kind, value, line = entry.fingerprints[-1]
             if value is not None:
                 entry.fingerprints[-1] = (kind, text, line)
@@ -198,7 +202,7 @@ def locate(starts: list[tuple[str, int]], line: int) -> tuple[str, int]:
 
 def _parse(data: bytes, entries: dict[tuple[str, str], _Entry], offset: int) -> None:
     """Feed one page to the hardened parser; its entries update `entries`."""
-    parser = DefusedExpatParser(namespaceHandling=1, forbid_dtd=True)
+    parser = DefusedExpatParser(forbid_dtd=True)
     handler = _Handler(entries, parser, offset)
     parser.setContentHandler(handler)
     try:
