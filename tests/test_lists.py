@@ -151,6 +151,11 @@ def skipped_stats(entries, type_name, first_line):
     return {"entries": entries, "reason": "no_hasher", "why": why, "first_line": first_line}
 
 
+def test_a_hex_hash_with_a_trailing_word_is_not_a_signal_line(tmp_path):
+    path = write(tmp_path, "md5s.txt", "d41d8cd98f00b204e9800998ecf8427e first\n")  # a letter first
+    assert_error(path, str(path), 1, "unrecognised list format")
+
+
 def test_threatexchange_malformed_line_names_its_line(tmp_path):
     path = write(tmp_path, "pytx.txt", f"pdq {PDQ_A}\n\npdq {PDQ_B} extra\n")
     assert_error(path, str(path), 3, "expected '<signal_type> <hash>'")

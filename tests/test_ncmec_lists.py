@@ -4,6 +4,7 @@ metadata kept, and a hostile document refused with a named error, never expanded
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -180,6 +181,20 @@ def test_pdna_loads_once_a_photodna_plug_in_is_registered(tmp_path: Path) -> Non
 def test_a_type_prefix_is_refused(tmp_path: Path) -> None:
     with pytest.raises(HashListError, match="names its own hash types"):
         load_hashlist(f"md5:{PAGES / 'page-1.xml'}")
+
+
+def test_a_page_that_is_no_regular_file_is_a_named_error(tmp_path: Path) -> None:
+    folder = tmp_path / "pages"
+    shutil.copytree(PAGES, folder)
+    (folder / "page-3.xml").mkdir()
+    os.mkfifo(folder / "page-4.xml")
+    with pytest.raises(HashListError, match="cannot read the list") as caught:
+        load_hashlist(str(folder))
+    assert caught.value.path == str(folder / "page-3.xml")
+    (folder / "page-3.xml").rmdir()
+    with pytest.raises(HashListError, match="cannot read the list") as caught:
+        load_hashlist(str(folder))  # a FIFO is refused, not waited on
+    assert caught.value.path == str(folder / "page-4.xml")
 
 
 def test_a_folder_without_pages_is_refused(tmp_path: Path) -> None:

@@ -238,7 +238,8 @@ class ThreatExchangeText(ListFormat):
     name = "threatexchange"
     typed = True
     type_names: ClassVar = SIGNAL_TYPES
-    _line = re.compile(r"^[A-Za-z][A-Za-z0-9_]*\s+\S+$")  # a signal type the scanner may not know (photodna)
+    # a signal type the scanner may not know (photodna), but not a hex hash with a trailing word
+    _line = re.compile(r"^(?![0-9A-Fa-f]+\s)[A-Za-z][A-Za-z0-9_]*\s+\S+$")
 
     @classmethod
     def sniff(cls, first_line: str, hash_type: str | None) -> bool:

@@ -163,7 +163,10 @@ def _load_ncmec(spec: ListSpec, data: bytes | None) -> HashList:
     path = str(spec.path)
     if spec.hash_type is not None:
         raise HashListError(path, f"this {ncmec.NAME} list names its own hash types: drop the TYPE: prefix")
-    files = [spec.path] if data is not None else ncmec.pages(spec.path)
+    try:
+        files = [spec.path] if data is not None else ncmec.pages(spec.path)
+    except OSError as error:
+        raise HashListError(path, f"cannot read the list: {error.strerror or error}") from None
     if not files:
         message = f"a directory with no {ncmec.PAGE_SUFFIX} file (a folder of saved NCMEC pages holds them)"
         raise HashListError(path, f"cannot read the list: {message}")
