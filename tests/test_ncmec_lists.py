@@ -86,6 +86,7 @@ def test_a_folder_of_pages_applies_deletions_and_updates_in_order() -> None:
     ]  # image-3 deleted
     assert hash_list.counts == {"md5": 3, "pdq": 1, "sha1": 1}
     assert hash_list.stats["skipped"]["pdna"]["entries"] == 2  # image-2 updated, not counted twice
+    assert hash_list.size == sum(p.stat().st_size for p in PAGES.glob("*.xml"))  # the manifest's bytes
 
 
 def test_pages_are_read_in_numeric_order(tmp_path: Path) -> None:

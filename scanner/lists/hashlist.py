@@ -108,6 +108,7 @@ class HashList:
     entries: Mapping[str, HashEntries]
     duplicates_merged: int = 0
     skipped: Mapping[str, SkippedType] = field(default_factory=dict)  # entries of types left out, by type
+    size: int = 0  # bytes read (a folder of pages: all of them)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -147,7 +148,7 @@ def load_hashlist(spec: str | ListSpec) -> HashList:
     del text, raw
     pa.default_memory_pool().release_unused()  # hand the file's text back to the OS, not to a pool
     digest = hashlib.sha256(data).hexdigest()
-    return HashList(spec.name, spec.path, digest, format_name, entries, merged, dict(skipped))
+    return HashList(spec.name, spec.path, digest, format_name, entries, merged, dict(skipped), len(data))
 
 
 def _read(path: str) -> bytes:
@@ -171,11 +172,13 @@ def _load_ncmec(spec: ListSpec, data: bytes | None) -> HashList:
         message = f"a directory with no {ncmec.PAGE_SUFFIX} file (a folder of saved NCMEC pages holds them)"
         raise HashListError(path, f"cannot read the list: {message}")
     digests: list[tuple[str, str]] = []
+    sizes: list[int] = []
 
     def read_all() -> Iterator[ncmec.Page]:
         for page in files:
             content = data if data is not None else _read(str(page))
             digests.append((page.name, hashlib.sha256(content).hexdigest()))
+            sizes.append(len(content))
             yield ncmec.Page(str(page), content)
 
     starts: list[tuple[str, int]] = []
@@ -191,7 +194,8 @@ def _load_ncmec(spec: ListSpec, data: bytes | None) -> HashList:
         page, line = ncmec.locate(starts, error.line)
         raise HashListError(page, error.message, line) from None
     digest = digests[0][1] if data is not None else ncmec.folder_digest(digests)
-    return HashList(spec.name, spec.path, digest, ncmec.NAME, entries, merged, dict(raw.skipped))
+    size = sum(sizes)
+    return HashList(spec.name, spec.path, digest, ncmec.NAME, entries, merged, dict(raw.skipped), size)
 
 
 def _checked_text(data: bytes, path: str) -> ListText:

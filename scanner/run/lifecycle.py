@@ -100,7 +100,7 @@ def manifest(config: ScanConfig, lists: list[HashList], inputs: list, **extra: o
         "scanner_version": __version__,
         "command": sys.argv,
         "config": config.to_dict(),
-        "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in lists],
+        "lists": [{**hl.stats, "bytes": hl.size} for hl in lists],
         "inputs": inputs,
         **extra,
     }
