@@ -29,7 +29,7 @@ class SkippedType:
         """The reason in words, naming what to do about it."""
         if self.reason == SkipReason.NO_HASHER:
             return f"no hasher for {type_name}: install a plug-in"
-        return f"{type_name} values are not in the list file (fetched separately)"
+        return f"{type_name} values are not in the list file: large fingerprints are served apart"
 
     def stats(self, type_name: str) -> dict[str, object]:
         """JSON-ready, for the manifest and summary.json."""
