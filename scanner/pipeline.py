@@ -300,6 +300,8 @@ def match_record(row_result: RowResult, match: Match) -> dict:
         record["transform"] = match.transform
     if match.value:
         record["hash"] = match.value  # the row's own hash that matched (never the image)
+    if match.entry:
+        record["entry"] = dict(match.entry)  # the list's own columns, namespaced (NCMEC member, pytx tags)
     if row_result.member:
         record["member"] = row_result.member
     return record

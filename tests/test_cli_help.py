@@ -80,7 +80,8 @@ def test_mistakes_are_answered(tmp_path: Path, scanner_cli) -> None:
     shard.write_text("url\nhttp://example.invalid/a.jpg\n", encoding="utf-8")
     bad_list = scanner_cli("scan", str(shard), "--hashlist", str(odd), "--out", out, "--no-fetch")
     assert bad_list.returncode == 1
-    assert "accepted formats: csv, ncmec-csv, threatexchange, pdq-hashio, text" in bad_list.stderr
+    accepted = "csv, ncmec-csv, threatexchange-csv, threatexchange, pdq-hashio, text, ncmec-xml"
+    assert f"accepted formats: {accepted}" in bad_list.stderr
     shard.write_text("photo,caption\nhttp://example.invalid/a.jpg,a\n", encoding="utf-8")
     good = tmp_path / "list.csv"
     good.write_text("hash_type,hash\nmd5," + "0" * 32 + "\n", encoding="utf-8")

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scanner.errors import ConfigError, HashListError
+from scanner.hashtypes import HashType, registered
 from scanner.lists import (
     DIHEDRAL_TRANSFORMS,
     DuplicateHashWarning,
@@ -135,9 +136,24 @@ def test_threatexchange_signal_lines(tmp_path):
     assert hash_list.duplicates_merged == 1
 
 
-def test_threatexchange_unknown_signal_type_names_its_line(tmp_path):
-    path = write(tmp_path, "pytx.txt", f"pdq {PDQ_A}\ntrend_query cats\n")
-    assert_error(path, str(path), 2, "unknown hash type 'trend_query'")
+def test_threatexchange_unknown_signal_types_are_skipped_and_counted(tmp_path):
+    path = write(tmp_path, "pytx.txt", f"pdq {PDQ_A}\ntrend_query cats\nphotodna AAAA\ntrend_query dogs\n")
+    hash_list = load_hashlist(str(path))
+    assert hash_list.counts == {"pdq": 1}
+    assert hash_list.stats["skipped"] == {
+        "photodna": skipped_stats(1, "photodna", 3),
+        "trend_query": skipped_stats(2, "trend_query", 2),
+    }
+
+
+def skipped_stats(entries, type_name, first_line):
+    why = f"no hasher for {type_name}: install a plug-in"
+    return {"entries": entries, "reason": "no_hasher", "why": why, "first_line": first_line}
+
+
+def test_a_hex_hash_with_a_trailing_word_is_not_a_signal_line(tmp_path):
+    path = write(tmp_path, "md5s.txt", "d41d8cd98f00b204e9800998ecf8427e first\n")  # a letter first
+    assert_error(path, str(path), 1, "unrecognised list format")
 
 
 def test_threatexchange_malformed_line_names_its_line(tmp_path):
@@ -172,9 +188,29 @@ def test_ncmec_style_export_with_liberal_column_names(tmp_path):
     assert hash_list.entries["pdq"].category(0) == "B1"
 
 
-def test_ncmec_style_export_is_strict_in_type_values(tmp_path):
-    path = write(tmp_path, "export.csv", f"type,hash\nmd5,{MD5_A}\nsha512,{SHA256_A}\n")
-    assert_error(path, str(path), 3, "unknown hash type 'sha512'")
+def test_ncmec_style_export_skips_type_values_it_does_not_know(tmp_path):
+    path = write(tmp_path, "export.csv", f"type,hash,id\nmd5,{MD5_A},1\nsha512,{SHA256_A},2\nPDNA,AAAA,3\n")
+    hash_list = load_hashlist(str(path))
+    assert hash_list.counts == {"md5": 1}
+    assert hash_list.stats["skipped"] == {
+        "pdna": skipped_stats(1, "pdna", 4),
+        "sha512": skipped_stats(1, "sha512", 3),
+    }
+
+
+def test_a_list_of_only_unknown_types_is_refused_naming_them(tmp_path):
+    path = write(tmp_path, "export.csv", f"type,hash\nsha512,{SHA256_A}\nsha512,{SHA256_A}\n")
+    assert_error(path, str(path), None, "unknown hash type 'sha512' on 2 entries (no hasher for sha512")
+
+
+def test_a_type_value_that_is_no_name_names_its_line(tmp_path):
+    path = write(tmp_path, "list.csv", f"hash_type,hash\nmd5,{MD5_A}\n,{MD5_B}\n")
+    assert_error(path, str(path), 3, "not a hash type name: ''")
+
+
+def test_a_malformed_entry_of_a_known_type_beside_unknown_ones_names_its_line(tmp_path):
+    path = write(tmp_path, "list.csv", f"hash_type,hash\npdna,AAAA\nmd5,{MD5_A}\nmd5,{MD5_B[:-1]}\n")
+    assert_error(path, str(path), 4, "a md5 hash has 32 hex digits, this has 31")
 
 
 def test_url_and_domain_lists_normalise_their_values(tmp_path):
@@ -240,9 +276,11 @@ def test_non_hex_names_its_line(tmp_path):
     assert_error(path, str(path), 4, "md5 hash is not hexadecimal")
 
 
-def test_unknown_type_in_canonical_csv_names_its_line(tmp_path):
+def test_unknown_type_in_canonical_csv_is_skipped_and_counted(tmp_path):
     path = write(tmp_path, "list.csv", f"hash_type,hash\nmd5,{MD5_A}\nsha3,{SHA256_A}\n")
-    assert_error(path, str(path), 3, "unknown hash type 'sha3'")
+    hash_list = load_hashlist(str(path))
+    assert hash_list.counts == {"md5": 1}
+    assert hash_list.stats["skipped"] == {"sha3": skipped_stats(1, "sha3", 3)}
 
 
 def test_csv_row_with_wrong_field_count_names_its_line(tmp_path):
@@ -546,3 +584,13 @@ def test_reference_haystack_and_needles_match_the_brute_force_oracle():
     }
     assert found == expected
     assert len(expected) > len(needles)
+
+
+def test_a_type_registered_at_run_time_is_no_longer_skipped(tmp_path):
+    """Unknown means unknown to the live registry: once a plug-in registers `photodna`, its entries load."""
+    path = write(tmp_path, "pytx.txt", f"pdq {PDQ_A}\nphotodna {MD5_A}\n")
+    assert load_hashlist(str(path)).counts == {"pdq": 1}
+    with registered(HashType("photodna", 16, "image", index="hamming", threshold=3)):
+        hash_list = load_hashlist(str(path))
+        assert hash_list.counts == {"pdq": 1, "photodna": 1}
+        assert hash_list.stats["skipped"] == {}

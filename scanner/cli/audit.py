@@ -64,6 +64,15 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
     )
     for flag, key, options in REVIEW_FLAGS:  # --negative-list, --hold-floods: as for scan
         configured(sub.add_argument(flag, **options), key)
+    configured(
+        sub.add_argument(
+            "--omit-entry-field",
+            action="append",
+            metavar="COLUMN",
+            help="a list's column left out of matches (default: none)",
+        ),
+        "match.omit_entry_fields",
+    )
     sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
     sub.add_argument("--quiet", action="store_true", help="no summary: only the line naming the reports")
 
@@ -80,6 +89,7 @@ def cmd_rematch(args: argparse.Namespace) -> int:
         "match.pdq_dihedral": args.pdq_dihedral,
         "review.negative_lists": args.negative_list,
         "review.hold_floods": args.hold_floods,
+        "match.omit_entry_fields": args.omit_entry_field,
     }
     config = load_config(args.config, overrides)
     guard_writes(config.out)

@@ -59,6 +59,8 @@ def print_summary(result) -> None:
         print(f"  {name}: {counts['matches']} matches on {counts.get('rows', 0)} rows")
     for flood in s.get("floods", []):
         print(flood_line(flood))
+    for line in skipped_entry_lines(s.get("skipped_list_entries", {})):
+        print(f"list entries skipped: {line}")
     if s["skipped_shards"]:
         print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
     print(f"reports: {result.out}")
@@ -68,6 +70,15 @@ def flood_line(flood: dict) -> str:
     """A flood entry in words: a likely bad list entry, and whether its rows were held."""
     held = "; its rows held (held.jsonl)" if flood["hold"] else "; --hold-floods holds such rows"
     return f"likely bad list entry: {flood['list']} {flood['entry_id']} matched {flood['rows']} rows{held}"
+
+
+def skipped_entry_lines(skipped: dict) -> list[str]:
+    """One line per list and hash type whose entries were left out (summary.json skipped_list_entries)."""
+    return [
+        f"{name}: {info['entries']} {type_name} entries skipped ({info['why']})"
+        for name, types in skipped.items()
+        for type_name, info in types.items()
+    ]
 
 
 def run_line(result) -> str | None:

@@ -109,6 +109,11 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         {"action": "store_true", "default": None, "help": "write hashes.parquet (for rematch and rescan)"},
     ),
     *REVIEW_FLAGS,
+    (
+        "--omit-entry-field",
+        "match.omit_entry_fields",
+        {"action": "append", "metavar": "COLUMN", "help": "a list column matches leave out (default: none)"},
+    ),
 ]
 
 

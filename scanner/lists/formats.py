@@ -11,7 +11,7 @@ import csv
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -21,6 +21,7 @@ import pyarrow.csv as pacsv
 
 from scanner.lists import _kernels
 from scanner.lists.hashtypes import LIST_TYPE_NAMES, string_buffers
+from scanner.lists.skipped import SkippedType, SkipReason
 
 
 class FormatError(ValueError):
@@ -109,6 +110,22 @@ class RawList:
     ids: pa.Array | None = None
     categories: pa.Array | None = None
     metadata: pa.Table | None = None
+    skipped: Mapping[str, SkippedType] = field(default_factory=dict)  # rows of types left out, by type
+
+    def without_skipped(self, known: pa.Array, skipped: Mapping[str, SkippedType]) -> RawList:
+        """The rows where `known` is true; the others are counted in `skipped`."""
+        if not skipped:
+            return self
+        types = self.types if isinstance(self.types, str) else self.types.filter(known)
+        return RawList(
+            self.hashes.filter(known),
+            types,
+            self.lines[known.to_numpy(zero_copy_only=False)],
+            None if self.ids is None else self.ids.filter(known),
+            None if self.categories is None else self.categories.filter(known),
+            None if self.metadata is None else self.metadata.filter(known),
+            skipped,
+        )
 
 
 class ListFormat(ABC):
@@ -160,14 +177,16 @@ class CsvFormat(ListFormat):
         roles = self._roles_of(header)
         column = {role: table.column(name).combine_chunks() for name, role in roles.items()}
         extra = [name for name in header if name not in roles]
-        return RawList(
+        types, known, skipped = hash_types(column["type"], self.type_names, lines)
+        raw = RawList(
             hashes=pc.utf8_trim_whitespace(column["hash"]),
-            types=_hash_types(column["type"], self.type_names, lines),
+            types=types,
             lines=lines,
             ids=_optional(column.get("id")),
             categories=_optional(column.get("category")),
             metadata=table.select(extra) if extra else None,
         )
+        return raw.without_skipped(known, skipped)
 
 
 class CanonicalCsv(CsvFormat):
@@ -191,25 +210,40 @@ class NcmecCsv(CsvFormat):
     type_names: ClassVar = {"md5": "md5", "sha1": "sha1", "sha-1": "sha1", "sha256": "sha256", "pdq": "pdq"}
 
 
+SIGNAL_TYPES: Mapping[str, str] = {
+    "pdq": "pdq",
+    "md5": "md5",
+    "photo_md5": "md5",
+    "video_md5": "md5",
+    "video_sha256": "sha256",
+    "url": "url",
+    "url_md5": "url_md5",
+}
+"""python-threatexchange signal type names -> hash types (digests of the file's bytes whatever the content
+type); any other name a registered type has is its own (a plug-in's SignalType)."""
+
+
+class ThreatExchangeCsv(CsvFormat):
+    """`threatexchange dataset -P --csv`: `signal_type,signal_str,collab,category,tags` (tags
+    space-separated); collab and tags become entry metadata."""
+
+    name = "threatexchange-csv"
+    roles: ClassVar = {"type": ("signal_type",), "hash": ("signal_str",), "category": ("category",)}
+    type_names: ClassVar = SIGNAL_TYPES
+
+
 class ThreatExchangeText(ListFormat):
     """python-threatexchange signal lines: `<signal_type> <hash>`, e.g. `pdq 5f1c...` or `video_md5 ...`."""
 
     name = "threatexchange"
     typed = True
-    type_names: ClassVar = {
-        "pdq": "pdq",
-        "md5": "md5",
-        "photo_md5": "md5",
-        "video_md5": "md5",
-        "url": "url",
-        "url_md5": "url_md5",
-    }
-    _line = re.compile(r"^(\S+)\s+(\S+)$")
+    type_names: ClassVar = SIGNAL_TYPES
+    # a signal type the scanner may not know (photodna), but not a hex hash with a trailing word
+    _line = re.compile(r"^(?![0-9A-Fa-f]+\s)[A-Za-z][A-Za-z0-9_]*\s+\S+$")
 
     @classmethod
     def sniff(cls, first_line: str, hash_type: str | None) -> bool:
-        match = cls._line.match(first_line)
-        return match is not None and match.group(1).lower() in cls.type_names
+        return cls._line.match(first_line) is not None
 
     def read(self, text: ListText, hash_type: str | None) -> RawList:
         values, lines = _content(text)
@@ -217,11 +251,8 @@ class ThreatExchangeText(ListFormat):
         if parts.null_count:
             row = _first_true(parts.is_null())
             raise FormatError("expected '<signal_type> <hash>'", int(lines[row]))
-        return RawList(
-            hashes=parts.field("hash"),
-            types=_hash_types(parts.field("signal"), self.type_names, lines),
-            lines=lines,
-        )
+        types, known, skipped = hash_types(parts.field("signal"), self.type_names, lines)
+        return RawList(hashes=parts.field("hash"), types=types, lines=lines).without_skipped(known, skipped)
 
 
 class PdqHashio(ListFormat):
@@ -275,7 +306,14 @@ class PlainText(ListFormat):
         )
 
 
-FORMATS: tuple[type[ListFormat], ...] = (CanonicalCsv, NcmecCsv, ThreatExchangeText, PdqHashio, PlainText)
+FORMATS: tuple[type[ListFormat], ...] = (
+    CanonicalCsv,
+    NcmecCsv,
+    ThreatExchangeCsv,
+    ThreatExchangeText,
+    PdqHashio,
+    PlainText,
+)
 """Every format, in the order they are tried: the first whose sniff accepts the file reads it."""
 
 
@@ -293,7 +331,7 @@ def read_list(text: ListText, hash_type: str | None) -> tuple[str, RawList]:
                     f"this {list_format.name} list names its own hash types: drop the TYPE: prefix"
                 )
             return list_format.name, list_format().read(text, hash_type)
-    accepted = ", ".join(f.name for f in FORMATS)
+    accepted = ", ".join([*(f.name for f in FORMATS), "ncmec-xml"])  # XML: read apart (lists/ncmec.py)
     raise FormatError(
         f"unrecognised list format: {text.first_line[:80]!r}; accepted formats: {accepted} "
         "(hashlists/README.md)",
@@ -366,20 +404,41 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
     return table, lines
 
 
-def _hash_types(values: pa.Array, names: Mapping[str, str], lines: np.ndarray) -> pa.Array:
-    """Row type names mapped to hash types; an unknown name is an error at its first line."""
+_TYPE_NAME = r"^[a-z0-9][a-z0-9_.+-]{0,63}$"  # what a list may call a hash type, known or not
+
+
+def hash_types(
+    values: pa.Array, names: Mapping[str, str], lines: np.ndarray
+) -> tuple[pa.Array, pa.Array, dict[str, SkippedType]]:
+    """Row type names mapped to hash types (`names`, else the live registry's listable names: a plug-in's
+    type counts as soon as it is registered), which rows are of a known type, and the rows of other types,
+    counted by name; a value that is no type name at all is an error at its first line."""
     values = pc.utf8_lower(pc.utf8_trim_whitespace(values.cast(pa.string())))
-    known = pc.is_in(values, value_set=pa.array(list(names), pa.string()))
+    accepted = {**{name: name for name in LIST_TYPE_NAMES}, **names}
+    named = pc.fill_null(pc.match_substring_regex(values, _TYPE_NAME), False)
+    bad = np.flatnonzero(~named.to_numpy(zero_copy_only=False))
+    if len(bad):
+        row = int(bad[0])
+        raise FormatError(f"not a hash type name: {values[row].as_py()!r}", int(lines[row]))
+    known = pc.is_in(values, value_set=pa.array(list(accepted), pa.string()))
+    skipped = _skipped_by_name(values, known, lines)
+    unique = pc.unique(values.filter(known))
+    targets = pa.array([accepted[name] for name in unique.to_pylist()], pa.string())
+    return pc.take(targets, pc.index_in(values, value_set=unique)), known, skipped
+
+
+def _skipped_by_name(values: pa.Array, known: pa.Array, lines: np.ndarray) -> dict[str, SkippedType]:
+    """The rows of unknown types, counted by type name with the line of the first."""
     unknown = np.flatnonzero(~known.to_numpy(zero_copy_only=False))
-    if len(unknown):
-        row = int(unknown[0])
-        accepted = ", ".join(sorted(names))
-        raise FormatError(
-            f"unknown hash type {values[row].as_py()!r} (accepted: {accepted})", int(lines[row])
-        )
-    unique = pc.unique(values)
-    targets = pa.array([names[name] for name in unique.to_pylist()], pa.string())
-    return pc.take(targets, pc.index_in(values, value_set=unique))
+    if not len(unknown):
+        return {}
+    names = values.take(pa.array(unknown))
+    counts = pc.value_counts(names)
+    skipped = {}
+    for item in counts.to_pylist():
+        first = unknown[_first_true(pc.equal(names, item["values"]))]
+        skipped[item["values"]] = SkippedType(item["counts"], SkipReason.NO_HASHER, int(lines[first]))
+    return dict(sorted(skipped.items()))
 
 
 def _optional(values: pa.Array | None) -> pa.Array | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,9 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scanner.errors import HashListError
+from scanner.lists import ncmec
 from scanner.lists.formats import FormatError, ListText, RawList, read_list
 from scanner.lists.hashtypes import LIST_TYPE_NAMES, BadValue, ListKeys, list_keys
 from scanner.lists.index import aligned_copy, first_occurrences
+from scanner.lists.skipped import SkippedType
 from scanner.regularfile import open_regular
 
 ColumnT = TypeVar("ColumnT", pa.Array, pa.Table, None)
@@ -79,6 +82,20 @@ class HashEntries:
         value = self.categories[row].as_py()
         return None if value is None else str(value)
 
+    def fields(self, row: int) -> tuple[tuple[str, str], ...]:
+        """The entry's metadata columns that hold a value, by name (read for matched entries only)."""
+        if self.metadata is None:
+            return ()
+        values = self.metadata.slice(row, 1).to_pylist()[0]
+        return tuple((name, str(value)) for name, value in values.items() if value not in (None, ""))
+
+    def without_fields(self, names: Collection[str]) -> HashEntries:
+        """These entries with the named metadata columns dropped (the rest shared, not copied)."""
+        if self.metadata is None or not set(names) & set(self.metadata.column_names):
+            return self
+        kept = [name for name in self.metadata.column_names if name not in names]
+        return dataclasses.replace(self, metadata=self.metadata.select(kept) if kept else None)
+
 
 @dataclass(frozen=True, eq=False)
 class HashList:
@@ -90,6 +107,8 @@ class HashList:
     format: str
     entries: Mapping[str, HashEntries]
     duplicates_merged: int = 0
+    skipped: Mapping[str, SkippedType] = field(default_factory=dict)  # entries of types left out, by type
+    size: int = 0  # bytes read (a folder of pages: all of them)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -106,6 +125,7 @@ class HashList:
             "format": self.format,
             "counts": self.counts,
             "duplicates_merged": self.duplicates_merged,
+            "skipped": {name: skipped.stats(name) for name, skipped in self.skipped.items()},
         }
 
 
@@ -113,20 +133,69 @@ def load_hashlist(spec: str | ListSpec) -> HashList:
     """Read, check and decode one list; raises HashListError naming the file and line of any problem."""
     spec = spec if isinstance(spec, ListSpec) else ListSpec.parse(spec)
     path = str(spec.path)
-    try:
-        with open_regular(path) as handle:  # a FIFO or /dev/zero named as a list must not hang the scan
-            data = handle.read()
-    except OSError as error:
-        raise HashListError(path, f"cannot read the list: {error.strerror or error}") from None
+    if spec.path.is_dir():
+        return _load_ncmec(spec, None)
+    data = _read(path)
+    if ncmec.is_xml(data):
+        return _load_ncmec(spec, data)
     text = _checked_text(data, path)
     try:
         format_name, raw = read_list(text, spec.hash_type)
     except FormatError as error:
         raise HashListError(path, error.message, error.line) from None
     entries, merged = _decode(raw, path)
+    skipped = raw.skipped
     del text, raw
     pa.default_memory_pool().release_unused()  # hand the file's text back to the OS, not to a pool
-    return HashList(spec.name, spec.path, hashlib.sha256(data).hexdigest(), format_name, entries, merged)
+    digest = hashlib.sha256(data).hexdigest()
+    return HashList(spec.name, spec.path, digest, format_name, entries, merged, dict(skipped), len(data))
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open_regular(path) as handle:  # a FIFO or /dev/zero named as a list must not hang the scan
+            return handle.read()
+    except OSError as error:
+        raise HashListError(path, f"cannot read the list: {error.strerror or error}") from None
+
+
+def _load_ncmec(spec: ListSpec, data: bytes | None) -> HashList:
+    """An NCMEC hash sharing response: one saved file (its bytes, `data`), or a folder of saved pages."""
+    path = str(spec.path)
+    if spec.hash_type is not None:
+        raise HashListError(path, f"this {ncmec.NAME} list names its own hash types: drop the TYPE: prefix")
+    try:
+        files = [spec.path] if data is not None else ncmec.pages(spec.path)
+    except OSError as error:
+        raise HashListError(path, f"cannot read the list: {error.strerror or error}") from None
+    if not files:
+        message = f"a directory with no {ncmec.PAGE_SUFFIX} file (a folder of saved NCMEC pages holds them)"
+        raise HashListError(path, f"cannot read the list: {message}")
+    digests: list[tuple[str, str]] = []
+    sizes: list[int] = []
+
+    def read_all() -> Iterator[ncmec.Page]:
+        for page in files:
+            content = data if data is not None else _read(str(page))
+            digests.append((page.name, hashlib.sha256(content).hexdigest()))
+            sizes.append(len(content))
+            yield ncmec.Page(str(page), content)
+
+    starts: list[tuple[str, int]] = []
+    try:
+        raw = ncmec.read_pages(read_all(), starts)
+    except ncmec.PageError as error:
+        raise HashListError(error.path, error.message, error.line) from None
+    try:
+        entries, merged = _decode(raw, path)
+    except HashListError as error:
+        if error.line is None:
+            raise
+        page, line = ncmec.locate(starts, error.line)
+        raise HashListError(page, error.message, line) from None
+    digest = digests[0][1] if data is not None else ncmec.folder_digest(digests)
+    size = sum(sizes)
+    return HashList(spec.name, spec.path, digest, ncmec.NAME, entries, merged, dict(raw.skipped), size)
 
 
 def _checked_text(data: bytes, path: str) -> ListText:
@@ -145,6 +214,12 @@ def _checked_text(data: bytes, path: str) -> ListText:
 
 def _decode(raw: RawList, path: str) -> tuple[dict[str, HashEntries], int]:
     """Entries per hash type and how many repeated hashes were merged."""
+    if len(raw.hashes) == 0 and raw.skipped:
+        unknown = "; ".join(
+            f"unknown hash type {name!r} on {n.entries} entries ({n.why(name)})"
+            for name, n in raw.skipped.items()
+        )
+        raise HashListError(path, f"no entry of a hash type the scanner can match: {unknown}")
     if len(raw.hashes) == 0:
         raise HashListError(path, "the list has no entries")
     if isinstance(raw.types, str):
@@ -189,9 +264,22 @@ def _decode_type(
         keys=aligned_copy(parsed.keys[keep]) if repeats else parsed.keys,
         ids=ids,
         categories=_subset(_subset(raw.categories, rows), kept),
-        metadata=_subset(_subset(raw.metadata, rows), kept),
+        metadata=_compact(_subset(_subset(raw.metadata, rows), kept)),
     )
     return entries, repeats
+
+
+def _compact(metadata: pa.Table | None) -> pa.Table | None:
+    """Metadata columns that repeat their values (an NCMEC member, a pytx collab) dictionary-encoded: each
+    value held once, four bytes an entry."""
+    if metadata is None:
+        return None
+    columns = {}
+    for name, column in zip(metadata.column_names, metadata.columns, strict=True):
+        whole = column.combine_chunks()
+        repeats = len(whole) >= 2 * pc.count_distinct(whole, mode="all").as_py()
+        columns[name] = pc.dictionary_encode(whole) if repeats else whole
+    return pa.table(columns)
 
 
 def _subset(column: ColumnT, mask: pa.Array | None) -> ColumnT:

@@ -28,6 +28,7 @@ class Match:
     quality: int | None  # the query's PDQ quality, for pdq matches
     transform: str | None = None  # the dihedral transform that matched, when not the original image
     value: str | None = None  # the query's own hash (hex) that matched: negative lists, referral drafts
+    entry: tuple[tuple[str, str], ...] = ()  # the entry's own columns beyond id and category (NCMEC member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class MatchConfig:
     dhash_threshold: int = REGISTRY["dhash"].threshold
     pdq_dihedral: bool = False
     list_thresholds: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # list -> type -> bits
+    omit_entry_fields: tuple[str, ...] = ()  # list columns left out of matches (and out of memory)
 
     def __post_init__(self) -> None:
         for name, bits, limit in (
@@ -142,7 +144,8 @@ class Matcher:
         _check_overrides(config, lists)
         searchables, builds = [], []
         for hash_list in lists:
-            for type_name, entries in hash_list.entries.items():
+            for type_name, kept in hash_list.entries.items():
+                entries = kept.without_fields(config.omit_entry_fields)
                 threshold = config.threshold(hash_list.name, type_name)
                 index: Index | Future[Index] = Future()
                 if entries.hash_type.type.computed_from == IMAGE:
@@ -218,6 +221,7 @@ class Matcher:
             quality=query.pdq_quality if is_pdq else None,
             transform=DIHEDRAL_TRANSFORMS[transform] if transform else None,
             value=None if value is None or kind.text else kind.to_hex(value),
+            entry=entries.fields(entry),
         )
 
 

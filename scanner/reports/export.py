@@ -36,6 +36,7 @@ REFERRAL_FIELDS = (
     "distance",
     "quality",
     "transform",
+    "entry",  # the list's own columns of the matched entry (NCMEC member, pytx tags); JSON text in CSV
     "dataset",
     "shard",
     "row",
@@ -115,6 +116,7 @@ def referral(match: dict, evidence: dict) -> dict:
         "distance": match["distance"],
         "quality": match.get("quality"),
         "transform": match.get("transform"),
+        "entry": match.get("entry") if isinstance(match.get("entry"), dict) else None,
         "dataset": str(Path(match["shard"]).parent),
         "shard": match["shard"],
         "row": match["row"],
@@ -140,7 +142,7 @@ def _write(handle: IO[str], fmt: str, fields: list[str], records: Iterator[dict]
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for record in records:
-            writer.writerow({k: safetext.csv_cell(v) for k, v in record.items()})
+            writer.writerow({k: safetext.csv_cell(_csv_value(v)) for k, v in record.items()})
             count += 1
     else:
         for record in records:
@@ -148,6 +150,11 @@ def _write(handle: IO[str], fmt: str, fields: list[str], records: Iterator[dict]
             handle.write(line + "\n")  # exact values; nothing hidden shows raw (jsonl escapes it)
             count += 1
     return count
+
+
+def _csv_value(value: object) -> object:
+    """A nested value (the entry's columns) as compact JSON text; anything else as it is."""
+    return jsonl.dumps(value, sort_keys=False, separators=(",", ":")) if isinstance(value, dict) else value
 
 
 class _Captions:

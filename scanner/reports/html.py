@@ -555,6 +555,7 @@ def _matched_rows_section(figures: MatchFigures, show_urls: bool) -> str:
     if not figures.total:
         return ""
     columns = ["shard", "row", "key", "list", "entry_id", "category", "hash_type", "distance", "verdict"]
+    columns += ["entry"] if any(isinstance(r.get("entry"), dict) for r in figures.listed) else []
     columns += ["url"] if show_urls else []
     rows = [[_cell(record, c) for c in columns] for record in figures.listed]
     shown = (
@@ -589,6 +590,8 @@ def _floods_section(summary: dict) -> str:
 
 def _cell(record: dict, column: str) -> object:
     value = record.get(column)
+    if column == "entry":  # the list's own columns of the matched entry: name=value; ...
+        return "; ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None
     return Path(str(value)).name if column == "shard" and value else value
 
 
@@ -599,8 +602,26 @@ def _lists_section(manifest: dict) -> str:
     return _section(
         "Hash lists",
         _figure("Entries per list and hash type", list_counts_table(lists)),
-        _records_table([{k: v for k, v in hl.items() if k != "counts"} for hl in lists], LIST_COLUMNS),
+        _records_table(
+            [{k: v for k, v in hl.items() if k not in ("counts", "skipped")} for hl in lists], LIST_COLUMNS
+        ),
+        _skipped_entries(lists),
     )
+
+
+def _skipped_entries(lists: list[dict]) -> str:
+    """A line per list and hash type whose entries were left out, and why (manifest lists[].skipped)."""
+    lines = [
+        f"{hl.get('name')}: {info.get('entries')} {type_name} entries skipped ({info.get('why')})"
+        for hl in lists
+        if isinstance(hl.get("skipped"), dict)
+        for type_name, info in hl["skipped"].items()
+        if isinstance(info, dict)
+    ]
+    if not lines:
+        return ""
+    items = "".join(f"<li>{_e(line)}</li>" for line in lines)
+    return f"<p>List entries of hash types this scan cannot match, left out:</p><ul>{items}</ul>"
 
 
 def list_counts_table(lists: list[dict]) -> str:

@@ -190,7 +190,7 @@ def finish(run: Run, started_at: float) -> ScanResult:
         started_at,
         lambda summary: job.manifest(run, summary),
         skipped=job.skipped(),
-        extra=job.summary_sections(run),
+        extra={**lifecycle.skipped_entries(run.lists), **job.summary_sections(run)},
         keep_hashes=job.keep_hashes(),
         merge_more=lambda: job.merge_more(run),
         review=Review(job.config.review, run.matcher.negative),

@@ -54,6 +54,12 @@ def load_negative(spec: str) -> HashList:
     return loaded
 
 
+def skipped_entries(lists: list[HashList]) -> dict:
+    """summary.json's `skipped_list_entries` (list -> type -> count and why), when any list skipped some."""
+    skipped = {hl.name: hl.stats["skipped"] for hl in lists if hl.skipped}
+    return {"skipped_list_entries": skipped} if skipped else {}
+
+
 def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
     """The match settings with each list's own thresholds; two lists may not share a name."""
     names = [hl.name for hl in lists]
@@ -108,7 +114,7 @@ def manifest(config: ScanConfig, lists: list[HashList], inputs: list, **extra: o
         "scanner_version": __version__,
         "command": sys.argv,
         "config": config.to_dict(),
-        "lists": [{**hl.stats, "bytes": hl.path.stat().st_size} for hl in lists],
+        "lists": [{**hl.stats, "bytes": hl.size} for hl in lists],
         "inputs": inputs,
         **extra,
     }
