@@ -58,12 +58,15 @@ def check_input_file(path: str) -> None:
 
 
 def input_signature(path: str) -> list[object]:
-    """What changes when a shard's content does, for the resume fingerprint: size and mtime (or ETag);
+    """What changes when a shard's content does, for the resume fingerprint: size and mtime (or ETag, or a
+    Hub file's git blob id);
     for a folder of images, its file count and a digest of every file's path, size and mtime."""
     if is_remote(path):
         filesystem, inner = _filesystem(path)
         info = filesystem.info(inner)
-        version = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        version = (
+            info.get("ETag") or info.get("LastModified") or info.get("mtime") or info.get("blob_id") or ""
+        )
         return [info.get("size"), str(version)]
     if os.path.isdir(path):
         return _folder_signature(path)
