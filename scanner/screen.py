@@ -20,6 +20,15 @@ from scanner.sources import Row
 from scanner.urls.normal import NormalURL, normalise
 
 URL_TYPES = names_computed_from(URL)  # url, url_md5, url_sha1, url_sha256, domain
+# Dataset columns known to hold another algorithm's values than the scanner's type of that name
+# (docs/datasets.md): matching them would compare unrelated bits.
+FOREIGN_COLUMNS = {
+    ("image_phash", "phash"): (
+        "COYO-700M's image_phash is phash.org's pHash by its README, made by unpublished code; "
+        "phash.org's DCT hash and imagehash's (the scanner's phash) are 32 bits apart on average for the "
+        "same picture, as far as two different pictures (docs/datasets.md), so it cannot be matched as phash"
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,9 @@ def parse_match_columns(specs: Sequence[str]) -> dict[str, str]:
         if not sep or not column or not _recorded(type_name):
             known = ", ".join(t.name for t in recorded_types())
             raise ConfigError(f"--match-column {spec!r}: expected COLUMN=TYPE, TYPE one of {known}")
+        foreign = FOREIGN_COLUMNS.get((column, type_name))
+        if foreign:
+            raise ConfigError(f"--match-column {spec!r}: {foreign}")
         if column in parsed or type_name in parsed.values():
             raise ConfigError(f"--match-column {spec!r}: each column and each type may be named once")
         parsed[column] = type_name
