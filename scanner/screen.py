@@ -73,6 +73,7 @@ class Screened:
     checked: bool = False
     claimed: dict[str, bytes] = field(default_factory=dict)  # content digests the dataset gives for the row
     url: NormalURL | None = None
+    looks: dict[str, bytes] = field(default_factory=dict)  # perceptual hashes the dataset gives for the row
 
 
 class Screen:
@@ -126,6 +127,8 @@ class Screen:
                 continue
             if _content_digest(type_name):
                 item.claimed[type_name] = value
+            elif REGISTRY[type_name].hamming:
+                item.looks[type_name] = value
             if type_name in self._listed:
                 hashes[type_name] = value
         item.checked = bool(hashes)
@@ -188,11 +191,23 @@ def content_changed(claimed: dict[str, bytes], hashes: ImageHashes) -> bool:
     return any(hashes.get(name) not in (None, value) for name, value in claimed.items())
 
 
+def changed_distance(looks: dict[str, bytes], hashes: ImageHashes) -> tuple[str, int] | None:
+    """The first perceptual type both the dataset and the fetched image have, and the bits between them."""
+    for name, value in looks.items():
+        fetched = hashes.get(name)
+        if isinstance(fetched, bytes):
+            return name, REGISTRY[name].distance(fetched, value)
+    return None
+
+
 def hash_types(matcher: Matcher, audit: AuditConfig) -> frozenset[str]:
     """What the hashing stage computes: the image types the lists hold, the digests the dataset claims
     (to find changed content), and every type when hash records are kept for later re-matching."""
     want = set(matcher.needed_hash_types & names_computed_from(IMAGE))
-    want.update(t for t in audit.columns.values() if _content_digest(t))
+    digests = {t for t in audit.columns.values() if _content_digest(t)}
+    want.update(digests)
+    if digests:  # a changed row is compared with the dataset's perceptual hash of it
+        want.update(t for t in audit.columns.values() if REGISTRY[t].hamming)
     if audit.keep_hashes:
         want.update(t.name for t in recorded_types())  # whatever the lists hold
     return frozenset(want)
