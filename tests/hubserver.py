@@ -14,7 +14,9 @@ Endpoints (dataset repositories only, as the Hub answers them, errors with its `
     GET  /api/datasets/<id>/tree/<rev>[/<path>]    entries {"type", "oid", "size", "path"} (recursive or not)
     POST /api/datasets/<id>/paths-info/<rev>       the entries of the form's `paths`
     GET  /datasets/<id>/resolve/<rev>/<path>       the file, honouring one `Range: bytes=a-b`
-`requests` records (method, path) of every request; `bytes_sent` the file bytes served.
+`requests` records (method, path) of every request; `bytes_sent` the file bytes served; `cut_bodies = True`
+sends half of each file body and closes the connection; `ignore_ranges = True` answers every range request
+with the whole file (200).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class HubServer:
     def __init__(self, repos: list[HubRepo]) -> None:
         self.repos = {repo.repo_id: repo for repo in repos}
         self.requests: list[tuple[str, str]] = []
+        self.cut_bodies = False  # send half of each file body, then close the connection
+        self.ignore_ranges = False  # answer a range request with the whole file
         self.bytes_sent = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -175,7 +179,7 @@ def _handler_for(server: HubServer) -> type[BaseHTTPRequestHandler]:
                 return
             status, body = 200, data
             wanted = self.headers.get("Range", "")
-            if wanted.startswith("bytes="):
+            if wanted.startswith("bytes=") and not server.ignore_ranges:
                 first, _, last = wanted[len("bytes=") :].partition("-")
                 start = int(first)
                 stop = min(int(last) + 1, len(data)) if last else len(data)
@@ -186,8 +190,10 @@ def _handler_for(server: HubServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("X-Repo-Commit", sha)
             self.end_headers()
             if method != "HEAD":
-                self.wfile.write(body)
-                server.record("BODY", path, len(body))
+                sent = body[: len(body) // 2] if server.cut_bodies else body
+                self.wfile.write(sent)
+                server.record("BODY", path, len(sent))
+                self.close_connection = server.cut_bodies
 
         def _json(self, value: object) -> None:
             body = json.dumps(value).encode()

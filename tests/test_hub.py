@@ -17,7 +17,7 @@ from loopback import LoopbackServer
 
 from scanner.errors import SourceError
 from scanner.hashing import hash_image
-from scanner.sources import expand_inputs
+from scanner.sources import SourceOptions, expand_inputs, open_source
 from scanner.sources.hub import parse, pin_inputs
 
 hub_constants = pytest.importorskip("huggingface_hub.constants", reason="the hf extra (pip install .[hf])")
@@ -33,11 +33,14 @@ def shard(urls: list[str]) -> bytes:
 
 @pytest.fixture
 def hub_endpoint(monkeypatch: pytest.MonkeyPatch):
-    """A Hub with one dataset repository, its endpoint the one huggingface_hub uses in this process."""
+    """A Hub with one dataset repository, its endpoint the one huggingface_hub uses in this process (the API's
+    and the file URLs', which it derives from HF_ENDPOINT when imported)."""
     repo = HubRepo("org/pictures")
     repo.commit({"data/train-0.parquet": shard(["http://x.test/0"]), "README.md": b"# pictures\n"})
     with HubServer([repo]) as server:
         monkeypatch.setattr(hub_constants, "ENDPOINT", server.endpoint)
+        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         yield repo, server
 
 
@@ -87,6 +90,31 @@ def test_a_hub_that_does_not_answer_is_one_line(monkeypatch):
     monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(SourceError, match=r"cannot reach the Hub at http://127\.0\.0\.1:9") as caught:
         pin_inputs(["hf://datasets/org/pictures/x.parquet"])
+    assert "\n" not in str(caught.value)
+
+
+def read_all(path: str) -> int:
+    source = open_source(path, SourceOptions())
+    return sum(len(rows) for span in source.spans() for rows in source.read(span))
+
+
+def test_shards_are_read_by_ranges_and_a_hub_that_breaks_them_is_one_line_naming_the_shard(
+    hub_endpoint, monkeypatch
+):
+    repo, server = hub_endpoint
+    body = shard([f"http://x.test/{i}" for i in range(100_000)])
+    repo.commit({"data/train-0.parquet": body})
+    [path] = expand_inputs(pin_inputs(["hf://datasets/org/pictures/data/*.parquet"])[0])
+    assert read_all(path) == 100_000
+    assert server.bytes_sent <= len(body) + 128 * 1024  # the data once, and a block around the footer
+    server.ignore_ranges = True  # a range answered with the whole file
+    with pytest.raises(SourceError, match=r"train-0\.parquet: not a readable Parquet file") as caught:
+        read_all(path)
+    assert "\n" not in str(caught.value)
+    server.ignore_ranges, server.cut_bodies = False, True  # half a body, then the connection closed
+    monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda seconds: None)  # its retry waits
+    with pytest.raises(SourceError, match=r"train-0\.parquet: .*remote read failed: peer closed") as caught:
+        read_all(path)
     assert "\n" not in str(caught.value)
 
 
