@@ -20,13 +20,13 @@ from scanner.sources import Row
 from scanner.urls.normal import NormalURL, normalise
 
 URL_TYPES = names_computed_from(URL)  # url, url_md5, url_sha1, url_sha256, domain
-# Dataset columns known to hold another algorithm's values than the scanner's type of that name
-# (docs/datasets.md): matching them would compare unrelated bits.
+# Dataset columns known to hold another algorithm's perceptual hash than any of the scanner's
+# (docs/datasets.md): matching them as one would compare unrelated bits.
 FOREIGN_COLUMNS = {
-    ("image_phash", "phash"): (
+    "image_phash": (
         "COYO-700M's image_phash is phash.org's pHash by its README, made by unpublished code; "
         "phash.org's DCT hash and imagehash's (the scanner's phash) are 32 bits apart on average for the "
-        "same picture, as far as two different pictures (docs/datasets.md), so it cannot be matched as phash"
+        "same picture, as far as two different pictures (docs/datasets.md), so it cannot be matched as one"
     ),
 }
 
@@ -56,8 +56,8 @@ def parse_match_columns(specs: Sequence[str]) -> dict[str, str]:
         if not sep or not column or not _recorded(type_name):
             known = ", ".join(t.name for t in recorded_types())
             raise ConfigError(f"--match-column {spec!r}: expected COLUMN=TYPE, TYPE one of {known}")
-        foreign = FOREIGN_COLUMNS.get((column, type_name))
-        if foreign:
+        foreign = FOREIGN_COLUMNS.get(column)
+        if foreign and REGISTRY[type_name].hamming:
             raise ConfigError(f"--match-column {spec!r}: {foreign}")
         if column in parsed or type_name in parsed.values():
             raise ConfigError(f"--match-column {spec!r}: each column and each type may be named once")

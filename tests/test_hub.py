@@ -17,6 +17,7 @@ from loopback import LoopbackServer
 
 from scanner.errors import SourceError
 from scanner.hashing import hash_image
+from scanner.reports.verify import verify_report
 from scanner.sources import SourceOptions, expand_inputs, open_source
 from scanner.sources.hub import parse, pin_inputs
 
@@ -152,6 +153,7 @@ def test_an_hf_scan_reads_one_commit_records_it_and_refuses_a_resume_after_the_b
             ]
             summary = json.loads((out / "summary.json").read_text())
             assert summary["outcomes"]["match"] == 1 and summary["outcomes"]["clean"] == 3
+            assert verify_report(out).ok
 
             second = repo.commit({"data/train-0.parquet": shard([images.url("/0.jpg")])})
             moved = hub_scan(
