@@ -87,6 +87,14 @@ def test_a_missing_repository_or_revision_is_one_line_naming_it(hub_endpoint, ur
     assert "\n" not in str(caught.value) and url in str(caught.value)
 
 
+def test_a_commit_id_that_is_not_one_is_refused(hub_endpoint):
+    repo, _server = hub_endpoint
+    repo.branches["main"] = "../../other/repo"
+    repo.commits["../../other/repo"] = {}
+    with pytest.raises(SourceError, match=r"gave no commit id for revision 'main'"):
+        pin_inputs(["hf://datasets/org/pictures/data/*.parquet"])
+
+
 def test_a_hub_that_does_not_answer_is_one_line(monkeypatch):
     monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(SourceError, match=r"cannot reach the Hub at http://127\.0\.0\.1:9") as caught:

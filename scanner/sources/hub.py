@@ -10,15 +10,18 @@ as huggingface_hub reads them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from scanner.errors import SourceError
+from scanner.sources.storage import first_line
 
 PREFIX = "hf://"
 DATASETS = "datasets/"
 DEFAULT_REVISION = "main"
 RESOLVE_TIMEOUT = 30.0  # seconds for the one revision lookup per input
+COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git commit id, SHA-1 or SHA-256
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +123,8 @@ def _commit_of(url: str, repo_id: str, revision: str) -> str:
         status = exc.response.status_code if exc.response is not None else "no answer"
         raise SourceError(url, f"the Hub at {api.endpoint} answered {status}") from exc
     except Exception as exc:  # the HTTP client's own errors (httpx, requests) share no base with OSError
-        raise SourceError(url, f"cannot reach the Hub at {api.endpoint} ({_first_line(exc)})") from exc
+        raise SourceError(url, f"cannot reach the Hub at {api.endpoint} ({first_line(exc)})") from exc
     commit = getattr(info, "sha", None)
-    if not isinstance(commit, str) or not commit:
-        raise SourceError(url, f"the Hub at {api.endpoint} gave no commit for revision {revision!r}")
+    if not isinstance(commit, str) or not COMMIT.fullmatch(commit):  # it goes into every path read
+        raise SourceError(url, f"the Hub at {api.endpoint} gave no commit id for revision {revision!r}")
     return commit
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]

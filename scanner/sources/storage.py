@@ -134,7 +134,7 @@ class RemoteFile:
         except OSError:
             raise
         except Exception as exc:
-            raise OSError(f"remote read failed: {_first_line(exc)}") from exc
+            raise OSError(f"remote read failed: {first_line(exc)}") from exc
 
 
 @contextmanager
@@ -147,10 +147,11 @@ def _remote_errors(path: str, doing: str) -> Iterator[None]:
     except FileNotFoundError as exc:
         raise SourceError(path, "no such file") from exc
     except Exception as exc:  # each backend's client has its own exceptions, with no common base
-        raise SourceError(path, f"cannot {doing} ({_first_line(exc)})") from exc
+        raise SourceError(path, f"cannot {doing} ({first_line(exc)})") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one bounded line (a client's may span many, or quote a whole answer)."""
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
 
