@@ -73,7 +73,7 @@ class Screened:
     checked: bool = False
     claimed: dict[str, bytes] = field(default_factory=dict)  # content digests the dataset gives for the row
     url: NormalURL | None = None
-    looks: dict[str, bytes] = field(default_factory=dict)  # perceptual hashes the dataset gives for the row
+    looks: dict[str, bytes] | None = None  # perceptual hashes the dataset gives for the row (rarely any)
 
 
 class Screen:
@@ -128,7 +128,7 @@ class Screen:
             if _content_digest(type_name):
                 item.claimed[type_name] = value
             elif REGISTRY[type_name].hamming:
-                item.looks[type_name] = value
+                item.looks = {**(item.looks or {}), type_name: value}
             if type_name in self._listed:
                 hashes[type_name] = value
         item.checked = bool(hashes)
@@ -191,9 +191,9 @@ def content_changed(claimed: dict[str, bytes], hashes: ImageHashes) -> bool:
     return any(hashes.get(name) not in (None, value) for name, value in claimed.items())
 
 
-def changed_distance(looks: dict[str, bytes], hashes: ImageHashes) -> tuple[str, int] | None:
+def changed_distance(looks: dict[str, bytes] | None, hashes: ImageHashes) -> tuple[str, int] | None:
     """The first perceptual type both the dataset and the fetched image have, and the bits between them."""
-    for name, value in looks.items():
+    for name, value in (looks or {}).items():
         fetched = hashes.get(name)
         if isinstance(fetched, bytes):
             return name, REGISTRY[name].distance(fetched, value)
