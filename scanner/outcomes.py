@@ -194,8 +194,23 @@ class SourceReason(StrEnum):
     UNREADABLE_SHARD = "unreadable_shard"  # rows a corrupt shard could not give back (--on-bad-shard skip)
 
 
-Reason = FetchReason | DecodeReason | HashingReason | SourceReason
-REASON_ENUMS: tuple[type[StrEnum], ...] = (FetchReason, DecodeReason, HashingReason, SourceReason)
+class ChangeReason(StrEnum):
+    """How a `changed` row (bytes other than the dataset's digest) looks beside the dataset's own perceptual
+    hash of it (`--match-column COLUMN=pdq|phash|dhash`): within the type's threshold, or not. A changed row
+    with no perceptual hash to compare has no reason."""
+
+    NEAR_IDENTICAL = "near_identical"  # re-encoded, resized, metadata changed: visually the same
+    LOOKS_DIFFERENT = "looks_different"  # another picture at the URL
+
+
+Reason = FetchReason | DecodeReason | HashingReason | SourceReason | ChangeReason
+REASON_ENUMS: tuple[type[StrEnum], ...] = (
+    FetchReason,
+    DecodeReason,
+    HashingReason,
+    SourceReason,
+    ChangeReason,
+)
 REASONS: frozenset[str] = frozenset(member.value for reasons in REASON_ENUMS for member in reasons)
 """Every reason value but `http_<status>`: no two reason enums share one."""
 _HTTP_REASON = re.compile(r"http_[0-9]{3}")

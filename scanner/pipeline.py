@@ -15,11 +15,11 @@ from scanner.fetch import Fetcher, FetchResult, make_fetcher
 from scanner.hashing import ImageHashes
 from scanner.hashtypes import recorded_types
 from scanner.lists import Match, Matcher, Query
-from scanner.outcomes import FetchOutcome, FetchReason, Liveness, Outcome, SourceReason
+from scanner.outcomes import ChangeReason, FetchOutcome, FetchReason, Liveness, Outcome, SourceReason
 from scanner.planner import WorkUnit
 from scanner.reports.hashes import hash_record
 from scanner.reports.records import RowResult, UnitReport
-from scanner.screen import AuditConfig, Screen, Screened, content_changed
+from scanner.screen import AuditConfig, Screen, Screened, changed_distance, content_changed
 from scanner.sources import Row, Source
 
 HashFn = Callable[[bytes], Awaitable[tuple[ImageHashes | None, str | None]]]
@@ -221,8 +221,20 @@ class FetchPolicy:
             row_result.outcome = Outcome.CLEAN
         if hashes is not None and content_changed(screened.claimed, hashes):
             row_result.outcome = Outcome.CHANGED
+            self._compare_looks(row_result, screened, hashes)
         query = None if hashes is None else to_query(hashes)
         return Checked(row_result, query, fetched, hashes)
+
+    def _compare_looks(self, row_result: RowResult, screened: Screened, hashes: ImageHashes) -> None:
+        """A changed row's distance from the dataset's own perceptual hash, and whether that is within the
+        type's match threshold (near-identical: re-encoded, not replaced)."""
+        compared = changed_distance(screened.looks, hashes)
+        if compared is None:
+            return
+        name, row_result.perceptual_distance = compared
+        threshold = self.stages.matcher.config.threshold("", name)
+        near = row_result.perceptual_distance <= threshold
+        row_result.reason = ChangeReason.NEAR_IDENTICAL if near else ChangeReason.LOOKS_DIFFERENT
 
     def report(self, unit_id: int, checked: list[Checked]) -> UnitReport:
         """The unit's report from its checked and matched rows."""

@@ -20,6 +20,15 @@ from scanner.sources import Row
 from scanner.urls.normal import NormalURL, normalise
 
 URL_TYPES = names_computed_from(URL)  # url, url_md5, url_sha1, url_sha256, domain
+# Dataset columns known to hold another algorithm's perceptual hash than any of the scanner's
+# (docs/datasets.md): matching them as one would compare unrelated bits.
+FOREIGN_COLUMNS = {
+    "image_phash": (
+        "COYO-700M's image_phash is phash.org's pHash by its README, made by unpublished code; "
+        "phash.org's DCT hash and imagehash's (the scanner's phash) are 32 bits apart on average for the "
+        "same picture, as far as two different pictures (docs/datasets.md), so it cannot be matched as one"
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,9 @@ def parse_match_columns(specs: Sequence[str]) -> dict[str, str]:
         if not sep or not column or not _recorded(type_name):
             known = ", ".join(t.name for t in recorded_types())
             raise ConfigError(f"--match-column {spec!r}: expected COLUMN=TYPE, TYPE one of {known}")
+        foreign = FOREIGN_COLUMNS.get(column)
+        if foreign and REGISTRY[type_name].hamming:
+            raise ConfigError(f"--match-column {spec!r}: {foreign}")
         if column in parsed or type_name in parsed.values():
             raise ConfigError(f"--match-column {spec!r}: each column and each type may be named once")
         parsed[column] = type_name
@@ -61,6 +73,7 @@ class Screened:
     checked: bool = False
     claimed: dict[str, bytes] = field(default_factory=dict)  # content digests the dataset gives for the row
     url: NormalURL | None = None
+    looks: dict[str, bytes] | None = None  # perceptual hashes the dataset gives for the row (rarely any)
 
 
 class Screen:
@@ -114,6 +127,8 @@ class Screen:
                 continue
             if _content_digest(type_name):
                 item.claimed[type_name] = value
+            elif REGISTRY[type_name].hamming:
+                item.looks = {**(item.looks or {}), type_name: value}
             if type_name in self._listed:
                 hashes[type_name] = value
         item.checked = bool(hashes)
@@ -176,11 +191,23 @@ def content_changed(claimed: dict[str, bytes], hashes: ImageHashes) -> bool:
     return any(hashes.get(name) not in (None, value) for name, value in claimed.items())
 
 
+def changed_distance(looks: dict[str, bytes] | None, hashes: ImageHashes) -> tuple[str, int] | None:
+    """The first perceptual type both the dataset and the fetched image have, and the bits between them."""
+    for name, value in (looks or {}).items():
+        fetched = hashes.get(name)
+        if isinstance(fetched, bytes):
+            return name, REGISTRY[name].distance(fetched, value)
+    return None
+
+
 def hash_types(matcher: Matcher, audit: AuditConfig) -> frozenset[str]:
     """What the hashing stage computes: the image types the lists hold, the digests the dataset claims
     (to find changed content), and every type when hash records are kept for later re-matching."""
     want = set(matcher.needed_hash_types & names_computed_from(IMAGE))
-    want.update(t for t in audit.columns.values() if _content_digest(t))
+    digests = {t for t in audit.columns.values() if _content_digest(t)}
+    want.update(digests)
+    if digests:  # a changed row is compared with the dataset's perceptual hash of it
+        want.update(t for t in audit.columns.values() if REGISTRY[t].hamming)
     if audit.keep_hashes:
         want.update(t.name for t in recorded_types())  # whatever the lists hold
     return frozenset(want)

@@ -287,6 +287,8 @@ def test_a_bad_match_column_is_a_config_error(tmp_path: Path, scanner_cli) -> No
         ("sha256", "COLUMN=TYPE"),
         ("x=sha512", "TYPE one of"),
         ("missing=md5", "no column"),
+        ("image_phash=phash", "COYO-700M's image_phash is phash.org's pHash"),  # bench_coyo_phash.py
+        ("image_phash=dhash", "cannot be matched as one"),
     ):
         command = [
             "scan",

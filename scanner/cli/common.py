@@ -63,6 +63,8 @@ def print_summary(result) -> None:
         print(f"list entries skipped: {line}")
     if s["skipped_shards"]:
         print(f"skipped shards: {len(s['skipped_shards'])} (see summary.json)")
+    if s.get("changed_looks"):
+        print(changed_line(s["changed_looks"]))
     print(f"reports: {result.out}")
 
 
@@ -79,6 +81,16 @@ def skipped_entry_lines(skipped: dict) -> list[str]:
         for name, types in skipped.items()
         for type_name, info in types.items()
     ]
+
+
+def changed_line(looks: dict) -> str:
+    """The changed rows and how many of them still look like the dataset's picture."""
+    if not looks["compared"]:
+        return f"changed: {looks['rows']} rows (no perceptual hash in the dataset to compare them with)"
+    return (
+        f"changed: {looks['rows']} rows, {looks['within_threshold']} of {looks['compared']} compared "
+        "near-identical to the dataset's perceptual hash (other bytes, the same picture)"
+    )
 
 
 def run_line(result) -> str | None:

@@ -405,11 +405,21 @@ def _tiles(outcomes: OutcomeFigures, matches: MatchFigures, summary: dict) -> st
         ("Duration", f"{float(summary.get('duration_seconds', 0)):,.1f} s"),
         ("Rows per second", f"{float(summary.get('rows_per_second', 0)):,.1f}"),
         ("Skipped shards", _n(len(summary.get("skipped_shards", {})))),
+        *_changed_tiles(summary.get("changed_looks")),
     ]
     cells = "".join(
         f'<div class="tile"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>' for k, v in tiles
     )
     return f'<section class="tiles">{cells}</section>'
+
+
+def _changed_tiles(looks: object) -> list[tuple[str, str]]:
+    """Changed rows, and how many still look like the dataset's picture (summary.json `changed_looks`)."""
+    if not isinstance(looks, dict):
+        return []
+    near, compared = int(looks.get("within_threshold", 0)), int(looks.get("compared", 0))
+    shown = f"{_n(near)} of {_n(compared)}" if compared else NOT_MEASURED
+    return [("Changed rows", _n(int(looks.get("rows", 0)))), ("Changed, near-identical", shown)]
 
 
 def _changes_section(summary: dict) -> str:

@@ -23,6 +23,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("fetched_at", pa.timestamp("ms", tz="UTC")),
         ("bytes", pa.int64()),
         ("member", pa.string()),
+        ("perceptual_distance", pa.int32()),  # changed rows: bits from the dataset's pHash/PDQ
     ]
 )
 
@@ -55,6 +56,7 @@ class RowResult:
     fetched_at: float | None = None
     bytes: int | None = None
     member: str | None = None
+    perceptual_distance: int | None = None  # a changed row's distance from the dataset's perceptual hash
 
 
 @dataclass(slots=True)

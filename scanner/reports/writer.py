@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from scanner.outcomes import LIVENESS, OUTCOMES, Liveness, Outcome, SourceReason, live_rate, liveness
+from scanner.outcomes import (
+    LIVENESS,
+    OUTCOMES,
+    ChangeReason,
+    Liveness,
+    Outcome,
+    SourceReason,
+    live_rate,
+    liveness,
+)
 from scanner.reports import jsonl
 from scanner.reports.files import atomic_open, sha256_file, write_json
 from scanner.reports.html import checked_manifest, write_html_report
@@ -125,7 +134,18 @@ def summary(tally: Tally, started_at: float, finished_at: float, skipped: dict[s
         "finished_at": _iso(finished_at),
         "duration_seconds": round(duration, 3),
         "rows_per_second": round(tally.rows / duration, 1),
+        **_changed_looks(tally),
     }
+
+
+def _changed_looks(tally: Tally) -> dict:
+    """How the changed rows look beside the dataset's perceptual hashes (only when some rows changed)."""
+    rows = tally.outcomes.get(Outcome.CHANGED, 0)
+    if not rows:
+        return {}
+    near = tally.reasons.get(ChangeReason.NEAR_IDENTICAL, 0)
+    compared = near + tally.reasons.get(ChangeReason.LOOKS_DIFFERENT, 0)
+    return {"changed_looks": {"rows": rows, "compared": compared, "within_threshold": near}}
 
 
 def write_summary_and_manifest(out_dir: Path, summary_data: dict, manifest: dict) -> None:

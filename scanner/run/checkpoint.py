@@ -25,6 +25,7 @@ from scanner.reports.files import DIR_MODE, atomic_open, private_dir, sha256_fil
 from scanner.reports.hashes import write_unit_hashes
 from scanner.reports.records import UnitReport, outcomes_table
 from scanner.run.mirror import Mirror, local_dir
+from scanner.sources.hub import parse
 
 UNITS_DIR = ".units"
 FINGERPRINT = "fingerprint.json"
@@ -34,6 +35,7 @@ OUTCOMES_SUFFIX = ".outcomes.parquet"
 MARKER = re.compile(r"u(\d{6})\.done\.json")
 MAX_JSON_BYTES = 256 << 20  # a fingerprint or done marker: far more than any scan writes
 RESTART = "run the same command with --restart to start over"
+HUB_COMMITS = "hub_commits"  # hf:// input without its revision -> the commit read
 SETTINGS_SHOWN = "settings_shown"  # the fingerprint's settings by name (older checkpoints keep only the hash)
 MAX_SHOWN = 8  # changed settings a refusal lists
 
@@ -111,6 +113,8 @@ class Checkpoint:
             previous = self._read_json(path, f"the checkpoint's fingerprint is damaged ({{}}); {RESTART}")
             keys = (fingerprint.keys() | previous.keys()) - {SETTINGS_SHOWN}  # the settings' hash decides
             changed = sorted(k for k in keys if fingerprint.get(k) != previous.get(k))
+            if HUB_COMMITS in changed:
+                _refuse_moved(self.dir.parent, previous.get(HUB_COMMITS), fingerprint.get(HUB_COMMITS))
             if changed:
                 named = [_settings_named(previous, fingerprint) if k == "settings" else k for k in changed]
                 raise ResumeError(
@@ -295,6 +299,21 @@ def _settings_named(previous: dict, current: dict) -> str:
     if len(names) > MAX_SHOWN:
         shown.append(f"{len(names) - MAX_SHOWN} more")
     return f"settings ({'; '.join(shown)})" if shown else "settings"
+
+
+def _refuse_moved(out: Path, before: object, after: object) -> None:
+    """Refuse a resume of hf:// inputs whose revision now names another commit: one scan never mixes two
+    commits, and silently finishing at the old commit would report on what the revision no longer names."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return
+    for key in sorted(before.keys() & after.keys()):
+        old, new = before[key], after[key]
+        if old != new:
+            raise ResumeError(
+                f"{out} holds a scan of {key} at commit {old}, but the revision given now names commit "
+                f"{new}: one scan never mixes two commits; give {parse(key).url(old)} to finish the scan "
+                f"at {old}, or --restart to scan {new}"
+            )
 
 
 def _setting_text(settings: dict, name: str) -> str:

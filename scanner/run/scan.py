@@ -12,9 +12,10 @@ from scanner.lists import HashList, Matcher
 from scanner.pipeline import FetchPolicy, HashFn, Pipeline, Progress, build_stages
 from scanner.planner import Plan, WorkUnit, plan
 from scanner.run import lifecycle
-from scanner.run.checkpoint import Checkpoint
+from scanner.run.checkpoint import HUB_COMMITS, Checkpoint
 from scanner.run.job import Job, Run, open_run
 from scanner.sources import Source, SourceOptions, expand_inputs, open_source
+from scanner.sources.hub import Pinned, pin_inputs
 from scanner.sources.storage import input_signature
 
 OPEN_SOURCES_PER_PROCESS = 8
@@ -28,6 +29,7 @@ class ScanJob(Job):
     def __init__(self, config: ScanConfig) -> None:
         self.config = config
         self.plan: Plan | None = None
+        self.pins: list[Pinned] = []  # hf:// inputs and the commit each is read at
 
     def check(self) -> None:
         if not self.config.inputs:
@@ -39,7 +41,8 @@ class ScanJob(Job):
 
     def load(self) -> list[WorkUnit]:
         config = self.config
-        self.plan = plan(expand_inputs(list(config.inputs)), config.source, config.run.on_bad_shard)
+        inputs, self.pins = pin_inputs(list(config.inputs))
+        self.plan = plan(expand_inputs(inputs), config.source, config.run.on_bad_shard)
         return self.plan.units
 
     def fingerprint(self, lists: list[HashList]) -> dict:
@@ -48,6 +51,7 @@ class ScanJob(Job):
             lists,
             inputs=[[p, *input_signature(p)] for p in self._plan.sources],
             skipped=sorted(self._plan.skipped),
+            **({HUB_COMMITS: {p.key: p.commit for p in self.pins}} if self.pins else {}),
         )
 
     def check_resumed(self, checkpoint: Checkpoint, units: list[WorkUnit]) -> None:
@@ -60,7 +64,7 @@ class ScanJob(Job):
         """Provenance with the inputs' kinds and sizes, the skipped shards and the unit count."""
         config = self.config
         inputs = [
-            {"path": path, "kind": source.kind, "signature": input_signature(path)}
+            {"path": path, "kind": source.kind, "signature": input_signature(path), **self._commit(path)}
             for path, source in self._plan.sources.items()
         ]
         return lifecycle.manifest(
@@ -70,7 +74,15 @@ class ScanJob(Job):
             allow_private_networks=config.fetch.allow_private_networks,
             skipped_shards=summary["skipped_shards"],
             units=len(run.units),
+            **({"hub_revisions": [p.record() for p in self.pins]} if self.pins else {}),
         )
+
+    def _commit(self, path: str) -> dict[str, str]:
+        """The revision asked for and the commit read, for a shard of an hf:// input."""
+        for pinned in self.pins:
+            if path.startswith(pinned.root):
+                return {"revision": pinned.revision, "commit": pinned.commit}
+        return {}
 
     def keep_hashes(self) -> bool:
         return self.config.audit.keep_hashes

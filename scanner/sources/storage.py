@@ -6,6 +6,8 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from scanner.errors import SourceError
@@ -23,7 +25,8 @@ def open_input(path: str) -> BinaryIO:
         if not is_remote(path):
             return open_regular(path)
         filesystem, inner = _filesystem(path)
-        return filesystem.open(inner, "rb")
+        with _remote_errors(path, "open"):
+            return RemoteFile(filesystem.open(inner, "rb"))  # type: ignore[return-value]
     except NotRegularFileError as exc:
         raise SourceError(path, f"{exc.strerror}: give a regular file") from exc
     except OSError as exc:
@@ -36,7 +39,8 @@ def input_size(path: str) -> int:
         if not is_remote(path):
             return os.path.getsize(path)
         filesystem, inner = _filesystem(path)
-        return int(filesystem.size(inner))
+        with _remote_errors(path, "stat"):
+            return int(filesystem.size(inner))
     except OSError as exc:
         raise SourceError(path, f"cannot stat ({exc.strerror or exc})") from exc
 
@@ -45,7 +49,9 @@ def check_input_file(path: str) -> None:
     """Fail, naming the path, unless it is a file (a regular file, when local) that exists."""
     if is_remote(path):
         filesystem, inner = _filesystem(path)
-        if not filesystem.isfile(inner):
+        with _remote_errors(path, "stat"):
+            found = filesystem.isfile(inner)
+        if not found:
             raise SourceError(path, "no such file")
         return
     try:
@@ -58,12 +64,16 @@ def check_input_file(path: str) -> None:
 
 
 def input_signature(path: str) -> list[object]:
-    """What changes when a shard's content does, for the resume fingerprint: size and mtime (or ETag);
+    """What changes when a shard's content does, for the resume fingerprint: size and mtime (or ETag, or a
+    Hub file's git blob id);
     for a folder of images, its file count and a digest of every file's path, size and mtime."""
     if is_remote(path):
         filesystem, inner = _filesystem(path)
-        info = filesystem.info(inner)
-        version = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        with _remote_errors(path, "stat"):
+            info = filesystem.info(inner)
+        version = (
+            info.get("ETag") or info.get("LastModified") or info.get("mtime") or info.get("blob_id") or ""
+        )
         return [info.get("size"), str(version)]
     if os.path.isdir(path):
         return _folder_signature(path)
@@ -88,10 +98,62 @@ def _folder_signature(path: str) -> list[object]:
 def remote_glob(pattern: str) -> list[str]:
     """Expand a remote glob into sorted URLs of the files it matches."""
     filesystem, inner = _filesystem(pattern)
-    matched = sorted(p for p in filesystem.glob(inner) if filesystem.isfile(p))
+    with _remote_errors(pattern, "list"):
+        matched = sorted(p for p in filesystem.glob(inner) if filesystem.isfile(p))
     if not matched:
         raise SourceError(pattern, "pattern matches no file")
     return [filesystem.unstrip_protocol(p) for p in matched]
+
+
+class RemoteFile:
+    """A remote file whose failed reads are OSErrors whatever the backend's client raised (httpx, aiohttp,
+    botocore share no base), so the sources' handlers name the shard instead of failing the unit."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def read(self, size: int = -1) -> bytes:
+        return self._call(self._inner.read, size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._call(self._inner.seek, offset, whence)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __enter__(self) -> RemoteFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.close()
+
+    @staticmethod
+    def _call(method: Any, *args: object) -> Any:
+        try:
+            return method(*args)
+        except OSError:
+            raise
+        except Exception as exc:
+            raise OSError(f"remote read failed: {first_line(exc)}") from exc
+
+
+@contextmanager
+def _remote_errors(path: str, doing: str) -> Iterator[None]:
+    """A remote backend's own client errors as one line naming the path (a missing file as such)."""
+    try:
+        yield
+    except (SourceError, NotRegularFileError):
+        raise
+    except FileNotFoundError as exc:
+        raise SourceError(path, "no such file") from exc
+    except Exception as exc:  # each backend's client has its own exceptions, with no common base
+        raise SourceError(path, f"cannot {doing} ({first_line(exc)})") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one bounded line (a client's may span many, or quote a whole answer)."""
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 def _filesystem(path: str) -> tuple[Any, str]:
