@@ -13,6 +13,7 @@ from scanner import __version__, textmode
 from scanner.cli import outputs
 from scanner.cli.audit import AUDIT_COMMANDS
 from scanner.cli.common import Help, configured, print_summary, run_with_guard, terminal_line
+from scanner.cli.expand import EXPAND_COMMANDS
 from scanner.cli.signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
@@ -213,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_verify,
         add_verify_args,
     )
-    for name, help_text, handler, add_args in [*AUDIT_COMMANDS, *SIGNING_COMMANDS]:
+    for name, help_text, handler, add_args in [*AUDIT_COMMANDS, *SIGNING_COMMANDS, *EXPAND_COMMANDS]:
         _add(commands, name, help_text, handler, add_args)
     return parser
 
