@@ -50,6 +50,7 @@ CHANGES = (  # a rescan's summary `changes` count, its label, and the outcome wh
     ("newly_dead", "newly dead", Outcome.DEAD),
     ("newly_live", "newly live", Outcome.CLEAN),
     ("new_matches", "new matches", Outcome.MATCH),
+    ("matches_back", "matches back", Outcome.MATCH),
     ("matches_gone", "matches gone", Outcome.BLOCKED),
     ("content_changed", "content changed", Outcome.CHANGED),
 )
