@@ -130,6 +130,16 @@ def test_a_scan_without_hash_records_is_refused(scanned, tmp_path, scanner_cli):
     assert done.returncode == 1 and "--keep-hashes" in done.stderr
 
 
+def test_the_demo_report_shows_one_expansion(tmp_path, scanner_cli):
+    done = scanner_cli("demo", "--out", str(tmp_path / "demo"), "--quiet", "--images", "8", timeout=180)
+    assert done.returncode == 0, done.stderr
+    found = records(tmp_path / "demo")
+    assert {(r["url"].rsplit("/", 1)[1], r["seed_row"]) for r in found} == {("near-copy.jpg", 3)}
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert "<h2>Expanded</h2><p>1 candidate rows lie near 1 seed rows" in page
+    assert verify_report(tmp_path / "demo").ok
+
+
 def shard_of(out: Path) -> str:
     return json.loads((out / "matches.jsonl").read_text().split("\n")[0])["shard"]
 
