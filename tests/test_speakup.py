@@ -140,6 +140,13 @@ def test_fail_on_new_and_back_through_a_chain_of_runs(chain, scanner_cli) -> Non
     again = rescan(scanner_cli, chain, "third", "fourth", "--fail-on", "match")
     assert again.returncode == ExitCode.FOUND, again.stderr  # matches, none of them new
     assert rescan(scanner_cli, chain, "third", "fifth", "--fail-on", "new-match").returncode == ExitCode.OK
+    assert rescan(scanner_cli, chain, "third", "sixth", "--fail-on", "changed").returncode == ExitCode.OK
+    plain = server.files["/plain.jpg"]
+    server.files["/plain.jpg"] = (images(1, first_seed=999)[0], "image/jpeg")
+    changed = rescan(scanner_cli, chain, "third", "seventh", "--fail-on", "changed")
+    server.files["/plain.jpg"] = plain
+    assert changed.returncode == ExitCode.FOUND, changed.stderr
+    assert ("plain", "content_changed") in changes(tmp / "seventh")
 
 
 def test_scan_with_previous_and_rematch_count_only_what_is_new(chain, scanner_cli) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from scanner.cli import outputs
 from scanner.cli.common import configured
+from scanner.cli.signing import stale_signature_note
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import SeedSource
 
@@ -53,6 +54,8 @@ def cmd_expand(args: argparse.Namespace) -> int:
     print(f"seeds: {found.seeds} rows ({args.source})" + _missing(found.missing_seeds))
     print(f"candidates: {found.rows} rows near a seed ({kinds}); not matches until reviewed")
     print(f"expanded: {found.path}")
+    if note := stale_signature_note(args.dir):
+        print(note)
     return ExitCode.OK
 
 
