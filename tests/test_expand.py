@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from audit_support import images, outcomes, run_scan, write_shard
 from images import encode
@@ -21,6 +22,7 @@ from scanner.audits.expand import ExpandSettings, expand, hex_keys, near_seeds
 from scanner.errors import InputError
 from scanner.lists.index import brute_force
 from scanner.outcomes import SeedSource
+from scanner.reports.hashes import hashes_table
 from scanner.reports.verify import verify_report
 
 BODIES = images(5)
@@ -184,3 +186,23 @@ def test_hex_keys_decodes_in_bulk_and_refuses_what_is_not_hex():
         hex_keys(pa.array(["zz" * 8]), "phash", "here")
     with pytest.raises(InputError, match="16 hex digits"):
         hex_keys(pa.array(["00" * 7]), "phash", "here")
+
+
+def test_low_quality_pdq_hashes_are_left_out_as_matching_leaves_them(tmp_path):
+    """A flat picture's PDQ (quality below the minimum) would sit near every other flat one: neither seed
+    nor candidate by PDQ, while its pHash still counts."""
+    flat, other = "00" * 32, "00" * 31 + "01"
+    rows = [
+        {"shard": "s", "row": 0, "url": "u0", "pdq": flat, "pdq_quality": 10, "phash": "ab" * 8},
+        {"shard": "s", "row": 1, "url": "u1", "pdq": other, "pdq_quality": 10, "phash": "ab" * 8},
+        {"shard": "s", "row": 2, "url": "u2", "pdq": other, "pdq_quality": 90, "phash": "cd" * 8},
+    ]
+    out = tmp_path / "scan"
+    out.mkdir()
+    pq.write_table(hashes_table(rows), out / "hashes.parquet")
+    (out / "matches.jsonl").write_text(json.dumps({"shard": "s", "row": 0}) + "\n")
+    found = expand(out, ExpandSettings(SeedSource.MATCH, SETTINGS, pdq_min_quality=50))
+    assert found.seeds == 1
+    assert [(r["row"], r["hash_type"]) for r in records(out)] == [(1, "phash")]
+    expand(out, ExpandSettings(SeedSource.MATCH, SETTINGS, pdq_min_quality=0))
+    assert [(r["row"], r["hash_type"]) for r in records(out)] == [(1, "pdq"), (1, "phash"), (2, "pdq")]
