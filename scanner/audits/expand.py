@@ -225,14 +225,14 @@ def _records(
 ) -> Iterator[dict]:
     """expanded.jsonl's records in stored order, a row's hash types together in EXPAND_TYPES order."""
     rows = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
-    seed_rows_ = np.concatenate([f[1] for f in found]) if found else rows
+    seeds_at = np.concatenate([f[1] for f in found]) if found else rows
     distance = np.concatenate([f[2] for f in found]) if found else rows
     kind = np.concatenate([np.full(len(f[0]), f[3]) for f in found]) if found else rows
     order = np.lexsort((kind, rows))
     described = _describe(stored, np.unique(rows))
     for i in order.tolist():
         shard, row, url, key = described[int(rows[i])]
-        seed_shard, seed_row = seeds[int(seed_rows_[i])]
+        seed_shard, seed_row = seeds[int(seeds_at[i])]
         name = types[int(kind[i])]
         yield {
             "shard": shard,
