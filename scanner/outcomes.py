@@ -238,3 +238,19 @@ _REFUSED_BEFORE_REQUEST = frozenset(
         *SourceReason,
     }
 )
+
+
+class SeedSource(StrEnum):
+    """Which rows `scanner expand --from` takes as seeds: the rows confirmed by review, or every match."""
+
+    CONFIRMED = Verdict.CONFIRMED.value
+    MATCH = Outcome.MATCH.value
+
+
+class FailOn(StrEnum):
+    """What `--fail-on` turns into exit status ExitCode.FOUND (scan, rematch, rescan)."""
+
+    NEW_MATCH = "new-match"  # a row matches that did not in the previous run (new, or back after gone)
+    MATCH = Outcome.MATCH.value  # any row matches
+    CHANGED = Outcome.CHANGED.value  # any row's bytes differ from the dataset's digest or the stored record
+    NONE = "none"  # never: the exit status says only whether the run finished

@@ -127,6 +127,7 @@ def test_scan_update_rematch_rescan_clean(tmp_path: Path, cli: Callable[..., str
         "newly_dead": 2,
         "newly_live": 0,
         "new_matches": 3,
+        "matches_back": 0,
         "matches_gone": 1,
         "content_changed": 1,
         "not_modified": 17,

@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import REPO
 
-DOCS_NAMING_TESTS = ("docs/hostile-input.md",)
+DOCS_NAMING_TESTS = {"docs/hostile-input.md": 50, "docs/scheduling.md": 5}  # doc -> fewest it names
 # `module::test_name` means tests/test_module.py, function test_name.
 TEST_REFERENCE = re.compile(r"`(\w+)::(test_\w+)")
 
@@ -16,7 +16,7 @@ TEST_REFERENCE = re.compile(r"`(\w+)::(test_\w+)")
 def test_every_test_a_doc_names_exists(doc: str) -> None:
     text = (REPO / doc).read_text(encoding="utf-8")
     named = set(TEST_REFERENCE.findall(text))
-    assert len(named) > 50, f"{doc} names too few tests: the reference pattern no longer matches"
+    assert len(named) > DOCS_NAMING_TESTS[doc], f"{doc} names too few tests: the pattern no longer matches"
     missing = []
     for module, name in sorted(named):
         path = REPO / "tests" / f"test_{module}.py"

@@ -84,6 +84,7 @@ def test_rescan_outcomes_and_what_changed(rescanned) -> None:
         "newly_dead": 2,
         "newly_live": 1,
         "new_matches": 2,
+        "matches_back": 0,
         "matches_gone": 1,
         "content_changed": 1,
         "not_modified": 1,

@@ -13,7 +13,8 @@ dead keep their last hash record, so a later rescan still knows what they served
 record holds a PDQ hash without them is requested unconditionally, so its body is hashed again with them;
 records older than version 2 from a scan that matched through a transform are refused (the rescan would
 report those matches gone). The report adds changes.jsonl and a `changes` section (newly dead, newly live,
-new matches, matches gone, content changed) and appends the previous scan to the summary's `history`.
+new matches, matches back, matches gone, content changed) and appends the previous scan to the summary's
+`history`.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ from scanner.sources import Row
 CHANGES_FILE = "changes.jsonl"
 CHANGES_SUFFIX = ".changes.jsonl"
 COUNTS_SUFFIX = ".rescan.json"
+MAX_CHAIN = 100  # earlier runs a rescan looks back through (manifest `previous` links) for matches back
 CHANGE_KINDS = {  # change record name -> summary count name
     "newly_dead": "newly_dead",
     "newly_live": "newly_live",
     "new_match": "new_matches",
+    "match_back": "matches_back",
     "match_gone": "matches_gone",
     "content_changed": "content_changed",
 }
@@ -117,12 +120,13 @@ class RescanJob(StoredJob):
         manifest = self.stored.manifest()
         self.config = rescan_config(manifest, out, hashlists, overrides)
         self.private_networks_dropped = private_networks_dropped(manifest, self.config)
+        self.earlier = earlier_matches(manifest)
 
     def check_matcher(self, matcher: Matcher) -> None:
         _check_dihedral(self.stored, matcher)
 
     def work(self, run: Run) -> RescanWork:
-        return RescanWork(StoredScans([str(self.stored.hashes_path)]))
+        return RescanWork(StoredScans([str(self.stored.hashes_path)]), self.earlier)
 
     def manifest(self, run: Run, summary: dict) -> dict:
         stored = self.stored
@@ -147,14 +151,16 @@ class RescanWork:
 
     hashing = True
 
-    def __init__(self, scans: StoredScans) -> None:
+    def __init__(self, scans: StoredScans, earlier: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.scans = scans
+        self.earlier = earlier
 
     def open(
         self, config: ScanConfig, matcher: Matcher, hash_fn: HashFn | None, progress: Progress | None
     ) -> Pipeline:
         stages = build_stages(config, hash_fn, matcher)
-        return Pipeline(RescanPolicy(stages, self.scans), config.run.rows_in_flight, progress)
+        policy = RescanPolicy(stages, self.scans, self.earlier)
+        return Pipeline(policy, config.run.rows_in_flight, progress)
 
 
 def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides: dict) -> ScanConfig:
@@ -193,9 +199,12 @@ class RescanPolicy:
     """The pipeline's row policy of a rescan: each stored row screened and its stored hashes matched before
     any request, then no request, liveness only, or a conditional GET (see the module's docstring)."""
 
-    def __init__(self, stages: Stages, scans: StoredScans) -> None:
+    def __init__(
+        self, stages: Stages, scans: StoredScans, earlier: frozenset[tuple[str, int]] = frozenset()
+    ) -> None:
         self.stages = stages
         self.scans = scans
+        self.earlier = earlier  # rows matched in a run before the previous one: a match now is back
         self.screen = Screen(stages.matcher)
         self._dihedral = "pdq_dihedral" in stages.matcher.needed_hash_types
 
@@ -226,7 +235,8 @@ class RescanPolicy:
                 item.result.outcome = Outcome.MATCH
                 report.matches.extend(match_record(item.result, m) for m in _ordered(item.matches))
                 report.evidence.append(item.evidence or evidence_record(item.result, item.fetch))
-            kinds = change_kinds(item.previous, item.result, item.content_changed)
+            back = (item.result.shard, item.result.row) in self.earlier
+            kinds = change_kinds(item.previous, item.result, item.content_changed, back)
             changes.extend(_change_record(item.previous, item.result, kind) for kind in kinds)
             counts.update(CHANGE_KINDS[kind] for kind in kinds)
             counts.update(not_modified=int(item.not_modified), liveness_only=int(item.liveness_only))
@@ -309,8 +319,11 @@ class RescanPolicy:
         return self._dihedral and stored is not None and stored.pdq is not None and not stored.pdq_dihedral
 
 
-def change_kinds(previous: RowResult, current: RowResult, content_changed: bool) -> list[str]:
-    """What changed for one row between two scans (a row may show several kinds)."""
+def change_kinds(
+    previous: RowResult, current: RowResult, content_changed: bool, matched_earlier: bool = False
+) -> list[str]:
+    """What changed for one row between two scans (a row may show several kinds). A match that the
+    previous run did not have is new, or back when a run before that one had it."""
     before, now = previous.outcome, current.outcome
     was, is_now = (liveness(r.outcome, r.reason, r.fetched_at) for r in (previous, current))
     kinds = []
@@ -319,12 +332,26 @@ def change_kinds(previous: RowResult, current: RowResult, content_changed: bool)
     if was == Liveness.DEAD and is_now == Liveness.LIVE:
         kinds.append("newly_live")
     if now in MATCHED and before not in MATCHED:  # held and suppressed rows matched too
-        kinds.append("new_match")
+        kinds.append("match_back" if matched_earlier else "new_match")
     if before in MATCHED and now not in MATCHED:
         kinds.append("match_gone")
     if content_changed:
         kinds.append("content_changed")
     return kinds
+
+
+def earlier_matches(manifest: dict) -> frozenset[tuple[str, int]]:
+    """The rows matched in the runs before the previous one: its manifest's `previous` link (a rescan's)
+    followed back through each run's matches.jsonl, until a run that had none or is no longer there."""
+    rows: set[tuple[str, int]] = set()
+    for _ in range(MAX_CHAIN):
+        link = manifest.get("previous")
+        out = Path(link["out"]) if isinstance(link, dict) and isinstance(link.get("out"), str) else None
+        if out is None or not (out / "matches.jsonl").is_file() or not (out / "manifest.json").is_file():
+            break
+        rows.update((str(m["shard"]), int(m["row"])) for m in jsonl.read_records(out / "matches.jsonl"))
+        manifest = StoredScan.read_manifest(out)
+    return frozenset(rows)
 
 
 def _not_modified(row: StoredRow, row_result: RowResult, result: FetchResult) -> Rechecked:

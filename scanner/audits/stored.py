@@ -115,7 +115,12 @@ class StoredScan:
 
     def manifest(self) -> dict:
         """The scan's manifest.json; InputError when there is none."""
-        path = self.dir / "manifest.json"
+        return self.read_manifest(self.dir)
+
+    @staticmethod
+    def read_manifest(out: Path) -> dict:
+        """The manifest.json of the report directory out; InputError when there is none."""
+        path = out / "manifest.json"
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:

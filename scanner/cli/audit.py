@@ -11,6 +11,7 @@ from pathlib import Path
 from scanner.cli.common import configured, print_summary, run_with_guard, terminal_line
 from scanner.cli.outputs import guard_writes
 from scanner.cli.review import REVIEW_FLAGS
+from scanner.cli.speakup import add_speakup_args, check_speakup_args, rematch_previous, speak_up
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import Outcome
 
@@ -75,6 +76,7 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
     sub.add_argument("--quiet", action="store_true", help="no summary: only the line naming the reports")
+    add_speakup_args(sub)
 
 
 def cmd_rematch(args: argparse.Namespace) -> int:
@@ -92,10 +94,11 @@ def cmd_rematch(args: argparse.Namespace) -> int:
         "match.omit_entry_fields": args.omit_entry_field,
     }
     config = load_config(args.config, overrides)
+    check_speakup_args(args)
     guard_writes(config.out)
     result = rematch(args.hashes, config, args.restart)
     _print(result, args.quiet, config.out)
-    return ExitCode.OK
+    return speak_up(args, "rematch", result, rematch_previous(args.hashes))
 
 
 PRIVATE_NETWORKS_DROPPED = (
@@ -130,6 +133,7 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--restart", action="store_true", help="discard a previous rescan in --out")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or summary: only the reports line")
+    add_speakup_args(sub)
 
 
 def cmd_rescan(args: argparse.Namespace) -> int:
@@ -145,6 +149,7 @@ def cmd_rescan(args: argparse.Namespace) -> int:
         "run.runner": args.runner,
         "run.ray_address": args.ray_address,
     }
+    check_speakup_args(args)
     job = RescanJob(args.previous, args.out, args.hashlist, overrides)
     if job.private_networks_dropped:
         print(PRIVATE_NETWORKS_DROPPED, file=sys.stderr)
@@ -153,7 +158,7 @@ def cmd_rescan(args: argparse.Namespace) -> int:
     if not args.quiet:
         changes = {k: v for k, v in result.summary["changes"].items() if k != "previous"}
         print("changes: " + ", ".join(f"{name} {count}" for name, count in changes.items()))
-    return ExitCode.OK
+    return speak_up(args, "rescan", result)
 
 
 def _clean_args(sub: argparse.ArgumentParser) -> None:

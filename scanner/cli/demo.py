@@ -18,15 +18,18 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from scanner import procguard
+from scanner.audits.expand import ExpandSettings, expand
 from scanner.cli.common import run_with_guard
 from scanner.cli.outputs import prepare_dir
 from scanner.cli.pictures import encode, make_image
 from scanner.config import build_config
 from scanner.errors import ConfigError
 from scanner.hashing import hash_image
-from scanner.outcomes import Verdict
+from scanner.outcomes import SeedSource, Verdict
 from scanner.reports import verdicts
 from scanner.reports.files import atomic_open, private_dir
+from scanner.reports.html import write_html_report
+from scanner.reports.writer import refresh_digests
 from scanner.run.checkpoint import own_dir
 from scanner.run.lifecycle import ScanResult
 from scanner.run.reportlock import report_lock
@@ -130,6 +133,7 @@ def run_demo(out: str, images: int = 60, quiet: bool = False) -> ScanResult:
 def _build_and_scan(out_dir: Path, images: int, quiet: bool) -> ScanResult:
     inputs = own_dir(out_dir / "demo-input")  # a planted link there is refused, its target left alone
     routes, paths, bodies = demo_routes(max(images, 8))
+    add_near_copy(routes, paths, bodies)
     write_demo_list(inputs / "demo-NOT-REAL.csv", bodies)
     plant_flood(routes, paths, inputs / "demo-NOT-REAL.csv")
     with serve(routes) as base:
@@ -142,10 +146,12 @@ def _build_and_scan(out_dir: Path, images: int, quiet: bool) -> ScanResult:
                 "fetch": {"allow_private_networks": True},
                 "source": {"rows_per_unit": 32},
                 "review": {"flood_rows": FLOOD_COPIES - 1},
+                "audit": {"keep_hashes": True},  # the stored hashes the expansion searches
             },
             "demo",
         )
         result = run_with_guard(config, restart=True, quiet=quiet)
+    show_expansion(out_dir, config.match)
     record_demo_verdict(out_dir)
     return result
 
@@ -186,3 +192,19 @@ def record_demo_verdict(out_dir: Path) -> None:
         [{**record, "verdict": Verdict.CONFIRMED, "note": note, "operator": "demo", "recorded_at": stamp}],
     )
     refresh_digests(out_dir, [write_html_report(out_dir).name])
+
+
+def add_near_copy(routes: dict, paths: list[str], bodies: list[bytes]) -> None:
+    """A smaller, recompressed copy of the image the demo list names by MD5: no list entry matches it, but
+    its stored hashes lie near that row's, so the demo's expansion finds it."""
+    original = Image.open(io.BytesIO(bodies[3])).convert("RGB")
+    routes["/near-copy.jpg"] = (200, "image/jpeg", encode(original.resize((240, 180)), "JPEG", 70), {})
+    paths.append("/near-copy.jpg")
+
+
+def show_expansion(out_dir: Path, match) -> None:
+    """One `scanner expand --from match`: rows near the demo's matches, in expanded.jsonl and report.html."""
+    thresholds = {"pdq": match.pdq_threshold, "phash": match.phash_threshold, "dhash": match.dhash_threshold}
+    found = expand(out_dir, ExpandSettings(SeedSource.MATCH, thresholds, match.pdq_min_quality))
+    page = write_html_report(out_dir)
+    refresh_digests(out_dir, [found.path.name, page.name])

@@ -8,13 +8,16 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from scanner import __version__, textmode
 from scanner.cli import outputs
 from scanner.cli.audit import AUDIT_COMMANDS
 from scanner.cli.common import Help, configured, print_summary, run_with_guard, terminal_line
+from scanner.cli.expand import EXPAND_COMMANDS
 from scanner.cli.review import REVIEW_COMMANDS, REVIEW_FLAGS, verdict_names
 from scanner.cli.signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
+from scanner.cli.speakup import add_speakup_args, check_speakup_args, speak_up
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
 from scanner.exitcodes import ExitCode
@@ -32,7 +35,8 @@ Try it offline:  scanner demo
 Then:            scanner scan SHARDS... --hashlist LIST --out DIR   (lists: hashlists/README.md)
 
 Exit status: 0 done; 1 an input or setting refused (one line on stderr); 2 a command line that does not
-parse (the command's usage is shown); 70 an internal error; 130 interrupted (run it again to resume)."""
+parse (the command's usage is shown); 3 done, and --fail-on found what it names; 70 an internal error;
+130 interrupted (run it again to resume)."""
 
 SCAN_FLAGS: list[tuple[str, str, dict]] = [
     ("--url-col", "source.url_col", {"help": "URL column"}),
@@ -220,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_verify,
         add_verify_args,
     )
-    for name, help_text, handler, add_args in [*AUDIT_COMMANDS, *SIGNING_COMMANDS, *REVIEW_COMMANDS]:
+    for name, help_text, handler, add_args in [
+        *AUDIT_COMMANDS,
+        *SIGNING_COMMANDS,
+        *REVIEW_COMMANDS,
+        *EXPAND_COMMANDS,
+    ]:
         _add(commands, name, help_text, handler, add_args)
     return parser
 
@@ -263,6 +272,7 @@ def _scan_args(sub: argparse.ArgumentParser) -> None:
     )
     for flag, key, options in SCAN_FLAGS:
         configured(sub.add_argument(flag, **options), key)
+    add_speakup_args(sub, previous=True)
 
 
 def scan_overrides(args: argparse.Namespace) -> dict:
@@ -285,6 +295,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from scanner.config import load_config  # start-up cost: loaded when the command runs
 
     config = load_config(args.config, scan_overrides(args))
+    check_speakup_args(args)
     result = run_with_guard(config, args.restart, args.quiet)
     if args.quiet:
         print(f"reports: {result.out}")  # the one line --quiet keeps: where to look
@@ -292,7 +303,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print_summary(result)
     if str(result.out) != config.out:
         print(f"published to: {config.out}")
-    return ExitCode.OK
+    previous = [Path(args.previous_scan)] if args.previous_scan else []
+    return speak_up(args, "scan", result, previous)
 
 
 def _demo_args(sub: argparse.ArgumentParser) -> None:

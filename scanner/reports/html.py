@@ -23,6 +23,7 @@ from scanner.hashtypes import REGISTRY
 from scanner.outcomes import OUTCOMES, Liveness, Outcome, live_rate, liveness
 from scanner.regularfile import NotRegularFileError, open_regular, read_capped
 from scanner.reports import jsonl, safetext
+from scanner.reports.expanded import ExpandedFigures, expanded_figures
 from scanner.reports.files import atomic_open
 from scanner.reports.verdicts import Verdicts
 from scanner.reports.verify import MAX_JSON_BYTES, summary_schema, validate
@@ -52,6 +53,7 @@ CHANGES = (  # a rescan's summary `changes` count, its label, and the outcome wh
     ("newly_dead", "newly dead", Outcome.DEAD),
     ("newly_live", "newly live", Outcome.CLEAN),
     ("new_matches", "new matches", Outcome.MATCH),
+    ("matches_back", "matches back", Outcome.MATCH),
     ("matches_gone", "matches gone", Outcome.BLOCKED),
     ("content_changed", "content changed", Outcome.CHANGED),
 )
@@ -148,6 +150,7 @@ def render_report(out: Path, show_urls: bool = False, manifest: dict | None = No
             _floods_section(summary),
             _link_rot_section(outcomes, summary),
             _matched_rows_section(matches, show_urls),
+            _expanded_section(expanded_figures(out), show_urls),
             _lists_section(manifest),
             _provenance_section(manifest),
         ]
@@ -598,11 +601,28 @@ def _floods_section(summary: dict) -> str:
     )
 
 
+def _expanded_section(figures: ExpandedFigures | None, show_urls: bool) -> str:
+    """The candidates of `scanner expand` (expanded.jsonl), when it ran: near a seed, never matches."""
+    if figures is None:
+        return ""
+    columns = ["shard", "row", "key", "hash_type", "distance", "threshold", "seed_shard", "seed_row"]
+    columns += ["url"] if show_urls else []
+    rows = [[_cell(record, c) for c in columns] for record in figures.listed]
+    kinds = ", ".join(f"{_e(name)} {_n(count)}" for name, count in sorted(figures.by_hash_type.items()))
+    return _section(
+        "Expanded",
+        f"<p>{_n(figures.rows)} candidate rows lie near {_n(len(figures.seeds))} seed rows by a stored "
+        f"hash ({kinds or 'none'}). They are candidates for review, not matches: no list names them. "
+        f"Showing {_n(len(figures.listed))} of {_n(figures.records)} records of expanded.jsonl.</p>",
+        _table(columns, rows) if rows else "",
+    )
+
+
 def _cell(record: dict, column: str) -> object:
     value = record.get(column)
     if column == "entry":  # the list's own columns of the matched entry: name=value; ...
         return "; ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None
-    return Path(str(value)).name if column == "shard" and value else value
+    return Path(str(value)).name if column in ("shard", "seed_shard") and value else value
 
 
 def _lists_section(manifest: dict) -> str:
