@@ -10,6 +10,7 @@ from pathlib import Path
 
 from scanner.cli.common import configured, print_summary, run_with_guard, terminal_line
 from scanner.cli.outputs import guard_writes
+from scanner.cli.plugins import PLUGIN_FLAGS, plugin_overrides
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import Outcome
 
@@ -61,6 +62,8 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
         default=None,
         help="match the rotated and flipped PDQ hashes a --pdq-dihedral scan stored (refused without them)",
     )
+    for flag, key, options in PLUGIN_FLAGS:
+        configured(sub.add_argument(flag, **options), key)
     sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
     sub.add_argument("--quiet", action="store_true", help="no summary: only the line naming the reports")
 
@@ -75,6 +78,7 @@ def cmd_rematch(args: argparse.Namespace) -> int:
         "match.pdq_threshold": args.pdq_threshold,
         "match.pdq_min_quality": args.pdq_min_quality,
         "match.pdq_dihedral": args.pdq_dihedral,
+        **plugin_overrides(args),
     }
     config = load_config(args.config, overrides)
     guard_writes(config.out)

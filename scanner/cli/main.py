@@ -13,6 +13,7 @@ from scanner import __version__, textmode
 from scanner.cli import outputs
 from scanner.cli.audit import AUDIT_COMMANDS
 from scanner.cli.common import Help, configured, print_summary, run_with_guard, terminal_line
+from scanner.cli.plugins import PLUGIN_FLAGS
 from scanner.cli.signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
 from scanner.crashlog import internal_error_line
 from scanner.errors import ScannerError
@@ -107,6 +108,7 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         "audit.keep_hashes",
         {"action": "store_true", "default": None, "help": "write hashes.parquet (for rematch and rescan)"},
     ),
+    *PLUGIN_FLAGS,
 ]
 
 
