@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 from scanner.errors import ConfigError
@@ -129,6 +130,35 @@ def _name(signal_type: Any, spec: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"signal type {spec}: its name {name!r} is not lower_snake_case (a report column)")
     return name
+
+
+def provenance(config: PluginConfig) -> list[dict[str, str | None]]:
+    """What each plug-in is, for the manifest and the resume fingerprint: its hash type, its class, the
+    version of the distribution that holds it, and the built-in type it stands beside (pytx_pdq: pdq)."""
+    found = []
+    for hash_type in load_plugins(config):
+        spec = hash_type.signal or ""
+        alias = hash_type.name.removeprefix(PYTX_PREFIX)
+        found.append(
+            {
+                "hash_type": hash_type.name,
+                "signal_type": spec,
+                "version": _version(spec.partition(":")[0]),
+                "built_in": alias if alias != hash_type.name and alias in REGISTRY else None,
+            }
+        )
+    return found
+
+
+def _version(module: str) -> str | None:
+    """The installed version of the distribution a module comes from (None: not installed as one)."""
+    top = module.partition(".")[0]
+    for distribution in metadata.packages_distributions().get(top, ()):
+        try:
+            return f"{distribution} {metadata.version(distribution)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def unload_plugins() -> None:

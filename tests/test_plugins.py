@@ -107,6 +107,12 @@ def test_pytx_pdq_and_md5_signals_match_as_the_built_in_hashers(tmp_path: Path) 
     assert [(row, entry) for row, entry, _ in by_type["pdq"]] == [(0, "p0"), (2, "p2"), (5, "p5"), (7, "p2")]
     assert by_type["pdq"][3][2] > 0  # the recompressed copy matched within the threshold, not exactly
     assert not any(row == 8 for row, _, _ in by_type["pdq"])  # quality below 50: no PDQ from either
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(p["hash_type"], p["signal_type"], p["built_in"]) for p in manifest["plugins"]] == [
+        ("pytx_pdq", PDQ, "pdq"),
+        ("video_md5", MD5, None),
+    ]
+    assert manifest["plugins"][0]["version"].startswith("threatexchange ")
 
 
 def toy_list(path: Path, lines: list[str]) -> Path:
