@@ -45,10 +45,16 @@ class PluginConfig:
 
 def load_plugins(config: PluginConfig) -> tuple[HashType, ...]:
     """Register every configured signal type (again: a no-op) and return their hash types."""
+    if config in _LOADED:  # a hashing worker asks once per body
+        return _LOADED[config]
     classes = [_signal_class(spec) for spec in config.signal_types]
     for module in config.tx_extensions:
         classes.extend(_manifest_signal_types(module))
-    return tuple(dict.fromkeys(_registered(cls) for cls in classes))
+    loaded = _LOADED[config] = tuple(dict.fromkeys(_registered(cls) for cls in classes))
+    return loaded
+
+
+_LOADED: dict[PluginConfig, tuple[HashType, ...]] = {}
 
 
 def _signal_class(spec: str) -> Any:
@@ -163,6 +169,7 @@ def _version(module: str) -> str | None:
 
 def unload_plugins() -> None:
     """Remove every plug-in's hash type and hasher (tests: the next test sees only the built-ins)."""
+    _LOADED.clear()
     for name in [name for name, hash_type in REGISTRY.items() if hash_type.signal is not None]:
         HASHERS.pop(name, None)
         unregister(name)

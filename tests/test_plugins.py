@@ -29,7 +29,7 @@ from PIL import Image
 
 from scanner.audits.rematch import rematch
 from scanner.config import build_config
-from scanner.errors import ConfigError, HashListError
+from scanner.errors import ConfigError, ContentAtRestError, HashListError
 from scanner.hashing import HASHERS, hash_file_record, hash_image
 from scanner.hashtypes import REGISTRY, HashType
 from scanner.lists import list_keys, load_hashlist
@@ -181,6 +181,19 @@ def test_a_plugin_that_writes_raises_waits_or_spins_fails_its_row_alone(tmp_path
     assert table["outcome"] == ["clean", "match", "invalid", "invalid", "invalid", "invalid", "match"]
     assert not signal_plugins.LEAK.exists()
     assert verify_report(out).ok
+
+
+def test_a_plugin_that_writes_when_imported_stops_the_scan_in_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = tmp_path / "written-at-import"
+    monkeypatch.setenv("SCANNER_TEST_IMPORT_WRITE", str(written))
+    listed = toy_list(tmp_path / "l.csv", [f"md5,{'0' * 32},a"])
+    with pytest.raises(ContentAtRestError, match=r"refused to write .*written-at-import"):
+        serve_and_scan(
+            tmp_path, images(1), [f"l={listed}"], **plugins("signal_plugins_import_write:ImportWriterSignal")
+        )
+    assert written.exists()  # this process imported it first, unguarded: the config is built before any body
 
 
 def test_file_hashers_and_non_signal_types_are_refused_in_one_line(tmp_path: Path) -> None:
