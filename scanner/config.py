@@ -14,6 +14,7 @@ from scanner.fetch import FetchConfig
 from scanner.hashing import DecodeLimits
 from scanner.hashtypes import REGISTRY
 from scanner.lists import MatchConfig
+from scanner.plugins import PluginConfig, load_plugins
 from scanner.regularfile import open_regular
 from scanner.reports.review import ReviewConfig
 from scanner.screen import AuditConfig
@@ -132,6 +133,7 @@ class ScanConfig:
     run: RunConfig = field(default_factory=RunConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
+    plugins: PluginConfig = field(default_factory=PluginConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain data, for the manifest."""
@@ -146,6 +148,7 @@ SECTIONS = {
     "run": RunConfig,
     "audit": AuditConfig,
     "review": ReviewConfig,
+    "plugins": PluginConfig,
 }
 
 
@@ -179,6 +182,7 @@ def build_config(data: dict[str, Any], origin: str) -> ScanConfig:
     )
     if config.run.on_bad_shard not in BAD_SHARD_POLICIES:
         raise ConfigError(f"{origin}: run.on_bad_shard must be one of {', '.join(BAD_SHARD_POLICIES)}")
+    load_plugins(config.plugins)  # their hash types registered before any list is read
     return config
 
 

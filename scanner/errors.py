@@ -21,6 +21,7 @@ tests/test_errors.py checks this drawing against the real class hierarchy: a new
         KeyFileError: keygen, sign, verify --public-key: a key file is unusable (not Ed25519 PEM, too open)
         SignatureError: verify --public-key prints `FAILED: <why>` (missing, other key, manifest changed)
         DecodeError (hashing/decode.py): a body is no usable image: the row is `invalid`, its reason kept
+            PluginError (hashing/hashers.py): a signal-type plug-in failed on a body: `invalid`, its reason
         FetchFailure (fetch/base.py): a URL gave no usable response: the row is dead, invalid or blocked
 """
 

@@ -22,6 +22,7 @@ Two kinds sit side by side, told apart by `computed_from`:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -32,6 +33,7 @@ IMAGE = "image"  # computed from the body by a hasher (hashing/hashers.py)
 URL = "url"  # computed from the URL's normal form by the screen (scanner/urls/normal.py)
 EXACT = "exact"  # matched by equal keys
 HAMMING = "hamming"  # matched within a Hamming distance (multi-index hashing, lists/index.py)
+SIGNAL = "signal"  # matched by a python-threatexchange plug-in's own index and compare (scanner/plugins.py)
 
 # pdq_dihedral's 8 hashes, in the order of the reference's --pdqdih output and pdqhash.compute_dihedral.
 DIHEDRAL_TRANSFORMS = (
@@ -53,7 +55,7 @@ class HashType:
     name: str
     nbytes: int  # the raw hash (text types: the 16-byte BLAKE2b key of the normal form)
     computed_from: Literal["image", "url"]
-    index: Literal["exact", "hamming"] = EXACT
+    index: Literal["exact", "hamming", "signal"] = EXACT
     threshold: int = 0  # default match distance in bits, inclusive; 0 for exact types
     normal_form: Literal["url", "host"] | None = None  # text types: list values in this normal form, not hex
     match_parents: bool = False  # a query also matches its parent domains (domain)
@@ -61,11 +63,14 @@ class HashType:
     variant_of: str | None = None  # transformed copies of another type's hash, computed on request only
     transforms: tuple[str, ...] = ()  # a variant's hashes, in order (the original first)
     histogram_bits: int = 0  # report.html's distance histogram spans at least 0..this
+    signal: str | None = None  # a plug-in's "module:Class" (a pytx SignalType): values are its signal strings
 
     def __post_init__(self) -> None:
-        if self.computed_from not in (IMAGE, URL) or self.index not in (EXACT, HAMMING):
+        if self.computed_from not in (IMAGE, URL) or self.index not in (EXACT, HAMMING, SIGNAL):
             raise ValueError(f"{self.name}: computed_from {self.computed_from!r}, index {self.index!r}")
-        if not 0 <= self.threshold <= self.bits or (self.index == EXACT and self.threshold):
+        if (self.index == SIGNAL) != (self.signal is not None):
+            raise ValueError(f"{self.name}: a signal index needs a signal type, and only it")
+        if not 0 <= self.threshold <= self.bits or (self.index != HAMMING and self.threshold):
             raise ValueError(f"{self.name}: threshold {self.threshold}, {self.index} index, {self.bits} bits")
 
     @property
@@ -97,20 +102,38 @@ class HashType:
     def quality_column(self) -> str | None:
         return f"{self.name}_quality" if self.quality else None
 
+    def signal_class(self) -> Any:
+        """The plug-in's SignalType class, imported by its "module:Class" name (any process can)."""
+        if self.signal is None:
+            raise ValueError(f"{self.name} is no plug-in signal type")
+        module, _, qualname = self.signal.partition(":")
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+        return found
+
     def to_hex(self, value: bytes) -> str:
-        """The lower-case hex form lists and reports write."""
+        """The lower-case hex form lists and reports write (a plug-in's: its signal string as it gave it)."""
+        if self.signal is not None:
+            return value.decode("utf-8")
         if len(value) != self.nbytes:
             raise ValueError(f"a {self.name} hash is {self.nbytes} bytes, got {len(value)}")
         return value.hex()
 
     def from_hex(self, text: str) -> bytes:
-        """The raw bytes of a hex form (either case); ValueError unless it is exactly this type's width."""
+        """The raw bytes of a hex form (either case); ValueError unless it is exactly this type's width. A
+        plug-in's value is its signal string's UTF-8, whatever its length."""
+        if self.signal is not None:
+            return text.encode("utf-8")
         if len(text) != 2 * self.nbytes:
             raise ValueError(f"a {self.name} hash has {2 * self.nbytes} hex digits, this has {len(text)}")
         return bytes.fromhex(text)
 
     def distance(self, a: bytes, b: bytes) -> int:
-        """The Hamming distance in bits between two hashes of this type (0 for equal ones)."""
+        """The Hamming distance in bits between two hashes of this type (0 for equal ones); a plug-in's
+        distance is its own compare's (scanner/lists/signals.py)."""
+        if self.signal is not None:
+            raise ValueError(f"{self.name} is compared by its plug-in, not by bits")
         if len(a) != self.nbytes or len(b) != self.nbytes:
             raise ValueError(f"a {self.name} hash is {self.nbytes} bytes")
         return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()

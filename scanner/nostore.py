@@ -19,6 +19,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 FILE_SYSTEMS_IN_DEV = ("/dev/shm/", "/dev/mqueue/")
 _allowed: tuple[str, ...] = ()
 _installed = False
+_refused = 0  # writes refused so far: a plug-in that catches the error is still caught writing
 
 
 def is_write(mode: object, flags: object) -> bool:
@@ -46,7 +47,14 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
         return
     name = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
     if not is_allowed(name):
+        global _refused
+        _refused += 1
         raise ContentAtRestError(f"refused to write {name!r}: a scan writes only inside its report directory")
+
+
+def refused() -> int:
+    """How many writes this process's guard has refused, whether or not the writer caught the error."""
+    return _refused
 
 
 def install(allowed_dirs: Iterable[str]) -> None:

@@ -173,10 +173,15 @@ class DecodeReason(StrEnum):
 
 
 class HashingReason(StrEnum):
-    """Why a body's hashing process died (told by the worker pool); the row is `invalid`, digests kept."""
+    """Why a body's hashing process died (told by the worker pool), or a plug-in failed on it; the row is
+    `invalid`, digests kept."""
 
     HASHING_CRASHED = "hashing_crashed"  # it killed a fresh worker, alone
     DECODE_TIMEOUT = "decode_timeout"  # the kernel killed the worker past the decode CPU budget (SIGXCPU)
+    # A signal-type plug-in (scanner/plugins.py) raised, or gave no valid signal string: the row keeps the
+    # built-in hashes and is invalid with this reason; the scan goes on.
+    PLUGIN_FAILED = "plugin_failed"
+    PLUGIN_WROTE_FILE = "plugin_wrote_file"  # a plug-in tried to write a file: refused (nostore)
 
 
 class SourceReason(StrEnum):

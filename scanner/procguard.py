@@ -33,6 +33,8 @@ PARENT_POLL_SECONDS = 0.5
 # The signal the kernel sends a process past its CPU-time limit (RLIMIT_CPU): a hashing worker that dies of it
 # ran out of its decode budget; any other death is a crash.
 CPU_BUDGET_SIGNAL = getattr(signal, "SIGXCPU", None)
+# The signal a wall-clock budget (wall_budget) ends a process with: its default action kills, in C code too.
+WALL_BUDGET_SIGNAL = getattr(signal, "SIGALRM", None)
 
 _budgets_enforced = False
 
@@ -101,6 +103,22 @@ def cpu_budget(seconds: float) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+@contextmanager
+def wall_budget(seconds: float) -> Iterator[None]:
+    """Let the block run at most `seconds` of wall-clock time, or the kernel kills the process with SIGALRM
+    (left at its default action, so a wait in C code is ended too): for code that may wait rather than
+    compute (a plug-in that sleeps or blocks). A no-op where cpu_budget() is one."""
+    if not _budgets_enforced or WALL_BUDGET_SIGNAL is None:
+        yield
+        return
+    signal.signal(WALL_BUDGET_SIGNAL, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _prctl(option: int, value: int) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from scanner.errors import ConfigError
-from scanner.hashtypes import IMAGE, REGISTRY, URL, ImageHashes, names_computed_from, recorded_types
+from scanner.hashtypes import EXACT, IMAGE, REGISTRY, URL, ImageHashes, names_computed_from, recorded_types
 from scanner.lists import Match, Matcher, Query
 from scanner.outcomes import FetchReason
 from scanner.sources import Row
@@ -214,14 +214,14 @@ def hash_types(matcher: Matcher, audit: AuditConfig) -> frozenset[str]:
 
 
 def _recorded(type_name: str) -> bool:
-    known = REGISTRY.get(type_name)
-    return known is not None and known.recorded
+    known = REGISTRY.get(type_name)  # a plug-in's signal strings are not dataset columns the screen reads
+    return known is not None and known.recorded and known.signal is None
 
 
 def content_digests() -> tuple[str, ...]:
     """The exact image types (md5, sha1, sha256): digests of the exact bytes, so a difference from the
     dataset's (or a stored record's) means `changed`."""
-    return tuple(t.name for t in recorded_types() if not t.hamming)
+    return tuple(t.name for t in recorded_types() if t.index == EXACT)
 
 
 def _content_digest(type_name: str) -> bool:

@@ -15,8 +15,10 @@ from scanner.hashing import DecodeError, DecodeLimits, ImageHashes, hash_image
 from scanner.hashing.api import digests
 from scanner.hashing.decode import DEFAULT_LIMITS
 from scanner.outcomes import HashingReason
+from scanner.plugins import PluginConfig, load_plugins
 
 HashResult = tuple[ImageHashes | None, str | None]
+NO_PLUGINS = PluginConfig()
 
 
 # The main process's body arena (runners/arena.py), mapped read-only; None when bodies come over pipes.
@@ -53,10 +55,12 @@ class HashJob:
 
     want: frozenset[str]
     limits: DecodeLimits = DEFAULT_LIMITS
+    plugins: PluginConfig = NO_PLUGINS  # registered in the worker before its first body
 
     def __call__(self, body: bytes) -> HashResult:
         """Hash one body in memory; a body that is no usable image keeps its digests (exact lists still
         match)."""
+        load_plugins(self.plugins)
         try:
             return hash_image(body, self.want, self.limits), None
         except DecodeError as exc:
@@ -66,6 +70,7 @@ class HashJob:
         """The result for a body that killed a worker, alone, in a fresh pool (HASHING_CRASHED) or ran it out
         of its decode budget, hashing.decode_timeout (DECODE_TIMEOUT): its digests, computed without parsing
         a byte of it, so exact lists still match."""
+        load_plugins(self.plugins)
         found = digests(body, self.want)
         return (ImageHashes.of(found) if found else None), reason
 

@@ -38,7 +38,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("stages", ("scanner.sources", "scanner.fetch", "scanner.hashing", "scanner.lists", "scanner.reports")),
     ("screen", ("scanner.screen",)),  # matches rows (sources) against lists before any request
     # where the stages meet; planner.py stays here, beside pipeline.py, which takes its WorkUnit
-    ("pipeline", ("scanner.config", "scanner.planner", "scanner.workers", "scanner.pipeline")),
+    (
+        "pipeline",
+        ("scanner.config", "scanner.planner", "scanner.plugins", "scanner.workers", "scanner.pipeline"),
+    ),
     ("run", ("scanner.run",)),  # a run's lifecycle: --out, checkpoint, lock, merge, summary
     ("runners", ("scanner.runners",)),
     ("audits", ("scanner.audits",)),  # commands over a finished scan

@@ -386,3 +386,34 @@ def test_an_address_nobody_listens_at_fails_fast(tmp_path):
     done = scan_in_fresh_interpreter(tmp_path, "--runner", "ray", "--ray-address", "127.0.0.1:1")
     assert done.returncode == 1
     assert "no Ray cluster answers at 127.0.0.1:1" in done.stderr
+
+
+@needs_ray
+def test_a_signal_type_plugin_on_ray_matches_as_the_built_in(tmp_path, cluster, inputs):
+    """Each actor and its hashing worker load the plug-in named in the config (docs/plugins.md)."""
+    pytest.importorskip("threatexchange")
+    from scanner.plugins import unload_plugins
+
+    shards, _ = inputs
+    md5 = hash_image(IMAGES["/img/4.png"], frozenset({"md5"})).md5.hex()
+    listfile = tmp_path / "md5s.csv"
+    listfile.write_text(f"hash_type,hash,id\nmd5,{md5},m\nvideo_md5,{md5},m\n")
+    data = {
+        "inputs": shards,
+        "out": str(tmp_path / "out"),
+        "hashlist": [f"both={listfile}"],
+        "fetch": {"allow_private_networks": True, "connect_timeout": 30.0, "total_timeout": 60.0},
+        "source": {"rows_per_unit": ROWS_PER_UNIT},
+        "run": {"runner": "ray", "workers": 2, "units_in_flight": 2, "progress": False},
+        "plugins": {"signal_types": ["threatexchange.signal_type.md5:VideoMD5Signal"]},
+    }
+    try:
+        ray_runner.scan(build_config(data, "test"))
+    finally:
+        unload_plugins()
+    found = [json.loads(line) for line in (tmp_path / "out" / "matches.jsonl").read_text().splitlines()]
+    rows = {
+        kind: [(m["shard"], m["row"]) for m in found if m["hash_type"] == kind]
+        for kind in ("md5", "video_md5")
+    }
+    assert rows["md5"] and rows["md5"] == rows["video_md5"]

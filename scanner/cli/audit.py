@@ -10,6 +10,7 @@ from pathlib import Path
 
 from scanner.cli.common import configured, print_summary, run_with_guard, terminal_line
 from scanner.cli.outputs import guard_writes
+from scanner.cli.plugins import PLUGIN_FLAGS, plugin_overrides
 from scanner.cli.review import REVIEW_FLAGS
 from scanner.cli.speakup import add_speakup_args, check_speakup_args, rematch_previous, speak_up
 from scanner.exitcodes import ExitCode
@@ -74,6 +75,8 @@ def _rematch_args(sub: argparse.ArgumentParser) -> None:
         ),
         "match.omit_entry_fields",
     )
+    for flag, key, options in PLUGIN_FLAGS:
+        configured(sub.add_argument(flag, **options), key)
     sub.add_argument("--restart", action="store_true", help="discard a previous rematch in --out")
     sub.add_argument("--quiet", action="store_true", help="no summary: only the line naming the reports")
     add_speakup_args(sub)
@@ -92,6 +95,7 @@ def cmd_rematch(args: argparse.Namespace) -> int:
         "review.negative_lists": args.negative_list,
         "review.hold_floods": args.hold_floods,
         "match.omit_entry_fields": args.omit_entry_field,
+        **plugin_overrides(args),
     }
     config = load_config(args.config, overrides)
     check_speakup_args(args)

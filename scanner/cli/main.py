@@ -15,6 +15,7 @@ from scanner.cli import outputs
 from scanner.cli.audit import AUDIT_COMMANDS
 from scanner.cli.common import Help, configured, print_summary, run_with_guard, terminal_line
 from scanner.cli.expand import EXPAND_COMMANDS
+from scanner.cli.plugins import PLUGIN_FLAGS
 from scanner.cli.review import REVIEW_COMMANDS, REVIEW_FLAGS, verdict_names
 from scanner.cli.signing import SIGNING_COMMANDS, add_verify_args, stale_signature_note, verify_lines
 from scanner.cli.speakup import add_speakup_args, check_speakup_args, speak_up
@@ -118,6 +119,7 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
         "match.omit_entry_fields",
         {"action": "append", "metavar": "COLUMN", "help": "a list column matches leave out (default: none)"},
     ),
+    *PLUGIN_FLAGS,
 ]
 
 

@@ -6,10 +6,13 @@ from pathlib import Path
 
 from scanner.errors import InputError
 from scanner.hashing.decode import DEFAULT_LIMITS, DecodeError, DecodeLimits, decode_image, open_image
-from scanner.hashing.hashers import HASH_TYPES, HASHERS, HashInput
+from scanner.hashing.hashers import HASH_TYPES, HASHERS, Hasher, HashInput, PluginError
 from scanner.hashtypes import ImageHashes, recorded_types
-from scanner.procguard import cpu_budget
+from scanner.procguard import cpu_budget, wall_budget
 from scanner.regularfile import open_regular
+
+# A plug-in's wall-clock budget per body, in decode budgets: room for a busy machine, not for a stuck plug-in.
+PLUGIN_WALL_FACTOR = 4
 
 
 def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT_LIMITS) -> ImageHashes:
@@ -22,6 +25,7 @@ def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT
     if unknown:
         raise ValueError(f"unknown hash types {sorted(unknown)}; known: {sorted(HASH_TYPES)}")
     perceptual = [HASHERS[name] for name in sorted(want) if HASHERS[name].needs_pixels]
+    plugins = [HASHERS[name] for name in sorted(want) if HASHERS[name].plugin]
     exact = digests(data, want)
     fields: dict[str, object] = dict(exact)
     # Parsing and decoding the untrusted bytes is what can stall (a JPEG's scans, a GIF's frames); the hashes
@@ -40,15 +44,36 @@ def hash_image(data: bytes, want: frozenset[str], limits: DecodeLimits = DEFAULT
     fields.update(width=header.width, height=header.height, format=fmt)
     for hasher in perceptual:
         fields.update(hasher.compute(source))
+    if plugins:
+        fields.update(plugin_hashes(data, plugins, limits, fields))
     return ImageHashes.of(fields)
 
 
+def plugin_hashes(
+    data: bytes, plugins: list[Hasher], limits: DecodeLimits, fields: dict[str, object]
+) -> dict[str, object]:
+    """The plug-ins' signals of a body that is a usable image. A plug-in may loop (the CPU budget) or wait
+    (the wall-clock budget, PLUGIN_WALL_FACTOR times it): either kills the hashing worker (decode_timeout).
+    A plug-in that fails raises PluginError carrying every hash computed so far."""
+    source = HashInput(data, None)
+    found: dict[str, object] = {}
+    try:
+        with cpu_budget(limits.decode_timeout), wall_budget(PLUGIN_WALL_FACTOR * limits.decode_timeout):
+            for hasher in plugins:
+                found.update(hasher.compute(source))
+    except PluginError as exc:
+        exc.digests = dict(fields)  # type: ignore[arg-type]
+        raise
+    return found
+
+
 def digests(data: bytes, want: frozenset[str]) -> dict[str, bytes]:
-    """The wanted digests of the exact bytes (md5, sha1, sha256), without parsing any of them."""
+    """The wanted digests of the exact bytes (md5, sha1, sha256), without parsing any of them (and without
+    any plug-in: this is what a body that killed a worker still gets)."""
     source = HashInput(data, None)
     found: dict[str, bytes] = {}
     for name in sorted(want):
-        if not HASHERS[name].needs_pixels:
+        if not HASHERS[name].needs_pixels and not HASHERS[name].plugin:
             found.update(HASHERS[name].compute(source))  # type: ignore[arg-type]
     return found
 
@@ -68,7 +93,8 @@ def hash_file_record(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) ->
         raise InputError(str(path), f"not a usable image ({exc})") from exc
     record: dict[str, object] = {"path": str(path)}
     for hash_type in types:
-        record[hash_type.name] = hash_type.to_hex(hashes.get(hash_type.name))
+        value = hashes.get(hash_type.name)  # None: a plug-in that could not hash this image
+        record[hash_type.name] = None if value is None else hash_type.to_hex(value)
         if hash_type.quality_column:
             record[hash_type.quality_column] = hashes.get(hash_type.quality_column)
     return {**record, "width": hashes.width, "height": hashes.height, "format": hashes.format}

@@ -14,9 +14,15 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from scanner import nostore
+from scanner.errors import ContentAtRestError
 from scanner.hashing import pdq
-from scanner.hashing.decode import DecodedImage
+from scanner.hashing.decode import DecodedImage, DecodeError
 from scanner.hashtypes import IMAGE, REGISTRY
+from scanner.outcomes import HashingReason
+
+# The longest signal string a plug-in may give for one body: a report cell, not a place for data.
+MAX_SIGNAL_CHARS = 64 * 1024
 
 
 class HashInput:
@@ -50,6 +56,7 @@ class Hasher:
 
     name: ClassVar[str]
     needs_pixels: ClassVar[bool]
+    plugin: ClassVar[bool] = False  # a signal-type plug-in's: run last, under a wall-clock budget too
 
     @property
     def size(self) -> int:
@@ -133,6 +140,48 @@ class DHash(Hasher):
     def compute(self, source: HashInput) -> dict[str, object]:
         """The 8 bytes of str(imagehash.dhash(image))."""
         return {"dhash": bytes.fromhex(str(imagehash.dhash(source.grey, hash_size=8)))}
+
+
+class PluginError(DecodeError):
+    """A signal-type plug-in failed on a body (raised, wrote a file, gave no valid signal string)."""
+
+    def __init__(self, reason: HashingReason, detail: str | None = None) -> None:  # type: ignore[override]
+        super().__init__(reason, detail)  # type: ignore[arg-type]
+
+
+class SignalHasher(Hasher):
+    """A python-threatexchange BytesHasher plug-in (scanner/plugins.py): its hash_from_bytes on the body,
+    its validate_signal_str on what it gives; the value is the signal string's UTF-8.
+
+    An empty string is pytx's "cannot hash this" (its PDQ below quality 50): no value, not a failure."""
+
+    needs_pixels = False
+    plugin = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # type: ignore[misc]
+        self.signal_type = REGISTRY[name].signal_class()
+
+    def compute(self, source: HashInput) -> dict[str, object]:
+        """{name: signal string} or {} for no signal; PluginError when the plug-in fails."""
+        refused = nostore.refused()
+        try:
+            signal = self.signal_type.hash_from_bytes(source.data)
+        except ContentAtRestError:
+            raise PluginError(HashingReason.PLUGIN_WROTE_FILE, self.name) from None
+        except Exception as exc:  # whatever the plug-in raises fails this body only
+            raise PluginError(HashingReason.PLUGIN_FAILED, f"{self.name}: {type(exc).__name__}") from None
+        if nostore.refused() != refused:  # it caught the refusal and went on
+            raise PluginError(HashingReason.PLUGIN_WROTE_FILE, self.name)
+        return {self.name: self._checked(signal).encode("utf-8")} if signal != "" else {}
+
+    def _checked(self, signal: object) -> str:
+        if not isinstance(signal, str) or len(signal) > MAX_SIGNAL_CHARS:
+            raise PluginError(HashingReason.PLUGIN_FAILED, f"{self.name}: not a signal string")
+        try:
+            return str(self.signal_type.validate_signal_str(signal))
+        except Exception as exc:
+            raise PluginError(HashingReason.PLUGIN_FAILED, f"{self.name}: {type(exc).__name__}") from None
 
 
 HASHERS: dict[str, Hasher] = {}

@@ -65,6 +65,7 @@ class HashEntries:
     ids: pa.Array | None = None  # entry ids; null (or no array) means the hash's own text
     categories: pa.Array | None = None
     metadata: pa.Table | None = None
+    texts: pa.Array | None = None  # a plug-in type's signal strings, for its own compare (lists/signals.py)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -265,6 +266,7 @@ def _decode_type(
         ids=ids,
         categories=_subset(_subset(raw.categories, rows), kept),
         metadata=_compact(_subset(_subset(raw.metadata, rows), kept)),
+        texts=_subset(parsed.names, kept) if hash_type.type.signal else None,
     )
     return entries, repeats
 

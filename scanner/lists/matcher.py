@@ -14,6 +14,7 @@ from scanner.hashtypes import DIHEDRAL_TRANSFORMS, IMAGE, REGISTRY
 from scanner.lists.hashlist import HashEntries, HashList
 from scanner.lists.hashtypes import ListKeys
 from scanner.lists.index import ExactIndex, HammingIndex
+from scanner.lists.signals import SignalIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ class MatchConfig:
         return getattr(self, f"{hash_type}_threshold", known.threshold if known is not None else 0)
 
 
-Index = ExactIndex | HammingIndex
+Index = ExactIndex | HammingIndex | SignalIndex
 
 
 class _Searchable:
@@ -163,6 +164,10 @@ class Matcher:
         probes_by_type: dict[str, _Probes] = {}
         for searchable in self._searchables:
             hash_type = searchable.entries.hash_type
+            if hash_type.type.signal is not None:
+                for q, entry, distance in _signal_matches(searchable, queries):
+                    results[q].append(self._match(searchable, queries[q], entry, distance, 0))
+                continue
             if hash_type.name not in probes_by_type:
                 probes_by_type[hash_type.name] = self._probes(queries, hash_type)
             probes = probes_by_type[hash_type.name]
@@ -226,8 +231,19 @@ class Matcher:
 
 
 def _index(entries: HashEntries, threshold: int) -> Index:
-    """The index for one list's entries of one type: Hamming search or exact lookup."""
+    """The index for one list's entries of one type: Hamming search, exact lookup, or a plug-in's own."""
+    if entries.hash_type.type.signal is not None:
+        return SignalIndex(entries.hash_type.type, entries.texts.to_pylist() if entries.texts else [])
     return HammingIndex(entries.keys, threshold) if entries.hash_type.hamming else ExactIndex(entries.keys)
+
+
+def _signal_matches(searchable: _Searchable, queries: Sequence[Query]) -> list[tuple[int, int, int]]:
+    """(query, entry, distance) by the plug-in's own index: query values are its signal strings' UTF-8."""
+    name = searchable.entries.hash_type.name
+    values = [query.hashes.get(name) for query in queries]
+    index = searchable.index
+    assert isinstance(index, SignalIndex)
+    return index.search([None if value is None else value.decode("utf-8") for value in values])
 
 
 def _build_all(builds: list[tuple[Future[Index], HashEntries, int]]) -> None:

@@ -139,7 +139,7 @@ RunUnits = Callable[[Run, list[Any], "Progress | None"], None]
 
 def hashing_job(config: ScanConfig, matcher: Matcher) -> HashJob:
     """The hashing job (body -> hashes, reason) for these settings; picklable, for worker processes."""
-    return HashJob(hash_types(matcher, config.audit), config.hashing)
+    return HashJob(hash_types(matcher, config.audit), config.hashing, config.plugins)
 
 
 def open_run(job: Job, restart: bool = False) -> Run:

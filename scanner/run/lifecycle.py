@@ -18,6 +18,7 @@ from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.hashtypes import IMAGE, REGISTRY
 from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
+from scanner.plugins import provenance
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.review import Review
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
@@ -77,8 +78,10 @@ def fingerprint(config: ScanConfig, lists: list[HashList], **inputs: object) -> 
     a rematch's or rescan's records), the lists, and the result-affecting settings (not run, out, inputs):
     their hash, which decides, and the settings themselves by dotted name, which a refusal lists."""
     settings = {k: v for k, v in config.to_dict().items() if k not in ("run", "out", "inputs")}
+    plugins = provenance(config.plugins)  # a plug-in upgraded between a run and its resumption differs
     return {
         **inputs,
+        **({"plugins": plugins} if plugins else {}),
         "lists": [[hl.name, hl.digest] for hl in lists],
         "settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
         SETTINGS_SHOWN: _shown_settings(settings),
@@ -116,6 +119,7 @@ def manifest(config: ScanConfig, lists: list[HashList], inputs: list, **extra: o
         "config": config.to_dict(),
         "lists": [{**hl.stats, "bytes": hl.size} for hl in lists],
         "inputs": inputs,
+        **({"plugins": plugins} if (plugins := provenance(config.plugins)) else {}),
         **extra,
     }
 

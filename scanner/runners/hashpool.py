@@ -72,14 +72,15 @@ class WorkerPool:
         self.generation += 1
 
     def death_reason(self) -> HashingReason:
-        """Why the current set broke: DECODE_TIMEOUT when a process was killed by its CPU budget (SIGXCPU),
-        else HASHING_CRASHED. Blocks until the processes have exited (the pool terminates the others)."""
+        """Why the current set broke: DECODE_TIMEOUT when a process was killed by its CPU budget (SIGXCPU) or
+        a plug-in's wall-clock budget (SIGALRM), else HASHING_CRASHED. Blocks until the processes have
+        exited (the pool terminates the others)."""
         deadline = time.monotonic() + EXIT_STATUS_SECONDS
         for process in self.processes:
             while process.exitcode is None and time.monotonic() < deadline:
                 process.join(0.05)
-        budget = procguard.CPU_BUDGET_SIGNAL
-        timed_out = budget is not None and any(p.exitcode == -budget for p in self.processes)
+        budgets = {-s for s in (procguard.CPU_BUDGET_SIGNAL, procguard.WALL_BUDGET_SIGNAL) if s is not None}
+        timed_out = any(p.exitcode in budgets for p in self.processes)
         return HashingReason.DECODE_TIMEOUT if timed_out else HashingReason.HASHING_CRASHED
 
     def __enter__(self) -> WorkerPool:

@@ -40,6 +40,7 @@ from scanner.errors import ScannerError
 from scanner.lists import Matcher
 from scanner.outcomes import Liveness, liveness
 from scanner.pipeline import Progress
+from scanner.plugins import load_plugins
 from scanner.reports.records import RowResult, UnitReport
 from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
 from scanner.runners import shared
@@ -292,6 +293,7 @@ def worker_main(conn: Connection, config: ScanConfig, hashing: bool, parent: int
     nostore.install(())
     atexit.register(os._exit, 0)  # nothing to flush: skip tearing down numba, LLVM and the rest
     try:
+        load_plugins(config.plugins)  # the registry as the coordinator has it, before any list or record
         with contextlib.ExitStack() as stack:
             hashers = stack.enter_context(hashing_workers(1)) if hashing else None
             given = _receive(conn)

@@ -25,6 +25,7 @@ from scanner.errors import ConfigError, ScannerError
 from scanner.lists import Matcher
 from scanner.outcomes import Outcome
 from scanner.pipeline import Progress
+from scanner.plugins import load_plugins
 from scanner.reports.records import UnitReport
 from scanner.run.job import Job, Run, UnitProcessor, UnitWork, execute, hashing_job
 from scanner.run.lifecycle import ScanResult
@@ -139,6 +140,7 @@ class UnitWorker:
 
     def _start(self) -> UnitProcessor:
         """Open the work inside the actor's event loop (the fetcher's sessions belong to it)."""
+        load_plugins(self._config.plugins)  # the registry as the driver has it
         hash_fn = None
         if self._work.hashing:
             workers = self._hashing.enter_context(hashing_workers(1))
