@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from scanner import procguard
 from scanner.config import ScanConfig
 from scanner.lists import HashList, Matcher
+from scanner.lists.deferred import DeferredList
 from scanner.pipeline import HashFn, Progress
 from scanner.reports.records import UnitReport
 from scanner.run import lifecycle
@@ -113,7 +114,7 @@ class Run:
     """A job opened in its --out: its lists, checkpoint and units (the ones done are committed)."""
 
     job: Job
-    lists: list[HashList]
+    lists: list[HashList | DeferredList]  # image-hash lists may still be loading (lists/deferred.py)
     matcher: Matcher
     out: Path
     checkpoint: Checkpoint

@@ -16,7 +16,8 @@ from pathlib import Path
 from scanner import __version__
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
-from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
+from scanner.lists import HashList, ListSpec, MatchConfig, Matcher, load_hashlist
+from scanner.lists.deferred import DeferredList, deferred
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
 from scanner.run.checkpoint import SETTINGS_SHOWN, Checkpoint, finished_summary
@@ -34,13 +35,22 @@ class ScanResult:
     earlier: bool = False  # the same run had already completed: nothing ran, the summary is that run's
 
 
-def load_lists(config: ScanConfig) -> tuple[list[HashList], Matcher]:
-    """The configured hash lists, loaded, and the matcher over them with each list's own thresholds."""
-    lists = [load_hashlist(spec.spec) for spec in config.hashlists]
+def load_lists(config: ScanConfig) -> tuple[list[HashList | DeferredList], Matcher]:
+    """The configured hash lists and the matcher over them with each list's own thresholds. Lists that may
+    hold URL or domain entries are loaded now; lists of one image hash type load in the matcher's thread
+    (lists/deferred.py) unless every list must be whole before the first request: with run.lists_first,
+    or dataset hash columns screened (they match image lists before any request)."""
+    whole = config.run.lists_first or bool(config.audit.match_columns)
+    lists = [_list(ListSpec.parse(spec.spec), whole) for spec in config.hashlists]
     return lists, Matcher.from_lists(lists, match_config(config, lists))
 
 
-def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
+def _list(spec: ListSpec, whole: bool) -> HashList | DeferredList:
+    later = None if whole else deferred(spec)
+    return later if later is not None else load_hashlist(spec)
+
+
+def match_config(config: ScanConfig, lists: list[HashList | DeferredList]) -> MatchConfig:
     """The match settings with each list's own thresholds; two lists may not share a name."""
     names = [hl.name for hl in lists]
     duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -52,7 +62,7 @@ def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
     return dataclasses.replace(config.match, list_thresholds={**config.match.list_thresholds, **per_list})
 
 
-def fingerprint(config: ScanConfig, lists: list[HashList], **inputs: object) -> dict:
+def fingerprint(config: ScanConfig, lists: list[HashList | DeferredList], **inputs: object) -> dict:
     """What must not change between a run and its resumption: what it reads (`inputs`: a scan's shards,
     a rematch's or rescan's records), the lists, and the result-affecting settings (not run, out, inputs):
     their hash, which decides, and the settings themselves by dotted name, which a refusal lists."""
@@ -87,7 +97,7 @@ def already_done(out: Path, checkpoint: Checkpoint) -> ScanResult | None:
     return ScanResult(out, finished_summary(out), earlier=True)
 
 
-def manifest(config: ScanConfig, lists: list[HashList], inputs: list, **extra: object) -> dict:
+def manifest(config: ScanConfig, lists: list[HashList | DeferredList], inputs: list, **extra: object) -> dict:
     """Provenance: version, command, effective config, lists with digests, inputs, and a run's own fields
     (finish adds the times)."""
     return {

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import time
 import traceback
 from collections import Counter, deque
@@ -124,6 +125,10 @@ class UnitWorkers:
         self._work: bytes | None = None
         self._lists: shared.SharedObject | None = None
         self._matcher: Matcher | None = None
+        self._rest: shared.SharedObject | list | None = None  # the image lists sent after the others
+        self._rest_built: shared.SharedObject | list | BaseException | None = None
+        self.rest_ready: int | None = None  # readable once the rest is built (a pipe's end)
+        self._rest_signal: int | None = None
         self._spawn(range(count))
 
     def _spawn(self, indexes: range | list[int]) -> None:
@@ -142,22 +147,62 @@ class UnitWorkers:
 
     def give(self, work: UnitWork, matcher: Matcher) -> None:
         """Send every worker the job's unit work (pickled once, here) and share the matcher's indexes
-        (built once, here) with them."""
+        (built once, here) with them: the lists ready now at once, the image lists still loading and
+        building (lists/deferred.py) once they are built (rest_ready, send_rest)."""
         self._work = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
-        self._matcher = matcher
+        later = matcher.has_background and not self.config.run.lists_first
+        self._matcher = matcher.ready_part() if later else matcher
         if shared.supported():
-            self._lists = shared.SharedObject(matcher)
+            self._lists = shared.SharedObject(self._matcher)
         for worker in self.workers:
             with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and it is replaced
                 self._send_lists(worker)
+        if later:
+            self.rest_ready, self._rest_signal = os.pipe()
+            threading.Thread(target=self._build_rest, args=(matcher,), name="lists-rest", daemon=True).start()
+
+    def _build_rest(self, matcher: Matcher) -> None:
+        """In a thread: wait for the lists still loading and building, then put them in shared memory."""
+        try:
+            rest = matcher.rest()
+            self._rest_built = shared.SharedObject(rest) if shared.supported() else rest
+        except BaseException as error:  # the coordinator's loop raises it: the run stops with its message
+            self._rest_built = error
+        os.write(self._rest_signal, b"\0")
+
+    def rest_waited(self) -> list[int]:
+        """What the coordinator's loop waits on besides the workers: the signal that the rest is built."""
+        return [self.rest_ready] if self.rest_ready is not None and self._rest is None else []
+
+    def send_rest(self) -> None:
+        """The rest of the lists are built: send them to every worker (the coordinator's loop calls this
+        when rest_ready is readable)."""
+        os.read(self.rest_ready, 1)
+        built, self._rest_built = self._rest_built, None
+        if isinstance(built, BaseException):
+            raise built
+        self._rest = built
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                self._send_rest(worker)
 
     def _send_lists(self, worker: UnitWorker) -> None:
         worker.send(("work", self._work))
         if self._lists is None:
             worker.send(("matcher", self._matcher))
+        else:
+            handle = self._lists.handle()
+            worker.send(("lists", handle.size, handle.data, handle.extents))
+            send_handle(worker.conn, handle.fd, worker.process.pid)
+        if self._rest is not None:
+            self._send_rest(worker)
+
+    def _send_rest(self, worker: UnitWorker) -> None:
+        if not isinstance(self._rest, shared.SharedObject):
+            worker.send(("rest", self._rest))
             return
-        handle = self._lists.handle()
-        worker.send(("lists", handle.size, handle.data, handle.extents))
+        handle = self._rest.handle()
+        worker.send(("rest", handle.size, handle.data, handle.extents))
         send_handle(worker.conn, handle.fd, worker.process.pid)
 
     def replace(self, worker: UnitWorker) -> UnitWorker:
@@ -181,8 +226,12 @@ class UnitWorkers:
                     worker.process.kill()
                 worker.process.join()
                 worker.conn.close()
-            if self._lists is not None:
-                self._lists.close()
+            for held in (self._lists, self._rest, self._rest_built):
+                if isinstance(held, shared.SharedObject):
+                    held.close()
+            for fd in (self.rest_ready, self._rest_signal):
+                if fd is not None:
+                    os.close(fd)
 
     def _stop(self) -> None:
         """Ask every worker to stop (cancelling what it runs) and wait a while for each to close down."""
@@ -219,8 +268,11 @@ class _Coordinator:
             self._hand_out()
             by_conn = {w.conn: w for w in self._pool.workers}
             by_sentinel = {w.process.sentinel: w for w in self._pool.workers}
-            for ready in wait([*by_conn, *by_sentinel]):
-                if ready in by_conn:
+            rest = self._pool.rest_waited()
+            for ready in wait([*by_conn, *by_sentinel, *rest]):
+                if ready in rest:
+                    self._pool.send_rest()
+                elif ready in by_conn:
                     self._read(by_conn[ready])
                 elif by_sentinel[ready] in self._pool.workers:
                     self._lost(by_sentinel[ready])
@@ -340,7 +392,10 @@ async def _serve(
 
     def readable() -> None:
         try:
-            inbox.put_nowait(conn.recv())
+            message = conn.recv()
+            if message[0] == "rest" and len(message) > 2:  # its memfd follows it on the pipe
+                message = (*message, recv_handle(conn))
+            inbox.put_nowait(message)
         except (EOFError, OSError):  # the coordinator is gone
             loop.remove_reader(conn.fileno())
             inbox.put_nowait(("stop",))
@@ -350,16 +405,28 @@ async def _serve(
     running: set[asyncio.Task[None]] = set()
     loop.add_reader(conn.fileno(), readable)
     try:
-        while (message := await inbox.get())[0] == "unit":
+        while (message := await inbox.get())[0] in ("unit", "rest"):
+            if message[0] == "rest":
+                matcher.fill(_rest(message))
+                continue
             task = asyncio.create_task(_run_one(conn, processor, progress, message[1]))
             running.add(task)
             task.add_done_callback(running.discard)
     finally:
         loop.remove_reader(conn.fileno())
+        matcher.give_up()  # a match still waiting for lists that will never come ends
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await processor.aclose()
+
+
+def _rest(message: tuple) -> list:
+    """The image lists sent after the others: over shared memory, or whole through the pipe."""
+    if len(message) == 2:
+        return message[1]
+    _, size, data, extents, fd = message
+    return shared.attach(shared.SharedHandle(fd, size, data, extents)).load()
 
 
 async def _run_one(conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any) -> None:
