@@ -13,11 +13,9 @@ import hashlib
 from concurrent.futures import Future
 from pathlib import Path
 
-import pyarrow as pa
-
 from scanner.errors import HashListError
 from scanner.hashtypes import IMAGE, REGISTRY
-from scanner.lists.formats import FormatError, ListText, read_list
+from scanner.lists.formats import single_type
 from scanner.lists.hashlist import HashList, ListSpec, load_hashlist
 from scanner.lists.hashtypes import ListKeys, list_keys
 from scanner.regularfile import open_regular
@@ -82,13 +80,13 @@ def _image_type(spec: ListSpec) -> str | None:
     if len(head) == HEAD_BYTES:
         head = head[: head.rfind(b"\n") + 1]  # whole lines only
     try:
-        _, raw = read_list(ListText.from_bytes(head.removeprefix(b"\xef\xbb\xbf")), spec.hash_type)
-    except (FormatError, pa.ArrowInvalid, ValueError):
+        lines = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8").split("\n")
+    except UnicodeDecodeError:
         return None
-    if not isinstance(raw.types, str):  # a format whose rows name their types: any row may be a URL
-        return None
-    known = REGISTRY.get(raw.types)
-    return raw.types if known is not None and known.computed_from == IMAGE else None
+    first = next((line.strip() for line in lines if line.strip() and not line.strip().startswith("#")), None)
+    found = None if first is None else single_type(first, spec.hash_type)
+    known = REGISTRY.get(found) if found is not None else None
+    return found if known is not None and known.computed_from == IMAGE else None
 
 
 def _digest(path: Path) -> str:

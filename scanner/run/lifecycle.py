@@ -40,9 +40,15 @@ def load_lists(config: ScanConfig) -> tuple[list[HashList | DeferredList], Match
     hold URL or domain entries are loaded now; lists of one image hash type load in the matcher's thread
     (lists/deferred.py) unless every list must be whole before the first request: with run.lists_first,
     or dataset hash columns screened (they match image lists before any request)."""
-    whole = config.run.lists_first or bool(config.audit.match_columns)
+    whole = not lists_later(config)
     lists = [_list(ListSpec.parse(spec.spec), whole) for spec in config.hashlists]
     return lists, Matcher.from_lists(lists, match_config(config, lists))
+
+
+def lists_later(config: ScanConfig) -> bool:
+    """Whether image-hash lists may load, and their indexes build, while rows are fetched: not when the
+    dataset's hash columns are screened against them before any request, nor with run.lists_first."""
+    return not config.run.lists_first and not config.audit.match_columns
 
 
 def _list(spec: ListSpec, whole: bool) -> HashList | DeferredList:

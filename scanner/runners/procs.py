@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import dataclasses
 import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -43,6 +45,7 @@ from scanner.outcomes import Liveness, liveness
 from scanner.pipeline import Progress
 from scanner.reports.records import RowResult, UnitReport
 from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
+from scanner.run.lifecycle import lists_later
 from scanner.runners import shared
 from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_workers
 
@@ -53,6 +56,11 @@ PROGRESS_SECONDS = 0.2
 MAX_ATTEMPTS = 3
 # How long stopped unit workers may take to close their connections and hashing processes.
 STOP_SECONDS = 5.0
+# Unit workers that die one after another, this many per worker, with no row finished in between, stop the
+# run: something kills every fresh one (memory, a broken install), and replacing them forever helps nobody.
+DEATHS_PER_WORKER = MAX_ATTEMPTS
+# The unit a worker's task runs: the rows it finishes are counted as that unit's (its row tasks inherit it).
+_UNIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("unit", default=None)
 
 
 class RemoteTraceback(Exception):
@@ -82,6 +90,26 @@ def worker_config(config: ScanConfig, index: int, count: int) -> ScanConfig:
         body_bytes_in_flight=min(body_bytes, config.run.body_bytes_in_flight),
     )
     return dataclasses.replace(config, fetch=fetch, run=run)
+
+
+def body_bytes_total(config: ScanConfig, count: int) -> int:
+    """The bytes of bodies `count` unit workers may hold together: more than run.body_bytes_in_flight when
+    its share per worker is below the floor of 2 x fetch.max_bytes."""
+    return sum(worker_config(config, i, count).run.body_bytes_in_flight for i in range(count))
+
+
+def body_budget_note(config: ScanConfig, count: int) -> str | None:
+    """One line for a scan whose workers may hold more bodies than configured, else None."""
+    total, configured = body_bytes_total(config, count), config.run.body_bytes_in_flight
+    if total <= configured:
+        return None
+    mib = 1024 * 1024
+    return (
+        f"scanner: warning: bodies in memory may reach {total / mib:.0f} MiB, above "
+        f"run.body_bytes_in_flight ({configured / mib:.0f} MiB): each of the {count} unit workers holds "
+        f"at least 2 x fetch.max_bytes ({2 * config.fetch.max_bytes / mib:.0f} MiB); raise the budget, lower "
+        "fetch.max_bytes or use fewer --workers to keep it"
+    )
 
 
 # ---------------------------------------------------------------- the coordinator's side
@@ -129,6 +157,9 @@ class UnitWorkers:
         self._rest_built: shared.SharedObject | list | BaseException | None = None
         self.rest_ready: int | None = None  # readable once the rest is built (a pipe's end)
         self._rest_signal: int | None = None
+        note = body_budget_note(config, count)
+        if note is not None:
+            print(note, file=sys.stderr, flush=True)
         self._spawn(range(count))
 
     def _spawn(self, indexes: range | list[int]) -> None:
@@ -150,7 +181,7 @@ class UnitWorkers:
         (built once, here) with them: the lists ready now at once, the image lists still loading and
         building (lists/deferred.py) once they are built (rest_ready, send_rest)."""
         self._work = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
-        later = matcher.has_background and not self.config.run.lists_first
+        later = matcher.has_background and lists_later(self.config)
         self._matcher = matcher.ready_part() if later else matcher
         if shared.supported():
             self._lists = shared.SharedObject(self._matcher)
@@ -261,6 +292,8 @@ class _Coordinator:
         self._per_worker = run.config.run.units_in_flight
         self._queue: deque[Any] = deque()
         self._attempts: Counter[int] = Counter()
+        self._shown: dict[int, Counter] = {}  # rows of each unit in flight the bar counts, until committed
+        self._deaths = 0  # worker deaths since a row last finished
 
     def run(self, units: list) -> None:
         self._queue.extend(units)
@@ -301,20 +334,27 @@ class _Coordinator:
     def _handle(self, worker: UnitWorker, message: tuple) -> None:
         kind = message[0]
         if kind == "rows":
-            self._progress.rows_done(message[1])
+            self._deaths = 0
+            for unit_id, counts in message[1].items():
+                self._progress.rows_done(counts)
+                self._shown.setdefault(unit_id, Counter()).update(counts)
             if message[2]:
                 self._progress.matched(message[2])
         elif kind == "done":
             report: UnitReport = message[1]
             self._run.checkpoint.commit(report)
             del worker.running[report.unit_id]
+            self._shown.pop(report.unit_id, None)
+            self._deaths = 0
             self._progress.unit_done()
         elif kind == "failed":
             _, error, text = message
             raise error from RemoteTraceback(text)
 
     def _lost(self, worker: UnitWorker) -> None:
-        """A worker died: take what it sent before, then run its units again on a fresh one."""
+        """A worker died: take what it sent before, then run its units again on a fresh one. Only the units
+        it had started rows of are charged an attempt (the oldest, if none had), and the bar takes back
+        the rows it counted for them."""
         if worker not in self._pool.workers:
             return
         with contextlib.suppress(EOFError, OSError):
@@ -322,14 +362,31 @@ class _Coordinator:
                 self._handle(worker, worker.conn.recv())
         worker.process.join()
         why = worker.died()
-        for unit in worker.running.values():
-            if self._attempts[unit.id] >= MAX_ATTEMPTS:
+        self._deaths += 1
+        if self._deaths > DEATHS_PER_WORKER * len(self._pool.workers):
+            raise ScannerError(
+                f"unit workers died {self._deaths} times in a row without finishing a row, last because "
+                f"{why.removeprefix('its ')}; run the same command to resume"
+            )
+        units = list(worker.running.values())
+        started = [u for u in units if self._shown.get(u.id)] or units[:1]
+        for unit in units:
+            self._take_back(unit.id)
+            if unit not in started:
+                self._attempts[unit.id] -= 1  # it waited behind another: this death is not its doing
+            elif self._attempts[unit.id] >= MAX_ATTEMPTS:
                 raise ScannerError(
                     f"{unit.where} failed {self._attempts[unit.id]} times, last because {why}; "
                     "run the same command to resume"
                 )
-        self._queue.extendleft(reversed(worker.running.values()))
+        self._queue.extendleft(reversed(units))
         self._pool.replace(worker)
+
+    def _take_back(self, unit_id: int) -> None:
+        """The rows of a unit to be run again leave the bar: it counts them when they are done again."""
+        shown = self._shown.pop(unit_id, None)
+        if shown:
+            self._progress.rows_done({key: -rows for key, rows in shown.items()})
 
 
 # ---------------------------------------------------------------- the unit worker's side
@@ -430,6 +487,7 @@ def _rest(message: tuple) -> list:
 
 
 async def _run_one(conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any) -> None:
+    _UNIT.set(unit.id)
     try:
         report: UnitReport = await processor.run_unit(unit)
     except Exception as exc:  # the coordinator raises it: the run stops, as it would in one process
@@ -466,19 +524,19 @@ def _portable(exc: Exception) -> Exception:
 
 
 class _BatchedProgress(Progress):
-    """Rows finished, counted by (outcome, reason, liveness) and sent every PROGRESS_SECONDS (and at each
-    unit's end): the coordinator's bar keeps the one definition of live (outcomes.liveness) at a message a
-    batch."""
+    """Rows finished, counted by unit and (outcome, reason, liveness) and sent every PROGRESS_SECONDS (and
+    at each unit's end): the coordinator's bar keeps the one definition of live (outcomes.liveness) at a
+    message a batch, and takes back the rows of a unit run again."""
 
     def __init__(self, send: Callable[[Any], None]) -> None:
         self._send = send
-        self._counts: Counter[tuple[str, str | None, Liveness]] = Counter()
+        self._counts: dict[int | None, Counter[tuple[str, str | None, Liveness]]] = {}
         self._matches = 0
         self._sent = time.monotonic()
 
     def row_done(self, result: RowResult) -> None:
         kind = liveness(result.outcome, result.reason, result.fetched_at)
-        self._counts[result.outcome, result.reason, kind] += 1
+        self._counts.setdefault(_UNIT.get(), Counter())[result.outcome, result.reason, kind] += 1
         if time.monotonic() - self._sent >= PROGRESS_SECONDS:
             self.flush()
 
@@ -487,6 +545,6 @@ class _BatchedProgress(Progress):
 
     def flush(self) -> None:
         if self._counts or self._matches:
-            self._send(("rows", dict(self._counts), self._matches))
-            self._counts, self._matches = Counter(), 0
+            self._send(("rows", {unit: dict(counts) for unit, counts in self._counts.items()}, self._matches))
+            self._counts, self._matches = {}, 0
         self._sent = time.monotonic()
