@@ -158,7 +158,7 @@ class UnitWorkers:
         self.rest_ready: int | None = None  # readable once the rest is built (a pipe's end)
         self._rest_signal: int | None = None
         note = body_budget_note(config, count)
-        if note is not None:
+        if note is not None and config.run.progress and not config.audit.no_fetch:  # --quiet: not a word
             print(note, file=sys.stderr, flush=True)
         self._spawn(range(count))
 
