@@ -161,3 +161,24 @@ def test_a_scan_matches_the_same_whether_image_lists_load_first_or_later(tmp_pat
     image_rows = [(r, "pdq") for r in (0, 1, 6, 7, 12, 13)] + [(r, "md5") for r in (2, 8)]
     assert matched == sorted([*image_rows, (3, "urls")])
     assert [row["outcome"] for row in outcomes].count("match") == 9
+
+
+def test_a_bad_line_deep_in_a_list_loaded_later_stops_the_scan_with_one_line(
+    tmp_path: Path, scanner_cli
+) -> None:
+    files = {f"/{i}.jpg": body for i, body in enumerate(IMAGES)}
+    with LoopbackServer(files) as server:
+        urls = [server.url(f"/{i % len(IMAGES)}.jpg?r={i}") for i in range(6)]
+        pq.write_table(pa.table({"url": urls}), tmp_path / "shard.parquet")
+        hashes = _random_hex(4000, 32, 3)  # 260 KB: the bad line is far past the first lines read at once
+        hashes[3500] = "not a hash"
+        (tmp_path / "pdq.txt").write_text("\n".join(hashes) + "\n")
+        done = scanner_cli(
+            "scan", "shard.parquet", "--hashlist", "pdq:pdq.txt", "--out", "out", "--allow-private-networks",
+            "--quiet", cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    # One line of ours (multiprocessing's tracker may add its own note on workers stopped mid-start).
+    lines = [line for line in done.stderr.splitlines() if line.startswith("scanner:")]
+    assert len(lines) == 1 and "pdq.txt:3501" in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
