@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from math import nan
 from pathlib import Path
 
 import imagehash
@@ -194,17 +195,19 @@ class Usage:
     peak_rss: int
     peak_process_rss: int
     peak_pss: int = 0  # proportional set size summed: shared library pages counted once, not per process
-    # The coordinator's CPU seconds when the first done markers appeared in --out, and the rows they hold:
+    # The coordinator's CPU seconds and the rows committed each time new done markers appeared in --out:
     # its start-up (lists loaded and indexed, workers spawned, the first units) apart from its per-row work.
-    first_commit_cpu: float | None = None
-    first_commit_rows: int = 0
+    commits: list[tuple[int, float]] = field(default_factory=list)
 
-    def coordinator_split(self, rows: int) -> tuple[float, float] | None:
-        """(start-up CPU s, marginal CPU ms per row after the first commit), or None if not measured."""
-        if self.first_commit_cpu is None or rows <= self.first_commit_rows:
+    def coordinator_split(self, rows: int) -> tuple[float, int, float, float] | None:
+        """(start-up CPU s, rows in the first commit, ms per row from the first commit to the last, ms per
+        row after the first commit to the end, merge included), or None if not measured."""
+        if not self.commits or rows <= self.commits[0][0]:
             return None
-        after = self.cpu.get("main", 0.0) - self.first_commit_cpu
-        return self.first_commit_cpu, 1000 * after / (rows - self.first_commit_rows)
+        (first_rows, first_cpu), (last_rows, last_cpu) = self.commits[0], self.commits[-1]
+        between = 1000 * (last_cpu - first_cpu) / (last_rows - first_rows) if last_rows > first_rows else nan
+        after = 1000 * (self.cpu.get("main", 0.0) - first_cpu) / (rows - first_rows)
+        return first_cpu, first_rows, between, after
 
 
 class TreeMonitor:
@@ -219,9 +222,9 @@ class TreeMonitor:
         commits: Path | None = None,
     ) -> None:
         self._root, self._role, self._interval, self._pss_every = root, role, interval, pss_every
-        self._commits = commits  # a scan's --out/.units: its done markers tell the first commit
-        self.first_commit_cpu: float | None = None
-        self.first_commit_rows = 0
+        self._commits = commits  # a scan's --out/.units: its done markers tell when units commit
+        self._markers: dict[str, int] = {}
+        self.commits: list[tuple[int, float]] = []  # (rows committed, the coordinator's CPU s) at each change
         self._cpu: dict[int, tuple[str, float]] = {}
         self.peak_rss = self.peak_process_rss = self.peak_pss = self._samples = 0
         self._stop = threading.Event()
@@ -266,22 +269,23 @@ class TreeMonitor:
             self._cpu[process.pid] = (role, times.user + times.system)
         self.peak_rss = max(self.peak_rss, total)
         self.peak_pss = max(self.peak_pss, total_pss)
-        if self._commits is not None and self.first_commit_cpu is None:
-            self._first_commit()
+        if self._commits is not None and self._root in self._cpu:
+            self._new_commits()
 
-    def _first_commit(self) -> None:
-        """The coordinator's CPU when the first done markers are seen (sampled every 0.1 s)."""
+    def _new_commits(self) -> None:
+        """The coordinator's CPU when new done markers are seen (sampled every 0.1 s)."""
         assert self._commits is not None
-        markers = list(self._commits.glob("*.done.json")) if self._commits.is_dir() else []
-        if not markers or self._root not in self._cpu:
-            return
-        rows = 0
-        for marker in markers:
+        fresh = False
+        for marker in self._commits.glob("*.done.json") if self._commits.is_dir() else []:
+            if marker.name in self._markers:
+                continue
             try:
-                rows += int(json.loads(marker.read_text())["rows"])
+                self._markers[marker.name] = int(json.loads(marker.read_text())["rows"])
             except (OSError, ValueError, KeyError):
-                return  # being written: the next sample reads it
-        self.first_commit_cpu, self.first_commit_rows = self._cpu[self._root][1], rows
+                continue  # being written, or already merged away: the next sample reads it
+            fresh = True
+        if fresh:
+            self.commits.append((sum(self._markers.values()), self._cpu[self._root][1]))
 
     def cpu_by_role(self) -> dict[str, float]:
         roles: Counter[str] = Counter()
@@ -324,7 +328,7 @@ def run_measured(
     if code != 0:
         raise SystemExit(f"{argv[:4]} failed with exit code {code}; see {log}")
     usage = Usage(wall, monitor.cpu_by_role(), monitor.peak_rss, monitor.peak_process_rss, monitor.peak_pss)
-    usage.first_commit_cpu, usage.first_commit_rows = monitor.first_commit_cpu, monitor.first_commit_rows
+    usage.commits = monitor.commits
     return usage
 
 
@@ -832,20 +836,23 @@ def print_coordinator_marginal(results: list[Result], sweep: list[tuple[int, Res
 
 def print_coordinator_split(scans: list[Result]) -> None:
     """The coordinator's CPU split at its first commit: the fixed start-up (lists loaded and indexed,
-    workers spawned, the first units run) and the marginal CPU per row after it (hand-out, commits,
-    progress, the final merge), which is what bounds a long scan."""
-    print("coordinator CPU split at the first commit (sampled every 0.1 s):")
-    print(f"| {'run':<28} | {'rows':>7} | {'start-up s':>10} | {'rows then':>9} | {'marginal ms/row':>15} |")
-    print("|" + "|".join("-" * w for w in (30, 9, 12, 11, 17)) + "|")
+    workers spawned, the first units run) and the marginal CPU per row after it: between the first and
+    the last commit (hand-out, commits, progress), and to the end (the final merge too)."""
+    print("coordinator CPU split at the first commit (done markers sampled every 0.1 s):")
+    print(
+        f"| {'run':<28} | {'rows':>7} | {'start-up s':>10} | {'rows then':>9} "
+        f"| {'ms/row to last commit':>21} | {'ms/row to end':>13} |"
+    )
+    print("|" + "|".join("-" * w for w in (30, 9, 12, 11, 23, 15)) + "|")
     for r in scans:
         split = r.usage.coordinator_split(r.rows)
         if split is None:
-            print(f"| {r.name:<28} | {r.rows:>7} | {'-':>10} | {'-':>9} | {'-':>15} |")
+            print(f"| {r.name:<28} | {r.rows:>7} | {'-':>10} | {'-':>9} | {'-':>21} | {'-':>13} |")
             continue
-        fixed, marginal = split
+        fixed, first_rows, between, after = split
         print(
-            f"| {r.name:<28} | {r.rows:>7} | {fixed:10.2f} | {r.usage.first_commit_rows:>9} "
-            f"| {marginal:15.3f} |"
+            f"| {r.name:<28} | {r.rows:>7} | {fixed:10.2f} | {first_rows:>9} | {between:21.3f} "
+            f"| {after:13.3f} |"
         )
     print("target: marginal <= 0.1 ms/row")
 
