@@ -50,15 +50,17 @@ def test_lists_of_one_image_type_load_later_and_lists_that_may_hold_urls_now(tmp
     typed.write_text(f"hash_type,hash\npdq,{PDQ[0].pdq.hex()}\n")
     specs = [f"pdq:{paths['pdq']}", str(paths["md5"]), f"url:{paths['url']}", str(typed)]
     config = build_config({"inputs": ["x"], "out": "o", "hashlist": specs}, "test")
-    lists, matcher = load_lists(config)
+    lists, matcher = load_lists(config, later=True)
     assert [type(hl) for hl in lists] == [DeferredList, DeferredList, HashList, HashList]
     assert [hl.hash_type.name for hl in lists[:2]] == ["pdq", "md5"]  # type: ignore[union-attr]
     assert lists[0].digest == load_hashlist(f"pdq:{paths['pdq']}").digest
     assert matcher.needed_hash_types == {"pdq", "md5", "url"}
     every_list_first = build_config({**_settings(specs), "run": {"lists_first": True}}, "test")
-    assert all(isinstance(hl, HashList) for hl in load_lists(every_list_first)[0])
+    assert all(isinstance(hl, HashList) for hl in load_lists(every_list_first, later=True)[0])
     screened = build_config({**_settings(specs), "audit": {"match_columns": ["h=md5"]}}, "test")
-    assert all(isinstance(hl, HashList) for hl in load_lists(screened)[0])
+    assert all(isinstance(hl, HashList) for hl in load_lists(screened, later=True)[0])
+    # A job that matches in its event loop (rescan, rematch) gets every list whole.
+    assert all(isinstance(hl, HashList) for hl in load_lists(config)[0])
 
 
 def _settings(specs: list[str]) -> dict:
@@ -101,7 +103,7 @@ def test_a_query_waits_for_the_whole_image_list_while_url_queries_do_not(tmp_pat
 def test_a_worker_starts_with_the_ready_part_and_is_completed_with_the_rest(tmp_path: Path) -> None:
     paths = write_lists(tmp_path, "http://example.com/listed.jpg")
     config = build_config(_settings([f"pdq:{paths['pdq']}", f"url:{paths['url']}"]), "test")
-    _, matcher = load_lists(config)
+    _, matcher = load_lists(config, later=True)
     worker: Matcher = pickle.loads(pickle.dumps(matcher.ready_part()))
     assert worker.needed_hash_types == matcher.needed_hash_types
     url_query = Query({"url": b"http://example.com/listed.jpg"})

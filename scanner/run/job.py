@@ -67,6 +67,9 @@ class Job:
     name: str  # the lock's command: "scan", "rematch", "rescan"
     config: ScanConfig
     hashing: bool = True  # whether its units hash bodies: a local runner starts hashing workers early
+    # Whether its units match image hashes only off the event loop (the pipeline's batches), so image-hash
+    # lists may load while its first units run (lists/deferred.py); a job that matches in the loop waits.
+    lists_later: bool = False
 
     def check(self) -> None:
         """Refuse a run that could not start, before anything is locked, loaded or started."""
@@ -146,7 +149,7 @@ def open_run(job: Job, restart: bool = False) -> Run:
     """Read the job's inputs, load the lists, and adopt (or start) the checkpoint in --out."""
     job.check()
     units = job.load()
-    lists, matcher = lifecycle.load_lists(job.config)
+    lists, matcher = lifecycle.load_lists(job.config, job.lists_later)
     job.check_matcher(matcher)
     out, checkpoint = open_out(job.config.out, job.fingerprint(lists), restart)
     job.check_resumed(checkpoint, units)

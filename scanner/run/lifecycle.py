@@ -35,12 +35,12 @@ class ScanResult:
     earlier: bool = False  # the same run had already completed: nothing ran, the summary is that run's
 
 
-def load_lists(config: ScanConfig) -> tuple[list[HashList | DeferredList], Matcher]:
+def load_lists(config: ScanConfig, later: bool = False) -> tuple[list[HashList | DeferredList], Matcher]:
     """The configured hash lists and the matcher over them with each list's own thresholds. Lists that may
-    hold URL or domain entries are loaded now; lists of one image hash type load in the matcher's thread
-    (lists/deferred.py) unless every list must be whole before the first request: with run.lists_first,
-    or dataset hash columns screened (they match image lists before any request)."""
-    whole = not lists_later(config)
+    hold URL or domain entries are loaded now; with `later` (a job that matches off the event loop), lists
+    of one image hash type load in the matcher's thread (lists/deferred.py) unless every list must be
+    whole before the first request (lists_later)."""
+    whole = not (later and lists_later(config))
     lists = [_list(ListSpec.parse(spec.spec), whole) for spec in config.hashlists]
     return lists, Matcher.from_lists(lists, match_config(config, lists))
 

@@ -176,12 +176,13 @@ class UnitWorkers:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def give(self, work: UnitWork, matcher: Matcher) -> None:
+    def give(self, work: UnitWork, matcher: Matcher, later: bool = False) -> None:
         """Send every worker the job's unit work (pickled once, here) and share the matcher's indexes
         (built once, here) with them: the lists ready now at once, the image lists still loading and
-        building (lists/deferred.py) once they are built (rest_ready, send_rest)."""
+        building (lists/deferred.py) once they are built (rest_ready, send_rest), for a job whose units
+        match image hashes off the event loop (`later`: Job.lists_later)."""
         self._work = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
-        later = matcher.has_background and lists_later(self.config)
+        later = later and matcher.has_background and lists_later(self.config)
         self._matcher = matcher.ready_part() if later else matcher
         if shared.supported():
             self._lists = shared.SharedObject(self._matcher)
@@ -278,7 +279,7 @@ def run_units(run: Run, units: list, progress: Progress | None = None, *, pool: 
     """Hand the units out to the unit workers, at most run.units_in_flight each, and commit each report
     as it comes back."""
     if units:
-        pool.give(run.work(), run.matcher)
+        pool.give(run.work(), run.matcher, run.job.lists_later)
         _Coordinator(pool, run, progress or Progress()).run(units)
 
 
