@@ -252,3 +252,20 @@ def test_a_body_budget_below_the_workers_floor_is_said_with_the_total_they_may_h
     note = body_budget_note(config, 16)
     assert note is not None and "512 MiB" in note and "64 MiB" in note and "16 unit workers" in note
     assert body_budget_note(config, 2) is None  # 2 x 32 MiB fits
+
+
+def test_a_scan_says_the_body_total_once_at_start_and_not_with_quiet(tmp_path, scanner_cli) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"]}), tmp_path / "s.parquet")
+    (tmp_path / "md5.txt").write_text("0" * 32 + "\n")
+    (tmp_path / "c.toml").write_text("[run]\nworkers = 2\nbody_bytes_in_flight = 16777216\n")
+    common = ["scan", "s.parquet", "--hashlist", "md5:md5.txt", "--config", "c.toml"]
+    common.append("--allow-private-networks")
+    shown = scanner_cli(*common, "--out", "o1", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    notes = [line for line in shown.stderr.splitlines() if "scanner: warning: bodies" in line]
+    assert len(notes) == 1 and "32 MiB" in notes[0] and "(16 MiB)" in notes[0], shown.stderr
+    quiet = scanner_cli(*common, "--out", "o2", "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

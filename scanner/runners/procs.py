@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import pickle
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -157,9 +156,6 @@ class UnitWorkers:
         self._rest_built: shared.SharedObject | list | BaseException | None = None
         self.rest_ready: int | None = None  # readable once the rest is built (a pipe's end)
         self._rest_signal: int | None = None
-        note = body_budget_note(config, count)
-        if note is not None and config.run.progress and not config.audit.no_fetch:  # --quiet: not a word
-            print(note, file=sys.stderr, flush=True)
         self._spawn(range(count))
 
     def _spawn(self, indexes: range | list[int]) -> None:
