@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from math import nan
 from pathlib import Path
 
 import imagehash
@@ -194,6 +195,19 @@ class Usage:
     peak_rss: int
     peak_process_rss: int
     peak_pss: int = 0  # proportional set size summed: shared library pages counted once, not per process
+    # The coordinator's CPU seconds and the rows committed each time new done markers appeared in --out:
+    # its start-up (lists loaded and indexed, workers spawned, the first units) apart from its per-row work.
+    commits: list[tuple[int, float]] = field(default_factory=list)
+
+    def coordinator_split(self, rows: int) -> tuple[float, int, float, float] | None:
+        """(start-up CPU s, rows in the first commit, ms per row from the first commit to the last, ms per
+        row after the first commit to the end, merge included), or None if not measured."""
+        if not self.commits or rows <= self.commits[0][0]:
+            return None
+        (first_rows, first_cpu), (last_rows, last_cpu) = self.commits[0], self.commits[-1]
+        between = 1000 * (last_cpu - first_cpu) / (last_rows - first_rows) if last_rows > first_rows else nan
+        after = 1000 * (self.cpu.get("main", 0.0) - first_cpu) / (rows - first_rows)
+        return first_cpu, first_rows, between, after
 
 
 class TreeMonitor:
@@ -205,8 +219,12 @@ class TreeMonitor:
         role: Callable[[psutil.Process, int], str],
         interval: float = 0.1,
         pss_every: int = PSS_EVERY,
+        commits: Path | None = None,
     ) -> None:
         self._root, self._role, self._interval, self._pss_every = root, role, interval, pss_every
+        self._commits = commits  # a scan's --out/.units: its done markers tell when units commit
+        self._markers: dict[str, int] = {}
+        self.commits: list[tuple[int, float]] = []  # (rows committed, the coordinator's CPU s) at each change
         self._cpu: dict[int, tuple[str, float]] = {}
         self.peak_rss = self.peak_process_rss = self.peak_pss = self._samples = 0
         self._stop = threading.Event()
@@ -251,6 +269,23 @@ class TreeMonitor:
             self._cpu[process.pid] = (role, times.user + times.system)
         self.peak_rss = max(self.peak_rss, total)
         self.peak_pss = max(self.peak_pss, total_pss)
+        if self._commits is not None and self._root in self._cpu:
+            self._new_commits()
+
+    def _new_commits(self) -> None:
+        """The coordinator's CPU when new done markers are seen (sampled every 0.1 s)."""
+        assert self._commits is not None
+        fresh = False
+        for marker in self._commits.glob("*.done.json") if self._commits.is_dir() else []:
+            if marker.name in self._markers:
+                continue
+            try:
+                self._markers[marker.name] = int(json.loads(marker.read_text())["rows"])
+            except (OSError, ValueError, KeyError):
+                continue  # being written, or already merged away: the next sample reads it
+            fresh = True
+        if fresh:
+            self.commits.append((sum(self._markers.values()), self._cpu[self._root][1]))
 
     def cpu_by_role(self) -> dict[str, float]:
         roles: Counter[str] = Counter()
@@ -277,18 +312,24 @@ def role_of(process: psutil.Process, root: int) -> str:
 
 
 def run_measured(
-    argv: list[str], log: Path, env: dict[str, str] | None = None, pss_every: int = PSS_EVERY
+    argv: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    pss_every: int = PSS_EVERY,
+    commits: Path | None = None,
 ) -> Usage:
     """Run a command to completion under a TreeMonitor; its output goes to `log`."""
     with open(log, "w") as out:
         started = time.perf_counter()
         process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
-        with TreeMonitor(process.pid, role_of, pss_every=pss_every) as monitor:
+        with TreeMonitor(process.pid, role_of, pss_every=pss_every, commits=commits) as monitor:
             code = process.wait()
         wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"{argv[:4]} failed with exit code {code}; see {log}")
-    return Usage(wall, monitor.cpu_by_role(), monitor.peak_rss, monitor.peak_process_rss, monitor.peak_pss)
+    usage = Usage(wall, monitor.cpu_by_role(), monitor.peak_rss, monitor.peak_process_rss, monitor.peak_pss)
+    usage.commits = monitor.commits
+    return usage
 
 
 def server_cpu(server: multiprocessing.Process) -> float:
@@ -348,7 +389,10 @@ def run_scan(
     out = work / f"out-{slug(name)}"
     before = server_cpu(server)
     usage = run_measured(
-        scan_argv(shards, lists, out, workers), work / f"{slug(name)}.log", pss_every=pss_every
+        scan_argv(shards, lists, out, workers),
+        work / f"{slug(name)}.log",
+        pss_every=pss_every,
+        commits=out / ".units",
     )
     summary = json.loads((out / "summary.json").read_text())
     outcomes = summary["outcomes"]
@@ -575,6 +619,7 @@ def print_table(results: list[Result], stages: dict[str, float], peer_stages: di
     if scans:
         per_row = ", ".join(f"{1000 * r.usage.cpu.get('main', 0) / r.rows:.3f}" for r in scans)
         print(f"\ncoordinator (scanner's main process) CPU ms per row, each scan: {per_row} (target <= 0.1)")
+        print_coordinator_split(scans)
     print("\nCPU ms per image by hashing stage (scanner: one process, corpus; peer: measured in its writer)")
     print(f"| {'stage':<10} | {'scanner':>8} | {'peer':>8} |")
     for stage in ("decode", "pdq", "phash", "digests", "match"):
@@ -787,6 +832,29 @@ def print_coordinator_marginal(results: list[Result], sweep: list[tuple[int, Res
         f"{small.rows} rows, {workers} workers): {1000 * per_row:.3f} ms (target <= 0.1); "
         f"fixed: {fixed:.2f} CPU s (lists, start, merge)"
     )
+
+
+def print_coordinator_split(scans: list[Result]) -> None:
+    """The coordinator's CPU split at its first commit: the fixed start-up (lists loaded and indexed,
+    workers spawned, the first units run) and the marginal CPU per row after it: between the first and
+    the last commit (hand-out, commits, progress), and to the end (the final merge too)."""
+    print("coordinator CPU split at the first commit (done markers sampled every 0.1 s):")
+    print(
+        f"| {'run':<28} | {'rows':>7} | {'start-up s':>10} | {'rows then':>9} "
+        f"| {'ms/row to last commit':>21} | {'ms/row to end':>13} |"
+    )
+    print("|" + "|".join("-" * w for w in (30, 9, 12, 11, 23, 15)) + "|")
+    for r in scans:
+        split = r.usage.coordinator_split(r.rows)
+        if split is None:
+            print(f"| {r.name:<28} | {r.rows:>7} | {'-':>10} | {'-':>9} | {'-':>21} | {'-':>13} |")
+            continue
+        fixed, first_rows, between, after = split
+        print(
+            f"| {r.name:<28} | {r.rows:>7} | {fixed:10.2f} | {first_rows:>9} | {between:21.3f} "
+            f"| {after:13.3f} |"
+        )
+    print("target: marginal <= 0.1 ms/row")
 
 
 def print_ratios(results: list[Result]) -> None:

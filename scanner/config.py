@@ -105,6 +105,7 @@ class RunConfig:
     runner: str = "local"
     ray_address: str | None = None
     progress: bool = True
+    lists_first: bool = False  # every list loaded and indexed before the first request (the old, slow start)
 
     @property
     def worker_count(self) -> int:

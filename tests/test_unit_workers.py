@@ -175,3 +175,97 @@ def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(capfd: pytest.C
         pool.workers[0].process.join(5)
         assert pool.workers[0].process.exitcode == 1
     assert "Traceback" not in capfd.readouterr().err  # one line from the coordinator, not one per worker
+
+
+class _DeadWorker:
+    """A unit worker as _Coordinator._lost sees one that died: its units, nothing left on its pipe."""
+
+    def __init__(self, running: dict[int, object]) -> None:
+        from types import SimpleNamespace
+
+        self.running = running
+        self.conn = SimpleNamespace(poll=lambda: False)
+        self.process = SimpleNamespace(join=lambda: None)
+
+    def died(self) -> str:
+        return "its worker process was killed (SIGKILL)"
+
+
+class _CountingProgress:
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def rows_done(self, counts: dict) -> None:
+        self.rows += sum(counts.values())
+
+
+def _coordinator_with(worker: _DeadWorker, replaced: list) -> tuple:
+    from types import SimpleNamespace
+
+    from scanner.runners.procs import _Coordinator
+
+    pool = SimpleNamespace(workers=[worker], replace=replaced.append)
+    progress = _CountingProgress()
+    run = SimpleNamespace(config=build_config({}, "test"))
+    return _Coordinator(pool, run, progress), progress  # type: ignore[arg-type]
+
+
+def test_a_unit_run_again_after_a_death_leaves_the_bar_and_only_started_units_are_charged() -> None:
+    from types import SimpleNamespace
+
+    units = {i: SimpleNamespace(id=i, where=f"unit {i}") for i in range(3)}
+    worker = _DeadWorker(dict(units))
+    replaced: list = []
+    coordinator, progress = _coordinator_with(worker, replaced)
+    coordinator._attempts.update({0: 1, 1: 1, 2: 1})
+    key = ("clean", None, "live")
+    coordinator._handle(worker, ("rows", {0: {key: 7}, 1: {key: 2}}, 0))
+    assert progress.rows == 9
+    coordinator._lost(worker)
+    assert progress.rows == 0  # units 0 and 1 are counted again when they are done again
+    assert dict(coordinator._attempts) == {0: 1, 1: 1, 2: 0}  # unit 2 waited: no attempt used
+    assert [u.id for u in coordinator._queue] == [0, 1, 2] and replaced == [worker]
+
+
+def test_workers_that_keep_dying_without_a_row_done_stop_the_run_with_one_error() -> None:
+    from scanner.errors import ScannerError
+    from scanner.runners.procs import DEATHS_PER_WORKER
+
+    worker = _DeadWorker({})  # idle: no unit to charge, so only the bound on deaths can stop it
+    coordinator, _ = _coordinator_with(worker, [])
+    for _ in range(DEATHS_PER_WORKER):
+        coordinator._lost(worker)
+    with pytest.raises(ScannerError, match=r"died 4 times in a row without finishing a row.*resume"):
+        coordinator._lost(worker)
+    coordinator._deaths = 0
+    coordinator._handle(worker, ("rows", {None: {("dead", "dns", "dead"): 1}}, 0))
+    assert coordinator._deaths == 0
+
+
+def test_a_body_budget_below_the_workers_floor_is_said_with_the_total_they_may_hold() -> None:
+    from scanner.runners.procs import body_budget_note, body_bytes_total
+
+    mib = 1024 * 1024
+    settings = {"inputs": ["x"], "out": "o", "fetch": {"max_bytes": 16 * mib}}
+    config = build_config({**settings, "run": {"body_bytes_in_flight": 64 * mib}}, "test")
+    assert body_bytes_total(config, 16) == 16 * 32 * mib
+    note = body_budget_note(config, 16)
+    assert note is not None and "512 MiB" in note and "64 MiB" in note and "16 unit workers" in note
+    assert body_budget_note(config, 2) is None  # 2 x 32 MiB fits
+
+
+def test_a_scan_says_the_body_total_once_at_start_and_not_with_quiet(tmp_path, scanner_cli) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"]}), tmp_path / "s.parquet")
+    (tmp_path / "md5.txt").write_text("0" * 32 + "\n")
+    (tmp_path / "c.toml").write_text("[run]\nworkers = 2\nbody_bytes_in_flight = 16777216\n")
+    common = ["scan", "s.parquet", "--hashlist", "md5:md5.txt", "--config", "c.toml"]
+    common.append("--allow-private-networks")
+    shown = scanner_cli(*common, "--out", "o1", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    notes = [line for line in shown.stderr.splitlines() if "scanner: warning: bodies" in line]
+    assert len(notes) == 1 and "32 MiB" in notes[0] and "(16 MiB)" in notes[0], shown.stderr
+    quiet = scanner_cli(*common, "--out", "o2", "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

@@ -143,6 +143,12 @@ class ListFormat(ABC):
     def read(self, text: ListText, hash_type: str | None) -> RawList:
         """All rows of the file; raises FormatError naming the line of the first malformed one."""
 
+    @classmethod
+    def single_type(cls, first_line: str, hash_type: str | None) -> str | None:
+        """The hash type of every row, when the first line and the spec's TYPE tell it; None when rows may
+        differ (a format whose rows name their types) or it cannot be told."""
+        return None
+
 
 class CsvFormat(ListFormat):
     """A CSV with a header naming a type column and a hash column; other columns become metadata."""
@@ -276,6 +282,10 @@ class PdqHashio(ListFormat):
             ids=_optional(pc.utf8_trim_whitespace(parts.field("id"))),
         )
 
+    @classmethod
+    def single_type(cls, first_line: str, hash_type: str | None) -> str | None:
+        return hash_type or "pdq"
+
 
 class PlainText(ListFormat):
     """One hash a line. The type is the spec's TYPE: or else told by length (md5 = 32 hex, sha1 = 40)."""
@@ -291,6 +301,10 @@ class PlainText(ListFormat):
     def read(self, text: ListText, hash_type: str | None) -> RawList:
         values, lines = _content(text)
         return RawList(hashes=values, types=hash_type or self._type_by_length(text, lines), lines=lines)
+
+    @classmethod
+    def single_type(cls, first_line: str, hash_type: str | None) -> str | None:
+        return hash_type or cls.by_length.get(len(first_line))
 
     def _type_by_length(self, text: ListText, lines: np.ndarray) -> str:
         length = len(text.first_line)
@@ -315,6 +329,15 @@ FORMATS: tuple[type[ListFormat], ...] = (
     PlainText,
 )
 """Every format, in the order they are tried: the first whose sniff accepts the file reads it."""
+
+
+def single_type(first_line: str, hash_type: str | None) -> str | None:
+    """The hash type every row of a list has, told from its first content line (and the spec's TYPE) as
+    read_list would read it; None when rows may name their own types or the line fits no format."""
+    for list_format in FORMATS:
+        if list_format.sniff(first_line, hash_type):
+            return None if list_format.typed else list_format.single_type(first_line, hash_type)
+    return None
 
 
 def read_list(text: ListText, hash_type: str | None) -> tuple[str, RawList]:

@@ -11,6 +11,7 @@ import numpy as np
 
 from scanner.errors import ConfigError
 from scanner.hashtypes import DIHEDRAL_TRANSFORMS, IMAGE, REGISTRY
+from scanner.lists.deferred import DeferredList
 from scanner.lists.hashlist import HashEntries, HashList
 from scanner.lists.hashtypes import ListKeys
 from scanner.lists.index import ExactIndex, HammingIndex
@@ -87,13 +88,31 @@ Index = ExactIndex | HammingIndex | SignalIndex
 
 
 class _Searchable:
-    """One list's entries of one hash type, indexed; the index may still be building in a thread."""
+    """One list's entries of one hash type, indexed; the entries and index may still be loading and building
+    in a thread (the coordinator's), or be on their way from the coordinator (a placeholder, in a worker)."""
 
-    def __init__(self, list_name: str, entries: HashEntries, index: Index | Future[Index], threshold: int):
+    def __init__(
+        self,
+        list_name: str,
+        hash_type: ListKeys,
+        entries: HashEntries | Future[HashEntries],
+        index: Index | Future[Index],
+        threshold: int,
+    ):
         self.list_name = list_name
-        self.entries = entries
+        self.hash_type = hash_type
         self.threshold = threshold
+        self._entries = entries
         self._index = index
+        self._placeholder = False
+        self.background = isinstance(index, Future)  # built by the thread (or sent later, to a worker)
+
+    @property
+    def entries(self) -> HashEntries:
+        """The entries, waiting for their load if it is not done (a load error is raised here)."""
+        if isinstance(self._entries, Future):
+            self._entries = self._entries.result()
+        return self._entries
 
     @property
     def index(self) -> Index:
@@ -102,8 +121,33 @@ class _Searchable:
             self._index = self._index.result()
         return self._index
 
+    def placeholder(self) -> _Searchable:
+        """A copy with neither entries nor index, which fill() completes in the process it is sent to."""
+        copy = _Searchable(self.list_name, self.hash_type, Future(), Future(), self.threshold)
+        copy._placeholder = True
+        return copy
+
+    def fill(self, entries: HashEntries, index: Index) -> None:
+        if not self._placeholder or not isinstance(self._index, Future) or self._index.done():
+            raise RuntimeError(f"{self.list_name}/{self.hash_type.name} is not waiting for its entries")
+        assert isinstance(self._entries, Future)
+        self._entries.set_result(entries)
+        self._index.set_result(index)
+
+    def give_up(self) -> None:
+        for future in (self._entries, self._index):
+            if isinstance(future, Future) and self._placeholder and not future.done():
+                future.set_exception(RuntimeError("the run stopped before the lists were sent"))
+
     def __getstate__(self) -> dict[str, object]:
-        return {**self.__dict__, "_index": self.index}  # a runner ships the built index, never a build
+        if self._placeholder:  # only what it is; its entries follow
+            return {**self.__dict__, "_entries": None, "_index": None}
+        return {**self.__dict__, "_entries": self.entries, "_index": self.index}  # never a build
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if self._placeholder:
+            self._entries, self._index = Future(), Future()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +162,10 @@ class _Probes:
 class Matcher:
     """All the loaded lists, indexed per list and hash type, ready to match batches of queries.
 
-    URL and domain indexes are built at once; image-hash indexes (seconds for a 10M-entry PDQ list) in a
-    background thread, so a scan fetches and hashes meanwhile and its first match waits only for the rest.
+    URL and domain indexes are built at once; image-hash lists (a DeferredList: loading a 10M-entry PDQ
+    list takes seconds) are loaded and their indexes built (seconds more) in a background thread, so a
+    scan fetches and hashes meanwhile and its first match waits only for the rest: a query of a type whose
+    lists are not all ready waits in match_batch, never matched against part of them.
     """
 
     def __init__(
@@ -128,13 +174,16 @@ class Matcher:
         self._searchables = tuple(searchables)
         self.config = config
         self.negative = frozenset(negative)  # negative lists: they only ever suppress another list's match
-        types = {s.entries.hash_type.name for s in self._searchables}
+        types = {s.hash_type.name for s in self._searchables}
         dihedral = {"pdq_dihedral"} if config.pdq_dihedral and "pdq" in types else set()
         self.needed_hash_types: frozenset[str] = frozenset(types | dihedral)
 
     @classmethod
     def from_lists(
-        cls, lists: Sequence[HashList], config: MatchConfig | None = None, negative: Collection[str] = ()
+        cls,
+        lists: Sequence[HashList | DeferredList],
+        config: MatchConfig | None = None,
+        negative: Collection[str] = (),
     ) -> Matcher:
         """Index every list's entries; refuses duplicate list names and overrides for unknown lists.
         `negative` names lists whose entries matter only beside another list's match (negative lists)."""
@@ -145,25 +194,55 @@ class Matcher:
         _check_overrides(config, lists)
         searchables, builds = [], []
         for hash_list in lists:
-            for type_name, kept in hash_list.entries.items():
-                entries = kept.without_fields(config.omit_entry_fields)
-                threshold = config.threshold(hash_list.name, type_name)
+            for hash_type, source in _sources(hash_list, config.omit_entry_fields):
+                threshold = config.threshold(hash_list.name, hash_type.name)
                 index: Index | Future[Index] = Future()
-                if entries.hash_type.type.computed_from == IMAGE:
-                    builds.append((index, entries, threshold))
-                else:
-                    index = _index(entries, threshold)  # URL screening needs it before the first request
-                searchables.append(_Searchable(hash_list.name, entries, index, threshold))
+                entries: HashEntries | Future[HashEntries] = Future()
+                if hash_type.type.computed_from == IMAGE:
+                    builds.append((source, entries, index, threshold))
+                else:  # URL screening needs it before the first request
+                    assert isinstance(source, HashEntries)
+                    entries, index = source, _index(source, threshold)
+                searchables.append(_Searchable(hash_list.name, hash_type, entries, index, threshold))
         if builds:
-            threading.Thread(target=_build_all, args=(builds,), name="index-build", daemon=True).start()
+            threading.Thread(
+                target=_build_all, args=(builds, config.omit_entry_fields), name="index-build", daemon=True
+            ).start()
         return cls(searchables, config, negative)
+
+    def ready_part(self) -> Matcher:
+        """This matcher with placeholders for the lists still loading or building in the background: what a
+        worker can start with (its URL screen is whole); fill() completes it with rest()."""
+        searchables = [s.placeholder() if s.background else s for s in self._searchables]
+        return Matcher(searchables, self.config, self.negative)
+
+    @property
+    def has_background(self) -> bool:
+        return any(s.background for s in self._searchables)
+
+    def rest(self) -> list[tuple[HashEntries, Index]]:
+        """The entries and index of each list ready_part() left out, in order, once all are built."""
+        return [(s.entries, s.index) for s in self._searchables if s.background]
+
+    def fill(self, rest: Sequence[tuple[HashEntries, Index]]) -> None:
+        """Complete the placeholders of a ready_part() with the coordinator's rest()."""
+        waiting = [s for s in self._searchables if s.background]
+        if len(waiting) != len(rest):
+            raise RuntimeError(f"{len(rest)} lists sent for {len(waiting)} placeholders")
+        for searchable, (entries, index) in zip(waiting, rest, strict=True):
+            searchable.fill(entries, index)
+
+    def give_up(self) -> None:
+        """End every match still waiting for a placeholder's lists: they will not come (the run stops)."""
+        for searchable in self._searchables:
+            searchable.give_up()
 
     def match_batch(self, queries: Sequence[Query]) -> list[list[Match]]:
         """Every match of every query, each query's sorted by list, hash type, distance and entry id."""
         results: list[list[Match]] = [[] for _ in queries]
         probes_by_type: dict[str, _Probes] = {}
         for searchable in self._searchables:
-            hash_type = searchable.entries.hash_type
+            hash_type = searchable.hash_type
             if hash_type.type.signal is not None:
                 for q, entry, distance in _signal_matches(searchable, queries):
                     results[q].append(self._match(searchable, queries[q], entry, distance, 0))
@@ -239,21 +318,42 @@ def _index(entries: HashEntries, threshold: int) -> Index:
 
 def _signal_matches(searchable: _Searchable, queries: Sequence[Query]) -> list[tuple[int, int, int]]:
     """(query, entry, distance) by the plug-in's own index: query values are its signal strings' UTF-8."""
-    name = searchable.entries.hash_type.name
+    name = searchable.hash_type.name
     values = [query.hashes.get(name) for query in queries]
     index = searchable.index
     assert isinstance(index, SignalIndex)
     return index.search([None if value is None else value.decode("utf-8") for value in values])
 
 
-def _build_all(builds: list[tuple[Future[Index], HashEntries, int]]) -> None:
-    """Build the image-hash indexes in turn while the scan starts fetching; their kernels release the GIL.
-    A daemon thread: a scan stopped meanwhile does not wait for a build nobody will use."""
-    for future, entries, threshold in builds:
+def _build_all(
+    builds: list[tuple[HashEntries | DeferredList, Future, Future, int]], omit: tuple[str, ...]
+) -> None:
+    """Load the deferred lists and build the image-hash indexes in turn while the scan starts fetching;
+    their kernels release the GIL. A daemon thread: a scan stopped meanwhile does not wait for a build
+    nobody will use."""
+    for source, entries, index, threshold in builds:
         try:
-            future.set_result(_index(entries, threshold))
-        except BaseException as error:  # every waiting match sees the build's own error
-            future.set_exception(error)
+            loaded = source if isinstance(source, HashEntries) else _load(source).without_fields(omit)
+            entries.set_result(loaded)
+            index.set_result(_index(loaded, threshold))
+        except BaseException as error:  # every waiting match sees the load's or build's own error
+            for future in (entries, index):
+                if not future.done():
+                    future.set_exception(error)
+
+
+def _load(deferred: DeferredList) -> HashEntries:
+    return deferred.load().entries[deferred.hash_type.name]
+
+
+def _sources(
+    hash_list: HashList | DeferredList, omit: Collection[str]
+) -> list[tuple[ListKeys, HashEntries | DeferredList]]:
+    """Each hash type of a list and where its entries come from: loaded (less the omitted entry fields), or
+    a list still to load."""
+    if isinstance(hash_list, DeferredList):
+        return [(hash_list.hash_type, hash_list)]
+    return [(entries.hash_type, entries.without_fields(omit)) for entries in hash_list.entries.values()]
 
 
 def _best_per_entry(searchable: _Searchable, probes: _Probes) -> list[tuple[int, int, int, int]]:
@@ -269,16 +369,17 @@ def _best_per_entry(searchable: _Searchable, probes: _Probes) -> list[tuple[int,
     return [(int(q), int(e), int(d), int(t)) for q, e, d, t in rows]
 
 
-def _check_overrides(config: MatchConfig, lists: Sequence[HashList]) -> None:
+def _check_overrides(config: MatchConfig, lists: Sequence[HashList | DeferredList]) -> None:
     """Per-list thresholds must name a loaded list and a Hamming type it holds, within the hash's bits."""
-    by_name = {hash_list.name: hash_list for hash_list in lists}
+    by_name = {hash_list.name: dict(_sources(hash_list)) for hash_list in lists}
     for list_name, overrides in config.list_thresholds.items():
         if list_name not in by_name:
             raise ConfigError(f"threshold override for unknown hash list {list_name!r}")
+        types = {hash_type.name: hash_type for hash_type in by_name[list_name]}
         for type_name, bits in overrides.items():
-            entries = by_name[list_name].entries.get(type_name)
-            if entries is None or not entries.hash_type.hamming:
+            hash_type = types.get(type_name)
+            if hash_type is None or not hash_type.hamming:
                 raise ConfigError(f"list {list_name!r} has no {type_name} hashes to override a threshold for")
-            n_bits = 8 * entries.hash_type.nbytes
+            n_bits = 8 * hash_type.nbytes
             if not 0 <= bits <= n_bits:
                 raise ConfigError(f"threshold {bits} for {list_name}/{type_name} is outside 0..{n_bits}")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from scanner import procguard
 from scanner.config import ScanConfig
 from scanner.lists import HashList, Matcher
+from scanner.lists.deferred import DeferredList
 from scanner.pipeline import HashFn, Progress
 from scanner.reports.records import UnitReport
 from scanner.reports.review import Review
@@ -67,6 +68,9 @@ class Job:
     name: str  # the lock's command: "scan", "rematch", "rescan"
     config: ScanConfig
     hashing: bool = True  # whether its units hash bodies: a local runner starts hashing workers early
+    # Whether its units match image hashes only off the event loop (the pipeline's batches), so image-hash
+    # lists may load while its first units run (lists/deferred.py); a job that matches in the loop waits.
+    lists_later: bool = False
 
     def check(self) -> None:
         """Refuse a run that could not start, before anything is locked, loaded or started."""
@@ -114,7 +118,7 @@ class Run:
     """A job opened in its --out: its lists, checkpoint and units (the ones done are committed)."""
 
     job: Job
-    lists: list[HashList]
+    lists: list[HashList | DeferredList]  # image-hash lists may still be loading (lists/deferred.py)
     matcher: Matcher
     out: Path
     checkpoint: Checkpoint
@@ -146,7 +150,7 @@ def open_run(job: Job, restart: bool = False) -> Run:
     """Read the job's inputs, load the lists, and adopt (or start) the checkpoint in --out."""
     job.check()
     units = job.load()
-    lists, matcher = lifecycle.load_lists(job.config)
+    lists, matcher = lifecycle.load_lists(job.config, job.lists_later)
     job.check_matcher(matcher)
     out, checkpoint = open_out(job.config.out, job.fingerprint(lists), restart)
     job.check_resumed(checkpoint, units)

@@ -17,7 +17,8 @@ from scanner import __version__
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.hashtypes import IMAGE, REGISTRY
-from scanner.lists import HashList, MatchConfig, Matcher, load_hashlist
+from scanner.lists import HashList, ListSpec, MatchConfig, Matcher, load_hashlist
+from scanner.lists.deferred import DeferredList, deferred
 from scanner.plugins import provenance
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.review import Review
@@ -37,10 +38,16 @@ class ScanResult:
     earlier: bool = False  # the same run had already completed: nothing ran, the summary is that run's
 
 
-def load_lists(config: ScanConfig) -> tuple[list[HashList], Matcher]:
-    """The configured hash lists and negative lists, loaded, and the matcher over them with each list's
-    own thresholds (a negative list's entries only ever suppress another list's match)."""
-    lists = [load_hashlist(spec.spec) for spec in config.hashlists]
+def load_lists(config: ScanConfig, later: bool = False) -> tuple[list[HashList | DeferredList], Matcher]:
+    """The configured hash lists and negative lists, and the matcher over them with each list's own
+    thresholds (a negative list's entries only ever suppress another list's match). Lists that may hold URL
+    or domain entries are loaded now; with `later` (a job that matches off the event loop), lists of one
+    image hash type load in the matcher's thread (lists/deferred.py) unless every list must be whole before
+    the first request (lists_later)."""
+    whole = not (later and lists_later(config))
+    lists: list[HashList | DeferredList] = [
+        _list(ListSpec.parse(spec.spec), whole) for spec in config.hashlists
+    ]
     lists += [load_negative(spec) for spec in config.review.negative_lists]
     negative = [hl.name for hl in lists[len(config.hashlists) :]]
     return lists, Matcher.from_lists(lists, match_config(config, lists), negative)
@@ -55,13 +62,24 @@ def load_negative(spec: str) -> HashList:
     return loaded
 
 
-def skipped_entries(lists: list[HashList]) -> dict:
+def skipped_entries(lists: list[HashList | DeferredList]) -> dict:
     """summary.json's `skipped_list_entries` (list -> type -> count and why), when any list skipped some."""
     skipped = {hl.name: hl.stats["skipped"] for hl in lists if hl.skipped}
     return {"skipped_list_entries": skipped} if skipped else {}
 
 
-def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
+def lists_later(config: ScanConfig) -> bool:
+    """Whether image-hash lists may load, and their indexes build, while rows are fetched: not when the
+    dataset's hash columns are screened against them before any request, nor with run.lists_first."""
+    return not config.run.lists_first and not config.audit.match_columns
+
+
+def _list(spec: ListSpec, whole: bool) -> HashList | DeferredList:
+    later = None if whole else deferred(spec)
+    return later if later is not None else load_hashlist(spec)
+
+
+def match_config(config: ScanConfig, lists: list[HashList | DeferredList]) -> MatchConfig:
     """The match settings with each list's own thresholds; two lists may not share a name."""
     names = [hl.name for hl in lists]
     duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -73,7 +91,7 @@ def match_config(config: ScanConfig, lists: list[HashList]) -> MatchConfig:
     return dataclasses.replace(config.match, list_thresholds={**config.match.list_thresholds, **per_list})
 
 
-def fingerprint(config: ScanConfig, lists: list[HashList], **inputs: object) -> dict:
+def fingerprint(config: ScanConfig, lists: list[HashList | DeferredList], **inputs: object) -> dict:
     """What must not change between a run and its resumption: what it reads (`inputs`: a scan's shards,
     a rematch's or rescan's records), the lists, and the result-affecting settings (not run, out, inputs):
     their hash, which decides, and the settings themselves by dotted name, which a refusal lists."""
@@ -110,7 +128,7 @@ def already_done(out: Path, checkpoint: Checkpoint) -> ScanResult | None:
     return ScanResult(out, finished_summary(out), earlier=True)
 
 
-def manifest(config: ScanConfig, lists: list[HashList], inputs: list, **extra: object) -> dict:
+def manifest(config: ScanConfig, lists: list[HashList | DeferredList], inputs: list, **extra: object) -> dict:
     """Provenance: version, command, effective config, lists with digests, inputs, and a run's own fields
     (finish adds the times)."""
     return {

@@ -25,6 +25,7 @@ class ScanJob(Job):
     """Shards planned into units of rows, each row fetched, hashed and matched."""
 
     name = "scan"
+    lists_later = True
 
     def __init__(self, config: ScanConfig) -> None:
         self.config = config

@@ -3,6 +3,7 @@ many as run.workers, else the cores) that each fetch, hash and match whole units
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
@@ -14,7 +15,7 @@ from scanner.run.job import Job, Run, execute
 from scanner.run.lifecycle import ScanResult
 from scanner.run.reportlock import report_lock
 from scanner.run.scan import ScanJob
-from scanner.runners.procs import UnitWorkers, run_units
+from scanner.runners.procs import UnitWorkers, body_budget_note, run_units
 
 
 def scan(
@@ -36,6 +37,9 @@ def run(
     """
     job.check()
     procguard.harden()
+    note = body_budget_note(job.config, job.config.run.worker_count)
+    if note is not None and make_progress is not None and not job.config.audit.no_fetch:  # not with --quiet
+        print(note, file=sys.stderr, flush=True)
     with ExitStack() as stack:
         stack.enter_context(report_lock(job.config.out, job.name))
         pool = stack.enter_context(UnitWorkers(job.config, job.config.run.worker_count, job.hashing))

@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import dataclasses
 import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import time
 import traceback
 from collections import Counter, deque
@@ -43,6 +45,7 @@ from scanner.pipeline import Progress
 from scanner.plugins import load_plugins
 from scanner.reports.records import RowResult, UnitReport
 from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
+from scanner.run.lifecycle import lists_later
 from scanner.runners import shared
 from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_workers
 
@@ -53,6 +56,11 @@ PROGRESS_SECONDS = 0.2
 MAX_ATTEMPTS = 3
 # How long stopped unit workers may take to close their connections and hashing processes.
 STOP_SECONDS = 5.0
+# Unit workers that die one after another, this many per worker, with no row finished in between, stop the
+# run: something kills every fresh one (memory, a broken install), and replacing them forever helps nobody.
+DEATHS_PER_WORKER = MAX_ATTEMPTS
+# The unit a worker's task runs: the rows it finishes are counted as that unit's (its row tasks inherit it).
+_UNIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("unit", default=None)
 
 
 class RemoteTraceback(Exception):
@@ -82,6 +90,26 @@ def worker_config(config: ScanConfig, index: int, count: int) -> ScanConfig:
         body_bytes_in_flight=min(body_bytes, config.run.body_bytes_in_flight),
     )
     return dataclasses.replace(config, fetch=fetch, run=run)
+
+
+def body_bytes_total(config: ScanConfig, count: int) -> int:
+    """The bytes of bodies `count` unit workers may hold together: more than run.body_bytes_in_flight when
+    its share per worker is below the floor of 2 x fetch.max_bytes."""
+    return sum(worker_config(config, i, count).run.body_bytes_in_flight for i in range(count))
+
+
+def body_budget_note(config: ScanConfig, count: int) -> str | None:
+    """One line for a scan whose workers may hold more bodies than configured, else None."""
+    total, configured = body_bytes_total(config, count), config.run.body_bytes_in_flight
+    if total <= configured:
+        return None
+    mib = 1024 * 1024
+    return (
+        f"scanner: warning: bodies in memory may reach {total / mib:.0f} MiB, above "
+        f"run.body_bytes_in_flight ({configured / mib:.0f} MiB): each of the {count} unit workers holds "
+        f"at least 2 x fetch.max_bytes ({2 * config.fetch.max_bytes / mib:.0f} MiB); raise the budget, lower "
+        "fetch.max_bytes or use fewer --workers to keep it"
+    )
 
 
 # ---------------------------------------------------------------- the coordinator's side
@@ -125,6 +153,10 @@ class UnitWorkers:
         self._work: bytes | None = None
         self._lists: shared.SharedObject | None = None
         self._matcher: Matcher | None = None
+        self._rest: shared.SharedObject | list | None = None  # the image lists sent after the others
+        self._rest_built: shared.SharedObject | list | BaseException | None = None
+        self.rest_ready: int | None = None  # readable once the rest is built (a pipe's end)
+        self._rest_signal: int | None = None
         self._spawn(range(count))
 
     def _spawn(self, indexes: range | list[int]) -> None:
@@ -141,24 +173,65 @@ class UnitWorkers:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def give(self, work: UnitWork, matcher: Matcher) -> None:
+    def give(self, work: UnitWork, matcher: Matcher, later: bool = False) -> None:
         """Send every worker the job's unit work (pickled once, here) and share the matcher's indexes
-        (built once, here) with them."""
+        (built once, here) with them: the lists ready now at once, the image lists still loading and
+        building (lists/deferred.py) once they are built (rest_ready, send_rest), for a job whose units
+        match image hashes off the event loop (`later`: Job.lists_later)."""
         self._work = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
-        self._matcher = matcher
+        later = later and matcher.has_background and lists_later(self.config)
+        self._matcher = matcher.ready_part() if later else matcher
         if shared.supported():
-            self._lists = shared.SharedObject(matcher)
+            self._lists = shared.SharedObject(self._matcher)
         for worker in self.workers:
             with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and it is replaced
                 self._send_lists(worker)
+        if later:
+            self.rest_ready, self._rest_signal = os.pipe()
+            threading.Thread(target=self._build_rest, args=(matcher,), name="lists-rest", daemon=True).start()
+
+    def _build_rest(self, matcher: Matcher) -> None:
+        """In a thread: wait for the lists still loading and building, then put them in shared memory."""
+        try:
+            rest = matcher.rest()
+            self._rest_built = shared.SharedObject(rest) if shared.supported() else rest
+        except BaseException as error:  # the coordinator's loop raises it: the run stops with its message
+            self._rest_built = error
+        os.write(self._rest_signal, b"\0")
+
+    def rest_waited(self) -> list[int]:
+        """What the coordinator's loop waits on besides the workers: the signal that the rest is built."""
+        return [self.rest_ready] if self.rest_ready is not None and self._rest is None else []
+
+    def send_rest(self) -> None:
+        """The rest of the lists are built: send them to every worker (the coordinator's loop calls this
+        when rest_ready is readable)."""
+        os.read(self.rest_ready, 1)
+        built, self._rest_built = self._rest_built, None
+        if isinstance(built, BaseException):
+            raise built
+        self._rest = built
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                self._send_rest(worker)
 
     def _send_lists(self, worker: UnitWorker) -> None:
         worker.send(("work", self._work))
         if self._lists is None:
             worker.send(("matcher", self._matcher))
+        else:
+            handle = self._lists.handle()
+            worker.send(("lists", handle.size, handle.data, handle.extents))
+            send_handle(worker.conn, handle.fd, worker.process.pid)
+        if self._rest is not None:
+            self._send_rest(worker)
+
+    def _send_rest(self, worker: UnitWorker) -> None:
+        if not isinstance(self._rest, shared.SharedObject):
+            worker.send(("rest", self._rest))
             return
-        handle = self._lists.handle()
-        worker.send(("lists", handle.size, handle.data, handle.extents))
+        handle = self._rest.handle()
+        worker.send(("rest", handle.size, handle.data, handle.extents))
         send_handle(worker.conn, handle.fd, worker.process.pid)
 
     def replace(self, worker: UnitWorker) -> UnitWorker:
@@ -182,8 +255,12 @@ class UnitWorkers:
                     worker.process.kill()
                 worker.process.join()
                 worker.conn.close()
-            if self._lists is not None:
-                self._lists.close()
+            for held in (self._lists, self._rest, self._rest_built):
+                if isinstance(held, shared.SharedObject):
+                    held.close()
+            for fd in (self.rest_ready, self._rest_signal):
+                if fd is not None:
+                    os.close(fd)
 
     def _stop(self) -> None:
         """Ask every worker to stop (cancelling what it runs) and wait a while for each to close down."""
@@ -199,7 +276,7 @@ def run_units(run: Run, units: list, progress: Progress | None = None, *, pool: 
     """Hand the units out to the unit workers, at most run.units_in_flight each, and commit each report
     as it comes back."""
     if units:
-        pool.give(run.work(), run.matcher)
+        pool.give(run.work(), run.matcher, run.job.lists_later)
         _Coordinator(pool, run, progress or Progress()).run(units)
 
 
@@ -213,6 +290,8 @@ class _Coordinator:
         self._per_worker = run.config.run.units_in_flight
         self._queue: deque[Any] = deque()
         self._attempts: Counter[int] = Counter()
+        self._shown: dict[int, Counter] = {}  # rows of each unit in flight the bar counts, until committed
+        self._deaths = 0  # worker deaths since a row last finished
 
     def run(self, units: list) -> None:
         self._queue.extend(units)
@@ -220,8 +299,11 @@ class _Coordinator:
             self._hand_out()
             by_conn = {w.conn: w for w in self._pool.workers}
             by_sentinel = {w.process.sentinel: w for w in self._pool.workers}
-            for ready in wait([*by_conn, *by_sentinel]):
-                if ready in by_conn:
+            rest = self._pool.rest_waited()
+            for ready in wait([*by_conn, *by_sentinel, *rest]):
+                if ready in rest:
+                    self._pool.send_rest()
+                elif ready in by_conn:
                     self._read(by_conn[ready])
                 elif by_sentinel[ready] in self._pool.workers:
                     self._lost(by_sentinel[ready])
@@ -250,20 +332,27 @@ class _Coordinator:
     def _handle(self, worker: UnitWorker, message: tuple) -> None:
         kind = message[0]
         if kind == "rows":
-            self._progress.rows_done(message[1])
+            self._deaths = 0
+            for unit_id, counts in message[1].items():
+                self._progress.rows_done(counts)
+                self._shown.setdefault(unit_id, Counter()).update(counts)
             if message[2]:
                 self._progress.matched(message[2])
         elif kind == "done":
             report: UnitReport = message[1]
             self._run.checkpoint.commit(report)
             del worker.running[report.unit_id]
+            self._shown.pop(report.unit_id, None)
+            self._deaths = 0
             self._progress.unit_done()
         elif kind == "failed":
             _, error, text = message
             raise error from RemoteTraceback(text)
 
     def _lost(self, worker: UnitWorker) -> None:
-        """A worker died: take what it sent before, then run its units again on a fresh one."""
+        """A worker died: take what it sent before, then run its units again on a fresh one. Only the units
+        it had started rows of are charged an attempt (the oldest, if none had), and the bar takes back
+        the rows it counted for them."""
         if worker not in self._pool.workers:
             return
         with contextlib.suppress(EOFError, OSError):
@@ -271,14 +360,31 @@ class _Coordinator:
                 self._handle(worker, worker.conn.recv())
         worker.process.join()
         why = worker.died()
-        for unit in worker.running.values():
-            if self._attempts[unit.id] >= MAX_ATTEMPTS:
+        self._deaths += 1
+        if self._deaths > DEATHS_PER_WORKER * len(self._pool.workers):
+            raise ScannerError(
+                f"unit workers died {self._deaths} times in a row without finishing a row, last because "
+                f"{why.removeprefix('its ')}; run the same command to resume"
+            )
+        units = list(worker.running.values())
+        started = [u for u in units if self._shown.get(u.id)] or units[:1]
+        for unit in units:
+            self._take_back(unit.id)
+            if unit not in started:
+                self._attempts[unit.id] -= 1  # it waited behind another: this death is not its doing
+            elif self._attempts[unit.id] >= MAX_ATTEMPTS:
                 raise ScannerError(
                     f"{unit.where} failed {self._attempts[unit.id]} times, last because {why}; "
                     "run the same command to resume"
                 )
-        self._queue.extendleft(reversed(worker.running.values()))
+        self._queue.extendleft(reversed(units))
         self._pool.replace(worker)
+
+    def _take_back(self, unit_id: int) -> None:
+        """The rows of a unit to be run again leave the bar: it counts them when they are done again."""
+        shown = self._shown.pop(unit_id, None)
+        if shown:
+            self._progress.rows_done({key: -rows for key, rows in shown.items()})
 
 
 # ---------------------------------------------------------------- the unit worker's side
@@ -342,7 +448,10 @@ async def _serve(
 
     def readable() -> None:
         try:
-            inbox.put_nowait(conn.recv())
+            message = conn.recv()
+            if message[0] == "rest" and len(message) > 2:  # its memfd follows it on the pipe
+                message = (*message, recv_handle(conn))
+            inbox.put_nowait(message)
         except (EOFError, OSError):  # the coordinator is gone
             loop.remove_reader(conn.fileno())
             inbox.put_nowait(("stop",))
@@ -352,19 +461,32 @@ async def _serve(
     running: set[asyncio.Task[None]] = set()
     loop.add_reader(conn.fileno(), readable)
     try:
-        while (message := await inbox.get())[0] == "unit":
+        while (message := await inbox.get())[0] in ("unit", "rest"):
+            if message[0] == "rest":
+                matcher.fill(_rest(message))
+                continue
             task = asyncio.create_task(_run_one(conn, processor, progress, message[1]))
             running.add(task)
             task.add_done_callback(running.discard)
     finally:
         loop.remove_reader(conn.fileno())
+        matcher.give_up()  # a match still waiting for lists that will never come ends
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await processor.aclose()
 
 
+def _rest(message: tuple) -> list:
+    """The image lists sent after the others: over shared memory, or whole through the pipe."""
+    if len(message) == 2:
+        return message[1]
+    _, size, data, extents, fd = message
+    return shared.attach(shared.SharedHandle(fd, size, data, extents)).load()
+
+
 async def _run_one(conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any) -> None:
+    _UNIT.set(unit.id)
     try:
         report: UnitReport = await processor.run_unit(unit)
     except Exception as exc:  # the coordinator raises it: the run stops, as it would in one process
@@ -401,19 +523,19 @@ def _portable(exc: Exception) -> Exception:
 
 
 class _BatchedProgress(Progress):
-    """Rows finished, counted by (outcome, reason, liveness) and sent every PROGRESS_SECONDS (and at each
-    unit's end): the coordinator's bar keeps the one definition of live (outcomes.liveness) at a message a
-    batch."""
+    """Rows finished, counted by unit and (outcome, reason, liveness) and sent every PROGRESS_SECONDS (and
+    at each unit's end): the coordinator's bar keeps the one definition of live (outcomes.liveness) at a
+    message a batch, and takes back the rows of a unit run again."""
 
     def __init__(self, send: Callable[[Any], None]) -> None:
         self._send = send
-        self._counts: Counter[tuple[str, str | None, Liveness]] = Counter()
+        self._counts: dict[int | None, Counter[tuple[str, str | None, Liveness]]] = {}
         self._matches = 0
         self._sent = time.monotonic()
 
     def row_done(self, result: RowResult) -> None:
         kind = liveness(result.outcome, result.reason, result.fetched_at)
-        self._counts[result.outcome, result.reason, kind] += 1
+        self._counts.setdefault(_UNIT.get(), Counter())[result.outcome, result.reason, kind] += 1
         if time.monotonic() - self._sent >= PROGRESS_SECONDS:
             self.flush()
 
@@ -422,6 +544,6 @@ class _BatchedProgress(Progress):
 
     def flush(self) -> None:
         if self._counts or self._matches:
-            self._send(("rows", dict(self._counts), self._matches))
-            self._counts, self._matches = Counter(), 0
+            self._send(("rows", {unit: dict(counts) for unit, counts in self._counts.items()}, self._matches))
+            self._counts, self._matches = {}, 0
         self._sent = time.monotonic()

@@ -1,0 +1,105 @@
+"""Image-hash lists loaded in the background, so a scan's first request does not wait for a 10M-entry list.
+
+URL and domain entries screen every row before its request, so the lists that may hold them load first. A
+list whose spec and first lines show it holds one image hash type and nothing else (an untyped format: plain
+text, PDQ hashio) loads later: here only its digest is taken (what a resumed run must find unchanged), and
+the matcher loads and indexes it in a thread while rows are fetched and hashed; a row's hashes wait for the
+whole list, never a part of it (lists/matcher.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import Future
+from pathlib import Path
+
+from scanner.errors import HashListError
+from scanner.hashtypes import IMAGE, REGISTRY
+from scanner.lists.formats import single_type
+from scanner.lists.hashlist import HashList, ListSpec, load_hashlist
+from scanner.lists.hashtypes import ListKeys, list_keys
+from scanner.regularfile import open_regular
+
+HEAD_BYTES = 1 << 16  # enough for a list's first lines: its format and, for an untyped one, its type
+DIGEST_CHUNK = 1 << 22
+
+
+class DeferredList:
+    """A list of one image hash type, its digest taken now, its entries loaded by load() (the matcher's
+    build thread) and waited for by result()."""
+
+    def __init__(self, spec: ListSpec, hash_type: str, digest: str) -> None:
+        self.name = spec.name
+        self.path = spec.path
+        self.digest = digest
+        self.hash_type: ListKeys = list_keys(hash_type)
+        self._spec = spec
+        self._loaded: Future[HashList] = Future()
+
+    def load(self) -> HashList:
+        """Load the list; the file must still be the one whose digest the run recorded."""
+        try:
+            loaded = load_hashlist(self._spec)
+            if loaded.digest != self.digest:
+                raise HashListError(str(self.path), "the list changed while the scan started; run it again")
+            if set(loaded.entries) != {self.hash_type.name}:
+                raise HashListError(str(self.path), f"expected {self.hash_type.name} entries only")
+        except BaseException as error:  # whoever waits on the list sees the load's own error
+            self._loaded.set_exception(error)
+            raise
+        self._loaded.set_result(loaded)
+        return loaded
+
+    def result(self) -> HashList:
+        return self._loaded.result()
+
+    @property
+    def stats(self) -> dict[str, object]:
+        return self.result().stats
+
+    @property
+    def size(self) -> int:
+        return self.result().size
+
+    @property
+    def skipped(self) -> dict:
+        return self.result().skipped
+
+
+def deferred(spec: ListSpec) -> DeferredList | None:
+    """The list as a DeferredList when its first lines show one image hash type for every entry; None when
+    it may hold URL or domain entries (or its head does not read): it is loaded before any request."""
+    image_type = _image_type(spec)
+    if image_type is None:
+        return None
+    try:
+        digest = _digest(spec.path)
+    except OSError:
+        return None  # loading it now says why, as for any list
+    return DeferredList(spec, image_type, digest)
+
+
+def _image_type(spec: ListSpec) -> str | None:
+    try:
+        with open_regular(spec.path) as handle:
+            head = handle.read(HEAD_BYTES)
+    except OSError:
+        return None
+    if len(head) == HEAD_BYTES:
+        head = head[: head.rfind(b"\n") + 1]  # whole lines only
+    try:
+        lines = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return None
+    first = next((line.strip() for line in lines if line.strip() and not line.strip().startswith("#")), None)
+    found = None if first is None else single_type(first, spec.hash_type)
+    known = REGISTRY.get(found) if found is not None else None
+    return found if known is not None and known.computed_from == IMAGE else None
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open_regular(path) as handle:
+        while chunk := handle.read(DIGEST_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,186 @@
+"""Quick start: URL and domain lists load before any request, image-hash lists while rows are fetched
+(lists/deferred.py); a row's hashes wait for the whole list, never a part of it, and results are the same
+as with every list loaded first (run.lists_first)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from images import encode, make_image
+from loopback import LoopbackServer
+
+from scanner.config import build_config
+from scanner.errors import HashListError
+from scanner.hashing import hash_image
+from scanner.lists import HashList, ListSpec, Matcher, Query, load_hashlist
+from scanner.lists.deferred import DeferredList, deferred
+from scanner.run.lifecycle import load_lists
+from scanner.runners.local import scan
+
+IMAGES = [encode(make_image(40 + i, (320, 240)), "JPEG") for i in range(6)]
+PDQ = [hash_image(body, frozenset({"pdq", "md5"})) for body in IMAGES]
+
+
+def _random_hex(count: int, nbytes: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [rng.bytes(nbytes).hex() for _ in range(count)]
+
+
+def write_lists(folder: Path, url: str) -> dict[str, Path]:
+    """A plain PDQ list (images 0 and 1 among 3000 random hashes), a plain MD5 list (image 2), and a URL
+    list naming the URL of image 3."""
+    paths = {"pdq": folder / "pdq.txt", "md5": folder / "md5.txt", "url": folder / "urls.txt"}
+    pdq = [PDQ[0].pdq.hex(), *_random_hex(3000, 32, 1), PDQ[1].pdq.hex()]
+    paths["pdq"].write_text("\n".join(pdq) + "\n")
+    paths["md5"].write_text("\n".join([*_random_hex(500, 16, 2), PDQ[2].md5.hex()]) + "\n")
+    paths["url"].write_text(url + "\n")
+    return paths
+
+
+def test_lists_of_one_image_type_load_later_and_lists_that_may_hold_urls_now(tmp_path: Path) -> None:
+    paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+    typed = tmp_path / "typed.csv"
+    typed.write_text(f"hash_type,hash\npdq,{PDQ[0].pdq.hex()}\n")
+    specs = [f"pdq:{paths['pdq']}", str(paths["md5"]), f"url:{paths['url']}", str(typed)]
+    config = build_config({"inputs": ["x"], "out": "o", "hashlist": specs}, "test")
+    lists, matcher = load_lists(config, later=True)
+    assert [type(hl) for hl in lists] == [DeferredList, DeferredList, HashList, HashList]
+    assert [hl.hash_type.name for hl in lists[:2]] == ["pdq", "md5"]  # type: ignore[union-attr]
+    assert lists[0].digest == load_hashlist(f"pdq:{paths['pdq']}").digest
+    assert matcher.needed_hash_types == {"pdq", "md5", "url"}
+    every_list_first = build_config({**_settings(specs), "run": {"lists_first": True}}, "test")
+    assert all(isinstance(hl, HashList) for hl in load_lists(every_list_first, later=True)[0])
+    screened = build_config({**_settings(specs), "audit": {"match_columns": ["h=md5"]}}, "test")
+    assert all(isinstance(hl, HashList) for hl in load_lists(screened, later=True)[0])
+    # A job that matches in its event loop (rescan, rematch) gets every list whole.
+    assert all(isinstance(hl, HashList) for hl in load_lists(config)[0])
+
+
+def _settings(specs: list[str]) -> dict:
+    return {"inputs": ["x"], "out": "o", "hashlist": specs}
+
+
+class GatedList(DeferredList):
+    """A deferred list whose load waits until the test opens the gate."""
+
+    def __init__(self, spec: ListSpec, hash_type: str, digest: str) -> None:
+        super().__init__(spec, hash_type, digest)
+        self.gate = threading.Event()
+
+    def load(self) -> HashList:
+        assert self.gate.wait(30)
+        return super().load()
+
+
+def test_a_query_waits_for_the_whole_image_list_while_url_queries_do_not(tmp_path: Path) -> None:
+    paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+    found = deferred(ListSpec.parse(f"pdq:{paths['pdq']}"))
+    assert found is not None
+    gated = GatedList(ListSpec.parse(f"pdq:{paths['pdq']}"), "pdq", found.digest)
+    matcher = Matcher.from_lists([gated, load_hashlist(f"url:{paths['url']}")])
+    url_query = Query({"url": b"http://example.com/listed.jpg"})
+    assert [m.list for m in matcher.match_batch([url_query])[0]] == ["urls"]  # the image list is not loaded
+    image_queries = [Query({"pdq": h.pdq}, h.pdq_quality) for h in PDQ[:3]]
+    results: list = []
+    matching = threading.Thread(target=lambda: results.append(matcher.match_batch(image_queries)))
+    matching.start()
+    matching.join(0.5)
+    assert matching.is_alive() and not results  # waiting, not matched against nothing
+    gated.gate.set()
+    matching.join(30)
+    whole = Matcher.from_lists([load_hashlist(f"pdq:{paths['pdq']}")]).match_batch(image_queries)
+    assert results == [whole]
+    assert [len(m) for m in whole] == [1, 1, 0]
+
+
+def test_a_worker_starts_with_the_ready_part_and_is_completed_with_the_rest(tmp_path: Path) -> None:
+    paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+    config = build_config(_settings([f"pdq:{paths['pdq']}", f"url:{paths['url']}"]), "test")
+    _, matcher = load_lists(config, later=True)
+    worker: Matcher = pickle.loads(pickle.dumps(matcher.ready_part()))
+    assert worker.needed_hash_types == matcher.needed_hash_types
+    url_query = Query({"url": b"http://example.com/listed.jpg"})
+    assert worker.match_batch([url_query]) == matcher.match_batch([url_query])
+    worker.fill(pickle.loads(pickle.dumps(matcher.rest())))
+    queries = [Query({"pdq": h.pdq}, h.pdq_quality) for h in PDQ]
+    assert worker.match_batch(queries) == matcher.match_batch(queries)
+    with pytest.raises(RuntimeError, match="not waiting"):
+        worker.fill(matcher.rest())
+
+
+def test_a_list_changed_after_its_digest_is_refused(tmp_path: Path) -> None:
+    paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+    later = deferred(ListSpec.parse(f"pdq:{paths['pdq']}"))
+    assert later is not None
+    paths["pdq"].write_text(PDQ[3].pdq.hex() + "\n")
+    with pytest.raises(HashListError, match="changed"):
+        later.load()
+    with pytest.raises(HashListError, match="changed"):
+        later.result()
+
+
+def _scan(folder: Path, shard: Path, specs: list[str], lists_first: bool) -> tuple[list, list]:
+    out = folder / f"out-{lists_first}"
+    config = build_config(
+        {
+            "inputs": [str(shard)],
+            "out": str(out),
+            "hashlist": specs,
+            "fetch": {"allow_private_networks": True, "max_retries": 0},
+            "source": {"rows_per_unit": 3},
+            "run": {"workers": 2, "lists_first": lists_first},
+        },
+        "test",
+    )
+    scan(config)
+    outcomes = pq.read_table(out / "outcomes.parquet").to_pylist()
+    matches = [json.loads(line) for line in (out / "matches.jsonl").read_text().splitlines()]
+    for row in outcomes:
+        row.pop("fetched_at", None)
+    return outcomes, matches
+
+
+def test_a_scan_matches_the_same_whether_image_lists_load_first_or_later(tmp_path: Path) -> None:
+    files = {f"/{i}.jpg": body for i, body in enumerate(IMAGES)}
+    with LoopbackServer(files) as server:
+        urls = [server.url(f"/{i % len(IMAGES)}.jpg?r={i}") for i in range(14)]
+        paths = write_lists(tmp_path, urls[3])
+        shard = tmp_path / "shard.parquet"
+        pq.write_table(pa.table({"url": urls}), shard)
+        specs = [f"pdq:{paths['pdq']}", str(paths["md5"]), f"url:{paths['url']}"]
+        later = _scan(tmp_path, shard, specs, lists_first=False)
+        first = _scan(tmp_path, shard, specs, lists_first=True)
+    assert later == first
+    outcomes, matches = later
+    matched = sorted({(m["row"], m["list"]) for m in matches})
+    image_rows = [(r, "pdq") for r in (0, 1, 6, 7, 12, 13)] + [(r, "md5") for r in (2, 8)]
+    assert matched == sorted([*image_rows, (3, "urls")])
+    assert [row["outcome"] for row in outcomes].count("match") == 9
+
+
+def test_a_bad_line_deep_in_a_list_loaded_later_stops_the_scan_with_one_line(
+    tmp_path: Path, scanner_cli
+) -> None:
+    files = {f"/{i}.jpg": body for i, body in enumerate(IMAGES)}
+    with LoopbackServer(files) as server:
+        urls = [server.url(f"/{i % len(IMAGES)}.jpg?r={i}") for i in range(6)]
+        pq.write_table(pa.table({"url": urls}), tmp_path / "shard.parquet")
+        hashes = _random_hex(4000, 32, 3)  # 260 KB: the bad line is far past the first lines read at once
+        hashes[3500] = "not a hash"
+        (tmp_path / "pdq.txt").write_text("\n".join(hashes) + "\n")
+        done = scanner_cli(
+            "scan", "shard.parquet", "--hashlist", "pdq:pdq.txt", "--out", "out", "--allow-private-networks",
+            "--quiet", cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    # One line of ours (multiprocessing's tracker may add its own note on workers stopped mid-start).
+    lines = [line for line in done.stderr.splitlines() if line.startswith("scanner:")]
+    assert len(lines) == 1 and "pdq.txt:3501" in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
