@@ -371,7 +371,7 @@ def _best_per_entry(searchable: _Searchable, probes: _Probes) -> list[tuple[int,
 
 def _check_overrides(config: MatchConfig, lists: Sequence[HashList | DeferredList]) -> None:
     """Per-list thresholds must name a loaded list and a Hamming type it holds, within the hash's bits."""
-    by_name = {hash_list.name: dict(_sources(hash_list)) for hash_list in lists}
+    by_name = {hash_list.name: dict(_sources(hash_list, ())) for hash_list in lists}
     for list_name, overrides in config.list_thresholds.items():
         if list_name not in by_name:
             raise ConfigError(f"threshold override for unknown hash list {list_name!r}")
