@@ -115,6 +115,20 @@ def test_a_worker_starts_with_the_ready_part_and_is_completed_with_the_rest(tmp_
         worker.fill(matcher.rest())
 
 
+def test_a_workers_ready_part_keeps_the_negative_lists(tmp_path: Path) -> None:
+    paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+    negative = tmp_path / "neg.csv"
+    negative.write_text(f"hash_type,hash,id\npdq,{PDQ[0].pdq.hex()},N-1\n")
+    settings = _settings([f"pdq:{paths['pdq']}"])
+    config = build_config({**settings, "review": {"negative_lists": [str(negative)]}}, "test")
+    _, matcher = load_lists(config, later=True)
+    worker: Matcher = pickle.loads(pickle.dumps(matcher.ready_part()))
+    worker.fill(pickle.loads(pickle.dumps(matcher.rest())))
+    query = [Query({"pdq": PDQ[0].pdq}, PDQ[0].pdq_quality)]
+    assert worker.negative == matcher.negative == {"neg"}
+    assert worker.match_batch(query) == matcher.match_batch(query)
+
+
 def test_a_list_changed_after_its_digest_is_refused(tmp_path: Path) -> None:
     paths = write_lists(tmp_path, "http://example.com/listed.jpg")
     later = deferred(ListSpec.parse(f"pdq:{paths['pdq']}"))
