@@ -82,6 +82,8 @@ RANGES: dict[str, Range] = {
     "run.rows_in_flight": Range(1, 1_000_000),
     "run.body_bytes_in_flight": Range(KIB, 64 * GIB),
     "run.units_in_flight": Range(1, 10_000),
+    "run.commit_every_s": SECONDS,
+    "run.commit_every_rows": Range(1, 10**9),
 }
 """Every numeric setting's allowed values, by its dotted name (tests check that none is missing)."""
 
@@ -100,6 +102,10 @@ class RunConfig:
     runner: str = "local"
     ray_address: str | None = None
     progress: bool = True
+    # A unit still running commits the rows it finished this often, or once this many are waiting (all unit
+    # workers together): a kill loses at most that much work, however slow the unit's other rows.
+    commit_every_s: float = 10.0
+    commit_every_rows: int = 1000
 
     @property
     def worker_count(self) -> int:

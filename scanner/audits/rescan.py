@@ -40,6 +40,7 @@ from scanner.pipeline import (
     Progress,
     Stages,
     build_stages,
+    commit_every,
     evidence_record,
     match_record,
     to_query,
@@ -144,7 +145,8 @@ class RescanWork:
         self, config: ScanConfig, matcher: Matcher, hash_fn: HashFn | None, progress: Progress | None
     ) -> Pipeline:
         stages = build_stages(config, hash_fn, matcher)
-        return Pipeline(RescanPolicy(stages, self.scans), config.run.rows_in_flight, progress)
+        policy = RescanPolicy(stages, self.scans)
+        return Pipeline(policy, config.run.rows_in_flight, progress, commit_every(config))
 
 
 def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides: dict) -> ScanConfig:

@@ -78,6 +78,7 @@ def worker_config(config: ScanConfig, index: int, count: int) -> ScanConfig:
     run = dataclasses.replace(
         config.run,
         rows_in_flight=share(config.run.rows_in_flight, count, index),
+        commit_every_rows=share(config.run.commit_every_rows, count, index),
         body_bytes_in_flight=min(body_bytes, config.run.body_bytes_in_flight),
     )
     return dataclasses.replace(config, fetch=fetch, run=run)
@@ -236,7 +237,7 @@ class _Coordinator:
             self._attempts[unit.id] += 1
             worker.running[unit.id] = unit
             with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
-                worker.send(("unit", unit))
+                worker.send(("unit", unit, self._run.checkpoint.kept(unit.id)))
 
     def _read(self, worker: UnitWorker) -> None:
         try:
@@ -252,6 +253,8 @@ class _Coordinator:
             self._progress.rows_done(message[1])
             if message[2]:
                 self._progress.matched(message[2])
+        elif kind == "part":
+            self._run.checkpoint.commit_part(message[1], message[2])
         elif kind == "done":
             report: UnitReport = message[1]
             self._run.checkpoint.commit(report)
@@ -351,7 +354,7 @@ async def _serve(
     loop.add_reader(conn.fileno(), readable)
     try:
         while (message := await inbox.get())[0] == "unit":
-            task = asyncio.create_task(_run_one(conn, processor, progress, message[1]))
+            task = asyncio.create_task(_run_one(conn, processor, progress, *message[1:]))
             running.add(task)
             task.add_done_callback(running.discard)
     finally:
@@ -362,9 +365,11 @@ async def _serve(
         await processor.aclose()
 
 
-async def _run_one(conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any) -> None:
+async def _run_one(
+    conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any, kept: dict
+) -> None:
     try:
-        report: UnitReport = await processor.run_unit(unit)
+        report: UnitReport = await processor.run_unit(unit, kept)
     except Exception as exc:  # the coordinator raises it: the run stops, as it would in one process
         _tell(conn, _failed(exc))
         return
@@ -417,6 +422,11 @@ class _BatchedProgress(Progress):
 
     def matched(self, rows: int) -> None:
         self._matches += rows
+
+    takes_parts = True  # the coordinator commits them
+
+    def part(self, unit_id: int, rows: list[tuple[int, UnitReport]]) -> None:
+        self._send(("part", unit_id, rows))
 
     def flush(self) -> None:
         if self._counts or self._matches:
