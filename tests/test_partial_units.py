@@ -3,6 +3,8 @@ loses at most run.commit_every_s of work, and the reports come out as an uninter
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -15,14 +17,21 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from audit_support import run_scan, write_shard
 from images import encode, make_image
 from loopback import LoopbackServer
 
+from scanner.audits.rescan import RescanJob
+from scanner.config import build_config
 from scanner.errors import CheckpointError
 from scanner.hashing import hash_image
 from scanner.outcomes import Outcome
+from scanner.pipeline import Progress
 from scanner.reports.records import RowResult, UnitReport, combined, from_row_record, row_record
 from scanner.run.checkpoint import Checkpoint
+from scanner.run.job import Job, hashing_job
+from scanner.run.lifecycle import load_lists
+from scanner.run.scan import ScanJob
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 400  # one unit (rows_per_unit is 500 by default)
@@ -206,3 +215,86 @@ def test_a_row_record_keeps_every_value_exact():
     assert from_row_record(1, row_record(5, report)) == (5, report)
     with pytest.raises(ValueError):
         from_row_record(1, {**row_record(5, report), "extra": 1})
+
+
+class _Parts(Progress):
+    """What a unit worker's progress passes on: every part, by unit and position."""
+
+    takes_parts = True
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[int, UnitReport]] = {}
+
+    def part(self, unit_id: int, rows: list[tuple[int, UnitReport]]) -> None:
+        self.parts.setdefault(unit_id, {}).update(rows)
+
+
+def _run_units(job: Job, commit_rows: int, kept: dict | None = None) -> tuple[list[UnitReport], dict]:
+    """The job's units run in this process through its row policy, hashing here, parts committed every
+    commit_rows rows; `kept`: rows given as committed by an earlier run."""
+    units = job.load()
+    _, matcher = load_lists(job.config)
+    config = dataclasses.replace(
+        job.config, run=dataclasses.replace(job.config.run, commit_every_rows=commit_rows)
+    )
+    hashes = hashing_job(config, matcher)
+    progress = _Parts()
+
+    async def hash_fn(body: bytes) -> tuple:
+        return hashes(body)
+
+    async def run() -> list[UnitReport]:
+        processor = job.work(None).open(config, matcher, hash_fn, progress)  # type: ignore[arg-type]
+        try:
+            return [await processor.run_unit(unit, (kept or {}).get(unit.id)) for unit in units]
+        finally:
+            await processor.aclose()
+
+    return asyncio.run(run()), progress.parts
+
+
+def _timeless(reports: list[UnitReport]) -> list[UnitReport]:
+    """Reports less what differs from one run to the next: when each row was fetched."""
+    for report in reports:
+        for row in report.outcomes:
+            row.fetched_at = None
+        for record in [*(report.hashes or []), *report.side.get(".changes.jsonl", [])]:
+            record.update({k: None for k in ("fetched_at", "etag", "last_modified") if k in record})
+        for record in report.evidence:
+            record["observed_at"] = None
+    return reports
+
+
+def _check_parts_change_nothing(job: Job) -> None:
+    whole, none = _run_units(job, 10**9)
+    parted, parts = _run_units(job, 1)
+    assert none == {} and sum(len(rows) for rows in parts.values()) >= 10
+    assert _timeless(parted) == _timeless(whole)
+    half = {unit: dict(list(rows.items())[::2]) for unit, rows in parts.items()}
+    resumed, _ = _run_units(job, 10**9, half)
+    assert _timeless(resumed) == _timeless(whole)
+
+
+def test_a_unit_committed_in_parts_reports_what_it_would_at_once_scan_and_rescan(server, tmp_path):
+    urls = [server.url(f"/img/{i % 5}.jpg?i={i}" if i % 7 else f"/status/404?i={i}") for i in range(24)]
+    shard = write_shard(tmp_path / "shard.parquet", {"url": urls, "key": [f"k{i}" for i in range(24)]})
+    listed = tmp_path / "list.txt"
+    listed.write_text(hash_image(IMAGES[2], frozenset({"md5"})).md5.hex() + "\n")
+    settings = {
+        "inputs": [str(shard)],
+        "out": str(tmp_path / "first"),
+        "hashlist": [f"md5:{listed}"],
+        "fetch": {"allow_private_networks": True},
+        "audit": {"keep_hashes": True},
+        "source": {"rows_per_unit": 10},
+    }
+    _check_parts_change_nothing(ScanJob(build_config(settings, "test")))
+    run_scan(
+        shard,
+        tmp_path / "first",
+        [f"md5:{listed}"],
+        audit={"keep_hashes": True},
+        source={"rows_per_unit": 10},
+    )
+    overrides = {"fetch.allow_private_networks": True, "source.rows_per_unit": 10}
+    _check_parts_change_nothing(RescanJob(tmp_path / "first", str(tmp_path / "second"), (), overrides))
