@@ -136,6 +136,7 @@ def test_a_scan_stopped_mid_unit_keeps_the_rows_it_finished(server, inputs, refe
     assert not list((out / ".units").glob("u*.done.json")), "the one unit was committed whole"
     server.reset_hits()
     kept = kept_rows(scan(inputs, out).stdout)
+    print(f"{how.name}: {requested} rows requested before, {kept} kept")
     assert kept >= requested - MAY_LOSE
     assert server.total_hits <= ROWS - kept + PER_HOST + 1  # the kept rows were not requested again
     assert reports(out) == reference
@@ -157,6 +158,7 @@ def test_a_unit_worker_killed_mid_unit_loses_only_its_uncommitted_rows(server, i
     workers[0].kill()
     _stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
+    print(f"unit worker killed: {requested} rows requested before, {server.total_hits} in all for {ROWS}")
     # Rerun on a fresh worker, the unit requests only the rows its parts do not hold.
     assert server.total_hits <= ROWS + MAY_LOSE
     assert requested > MAY_LOSE
