@@ -186,13 +186,24 @@ class UnitWorkers:
                 self._lists.close()
 
     def _stop(self) -> None:
-        """Ask every worker to stop (cancelling what it runs) and wait a while for each to close down."""
+        """Ask every worker to stop (cancelling what it runs) and wait a while for each to close down, reading
+        what they still send: a worker blocked sending a large part or report to a full pipe would never see
+        the request, and be killed with its hashing process's semaphores unreleased."""
         for worker in self.workers:
             with contextlib.suppress(OSError):
                 worker.send(("stop",))
         deadline = time.monotonic() + STOP_SECONDS
-        for worker in self.workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
+        running = {w.process.sentinel: w for w in self.workers}
+        reading = {w.conn: w for w in self.workers}
+        while running and (left := deadline - time.monotonic()) > 0:
+            for ready in wait([*running, *reading], timeout=left):
+                if ready in running:
+                    running.pop(ready).process.join()
+                    continue
+                try:
+                    ready.recv()  # what it sent is dropped: the run is over
+                except (EOFError, OSError):
+                    reading.pop(ready, None)
 
 
 def run_units(run: Run, units: list, progress: Progress | None = None, *, pool: UnitWorkers) -> None:
