@@ -87,6 +87,8 @@ RANGES: dict[str, Range] = {
     "review.flood_rows": Range(0, 10**12),
     "review.flood_share": Range(0, 1),
     "review.flood_min_rows": Range(0, 10**12),
+    "run.commit_every_s": SECONDS,
+    "run.commit_every_rows": Range(1, 10**9),
 }
 """Every numeric setting's allowed values, by its dotted name (tests check that none is missing)."""
 
@@ -106,6 +108,10 @@ class RunConfig:
     ray_address: str | None = None
     progress: bool = True
     lists_first: bool = False  # every list loaded and indexed before the first request (the old, slow start)
+    # A unit still running commits the rows it finished this often, or once this many are waiting (all unit
+    # workers together): a kill loses at most that much work, however slow the unit's other rows.
+    commit_every_s: float = 10.0
+    commit_every_rows: int = 1000
 
     @property
     def worker_count(self) -> int:

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from scanner.config import ScanConfig
-from scanner.errors import SourceError
+from scanner.errors import CheckpointError, SourceError
 from scanner.fetch import Fetcher, FetchResult, make_fetcher
 from scanner.hashing import ImageHashes
 from scanner.hashtypes import recorded_types
@@ -18,7 +19,7 @@ from scanner.lists import Match, Matcher, Query
 from scanner.outcomes import ChangeReason, FetchOutcome, FetchReason, Liveness, Outcome, SourceReason
 from scanner.planner import WorkUnit
 from scanner.reports.hashes import hash_record
-from scanner.reports.records import RowResult, UnitReport
+from scanner.reports.records import RowResult, UnitReport, combined
 from scanner.screen import AuditConfig, Screen, Screened, changed_distance, content_changed
 from scanner.sources import Row, Source
 
@@ -43,6 +44,12 @@ class Progress:
 
     def unit_done(self) -> None:
         """A unit's outputs were committed."""
+
+    takes_parts = False  # whether part() commits: a pipeline sends parts only to a progress that does
+
+    def part(self, unit_id: int, rows: list[tuple[int, UnitReport]]) -> None:
+        """Rows of a unit still running, finished and matched, each as its own report with its position in
+        the unit, for the runner to commit: a killed run goes on from them."""
 
     def close(self) -> None:
         """The scan is over."""
@@ -91,48 +98,158 @@ class RowPolicy(Protocol):
     def report(self, unit_id: int, checked: list[Checked]) -> UnitReport: ...
 
 
-class Pipeline:
-    """Drives rows through the stages with a bound on rows in flight (and so on bodies in memory)."""
+@dataclass(frozen=True, slots=True)
+class CommitEvery:
+    """When a unit still running commits its finished rows: this often, or once this many wait."""
 
-    def __init__(self, policy: RowPolicy, rows_in_flight: int, progress: Progress | None = None) -> None:
+    seconds: float
+    rows: int
+
+
+def commit_every(config: ScanConfig) -> CommitEvery:
+    """The run's settings for committing units in parts (a unit worker's share of the rows)."""
+    return CommitEvery(config.run.commit_every_s, config.run.commit_every_rows)
+
+
+@dataclass(slots=True)
+class _UnitRun:
+    """A unit being run: its matching, its rows committed in parts, and its finished rows not yet in one."""
+
+    id: int
+    matching: _BatchMatching
+    kept: dict[int, UnitReport]  # by position in the unit: committed by an earlier run, or by this one
+    finished: dict[int, Checked] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Drives rows through the stages with a bound on rows in flight (and so on bodies in memory). With
+    `commit`, and a progress that takes parts, a unit's finished rows are committed in parts while it runs."""
+
+    def __init__(
+        self,
+        policy: RowPolicy,
+        rows_in_flight: int,
+        progress: Progress | None = None,
+        commit: CommitEvery | None = None,
+    ) -> None:
         self.policy = policy
         self.stages = policy.stages
         self._slots = asyncio.Semaphore(rows_in_flight)
         self._progress = progress or Progress()
+        self._commit = commit if self._progress.takes_parts else None
+        self._units: dict[int, _UnitRun] = {}  # units running that commit parts
+        self._waiting = 0  # their finished rows in no part yet
+        self._last_part = time.monotonic()
+        self._parting: asyncio.Task[None] | None = None
+        self._part_error: BaseException | None = None
         self._matching = asyncio.Lock()  # one batch at a time, whatever its unit
         # One unit at a time takes rows in flight: the others only finish theirs, so a unit's rows wait for
         # their outcomes in memory one unit at a time, not interleaved over all the units in flight.
         self._dispatching = asyncio.Lock()
 
-    async def run_unit(self, unit: Any) -> UnitReport:
-        """Check every row of the unit and return exactly one outcome per row, in row order."""
+    async def run_unit(self, unit: Any, kept: Mapping[int, UnitReport] | None = None) -> UnitReport:
+        """Check every row of the unit and return exactly one outcome per row, in row order. `kept`: the
+        unit's rows committed in parts by an earlier run, by position, which are not checked again."""
         tasks: list[asyncio.Task[Checked]] = []
+        positions: list[int] = []
         matching = _BatchMatching(self.stages.matcher, self._matching, self.stages.audit.keep_hashes)
+        run = _UnitRun(unit.id, matching, dict(kept or {}))
+        if self._commit is not None:
+            self._units[unit.id] = run
+        seen = 0
         try:
             async with self._dispatching:
-                for row, screened, state in self.policy.rows(unit):
+                for position, (row, screened, state) in enumerate(self.policy.rows(unit)):
+                    seen = position + 1
+                    if position in run.kept:
+                        _check_kept(unit, row, run.kept[position])
+                        continue
                     await self._slots.acquire()
-                    tasks.append(asyncio.create_task(self._check(row, screened, state, matching)))
+                    tasks.append(
+                        asyncio.create_task(self._check(row, screened, state, matching, run, position))
+                    )
+                    positions.append(position)
+            _check_kept_positions(unit, run.kept, seen)
         except Exception:
+            self._end(run)
             for task in tasks:
                 task.cancel()
             await matching.finish()
             raise
         except BaseException:  # cancelled (Ctrl-C): no row may go on fetching after the unit is abandoned
+            self._end(run)
             for task in tasks:
                 task.cancel()
             raise
-        checked = list(await asyncio.gather(*tasks))
-        await matching.finish()
-        report = self.policy.report(unit.id, checked)
+        try:
+            checked = list(await asyncio.gather(*tasks))
+            await matching.finish()
+        finally:
+            self._end(run)
+        if self._part_error is not None:
+            raise self._part_error
+        report = self._report(unit.id, run, positions, checked)
         self._progress.matched(sum(1 for o in report.outcomes if o.outcome == Outcome.MATCH))
         return report
 
+    def _report(
+        self, unit_id: int, run: _UnitRun, positions: list[int], checked: list[Checked]
+    ) -> UnitReport:
+        """The unit's report: the policy's over its rows, or, when some were committed in parts, the rows'
+        reports in order (the same records: a policy's report is made row by row)."""
+        if not run.kept:
+            return self.policy.report(unit_id, checked)
+        rows = dict(run.kept)
+        for position, item in zip(positions, checked, strict=True):
+            if position not in rows:
+                rows[position] = self.policy.report(unit_id, [item])
+        return combined(unit_id, (rows[p] for p in sorted(rows)))
+
+    def _end(self, run: _UnitRun) -> None:
+        """The unit is over: its finished rows are committed with it (or lost with it), never in a part."""
+        if self._units.get(run.id) is run:
+            del self._units[run.id]
+            self._waiting -= len(run.finished)
+
+    def _row_finished(self, run: _UnitRun, position: int, checked: Checked) -> None:
+        if self._units.get(run.id) is not run or self._commit is None:
+            return
+        run.finished[position] = checked
+        self._waiting += 1
+        due = time.monotonic() - self._last_part >= self._commit.seconds
+        if (self._waiting >= self._commit.rows or due) and (self._parting is None or self._parting.done()):
+            self._parting = asyncio.create_task(self._commit_parts())
+
+    async def _commit_parts(self) -> None:
+        """Send each running unit's finished rows as a part, once they are matched."""
+        self._last_part = time.monotonic()
+        try:
+            for run in list(self._units.values()):
+                if run.finished:
+                    await run.matching.finish()  # what waits for a batch now; the unit goes on
+                    self._send_part(run)
+        except Exception as exc:  # raised by the unit's run_unit, so the runner says it
+            self._part_error = exc
+
+    def _send_part(self, run: _UnitRun) -> None:
+        if self._units.get(run.id) is not run:
+            return  # the unit ended meanwhile: its rows went with it
+        ready = sorted(p for p, item in run.finished.items() if item.query is None)
+        rows = [(p, self.policy.report(run.id, [run.finished.pop(p)])) for p in ready]
+        if rows:
+            run.kept.update(rows)
+            self._waiting -= len(rows)
+            self._progress.part(run.id, rows)
+
     async def aclose(self) -> None:
         """Close the fetcher's connections."""
+        if self._parting is not None:
+            self._parting.cancel()
         await self.stages.fetcher.aclose()
 
-    async def _check(self, row: Row, screened: Screened, state: Any, matching: _BatchMatching) -> Checked:
+    async def _check(
+        self, row: Row, screened: Screened, state: Any, matching: _BatchMatching, run: _UnitRun, position: int
+    ) -> Checked:
         try:
             checked = await self.policy.check(row, screened, state)
         finally:
@@ -140,7 +257,27 @@ class Pipeline:
         if checked.query is not None:
             matching.add(checked)
         self._progress.row_done(checked.result)
+        self._row_finished(run, position, checked)
         return checked
+
+
+def _check_kept(unit: Any, row: Row, kept: UnitReport) -> None:
+    """A row committed in a part is the row the unit has at its position (a part copied from another unit,
+    or from a scan of other inputs, is refused rather than merged)."""
+    outcomes = kept.outcomes
+    if len(outcomes) != 1 or (outcomes[0].shard, outcomes[0].row) != (row.shard, row.row):
+        raise CheckpointError(
+            f"{unit.where}: a part committed for it holds another row than {row.shard} row {row.row}; "
+            "run the same command with --restart to start over"
+        )
+
+
+def _check_kept_positions(unit: Any, kept: Mapping[int, UnitReport], rows: int) -> None:
+    if any(p >= rows or p < 0 for p in kept):
+        raise CheckpointError(
+            f"{unit.where}: a part committed for it holds rows past its end; "
+            "run the same command with --restart to start over"
+        )
 
 
 class FetchPolicy:

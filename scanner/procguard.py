@@ -121,6 +121,24 @@ def wall_budget(seconds: float) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+@contextmanager
+def children_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside start with Ctrl-C ignored, so one pressed while they import cannot end them
+    with a KeyboardInterrupt traceback (the terminal sends it to the whole process group); the caller stops
+    them. A blocked signal mask alone does not do it: the spawn start method execs a fresh interpreter
+    with an empty mask, while an ignored disposition survives the exec. Ctrl-C stays blocked meanwhile, so
+    one pressed here is pending, not lost, and reaches this process's own handler once restored."""
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
 def _prctl(option: int, value: int) -> int:
     unused = ctypes.c_ulong(0)
     result = ctypes.CDLL(None, use_errno=True).prctl(option, ctypes.c_ulong(value), unused, unused, unused)

@@ -581,3 +581,42 @@ def _unit_worker(pid: int, root: int) -> bool:
     if stat is None or stat[1] != root or TRACKER in _cmdline(pid):
         return False
     return any((_stat(child) or ("", 0))[1] == pid for child in _descendants(pid))
+
+
+def _sigint_disposition(queue) -> None:
+    queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def test_children_started_for_a_scan_ignore_ctrl_c_from_their_first_import() -> None:
+    """A Ctrl-C while workers import must not end them with a KeyboardInterrupt traceback: spawn execs a
+    fresh interpreter with an empty signal mask, so only an ignored disposition reaches it."""
+    import multiprocessing
+
+    from scanner import procguard
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    handler = signal.getsignal(signal.SIGINT)
+    with procguard.children_ignore_ctrl_c():
+        child = context.Process(target=_sigint_disposition, args=(queue,))
+        child.start()
+    assert signal.getsignal(signal.SIGINT) is handler  # this process's own Ctrl-C handling is back
+    assert queue.get(timeout=60) is True
+    child.join(30)
+    assert child.exitcode == 0
+
+
+def test_a_ctrl_c_pressed_while_children_start_is_delivered_after() -> None:
+    script = (
+        "import os, signal, time\n"
+        "from scanner import procguard\n"
+        "with procguard.children_ignore_ctrl_c():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(2)\n"
+        "print('lost')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr and "lost" not in done.stdout

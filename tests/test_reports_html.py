@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from browser import measure
 from conftest import run_scanner
 from report_builder import LISTS, MATCHES, SHARD_ROWS, build_report, expected_outcomes, url_of
 
@@ -265,6 +266,48 @@ def test_chromium_shows_the_demo_report_at_desktop_and_phone_widths(tmp_path: Pa
         assert head[:8] == b"\x89PNG\r\n\x1a\n"
         assert struct.unpack(">II", head[16:24]) == (width, 3000)
         print(f"screenshot: {shot}")
+
+
+# What a reader meets at a width: the page's own width, any element sticking out of the page (not inside a
+# figure or table that scrolls sideways), the smallest chart text as drawn (a chart scaled down to fit shrinks
+# its text) and each bar's drawn length as a share of its track, beside the share printed next to it.
+LAYOUT = """(() => {
+  const scrolls = (e) => {
+    for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) {
+      if (["auto", "scroll"].includes(getComputedStyle(p).overflowX)) return true;
+    }
+    return false;
+  };
+  const out = [...document.body.querySelectorAll("*")].filter(
+    (e) => e.getBoundingClientRect().right > innerWidth + 0.5 && !scrolls(e));
+  const text = [...document.querySelectorAll("svg text")].map((t) => parseFloat(getComputedStyle(t).fontSize)
+    * t.ownerSVGElement.getBoundingClientRect().width / t.ownerSVGElement.viewBox.baseVal.width);
+  const bars = [...document.querySelectorAll('svg rect[fill="TRACK"]')].map((track) => [
+    100 * track.nextElementSibling.getBoundingClientRect().width / track.getBoundingClientRect().width,
+    track.nextElementSibling.nextElementSibling.textContent]);
+  return {page: document.documentElement.scrollWidth, width: innerWidth, bars, smallest: Math.min(...text),
+          out: out.map((e) => e.tagName.toLowerCase())};
+})()""".replace("TRACK", TRACK)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.parametrize("width", [1280, 390])
+def test_charts_are_readable_and_nothing_overflows_at_desktop_and_phone_widths(
+    tmp_path: Path, width: int
+) -> None:
+    """Before: at 390 px every chart was scaled down to fit, its text drawn 6.5 px high."""
+    built = build_report(tmp_path)
+    shot = tmp_path / f"report-{width}.png"
+    flags = [CHROMIUM, *chromium_flags(tmp_path)]
+    seen = measure(flags, (built.out / "report.html").as_uri(), width, 800, LAYOUT, shot)
+    print(f"screenshot: {shot}")
+    assert seen["width"] == width
+    assert seen["page"] <= width and seen["out"] == []
+    assert seen["smallest"] >= 10
+    assert len(seen["bars"]) > 20
+    for drawn, printed in seen["bars"]:
+        share = float(re.search(r"(\d+\.\d)%", printed)[1])
+        assert drawn == pytest.approx(share, abs=0.2) or (share < 0.5 and drawn < 0.5), (drawn, printed)
 
 
 def _chromium(tmp_path: Path, *args: str) -> str:

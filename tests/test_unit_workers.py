@@ -131,7 +131,8 @@ def _hand_out(workers: int, units: int, per_worker: int) -> list[list[int]]:
     from scanner.runners.procs import _Coordinator
 
     pool = SimpleNamespace(workers=[_Recorder() for _ in range(workers)])
-    run = SimpleNamespace(config=build_config({"run": {"units_in_flight": per_worker}}, "test"))
+    config = build_config({"run": {"units_in_flight": per_worker}}, "test")
+    run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(kept=lambda unit_id: {}))
     coordinator = _Coordinator(pool, run, Progress())  # type: ignore[arg-type]
     coordinator._queue.extend(SimpleNamespace(id=i) for i in range(units))
     coordinator._hand_out()
@@ -167,7 +168,7 @@ def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(capfd: pytest.C
     from scanner.runners.procs import UnitWorkers, _Coordinator
 
     config = build_config({"run": {"workers": 1}}, "test")
-    run = SimpleNamespace(config=config)
+    run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(kept=lambda unit_id: {}))
     with UnitWorkers(config, 1, hashing=False) as pool:
         pool.give(_PoisonWork(), Matcher.from_lists([]))  # type: ignore[arg-type]
         with pytest.raises(RuntimeError, match="cannot be opened here"):
@@ -225,6 +226,29 @@ def test_a_unit_run_again_after_a_death_leaves_the_bar_and_only_started_units_ar
     assert progress.rows == 0  # units 0 and 1 are counted again when they are done again
     assert dict(coordinator._attempts) == {0: 1, 1: 1, 2: 0}  # unit 2 waited: no attempt used
     assert [u.id for u in coordinator._queue] == [0, 1, 2] and replaced == [worker]
+
+
+def test_rows_a_unit_committed_in_parts_stay_on_the_bar_through_every_death() -> None:
+    from types import SimpleNamespace
+
+    from scanner.outcomes import Outcome
+    from scanner.reports.records import RowResult, UnitReport
+
+    unit = SimpleNamespace(id=0, where="unit 0")
+    worker = _DeadWorker({0: unit})
+    coordinator, progress = _coordinator_with(worker, [])
+    committed: list = []
+    coordinator._run.checkpoint = SimpleNamespace(commit_part=lambda *part: committed.append(part))
+    key = (Outcome.DEAD, "dns_failure", "dead")
+    row = RowResult(shard="s", row=0, url="http://a/", key=None, outcome=Outcome.DEAD, reason="dns_failure")
+    part = [(i, UnitReport(0, [row])) for i in range(3)]
+    coordinator._handle(worker, ("rows", {0: {key: 5}}, 0))
+    coordinator._handle(worker, ("part", 0, part))  # 3 of the 5 rows shown are kept
+    coordinator._lost(worker)
+    assert progress.rows == 3 and len(committed) == 1  # the kept rows are not run again: still counted
+    coordinator._handle(worker, ("rows", {0: {key: 1}}, 0))  # the rerun's own rows
+    coordinator._lost(worker)
+    assert progress.rows == 3  # counted once, however often the unit is run again
 
 
 def test_workers_that_keep_dying_without_a_row_done_stop_the_run_with_one_error() -> None:

@@ -16,7 +16,7 @@ be rematched or rescanned.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scanner.audits.stored import StoredJob, StoredRow, StoredScan, StoredScans, StoredUnit
@@ -104,7 +104,8 @@ class Rematcher:
         rows = self.scans.read(unit)
         return rematch_unit(unit.id, rows, self.screen, self.matcher, self.scans.evidence(unit.scan))
 
-    async def run_unit(self, unit: StoredUnit) -> UnitReport:
+    async def run_unit(self, unit: StoredUnit, kept: Mapping[int, UnitReport] | None = None) -> UnitReport:
+        """The unit whole: a rematch commits no part (it runs here, never on unit workers), so keeps none."""
         return self.rematch(unit)
 
     async def aclose(self) -> None:

@@ -50,6 +50,7 @@ from scanner.pipeline import (
     Progress,
     Stages,
     build_stages,
+    commit_every,
     evidence_record,
     match_record,
     to_query,
@@ -160,7 +161,7 @@ class RescanWork:
     ) -> Pipeline:
         stages = build_stages(config, hash_fn, matcher)
         policy = RescanPolicy(stages, self.scans, self.earlier)
-        return Pipeline(policy, config.run.rows_in_flight, progress)
+        return Pipeline(policy, config.run.rows_in_flight, progress, commit_every(config))
 
 
 def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides: dict) -> ScanConfig:

@@ -755,25 +755,29 @@ def bar_chart(
     fill: str = ACCENT,
 ) -> str:
     """Horizontal bars, each as long as its share of whole (a full bar is 100%, whatever the largest item),
-    on a faint track of the whole, with the count (unless counts is False) and the share printed beside."""
+    on a faint track of the whole, under its label and the count (unless counts is False) and share. Narrow
+    enough for a phone (340 px, drawn at full size: its text stays 12 px)."""
     if not items:
         return "<p>None.</p>"
-    label_w, bar_w, row_h = 190, 330, 24
+    bar_w, row_h = BAR_CHART_WIDTH, 34
     rows = []
     for i, (label, value) in enumerate(items):
         y = i * row_h
         share = min(max(value / whole, 0.0), 1.0) if whole else 0.0
         width = max(share * bar_w, 1 if value else 0)
         colour = (colours or {}).get(label, fill)
-        short = label if len(str(label)) <= 28 else str(label)[:27] + "…"
+        short = label if len(str(label)) <= 32 else str(label)[:31] + "…"
         rows.append(
-            f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end">'
-            f"{_e(short, SVG_HIDDEN_MARK)}<title>{_e(label, PLAIN_MARK)}</title></text>"
-            f'<rect x="{label_w}" y="{y + 4}" width="{bar_w}" height="16" fill="{TRACK}"/>'
-            f'<rect x="{label_w}" y="{y + 4}" width="{width:.1f}" height="16" fill="{colour}"/>'
-            f'<text x="{label_w + bar_w + 6}" y="{y + 16}">{_value(value, whole, counts)}</text>'
+            f'<text x="0" y="{y + 13}">{_e(short, SVG_HIDDEN_MARK)}'
+            f"<title>{_e(label, PLAIN_MARK)}</title></text>"
+            f'<rect x="0" y="{y + 17}" width="{bar_w}" height="12" fill="{TRACK}"/>'
+            f'<rect x="0" y="{y + 17}" width="{width:.1f}" height="12" fill="{colour}"/>'
+            f'<text x="{bar_w}" y="{y + 13}" text-anchor="end">{_value(value, whole, counts)}</text>'
         )
-    return _svg(label_w + bar_w + 130, len(items) * row_h + 4, "".join(rows))
+    return _svg(bar_w, len(items) * row_h + 2, "".join(rows))
+
+
+BAR_CHART_WIDTH = 340  # fits a 390 px phone's page, less its margins
 
 
 def _value(value: float, whole: float, counts: bool) -> str:
@@ -905,7 +909,8 @@ h1{margin:0 0 4px}h2{border-bottom:1px solid #d8dce3;padding-bottom:4px;margin-t
 .tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(122px,1fr));gap:10px;margin-top:18px}
 .tile{border:1px solid #d8dce3;border-radius:6px;padding:10px 12px}.tile .v{font-size:22px;font-weight:600}
 .tile .k{color:#555}figure{margin:14px 0}figcaption{font-weight:600;margin-bottom:6px}
-svg{font:12px system-ui,sans-serif;fill:#1d2330;max-width:100%;height:auto}svg .small{font-size:10px}
+svg{font:12px system-ui,sans-serif;fill:#1d2330}svg .small{font-size:10px}
+figure{overflow-x:auto}h1,p,li,figcaption{overflow-wrap:anywhere}
 .hc{font:11px ui-monospace,monospace;color:#b3261e;background:#fdecea;border:1px solid #b3261e;
 border-radius:2px;padding:0 1px}svg .hc{fill:#b3261e;font-weight:700}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #d8dce3;padding:3px 6px;text-align:left;

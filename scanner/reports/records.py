@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -71,6 +71,63 @@ class UnitReport:
     # A job's own unit files (a rescan's changes and counts), by suffix: a list is written as JSON Lines,
     # a dict as one JSON object; committed with the unit, merged by the job.
     side: dict[str, list[dict] | dict] = field(default_factory=dict)
+
+
+ROW_FIELDS = frozenset(f.name for f in fields(RowResult))
+REPORT_KEYS = frozenset({"position", "outcomes", "matches", "evidence", "hashes", "side"})
+
+
+def combined(unit_id: int, reports: Iterable[UnitReport]) -> UnitReport:
+    """One report from reports of consecutive rows, in order: what a row policy's report of all their rows
+    would be (its records are made row by row; a dict side file holds counts, summed)."""
+    whole = UnitReport(unit_id, [])
+    hashes: list[dict] | None = None
+    for report in reports:
+        whole.outcomes.extend(report.outcomes)
+        whole.matches.extend(report.matches)
+        whole.evidence.extend(report.evidence)
+        if report.hashes is not None:
+            hashes = [*(hashes or []), *report.hashes]
+        for suffix, data in report.side.items():
+            if isinstance(data, dict):
+                counts = whole.side.setdefault(suffix, {})
+                for name, count in data.items():
+                    counts[name] = counts.get(name, 0) + count
+            else:
+                whole.side.setdefault(suffix, []).extend(data)
+    whole.hashes = hashes
+    return whole
+
+
+def row_record(position: int, report: UnitReport) -> dict:
+    """One finished row of a unit still running (its report and its position in the unit) as JSON."""
+    return {
+        "position": position,
+        "outcomes": [asdict(o) for o in report.outcomes],
+        "matches": report.matches,
+        "evidence": report.evidence,
+        "hashes": report.hashes,
+        "side": report.side,
+    }
+
+
+def from_row_record(unit_id: int, record: dict) -> tuple[int, UnitReport]:
+    """A row_record read back; ValueError (or TypeError) for anything row_record does not write."""
+    if record.keys() != REPORT_KEYS or not isinstance(record["position"], int):
+        raise ValueError("not a committed row")
+    outcomes = []
+    for values in record["outcomes"]:
+        if not isinstance(values, dict) or values.keys() != ROW_FIELDS:
+            raise ValueError("not a row's outcome")
+        outcomes.append(RowResult(**{**values, "outcome": Outcome(values["outcome"])}))
+    lists = (record["matches"], record["evidence"], record["hashes"] or [])
+    if not all(isinstance(items, list) and all(isinstance(i, dict) for i in items) for items in lists):
+        raise ValueError("records that are not JSON objects")
+    if not isinstance(record["side"], dict):
+        raise ValueError("side files that are not a JSON object")
+    report = UnitReport(unit_id, outcomes, record["matches"], record["evidence"], record["hashes"])
+    report.side = record["side"]
+    return record["position"], report
 
 
 def outcomes_table(outcomes: list[RowResult]) -> pa.Table:

@@ -4,6 +4,11 @@ A unit's files (outcomes, matches, evidence, hash records, a rescan's changes an
 its done marker, written last, is the commit: it names the unit and records each file's SHA-256. Committed
 units are checked against their markers when a run resumes and again as they are merged, so a damaged,
 missing or swapped unit file stops the run with its name, never a traceback and never a silent report.
+
+A unit still running commits its finished rows in parts (`pNNNNNN.KKKK.jsonl`: each row's report and its
+position in the unit), so a kill loses little of a long unit: a resumed unit is given its parts' rows and
+checks only the others, and its done marker, once written, makes its parts obsolete (they are removed).
+Parts are never merged: the unit's own files hold every row, as if it had run at once.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from typing import NoReturn
 
 import pyarrow.parquet as pq
 
-from scanner.errors import CheckpointError, ResumeError
+from scanner.errors import CheckpointError, InputError, ResumeError
 from scanner.regularfile import open_regular
+from scanner.reports import jsonl
 from scanner.reports.files import DIR_MODE, atomic_open, private_dir, sha256_file, write_json, write_jsonl
 from scanner.reports.hashes import write_unit_hashes
-from scanner.reports.records import UnitReport, outcomes_table
+from scanner.reports.records import UnitReport, from_row_record, outcomes_table, row_record
 from scanner.run.mirror import Mirror, local_dir
 from scanner.sources.hub import parse
 
@@ -33,6 +39,7 @@ COMPLETE = "complete"
 DONE_SUFFIX = ".done.json"
 OUTCOMES_SUFFIX = ".outcomes.parquet"
 MARKER = re.compile(r"u(\d{6})\.done\.json")
+PART = re.compile(r"p(\d{6})\.(\d{4,})\.jsonl")
 MAX_JSON_BYTES = 256 << 20  # a fingerprint or done marker: far more than any scan writes
 RESTART = "run the same command with --restart to start over"
 HUB_COMMITS = "hub_commits"  # hf:// input without its revision -> the commit read
@@ -97,6 +104,8 @@ class Checkpoint:
         own_dir(self.dir)
         self._adopt(fingerprint)
         self._committed = {unit_id: self._check_unit(unit_id) for unit_id in self._marked()}
+        self._parts = self._find_parts()
+        self._part_rows = {unit_id: len(self.kept(unit_id)) for unit_id in self._parts}
 
     def _discard(self) -> None:
         if self.dir.is_symlink():
@@ -179,6 +188,60 @@ class Checkpoint:
         write_json(f"{stem}{DONE_SUFFIX}", marker)
         self._committed[report.unit_id] = marker
         self._publish([*files, Path(f"{stem}{DONE_SUFFIX}")])
+        self._drop_parts(self._parts.pop(report.unit_id, []))
+        self._part_rows.pop(report.unit_id, None)
+
+    def commit_part(self, unit_id: int, rows: list[tuple[int, UnitReport]]) -> None:
+        """Write finished rows of a unit still running (each row's report, by position) as its next part."""
+        if unit_id in self._committed:
+            return  # the unit itself was committed: it holds these rows
+        parts = self._parts.setdefault(unit_id, [])
+        number = int(parts[-1].name.split(".")[1]) + 1 if parts else 0
+        path = self.dir / f"p{unit_id:06d}.{number:04d}.jsonl"
+        with atomic_open(path, "w") as handle:
+            write_jsonl(handle, [row_record(position, report) for position, report in rows])
+        parts.append(path)
+        self._part_rows[unit_id] = self._part_rows.get(unit_id, 0) + len(rows)
+        self._publish([path])
+
+    def kept(self, unit_id: int) -> dict[int, UnitReport]:
+        """The rows of an unfinished unit that its committed parts hold, by position in the unit."""
+        rows: dict[int, UnitReport] = {}
+        for path in self._parts.get(unit_id, []):
+            try:
+                if os.path.islink(path) or path.stat().st_size > MAX_JSON_BYTES:
+                    raise ValueError("a symbolic link, or larger than any part")
+                for record in jsonl.read_records(path):
+                    position, report = from_row_record(unit_id, record)
+                    if position in rows:
+                        raise ValueError(f"row {position} of the unit twice")
+                    rows[position] = report
+            except (OSError, InputError, ValueError, TypeError) as exc:
+                raise CheckpointError(
+                    f"{path} is not a part its unit committed ({_why(exc)}); delete it to redo its rows, "
+                    f"or {RESTART}"
+                ) from exc
+        return rows
+
+    def kept_rows(self, unit_ids: set[int]) -> int:
+        """Rows of these unfinished units that earlier runs committed in parts."""
+        return sum(self._part_rows.get(unit_id, 0) for unit_id in unit_ids)
+
+    def _find_parts(self) -> dict[int, list[Path]]:
+        """Each unfinished unit's parts, in order; a committed unit's (left by a kill after its commit) go."""
+        found: dict[int, list[tuple[int, Path]]] = {}
+        for path in self.dir.iterdir():
+            if matched := PART.fullmatch(path.name):
+                found.setdefault(int(matched[1]), []).append((int(matched[2]), path))
+        for unit_id in found.keys() & self._committed.keys():
+            self._drop_parts([path for _, path in found.pop(unit_id)])
+        return {unit_id: [path for _, path in sorted(parts)] for unit_id, parts in found.items()}
+
+    def _drop_parts(self, paths: list[Path]) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+            if self.mirror is not None:
+                self.mirror.remove(path)
 
     def _publish(self, paths: list[Path]) -> None:
         """Copy committed files to the output URL in order (a unit's done marker last: it is the commit)."""

@@ -11,7 +11,7 @@ process, so a runner can run units in-process, in a worker process or in a Ray a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,7 +46,9 @@ class Unit(Protocol):
 class UnitProcessor(Protocol):
     """Processes units one after another (or several at once, in one event loop) in one process."""
 
-    async def run_unit(self, unit: Any) -> UnitReport: ...
+    async def run_unit(self, unit: Any, kept: Mapping[int, UnitReport] | None = None) -> UnitReport:
+        """The unit's report; `kept`: its rows committed in parts earlier, by position, not run again."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -136,6 +138,12 @@ class Run:
     def work(self) -> UnitWork:
         return self.job.work(self)
 
+    @property
+    def kept_rows(self) -> int:
+        """Rows earlier runs committed: the done units' and the parts of the others."""
+        ids = {u.id for u in self.units}
+        return self.checkpoint.committed_rows(ids & self.done) + self.checkpoint.kept_rows(ids - self.done)
+
 
 RunUnits = Callable[[Run, list[Any], "Progress | None"], None]
 """A runner's way to process units and commit each as it finishes: run_units(run, units, progress)."""
@@ -172,7 +180,7 @@ def execute(
         done = lifecycle.already_done(run.out, run.checkpoint)
         if done is not None:
             return done
-        kept = run.checkpoint.committed_rows({u.id for u in run.units} & run.done)
+        kept = run.kept_rows
         progress = make_progress(run) if make_progress else None
         try:
             run_units(run, run.todo, progress)

@@ -17,7 +17,7 @@ from scanner.run.job import Run
 def bar_for(run: Run) -> BarProgress:
     """A bar sized to every unit of the run, starting at the rows already committed by a previous run."""
     total = sum(u.rows for u in run.units)
-    done = sum(u.rows for u in run.units if u.id in run.done)
+    done = run.kept_rows  # the "resumed: X of Y rows" a resumed run ends with
     return BarProgress(total, done, len(run.units), len(run.done))
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from scanner.config import ScanConfig
 from scanner.errors import ConfigError
 from scanner.lists import HashList, Matcher
-from scanner.pipeline import FetchPolicy, HashFn, Pipeline, Progress, build_stages
+from scanner.pipeline import FetchPolicy, HashFn, Pipeline, Progress, build_stages, commit_every
 from scanner.planner import Plan, WorkUnit, plan
 from scanner.run import lifecycle
 from scanner.run.checkpoint import HUB_COMMITS, Checkpoint
@@ -126,7 +126,7 @@ class ScanWork:
             skip_bad_shards=config.run.on_bad_shard == "skip",
             max_url_length=config.fetch.max_url_length,
         )
-        return Pipeline(policy, config.run.rows_in_flight, progress)
+        return Pipeline(policy, config.run.rows_in_flight, progress, commit_every(config))
 
 
 class OpenedSources(OrderedDict):

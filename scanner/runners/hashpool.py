@@ -8,7 +8,6 @@ import functools
 import io
 import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -93,20 +92,18 @@ class WorkerPool:
 def _started_executor(count: int, arena: Arena | None) -> tuple[ProcessPoolExecutor, list]:
     """The processes, all starting now, and their Process objects.
 
-    They start with Ctrl-C blocked, so one pressed while they import cannot interrupt them with a traceback:
-    the main process stops the pool (and does, if the Ctrl-C arrives while they are being started). Each
+    They start with Ctrl-C ignored (procguard.children_ignore_ctrl_c), so one pressed while they import
+    cannot interrupt them with a traceback: the main process stops the pool (and does, if the Ctrl-C arrives
+    while they are being started). Each
     gets this process's id, to end itself when this process dies.
     """
     context = multiprocessing.get_context("spawn")
     initargs = ((), arena.handle() if arena else None, os.getpid())
     executor = ProcessPoolExecutor(count, mp_context=context, initializer=init_worker, initargs=initargs)
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by the children
-        try:
+        with procguard.children_ignore_ctrl_c():  # a Ctrl-C meanwhile is delivered after
             for _ in range(count):
                 executor.submit(started)  # the pool starts a process per job waiting for one
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C meanwhile is delivered now
     except BaseException:
         executor.shutdown(wait=True, cancel_futures=True)
         raise

@@ -87,6 +87,7 @@ def worker_config(config: ScanConfig, index: int, count: int) -> ScanConfig:
     run = dataclasses.replace(
         config.run,
         rows_in_flight=share(config.run.rows_in_flight, count, index),
+        commit_every_rows=share(config.run.commit_every_rows, count, index),
         body_bytes_in_flight=min(body_bytes, config.run.body_bytes_in_flight),
     )
     return dataclasses.replace(config, fetch=fetch, run=run)
@@ -160,18 +161,13 @@ class UnitWorkers:
         self._spawn(range(count))
 
     def _spawn(self, indexes: range | list[int]) -> None:
-        # Ctrl-C blocked while they start, inherited: one pressed while they import cannot interrupt them
-        # with a traceback; the coordinator stops them.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        with procguard.children_ignore_ctrl_c():  # the coordinator stops them
             for i in indexes:
                 worker = UnitWorker(self.config, i, self.count, self.hashing)
                 if i < len(self.workers):
                     self.workers[i] = worker
                 else:
                     self.workers.append(worker)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def give(self, work: UnitWork, matcher: Matcher, later: bool = False) -> None:
         """Send every worker the job's unit work (pickled once, here) and share the matcher's indexes
@@ -263,13 +259,24 @@ class UnitWorkers:
                     os.close(fd)
 
     def _stop(self) -> None:
-        """Ask every worker to stop (cancelling what it runs) and wait a while for each to close down."""
+        """Ask every worker to stop (cancelling what it runs) and wait a while for each to close down, reading
+        what they still send: a worker blocked sending a large part or report to a full pipe would never see
+        the request, and be killed with its hashing process's semaphores unreleased."""
         for worker in self.workers:
             with contextlib.suppress(OSError):
                 worker.send(("stop",))
         deadline = time.monotonic() + STOP_SECONDS
-        for worker in self.workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
+        running = {w.process.sentinel: w for w in self.workers}
+        reading = {w.conn: w for w in self.workers}
+        while running and (left := deadline - time.monotonic()) > 0:
+            for ready in wait([*running, *reading], timeout=left):
+                if ready in running:
+                    running.pop(ready).process.join()
+                    continue
+                try:
+                    ready.recv()  # what it sent is dropped: the run is over
+                except (EOFError, OSError):
+                    reading.pop(ready, None)
 
 
 def run_units(run: Run, units: list, progress: Progress | None = None, *, pool: UnitWorkers) -> None:
@@ -291,6 +298,10 @@ class _Coordinator:
         self._queue: deque[Any] = deque()
         self._attempts: Counter[int] = Counter()
         self._shown: dict[int, Counter] = {}  # rows of each unit in flight the bar counts, until committed
+        self._parted: dict[
+            int, Counter
+        ] = {}  # rows of each unit in flight committed in parts (kept on a rerun)
+        self._kept_shown: dict[int, Counter] = {}  # of those, what the bar was given back at a take-back
         self._deaths = 0  # worker deaths since a row last finished
 
     def run(self, units: list) -> None:
@@ -319,7 +330,7 @@ class _Coordinator:
             self._attempts[unit.id] += 1
             worker.running[unit.id] = unit
             with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
-                worker.send(("unit", unit))
+                worker.send(("unit", unit, self._run.checkpoint.kept(unit.id)))
 
     def _read(self, worker: UnitWorker) -> None:
         try:
@@ -338,11 +349,15 @@ class _Coordinator:
                 self._shown.setdefault(unit_id, Counter()).update(counts)
             if message[2]:
                 self._progress.matched(message[2])
+        elif kind == "part":
+            self._run.checkpoint.commit_part(message[1], message[2])
+            self._parted.setdefault(message[1], Counter()).update(_row_counts(message[2]))
         elif kind == "done":
             report: UnitReport = message[1]
             self._run.checkpoint.commit(report)
             del worker.running[report.unit_id]
-            self._shown.pop(report.unit_id, None)
+            for counted in (self._shown, self._parted, self._kept_shown):
+                counted.pop(report.unit_id, None)
             self._deaths = 0
             self._progress.unit_done()
         elif kind == "failed":
@@ -381,10 +396,24 @@ class _Coordinator:
         self._pool.replace(worker)
 
     def _take_back(self, unit_id: int) -> None:
-        """The rows of a unit to be run again leave the bar: it counts them when they are done again."""
-        shown = self._shown.pop(unit_id, None)
-        if shown:
-            self._progress.rows_done({key: -rows for key, rows in shown.items()})
+        """The rows of a unit to be run again leave the bar, which counts them when they are done again; but
+        its rows committed in parts are kept, not run again: the bar counts them once, here."""
+        kept = self._parted.get(unit_id, Counter())
+        change = Counter(kept)
+        change.subtract(self._shown.pop(unit_id, Counter()))
+        change.subtract(self._kept_shown.pop(unit_id, Counter()))
+        self._kept_shown[unit_id] = Counter(kept)
+        if any(change.values()):
+            self._progress.rows_done({key: rows for key, rows in change.items() if rows})
+
+
+def _row_counts(rows: list[tuple[int, UnitReport]]) -> Counter:
+    """A part's rows as the bar counts them: by (outcome, reason, liveness)."""
+    return Counter(
+        (r.outcome, r.reason, liveness(r.outcome, r.reason, r.fetched_at))
+        for _, report in rows
+        for r in report.outcomes
+    )
 
 
 # ---------------------------------------------------------------- the unit worker's side
@@ -465,7 +494,7 @@ async def _serve(
             if message[0] == "rest":
                 matcher.fill(_rest(message))
                 continue
-            task = asyncio.create_task(_run_one(conn, processor, progress, message[1]))
+            task = asyncio.create_task(_run_one(conn, processor, progress, *message[1:]))
             running.add(task)
             task.add_done_callback(running.discard)
     finally:
@@ -485,10 +514,12 @@ def _rest(message: tuple) -> list:
     return shared.attach(shared.SharedHandle(fd, size, data, extents)).load()
 
 
-async def _run_one(conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any) -> None:
+async def _run_one(
+    conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any, kept: dict
+) -> None:
     _UNIT.set(unit.id)
     try:
-        report: UnitReport = await processor.run_unit(unit)
+        report: UnitReport = await processor.run_unit(unit, kept)
     except Exception as exc:  # the coordinator raises it: the run stops, as it would in one process
         _tell(conn, _failed(exc))
         return
@@ -541,6 +572,11 @@ class _BatchedProgress(Progress):
 
     def matched(self, rows: int) -> None:
         self._matches += rows
+
+    takes_parts = True  # the coordinator commits them
+
+    def part(self, unit_id: int, rows: list[tuple[int, UnitReport]]) -> None:
+        self._send(("part", unit_id, rows))
 
     def flush(self) -> None:
         if self._counts or self._matches:

@@ -126,11 +126,12 @@ class UnitWorker:
         self._processor: UnitProcessor | None = None
         self._hashing = contextlib.ExitStack()
 
-    async def run_unit(self, unit: Any) -> UnitReport:
-        """Process one unit; the report holds outcomes and match records, never image bytes."""
+    async def run_unit(self, unit: Any, kept: dict | None = None) -> UnitReport:
+        """Process one unit (less the rows a local run committed in parts: `kept`); the report holds
+        outcomes and match records, never image bytes. An actor commits whole units, no parts."""
         if self._processor is None:
             self._processor = self._start()
-        return await self._processor.run_unit(unit)
+        return await self._processor.run_unit(unit, kept)
 
     async def close(self) -> None:
         """Close the fetcher's connections before the actor ends."""
@@ -265,7 +266,8 @@ class _Scheduler:
         slot = self._pool.least_busy()
         slot.running += 1
         self._attempts[unit.id] += 1
-        self._pending[slot.actor.run_unit.remote(unit)] = (unit, slot)
+        kept = self._run.checkpoint.kept(unit.id)
+        self._pending[slot.actor.run_unit.remote(unit, kept)] = (unit, slot)
 
     def _collect(self, ref: Any) -> None:
         """Commit a returned unit, or queue a failed one again (first) while it has attempts left."""
