@@ -24,7 +24,7 @@ from scanner.reports.html import checked_manifest, write_html_report
 from scanner.reports.records import OUTCOME_SCHEMA, UnitFiles
 from scanner.reports.review import Review, merge_reviewed
 
-SUMMARY_SCHEMA_VERSION = 1
+SUMMARY_SCHEMA_VERSION = 2
 REPORT_FILES = (
     "outcomes.parquet",
     "matches.jsonl",
