@@ -254,3 +254,18 @@ def test_rescan_to_a_filesystem_url_goes_through_the_mirror_and_resumes_from_it(
     server.reset_hits()
     again = rescan(first, memory_out.url, (), LOOPBACK)
     assert server.total_hits == 0 and again.summary == result.summary
+
+
+def test_a_rescan_keeps_the_scans_plug_ins_and_review_rules(tmp_path) -> None:
+    from scanner.audits.rescan import rescan_config
+
+    negative = tmp_path / "neg.csv"
+    negative.write_text("hash_type,hash,id\nmd5," + "0" * 32 + ",N-1\n")
+    saved = {
+        "plugins": {"signal_types": ["signal_plugins:ToySignal"], "tx_extensions": []},
+        "review": {"negative_lists": [str(negative)], "hold_floods": True, "flood_rows": 4},
+    }
+    config = rescan_config({"config": saved}, str(tmp_path / "out"), [], {})
+    assert config.plugins.signal_types == ("signal_plugins:ToySignal",)
+    assert config.review.negative_lists == (str(negative),)
+    assert (config.review.hold_floods, config.review.flood_rows) == (True, 4)

@@ -164,12 +164,18 @@ class RescanWork:
         return Pipeline(policy, config.run.rows_in_flight, progress, commit_every(config))
 
 
+# Without plug-ins a rescan would skip their lists' entries and report their matches gone; without the
+# review rules a known false positive (negative list) or a held flood would come back as a match.
+INHERITED = ("fetch", "hashing", "match", "run", "plugins", "review")
+
+
 def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides: dict) -> ScanConfig:
-    """The previous scan's settings (fetch, hashing, match, run), hash records kept, flags on top; its lists
-    unless new ones are given (their per-list thresholds then go with them). Private networks are never
-    inherited: a rescan reaches them only when asked again (see `private_networks_dropped`)."""
+    """The previous scan's settings (fetch, hashing, match, run, and its plug-ins and review rules: negative
+    lists, floods), hash records kept, flags on top; its lists unless new ones are given (their per-list
+    thresholds then go with them). Private networks are never inherited: a rescan reaches them only when
+    asked again (see `private_networks_dropped`)."""
     saved = manifest.get("config") or {}
-    data: dict = {name: dict(saved.get(name) or {}) for name in ("fetch", "hashing", "match", "run")}
+    data: dict = {name: dict(saved.get(name) or {}) for name in INHERITED}
     data["fetch"].pop("allow_private_networks", None)
     for where in ("runner", "ray_address"):  # where a rescan runs is its own flags' choice
         data["run"].pop(where, None)
