@@ -218,7 +218,7 @@ def test_notify_verifies_tls_even_on_loopback(certificate) -> None:
         assert receiver.events == [{"event": "test"}]
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/x", "http:///nohost"])
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/x", "http:///nohost", "http://[::1/x"])
 def test_a_notify_url_that_is_not_http_is_refused_before_the_run(chain, scanner_cli, url) -> None:
     done = scan(scanner_cli, chain, "refused", "--notify", url)
     assert done.returncode == ExitCode.ERROR and "--notify must be an http://" in done.stderr
@@ -230,3 +230,22 @@ def test_the_readme_exit_codes_table_is_the_enum() -> None:
     table = text.split("| exit code | name |", 1)[1].split("\n\n", 1)[0]
     rows = re.findall(r"^ *\| (\d+) \| `(\w+)` \|", table, re.M)
     assert [(int(code), name) for code, name in rows] == [(int(c), c.name) for c in ExitCode]
+
+
+def test_a_notify_ca_that_is_not_pem_is_refused_before_the_run(chain, scanner_cli) -> None:
+    bad = chain["tmp"] / "bad.pem"
+    bad.write_text("not a certificate\n")
+    done = scan(scanner_cli, chain, "bad-ca", "--notify", "https://127.0.0.1:9/", "--notify-ca", str(bad))
+    assert (
+        done.returncode == ExitCode.ERROR and "--notify-ca" in done.stderr and "Traceback" not in done.stderr
+    )
+    assert not (chain["tmp"] / "bad-ca").exists()
+
+
+def test_fail_on_match_counts_held_rows() -> None:
+    from scanner.cli.speakup import News, found_what
+    from scanner.outcomes import FailOn, Outcome
+
+    held_only = {"matches": {"rows": 0}, "outcomes": {Outcome.HELD: 5}}
+    assert found_what(FailOn.MATCH, held_only, News())
+    assert not found_what(FailOn.MATCH, {"matches": {"rows": 0}, "outcomes": {Outcome.SUPPRESSED: 2}}, News())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from scanner.cli import outputs
 from scanner.cli.common import terminal_line
-from scanner.cli.notify import check_notify_url, post_event, shown
+from scanner.cli.notify import check_ca_file, check_notify_url, post_event, shown
 from scanner.errors import InputError
 from scanner.exitcodes import ExitCode
 from scanner.outcomes import FailOn, Outcome
@@ -73,6 +73,8 @@ def check_speakup_args(args: argparse.Namespace) -> None:
             raise InputError("--notify-timeout", "must be more than 0 and at most 600 seconds")
         if args.notify_ca and not Path(args.notify_ca).is_file():
             raise InputError(args.notify_ca, "--notify-ca must be a file of PEM certificates")
+        if args.notify_ca:
+            check_ca_file(args.notify_ca)
 
 
 @dataclass(slots=True)
@@ -107,8 +109,8 @@ def found_what(fail_on: FailOn, summary: dict, news: News) -> bool:
     """Whether the run found what --fail-on names."""
     if fail_on == FailOn.NEW_MATCH:
         return news.rows > 0
-    if fail_on == FailOn.MATCH:
-        return summary["matches"]["rows"] > 0
+    if fail_on == FailOn.MATCH:  # a held row matched too: set aside for review, still to be told
+        return summary["matches"]["rows"] > 0 or summary["outcomes"].get(Outcome.HELD, 0) > 0
     if fail_on == FailOn.CHANGED:
         changes = summary.get("changes") or {}
         return summary["outcomes"].get(Outcome.CHANGED, 0) > 0 or changes.get("content_changed", 0) > 0
