@@ -92,6 +92,21 @@ def test_expand_from_matches_finds_the_near_copies_and_changes_no_outcome(scanne
     assert verify_report(out).ok  # the manifest names expanded.jsonl and the new report.html
 
 
+def test_a_restarted_scan_drops_the_earlier_runs_expansion(tmp_path, scanner_cli):
+    tmp = tmp_path / "in"
+    tmp.mkdir()
+    md5 = [hashlib.md5(body).hexdigest() for body in BODIES]
+    with LoopbackServer(FILES) as server:
+        shard = write_shard(tmp / "shard.parquet", {"url": [server.url(p) for p in PATHS]})
+        listed = write_typed_list(tmp / "list.csv", [("md5", md5[0], "a")])
+        out = tmp_path / "scan"
+        run_scan(shard, out, [listed], audit={"keep_hashes": True})
+        assert scanner_cli("expand", str(out)).returncode == 0 and (out / "expanded.jsonl").exists()
+        run_scan(shard, out, [listed], audit={"keep_hashes": True})  # --restart into the same reports
+    assert not (out / "expanded.jsonl").exists()  # its seeds and candidates were the earlier run's
+    assert "Expanded" not in (out / "report.html").read_text()
+
+
 def test_the_thresholds_bound_the_distance(scanned, tmp_path, scanner_cli):
     out = copy_scan(scanned, tmp_path)
     flags = ("--pdq-threshold", "0", "--phash-threshold", "0", "--dhash-threshold", "0")

@@ -20,6 +20,7 @@ from scanner.hashtypes import IMAGE, REGISTRY
 from scanner.lists import HashList, ListSpec, MatchConfig, Matcher, load_hashlist
 from scanner.lists.deferred import DeferredList, deferred
 from scanner.plugins import provenance
+from scanner.reports.expanded import EXPANDED_FILE
 from scanner.reports.hashes import merge_hashes
 from scanner.reports.review import Review
 from scanner.reports.writer import merge_reports, summary, write_summary_and_manifest
@@ -159,6 +160,7 @@ def finish(
     own files), write summary.json (with `extra` sections) and manifest.json (`manifest(summary)`, with
     the times added), push the reports to a mirror, and seal the checkpoint."""
     tally = merge_reports(out, checkpoint, unit_ids, review)
+    (out / EXPANDED_FILE).unlink(missing_ok=True)  # an expansion of an earlier run's rows (--restart)
     if keep_hashes:
         merge_hashes(out, checkpoint, unit_ids)
     if merge_more is not None:
