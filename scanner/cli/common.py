@@ -70,7 +70,8 @@ def print_summary(result) -> None:
 
 def flood_line(flood: dict) -> str:
     """A flood entry in words: a likely bad list entry, and whether its rows were held."""
-    held = "; its rows held (held.jsonl)" if flood["hold"] else "; --hold-floods holds such rows"
+    held = "; rows it alone matched are held (held.jsonl)"
+    held = held if flood["hold"] else "; --hold-floods holds such rows"
     return f"likely bad list entry: {flood['list']} {flood['entry_id']} matched {flood['rows']} rows{held}"
 
 
