@@ -286,3 +286,14 @@ def test_an_entry_is_a_flood_by_rows_or_by_share_past_a_floor() -> None:
     assert is_flood(11, 10_000, config) and not is_flood(10, 10_000, config)  # 0.1% of 10,000 is 10
     assert not is_flood(10, 20, config)  # half of a small scan, but only 10 rows
     assert not is_flood(50, 100_000, config)  # 0.05%
+
+
+def test_a_suppressed_row_is_no_unreviewed_row_for_clean(tmp_path) -> None:
+    from scanner.audits.clean import _by_verdict
+
+    dropped = _by_verdict(tmp_path, ("unreviewed",))  # no verdict recorded: every match is unreviewed
+    assert dropped is not None
+    row = {"shard": "s.parquet", "row": 1, "url": "http://a.example/x.jpg", "key": None}
+    assert dropped({**row, "outcome": "match"}) and dropped({**row, "outcome": "held"})
+    assert not dropped({**row, "outcome": "suppressed"})  # a negative list reviewed it already
+    assert not dropped({**row, "outcome": "clean"})

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from scanner import procguard
 from scanner.errors import ConfigError, InputError
-from scanner.outcomes import MATCHED, OUTCOMES, VERDICTS, Outcome
+from scanner.outcomes import MATCHED, OUTCOMES, VERDICTS, Outcome, Verdict
 from scanner.reports.files import atomic_open, private_dir, utf8_text
 from scanner.reports.verdicts import Verdicts, url_sha256
 from scanner.run.reportlock import report_lock
@@ -192,7 +192,10 @@ def _by_verdict(report: Path, drop: tuple[str, ...]) -> Callable[[dict], bool] |
     def dropped(record: dict) -> bool:
         if record["outcome"] not in MATCHED:
             return False
-        return verdicts.of(record["shard"], record["row"], record["url"], record["key"]) in wanted
+        verdict = verdicts.of(record["shard"], record["row"], record["url"], record["key"])
+        if record["outcome"] == Outcome.SUPPRESSED and verdict == Verdict.UNREVIEWED:
+            return False  # a negative list's entry: a false positive reviewed before, not a row to review
+        return verdict in wanted
 
     return dropped
 
