@@ -594,3 +594,11 @@ def test_a_type_registered_at_run_time_is_no_longer_skipped(tmp_path):
         hash_list = load_hashlist(str(path))
         assert hash_list.counts == {"pdq": 1, "photodna": 1}
         assert hash_list.stats["skipped"] == {}
+
+
+def test_a_csv_names_pdna_as_ncmec_does_and_a_photodna_plug_in_takes_it(tmp_path):
+    path = write(tmp_path, "list.csv", f"hash_type,hash,id\npdq,{PDQ_A},a\npdna,{MD5_A},b\n")
+    assert load_hashlist(str(path)).stats["skipped"]["pdna"]["entries"] == 1
+    with registered(HashType("photodna", 16, "image", index="hamming", threshold=3)):
+        hash_list = load_hashlist(str(path))
+        assert hash_list.counts == {"pdq": 1, "photodna": 1} and hash_list.stats["skipped"] == {}

@@ -427,6 +427,9 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
     return table, lines
 
 
+# A plug-in's name for a type lists name otherwise (NCMEC's `pdna` is pytx's PhotoDNA signal):
+# accepted in every typed format once the plug-in is registered, skipped and counted before.
+TYPE_ALIASES: Mapping[str, str] = {"pdna": "photodna"}
 _TYPE_NAME = r"^[a-z0-9][a-z0-9_.+-]{0,63}$"  # what a list may call a hash type, known or not
 
 
@@ -437,7 +440,8 @@ def hash_types(
     type counts as soon as it is registered), which rows are of a known type, and the rows of other types,
     counted by name; a value that is no type name at all is an error at its first line."""
     values = pc.utf8_lower(pc.utf8_trim_whitespace(values.cast(pa.string())))
-    accepted = {**{name: name for name in LIST_TYPE_NAMES}, **names}
+    aliases = {alias: name for alias, name in TYPE_ALIASES.items() if name in LIST_TYPE_NAMES}
+    accepted = {**{name: name for name in LIST_TYPE_NAMES}, **aliases, **names}
     named = pc.fill_null(pc.match_substring_regex(values, _TYPE_NAME), False)
     bad = np.flatnonzero(~named.to_numpy(zero_copy_only=False))
     if len(bad):

@@ -31,7 +31,6 @@ from defusedxml import DefusedXmlException
 from defusedxml.expatreader import DefusedExpatParser
 
 from scanner.lists.formats import FormatError, RawList, hash_types
-from scanner.lists.hashtypes import LIST_TYPE_NAMES
 from scanner.lists.skipped import SkippedType, SkipReason, merged
 
 NAME = "ncmec-xml"
@@ -39,7 +38,6 @@ NAMESPACE = "https://hashsharing.ncmec.org/hashsharing/v2"
 ENTRY_ELEMENTS = {"image": ("image", False), "video": ("video", False)}
 ENTRY_ELEMENTS |= {"deletedImage": ("image", True), "deletedVideo": ("video", True)}
 FINGERPRINT_TYPES = {"md5": "md5", "sha1": "sha1", "pdq": "pdq"}  # NCMEC element -> hash type
-ALIASES = {"pdna": "photodna"}  # a plug-in's name for an NCMEC type (python-threatexchange's PhotoDNA signal)
 MAX_TEXT = 65_536  # characters of one element's text (a PhotoDNA hash is 144 bytes, ~200 base64 characters)
 READ_SIZE = 1 << 16
 PAGE_SUFFIX = ".xml"
@@ -242,7 +240,7 @@ def _rows(entries: list[_Entry]) -> RawList:
             for column, item in zip(columns.values(), values, strict=True):
                 column.append(item)
             lines.append(line)
-    names = {**FINGERPRINT_TYPES, **{k: v for k, v in ALIASES.items() if v in LIST_TYPE_NAMES}}
+    names = FINGERPRINT_TYPES  # pdna: formats.TYPE_ALIASES, once a PhotoDNA plug-in is registered
     line_numbers = np.array(lines, dtype=np.int64)
     types, known, skipped = hash_types(pa.array(columns["type"], pa.string()), names, line_numbers)
     text = {name: pa.array(values, pa.string()) for name, values in columns.items()}
