@@ -297,3 +297,15 @@ def test_a_suppressed_row_is_no_unreviewed_row_for_clean(tmp_path) -> None:
     assert dropped({**row, "outcome": "match"}) and dropped({**row, "outcome": "held"})
     assert not dropped({**row, "outcome": "suppressed"})  # a negative list reviewed it already
     assert not dropped({**row, "outcome": "clean"})
+
+
+def test_a_verdict_csv_keeps_a_notes_line_ends_and_refuses_other_digits(tmp_path) -> None:
+    from scanner.reports.verdicts import _int, read_input
+
+    source = tmp_path / "v.csv"
+    source.write_bytes(b'shard,row,verdict,note\r\ns.parquet,3,confirmed,"two\r\nlines"\r\n')
+    [(_where, record)] = list(read_input(source))
+    assert record == {"shard": "s.parquet", "row": "3", "verdict": "confirmed", "note": "two\r\nlines"}
+    assert _int("3") == 3
+    with pytest.raises(ValueError, match="not a row number"):
+        _int("\u0663")  # ARABIC-INDIC DIGIT THREE

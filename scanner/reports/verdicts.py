@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -196,7 +197,7 @@ def read_input(source: str | Path) -> Iterator[tuple[str, dict]]:
     if str(source).endswith(".jsonl") or text.lstrip().startswith("{"):
         yield from ((f"{source}:{n}", r) for n, r in jsonl.read_lines(source))
         return
-    reader = csv.DictReader(text.split("\n"))
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # a quoted note keeps its own line ends
     if not reader.fieldnames or "verdict" not in reader.fieldnames:
         raise InputError(str(source), "a CSV of verdicts needs a header with a verdict column", 1)
     for record in reader:
@@ -238,6 +239,8 @@ def _index(rows: Iterable[MatchedRow], name: str) -> dict[str, list[MatchedRow]]
 
 def _int(value: object) -> int:
     try:
+        if not str(value).strip().isascii():  # int() reads other scripts' digits: "٣" is no row number here
+            raise ValueError(value)
         return int(str(value))
     except ValueError:
         raise ValueError(f"row {value!r} is not a row number") from None
