@@ -132,7 +132,7 @@ def _hand_out(workers: int, units: int, per_worker: int) -> list[list[int]]:
 
     pool = SimpleNamespace(workers=[_Recorder() for _ in range(workers)])
     config = build_config({"run": {"units_in_flight": per_worker}}, "test")
-    run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(kept=lambda unit_id: {}))
+    run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(part_paths=lambda unit_id: []))
     coordinator = _Coordinator(pool, run, Progress())  # type: ignore[arg-type]
     coordinator._queue.extend(SimpleNamespace(id=i) for i in range(units))
     coordinator._hand_out()
@@ -168,7 +168,7 @@ def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(capfd: pytest.C
     from scanner.runners.procs import UnitWorkers, _Coordinator
 
     config = build_config({"run": {"workers": 1}}, "test")
-    run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(kept=lambda unit_id: {}))
+    run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(part_paths=lambda unit_id: []))
     with UnitWorkers(config, 1, hashing=False) as pool:
         pool.give(_PoisonWork(), Matcher.from_lists([]))  # type: ignore[arg-type]
         with pytest.raises(RuntimeError, match="cannot be opened here"):

@@ -47,6 +47,27 @@ SETTINGS_SHOWN = "settings_shown"  # the fingerprint's settings by name (older c
 MAX_SHOWN = 8  # changed settings a refusal lists
 
 
+def read_parts(unit_id: int, paths: list[str]) -> dict[int, UnitReport]:
+    """The rows a unit's committed parts hold, by position in the unit; a damaged part is a CheckpointError
+    naming it."""
+    rows: dict[int, UnitReport] = {}
+    for path in map(Path, paths):
+        try:
+            if os.path.islink(path) or path.stat().st_size > MAX_JSON_BYTES:
+                raise ValueError("a symbolic link, or larger than any part")
+            for record in jsonl.read_records(path):
+                position, report = from_row_record(unit_id, record)
+                if position in rows:
+                    raise ValueError(f"row {position} of the unit twice")
+                rows[position] = report
+        except (OSError, InputError, ValueError, TypeError) as exc:
+            raise CheckpointError(
+                f"{path} is not a part its unit committed ({_why(exc)}); delete it to redo its rows, "
+                f"or {RESTART}"
+            ) from exc
+    return rows
+
+
 def open_out(out: str, fingerprint: dict, restart: bool = False) -> tuple[Path, Checkpoint]:
     """The local report directory for --out and its checkpoint; an fsspec URL is written through a local
     staging directory, pulled from the URL first (scanner.run.mirror)."""
@@ -206,22 +227,12 @@ class Checkpoint:
 
     def kept(self, unit_id: int) -> dict[int, UnitReport]:
         """The rows of an unfinished unit that its committed parts hold, by position in the unit."""
-        rows: dict[int, UnitReport] = {}
-        for path in self._parts.get(unit_id, []):
-            try:
-                if os.path.islink(path) or path.stat().st_size > MAX_JSON_BYTES:
-                    raise ValueError("a symbolic link, or larger than any part")
-                for record in jsonl.read_records(path):
-                    position, report = from_row_record(unit_id, record)
-                    if position in rows:
-                        raise ValueError(f"row {position} of the unit twice")
-                    rows[position] = report
-            except (OSError, InputError, ValueError, TypeError) as exc:
-                raise CheckpointError(
-                    f"{path} is not a part its unit committed ({_why(exc)}); delete it to redo its rows, "
-                    f"or {RESTART}"
-                ) from exc
-        return rows
+        return read_parts(unit_id, self.part_paths(unit_id))
+
+    def part_paths(self, unit_id: int) -> list[str]:
+        """The files of an unfinished unit's committed parts, in order: what a unit worker reads its kept
+        rows from (a unit's rows are megabytes, the paths a line: the pipe carries the paths)."""
+        return [str(path) for path in self._parts.get(unit_id, [])]
 
     def kept_rows(self, unit_ids: set[int]) -> int:
         """Rows of these unfinished units that earlier runs committed in parts."""

@@ -44,6 +44,7 @@ from scanner.outcomes import Liveness, liveness
 from scanner.pipeline import Progress
 from scanner.plugins import load_plugins
 from scanner.reports.records import RowResult, UnitReport
+from scanner.run import checkpoint
 from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
 from scanner.run.lifecycle import lists_later
 from scanner.runners import shared
@@ -330,7 +331,7 @@ class _Coordinator:
             self._attempts[unit.id] += 1
             worker.running[unit.id] = unit
             with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
-                worker.send(("unit", unit, self._run.checkpoint.kept(unit.id)))
+                worker.send(("unit", unit, self._run.checkpoint.part_paths(unit.id)))
 
     def _read(self, worker: UnitWorker) -> None:
         try:
@@ -515,10 +516,11 @@ def _rest(message: tuple) -> list:
 
 
 async def _run_one(
-    conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any, kept: dict
+    conn: Connection, processor: UnitProcessor, progress: _BatchedProgress, unit: Any, parts: list[str]
 ) -> None:
     _UNIT.set(unit.id)
     try:
+        kept = checkpoint.read_parts(unit.id, parts) if parts else {}  # read here, not sent: see part_paths
         report: UnitReport = await processor.run_unit(unit, kept)
     except Exception as exc:  # the coordinator raises it: the run stops, as it would in one process
         _tell(conn, _failed(exc))
