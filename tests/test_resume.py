@@ -279,3 +279,18 @@ def test_corrupt_row_group_found_mid_scan(tmp_path, policy):
     assert {(r["outcome"], r["reason"]) for r in outcomes[:1000]} == {("invalid", "unreadable_shard")}
     assert {r["outcome"] for r in outcomes[1000:]} == {"blocked"}
     assert result.summary["unreadable_rows_by_shard"] == {str(shard): 1000}
+
+
+def test_a_checkpoint_that_kept_nothing_takes_the_new_fingerprint(tmp_path):
+    """A run that stopped before it committed anything (a bad image list found while rows were fetched)
+    must not block the rerun with the lists fixed; one that kept a unit or a part still refuses."""
+    from scanner.reports.records import RowResult, UnitReport
+    from scanner.run.checkpoint import Checkpoint
+
+    out = tmp_path / "out"
+    Checkpoint(out, {"lists": ["old"]})
+    Checkpoint(out, {"lists": ["new"]})  # nothing kept: adopted
+    row = RowResult("s", 0, "http://a/", None, "dead", reason="dns_failure")
+    Checkpoint(out, {"lists": ["new"]}).commit_part(0, [(0, UnitReport(0, [row]))])
+    with pytest.raises(ResumeError, match="different lists"):
+        Checkpoint(out, {"lists": ["newer"]})

@@ -41,7 +41,10 @@ class DeferredList:
         try:
             loaded = load_hashlist(self._spec)
             if loaded.digest != self.digest:
-                raise HashListError(str(self.path), "the list changed while the scan started; run it again")
+                raise HashListError(
+                    str(self.path),
+                    "the list changed while the scan started; run the same command again (with --restart if it says the lists differ)",
+                )
             if set(loaded.entries) != {self.hash_type.name}:
                 raise HashListError(str(self.path), f"expected {self.hash_type.name} entries only")
         except BaseException as error:  # whoever waits on the list sees the load's own error

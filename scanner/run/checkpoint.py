@@ -139,6 +139,8 @@ class Checkpoint:
     def _adopt(self, fingerprint: dict) -> None:
         """Refuse to mix units from a scan of other inputs, lists or settings."""
         path = self.dir / FINGERPRINT
+        if path.exists() and not self._holds_work():
+            path.unlink()  # a run that stopped before it kept anything (a bad list): nothing to mix with
         if path.exists():
             previous = self._read_json(path, f"the checkpoint's fingerprint is damaged ({{}}); {RESTART}")
             keys = (fingerprint.keys() | previous.keys()) - {SETTINGS_SHOWN}  # the settings' hash decides
@@ -156,6 +158,11 @@ class Checkpoint:
         else:
             write_json(path, fingerprint)
             self._publish([path])
+
+    def _holds_work(self) -> bool:
+        """Whether any unit or part was committed here, or the run finished (its reports stand)."""
+        kept = (path.name for path in self.dir.iterdir())
+        return bool(self._marked()) or any(name == COMPLETE or PART.fullmatch(name) for name in kept)
 
     def check_rows(self, expected: dict[int, tuple[str, int, int]]) -> None:
         """Check each committed unit's outcomes hold exactly its own rows: `expected` maps a unit id to its
