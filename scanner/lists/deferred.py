@@ -43,7 +43,8 @@ class DeferredList:
             if loaded.digest != self.digest:
                 raise HashListError(
                     str(self.path),
-                    "the list changed while the scan started; run the same command again (with --restart if it says the lists differ)",
+                    "the list changed while the scan started; run the same command again "
+                    "(with --restart if it says the lists differ)",
                 )
             if set(loaded.entries) != {self.hash_type.name}:
                 raise HashListError(str(self.path), f"expected {self.hash_type.name} entries only")
