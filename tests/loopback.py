@@ -455,3 +455,23 @@ def _crc32_of_zeros(size: int) -> int:
     for _ in range(size // _MIB):
         crc = zlib.crc32(zeros, crc)
     return crc
+
+
+def self_signed(folder, common_name: str, alt_name: str) -> tuple[str, str]:
+    """A self-signed EC certificate and key (openssl command) for a TLS test server; skips without openssl."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={common_name}",
+         "-addext", f"subjectAltName={alt_name}"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)

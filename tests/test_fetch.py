@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from loopback import GZIP_PAYLOAD, LoopbackServer, tiny_jpeg
+from loopback import GZIP_PAYLOAD, LoopbackServer, self_signed, tiny_jpeg
 
 from scanner.fetch import FetchConfig, FetchResult, make_fetcher
 from scanner.fetch.guard import Lookup
@@ -489,18 +488,7 @@ def test_rebinding_dns_cannot_move_a_checked_connection(
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for img.test, made with the openssl command."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=img.test",
-         "-addext", "subjectAltName=DNS:img.test"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
+    return self_signed(tmp_path_factory.mktemp("tls"), "img.test", "DNS:img.test")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from audit_support import images, write_list, write_shard
 from conftest import REPO
-from loopback import LoopbackServer
+from loopback import LoopbackServer, self_signed
 
 from scanner.cli.notify import post_event
 from scanner.exitcodes import ExitCode
@@ -196,18 +195,7 @@ def test_notify_retries_once_on_a_timeout_and_not_on_a_refusal() -> None:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=receiver",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
+    return self_signed(tmp_path_factory.mktemp("tls"), "receiver", "IP:127.0.0.1")
 
 
 def test_notify_verifies_tls_even_on_loopback(certificate) -> None:

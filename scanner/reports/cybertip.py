@@ -9,10 +9,11 @@ every field to the scanner report value it comes from.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import IO
 
 from scanner.reports import jsonl
+from scanner.reports.review import by_row
 
 CYBERTIP_DRAFT = "cybertip-draft"
 DRAFT_FIELDS: dict[str, str] = {
@@ -34,7 +35,7 @@ DRAFT_FIELDS: dict[str, str] = {
 def write_drafts(handle: IO[str], referrals: Iterable[dict]) -> int:
     """One draft line per row (a row's referral records come together); returns how many."""
     count = 0
-    for row in _by_row(referrals):
+    for row in by_row(referrals):
         handle.write(jsonl.dumps(draft(row), sort_keys=False) + "\n")
         count += 1
     return count
@@ -70,14 +71,3 @@ def draft(records: list[dict]) -> dict:
             "row": {k: first.get(k) for k in ("dataset", "shard", "row", "key", "member")},
         },
     }
-
-
-def _by_row(records: Iterable[dict]) -> Iterator[list[dict]]:
-    group: list[dict] = []
-    for record in records:
-        if group and (group[0]["shard"], group[0]["row"]) != (record["shard"], record["row"]):
-            yield group
-            group = []
-        group.append(record)
-    if group:
-        yield group
