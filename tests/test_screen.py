@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import stat
 from pathlib import Path
@@ -257,7 +258,10 @@ def test_keep_hashes_writes_one_private_record_per_row_and_no_image_bytes(tmp_pa
     path = out / "hashes.parquet"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     table = pq.read_table(path)
-    assert table.schema.equals(HASHES_SCHEMA)
+    # As Parquet gives the schema back: pyarrow may rename a fixed-size list's child (item -> element).
+    written = io.BytesIO()
+    pq.write_table(HASHES_SCHEMA.empty_table(), written)
+    assert table.schema.equals(pq.read_schema(io.BytesIO(written.getvalue())))
     records = table.to_pylist()
     assert [(r["row"], r["key"], r["url"]) for r in records] == [
         (i, k, u) for i, (k, u) in enumerate(zip("abc", urls, strict=True))
