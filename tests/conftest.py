@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from scanner.plugins import unload_plugins
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
@@ -90,3 +92,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     process itself (core limit 0, the hard limit too), and without CAP_SYS_RESOURCE nothing raises a hard
     limit again, so their children could no longer be given an unlimited core limit to prove it is lowered."""
     items.sort(key=lambda item: item.get_closest_marker("unlimited_core") is None)
+
+
+@pytest.fixture(autouse=True)
+def no_plugins_left() -> Iterator[None]:
+    """A test that builds a config with plug-ins registers their hash types in the process-wide registry;
+    the next test, in any file, sees only the built-ins (hashes.parquet's columns follow the registry)."""
+    yield
+    unload_plugins()

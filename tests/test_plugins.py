@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,7 +32,7 @@ from scanner.errors import ConfigError, ContentAtRestError, HashListError
 from scanner.hashing import HASHERS, hash_file_record, hash_image
 from scanner.hashtypes import REGISTRY, HashType
 from scanner.lists import list_keys, load_hashlist
-from scanner.plugins import PluginConfig, load_plugins, unload_plugins
+from scanner.plugins import PluginConfig, load_plugins
 from scanner.reports.hashes import hashes_schema
 from scanner.reports.verify import verify_report
 from scanner.screen import content_digests, parse_match_columns
@@ -43,13 +42,6 @@ PDQ = "threatexchange.signal_type.pdq.signal:PdqSignal"
 MD5 = "threatexchange.signal_type.md5:VideoMD5Signal"
 TOY = "signal_plugins:ToySignal"
 MOODY = "signal_plugins:MoodySignal"
-
-
-@pytest.fixture(autouse=True)
-def no_plugins_left() -> Iterator[None]:
-    """Each test registers what it loads; the next test (here or in another file) sees only built-ins."""
-    yield
-    unload_plugins()
 
 
 def plugins(*signal_types: str, extensions: tuple[str, ...] = ()) -> dict:
