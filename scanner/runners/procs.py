@@ -408,13 +408,14 @@ class _Coordinator:
             self._progress.rows_done({key: rows for key, rows in change.items() if rows})
 
 
+def _bar_key(result: RowResult) -> tuple[str, str | None, Liveness]:
+    """What the bar counts a row by: its outcome, reason and liveness."""
+    return result.outcome, result.reason, liveness(result.outcome, result.reason, result.fetched_at)
+
+
 def _row_counts(rows: list[tuple[int, UnitReport]]) -> Counter:
-    """A part's rows as the bar counts them: by (outcome, reason, liveness)."""
-    return Counter(
-        (r.outcome, r.reason, liveness(r.outcome, r.reason, r.fetched_at))
-        for _, report in rows
-        for r in report.outcomes
-    )
+    """A part's rows as the bar counts them."""
+    return Counter(_bar_key(r) for _, report in rows for r in report.outcomes)
 
 
 # ---------------------------------------------------------------- the unit worker's side
@@ -567,8 +568,7 @@ class _BatchedProgress(Progress):
         self._sent = time.monotonic()
 
     def row_done(self, result: RowResult) -> None:
-        kind = liveness(result.outcome, result.reason, result.fetched_at)
-        self._counts.setdefault(_UNIT.get(), Counter())[result.outcome, result.reason, kind] += 1
+        self._counts.setdefault(_UNIT.get(), Counter())[_bar_key(result)] += 1
         if time.monotonic() - self._sent >= PROGRESS_SECONDS:
             self.flush()
 
