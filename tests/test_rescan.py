@@ -269,3 +269,36 @@ def test_a_rescan_keeps_the_scans_plug_ins_and_review_rules(tmp_path) -> None:
     assert config.plugins.signal_types == ("signal_plugins:ToySignal",)
     assert config.review.negative_lists == (str(negative),)
     assert (config.review.hold_floods, config.review.flood_rows) == (True, 4)
+
+
+def test_a_rescan_adds_negative_lists_and_floods_to_the_scans_own(tmp_path, scanner_cli) -> None:
+    """A false positive reviewed after the scan stays out of the weekly rescan: --negative-list adds to the
+    previous scan's negative lists, which the rescan keeps."""
+    bodies = images(3)
+    md5 = [hashlib.md5(body).hexdigest() for body in bodies]
+    old_negative = write_list(tmp_path / "old-neg.csv", ["hash_type,hash,id", "md5," + "0" * 32 + ",N-0"])
+    negative = write_list(tmp_path / "neg.csv", ["hash_type,hash,id", f"md5,{md5[1]},N-1"])
+    with LoopbackServer({f"/{i}.jpg": body for i, body in enumerate(bodies)}) as server:
+        shard = write_shard(tmp_path / "shard.parquet", {"url": [server.url(f"/{i}.jpg") for i in range(3)]})
+        listed = write_list(tmp_path / "list.txt", md5[:2])
+        review = {"negative_lists": [str(old_negative)]}
+        audit = {"keep_hashes": True}
+        run_scan(shard, tmp_path / "first", [f"list=md5:{listed}"], audit=audit, review=review)
+        assert outcomes(tmp_path / "first") == ["match", "match", "clean"]
+        args = ["rescan", str(tmp_path / "first"), "--allow-private-networks", "--workers", "1"]
+        done = scanner_cli(*args, "--out", str(tmp_path / "second"), "--negative-list", str(negative))
+    assert done.returncode == 0, done.stderr
+    assert outcomes(tmp_path / "second") == ["match", "suppressed", "clean"]
+    saved = json.loads((tmp_path / "second" / "manifest.json").read_text())["config"]["review"]
+    assert saved["negative_lists"] == [str(old_negative), str(negative)]
+    assert saved["hold_floods"] is False
+
+
+def test_a_rescan_holds_floods_when_asked_even_if_the_scan_did_not(tmp_path) -> None:
+    from scanner.audits.rescan import rescan_config
+
+    saved = {"review": {"hold_floods": False, "negative_lists": ["a.csv"]}}
+    overrides = {"review.hold_floods": True, "review.negative_lists": ["a.csv", "b.csv"]}
+    config = rescan_config({"config": saved}, str(tmp_path / "out"), [], overrides)
+    assert config.review.hold_floods is True
+    assert config.review.negative_lists == ("a.csv", "b.csv")  # a list given again is not doubled

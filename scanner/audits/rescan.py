@@ -183,6 +183,7 @@ def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides:
     data["out"] = out
     if hashlists:
         data["match"].pop("list_thresholds", None)
+    overrides = _negative_lists_added(data["review"], overrides)
     flags: dict = {}
     for dotted, value in overrides.items():
         if value is not None:
@@ -194,6 +195,16 @@ def rescan_config(manifest: dict, out: str, hashlists: Sequence[str], overrides:
     saved_lists = [HashListSpec(s["spec"], s.get("thresholds") or {}) for s in saved.get("hashlists", [])]
     specs = tuple(HashListSpec(spec) for spec in hashlists) or tuple(saved_lists)
     return dataclasses.replace(config, hashlists=specs)
+
+
+def _negative_lists_added(review: dict, overrides: dict) -> dict:
+    """The overrides with --negative-list's lists after the previous scan's own: a rescan adds negative lists,
+    so a false positive reviewed before stays suppressed."""
+    added = overrides.get("review.negative_lists")
+    if not added:
+        return overrides
+    kept = list(review.get("negative_lists") or [])
+    return {**overrides, "review.negative_lists": kept + [path for path in added if path not in kept]}
 
 
 def private_networks_dropped(manifest: dict, config: ScanConfig) -> bool:

@@ -111,6 +111,20 @@ PRIVATE_NETWORKS_DROPPED = (
 )
 
 
+# A scheduled rescan keeps the previous scan's review rules (see rescan.INHERITED): these flags add to them.
+RESCAN_REVIEW_FLAGS = [
+    (flag, key, {**options, "help": help_text})
+    for (flag, key, options), help_text in zip(
+        REVIEW_FLAGS,
+        (
+            "a negative list (scanner review negative) added to the previous scan's; repeatable",
+            "hold floods even if the previous scan did not (default: as the previous scan)",
+        ),
+        strict=True,
+    )
+]
+
+
 def _rescan_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "previous", metavar="PREVIOUS_OUT", help="report directory of a scan run with --keep-hashes"
@@ -135,6 +149,8 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--ray-address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start one)"
     )
+    for flag, _key, options in RESCAN_REVIEW_FLAGS:
+        sub.add_argument(flag, **options)
     sub.add_argument("--restart", action="store_true", help="discard a previous rescan in --out")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or summary: only the reports line")
     add_speakup_args(sub)
@@ -152,6 +168,8 @@ def cmd_rescan(args: argparse.Namespace) -> int:
         "run.workers": args.workers,
         "run.runner": args.runner,
         "run.ray_address": args.ray_address,
+        "review.negative_lists": args.negative_list,
+        "review.hold_floods": args.hold_floods,
     }
     check_speakup_args(args)
     job = RescanJob(args.previous, args.out, args.hashlist, overrides)
