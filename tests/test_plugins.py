@@ -276,3 +276,25 @@ class TestPluginHashType(HashTypeContract):
         image = tmp_path / "i.png"
         image.write_bytes(encode(make_image(8, (96, 64)), "PNG"))
         assert hash_file_record(image)["toy_blake"] == signal_plugins.toy_signal(image.read_bytes())
+
+
+def test_a_false_positive_of_a_plugin_becomes_a_negative_entry_of_its_type(tmp_path: Path) -> None:
+    """`review negative` runs in a fresh process: it loads the scan's own plug-ins to write their entries."""
+    from conftest import run_scanner
+
+    bodies = images(2, first_seed=520)
+    toys = [signal_plugins.toy_signal(body) for body in bodies]
+    listed = toy_list(tmp_path / "toys.csv", [f"toy_blake,{toys[0]},t-0"])
+    kept = {"keep_hashes": True}
+    scanned = serve_and_scan(tmp_path, bodies, [f"toys={listed}"], audit=kept, **plugins(TOY))
+    verdicts = tmp_path / "verdicts.csv"
+    verdicts.write_text(f"shard,row,verdict\n{tmp_path / 'shard.parquet'},0,false_positive\n")
+    env = {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    done = run_scanner("review", "import", str(scanned), str(verdicts), "--operator", "ana", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    negative = tmp_path / "neg.csv"
+    done = run_scanner("review", "negative", str(scanned), "--out", str(negative), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "1 negative entries from 1 false-positive rows" in done.stdout
+    assert "no stored hash" not in done.stdout
+    assert negative.read_text().splitlines()[1:] == [f"toy_blake,{toys[0]},fp-000001,false_positive"]

@@ -121,6 +121,7 @@ def cmd_negative(args: argparse.Namespace) -> int:
 
     outputs.check_dir(args.dir, "DIR", must_exist=True)
     outputs.check_file(args.out, "--out")
+    _load_scan_plugins(Path(args.dir))
     written = write_negative_list(args.dir, args.out)
     print(f"{written.entries} negative entries from {written.rows} false-positive rows: {args.out}")
     if written.without_hash:
@@ -128,6 +129,17 @@ def cmd_negative(args: argparse.Namespace) -> int:
             f"{written.without_hash} false-positive rows had no stored hash (a URL match, or an older scan)"
         )
     return ExitCode.OK
+
+
+def _load_scan_plugins(out: Path) -> None:
+    """The scan's own plug-ins, registered: a false positive matched by a plug-in's hash type is written as
+    that type's entry, not counted as a row without a stored hash."""
+    from scanner.audits.stored import StoredScan
+    from scanner.plugins import PluginConfig, load_plugins
+
+    saved = (StoredScan.read_manifest(out).get("config") or {}).get("plugins") or {}
+    kinds = {key: tuple(saved.get(key) or ()) for key in ("signal_types", "tx_extensions")}
+    load_plugins(PluginConfig(**kinds))
 
 
 REVIEW_COMMANDS: list[tuple[str, str, Callable, Callable]] = [
