@@ -309,3 +309,36 @@ def test_a_verdict_csv_keeps_a_notes_line_ends_and_refuses_other_digits(tmp_path
     assert _int("3") == 3
     with pytest.raises(ValueError, match="not a row number"):
         _int("\u0663")  # ARABIC-INDIC DIGIT THREE
+
+
+def test_a_held_row_confirmed_by_review_is_referred(scanned, scanner_cli) -> None:
+    tmp, out, rows, _urls, _summary = scanned
+    held_out = tmp / "held-reviewed"
+    done = scanner_cli(
+        "rematch", str(out), "--hashlist", f"tlist={tmp / 'tlist.csv'}", "--hashlist",
+        f"flist={tmp / 'flist.csv'}", "--out", str(held_out), "--hold-floods", "--config", str(_low(tmp)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shard, first, second = str(tmp / "shard.parquet"), rows["popular0.jpg"], rows["popular1.jpg"]
+    verdicts = tmp / "held-verdicts.csv"
+    verdicts.write_text(f"shard,row,verdict\n{shard},{first},confirmed\n{shard},{second},false_positive\n")
+    done = scanner_cli("review", "import", str(held_out), str(verdicts), "--operator", "ana")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def held(*flags: str) -> list[tuple[int, str]]:
+        """The exported records of the flood entry F-1, which matched held rows only."""
+        target = held_out / "referrals.jsonl"
+        done = scanner_cli("export", str(held_out), "--format", "jsonl", "--output", str(target), *flags)
+        assert done.returncode == 0, done.stderr
+        return sorted((r["row"], r["verdict"]) for r in _lines(target) if r["entry_id"] == "F-1")
+
+    assert held() == [(first, "confirmed")]  # unreviewed and false-positive held rows stay out
+    assert held("--verdict", "confirmed") == [(first, "confirmed")]
+    waiting = sorted((rows[f"popular{i}.jpg"], "unreviewed") for i in range(2, 6))
+    assert held("--verdict", "unreviewed") == waiting
+    assert held("--verdict", "false_positive") == [(second, "false_positive")]
+    drafts = tmp / "drafts.jsonl"
+    done = scanner_cli("export", str(held_out), "--format", "cybertip-draft", "--output", str(drafts))
+    assert done.returncode == 0, done.stderr
+    drafted = {d["scanner"]["row"]["row"]: d["scanner"]["verdict"] for d in _lines(drafts)}
+    assert drafted.get(first) == "confirmed" and set(drafted.values()) == {"confirmed"}

@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner.errors import InputError
-from scanner.outcomes import Verdict
+from scanner.outcomes import Outcome, Verdict
 from scanner.reports import jsonl, safetext
 from scanner.reports.cybertip import CYBERTIP_DRAFT, write_drafts
 from scanner.reports.files import atomic_open, utf8_text
+from scanner.reports.review import read_set_aside
 from scanner.reports.verdicts import Verdicts
 
 FORMATS = ("csv", "jsonl", CYBERTIP_DRAFT)
@@ -62,9 +63,12 @@ def write_referrals(
     out = Path(out_dir)
     if not (out / "matches.jsonl").is_file():
         raise InputError(str(out), "no matches.jsonl here; is this a finished scan's directory?")
-    records = referrals(out, with_captions)
     if fmt == CYBERTIP_DRAFT and not verdicts:
         verdicts = (Verdict.CONFIRMED,)  # a draft is for a reviewed, confirmed row only, unless asked
+    # A held row is a match set aside for review: referred once a reviewer confirms it (or asked by verdict)
+    records = itertools.chain(
+        referrals(out, with_captions), held_referrals(out, verdicts or (Verdict.CONFIRMED,), with_captions)
+    )
     if verdicts:
         records = (r for r in records if r["verdict"] in verdicts)
     if fmt == CYBERTIP_DRAFT:
@@ -97,6 +101,22 @@ def referrals(out_dir: Path, with_captions: bool = False) -> Iterator[dict]:
         if captions is not None:
             record["caption"] = captions.get(match["shard"], match["row"])
         yield record
+
+
+def held_referrals(out_dir: Path, verdicts: Collection[str], with_captions: bool = False) -> Iterator[dict]:
+    """The match records of held rows (held.jsonl) whose verdict is one of `verdicts`, with their evidence."""
+    captions = _Captions() if with_captions else None
+    known = Verdicts.load(out_dir)
+    for row in read_set_aside(out_dir, Outcome.HELD):
+        verdict = known.of_record(row)
+        if verdict not in verdicts:
+            continue
+        for match in row.get("matches") or []:
+            record = referral(match, row.get("evidence") or {})
+            record["verdict"] = verdict
+            if captions is not None:
+                record["caption"] = captions.get(match["shard"], match["row"])
+            yield record
 
 
 def referral(match: dict, evidence: dict) -> dict:
