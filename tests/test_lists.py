@@ -317,6 +317,19 @@ def test_repeated_hashes_are_merged_with_a_warning(tmp_path):
     assert hash_list.stats["duplicates_merged"] == 2
 
 
+def test_the_command_says_a_repeated_hash_in_one_line(tmp_path, scanner_cli):
+    """A warning reaches the user as one line, not Python's display with a line of the scanner's source."""
+    listed = write(tmp_path, "md5s.txt", f"{MD5_A}\n{MD5_A}\n")
+    shard = write(tmp_path, "urls.csv", "url\nhttp://127.0.0.1:9/a.jpg\n")
+    args = ["scan", str(shard), "--hashlist", str(listed), "--out", str(tmp_path / "out"), "--quiet"]
+    done = scanner_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"scanner: warning: {listed}: 1 repeated md5 hash(es) merged into their first entry (first repeat at "
+        "line 2)"
+    ]
+
+
 @pytest.mark.parametrize("text", ["", "\n\n# only comments\n", "hash_type,hash\n"])
 def test_empty_lists_are_refused(tmp_path, text):
     path = write(tmp_path, "empty.csv", text)

@@ -7,8 +7,10 @@ import errno
 import json
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from scanner import __version__, textmode
 from scanner.cli import outputs
@@ -125,8 +127,9 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `scanner` command: whatever happens, at most one line on stderr and an ExitCode."""
-    if argv is None:
+    if argv is None:  # the command itself, not a caller's process
         textmode.ensure_utf8_mode()
+        warnings.showwarning = _warning_line
     textmode.tolerant_streams()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -139,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     if status != ExitCode.OK:
         outputs.discard_unused()
     return status
+
+
+def _warning_line(message: Warning | str, *_where: object, file: TextIO | None = None, **_: object) -> None:
+    """A warning (a list's repeated hashes, a library's notice) as one line, without the source line that
+    Python's default display adds."""
+    print(f"scanner: warning: {message}", file=file or sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> ExitCode:
