@@ -1,6 +1,7 @@
 """Quick start: time from `scanner scan` to the server's first request, with a 10M-entry PDQ list.
 
     python benchmarks/bench_quickstart.py [--list-size 10000000] [--rows 200] [--repeat 3] [--workers N]
+                                          [--tree OTHER_CHECKOUT ...]
 
 In a temporary directory: a plain-text PDQ list of `--list-size` random hashes (one picture planted), a URL
 list, and a Parquet shard of `--rows` URLs on a loopback server (127.0.0.1 only) that serves a few
@@ -10,6 +11,9 @@ and "quick start" (the default: URL lists first, the PDQ list loaded and indexed
 It prints, per mode, the median over rounds of the time from process start to the first request and to
 the scan's end, checks both modes found the same matches, and how long loading and indexing the lists
 takes in one process. Target (issue 16): first request <= 2 s on a warm machine.
+
+--tree runs the same scans with another checkout of the scanner too (PYTHONPATH), in turn with this one in
+every round, so that a before/after comparison shares the inputs, the machine and its load.
 """
 
 from __future__ import annotations
@@ -101,8 +105,11 @@ def write_inputs(work: Path, size: int, rows: int, port: int, bodies: list[bytes
     return [f"pdq=pdq:{work / 'pdq.txt'}", f"urls=url:{work / 'urls.txt'}"]
 
 
-def run_scan(work: Path, specs: list[str], server: Server, mode: str, workers: int | None) -> tuple:
-    """(seconds to the first request, seconds to the end, the matches found) for one scan."""
+def run_scan(
+    work: Path, specs: list[str], server: Server, mode: str, workers: int | None, tree: Path = REPO
+) -> tuple:
+    """(seconds to the first request, seconds to the end, the matches found) for one scan by the scanner
+    in `tree`."""
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     config = work / "config.toml"
@@ -111,10 +118,10 @@ def run_scan(work: Path, specs: list[str], server: Server, mode: str, workers: i
     argv += ["--config", str(config), "--allow-private-networks", "--quiet"]
     argv += [arg for spec in specs for arg in ("--hashlist", spec)]
     argv += ["--workers", str(workers)] if workers else []
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     server.reset()
     started = time.monotonic()
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
     ended = time.monotonic()
     if done.returncode != 0:
         raise SystemExit(f"{mode}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
@@ -136,14 +143,17 @@ def list_load_times(specs: list[str]) -> str:
         "from scanner.lists.deferred import deferred\n"
         "from scanner.lists import ListSpec\n"
         "t1 = time.perf_counter()\n"
-        "d = deferred(ListSpec.parse(sys.argv[1]))\n"
+        "d = deferred(ListSpec.parse(sys.argv[1]), digest_now=False)\n"
         "t2 = time.perf_counter()\n"
-        "hl = load_hashlist(sys.argv[1])\n"
+        "d = deferred(ListSpec.parse(sys.argv[1]))\n"
         "t3 = time.perf_counter()\n"
-        "Matcher.from_lists([hl]).rest()\n"
+        "hl = load_hashlist(sys.argv[1])\n"
         "t4 = time.perf_counter()\n"
-        "print(f'imports {t1 - t:.2f} s, digest + sniff (before any request) {t2 - t1:.2f} s, '\n"
-        "      f'load {t3 - t2:.2f} s, index {t4 - t3:.2f} s')\n"
+        "Matcher.from_lists([hl]).rest()\n"
+        "t5 = time.perf_counter()\n"
+        "print(f'imports {t1 - t:.2f} s, sniff (before a fresh run\\'s first request) {t2 - t1:.2f} s, '\n"
+        "      f'sniff + digest (before a resumed run\\'s) {t3 - t2:.2f} s, load {t4 - t3:.2f} s, '\n"
+        "      f'index {t5 - t4:.2f} s')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code, specs[0]], env=env, capture_output=True, text=True)
@@ -159,7 +169,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds, each mode once a round (default 3)")
     parser.add_argument("--workers", type=int, default=None, help="scanner --workers (default: its own)")
     parser.add_argument("--workdir", help="keep the inputs here (default: a temporary directory)")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        type=Path,
+        help="another checkout of the scanner to time in turn with this one (repeatable; default: none)",
+    )
     args = parser.parse_args()
+    trees = {"": REPO, **{f" [{tree.name}]": tree.resolve() for tree in args.tree}}
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-quickstart-"))
     work.mkdir(parents=True, exist_ok=True)
     bodies = [picture(n) for n in range(PICTURES)]
@@ -171,14 +189,16 @@ def main() -> None:
         took = time.perf_counter() - started
         print(f"inputs: {args.list_size:,} PDQ + 2 URLs, {args.rows} rows ({took:.0f} s)")
         print(f"lists in one process: {list_load_times(specs)}", flush=True)
-        results: dict[str, list[tuple]] = {mode: [] for mode in MODES}
+        results: dict[str, list[tuple]] = {mode + name: [] for name in trees for mode in MODES}
         for round_ in range(args.repeat):
-            for mode in MODES:  # in turn, so a noisy spell falls on one round, not one mode
-                results[mode].append(run_scan(work, specs, server, mode, args.workers))
-                first, end, _ = results[mode][-1]
-                print(
-                    f"  round {round_ + 1} {mode}: first request {first:.2f} s, done {end:.2f} s", flush=True
-                )
+            for name, tree in trees.items():  # in turn, so a noisy spell falls on one round, not one mode
+                for mode in MODES:
+                    results[mode + name].append(run_scan(work, specs, server, mode, args.workers, tree))
+                    first, end, _ = results[mode + name][-1]
+                    print(
+                        f"  round {round_ + 1} {mode + name}: first request {first:.2f} s, done {end:.2f} s",
+                        flush=True,
+                    )
         report(results, args.rows)
     finally:
         server.shutdown()
@@ -190,12 +210,13 @@ def report(results: dict[str, list[tuple]], rows: int) -> None:
     found = {mode: {tuple(map(tuple, r[2])) for r in runs} for mode, runs in results.items()}
     if len(set().union(*found.values())) != 1:
         raise SystemExit(f"the modes found different matches: {found}")
-    print(f"\n| mode        | first request s | scan of {rows} rows s |")
-    print("|-------------|-----------------|" + "-" * (len(str(rows)) + 16) + "|")
+    width = max(len(mode) for mode in results)
+    print(f"\n| {'mode':<{width}} | first request s | scan of {rows} rows s |")
+    print(f"|{'-' * (width + 2)}|-----------------|" + "-" * (len(str(rows)) + 16) + "|")
     for mode, runs in results.items():
         first = statistics.median(r[0] for r in runs)
         end = statistics.median(r[1] for r in runs)
-        print(f"| {mode:<11} | {first:15.2f} | {end:{len(str(rows)) + 14}.2f} |")
+        print(f"| {mode:<{width}} | {first:15.2f} | {end:{len(str(rows)) + 14}.2f} |")
     matches = next(iter(found["quick start"]))
     print(f"same matches in every run: {len(matches)} rows {list(matches)[:6]}")
     load = os.getloadavg()[0]

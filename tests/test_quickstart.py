@@ -4,8 +4,12 @@ as with every list loaded first (run.lists_first)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import pickle
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,12 +21,19 @@ from images import encode, make_image
 from loopback import LoopbackServer
 
 from scanner.config import build_config
-from scanner.errors import HashListError
+from scanner.errors import HashListError, ResumeError
+from scanner.fetch.base import CLIENTS
 from scanner.hashing import hash_image
-from scanner.lists import HashList, ListSpec, Matcher, Query, load_hashlist
-from scanner.lists.deferred import DeferredList, deferred
+from scanner.lists import HashList, ListSpec, Matcher, Query, formats, load_hashlist
+from scanner.lists.deferred import BACKGROUND_NICE, MAX_NICE, DeferredList, deferred
+from scanner.reports.records import RowResult, UnitReport
+from scanner.run.job import open_run
 from scanner.run.lifecycle import load_lists
+from scanner.run.scan import ScanJob
 from scanner.runners.local import scan
+from scanner.runners.procs import CLIENT_MODULES
+
+REPO = Path(__file__).resolve().parents[1]
 
 IMAGES = [encode(make_image(40 + i, (320, 240)), "JPEG") for i in range(6)]
 PDQ = [hash_image(body, frozenset({"pdq", "md5"})) for body in IMAGES]
@@ -198,3 +209,117 @@ def test_a_bad_line_deep_in_a_list_loaded_later_stops_the_scan_with_one_line(
     lines = [line for line in done.stderr.splitlines() if line.startswith("scanner:")]
     assert len(lines) == 1 and "pdq.txt:3501" in lines[0] and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_a_fresh_run_takes_its_image_lists_digest_as_they_load_and_records_it_before_its_first_commit(
+    tmp_path: Path,
+) -> None:
+    paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+    shard = tmp_path / "s.txt"
+    shard.write_text("file:///x\n")
+    out = tmp_path / "out"
+    settings = {"inputs": [str(shard)], "out": str(out), "hashlist": [f"pdq:{paths['pdq']}"]}
+    config = build_config(settings, "test")
+    fresh = open_run(ScanJob(config))
+    pdq = fresh.lists[0]
+    assert isinstance(pdq, DeferredList) and pdq.digest_by_load
+    fingerprint = out / ".units" / "fingerprint.json"
+    assert not fingerprint.exists()  # nothing is kept yet: nothing to guard
+    row = RowResult(str(shard), 0, "file:///x", None, "blocked", reason="scheme")
+    fresh.checkpoint.commit_part(0, [(0, UnitReport(0, [row]))])
+    loaded = load_hashlist(f"pdq:{paths['pdq']}").digest
+    assert json.loads(fingerprint.read_text())["lists"] == [["pdq", loaded]]
+    # A resumed run takes the digest before any request, and refuses a list changed since.
+    resumed = open_run(ScanJob(config))
+    assert isinstance(resumed.lists[0], DeferredList) and not resumed.lists[0].digest_by_load
+    assert resumed.lists[0].digest == loaded
+    paths["pdq"].write_text(PDQ[3].pdq.hex() + "\n")
+    with pytest.raises(ResumeError, match="different lists"):
+        open_run(ScanJob(config))
+
+
+def test_a_fresh_runs_list_changed_after_its_first_lines_were_read(tmp_path: Path) -> None:
+    """A fresh run records the digest of the very bytes it matches against; a list that no longer holds
+    one image hash type is refused."""
+    paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+    spec = ListSpec.parse(f"pdq:{paths['pdq']}")
+    later = deferred(spec, digest_now=False)
+    assert later is not None and later.digest is None
+    paths["pdq"].write_text(PDQ[3].pdq.hex() + "\n")
+    assert later.load().digest == later.digest == load_hashlist(spec).digest
+    other = deferred(ListSpec.parse(str(paths["md5"])), digest_now=False)
+    assert other is not None
+    paths["md5"].write_text("hash_type,hash\nurl,http://example.com/a.jpg\n")
+    with pytest.raises(HashListError, match="expected md5 entries only"):
+        other.load()
+    with pytest.raises(HashListError, match="expected md5 entries only"):
+        other.waited_digest()
+
+
+def test_a_resumed_scan_compares_its_lists_before_any_request(tmp_path: Path) -> None:
+    with LoopbackServer({f"/{i}.jpg": body for i, body in enumerate(IMAGES)}) as server:
+        urls = [server.url(f"/{i % len(IMAGES)}.jpg?r={i}") for i in range(6)]
+        paths = write_lists(tmp_path, urls[3])
+        shard = tmp_path / "shard.parquet"
+        pq.write_table(pa.table({"url": urls}), shard)
+        specs = [f"pdq:{paths['pdq']}", f"url:{paths['url']}"]
+        settings = {**_settings(specs), "inputs": [str(shard)], "out": str(tmp_path / "out")}
+        config = build_config({**settings, "fetch": {"allow_private_networks": True}}, "test")
+        scan(config)
+        hits = server.total_hits
+        paths["pdq"].write_text(PDQ[4].pdq.hex() + "\n")
+        with pytest.raises(ResumeError, match="different lists"):
+            scan(config)
+        assert server.total_hits == hits
+
+
+class RecordingList(DeferredList):
+    """A deferred list that notes the priority its load runs at."""
+
+    nice: int | None = None
+
+    def load(self) -> HashList:
+        self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return super().load()
+
+
+def test_image_lists_load_at_a_lower_priority_than_the_scan(tmp_path: Path) -> None:
+    paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    recording = RecordingList(ListSpec.parse(f"pdq:{paths['pdq']}"), "pdq")
+    Matcher.from_lists([recording]).rest()
+    assert recording.nice == min(own + BACKGROUND_NICE, MAX_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+
+def test_a_small_list_loads_without_numba_and_as_a_large_one_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL list loads before the first request: numba's first call would cost more than the list."""
+    lines = [
+        [f"http://example.com/{i}.jpg", f"  http://e.org/{i}\t", "", "# n", f"http://e.net/{i}\r"]
+        for i in range(40)
+    ]
+    listed = tmp_path / "urls.txt"
+    listed.write_text("\n".join(line for five in lines for line in five) + "\n")
+    big = load_hashlist(f"url:{listed}")
+    monkeypatch.setattr(formats, "NUMPY_PACK_BYTES", 0)  # every list through the kernel
+    assert load_hashlist(f"url:{listed}").entries["url"].keys.tolist() == big.entries["url"].keys.tolist()
+    code = (
+        "import sys\n"
+        "import scanner.runners.procs, scanner.runners.local, scanner.fetch.client\n"
+        "from scanner.lists import load_hashlist\n"
+        f"load_hashlist({f'url:{listed}'!r})\n"
+        "print(sorted(m for m in ('numba', 'llvmlite', 'scipy') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_a_unit_worker_imports_the_transport_of_every_client_before_its_lists_arrive() -> None:
+    """Each fetch.client names the module a unit worker imports first thing (make_fetcher's import)."""
+    assert set(CLIENT_MODULES) == set(CLIENTS)
+    transports = {"aiohttp": "AiohttpTransport", "httpx": "HttpxTransport"}
+    for client, module in CLIENT_MODULES.items():
+        assert hasattr(importlib.import_module(module), transports[client])

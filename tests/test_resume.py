@@ -294,3 +294,29 @@ def test_a_checkpoint_that_kept_nothing_takes_the_new_fingerprint(tmp_path):
     Checkpoint(out, {"lists": ["new"]}).commit_part(0, [(0, UnitReport(0, [row]))])
     with pytest.raises(ResumeError, match="different lists"):
         Checkpoint(out, {"lists": ["newer"]})
+
+
+def test_a_fingerprint_left_to_settle_is_written_before_the_first_commit_or_never(tmp_path):
+    """A fresh run whose lists take their digests as they load: its fingerprint is written before the first
+    thing it guards; a load that fails writes nothing, and the rerun starts afresh."""
+    from scanner.errors import HashListError
+    from scanner.reports.records import RowResult, UnitReport
+    from scanner.run.checkpoint import Checkpoint
+
+    out = tmp_path / "out"
+    path = out / ".units" / "fingerprint.json"
+    row = RowResult("s", 0, "http://a/", None, "dead", reason="dns_failure")
+
+    def broken() -> dict:
+        raise HashListError("l.txt", "bad line", 7)
+
+    failing = Checkpoint(out, {"lists": [["l", None]]}, settle=broken)
+    with pytest.raises(HashListError, match="bad line"):
+        failing.commit_part(0, [(0, UnitReport(0, [row]))])
+    assert not path.exists() and not list((out / ".units").glob("p*"))
+    settled = Checkpoint(out, {"lists": [["l", None]]}, settle=lambda: {"lists": [["l", "abc"]]})
+    assert not path.exists()
+    settled.commit_part(0, [(0, UnitReport(0, [row]))])
+    assert json.loads(path.read_text()) == {"lists": [["l", "abc"]]}
+    with pytest.raises(ResumeError, match="different lists"):
+        Checkpoint(out, {"lists": [["l", None]]}, settle=lambda: {"lists": [["l", "other"]]})

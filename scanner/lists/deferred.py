@@ -2,14 +2,20 @@
 
 URL and domain entries screen every row before its request, so the lists that may hold them load first. A
 list whose spec and first lines show it holds one image hash type and nothing else (an untyped format: plain
-text, PDQ hashio) loads later: here only its digest is taken (what a resumed run must find unchanged), and
-the matcher loads and indexes it in a thread while rows are fetched and hashed; a row's hashes wait for the
-whole list, never a part of it (lists/matcher.py).
+text, PDQ hashio) loads later: the matcher loads and indexes it in a thread, at a lower priority than the
+processes that fetch and hash, while rows are fetched and hashed; a row's hashes wait for the whole list,
+never a part of it (lists/matcher.py).
+
+Its digest is what a resumed run must find unchanged. A resumed run takes it before any request, and the
+load refuses a file that no longer has it; a fresh run takes it from the very bytes the load reads, and its
+checkpoint records it before the first commit (run/checkpoint.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -22,25 +28,34 @@ from scanner.regularfile import open_regular
 
 HEAD_BYTES = 1 << 16  # enough for a list's first lines: its format and, for an untyped one, its type
 DIGEST_CHUNK = 1 << 22
+# How much nicer than the scan the threads run that load and index lists no request waits for: the unit
+# workers starting up, and then fetching and hashing, win the CPU; the threads get what they leave.
+BACKGROUND_NICE = 10
+MAX_NICE = 19
 
 
 class DeferredList:
-    """A list of one image hash type, its digest taken now, its entries loaded by load() (the matcher's
-    build thread) and waited for by result()."""
+    """A list of one image hash type, its entries loaded by load() (the matcher's build thread) and waited
+    for by result(); its digest taken before (a resumed run's) or by the load (None until then)."""
 
-    def __init__(self, spec: ListSpec, hash_type: str, digest: str) -> None:
+    def __init__(self, spec: ListSpec, hash_type: str, digest: str | None = None) -> None:
         self.name = spec.name
         self.path = spec.path
         self.digest = digest
+        self.digest_by_load = digest is None  # set by load(), from the bytes it read
         self.hash_type: ListKeys = list_keys(hash_type)
         self._spec = spec
         self._loaded: Future[HashList] = Future()
 
+    def waited_digest(self) -> str:
+        """The digest, waiting for the load when it takes it (a load error is raised here)."""
+        return self.digest if self.digest is not None else self.result().digest
+
     def load(self) -> HashList:
-        """Load the list; the file must still be the one whose digest the run recorded."""
+        """Load the list; the file must still be the one whose digest the run recorded, if it recorded one."""
         try:
             loaded = load_hashlist(self._spec)
-            if loaded.digest != self.digest:
+            if self.digest is not None and loaded.digest != self.digest:
                 raise HashListError(
                     str(self.path),
                     "the list changed while the scan started; run the same command again "
@@ -51,6 +66,7 @@ class DeferredList:
         except BaseException as error:  # whoever waits on the list sees the load's own error
             self._loaded.set_exception(error)
             raise
+        self.digest = loaded.digest
         self._loaded.set_result(loaded)
         return loaded
 
@@ -70,17 +86,31 @@ class DeferredList:
         return self.result().skipped
 
 
-def deferred(spec: ListSpec) -> DeferredList | None:
+def deferred(spec: ListSpec, digest_now: bool = True) -> DeferredList | None:
     """The list as a DeferredList when its first lines show one image hash type for every entry; None when
-    it may hold URL or domain entries (or its head does not read): it is loaded before any request."""
+    it may hold URL or domain entries (or its head does not read): it is loaded before any request. Its
+    digest is taken now with `digest_now` (a resumed run), else by its load (a fresh run)."""
     image_type = _image_type(spec)
     if image_type is None:
         return None
+    if not digest_now:
+        return DeferredList(spec, image_type)
     try:
         digest = _digest(spec.path)
     except OSError:
         return None  # loading it now says why, as for any list
     return DeferredList(spec, image_type, digest)
+
+
+def lower_priority() -> None:
+    """Lower the calling thread's priority by BACKGROUND_NICE (Linux: a thread's own id names it, and a
+    thread it starts inherits it); where that cannot be done the thread keeps its priority."""
+    try:
+        native = threading.get_native_id()
+        nice = min(os.getpriority(os.PRIO_PROCESS, native) + BACKGROUND_NICE, MAX_NICE)
+        os.setpriority(os.PRIO_PROCESS, native, nice)
+    except (AttributeError, OSError):
+        pass
 
 
 def _image_type(spec: ListSpec) -> str | None:

@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from scanner.lists import _kernels
 from scanner.lists.hashtypes import LIST_TYPE_NAMES, string_buffers
 from scanner.lists.skipped import SkippedType, SkipReason
 
@@ -70,6 +69,9 @@ class ListText:
 _ASCII_SPACE = np.zeros(256, dtype=bool)
 _ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True  # what pyarrow's utf8_trim_whitespace trims
 _TRIM_ROUNDS = 4  # whitespace runs longer than this (rare) go to pyarrow's trim: each round scans every line
+# Lists up to this size are packed by numpy: a URL list loads before a scan's first request, and numba's
+# first call in a process (its registries, scipy) costs far more than numpy spends on a small file.
+NUMPY_PACK_BYTES = 1 << 20
 
 
 def _ascii_trimmed_lines(buffer: np.ndarray) -> pa.Array | None:
@@ -93,11 +95,22 @@ def _ascii_trimmed_lines(buffer: np.ndarray) -> pa.Array | None:
         return None
     offsets = np.zeros(len(starts) + 1, dtype=np.int64)
     np.cumsum(ends - starts, out=offsets[1:])
-    packed = np.empty(offsets[-1], dtype=np.uint8)
-    _kernels.pack_ranges(buffer, starts, ends, packed)
+    packed = _packed(buffer, starts, ends, offsets)
     return pa.Array.from_buffers(
         pa.large_string(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(packed)]
     )
+
+
+def _packed(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """buffer[starts[i]:ends[i]] for every i, one after another (offsets: where each begins)."""
+    if len(buffer) > NUMPY_PACK_BYTES:
+        from scanner.lists import _kernels  # numba: only a large list pays its import and first call
+
+        packed = np.empty(offsets[-1], dtype=np.uint8)
+        _kernels.pack_ranges(buffer, starts, ends, packed)
+        return packed
+    shift = np.repeat(starts - offsets[:-1], ends - starts)
+    return buffer[np.arange(offsets[-1], dtype=np.int64) + shift]
 
 
 @dataclass(frozen=True, slots=True)

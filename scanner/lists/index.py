@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import combinations
 from math import comb
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scanner.lists import _kernels
+if TYPE_CHECKING:
+    from scanner.lists import _kernels
+# The functions that run a kernel import scanner.lists._kernels themselves: numba costs a fifth of a second
+# of CPU to import, and a process that never searches a Hamming index (a unit worker starting up) skips it.
 
 SearchResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 """(query_idx, entry_idx, distance): one row per (query, entry) pair found, grouped by query."""
@@ -127,6 +131,8 @@ class SearchCost:
     def of_layout(cls, layout: ChunkLayout, n_entries: int, key_bytes: int, embedded: bool) -> SearchCost:
         """Costs for a layout's array sizes: reads from arrays that fit in cache are cheap. Embedded keys
         (in the postings) are read in sequence, which is cheap at any size."""
+        from scanner.lists import _kernels
+
         offsets = layout.offsets_size()
         postings = posting_bytes(n_entries, embedded) * len(layout.widths) * n_entries
         return cls(
@@ -254,6 +260,8 @@ class HammingIndex:
 
     def _build(self) -> tuple[_kernels.Offsets, tuple[np.ndarray, ...]]:
         """Sort entries by each chunk in turn, keeping one chunk's order in memory at a time."""
+        from scanner.lists import _kernels
+
         n, n_chunks = len(self.keys), len(self.layout.widths)
         index_type = np.int32 if n_chunks * n < 2**31 else np.int64
         offsets = np.empty(self._offset_base[-1], dtype=index_type)
@@ -277,6 +285,8 @@ class HammingIndex:
         self, postings: tuple[np.ndarray, ...], part: slice, order: np.ndarray, after: int, values: np.ndarray
     ) -> None:
         """One chunk's postings in order: entry numbers plus the embedded key or the next chunk's low bits."""
+        from scanner.lists import _kernels
+
         if self.embedded:
             entries, posted_keys = postings
             entries[part] = order
@@ -304,6 +314,8 @@ class HammingIndex:
 
     def search(self, queries: np.ndarray, threshold: int | None = None) -> SearchResult:
         """Every (query, entry) pair within threshold bits (default: the build threshold) and its distance."""
+        from scanner.lists import _kernels
+
         threshold = self.threshold if threshold is None else threshold
         queries = as_words(np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, self.keys.shape[1]))
         radii, masks, mask_ptr = self._probes(threshold)
@@ -339,6 +351,8 @@ class HammingIndex:
 
 def brute_force_compiled(keys: np.ndarray, queries: np.ndarray, threshold: int) -> SearchResult:
     """Reference search by full popcount of every pair, compiled with numba: brute force at machine speed."""
+    from scanner.lists import _kernels
+
     keys = aligned_copy(keys) if keys.ctypes.data % 64 or not keys.flags.c_contiguous else keys
     queries = as_words(np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, keys.shape[1]))
     return _kernels.collect(_kernels.brute_force_search, queries, as_words(keys), threshold)

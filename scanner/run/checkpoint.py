@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,8 +30,9 @@ from scanner.reports import jsonl
 from scanner.reports.files import DIR_MODE, atomic_open, private_dir, sha256_file, write_json, write_jsonl
 from scanner.reports.hashes import write_unit_hashes
 from scanner.reports.records import UnitReport, from_row_record, outcomes_table, row_record
-from scanner.run.mirror import Mirror, local_dir
+from scanner.run.mirror import FILE_SCHEME, Mirror, local_dir
 from scanner.sources.hub import parse
+from scanner.sources.storage import is_remote
 
 UNITS_DIR = ".units"
 FINGERPRINT = "fingerprint.json"
@@ -68,14 +69,24 @@ def read_parts(unit_id: int, paths: list[str]) -> dict[int, UnitReport]:
     return rows
 
 
-def open_out(out: str, fingerprint: dict, restart: bool = False) -> tuple[Path, Checkpoint]:
+def open_out(
+    out: str, fingerprint: dict, restart: bool = False, settle: Callable[[], dict] | None = None
+) -> tuple[Path, Checkpoint]:
     """The local report directory for --out and its checkpoint; an fsspec URL is written through a local
     staging directory, pulled from the URL first (scanner.run.mirror)."""
     mirror = Mirror.for_out(out)
     if mirror is not None:
         mirror.pull()
     directory = private_dir(local_dir(out))
-    return directory, Checkpoint(directory, fingerprint, restart, mirror)
+    return directory, Checkpoint(directory, fingerprint, restart, mirror, settle)
+
+
+def may_resume(out: str) -> bool:
+    """Whether --out may hold a run to resume: a checkpoint's fingerprint is there, or --out is a URL (what
+    it holds is known once pulled)."""
+    if is_remote(out) and not out.startswith(FILE_SCHEME):
+        return True
+    return (local_dir(out) / UNITS_DIR / FINGERPRINT).exists()
 
 
 def own_dir(path: Path) -> Path:
@@ -112,18 +123,30 @@ def finished_summary(out: Path) -> dict:
 
 
 class Checkpoint:
-    """The units directory inside --out: one committed set of files per finished unit."""
+    """The units directory inside --out: one committed set of files per finished unit.
+
+    `settle`, for a fresh run whose lists take their digests as they load (lists/deferred.py): the whole
+    fingerprint (`fingerprint` holds None for those digests), waiting for those loads. It is written before
+    the first commit, so a checkpoint that holds work always holds its whole fingerprint; an earlier run
+    found here after all is compared with it whole.
+    """
 
     def __init__(
-        self, out_dir: Path, fingerprint: dict, restart: bool = False, mirror: Mirror | None = None
+        self,
+        out_dir: Path,
+        fingerprint: dict,
+        restart: bool = False,
+        mirror: Mirror | None = None,
+        settle: Callable[[], dict] | None = None,
     ) -> None:
         self.dir = Path(out_dir) / UNITS_DIR
         self.mirror = mirror
+        self._settle: Callable[[], dict] | None = None
         if restart:
             self._discard()
         private_dir(out_dir)
         own_dir(self.dir)
-        self._adopt(fingerprint)
+        self._adopt(fingerprint, settle)
         self._committed = {unit_id: self._check_unit(unit_id) for unit_id in self._marked()}
         self._parts = self._find_parts()
         self._part_rows = {unit_id: len(self.kept(unit_id)) for unit_id in self._parts}
@@ -136,12 +159,13 @@ class Checkpoint:
         if self.mirror is not None:
             self.mirror.remove(self.dir)
 
-    def _adopt(self, fingerprint: dict) -> None:
+    def _adopt(self, fingerprint: dict, settle: Callable[[], dict] | None) -> None:
         """Refuse to mix units from a scan of other inputs, lists or settings."""
         path = self.dir / FINGERPRINT
         if path.exists() and not self._holds_work():
             path.unlink()  # a run that stopped before it kept anything (a bad list): nothing to mix with
         if path.exists():
+            fingerprint = settle() if settle is not None else fingerprint
             previous = self._read_json(path, f"the checkpoint's fingerprint is damaged ({{}}); {RESTART}")
             keys = (fingerprint.keys() | previous.keys()) - {SETTINGS_SHOWN}  # the settings' hash decides
             changed = sorted(k for k in keys if fingerprint.get(k) != previous.get(k))
@@ -155,9 +179,22 @@ class Checkpoint:
                 )
         elif self._marked():  # units of unknown inputs and settings: never adopted
             raise CheckpointError(f"{path} is missing, but {self.dir} holds committed units; {RESTART}")
+        elif settle is not None:
+            self._settle = settle
         else:
-            write_json(path, fingerprint)
-            self._publish([path])
+            self._write_fingerprint(fingerprint)
+
+    def _write_fingerprint(self, fingerprint: dict) -> None:
+        path = self.dir / FINGERPRINT
+        write_json(path, fingerprint)
+        self._publish([path])
+
+    def _settled(self) -> None:
+        """Write the fingerprint left to settle, before the first thing it guards (a load's error is raised
+        here, and nothing is written)."""
+        if self._settle is not None:
+            self._write_fingerprint(self._settle())
+            self._settle = None
 
     def _holds_work(self) -> bool:
         """Whether any unit or part was committed here, or the run finished (its reports stand)."""
@@ -193,6 +230,7 @@ class Checkpoint:
 
     def commit(self, report: UnitReport) -> None:
         """Write a unit's files, then its done marker (the commit) naming the unit and their digests."""
+        self._settled()
         stem = self.dir / f"u{report.unit_id:06d}"
         for suffix, records in ((".matches.jsonl", report.matches), (".evidence.jsonl", report.evidence)):
             with atomic_open(f"{stem}{suffix}", "w") as handle:
@@ -223,6 +261,7 @@ class Checkpoint:
         """Write finished rows of a unit still running (each row's report, by position) as its next part."""
         if unit_id in self._committed:
             return  # the unit itself was committed: it holds these rows
+        self._settled()
         parts = self._parts.setdefault(unit_id, [])
         number = int(parts[-1].name.split(".")[1]) + 1 if parts else 0
         path = self.dir / f"p{unit_id:06d}.{number:04d}.jsonl"
@@ -358,6 +397,7 @@ class Checkpoint:
 
     def seal(self) -> None:
         """Drop the merged units and mark the scan complete; the fingerprint stays to guard the reports."""
+        self._settled()
         merged = [path for path in self.dir.iterdir() if path.name != FINGERPRINT]
         for path in merged:
             path.unlink()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +25,7 @@ from scanner.pipeline import HashFn, Progress
 from scanner.reports.records import UnitReport
 from scanner.reports.review import Review
 from scanner.run import lifecycle
-from scanner.run.checkpoint import Checkpoint, open_out
+from scanner.run.checkpoint import Checkpoint, may_resume, open_out
 from scanner.run.lifecycle import ScanResult
 from scanner.run.reportlock import report_lock
 from scanner.screen import hash_types
@@ -155,12 +156,17 @@ def hashing_job(config: ScanConfig, matcher: Matcher) -> HashJob:
 
 
 def open_run(job: Job, restart: bool = False) -> Run:
-    """Read the job's inputs, load the lists, and adopt (or start) the checkpoint in --out."""
+    """Read the job's inputs, load the lists, and adopt (or start) the checkpoint in --out. A resumed run
+    takes its image lists' digests now, to compare with its checkpoint's before any request; a fresh run's
+    loads take them (lists/deferred.py), and its checkpoint records them before its first commit."""
     job.check()
     units = job.load()
-    lists, matcher = lifecycle.load_lists(job.config, job.lists_later)
+    fresh = restart or not may_resume(job.config.out)
+    lists, matcher = lifecycle.load_lists(job.config, job.lists_later, fresh)
     job.check_matcher(matcher)
-    out, checkpoint = open_out(job.config.out, job.fingerprint(lists), restart)
+    fingerprint = job.fingerprint(lists)
+    settle = partial(lifecycle.settled, fingerprint, lists) if lifecycle.digests_pending(lists) else None
+    out, checkpoint = open_out(job.config.out, fingerprint, restart, settle)
     job.check_resumed(checkpoint, units)
     return Run(job, lists, matcher, out, checkpoint, units, checkpoint.done())
 

@@ -39,15 +39,18 @@ class ScanResult:
     earlier: bool = False  # the same run had already completed: nothing ran, the summary is that run's
 
 
-def load_lists(config: ScanConfig, later: bool = False) -> tuple[list[HashList | DeferredList], Matcher]:
+def load_lists(
+    config: ScanConfig, later: bool = False, fresh: bool = False
+) -> tuple[list[HashList | DeferredList], Matcher]:
     """The configured hash lists and negative lists, and the matcher over them with each list's own
     thresholds (a negative list's entries only ever suppress another list's match). Lists that may hold URL
     or domain entries are loaded now; with `later` (a job that matches off the event loop), lists of one
     image hash type load in the matcher's thread (lists/deferred.py) unless every list must be whole before
-    the first request (lists_later)."""
+    the first request (lists_later). Their digests are taken now, unless the run is `fresh` (it resumes no
+    checkpoint): then by their load (settled)."""
     whole = not (later and lists_later(config))
     lists: list[HashList | DeferredList] = [
-        _list(ListSpec.parse(spec.spec), whole) for spec in config.hashlists
+        _list(ListSpec.parse(spec.spec), whole, fresh) for spec in config.hashlists
     ]
     lists += [load_negative(spec) for spec in config.review.negative_lists]
     negative = [hl.name for hl in lists[len(config.hashlists) :]]
@@ -75,9 +78,21 @@ def lists_later(config: ScanConfig) -> bool:
     return not config.run.lists_first and not config.audit.match_columns
 
 
-def _list(spec: ListSpec, whole: bool) -> HashList | DeferredList:
-    later = None if whole else deferred(spec)
+def _list(spec: ListSpec, whole: bool, fresh: bool) -> HashList | DeferredList:
+    later = None if whole else deferred(spec, digest_now=not fresh)
     return later if later is not None else load_hashlist(spec)
+
+
+def digests_pending(lists: list[HashList | DeferredList]) -> bool:
+    """Whether a list's digest is taken by its load (a fresh run's list loaded while rows are fetched)."""
+    return any(isinstance(hl, DeferredList) and hl.digest_by_load for hl in lists)
+
+
+def settled(fingerprint: dict, lists: list[HashList | DeferredList]) -> dict:
+    """The fingerprint with every list's digest, waiting for the loads that take them (their errors are
+    raised here)."""
+    digests = [hl.waited_digest() if isinstance(hl, DeferredList) else hl.digest for hl in lists]
+    return {**fingerprint, "lists": [[hl.name, digest] for hl, digest in zip(lists, digests, strict=True)]}
 
 
 def match_config(config: ScanConfig, lists: list[HashList | DeferredList]) -> MatchConfig:

@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import contextvars
 import dataclasses
+import importlib
 import multiprocessing
 import os
 import pickle
@@ -40,6 +41,7 @@ from scanner.config import ScanConfig
 from scanner.crashlog import exception_line
 from scanner.errors import ScannerError
 from scanner.lists import Matcher
+from scanner.lists.deferred import lower_priority
 from scanner.outcomes import Liveness, liveness
 from scanner.pipeline import Progress
 from scanner.plugins import load_plugins
@@ -62,6 +64,9 @@ STOP_SECONDS = 5.0
 DEATHS_PER_WORKER = MAX_ATTEMPTS
 # The unit a worker's task runs: the rows it finishes are counted as that unit's (its row tasks inherit it).
 _UNIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("unit", default=None)
+# The module of each HTTP client's transport, which fetch.make_fetcher imports on first use: a unit worker
+# imports it first thing (aiohttp: a quarter second of CPU), not after the lists arrive.
+CLIENT_MODULES = {"aiohttp": "scanner.fetch.client", "httpx": "scanner.fetch.httpx_client"}
 
 
 class RemoteTraceback(Exception):
@@ -188,7 +193,9 @@ class UnitWorkers:
             threading.Thread(target=self._build_rest, args=(matcher,), name="lists-rest", daemon=True).start()
 
     def _build_rest(self, matcher: Matcher) -> None:
-        """In a thread: wait for the lists still loading and building, then put them in shared memory."""
+        """In a thread, at the priority of the build it waits for: wait for the lists still loading and
+        building, then put them in shared memory."""
+        lower_priority()
         try:
             rest = matcher.rest()
             self._rest_built = shared.SharedObject(rest) if shared.supported() else rest
@@ -432,8 +439,9 @@ def worker_main(conn: Connection, config: ScanConfig, hashing: bool, parent: int
     try:
         load_plugins(config.plugins)  # the registry as the coordinator has it, before any list or record
         with contextlib.ExitStack() as stack:
+            importlib.import_module(CLIENT_MODULES[config.fetch.client])
+            given = _receive(conn)  # then its hashing process: its start-up does not delay the first request
             hashers = stack.enter_context(hashing_workers(1)) if hashing else None
-            given = _receive(conn)
             if given is not None:
                 asyncio.run(_serve(conn, config, *given, hashers))
     except Exception as exc:  # the coordinator says it in one line; no traceback on stderr, no status 0
