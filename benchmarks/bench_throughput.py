@@ -195,6 +195,8 @@ class Usage:
     peak_rss: int
     peak_process_rss: int
     peak_pss: int = 0  # proportional set size summed: shared library pages counted once, not per process
+    # At the sample where the total PSS peaked: each role's PSS summed and its processes counted.
+    pss_by_role: dict[str, tuple[int, int]] = field(default_factory=dict)
     # The coordinator's CPU seconds and the rows committed each time new done markers appeared in --out:
     # its start-up (lists loaded and indexed, workers spawned, the first units) apart from its per-row work.
     commits: list[tuple[int, float]] = field(default_factory=list)
@@ -227,6 +229,7 @@ class TreeMonitor:
         self.commits: list[tuple[int, float]] = []  # (rows committed, the coordinator's CPU s) at each change
         self._cpu: dict[int, tuple[str, float]] = {}
         self.peak_rss = self.peak_process_rss = self.peak_pss = self._samples = 0
+        self.pss_by_role: dict[str, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -252,6 +255,7 @@ class TreeMonitor:
         self._samples += 1
         with_pss = self._samples % self._pss_every == 1  # reading smaps stalls the process it reads: seldom
         total = total_pss = 0
+        roles: dict[str, tuple[int, int]] = {}
         for process in tree:
             try:
                 with process.oneshot():
@@ -265,10 +269,14 @@ class TreeMonitor:
                 continue
             total += rss
             total_pss += pss
+            if with_pss:
+                held, count = roles.get(role, (0, 0))
+                roles[role] = (held + pss, count + 1)
             self.peak_process_rss = max(self.peak_process_rss, rss)
             self._cpu[process.pid] = (role, times.user + times.system)
         self.peak_rss = max(self.peak_rss, total)
-        self.peak_pss = max(self.peak_pss, total_pss)
+        if total_pss > self.peak_pss:
+            self.peak_pss, self.pss_by_role = total_pss, roles
         if self._commits is not None and self._root in self._cpu:
             self._new_commits()
 
@@ -329,6 +337,7 @@ def run_measured(
         raise SystemExit(f"{argv[:4]} failed with exit code {code}; see {log}")
     usage = Usage(wall, monitor.cpu_by_role(), monitor.peak_rss, monitor.peak_process_rss, monitor.peak_pss)
     usage.commits = monitor.commits
+    usage.pss_by_role = monitor.pss_by_role
     return usage
 
 
@@ -799,9 +808,10 @@ def print_sweep(sweep: list[tuple[int, Result]]) -> None:
     print(f"\nPSS by worker count ({sweep[0][1].rows} rows each; lists: the benchmark's PDQ + MD5 + extra)")
     print(
         f"| {'workers':>7} | {'img/s':>6} | {'peak PSS MB':>11} | {'peak RSS MB':>11} "
-        f"| {'PSS MB per added worker':>23} |"
+        f"| {'PSS MB per added worker':>23} | {'at peak: main':>13} | {'per unit worker':>15} "
+        f"| {'per hashing':>11} |"
     )
-    print("|" + "|".join("-" * w for w in (9, 8, 13, 13, 25)) + "|")
+    print("|" + "|".join("-" * w for w in (9, 8, 13, 13, 25, 15, 17, 13)) + "|")
     first_count, first = sweep[0]
     for count, r in sweep:
         added = (
@@ -811,9 +821,16 @@ def print_sweep(sweep: list[tuple[int, Result]]) -> None:
         )
         print(
             f"| {count:>7} | {r.rate:6.1f} | {r.usage.peak_pss / 2**20:11.0f} "
-            f"| {r.usage.peak_rss / 2**20:11.0f} | {added:23.0f} |"
+            f"| {r.usage.peak_rss / 2**20:11.0f} | {added:23.0f} | {_role_pss(r, 'main'):>13} "
+            f"| {_role_pss(r, 'units'):>15} | {_role_pss(r, 'hashing'):>11} |"
         )
     print("target: <= 150 MB PSS per added worker")
+
+
+def _role_pss(result: Result, role: str) -> str:
+    """The PSS of one process of a role at the peak (their mean), in MB."""
+    held, count = result.usage.pss_by_role.get(role, (0, 0))
+    return f"{held / count / 2**20:.0f}" if count else "-"
 
 
 def print_coordinator_marginal(results: list[Result], sweep: list[tuple[int, Result]], workers: int) -> None:

@@ -67,8 +67,10 @@ class Stages:
 
 def build_stages(config: ScanConfig, hash_fn: HashFn | None, matcher: Matcher) -> Stages:
     """The stages for these settings, one way for every job: a fetcher whose bodies share the run's byte
-    budget (run.body_bytes_in_flight), the hash function, the matcher."""
-    fetcher = make_fetcher(config.fetch, body_budget=config.run.body_bytes_in_flight)
+    budget (run.body_bytes_in_flight) and, where the hash function says how many it can take at once
+    (bodies_wanted), no more bodies read ahead of it than that; the hash function, the matcher."""
+    wanted = getattr(hash_fn, "bodies_wanted", None)
+    fetcher = make_fetcher(config.fetch, body_budget=config.run.body_bytes_in_flight, ready_bodies=wanted)
     return Stages(fetcher, hash_fn, matcher, config.audit)
 
 

@@ -3,9 +3,12 @@ memory rather than copied into each (runners/procs.py, runners/shared.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import multiprocessing
 import os
+import signal
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,6 +179,79 @@ def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(capfd: pytest.C
         pool.workers[0].process.join(5)
         assert pool.workers[0].process.exitcode == 1
     assert "Traceback" not in capfd.readouterr().err  # one line from the coordinator, not one per worker
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _DyingWork:
+    """Unit work whose loading kills the worker (as a machine short of memory would): every worker dies,
+    whatever units it was given."""
+
+    hashing = False
+
+    def __reduce__(self) -> tuple:
+        return (_die, ())
+
+
+class _PoisonUnitWork:
+    """Unit work with one poison unit that kills its worker as soon as it starts, while the units in flight
+    beside it are still running; the others finish (with no rows)."""
+
+    hashing = False
+
+    def __init__(self, poison: int) -> None:
+        self.poison = poison
+
+    def open(self, *args: object) -> _PoisonUnitWork:
+        return self
+
+    async def run_unit(self, unit: Any, kept: dict) -> object:
+        from scanner.reports.records import UnitReport
+
+        if unit.id == self.poison:
+            os.kill(os.getpid(), signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        return UnitReport(unit.id, [])
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _run_units_on_one_worker(work: object, units: int, committed: list[int]) -> None:
+    """Run the units on one real unit worker (3 in flight), committing them to `committed`."""
+    from types import SimpleNamespace
+
+    from scanner.lists import Matcher
+    from scanner.pipeline import Progress
+    from scanner.runners.procs import UnitWorkers, _Coordinator
+
+    config = build_config({"run": {"workers": 1, "units_in_flight": 3}}, "test")
+    checkpoint = SimpleNamespace(part_paths=lambda unit_id: [], commit=lambda r: committed.append(r.unit_id))
+    run = SimpleNamespace(config=config, checkpoint=checkpoint)
+    with UnitWorkers(config, 1, hashing=False) as pool:
+        pool.give(work, Matcher.from_lists([]))  # type: ignore[arg-type]
+        todo = [SimpleNamespace(id=i, where=f"unit {i}") for i in range(units)]
+        _Coordinator(pool, run, Progress()).run(todo)  # type: ignore[arg-type]
+
+
+def test_workers_that_die_whatever_they_run_stop_the_run_as_worker_deaths_not_a_units_failure() -> None:
+    from scanner.errors import ScannerError
+
+    with pytest.raises(ScannerError, match=r"unit workers died 4 times in a row .*killed \(SIGKILL\)"):
+        _run_units_on_one_worker(_DyingWork(), 3, [])
+
+
+def test_a_poison_unit_that_kills_its_worker_before_any_row_is_named_and_the_others_finish() -> None:
+    from scanner.errors import ScannerError
+
+    committed: list[int] = []
+    with pytest.raises(
+        ScannerError, match=r"^unit 2 failed 3 times, last because its worker process was killed"
+    ):
+        _run_units_on_one_worker(_PoisonUnitWork(poison=2), 4, committed)
+    assert committed == [0, 1]  # died beside it, then run again each alone; unit 3 waited behind it
 
 
 class _DeadWorker:

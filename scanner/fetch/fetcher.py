@@ -381,11 +381,15 @@ class Unreachable:
 
 
 def make_fetcher(
-    config: FetchConfig | None = None, *, lookup: Lookup | None = None, body_budget: int | None = None
+    config: FetchConfig | None = None,
+    *,
+    lookup: Lookup | None = None,
+    body_budget: int | None = None,
+    ready_bodies: int | None = None,
 ) -> GuardedFetcher:
     """The fetcher config.client names; lookup replaces the c-ares resolver (tests, custom DNS); either is
     cached per fetcher. body_budget bounds the bytes of bodies read and not yet released
-    (FetchResult.release)."""
+    (FetchResult.release); ready_bodies, the bodies read and waiting (budget.py)."""
     config = config or FetchConfig()
     policy = AddressPolicy.from_config(config)
     cached = HostCache(
@@ -395,7 +399,7 @@ def make_fetcher(
         negative_ttl=config.dns_negative_ttl,
         max_hosts=config.dns_cache_size,
     )
-    budget = BodyBudget(body_budget) if body_budget else None
+    budget = BodyBudget(body_budget, ready_bodies) if body_budget else None
     # Imported here for start-up cost: only the client a scan uses is loaded (aiohttp or httpx).
     if config.client == "httpx":
         from scanner.fetch.httpx_client import HttpxTransport

@@ -20,6 +20,7 @@ from PIL import Image
 from scanner import procguard
 from scanner.errors import HashingWorkersError
 from scanner.outcomes import HashingReason
+from scanner.runners import heap
 from scanner.runners.arena import Arena, Extent
 from scanner.runners.arena import supported as arena_supported
 from scanner.workers import (
@@ -135,13 +136,18 @@ class BatchingHasher:
     def __init__(self, workers: WorkerPool, job: HashJob, batches_in_flight: int = 2) -> None:
         self._workers = workers
         self._job = job
-        self._batch_job = partial(hash_batch, job=job)
-        self._spans_job = partial(hash_spans, job=job)
+        self._batch_job = partial(heap.trimmed, hash_batch, job=job)
+        self._spans_job = partial(heap.trimmed, hash_spans, job=job)
         self._waiting: Waiting = []
         self._suspects: Waiting = []  # bodies a dead pool held, to retry one at a time
         self._quarantine: asyncio.Task[None] | None = None
         self._limit = batches_in_flight
         self._in_flight = 0
+
+    @property
+    def bodies_wanted(self) -> int:
+        """Bodies this hasher can take at once: its batches in flight and one more waiting to go."""
+        return (self._limit + 1) * MAX_BATCH
 
     def __call__(self, body: bytes) -> asyncio.Future[HashResult]:
         loop = asyncio.get_running_loop()

@@ -49,7 +49,7 @@ from scanner.reports.records import RowResult, UnitReport
 from scanner.run import checkpoint
 from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
 from scanner.run.lifecycle import lists_later
-from scanner.runners import shared
+from scanner.runners import heap, shared
 from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_workers
 
 # How often a unit worker reports the rows it finished (and at each unit's end): the bar moves smoothly and
@@ -311,6 +311,8 @@ class _Coordinator:
         ] = {}  # rows of each unit in flight committed in parts (kept on a rerun)
         self._kept_shown: dict[int, Counter] = {}  # of those, what the bar was given back at a take-back
         self._deaths = 0  # worker deaths since a row last finished
+        self._streak: list[frozenset[int]] = []  # the units in flight at each of those deaths
+        self._suspects: set[int] = set()  # units in flight at a death none had started a row of: run alone
 
     def run(self, units: list) -> None:
         self._queue.extend(units)
@@ -331,14 +333,23 @@ class _Coordinator:
         """One unit at a time to the least busy worker: 16 units on 16 workers start on all 16, not three
         each on the first five (each worker hashes in one process, so a worker's units share it)."""
         while self._queue and self._pool.workers:
-            worker = min(self._pool.workers, key=lambda w: len(w.running))
-            if len(worker.running) >= self._per_worker:
+            worker = min(self._pool.workers, key=self._load)
+            if not self._takes(worker, self._queue[0].id):
                 return
             unit = self._queue.popleft()
             self._attempts[unit.id] += 1
             worker.running[unit.id] = unit
             with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
                 worker.send(("unit", unit, self._run.checkpoint.part_paths(unit.id)))
+
+    def _load(self, worker: UnitWorker) -> int:
+        """How busy a worker is: one running a suspect unit is full."""
+        alone = any(unit_id in self._suspects for unit_id in worker.running)
+        return self._per_worker if alone else len(worker.running)
+
+    def _takes(self, worker: UnitWorker, unit_id: int) -> bool:
+        """Whether the worker can start the unit now: a suspect only on an idle worker, alone."""
+        return not worker.running if unit_id in self._suspects else self._load(worker) < self._per_worker
 
     def _read(self, worker: UnitWorker) -> None:
         try:
@@ -351,7 +362,7 @@ class _Coordinator:
     def _handle(self, worker: UnitWorker, message: tuple) -> None:
         kind = message[0]
         if kind == "rows":
-            self._deaths = 0
+            self._deaths, self._streak = 0, []
             for unit_id, counts in message[1].items():
                 self._progress.rows_done(counts)
                 self._shown.setdefault(unit_id, Counter()).update(counts)
@@ -366,7 +377,8 @@ class _Coordinator:
             del worker.running[report.unit_id]
             for counted in (self._shown, self._parted, self._kept_shown):
                 counted.pop(report.unit_id, None)
-            self._deaths = 0
+            self._deaths, self._streak = 0, []
+            self._suspects.discard(report.unit_id)
             self._progress.unit_done()
         elif kind == "failed":
             _, error, text = message
@@ -374,8 +386,9 @@ class _Coordinator:
 
     def _lost(self, worker: UnitWorker) -> None:
         """A worker died: take what it sent before, then run its units again on a fresh one. Only the units
-        it had started rows of are charged an attempt (the oldest, if none had), and the bar takes back
-        the rows it counted for them."""
+        it had started rows of are charged an attempt, or its one unit; units that died together before
+        any row are run again each alone (suspects), so that the next death names its unit. The bar takes
+        back the rows it counted for them."""
         if worker not in self._pool.workers:
             return
         with contextlib.suppress(EOFError, OSError):
@@ -385,23 +398,36 @@ class _Coordinator:
         why = worker.died()
         self._deaths += 1
         if self._deaths > DEATHS_PER_WORKER * len(self._pool.workers):
-            raise ScannerError(
-                f"unit workers died {self._deaths} times in a row without finishing a row, last because "
-                f"{why.removeprefix('its ')}; run the same command to resume"
-            )
+            raise self._dying(why)
         units = list(worker.running.values())
-        started = [u for u in units if self._shown.get(u.id)] or units[:1]
+        self._streak.append(frozenset(u.id for u in units))
+        started = [u for u in units if self._shown.get(u.id)] or (units if len(units) == 1 else [])
+        if not started:
+            self._suspects.update(u.id for u in units)
         for unit in units:
             self._take_back(unit.id)
             if unit not in started:
-                self._attempts[unit.id] -= 1  # it waited behind another: this death is not its doing
+                self._attempts[unit.id] -= 1  # not known to be its doing
             elif self._attempts[unit.id] >= MAX_ATTEMPTS:
-                raise ScannerError(
-                    f"{unit.where} failed {self._attempts[unit.id]} times, last because {why}; "
-                    "run the same command to resume"
-                )
+                raise self._failed(unit, why)
         self._queue.extendleft(reversed(units))
         self._pool.replace(worker)
+
+    def _failed(self, unit: Any, why: str) -> ScannerError:
+        """A unit charged its last attempt: its own doing when it was in flight at every death since a row
+        last finished, else the workers die whatever they run."""
+        if not all(unit.id in units for units in self._streak):
+            return self._dying(why)
+        return ScannerError(
+            f"{unit.where} failed {self._attempts[unit.id]} times, last because {why}; "
+            "run the same command to resume"
+        )
+
+    def _dying(self, why: str) -> ScannerError:
+        return ScannerError(
+            f"unit workers died {self._deaths} times in a row without finishing a row, last because "
+            f"{why.removeprefix('its ')}; run the same command to resume"
+        )
 
     def _take_back(self, unit_id: int) -> None:
         """The rows of a unit to be run again leave the bar, which counts them when they are done again; but
@@ -593,3 +619,4 @@ class _BatchedProgress(Progress):
             self._send(("rows", {unit: dict(counts) for unit, counts in self._counts.items()}, self._matches))
             self._counts, self._matches = {}, 0
         self._sent = time.monotonic()
+        heap.now_and_then()  # what bodies and finished rows left, back to the system
