@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from scanner.runners.hashpool import MAX_BATCH
+from scanner.runners.hashpool import bodies_per_batch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -256,12 +256,13 @@ def memory_bound(settings: Settings, benign: Measurement) -> int:
 
     Live bytes, unit workers (the coordinator holds no body): every row in flight holds at most one body
     (max_bytes; run.rows_in_flight is shared among the workers), each worker's event loop joins one body's
-    chunks at a time (+1) and its pool's feeder thread pickles one batch (+MAX_BATCH). Each hashing worker:
-    one batch pickled and unpickled (2 x MAX_BATCH bodies) and one decoded first frame at the pixel cap
-    (Pillow's RGB frame, a grey copy and scratch: 8 bytes a pixel at most). Doubled for the allocator: glibc
+    chunks at a time (+1) and its pool's feeder thread pickles one batch (+B: hashpool.bodies_per_batch).
+    Each hashing worker: one batch pickled and unpickled (2 x B bodies) and one decoded first frame at the
+    pixel cap (Pillow's RGB frame, a grey copy and scratch: 8 bytes a pixel at most). Doubled for the
+    allocator: glibc
     serves freed multi-MiB blocks from its heap, where they stay resident (measured: up to 1.8x live bytes).
     """
-    batch = min(MAX_BATCH, settings.rows_in_flight)
+    batch = min(bodies_per_batch(settings.max_bytes), settings.rows_in_flight)
     main = (settings.rows_in_flight + settings.workers * (1 + batch)) * settings.max_bytes
     worker = 2 * batch * settings.max_bytes + 8 * settings.max_pixels
     return benign.total + 2 * (main + settings.workers * worker)

@@ -15,7 +15,9 @@ One run, on 127.0.0.1 only:
   download (output_format="dummy"); (c) the ceiling: scanner's decode + hash + match on bytes in memory,
   one process per core, no network.
 - images/s, ratios, CPU ms per image by process role (the coordinator, unit workers, hashing processes)
-  and by hashing stage, the coordinator's CPU per row, and the process tree's peak RSS and PSS; then the
+  and by hashing stage, the coordinator's CPU per row, each role's CPU per row in the steady state (between
+  the first and the last commit of rows, as (c) times only its own steady state), and the process tree's
+  peak RSS and PSS; then the
   scan again at each `--flat-rows` count on the small-image corpus, to show memory stays flat.
 - `--workers-sweep 1,2,4`: the scan at each worker count, total PSS (psutil's memory_full_info().pss summed
   over the process tree) and what each added worker costs: the lists are shared, not copied.
@@ -200,6 +202,8 @@ class Usage:
     # The coordinator's CPU seconds and the rows committed each time new done markers appeared in --out:
     # its start-up (lists loaded and indexed, workers spawned, the first units) apart from its per-row work.
     commits: list[tuple[int, float]] = field(default_factory=list)
+    # The same moments with every role's CPU seconds: the steady state between the first and last commit.
+    role_commits: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
     def coordinator_split(self, rows: int) -> tuple[float, int, float, float] | None:
         """(start-up CPU s, rows in the first commit, ms per row from the first commit to the last, ms per
@@ -226,7 +230,9 @@ class TreeMonitor:
         self._root, self._role, self._interval, self._pss_every = root, role, interval, pss_every
         self._commits = commits  # a scan's --out/.units: its done markers tell when units commit
         self._markers: dict[str, int] = {}
+        self._parts: dict[str, tuple[str, int]] = {}  # part file -> (its unit, its rows)
         self.commits: list[tuple[int, float]] = []  # (rows committed, the coordinator's CPU s) at each change
+        self.role_commits: list[tuple[int, dict[str, float]]] = []  # (rows committed, CPU s by role)
         self._cpu: dict[int, tuple[str, float]] = {}
         self.peak_rss = self.peak_process_rss = self.peak_pss = self._samples = 0
         self.pss_by_role: dict[str, tuple[int, int]] = {}
@@ -294,6 +300,24 @@ class TreeMonitor:
             fresh = True
         if fresh:
             self.commits.append((sum(self._markers.values()), self._cpu[self._root][1]))
+        if self._new_parts() or fresh:
+            done = {name.split(".")[0][1:] for name in self._markers}
+            parted = sum(rows for unit, rows in self._parts.values() if unit not in done)
+            self.role_commits.append((sum(self._markers.values()) + parted, self.cpu_by_role()))
+
+    def _new_parts(self) -> bool:
+        """Read the rows of part files (a unit's rows committed while it runs) not seen before."""
+        assert self._commits is not None
+        fresh = False
+        for part in self._commits.glob("p*.jsonl") if self._commits.is_dir() else []:
+            if part.name in self._parts:
+                continue
+            try:
+                self._parts[part.name] = (part.name.split(".")[0][1:], part.read_bytes().count(b"\n"))
+            except OSError:
+                continue  # merged into its unit meanwhile: the unit's done marker counts its rows
+            fresh = True
+        return fresh
 
     def cpu_by_role(self) -> dict[str, float]:
         roles: Counter[str] = Counter()
@@ -338,6 +362,7 @@ def run_measured(
     usage = Usage(wall, monitor.cpu_by_role(), monitor.peak_rss, monitor.peak_process_rss, monitor.peak_pss)
     usage.commits = monitor.commits
     usage.pss_by_role = monitor.pss_by_role
+    usage.role_commits = monitor.role_commits
     return usage
 
 
@@ -629,6 +654,7 @@ def print_table(results: list[Result], stages: dict[str, float], peer_stages: di
         per_row = ", ".join(f"{1000 * r.usage.cpu.get('main', 0) / r.rows:.3f}" for r in scans)
         print(f"\ncoordinator (scanner's main process) CPU ms per row, each scan: {per_row} (target <= 0.1)")
         print_coordinator_split(scans)
+        print_steady_split(scans, [r for r in results if r.name.startswith("(c)")])
     print("\nCPU ms per image by hashing stage (scanner: one process, corpus; peer: measured in its writer)")
     print(f"| {'stage':<10} | {'scanner':>8} | {'peer':>8} |")
     for stage in ("decode", "pdq", "phash", "digests", "match"):
@@ -849,6 +875,29 @@ def print_coordinator_marginal(results: list[Result], sweep: list[tuple[int, Res
         f"{small.rows} rows, {workers} workers): {1000 * per_row:.3f} ms (target <= 0.1); "
         f"fixed: {fixed:.2f} CPU s (lists, start, merge)"
     )
+
+
+def print_steady_split(scans: list[Result], ceilings: list[Result]) -> None:
+    """CPU ms per row by role between each scan's first and last commit: its steady state, without the
+    start-up (imports, lists, compiled kernels loaded in every process) and the final merge, which (c)'s
+    timing leaves out too; and (c)'s CPU per image, all roles, beside it. Rows hashed but not yet committed
+    at the first commit (bodies in flight) are not counted: hashing's figure is low by up to their share
+    of the rows between (a few percent at 10,000 rows, about 10% at 4,000)."""
+    ceiling = statistics.median(sum(c.usage.cpu.values()) / c.rows for c in ceilings) if ceilings else nan
+    print(f"steady state between the first and the last commit, CPU ms per row ((c): {1000 * ceiling:.2f})")
+    heads = f"| {'main':>6} | {'units':>6} | {'hashing':>7} | {'total':>6} | {'c/a':>5} |"
+    print(f"| {'run':<28} | {'rows':>7} " + heads)
+    print("|" + "|".join("-" * w for w in (30, 9, 8, 8, 9, 8, 7)) + "|")
+    for r in scans:
+        if len(r.usage.role_commits) < 2 or r.usage.role_commits[-1][0] <= r.usage.role_commits[0][0]:
+            continue
+        (first_rows, first), (last_rows, last) = r.usage.role_commits[0], r.usage.role_commits[-1]
+        per = {k: 1000 * (last.get(k, 0.0) - first.get(k, 0.0)) / (last_rows - first_rows) for k in ROLES}
+        total = sum(per.values())
+        print(
+            f"| {r.name:<28} | {last_rows - first_rows:>7} | {per['main']:6.3f} | {per['units']:6.2f} "
+            f"| {per['hashing']:7.2f} | {total:6.2f} | {1000 * ceiling / total:5.2f} |"
+        )
 
 
 def print_coordinator_split(scans: list[Result]) -> None:

@@ -18,7 +18,14 @@ from scanner.hashing import DecodeLimits
 from scanner.outcomes import HashingReason
 from scanner.runners.arena import Arena
 from scanner.runners.arena import supported as arena_supported
-from scanner.runners.hashpool import MAX_BATCH, BatchingHasher, WorkerPool
+from scanner.runners.hashpool import (
+    BATCH_BYTES,
+    MAX_BATCH,
+    BatchingHasher,
+    WorkerPool,
+    batch_length,
+    bodies_per_batch,
+)
 from scanner.workers import HashJob
 
 WANT = frozenset({"md5", "pdq", "phash"})
@@ -80,6 +87,46 @@ def test_bodies_held_back_while_the_pool_is_busy_all_get_their_results(workers: 
     bodies = [_image(i % 5, "JPEG") for i in range(3 * MAX_BATCH + 1)]
     results = asyncio.run(_hash_all(workers, JOB, bodies, batches_in_flight=1))
     assert results == [JOB(body) for body in bodies]
+
+
+def test_a_batch_takes_up_to_max_batch_bodies_within_its_bytes() -> None:
+    """Small bodies fill a batch by count, large ones by bytes, and a body larger than a batch's bytes
+    leaves alone rather than never."""
+    assert batch_length([1000] * (MAX_BATCH + 5)) == MAX_BATCH
+    assert batch_length([BATCH_BYTES // 3] * 10) == 3
+    assert batch_length([BATCH_BYTES + 1, 10, 10]) == 1
+    assert batch_length([10, BATCH_BYTES, 10]) == 1
+    assert bodies_per_batch(16 * 1024 * 1024) == 1 and bodies_per_batch(1) == MAX_BATCH
+
+
+class _CountingHasher(BatchingHasher):
+    """The batching hasher, noting the size of each batch it sends."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.sizes: list[int] = []
+
+    def _submit(self, batch):  # type: ignore[no-untyped-def]
+        self.sizes.append(len(batch))
+        super()._submit(batch)
+
+
+def test_large_bodies_leave_in_batches_of_bounded_bytes(workers: WorkerPool) -> None:
+    """Bodies of a third of a batch's bytes go three at a time, while small ones fill whole batches: a batch
+    pickled through the pipe holds no more than BATCH_BYTES of bodies, whatever MAX_BATCH is."""
+    large = [os.urandom(BATCH_BYTES // 3) for _ in range(7)]
+    small = [_image(i % 5) for i in range(MAX_BATCH)]
+
+    async def hash_all(bodies: list[bytes]) -> tuple[list, list[int]]:
+        hasher = _CountingHasher(workers, JOB, 1)
+        results = await asyncio.wait_for(asyncio.gather(*(hasher(b) for b in bodies)), 120)
+        return results, hasher.sizes
+
+    results, sizes = asyncio.run(hash_all(large))
+    assert results == [JOB(body) for body in large]
+    assert sizes == [3, 3, 1]
+    results, sizes = asyncio.run(hash_all(small))
+    assert results == [JOB(body) for body in small] and sizes == [MAX_BATCH]
 
 
 def test_a_failing_body_fails_only_its_row(workers: WorkerPool) -> None:

@@ -33,11 +33,15 @@ from scanner.workers import (
 )
 
 # Bodies sent to a worker in one call, at most: few enough to keep every worker busy, many enough that
-# the pickle round trip, the future and the wake-ups are paid once for several images.
-MAX_BATCH = 8
-# Shared memory for bodies on their way to the workers, per batch the pool holds: room for a full batch of
-# bodies up to 512 KiB each. A batch that does not fit (large bodies) goes through the pipe instead.
-ARENA_PER_BATCH = MAX_BATCH * 512 * 1024
+# the pickle round trip, the future and the wake-ups (about 0.1 ms of the fetch loop's CPU a batch) are paid
+# once for several images.
+MAX_BATCH = 16
+# The bytes of one batch's bodies, at most, unless a single body is larger: large bodies leave in smaller
+# batches, so a batch pickled through the pipe holds no more than before for them.
+BATCH_BYTES = 4 * 1024 * 1024
+# Shared memory for bodies on their way to the workers, per batch the pool holds: room for a batch of up to
+# BATCH_BYTES. A batch that does not fit (a body larger than that) goes through the pipe instead.
+ARENA_PER_BATCH = BATCH_BYTES
 # How long a dead pool's processes may take to report their exit status (the pool terminates the live ones).
 EXIT_STATUS_SECONDS = 5.0
 
@@ -120,8 +124,9 @@ class BatchingHasher:
     """The pipeline's hash function: bodies go to the workers in batches, only as fast as the workers hash.
 
     At most `batches_in_flight` batches are with the pool (sent and not yet returned); bodies that arrive
-    meanwhile wait here and leave together, MAX_BATCH at most, when a batch comes back. Fuller batches cost
-    the main process less per body (one round trip, one future, one wake-up a batch). Memory stays bounded
+    meanwhile wait here and leave together (MAX_BATCH and BATCH_BYTES at most) when a batch comes back.
+    Fuller batches cost the main process less per body (one round trip, one future, one wake-up a batch).
+    Memory stays bounded
     by the pipeline's rows in flight, whether a body waits here, in the arena or in the pool's queue.
 
     A worker that dies (a decoder crash, the OOM killer) takes its pool with it: the pool restarts, and the
@@ -165,7 +170,8 @@ class BatchingHasher:
                 self._quarantine = asyncio.ensure_future(self._retry_suspects())
             return
         while self._waiting and self._in_flight < self._limit:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            size = batch_length([len(body) for body, _ in self._waiting[:MAX_BATCH]])
+            batch, self._waiting = self._waiting[:size], self._waiting[size:]
             self._submit(batch)
 
     def _submit(self, batch: Waiting) -> None:
@@ -271,6 +277,23 @@ class BatchingHasher:
             raise HashingWorkersError(
                 "hashing workers die even on a known-good image: check memory limits and the decoders"
             ) from exc
+
+
+def batch_length(sizes: list[int]) -> int:
+    """How many of the first bodies (their sizes, in order) one batch takes: up to MAX_BATCH, while they add
+    up to BATCH_BYTES at most, and always the first."""
+    total = count = 0
+    for size in sizes[:MAX_BATCH]:
+        total += size
+        if count and total > BATCH_BYTES:
+            break
+        count += 1
+    return count
+
+
+def bodies_per_batch(body_bytes: int) -> int:
+    """The most bodies of this size one batch holds (what a batch pickled through the pipe may carry)."""
+    return batch_length([body_bytes] * MAX_BATCH)
 
 
 @functools.cache
