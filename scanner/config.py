@@ -81,6 +81,7 @@ RANGES: dict[str, Range] = {
     "match.phash_threshold": Range(0, REGISTRY["phash"].bits),
     "match.dhash_threshold": Range(0, REGISTRY["dhash"].bits),
     "run.workers": Range(0, 4096, meaning="one per core"),
+    "run.hashers_per_unit_worker": Range(1, 256),
     "run.rows_in_flight": Range(1, 1_000_000),
     "run.body_bytes_in_flight": Range(KIB, 64 * GIB),
     "run.units_in_flight": Range(1, 10_000),
@@ -98,6 +99,10 @@ class RunConfig:
     """How the scan is executed; none of it changes the results."""
 
     workers: int = 0
+    # A unit worker's fetch loop costs about a tenth of the CPU of the hashing behind it on photos (a third
+    # on thumbnails): one loop feeds several hashing processes, and memory grows by a hashing process, the
+    # smaller one, per added core.
+    hashers_per_unit_worker: int = 4
     # Rows waiting on the network hold no body: thousands may wait on DNS and connects at once, while
     # body_bytes_in_flight bounds the bodies in memory, from their first byte read until hashed.
     rows_in_flight: int = 4096

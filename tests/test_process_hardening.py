@@ -553,8 +553,9 @@ def test_a_killed_unit_worker_costs_a_retry_not_the_scan_and_every_row_is_report
     with LoopbackServer(IMAGES) as server:
         urls = [server.url(p) for p in IMAGES] * 3 + [server.url(f"/slow?seconds=3&n={i}") for i in range(6)]
         shard = _url_shard(tmp_path / "shard.parquet", urls)
+        (tmp_path / "two.toml").write_text("[run]\nhashers_per_unit_worker = 1\n")  # two unit workers
         args = ["scan", str(shard), "--hashlist", str(listfile), "--out", "out", "--workers", "2"]
-        args += ["--rows-per-unit", "3", "--allow-private-networks", "--quiet"]
+        args += ["--rows-per-unit", "3", "--allow-private-networks", "--quiet", "--config", "two.toml"]
         with _scan_process(args, tmp_path) as scan:
             _workers_of(scan.pid, 2)
             unit_workers: list[int] = []

@@ -4,6 +4,7 @@ memory rather than copied into each (runners/procs.py, runners/shared.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import multiprocessing
 import os
@@ -15,7 +16,7 @@ import pytest
 
 from scanner.config import build_config
 from scanner.runners import shared
-from scanner.runners.procs import share, worker_config
+from scanner.runners.procs import hashers_layout, share, worker_config
 
 needs_memfd = pytest.mark.skipif(not shared.supported(), reason="memfd and sealing are Linux only")
 
@@ -58,6 +59,72 @@ def test_the_body_budget_is_divided_but_each_worker_can_hold_two_largest_bodies(
     assert parts(256 * mib, 16 * mib, 4) == [64 * mib] * 4  # a total, divided
     assert parts(256 * mib, 64 * mib, 4) == [128 * mib] * 4  # at least 2 x max_bytes each
     assert parts(64 * mib, 64 * mib, 2) == [64 * mib] * 2  # never more than the whole budget
+
+
+@pytest.mark.parametrize(
+    ("workers", "per_unit_worker", "hashing", "layout"),
+    [
+        (2, 4, True, [2]),
+        (16, 4, True, [4, 4, 4, 4]),
+        (6, 4, True, [3, 3]),
+        (5, 1, True, [1] * 5),
+        (3, 4, False, [0, 0, 0]),  # a job that does not hash: a fetch loop per core, nothing behind them
+    ],
+)
+def test_hashing_processes_are_spread_over_as_few_unit_workers_as_the_setting_allows(
+    workers: int, per_unit_worker: int, hashing: bool, layout: list[int]
+) -> None:
+    run = {"workers": workers, "hashers_per_unit_worker": per_unit_worker}
+    config = build_config({"inputs": ["x"], "out": "o", "run": run}, "test")
+    assert hashers_layout(config, hashing) == layout
+
+
+def _spawned(process: Any) -> bool:
+    try:
+        return "spawn_main" in " ".join(process.cmdline())
+    except Exception:  # gone meanwhile
+        return False
+
+
+def test_a_scan_runs_its_hashing_processes_behind_few_unit_workers(tmp_path) -> None:
+    """Real processes: 3 hashing processes, 2 at most behind a unit worker: 2 unit workers, with 2 and 1."""
+    psutil = pytest.importorskip("psutil")
+    import threading
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from loopback import LoopbackServer
+
+    from scanner.runners.local import scan
+
+    behind: dict[int, int] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for unit in filter(_spawned, psutil.Process().children()):
+                with contextlib.suppress(psutil.Error):
+                    hashing = sum(map(_spawned, unit.children()))
+                    behind[unit.pid] = max(behind.get(unit.pid, 0), hashing)
+            stop.wait(0.05)
+
+    with LoopbackServer({}) as server:
+        shard = tmp_path / "shard.parquet"
+        pq.write_table(pa.table({"url": [server.url(f"/slow?seconds=1.5&i={i}") for i in range(8)]}), shard)
+        run = {"workers": 3, "hashers_per_unit_worker": 2}
+        (tmp_path / "md5.txt").write_text("0" * 32 + "\n")
+        settings = {"inputs": [str(shard)], "out": str(tmp_path / "out"), "run": run}
+        settings["hashlist"] = [f"md5:{tmp_path / 'md5.txt'}"]
+        config = build_config({**settings, "fetch": {"allow_private_networks": True}}, "test")
+        watcher = threading.Thread(target=sample)
+        watcher.start()
+        try:
+            result = scan(config)
+        finally:
+            stop.set()
+            watcher.join()
+    assert result.summary["rows"] == 8
+    assert sorted(behind.values()) == [1, 2]
 
 
 def _value() -> dict:
@@ -172,7 +239,7 @@ def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(capfd: pytest.C
 
     config = build_config({"run": {"workers": 1}}, "test")
     run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(part_paths=lambda unit_id: []))
-    with UnitWorkers(config, 1, hashing=False) as pool:
+    with UnitWorkers(config, [0]) as pool:
         pool.give(_PoisonWork(), Matcher.from_lists([]))  # type: ignore[arg-type]
         with pytest.raises(RuntimeError, match="cannot be opened here"):
             _Coordinator(pool, run, Progress()).run([SimpleNamespace(id=0, where="unit 0")])  # type: ignore[arg-type]
@@ -230,7 +297,7 @@ def _run_units_on_one_worker(work: object, units: int, committed: list[int]) -> 
     config = build_config({"run": {"workers": 1, "units_in_flight": 3}}, "test")
     checkpoint = SimpleNamespace(part_paths=lambda unit_id: [], commit=lambda r: committed.append(r.unit_id))
     run = SimpleNamespace(config=config, checkpoint=checkpoint)
-    with UnitWorkers(config, 1, hashing=False) as pool:
+    with UnitWorkers(config, [0]) as pool:
         pool.give(work, Matcher.from_lists([]))  # type: ignore[arg-type]
         todo = [SimpleNamespace(id=i, where=f"unit {i}") for i in range(units)]
         _Coordinator(pool, run, Progress()).run(todo)  # type: ignore[arg-type]
@@ -360,7 +427,8 @@ def test_a_scan_says_the_body_total_once_at_start_and_not_with_quiet(tmp_path, s
 
     pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"]}), tmp_path / "s.parquet")
     (tmp_path / "md5.txt").write_text("0" * 32 + "\n")
-    (tmp_path / "c.toml").write_text("[run]\nworkers = 2\nbody_bytes_in_flight = 16777216\n")
+    run = "[run]\nworkers = 2\nhashers_per_unit_worker = 1\nbody_bytes_in_flight = 16777216\n"
+    (tmp_path / "c.toml").write_text(run)
     common = ["scan", "s.parquet", "--hashlist", "md5:md5.txt", "--config", "c.toml"]
     common.append("--allow-private-networks")
     shown = scanner_cli(*common, "--out", "o1", cwd=tmp_path)

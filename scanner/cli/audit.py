@@ -144,7 +144,7 @@ def _rescan_args(sub: argparse.ArgumentParser) -> None:
         help="as for scan; never inherited from the previous scan: give it again to reach private addresses",
     )
     sub.add_argument("--timeout", type=float, help="total seconds per URL, redirects included")
-    sub.add_argument("--workers", type=int, help="unit worker processes, or Ray actors; 0: one per core")
+    sub.add_argument("--workers", type=int, help="hashing processes, or Ray actors; 0: one per core")
     sub.add_argument("--runner", choices=["local", "ray"], help="run on this machine or on Ray (local)")
     sub.add_argument(
         "--ray-address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start one)"

@@ -79,7 +79,7 @@ SCAN_FLAGS: list[tuple[str, str, dict]] = [
     (
         "--workers",
         "run.workers",
-        {"type": int, "help": "unit worker processes, or Ray worker actors; 0: one per core"},
+        {"type": int, "help": "hashing processes, or Ray actors; 0: one per core"},
     ),
     (
         "--runner",

@@ -1,5 +1,6 @@
-"""Run a job's units on this machine: a thin coordinator that plans and commits, and unit worker processes (as
-many as run.workers, else the cores) that each fetch, hash and match whole units (runners/procs.py)."""
+"""Run a job's units on this machine: a thin coordinator that plans and commits, and unit worker processes
+that each fetch and match whole units, each feeding hashing processes (run.workers of those in all, else one
+per core; runners/procs.py hashers_layout)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from scanner.run.job import Job, Run, execute
 from scanner.run.lifecycle import ScanResult
 from scanner.run.reportlock import report_lock
 from scanner.run.scan import ScanJob
-from scanner.runners.procs import UnitWorkers, body_budget_note, run_units
+from scanner.runners.procs import UnitWorkers, body_budget_note, hashers_layout, run_units
 
 
 def scan(
@@ -37,10 +38,11 @@ def run(
     """
     job.check()
     procguard.harden()
-    note = body_budget_note(job.config, job.config.run.worker_count)
+    hashers = hashers_layout(job.config, job.hashing)
+    note = body_budget_note(job.config, len(hashers))
     if note is not None and make_progress is not None and not job.config.audit.no_fetch:  # not with --quiet
         print(note, file=sys.stderr, flush=True)
     with ExitStack() as stack:
         stack.enter_context(report_lock(job.config.out, job.name))
-        pool = stack.enter_context(UnitWorkers(job.config, job.config.run.worker_count, job.hashing))
+        pool = stack.enter_context(UnitWorkers(job.config, hashers))
         return execute(job, partial(run_units, pool=pool), restart, make_progress)

@@ -82,6 +82,18 @@ def share(total: int, count: int, index: int) -> int:
     return max(1, total // count + (index < total % count))
 
 
+def hashers_layout(config: ScanConfig, hashing: bool) -> list[int]:
+    """The hashing processes of each unit worker, one entry a unit worker: run.workers of them in all (one
+    per core by default), run.hashers_per_unit_worker at most behind one fetch loop, whose CPU is a small
+    share of theirs (a unit worker is the larger process: sharing it keeps memory per added core down). A
+    job that does not hash gets run.workers unit workers, none behind them."""
+    total = config.run.worker_count
+    if not hashing:
+        return [0] * total
+    count = -(-total // config.run.hashers_per_unit_worker)
+    return [share(total, count, i) for i in range(count)]
+
+
 def worker_config(config: ScanConfig, index: int, count: int) -> ScanConfig:
     """The settings of unit worker `index` of `count`: the total limits divided among the workers."""
     fetch = dataclasses.replace(
@@ -125,14 +137,14 @@ def body_budget_note(config: ScanConfig, count: int) -> str | None:
 class UnitWorker:
     """One unit worker process, its end of the pipe, and the units it is running."""
 
-    def __init__(self, config: ScanConfig, index: int, count: int, hashing: bool) -> None:
+    def __init__(self, config: ScanConfig, index: int, count: int, hashers: int) -> None:
         self.index = index
         self.running: dict[int, Any] = {}
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         settings = worker_config(config, index, count)
         self.process = context.Process(
-            target=worker_main, args=(child, settings, hashing, os.getpid()), name=f"scanner-unit-{index}"
+            target=worker_main, args=(child, settings, hashers, os.getpid()), name=f"scanner-unit-{index}"
         )
         self.process.start()
         child.close()
@@ -150,12 +162,13 @@ class UnitWorker:
 
 class UnitWorkers:
     """The unit worker processes: started at once (they import while the coordinator loads the lists),
-    given the job's unit work and the lists when they are loaded, stopped on leaving."""
+    given the job's unit work and the lists when they are loaded, stopped on leaving. `hashers`: how many
+    hashing processes each feeds (hashers_layout), one entry a unit worker."""
 
-    def __init__(self, config: ScanConfig, count: int, hashing: bool = True) -> None:
+    def __init__(self, config: ScanConfig, hashers: list[int]) -> None:
         self.config = config
-        self.count = count
-        self.hashing = hashing
+        self.count = len(hashers)
+        self.hashers = hashers
         self.workers: list[UnitWorker] = []
         self._work: bytes | None = None
         self._lists: shared.SharedObject | None = None
@@ -164,12 +177,12 @@ class UnitWorkers:
         self._rest_built: shared.SharedObject | list | BaseException | None = None
         self.rest_ready: int | None = None  # readable once the rest is built (a pipe's end)
         self._rest_signal: int | None = None
-        self._spawn(range(count))
+        self._spawn(range(self.count))
 
     def _spawn(self, indexes: range | list[int]) -> None:
         with procguard.children_ignore_ctrl_c():  # the coordinator stops them
             for i in indexes:
-                worker = UnitWorker(self.config, i, self.count, self.hashing)
+                worker = UnitWorker(self.config, i, self.count, self.hashers[i])
                 if i < len(self.workers):
                     self.workers[i] = worker
                 else:
@@ -454,7 +467,7 @@ def _row_counts(rows: list[tuple[int, UnitReport]]) -> Counter:
 # ---------------------------------------------------------------- the unit worker's side
 
 
-def worker_main(conn: Connection, config: ScanConfig, hashing: bool, parent: int) -> None:
+def worker_main(conn: Connection, config: ScanConfig, hashers: int, parent: int) -> None:
     """A unit worker: hardened and guarded like the coordinator (no writes at all), ending with it, Ctrl-C
     left to it; it runs units until told to stop."""
     procguard.harden()
@@ -466,10 +479,10 @@ def worker_main(conn: Connection, config: ScanConfig, hashing: bool, parent: int
         load_plugins(config.plugins)  # the registry as the coordinator has it, before any list or record
         with contextlib.ExitStack() as stack:
             importlib.import_module(CLIENT_MODULES[config.fetch.client])
-            given = _receive(conn)  # then its hashing process: its start-up does not delay the first request
-            hashers = stack.enter_context(hashing_workers(1)) if hashing else None
+            given = _receive(conn)  # then its hashing processes, which the first request does not wait for
+            pool = stack.enter_context(hashing_workers(hashers)) if hashers else None
             if given is not None:
-                asyncio.run(_serve(conn, config, *given, hashers))
+                asyncio.run(_serve(conn, config, *given, pool))
     except Exception as exc:  # the coordinator says it in one line; no traceback on stderr, no status 0
         _tell(conn, _failed(exc))
         os._exit(1)
@@ -498,10 +511,11 @@ def _receive(conn: Connection) -> tuple[UnitWork, Matcher] | None:
 def open_work(
     work: UnitWork, config: ScanConfig, matcher: Matcher, hashers: WorkerPool | None, progress: Progress
 ) -> UnitProcessor:
-    """This worker's unit processor, opened once: its own fetcher, its hashing process (if the job hashes)."""
+    """This worker's unit processor, opened once: its own fetcher, its hashing processes (if the job hashes),
+    two batches in flight for each."""
     hash_fn = None
     if hashers is not None and work.hashing:
-        hash_fn = BatchingHasher(hashers, hashing_job(config, matcher), 2)
+        hash_fn = BatchingHasher(hashers, hashing_job(config, matcher), 2 * hashers.count)
     return work.open(config, matcher, hash_fn, progress)
 
 
