@@ -885,19 +885,23 @@ def print_steady_split(scans: list[Result], ceilings: list[Result]) -> None:
     of the rows between (a few percent at 10,000 rows, about 10% at 4,000)."""
     ceiling = statistics.median(sum(c.usage.cpu.values()) / c.rows for c in ceilings) if ceilings else nan
     print(f"steady state between the first and the last commit, CPU ms per row ((c): {1000 * ceiling:.2f})")
-    heads = f"| {'main':>6} | {'units':>6} | {'hashing':>7} | {'total':>6} | {'c/a':>5} |"
+    heads = f"| {'main':>6} | {'units':>6} | {'hashing':>7} | {'total':>6} | {'c/a':>5} | {'+/-':>5} |"
     print(f"| {'run':<28} | {'rows':>7} " + heads)
-    print("|" + "|".join("-" * w for w in (30, 9, 8, 8, 9, 8, 7)) + "|")
+    print("|" + "|".join("-" * w for w in (30, 9, 8, 8, 9, 8, 7, 7)) + "|")
     for r in scans:
         if len(r.usage.role_commits) < 2 or r.usage.role_commits[-1][0] <= r.usage.role_commits[0][0]:
             continue
         (first_rows, first), (last_rows, last) = r.usage.role_commits[0], r.usage.role_commits[-1]
         per = {k: 1000 * (last.get(k, 0.0) - first.get(k, 0.0)) / (last_rows - first_rows) for k in ROLES}
         total = sum(per.values())
+        # Rows finish in whole units and parts: as many rows as a commit holds may be hashed and not yet
+        # committed at either end of the window, so the figures are this uncertain (the first commit's size).
+        spread = first_rows / (last_rows - first_rows)
         print(
             f"| {r.name:<28} | {last_rows - first_rows:>7} | {per['main']:6.3f} | {per['units']:6.2f} "
-            f"| {per['hashing']:7.2f} | {total:6.2f} | {1000 * ceiling / total:5.2f} |"
+            f"| {per['hashing']:7.2f} | {total:6.2f} | {1000 * ceiling / total:5.2f} | {spread:5.0%} |"
         )
+    print("+/-: rows of one commit (hashed, not yet committed) over the rows between: the figures' spread")
 
 
 def print_coordinator_split(scans: list[Result]) -> None:
