@@ -238,6 +238,38 @@ def test_a_fresh_run_takes_its_image_lists_digest_as_they_load_and_records_it_be
         open_run(ScanJob(config))
 
 
+def test_a_fresh_runs_first_commit_waits_for_the_lists_read_not_its_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator commits while a large list still parses: the digest it records is ready as soon as
+    the load has read the file once, so the unit workers' pipes are read again at once."""
+    import hashlib
+
+    from scanner.lists import deferred as deferred_module
+
+    paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+    parsing, release = threading.Event(), threading.Event()
+
+    def slow_parse(spec: ListSpec) -> HashList:
+        parsing.set()
+        release.wait(30)
+        return load_hashlist(spec)
+
+    monkeypatch.setattr(deferred_module, "load_hashlist", slow_parse)
+    later = deferred(ListSpec.parse(f"pdq:{paths['pdq']}"), digest_now=False)
+    assert later is not None and later.digest_by_load
+    loading = threading.Thread(target=later.load)
+    loading.start()
+    try:
+        assert parsing.wait(30)
+        assert later.waited_digest() == hashlib.sha256(paths["pdq"].read_bytes()).hexdigest()
+        assert loading.is_alive()  # still parsing: the digest did not wait for it
+    finally:
+        release.set()
+        loading.join(30)
+    assert later.result().digest == later.waited_digest()
+
+
 def test_a_fresh_runs_list_changed_after_its_first_lines_were_read(tmp_path: Path) -> None:
     """A fresh run records the digest of the very bytes it matches against; a list that no longer holds
     one image hash type is refused."""
@@ -253,7 +285,8 @@ def test_a_fresh_runs_list_changed_after_its_first_lines_were_read(tmp_path: Pat
     with pytest.raises(HashListError, match="expected md5 entries only"):
         other.load()
     with pytest.raises(HashListError, match="expected md5 entries only"):
-        other.waited_digest()
+        other.result()  # the digest was taken before the parse: a run waiting on the list stops with this
+    assert other.waited_digest() == load_hashlist(str(paths["md5"])).digest
 
 
 def test_a_resumed_scan_compares_its_lists_before_any_request(tmp_path: Path) -> None:

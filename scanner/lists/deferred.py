@@ -7,8 +7,9 @@ processes that fetch and hash, while rows are fetched and hashed; a row's hashes
 never a part of it (lists/matcher.py).
 
 Its digest is what a resumed run must find unchanged. A resumed run takes it before any request, and the
-load refuses a file that no longer has it; a fresh run takes it from the very bytes the load reads, and its
-checkpoint records it before the first commit (run/checkpoint.py).
+load refuses a file that no longer has it; a fresh run's load takes it first (one read, in the load's thread)
+and refuses the bytes it parses unless they have it too, and the run's checkpoint records it before its
+first commit (run/checkpoint.py), which waits for that read only.
 """
 
 from __future__ import annotations
@@ -42,18 +43,28 @@ class DeferredList:
         self.name = spec.name
         self.path = spec.path
         self.digest = digest
-        self.digest_by_load = digest is None  # set by load(), from the bytes it read
+        self.digest_by_load = digest is None  # set by load(), first thing
         self.hash_type: ListKeys = list_keys(hash_type)
         self._spec = spec
         self._loaded: Future[HashList] = Future()
+        self._digested: Future[str] = Future()
+        if digest is not None:
+            self._digested.set_result(digest)
 
     def waited_digest(self) -> str:
-        """The digest, waiting for the load when it takes it (a load error is raised here)."""
-        return self.digest if self.digest is not None else self.result().digest
+        """The digest, waiting for the load to take it when it does (a read error is raised here). The load
+        takes it first, from one read of the file, and parses after: the first commit of a fresh run, which
+        waits for it, waits that read, not the parse and index (many seconds for a large list) while
+        the unit workers' pipes fill."""
+        return self._digested.result()
 
     def load(self) -> HashList:
-        """Load the list; the file must still be the one whose digest the run recorded, if it recorded one."""
+        """Load the list; the file must still be the one whose digest the run recorded, or (a fresh run) the
+        one whose digest this load took first."""
         try:
+            if not self._digested.done():
+                self.digest = _digest(self.path)
+                self._digested.set_result(self.digest)
             loaded = load_hashlist(self._spec)
             if self.digest is not None and loaded.digest != self.digest:
                 raise HashListError(
@@ -64,6 +75,8 @@ class DeferredList:
             if set(loaded.entries) != {self.hash_type.name}:
                 raise HashListError(str(self.path), f"expected {self.hash_type.name} entries only")
         except BaseException as error:  # whoever waits on the list sees the load's own error
+            if not self._digested.done():
+                self._digested.set_exception(error)
             self._loaded.set_exception(error)
             raise
         self.digest = loaded.digest
