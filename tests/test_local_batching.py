@@ -25,6 +25,7 @@ from scanner.runners.hashpool import (
     WorkerPool,
     batch_length,
     bodies_per_batch,
+    spread,
 )
 from scanner.workers import HashJob
 
@@ -151,6 +152,28 @@ def test_a_body_that_kills_its_worker_gets_hashing_crashed_and_the_rest_their_ha
     assert hashes is not None and hashes.md5 == JOB(poison)[0].md5 and hashes.pdq is None
     assert [r for i, r in enumerate(results) if i not in crashed] == [JOB(b) for b in bodies if b != poison]
     assert restarts == 2  # once for the batch that died, once for the body that killed a fresh worker
+
+
+def test_a_body_that_kills_one_of_several_processes_breaks_its_pool_alone() -> None:
+    """A fetch loop feeding several hashing processes (SpreadHasher, a pool of one process each): the poison
+    body's pool restarts, the other never does, and every row gets what it would alone."""
+    bodies = [_image(i, "JPEG") for i in range(4 * MAX_BATCH)]
+    poison = bodies[MAX_BATCH + 2]
+    job = _Killing(WANT, poison=poison)
+
+    async def hash_all(pools: list[WorkerPool]) -> list:
+        hasher = spread([BatchingHasher(pool, job, 2) for pool in pools])
+        assert hasher.bodies_wanted == sum(BatchingHasher(pool, job, 2).bodies_wanted for pool in pools)
+        hashed = asyncio.gather(*(hasher(b) for b in bodies), return_exceptions=True)
+        return await asyncio.wait_for(hashed, 120)
+
+    with WorkerPool(1) as first, WorkerPool(1) as second:
+        results = asyncio.run(hash_all([first, second]))
+        restarts = sorted([first.generation, second.generation])
+    assert restarts == [0, 2]  # the poison's pool: its batch, then the body alone; the other pool: none
+    crashed = [i for i, r in enumerate(results) if r[1] == HashingReason.HASHING_CRASHED]
+    assert crashed == [MAX_BATCH + 2]
+    assert [r for i, r in enumerate(results) if i not in crashed] == [JOB(b) for b in bodies if b != poison]
 
 
 def test_a_body_past_its_cpu_budget_gets_decode_timeout_and_a_crash_still_hashing_crashed() -> None:

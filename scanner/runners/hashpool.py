@@ -154,6 +154,12 @@ class BatchingHasher:
         """Bodies this hasher can take at once: its batches in flight and one more waiting to go."""
         return (self._limit + 1) * MAX_BATCH
 
+    @property
+    def pending(self) -> int:
+        """Bodies given and not yet hashed: waiting here, held by the pool (counted as full batches), or
+        retried alone after a death."""
+        return len(self._waiting) + len(self._suspects) + self._in_flight * MAX_BATCH
+
     def __call__(self, body: bytes) -> asyncio.Future[HashResult]:
         loop = asyncio.get_running_loop()
         result: asyncio.Future[HashResult] = loop.create_future()
@@ -294,6 +300,28 @@ def batch_length(sizes: list[int]) -> int:
 def bodies_per_batch(body_bytes: int) -> int:
     """The most bodies of this size one batch holds (what a batch pickled through the pipe may carry)."""
     return batch_length([body_bytes] * MAX_BATCH)
+
+
+class SpreadHasher:
+    """The hash function of a fetch loop that feeds several hashing processes, each behind its own
+    BatchingHasher: a body goes to the one with the least pending. One process that dies stops only its own
+    pool's batches (a shared pool would hold every process's batches as suspects, retried one at a time
+    while the other processes idle)."""
+
+    def __init__(self, hashers: list[BatchingHasher]) -> None:
+        self._hashers = hashers
+
+    @property
+    def bodies_wanted(self) -> int:
+        return sum(hasher.bodies_wanted for hasher in self._hashers)
+
+    def __call__(self, body: bytes) -> asyncio.Future[HashResult]:
+        return min(self._hashers, key=lambda hasher: hasher.pending)(body)
+
+
+def spread(hashers: list[BatchingHasher]) -> BatchingHasher | SpreadHasher:
+    """One hasher as it is, several behind a SpreadHasher."""
+    return hashers[0] if len(hashers) == 1 else SpreadHasher(hashers)
 
 
 @functools.cache

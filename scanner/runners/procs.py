@@ -50,7 +50,7 @@ from scanner.run import checkpoint
 from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
 from scanner.run.lifecycle import lists_later
 from scanner.runners import heap, shared
-from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_workers
+from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_workers, spread
 
 # How often a unit worker reports the rows it finished (and at each unit's end): the bar moves smoothly and
 # the coordinator reads one message per interval, not one per row.
@@ -480,9 +480,11 @@ def worker_main(conn: Connection, config: ScanConfig, hashers: int, parent: int)
         with contextlib.ExitStack() as stack:
             importlib.import_module(CLIENT_MODULES[config.fetch.client])
             given = _receive(conn)  # then its hashing processes, which the first request does not wait for
-            pool = stack.enter_context(hashing_workers(hashers)) if hashers else None
+            # A pool of one process each: a body that kills its process breaks that pool alone (its batches
+            # are retried alone), while the others go on hashing.
+            pools = [stack.enter_context(hashing_workers(1)) for _ in range(hashers)]
             if given is not None:
-                asyncio.run(_serve(conn, config, *given, pool))
+                asyncio.run(_serve(conn, config, *given, pools))
     except Exception as exc:  # the coordinator says it in one line; no traceback on stderr, no status 0
         _tell(conn, _failed(exc))
         os._exit(1)
@@ -509,18 +511,19 @@ def _receive(conn: Connection) -> tuple[UnitWork, Matcher] | None:
 
 
 def open_work(
-    work: UnitWork, config: ScanConfig, matcher: Matcher, hashers: WorkerPool | None, progress: Progress
+    work: UnitWork, config: ScanConfig, matcher: Matcher, pools: list[WorkerPool], progress: Progress
 ) -> UnitProcessor:
     """This worker's unit processor, opened once: its own fetcher, its hashing processes (if the job hashes),
     two batches in flight for each."""
     hash_fn = None
-    if hashers is not None and work.hashing:
-        hash_fn = BatchingHasher(hashers, hashing_job(config, matcher), 2 * hashers.count)
+    if pools and work.hashing:
+        job = hashing_job(config, matcher)
+        hash_fn = spread([BatchingHasher(pool, job, 2) for pool in pools])
     return work.open(config, matcher, hash_fn, progress)
 
 
 async def _serve(
-    conn: Connection, config: ScanConfig, work: UnitWork, matcher: Matcher, hashers: WorkerPool | None
+    conn: Connection, config: ScanConfig, work: UnitWork, matcher: Matcher, pools: list[WorkerPool]
 ) -> None:
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple] = asyncio.Queue()
@@ -536,7 +539,7 @@ async def _serve(
             inbox.put_nowait(("stop",))
 
     progress = _BatchedProgress(conn.send)
-    processor = open_work(work, config, matcher, hashers, progress)
+    processor = open_work(work, config, matcher, pools, progress)
     running: set[asyncio.Task[None]] = set()
     loop.add_reader(conn.fileno(), readable)
     try:
