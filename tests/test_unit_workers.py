@@ -194,13 +194,16 @@ class _Recorder:
         self.sent.append(message[1].id)
 
 
-def _hand_out(workers: int, units: int, per_worker: int) -> list[list[int]]:
+def _hand_out(workers: int, units: int, per_worker: int, hashers: list[int] | None = None) -> list[list[int]]:
     from types import SimpleNamespace
 
     from scanner.pipeline import Progress
     from scanner.runners.procs import _Coordinator
 
-    pool = SimpleNamespace(workers=[_Recorder() for _ in range(workers)])
+    recorders = [_Recorder() for _ in range(workers)]
+    for index, recorder in enumerate(recorders):
+        recorder.index = index
+    pool = SimpleNamespace(workers=recorders, hashers=hashers or [1] * workers)
     config = build_config({"run": {"units_in_flight": per_worker}}, "test")
     run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(part_paths=lambda unit_id: []))
     coordinator = _Coordinator(pool, run, Progress())  # type: ignore[arg-type]
@@ -215,6 +218,9 @@ def test_units_are_spread_over_every_worker_before_any_gets_a_second() -> None:
     assert sorted(u for sent in _hand_out(4, 10, 3) for u in sent) == list(range(10))
     assert [len(sent) for sent in _hand_out(4, 10, 3)] == [3, 3, 2, 2]
     assert [len(sent) for sent in _hand_out(2, 10, 3)] == [3, 3]  # the rest wait in the queue
+    # Units in flight follow the hashing processes behind each unit worker: 4 and 2 of them, 3 units each.
+    assert [len(sent) for sent in _hand_out(2, 30, 3, hashers=[4, 2])] == [12, 6]
+    assert [len(sent) for sent in _hand_out(2, 6, 3, hashers=[4, 2])] == [4, 2]  # busy in proportion
 
 
 def _refuse_to_load() -> None:

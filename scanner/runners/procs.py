@@ -1,18 +1,19 @@
-"""Unit workers: processes that each run whole units (fetch loop, a hashing process, matching), for a
-coordinator that only plans, hands out unit specs and commits the reports that come back.
+"""Unit workers: processes that each run whole units (fetch loop, matching) and feed hashing processes of
+their own, for a coordinator that only plans, hands out unit specs and commits the reports that come back.
 
 Each unit worker holds what a Ray actor holds (runners/ray.py): the job's UnitWork (pickled once, when the
-run starts) opened once into a UnitProcessor with its own fetcher, a BatchingHasher over one hashing process
-of its own (for a job that hashes), and the matcher, whose arrays it maps read-only from the memory the
-coordinator filled once (runners/shared.py). One hashing process per unit worker: a body
-that kills its decoder costs only that worker's batch, and the fetch loop's share of the CPU (a tenth of
-the hashing's) leaves one unit worker per core near the hashing ceiling with no scheduling across them.
+run starts) opened once into a UnitProcessor with its own fetcher, its hashing processes (for a job that
+hashes: run.workers in all, up to run.hashers_per_unit_worker behind one fetch loop, see hashers_layout),
+each in a pool of its own behind a SpreadHasher, so a body that kills its decoder costs only that process's
+batches; and the matcher, whose arrays it maps read-only from the memory the coordinator filled once
+(runners/shared.py). The fetch loop costs about a tenth of the hashing's CPU on photos.
 
 Limits that protect a server or memory are totals: fetch.max_per_host, fetch.max_in_flight,
 run.rows_in_flight and run.body_bytes_in_flight are divided among the unit workers (each gets at least 1,
 and a body budget of at least 2 x fetch.max_bytes, so one largest body always fits beside another,
 but never more than the whole budget).
-run.units_in_flight is per worker, as on Ray.
+run.units_in_flight is per hashing process behind a unit worker (per unit worker when the job does not hash),
+as it is per actor on Ray.
 """
 
 from __future__ import annotations
@@ -346,7 +347,7 @@ class _Coordinator:
         """One unit at a time to the least busy worker: 16 units on 16 workers start on all 16, not three
         each on the first five (each worker hashes in one process, so a worker's units share it)."""
         while self._queue and self._pool.workers:
-            worker = min(self._pool.workers, key=self._load)
+            worker = min(self._pool.workers, key=lambda w: self._load(w) / self._capacity(w))
             if not self._takes(worker, self._queue[0].id):
                 return
             unit = self._queue.popleft()
@@ -355,14 +356,21 @@ class _Coordinator:
             with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
                 worker.send(("unit", unit, self._run.checkpoint.part_paths(unit.id)))
 
+    def _capacity(self, worker: UnitWorker) -> int:
+        """Units a worker runs at once: run.units_in_flight for each hashing process behind it (or for it
+        alone, in a job that does not hash), so as many rows are in flight per core as before."""
+        return self._per_worker * max(1, self._pool.hashers[worker.index])
+
     def _load(self, worker: UnitWorker) -> int:
         """How busy a worker is: one running a suspect unit is full."""
         alone = any(unit_id in self._suspects for unit_id in worker.running)
-        return self._per_worker if alone else len(worker.running)
+        return self._capacity(worker) if alone else len(worker.running)
 
     def _takes(self, worker: UnitWorker, unit_id: int) -> bool:
         """Whether the worker can start the unit now: a suspect only on an idle worker, alone."""
-        return not worker.running if unit_id in self._suspects else self._load(worker) < self._per_worker
+        if unit_id in self._suspects:
+            return not worker.running
+        return self._load(worker) < self._capacity(worker)
 
     def _read(self, worker: UnitWorker) -> None:
         try:
