@@ -302,3 +302,8 @@ def test_a_rescan_holds_floods_when_asked_even_if_the_scan_did_not(tmp_path) -> 
     config = rescan_config({"config": saved}, str(tmp_path / "out"), [], overrides)
     assert config.review.hold_floods is True
     assert config.review.negative_lists == ("a.csv", "b.csv")  # a list given again is not doubled
+    # This week's review/neg.csv beside last week's neg.csv: both kept, the new one named apart; ./a.csv is
+    # the file already kept.
+    overrides = {"review.negative_lists": ["./a.csv", "review/a.csv", "mine=other/a.csv"]}
+    config = rescan_config({"config": saved}, str(tmp_path / "out"), [], overrides)
+    assert config.review.negative_lists == ("a.csv", "a-2=review/a.csv", "mine=other/a.csv")

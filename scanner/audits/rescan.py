@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from scanner.audits.stored import StoredJob, StoredRow, StoredScan, StoredScans,
 from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
 from scanner.fetch import FetchResult
-from scanner.lists import Match, Matcher
+from scanner.lists import ListSpec, Match, Matcher
 from scanner.outcomes import (
     CONTENT,
     MATCHED,
@@ -204,7 +205,19 @@ def _negative_lists_added(review: dict, overrides: dict) -> dict:
     if not added:
         return overrides
     kept = list(review.get("negative_lists") or [])
-    return {**overrides, "review.negative_lists": kept + [path for path in added if path not in kept]}
+    files = {ListSpec.parse(spec).path.resolve() for spec in kept}
+    names = {ListSpec.parse(spec).name for spec in kept}
+    for spec in added:
+        parsed = ListSpec.parse(spec)
+        if parsed.path.resolve() in files:
+            continue  # given again: once is enough
+        name, more = parsed.name, 2
+        while name in names and not re.match(r"^[A-Za-z0-9_.-]+=", spec):  # this week's neg.csv beside last's
+            name, more = f"{parsed.name}-{more}", more + 1
+        kept.append(spec if name == parsed.name else f"{name}={spec}")
+        files.add(parsed.path.resolve())
+        names.add(name)
+    return {**overrides, "review.negative_lists": kept}
 
 
 def private_networks_dropped(manifest: dict, config: ScanConfig) -> bool:

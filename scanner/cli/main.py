@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 def _warning_line(message: Warning | str, *_where: object, file: TextIO | None = None, **_: object) -> None:
     """A warning (a list's repeated hashes, a library's notice) as one line, without the source line that
     Python's default display adds."""
-    print(f"scanner: warning: {message}", file=file or sys.stderr)
+    print(terminal_line(f"scanner: warning: {message}"), file=file or sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> ExitCode:

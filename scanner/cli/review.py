@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from scanner.cli import outputs
+from scanner.cli.common import terminal_line
 from scanner.cli.signing import stale_signature_note
 from scanner.errors import ConfigError
 from scanner.exitcodes import ExitCode
@@ -139,7 +141,15 @@ def _load_scan_plugins(out: Path) -> None:
 
     saved = (StoredScan.read_manifest(out).get("config") or {}).get("plugins") or {}
     kinds = {key: tuple(saved.get(key) or ()) for key in ("signal_types", "tx_extensions")}
-    load_plugins(PluginConfig(**kinds))
+    try:
+        load_plugins(PluginConfig(**kinds))
+    except (
+        ConfigError
+    ) as exc:  # its false positives are counted as without a stored hash; the rest are written
+        print(
+            terminal_line(f"scanner: warning: the scan's plug-ins are not loaded here ({exc})"),
+            file=sys.stderr,
+        )
 
 
 REVIEW_COMMANDS: list[tuple[str, str, Callable, Callable]] = [
