@@ -91,13 +91,18 @@ def test_a_flood_entry_is_flagged_with_its_list_id_and_rows(scanned) -> None:
     assert main(["verify", str(out)]) == 0
 
 
-def test_hold_floods_reports_held_rows_and_keeps_them_for_review(scanned, scanner_cli) -> None:
-    tmp, out, rows, _urls, _summary = scanned
-    held_out = tmp / "held"
-    done = scanner_cli(
+def _rematch_holding_floods(scanner_cli, tmp: Path, out: Path, held_out: Path):
+    """The scan rematched into held_out with --hold-floods (flood_rows 3): the popular picture's rows held."""
+    return scanner_cli(
         "rematch", str(out), "--hashlist", f"tlist={tmp / 'tlist.csv'}", "--hashlist",
         f"flist={tmp / 'flist.csv'}", "--out", str(held_out), "--hold-floods", "--config", str(_low(tmp)),
     )  # fmt: skip
+
+
+def test_hold_floods_reports_held_rows_and_keeps_them_for_review(scanned, scanner_cli) -> None:
+    tmp, out, rows, _urls, _summary = scanned
+    held_out = tmp / "held"
+    done = _rematch_holding_floods(scanner_cli, tmp, out, held_out)
     assert done.returncode == 0, done.stderr
     outcomes = _outcomes(held_out)
     popular = {rows[f"popular{i}.jpg"] for i in range(6)}
@@ -314,10 +319,7 @@ def test_a_verdict_csv_keeps_a_notes_line_ends_and_refuses_other_digits(tmp_path
 def test_a_held_row_confirmed_by_review_is_referred(scanned, scanner_cli) -> None:
     tmp, out, rows, _urls, _summary = scanned
     held_out = tmp / "held-reviewed"
-    done = scanner_cli(
-        "rematch", str(out), "--hashlist", f"tlist={tmp / 'tlist.csv'}", "--hashlist",
-        f"flist={tmp / 'flist.csv'}", "--out", str(held_out), "--hold-floods", "--config", str(_low(tmp)),
-    )  # fmt: skip
+    done = _rematch_holding_floods(scanner_cli, tmp, out, held_out)
     assert done.returncode == 0, done.stderr
     shard, first, second = str(tmp / "shard.parquet"), rows["popular0.jpg"], rows["popular1.jpg"]
     verdicts = tmp / "held-verdicts.csv"
