@@ -4,7 +4,6 @@ as with every list loaded first (run.lists_first)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import pickle
@@ -23,6 +22,7 @@ from loopback import LoopbackServer
 from scanner.config import build_config
 from scanner.errors import HashListError, ResumeError
 from scanner.fetch.base import CLIENTS
+from scanner.fetch.fetcher import TRANSPORTS, transport_class
 from scanner.hashing import hash_image
 from scanner.lists import HashList, ListSpec, Matcher, Query, formats, load_hashlist
 from scanner.lists.deferred import BACKGROUND_NICE, MAX_NICE, DeferredList, deferred
@@ -31,7 +31,6 @@ from scanner.run.job import open_run
 from scanner.run.lifecycle import load_lists
 from scanner.run.scan import ScanJob
 from scanner.runners.local import scan
-from scanner.runners.procs import CLIENT_MODULES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -351,8 +350,8 @@ def test_a_small_list_loads_without_numba_and_as_a_large_one_would(
 
 
 def test_a_unit_worker_imports_the_transport_of_every_client_before_its_lists_arrive() -> None:
-    """Each fetch.client names the module a unit worker imports first thing (make_fetcher's import)."""
-    assert set(CLIENT_MODULES) == set(CLIENTS)
+    """Each fetch.client names the transport a unit worker imports first thing (make_fetcher's own)."""
+    assert set(TRANSPORTS) == set(CLIENTS)
     transports = {"aiohttp": "AiohttpTransport", "httpx": "HttpxTransport"}
-    for client, module in CLIENT_MODULES.items():
-        assert hasattr(importlib.import_module(module), transports[client])
+    for client in TRANSPORTS:
+        assert transport_class(client).__name__ == transports[client]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import logging
 import random
 import time
@@ -15,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from scanner.fetch.base import FetchConfig, FetchFailure, FetchResult, UrlScreen
 from scanner.fetch.body import read_body
@@ -400,11 +401,19 @@ def make_fetcher(
         max_hosts=config.dns_cache_size,
     )
     budget = BodyBudget(body_budget, ready_bodies) if body_budget else None
-    # Imported here for start-up cost: only the client a scan uses is loaded (aiohttp or httpx).
-    if config.client == "httpx":
-        from scanner.fetch.httpx_client import HttpxTransport
+    transport = transport_class(config.client)(config, policy, cached)
+    return GuardedFetcher(config, transport, cached, budget)
 
-        return GuardedFetcher(config, HttpxTransport(config, policy, cached), cached, budget)
-    from scanner.fetch.client import AiohttpTransport
 
-    return GuardedFetcher(config, AiohttpTransport(config, policy, cached), cached, budget)
+# Each fetch.client's transport, imported when first asked for: only the client a scan uses is loaded
+# (aiohttp or httpx), and a unit worker asks first thing, before its lists arrive.
+TRANSPORTS = {
+    "aiohttp": ("scanner.fetch.client", "AiohttpTransport"),
+    "httpx": ("scanner.fetch.httpx_client", "HttpxTransport"),
+}
+
+
+def transport_class(client: str) -> Any:
+    """The transport class of fetch.client `client`, its module imported now."""
+    module, name = TRANSPORTS[client]
+    return getattr(importlib.import_module(module), name)

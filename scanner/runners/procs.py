@@ -23,7 +23,6 @@ import atexit
 import contextlib
 import contextvars
 import dataclasses
-import importlib
 import multiprocessing
 import os
 import pickle
@@ -41,6 +40,7 @@ from scanner import nostore, procguard
 from scanner.config import ScanConfig
 from scanner.crashlog import exception_line
 from scanner.errors import ScannerError
+from scanner.fetch.fetcher import transport_class
 from scanner.lists import Matcher
 from scanner.lists.deferred import lower_priority
 from scanner.outcomes import Liveness, liveness
@@ -65,9 +65,6 @@ STOP_SECONDS = 5.0
 DEATHS_PER_WORKER = MAX_ATTEMPTS
 # The unit a worker's task runs: the rows it finishes are counted as that unit's (its row tasks inherit it).
 _UNIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("unit", default=None)
-# The module of each HTTP client's transport, which fetch.make_fetcher imports on first use: a unit worker
-# imports it first thing (aiohttp: a quarter second of CPU), not after the lists arrive.
-CLIENT_MODULES = {"aiohttp": "scanner.fetch.client", "httpx": "scanner.fetch.httpx_client"}
 
 
 class RemoteTraceback(Exception):
@@ -486,7 +483,7 @@ def worker_main(conn: Connection, config: ScanConfig, hashers: int, parent: int)
     try:
         load_plugins(config.plugins)  # the registry as the coordinator has it, before any list or record
         with contextlib.ExitStack() as stack:
-            importlib.import_module(CLIENT_MODULES[config.fetch.client])
+            transport_class(config.fetch.client)  # its import first (aiohttp: a quarter second of CPU)
             given = _receive(conn)  # then its hashing processes, which the first request does not wait for
             # A pool of one process each: a body that kills its process breaks that pool alone (its batches
             # are retried alone), while the others go on hashing.
