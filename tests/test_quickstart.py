@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from scanner.fetch.base import CLIENTS
 from scanner.fetch.fetcher import TRANSPORTS, transport_class
 from scanner.hashing import hash_image
 from scanner.lists import HashList, ListSpec, Matcher, Query, formats, load_hashlist
-from scanner.lists.deferred import BACKGROUND_NICE, MAX_NICE, DeferredList, deferred
+from scanner.lists.deferred import DeferredList, deferred
 from scanner.reports.records import RowResult, UnitReport
 from scanner.run.job import open_run
 from scanner.run.lifecycle import load_lists
@@ -315,13 +316,57 @@ class RecordingList(DeferredList):
         return super().load()
 
 
-def test_image_lists_load_at_a_lower_priority_than_the_scan(tmp_path: Path) -> None:
+def test_image_lists_load_at_the_scans_own_priority(tmp_path: Path) -> None:
+    """A nicer load got so little CPU on a busy machine that the rows waiting for it stopped the fetching."""
     paths = write_lists(tmp_path, "http://example.com/listed.jpg")
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     recording = RecordingList(ListSpec.parse(f"pdq:{paths['pdq']}"), "pdq")
     Matcher.from_lists([recording]).rest()
-    assert recording.nice == min(own + BACKGROUND_NICE, MAX_NICE)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    assert recording.nice == own
+
+
+def test_rows_go_on_being_fetched_while_their_image_list_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose units have all their rows hashed, waiting for the list, takes more units (up to
+    LOADING_WINDOW times its window): the list's load here waits for rows past one window to be fetched."""
+    from scanner.lists import deferred as deferred_module
+    from scanner.runners.procs import LOADING_WINDOW
+
+    with LoopbackServer({f"/{i}.jpg": body for i, body in enumerate(IMAGES)}) as server:
+        urls = [server.url(f"/{i % len(IMAGES)}.jpg?r={i}") for i in range(12)]
+        paths = write_lists(tmp_path, "http://example.com/listed.jpg")
+        fetched_while_loading: list[int] = []
+
+        def load_after_rows(spec: ListSpec) -> HashList:
+            deadline = time.monotonic() + 30
+            while server.total_hits < 6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            fetched_while_loading.append(server.total_hits)
+            return load_hashlist(spec)
+
+        monkeypatch.setattr(deferred_module, "load_hashlist", load_after_rows)
+        shard = tmp_path / "shard.parquet"
+        pq.write_table(pa.table({"url": urls}), shard)
+        settings = {
+            **_settings([f"pdq:{paths['pdq']}"]),
+            "inputs": [str(shard)],
+            "out": str(tmp_path / "out"),
+        }
+        one_unit = {"workers": 1, "units_in_flight": 1}  # a window of 2 rows, 8 while the list loads
+        config = build_config(
+            {
+                **settings,
+                "fetch": {"allow_private_networks": True},
+                "source": {"rows_per_unit": 2},
+                "run": one_unit,
+            },
+            "test",
+        )
+        scan(config)
+    assert LOADING_WINDOW * 2 >= fetched_while_loading[0] >= 6
+    outcomes = pq.read_table(tmp_path / "out" / "outcomes.parquet").column("outcome").to_pylist()
+    assert outcomes.count("match") == 4 and len(outcomes) == 12  # images 0 and 1, each twice
 
 
 def test_a_small_list_loads_without_numba_and_as_a_large_one_would(

@@ -194,7 +194,9 @@ class _Recorder:
         self.sent.append(message[1].id)
 
 
-def _hand_out(workers: int, units: int, per_worker: int, hashers: list[int] | None = None) -> list[list[int]]:
+def _hand_out(
+    workers: int, units: int, per_worker: int, hashers: list[int] | None = None, loading: bool = False
+) -> list[list[int]]:
     from types import SimpleNamespace
 
     from scanner.pipeline import Progress
@@ -203,7 +205,7 @@ def _hand_out(workers: int, units: int, per_worker: int, hashers: list[int] | No
     recorders = [_Recorder() for _ in range(workers)]
     for index, recorder in enumerate(recorders):
         recorder.index = index
-    pool = SimpleNamespace(workers=recorders, hashers=hashers or [1] * workers)
+    pool = SimpleNamespace(workers=recorders, hashers=hashers or [1] * workers, lists_loading=loading)
     config = build_config({"run": {"units_in_flight": per_worker}}, "test")
     run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(part_paths=lambda unit_id: []))
     coordinator = _Coordinator(pool, run, Progress())  # type: ignore[arg-type]
@@ -221,6 +223,8 @@ def test_units_are_spread_over_every_worker_before_any_gets_a_second() -> None:
     # Units in flight follow the hashing processes behind each unit worker: 4 and 2 of them, 3 units each.
     assert [len(sent) for sent in _hand_out(2, 30, 3, hashers=[4, 2])] == [12, 6]
     assert [len(sent) for sent in _hand_out(2, 6, 3, hashers=[4, 2])] == [4, 2]  # busy in proportion
+    # While image lists load, hashed rows wait for them: LOADING_WINDOW times as many units each.
+    assert [len(sent) for sent in _hand_out(2, 100, 3, hashers=[4, 2], loading=True)] == [48, 24]
 
 
 def _refuse_to_load() -> None:

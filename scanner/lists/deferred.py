@@ -2,9 +2,11 @@
 
 URL and domain entries screen every row before its request, so the lists that may hold them load first. A
 list whose spec and first lines show it holds one image hash type and nothing else (an untyped format: plain
-text, PDQ hashio) loads later: the matcher loads and indexes it in a thread, at a lower priority than the
-processes that fetch and hash, while rows are fetched and hashed; a row's hashes wait for the whole list,
-never a part of it (lists/matcher.py).
+text, PDQ hashio) loads later: the matcher loads and indexes it in a thread while rows are fetched and
+hashed; a row's hashes wait for the whole list, never a part of it (lists/matcher.py). The thread runs at
+the scan's own priority: a nicer one got so little CPU on a busy machine that the rows waiting for the list
+filled the window and the fetching stopped (17 s into a 2-core benchmark scan), while the first request,
+in a unit worker of its own, never waited for it.
 
 Its digest is what a resumed run must find unchanged. A resumed run takes it before any request, and the
 load refuses a file that no longer has it; a fresh run's load takes it first (one read, in the load's thread)
@@ -15,8 +17,6 @@ first commit (run/checkpoint.py), which waits for that read only.
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -29,10 +29,6 @@ from scanner.regularfile import open_regular
 
 HEAD_BYTES = 1 << 16  # enough for a list's first lines: its format and, for an untyped one, its type
 DIGEST_CHUNK = 1 << 22
-# How much nicer than the scan the threads run that load and index lists no request waits for: the unit
-# workers starting up, and then fetching and hashing, win the CPU; the threads get what they leave.
-BACKGROUND_NICE = 10
-MAX_NICE = 19
 
 
 class DeferredList:
@@ -113,17 +109,6 @@ def deferred(spec: ListSpec, digest_now: bool = True) -> DeferredList | None:
     except OSError:
         return None  # loading it now says why, as for any list
     return DeferredList(spec, image_type, digest)
-
-
-def lower_priority() -> None:
-    """Lower the calling thread's priority by BACKGROUND_NICE (Linux: a thread's own id names it, and a
-    thread it starts inherits it); where that cannot be done the thread keeps its priority."""
-    try:
-        native = threading.get_native_id()
-        nice = min(os.getpriority(os.PRIO_PROCESS, native) + BACKGROUND_NICE, MAX_NICE)
-        os.setpriority(os.PRIO_PROCESS, native, nice)
-    except (AttributeError, OSError):
-        pass
 
 
 def _image_type(spec: ListSpec) -> str | None:

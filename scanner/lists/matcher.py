@@ -11,7 +11,7 @@ import numpy as np
 
 from scanner.errors import ConfigError
 from scanner.hashtypes import DIHEDRAL_TRANSFORMS, IMAGE, REGISTRY
-from scanner.lists.deferred import DeferredList, lower_priority
+from scanner.lists.deferred import DeferredList
 from scanner.lists.hashlist import HashEntries, HashList
 from scanner.lists.hashtypes import ListKeys
 from scanner.lists.index import ExactIndex, HammingIndex
@@ -330,9 +330,7 @@ def _build_all(
 ) -> None:
     """Load the deferred lists and build the image-hash indexes in turn while the scan starts fetching;
     their kernels release the GIL. A daemon thread: a scan stopped meanwhile does not wait for a build
-    nobody will use; at a lower priority when it loads a list no request waits for."""
-    if any(isinstance(source, DeferredList) for source, *_ in builds):
-        lower_priority()
+    nobody will use."""
     for source, entries, index, threshold in builds:
         try:
             loaded = source if isinstance(source, HashEntries) else _load(source).without_fields(omit)

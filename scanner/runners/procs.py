@@ -42,7 +42,6 @@ from scanner.crashlog import exception_line
 from scanner.errors import ScannerError
 from scanner.fetch.fetcher import transport_class
 from scanner.lists import Matcher
-from scanner.lists.deferred import lower_priority
 from scanner.outcomes import Liveness, liveness
 from scanner.pipeline import Progress
 from scanner.plugins import load_plugins
@@ -63,6 +62,9 @@ STOP_SECONDS = 5.0
 # Unit workers that die one after another, this many per worker, with no row finished in between, stop the
 # run: something kills every fresh one (memory, a broken install), and replacing them forever helps nobody.
 DEATHS_PER_WORKER = MAX_ATTEMPTS
+# Units a worker may hold while image lists load, as a multiple of its usual window: its hashed rows wait
+# for the lists holding their hashes and response details, no body (body_bytes_in_flight bounds those).
+LOADING_WINDOW = 4
 # The unit a worker's task runs: the rows it finishes are counted as that unit's (its row tasks inherit it).
 _UNIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("unit", default=None)
 
@@ -204,15 +206,18 @@ class UnitWorkers:
             threading.Thread(target=self._build_rest, args=(matcher,), name="lists-rest", daemon=True).start()
 
     def _build_rest(self, matcher: Matcher) -> None:
-        """In a thread, at the priority of the build it waits for: wait for the lists still loading and
-        building, then put them in shared memory."""
-        lower_priority()
+        """In a thread: wait for the lists still loading and building, then put them in shared memory."""
         try:
             rest = matcher.rest()
             self._rest_built = shared.SharedObject(rest) if shared.supported() else rest
         except BaseException as error:  # the coordinator's loop raises it: the run stops with its message
             self._rest_built = error
         os.write(self._rest_signal, b"\0")
+
+    @property
+    def lists_loading(self) -> bool:
+        """Whether image lists are still loading, and the workers' hashed rows wait for them."""
+        return self.rest_ready is not None and self._rest is None
 
     def rest_waited(self) -> list[int]:
         """What the coordinator's loop waits on besides the workers: the signal that the rest is built."""
@@ -355,8 +360,10 @@ class _Coordinator:
 
     def _capacity(self, worker: UnitWorker) -> int:
         """Units a worker runs at once: run.units_in_flight for each hashing process behind it (or for it
-        alone, in a job that does not hash), so as many rows are in flight per core as before."""
-        return self._per_worker * max(1, self._pool.hashers[worker.index])
+        alone, in a job that does not hash), so as many rows are in flight per core as before; LOADING_WINDOW
+        times that while image lists load, so that the fetching and hashing go on while hashed rows wait."""
+        units = self._per_worker * max(1, self._pool.hashers[worker.index])
+        return units * LOADING_WINDOW if self._pool.lists_loading else units
 
     def _load(self, worker: UnitWorker) -> int:
         """How busy a worker is: one running a suspect unit is full."""
@@ -489,6 +496,7 @@ def worker_main(conn: Connection, config: ScanConfig, hashers: int, parent: int)
             # are retried alone), while the others go on hashing.
             pools = [stack.enter_context(hashing_workers(1)) for _ in range(hashers)]
             if given is not None:
+                heap.fewer_collections()
                 asyncio.run(_serve(conn, config, *given, pools))
     except Exception as exc:  # the coordinator says it in one line; no traceback on stderr, no status 0
         _tell(conn, _failed(exc))

@@ -30,6 +30,7 @@ from scanner.reports.records import UnitReport
 from scanner.run.job import Job, Run, UnitProcessor, UnitWork, execute, hashing_job
 from scanner.run.lifecycle import ScanResult
 from scanner.run.scan import ScanJob, ScanWork
+from scanner.runners import heap
 from scanner.runners.hashpool import BatchingHasher, hashing_workers
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class UnitWorker:
     def _start(self) -> UnitProcessor:
         """Open the work inside the actor's event loop (the fetcher's sessions belong to it)."""
         load_plugins(self._config.plugins)  # the registry as the driver has it
+        heap.fewer_collections()
         hash_fn = None
         if self._work.hashing:
             workers = self._hashing.enter_context(hashing_workers(1))
