@@ -75,3 +75,16 @@ def test_the_arena_is_anonymous_memory_not_a_file() -> None:
         assert after == before
     finally:
         arena.close()
+
+
+def test_a_pools_arena_takes_a_full_batch_whatever_gaps_the_batches_in_flight_left() -> None:
+    """First fit leaves gaps: a pool's arena has room for one batch more than the two it holds, so a full
+    batch never goes through the pipe for want of a gap."""
+    from scanner.runners.hashpool import ARENA_BATCHES, ARENA_PER_BATCH, BATCH_BYTES
+
+    arena = Arena(ARENA_BATCHES * ARENA_PER_BATCH)
+    small = arena.put([b"s" * (BATCH_BYTES * 6 // 10)])
+    held = arena.put([b"h" * BATCH_BYTES])
+    assert small is not None and held is not None
+    arena.release(small)  # `held` in flight, a gap of 0.6 of a batch before it
+    assert arena.put([b"f" * BATCH_BYTES]) is not None
