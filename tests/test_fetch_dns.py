@@ -308,6 +308,27 @@ def test_a_body_larger_than_the_budget_still_proceeds_alone(config: FetchConfig)
         assert asyncio.run(run(server.url("/huge?length=300000"))) == [300_000, 300_000]
 
 
+def test_a_body_waiting_for_room_past_the_total_timeout_is_still_read(config: FetchConfig) -> None:
+    """The server answered at once: the wait for the hashing to make room is not the server's slowness, so
+    the row is fetched, not dead for a timeout (total_timeout 0.5 s, the room comes after 1.5 s)."""
+
+    async def run(url: str) -> FetchResult:
+        fetcher = make_fetcher(replace(config, total_timeout=0.5), body_budget=1_000_000, ready_bodies=1)
+        try:
+            first = await fetcher.fetch(url)  # read and waiting to be hashed: no room for another
+            second = asyncio.ensure_future(fetcher.fetch(url))
+            await asyncio.sleep(1.5)
+            assert not second.done()
+            first.release()  # hashed at last
+            return await asyncio.wait_for(second, 5)
+        finally:
+            await fetcher.aclose()
+
+    with LoopbackServer() as server:
+        result = asyncio.run(run(server.url("/huge?length=1000")))
+    assert (result.outcome, result.reason, len(result.body or b"")) == ("ok", None, 1000)
+
+
 def test_a_failed_body_gives_its_room_back(config: FetchConfig) -> None:
     """A body cut short or over the cap releases its grant: later bodies are not starved."""
 

@@ -7,14 +7,16 @@ errors into FetchFailure; everything that decides what a response means lives he
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import importlib
 import logging
 import random
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,6 +36,24 @@ from scanner.fetch.guard import (
 from scanner.outcomes import FetchOutcome, FetchReason, http_reason
 
 logger = logging.getLogger(__name__)
+
+if sys.version_info >= (3, 11):
+    from asyncio import Timeout
+    from asyncio import timeout as total_timeout
+
+    def _deadline_of(timeout: Timeout) -> float | None:
+        return timeout.when()
+else:  # pragma: no cover - aiohttp depends on async-timeout before 3.11
+    from async_timeout import Timeout
+    from async_timeout import timeout as total_timeout
+
+    def _deadline_of(timeout: Timeout) -> float | None:
+        return timeout.deadline
+
+
+# The running fetch's total timeout: a body waiting for room in the budget is not the server's slowness, so
+# that wait moves the deadline on (a row's own task, so each fetch sees its own).
+_TOTAL: contextvars.ContextVar[Timeout | None] = contextvars.ContextVar("total_timeout", default=None)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 503})
@@ -142,9 +162,12 @@ class GuardedFetcher:
         async with self._hosts.slot(target.host), self._in_flight:
             result.fetched_at = time.time()
             try:
-                await asyncio.wait_for(
-                    self._follow(target, result, read_body, headers, screen), self.config.total_timeout
-                )
+                async with total_timeout(self.config.total_timeout) as timeout:
+                    token = _TOTAL.set(timeout)
+                    try:
+                        await self._follow(target, result, read_body, headers, screen)
+                    finally:
+                        _TOTAL.reset(token)
             except asyncio.TimeoutError:
                 _failed(result, FetchFailure(FetchOutcome.DEAD, FetchReason.TIMEOUT))
             except FetchFailure as failure:
@@ -238,13 +261,15 @@ class GuardedFetcher:
             raise self._status_failure(status, response.headers)
 
     async def _read_body(self, response: Exchange, result: FetchResult) -> None:
-        """The body under the cap, read only once the budget has room for it."""
+        """The body under the cap, read only once the budget has room for it: the total timeout stops
+        while it waits (the hashing is slow, not the server)."""
         cap = self.config.max_bytes
         if self.body_budget is not None:
             declared = _int_or_none(response.headers.get("Content-Length"))
             encoded = (response.headers.get("Content-Encoding") or "identity").strip().lower() != "identity"
             need = cap if declared is None or encoded else min(declared, cap)
-            result.grant = await self.body_budget.acquire(need)
+            with _total_timeout_paused():
+                result.grant = await self.body_budget.acquire(need)
         result.body = await read_body_of(response, cap)
         result.content_length = len(result.body)
         if result.grant is not None:
@@ -266,6 +291,23 @@ async def read_body_of(response: Exchange, cap: int) -> bytes:
         declared_length=_int_or_none(response.headers.get("Content-Length")),
         encoding=response.headers.get("Content-Encoding"),
     )
+
+
+@contextmanager
+def _total_timeout_paused() -> Iterator[None]:
+    """Stop the running fetch's total timeout for the block, and move its deadline on by the time spent."""
+    timeout = _TOTAL.get()
+    deadline = None if timeout is None else _deadline_of(timeout)
+    if timeout is None or deadline is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    timeout.reschedule(None)
+    try:
+        yield
+    finally:
+        timeout.reschedule(deadline + loop.time() - started)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
