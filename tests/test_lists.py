@@ -615,3 +615,36 @@ def test_a_csv_names_pdna_as_ncmec_does_and_a_photodna_plug_in_takes_it(tmp_path
     with registered(HashType("photodna", 16, "image", index="hamming", threshold=3)):
         hash_list = load_hashlist(str(path))
         assert hash_list.counts == {"pdq": 1, "photodna": 1} and hash_list.stats["skipped"] == {}
+
+
+_HEX = "0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("lines", "end", "even"),
+    [
+        ([_HEX * 4] * 5, "\n", True),  # one fixed-width hash a line: one strided copy
+        ([_HEX * 4] * 5, "", True),  # no newline after the last
+        ([_HEX + "\r"] * 5, "\n", True),  # CRLF
+        ([f" {_HEX}  "] * 5, "\n", True),  # the same whitespace around each
+        ([_HEX] * 3 + [_HEX[:-1]] + [_HEX], "\n", False),  # one shorter line
+        ([_HEX] * 2 + [""] + [_HEX] * 2, "\n", False),  # a blank line
+        ([_HEX] * 2 + [" " + _HEX] + [_HEX] * 2, "\n", False),  # equal once trimmed, not evenly spaced
+        ([_HEX], "\n", False),  # one line
+    ],
+)
+def test_lines_split_the_same_whether_evenly_spaced_or_not(lines: list[str], end: str, even: bool) -> None:
+    from scanner.lists import formats
+
+    data = ("\n".join(lines) + end).encode()
+    text = ListText.from_bytes(data)
+    assert text.lines.to_pylist() == [line.strip() for line in data.decode().split("\n")]
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    ends = np.append(np.flatnonzero(buffer == ord("\n")), len(buffer))
+    starts = np.append(0, ends[:-1] + 1)
+    trimmed = [
+        (s + len(line) - len(line.lstrip()), s + len(line.rstrip()))
+        for s, line in zip(starts, data.decode().split("\n"), strict=True)
+    ]
+    starts, ends = np.array([s for s, _ in trimmed]), np.array([e for _, e in trimmed])
+    assert (formats._even_lines(buffer, starts, ends) is not None) == even
