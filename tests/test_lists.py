@@ -633,12 +633,16 @@ _HEX = "0123456789abcdef"
         ([_HEX], "\n", False),  # one line
     ],
 )
-def test_lines_split_the_same_whether_evenly_spaced_or_not(lines: list[str], end: str, even: bool) -> None:
+def test_lines_split_the_same_whether_evenly_spaced_or_not(
+    lines: list[str], end: str, even: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from scanner.lists import formats
 
     data = ("\n".join(lines) + end).encode()
-    text = ListText.from_bytes(data)
-    assert text.lines.to_pylist() == [line.strip() for line in data.decode().split("\n")]
+    expected = [line.strip() for line in data.decode().split("\n")]
+    assert ListText.from_bytes(data).lines.to_pylist() == expected
+    monkeypatch.setattr(formats, "NEWLINE_BLOCK", 7)  # line ends searched in blocks that split lines
+    assert ListText.from_bytes(data).lines.to_pylist() == expected
     buffer = np.frombuffer(data, dtype=np.uint8)
     ends = np.append(np.flatnonzero(buffer == ord("\n")), len(buffer))
     starts = np.append(0, ends[:-1] + 1)
