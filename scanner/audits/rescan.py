@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from scanner.config import HashListSpec, ScanConfig, build_config
 from scanner.errors import InputError
 from scanner.fetch import FetchResult
 from scanner.lists import ListSpec, Match, Matcher
+from scanner.lists.hashlist import NAMED_SPEC
 from scanner.outcomes import (
     CONTENT,
     MATCHED,
@@ -212,7 +212,7 @@ def _negative_lists_added(review: dict, overrides: dict) -> dict:
         if parsed.path.resolve() in files:
             continue  # given again: once is enough
         name, more = parsed.name, 2
-        while name in names and not re.match(r"^[A-Za-z0-9_.-]+=", spec):  # this week's neg.csv beside last's
+        while name in names and not NAMED_SPEC.match(spec):  # this week's neg.csv beside last's
             name, more = f"{parsed.name}-{more}", more + 1
         kept.append(spec if name == parsed.name else f"{name}={spec}")
         files.add(parsed.path.resolve())

@@ -143,9 +143,8 @@ def _load_scan_plugins(out: Path) -> None:
     kinds = {key: tuple(saved.get(key) or ()) for key in ("signal_types", "tx_extensions")}
     try:
         load_plugins(PluginConfig(**kinds))
-    except (
-        ConfigError
-    ) as exc:  # its false positives are counted as without a stored hash; the rest are written
+    except ConfigError as exc:
+        # Its false positives are counted as without a stored hash; the rest are written.
         print(
             terminal_line(f"scanner: warning: the scan's plug-ins are not loaded here ({exc})"),
             file=sys.stderr,

@@ -78,8 +78,7 @@ NEWLINE_BLOCK = 1 << 20  # bytes searched for line ends at a time
 def _ascii_trimmed_lines(buffer: np.ndarray) -> pa.Array | None:
     """Every "\n"-separated line without surrounding ASCII whitespace, packed into one new buffer; None
     when a trimmed line starts or ends with a non-ASCII byte (it may be Unicode whitespace)."""
-    ends = np.append(_newlines(buffer), len(buffer))
-    starts = np.append(0, ends[:-1] + 1)
+    starts, ends = _line_bounds(buffer)
     for _ in range(_TRIM_ROUNDS):
         lead = starts < ends
         lead[lead] = _ASCII_SPACE[buffer[starts[lead]]]
@@ -100,6 +99,12 @@ def _ascii_trimmed_lines(buffer: np.ndarray) -> pa.Array | None:
     return pa.Array.from_buffers(
         pa.large_string(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(packed)]
     )
+
+
+def _line_bounds(buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each "\n"-separated line starts and ends (its "\n" left out)."""
+    ends = np.append(_newlines(buffer), len(buffer))
+    return np.append(0, ends[:-1] + 1), ends
 
 
 def _newlines(buffer: np.ndarray) -> np.ndarray:
@@ -441,8 +446,7 @@ def _content(text: ListText) -> tuple[pa.Array, np.ndarray]:
 def _csv_row_lines(data: bytes) -> np.ndarray:
     """1-based numbers of the lines a CSV reader sees as rows: all but empty ones ("" or "\\r")."""
     buffer = np.frombuffer(data, dtype=np.uint8)
-    ends = np.append(_newlines(buffer), len(buffer))
-    starts = np.append(0, ends[:-1] + 1)
+    starts, ends = _line_bounds(buffer)
     lengths = ends - starts
     carriage_return_only = (lengths == 1) & (buffer[np.minimum(starts, len(buffer) - 1)] == ord("\r"))
     return np.flatnonzero((lengths > 0) & ~carriage_return_only) + 1

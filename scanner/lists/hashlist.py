@@ -24,6 +24,8 @@ from scanner.lists.skipped import SkippedType
 from scanner.regularfile import open_regular
 
 ColumnT = TypeVar("ColumnT", pa.Array, pa.Table, None)
+# A spec's own name: NAME=rest (ListSpec.parse; a rescan adding lists tells a named one by it).
+NAMED_SPEC = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
 
 
 class DuplicateHashWarning(UserWarning):
@@ -42,7 +44,7 @@ class ListSpec:
     def parse(cls, spec: str) -> ListSpec:
         """Split PATH | NAME=PATH | TYPE:PATH | NAME=TYPE:PATH; a TYPE must be a known hash type."""
         name = None
-        named = re.match(r"^([A-Za-z0-9_.-]+)=(.+)$", spec)
+        named = NAMED_SPEC.match(spec)
         if named:
             name, spec = named.groups()
         hash_type = None

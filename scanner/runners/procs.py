@@ -167,7 +167,6 @@ class UnitWorkers:
 
     def __init__(self, config: ScanConfig, hashers: list[int]) -> None:
         self.config = config
-        self.count = len(hashers)
         self.hashers = hashers
         self.workers: list[UnitWorker] = []
         self._work: bytes | None = None
@@ -178,6 +177,10 @@ class UnitWorkers:
         self.rest_ready: int | None = None  # readable once the rest is built (a pipe's end)
         self._rest_signal: int | None = None
         self._spawn(range(self.count))
+
+    @property
+    def count(self) -> int:
+        return len(self.hashers)
 
     def _spawn(self, indexes: range | list[int]) -> None:
         with procguard.children_ignore_ctrl_c():  # the coordinator stops them
@@ -221,7 +224,7 @@ class UnitWorkers:
 
     def rest_waited(self) -> list[int]:
         """What the coordinator's loop waits on besides the workers: the signal that the rest is built."""
-        return [self.rest_ready] if self.rest_ready is not None and self._rest is None else []
+        return [self.rest_ready] if self.rest_ready is not None and self.lists_loading else []
 
     def send_rest(self) -> None:
         """The rest of the lists are built: send them to every worker (the coordinator's loop calls this
@@ -347,7 +350,8 @@ class _Coordinator:
 
     def _hand_out(self) -> None:
         """One unit at a time to the least busy worker: 16 units on 16 workers start on all 16, not three
-        each on the first five (each worker hashes in one process, so a worker's units share it)."""
+        each on the first five; a worker's load is counted against its capacity, which follows the hashing
+        processes behind it."""
         while self._queue and self._pool.workers:
             worker = min(self._pool.workers, key=lambda w: self._load(w) / self._capacity(w))
             if not self._takes(worker, self._queue[0].id):
