@@ -273,24 +273,33 @@ class _DyingWork:
 
 
 class _PoisonUnitWork:
-    """Unit work with one poison unit that kills its worker as soon as it starts, while the units in flight
-    beside it are still running; the others finish (with no rows)."""
+    """Unit work with one poison unit that kills its worker, while the units in flight beside it are still
+    running; the others finish. With `rows_first`, every other unit has sent a row to the coordinator by
+    the time the poison, still opening its shard, kills the worker; else it kills it as soon as it starts."""
 
     hashing = False
 
-    def __init__(self, poison: int) -> None:
+    def __init__(self, poison: int, rows_first: bool = False) -> None:
         self.poison = poison
+        self.rows_first = rows_first
 
-    def open(self, *args: object) -> _PoisonUnitWork:
+    def open(self, config: object, matcher: object, hash_fn: object, progress: Any) -> Any:
+        self._progress = progress
         return self
 
     async def run_unit(self, unit: Any, kept: dict) -> object:
-        from scanner.reports.records import UnitReport
+        from scanner.outcomes import Outcome
+        from scanner.reports.records import RowResult, UnitReport
 
+        row = RowResult(shard="s", row=unit.id, url="http://a/", key=None, outcome=Outcome.DEAD, reason="dns")
         if unit.id == self.poison:
+            await asyncio.sleep(0.3 if self.rows_first else 0)
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.rows_first:
+            self._progress.row_done(row)
+            self._progress.flush()
         await asyncio.sleep(0.5)
-        return UnitReport(unit.id, [])
+        return UnitReport(unit.id, [row] if self.rows_first else [])
 
     async def aclose(self) -> None:
         pass
@@ -331,6 +340,17 @@ def test_a_poison_unit_that_kills_its_worker_before_any_row_is_named_and_the_oth
     assert committed == [0, 1]  # died beside it, then run again each alone; unit 3 waited behind it
 
 
+def test_a_poison_unit_is_named_not_the_neighbour_that_had_sent_rows_when_it_killed_their_worker() -> None:
+    from scanner.errors import ScannerError
+
+    committed: list[int] = []
+    with pytest.raises(
+        ScannerError, match=r"^unit 1 failed 3 times, last because its worker process was killed"
+    ):
+        _run_units_on_one_worker(_PoisonUnitWork(poison=1, rows_first=True), 3, committed)
+    assert committed == [0]  # run again alone after the first death, and finished; unit 2 waited behind 1
+
+
 class _DeadWorker:
     """A unit worker as _Coordinator._lost sees one that died: its units, nothing left on its pipe."""
 
@@ -364,7 +384,7 @@ def _coordinator_with(worker: _DeadWorker, replaced: list) -> tuple:
     return _Coordinator(pool, run, progress), progress  # type: ignore[arg-type]
 
 
-def test_a_unit_run_again_after_a_death_leaves_the_bar_and_only_started_units_are_charged() -> None:
+def test_units_that_died_together_leave_the_bar_and_are_run_again_each_alone_uncharged() -> None:
     from types import SimpleNamespace
 
     units = {i: SimpleNamespace(id=i, where=f"unit {i}") for i in range(3)}
@@ -377,7 +397,8 @@ def test_a_unit_run_again_after_a_death_leaves_the_bar_and_only_started_units_ar
     assert progress.rows == 9
     coordinator._lost(worker)
     assert progress.rows == 0  # units 0 and 1 are counted again when they are done again
-    assert dict(coordinator._attempts) == {0: 1, 1: 1, 2: 0}  # unit 2 waited: no attempt used
+    assert dict(coordinator._attempts) == {0: 0, 1: 0, 2: 0}  # any of them may have killed it
+    assert coordinator._suspects == {0, 1, 2}
     assert [u.id for u in coordinator._queue] == [0, 1, 2] and replaced == [worker]
 
 

@@ -331,7 +331,7 @@ class _Coordinator:
         self._kept_shown: dict[int, Counter] = {}  # of those, what the bar was given back at a take-back
         self._deaths = 0  # worker deaths since a row last finished
         self._streak: list[frozenset[int]] = []  # the units in flight at each of those deaths
-        self._suspects: set[int] = set()  # units in flight at a death none had started a row of: run alone
+        self._suspects: set[int] = set()  # units in flight together at a death: each runs again alone
 
     def run(self, units: list) -> None:
         self._queue.extend(units)
@@ -414,10 +414,10 @@ class _Coordinator:
             raise error from RemoteTraceback(text)
 
     def _lost(self, worker: UnitWorker) -> None:
-        """A worker died: take what it sent before, then run its units again on a fresh one. Only the units
-        it had started rows of are charged an attempt, or its one unit; units that died together before
-        any row are run again each alone (suspects), so that the next death names its unit. The bar takes
-        back the rows it counted for them."""
+        """A worker died: take what it sent before, then run its units again on a fresh one. A lone unit is
+        charged an attempt. Units that died together are not: any one of them may have killed it (a unit
+        that had sent rows no likelier than one still opening its shard), so each runs again alone
+        (suspects), and the next death names its unit. The bar takes back the rows it counted for them."""
         if worker not in self._pool.workers:
             return
         with contextlib.suppress(EOFError, OSError):
@@ -430,12 +430,12 @@ class _Coordinator:
             raise self._dying(why)
         units = list(worker.running.values())
         self._streak.append(frozenset(u.id for u in units))
-        started = [u for u in units if self._shown.get(u.id)] or (units if len(units) == 1 else [])
-        if not started:
+        charged = units if len(units) == 1 else []
+        if not charged:
             self._suspects.update(u.id for u in units)
         for unit in units:
             self._take_back(unit.id)
-            if unit not in started:
+            if unit not in charged:
                 self._attempts[unit.id] -= 1  # not known to be its doing
             elif self._attempts[unit.id] >= MAX_ATTEMPTS:
                 raise self._failed(unit, why)
