@@ -8,6 +8,7 @@ in FORMATS. Every reader works on whole columns (pyarrow), never a Python loop p
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -32,38 +33,80 @@ class FormatError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
 class ListText:
-    """A list file's bytes (BOM removed) as lines without surrounding whitespace."""
+    """A list file's bytes (BOM removed) as lines without surrounding whitespace.
 
-    data: bytes
-    lines: pa.Array  # every line, trimmed of surrounding whitespace (and so of a "\r" before "\n")
-    content: np.ndarray  # which lines are neither blank nor '#' comments
-    first_line: str  # the first content line ("" if none)
+    The lines of the whole file are split when first asked for: the line formats read them, while a CSV
+    is read by pyarrow's reader from the bytes, and needs only its first content line (its header), found
+    in a prefix of the file. A file-sized copy of every line would be the largest allocation of its load.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.first_line, self._first_content = "", 0  # "" (line 0): no content line
+        for cut in _prefixes(data):
+            lines, content = _split(data[:cut])
+            if cut == len(data):
+                self.__dict__["_whole"] = lines, content  # not split twice for the line formats
+            found = np.flatnonzero(content)
+            if len(found):
+                self.first_line, self._first_content = str(lines[int(found[0])].as_py()), int(found[0]) + 1
+                break
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ListText:
-        """Split UTF-8 bytes into lines with vectorised kernels; raises pyarrow.ArrowInvalid if not UTF-8.
-
-        Lines are copied once into one buffer (a 10M-line list would otherwise hold the file three times
-        over); a line that may end in non-ASCII whitespace sends the file through pyarrow's Unicode trim.
-        """
+        """The text of UTF-8 bytes; raises pyarrow.ArrowInvalid if they are not UTF-8."""
         offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
         whole = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
         whole.validate(full=True)
-        lines = _ascii_trimmed_lines(np.frombuffer(data, dtype=np.uint8))
-        if lines is None:
-            lines = pc.utf8_trim_whitespace(pc.split_pattern(whole, "\n").flatten())
-        starts, chars = string_buffers(lines)
-        content = np.diff(starts) > 0
-        content[content] = chars[starts[:-1][content]] != ord("#")
-        first = np.flatnonzero(content)
-        first_line = str(lines[int(first[0])].as_py()) if len(first) else ""
-        return cls(data, lines, content, first_line)
+        return cls(data)
+
+    @functools.cached_property
+    def _whole(self) -> tuple[pa.Array, np.ndarray]:
+        return _split(self.data)
+
+    @property
+    def lines(self) -> pa.Array:
+        """Every line, trimmed of surrounding whitespace (and so of a "\r" before "\n")."""
+        return self._whole[0]
+
+    @property
+    def content(self) -> np.ndarray:
+        """Which lines are neither blank nor '#' comments."""
+        return self._whole[1]
 
     def first_content_line(self) -> int:
         """1-based number of the first content line."""
-        return int(np.flatnonzero(self.content)[0]) + 1
+        if not self._first_content:
+            raise ValueError("the list has no content line")
+        return self._first_content
+
+
+_FIRST_LINE_PREFIXES = (1 << 16, 1 << 22)  # bytes searched for the first content line before the whole file
+
+
+def _prefixes(data: bytes) -> list[int]:
+    """Where to cut the text to look for its first content line: at line ends within each prefix (so that
+    no cut splits a line), then the whole text."""
+    cuts = [data.rfind(b"\n", 0, size) + 1 for size in _FIRST_LINE_PREFIXES if size < len(data)]
+    return [*sorted({cut for cut in cuts if cut > 0}), len(data)]
+
+
+def _split(data: bytes) -> tuple[pa.Array, np.ndarray]:
+    """UTF-8 text (validated) split into trimmed lines with vectorised kernels, and which are content.
+
+    Lines are copied once into one buffer (a 10M-line list would otherwise hold the file three times
+    over); a line that may end in non-ASCII whitespace sends the file through pyarrow's Unicode trim.
+    """
+    lines = _ascii_trimmed_lines(np.frombuffer(data, dtype=np.uint8))
+    if lines is None:
+        offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+        whole = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
+        lines = pc.utf8_trim_whitespace(pc.split_pattern(whole, "\n").flatten())
+    starts, chars = string_buffers(lines)
+    content = np.diff(starts) > 0
+    content[content] = chars[starts[:-1][content]] != ord("#")
+    return lines, content
 
 
 _ASCII_SPACE = np.zeros(256, dtype=bool)
@@ -236,16 +279,20 @@ class CsvFormat(ListFormat):
             )
         table, lines = _read_csv(text, header)
         roles = self._roles_of(header)
-        column = {role: table.column(name).combine_chunks() for name, role in roles.items()}
         extra = [name for name in header if name not in roles]
-        types, known, skipped = hash_types(column["type"], self.type_names, lines)
+        metadata = table.select(extra) if extra else None
+        column = {role: table.column(name) for name, role in roles.items()}
+        del table
+        for role in column:  # each column's chunks go as its one array is made: not the table twice over
+            column[role] = column[role].combine_chunks()
+        types, known, skipped = hash_types(column.pop("type"), self.type_names, lines)
         raw = RawList(
-            hashes=pc.utf8_trim_whitespace(column["hash"]),
+            hashes=trimmed(column.pop("hash")),
             types=types,
             lines=lines,
             ids=_optional(column.get("id")),
             categories=_optional(column.get("category")),
-            metadata=table.select(extra) if extra else None,
+            metadata=metadata,
         )
         return raw.without_skipped(known, skipped)
 
@@ -331,10 +378,10 @@ class PdqHashio(ListFormat):
         values, lines = _content(text)
         parts = pc.extract_regex(values, r"^(?:hash=)?(?P<hash>[^,]*)(?:,(?P<id>.*))?$")
         return RawList(
-            hashes=pc.utf8_trim_whitespace(parts.field("hash")),
+            hashes=trimmed(parts.field("hash")),
             types=hash_type or "pdq",
             lines=lines,
-            ids=_optional(pc.utf8_trim_whitespace(parts.field("id"))),
+            ids=_optional(parts.field("id")),
         )
 
     @classmethod
@@ -493,7 +540,7 @@ def hash_types(
     """Row type names mapped to hash types (`names`, else the live registry's listable names: a plug-in's
     type counts as soon as it is registered), which rows are of a known type, and the rows of other types,
     counted by name; a value that is no type name at all is an error at its first line."""
-    values = pc.utf8_lower(pc.utf8_trim_whitespace(values.cast(pa.string())))
+    values = pc.utf8_lower(trimmed(values.cast(pa.string())))
     aliases = {alias: name for alias, name in TYPE_ALIASES.items() if name in LIST_TYPE_NAMES}
     accepted = {**{name: name for name in LIST_TYPE_NAMES}, **aliases, **names}
     named = pc.fill_null(pc.match_substring_regex(values, _TYPE_NAME), False)
@@ -526,11 +573,24 @@ def _optional(values: pa.Array | None) -> pa.Array | None:
     """Trimmed text with empty values as nulls; None when the column is absent or all empty."""
     if values is None:
         return None
-    trimmed = pc.utf8_trim_whitespace(values.cast(pa.string()))
-    empty = pc.fill_null(pc.equal(trimmed, ""), True)
+    text = trimmed(values.cast(pa.string()))
+    empty = pc.fill_null(pc.equal(text, ""), True)
+    if not pc.any(empty).as_py():
+        return text
     if pc.all(empty).as_py():
         return None
-    return pc.if_else(empty, pa.scalar(None, pa.string()), trimmed)
+    return pc.if_else(empty, pa.scalar(None, pa.string()), text)
+
+
+def trimmed(values: pa.Array) -> pa.Array:
+    """pyarrow's utf8_trim_whitespace, which copies every value: only when some value starts or ends with
+    whitespace, or with a non-ASCII byte (which may be Unicode whitespace)."""
+    starts, chars = string_buffers(values)
+    filled = np.flatnonzero(starts[1:] > starts[:-1])
+    edges = np.concatenate((chars[starts[filled]], chars[starts[filled + 1] - 1]))
+    if _ASCII_SPACE[edges].any() or (edges >= 0x80).any():
+        return pc.utf8_trim_whitespace(values)
+    return values
 
 
 def _first_true(mask: pa.Array) -> int:

@@ -225,10 +225,11 @@ def _decode(raw: RawList, path: str) -> tuple[dict[str, HashEntries], int]:
         raise HashListError(path, f"no entry of a hash type the scanner can match: {unknown}")
     if len(raw.hashes) == 0:
         raise HashListError(path, "the list has no entries")
-    if isinstance(raw.types, str):
-        groups = {raw.types: None}
+    names = [raw.types] if isinstance(raw.types, str) else pc.unique(raw.types).to_pylist()
+    if len(names) == 1:  # every row: no mask, and no copy of the columns through one
+        groups: dict[str, pa.Array | None] = {str(names[0]): None}
     else:
-        groups = {str(name): pc.equal(raw.types, name) for name in pc.unique(raw.types).to_pylist()}
+        groups = {str(name): pc.equal(raw.types, name) for name in names}
     entries = {}
     merged = 0
     for type_name in sorted(groups):
