@@ -396,6 +396,33 @@ def test_lines_are_split_and_trimmed_as_pyarrow_does(lines):
     assert ListText.from_bytes(data).lines.to_pylist() == expected
 
 
+@pytest.mark.parametrize("lead", [0, 65_500, 65_530, 70_000, 4_200_000])
+def test_the_first_content_line_is_found_wherever_it_lies(tmp_path, lead):
+    """The header is looked for in prefixes of the file cut at line ends (64 KiB, 4 MiB, then the whole):
+    comments before it that end near, on or past a cut, or a header that straddles one, change nothing."""
+    comments = b"".join(b"# " + b"x" * 97 + b"\n" for _ in range(lead // 100)) + b"#" * (lead % 100) + b"\n"
+    data = comments + b"  hash_type,hash,id\npdq," + b"ab" * 32 + b",E1\n"
+    text = ListText.from_bytes(data)
+    header_line = data.count(b"\n", 0, len(comments)) + 1
+    assert (text.first_line, text.first_content_line()) == ("hash_type,hash,id", header_line)
+    assert text.lines[header_line - 1].as_py() == text.first_line and text.content[header_line - 1]
+    path = tmp_path / "list.csv"
+    path.write_bytes(data)
+    entries = load_hashlist(str(path)).entries["pdq"]
+    assert (entries.entry_id(0), entries.keys[0].tobytes()) == ("E1", b"\xab" * 32)
+
+
+def test_a_csv_row_longer_than_the_readers_block_loads(tmp_path):
+    from scanner.lists.formats import CSV_BLOCK
+
+    note = "n" * (3 * CSV_BLOCK)
+    path = tmp_path / "list.csv"
+    path.write_text(f"hash_type,hash,id,note\npdq,{'ab' * 32},E1,{note}\nmd5,{'cd' * 16},E2,short\n")
+    loaded = load_hashlist(str(path))
+    assert loaded.entries["pdq"].fields(0) == (("note", note),)
+    assert loaded.entries["md5"].entry_id(0) == "E2"
+
+
 def test_a_long_whitespace_run_is_trimmed_too():
     data = b"abc" + b" " * 10_000 + b"\n\t\t\t\t\t\tdef\n"
     assert ListText.from_bytes(data).lines.to_pylist() == ["abc", "def", ""]

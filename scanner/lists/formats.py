@@ -116,6 +116,7 @@ _TRIM_ROUNDS = 4  # whitespace runs longer than this (rare) go to pyarrow's trim
 # first call in a process (its registries, scipy) costs far more than numpy spends on a small file.
 NUMPY_PACK_BYTES = 1 << 20
 NEWLINE_BLOCK = 1 << 20  # bytes searched for line ends at a time
+CSV_BLOCK = 1 << 20  # bytes pyarrow's CSV reader parses at a time (its default), unless a line is longer
 
 
 def _ascii_trimmed_lines(buffer: np.ndarray) -> pa.Array | None:
@@ -490,13 +491,20 @@ def _content(text: ListText) -> tuple[pa.Array, np.ndarray]:
     return text.lines.filter(pa.array(text.content)), rows + 1
 
 
-def _csv_row_lines(data: bytes) -> np.ndarray:
-    """1-based numbers of the lines a CSV reader sees as rows: all but empty ones ("" or "\\r")."""
+def _csv_rows(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """1-based numbers of the lines a CSV reader sees as rows (all but empty ones: "" or "\\r"), and where
+    every line starts."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     starts, ends = _line_bounds(buffer)
     lengths = ends - starts
     carriage_return_only = (lengths == 1) & (buffer[np.minimum(starts, len(buffer) - 1)] == ord("\r"))
-    return np.flatnonzero((lengths > 0) & ~carriage_return_only) + 1
+    return np.flatnonzero((lengths > 0) & ~carriage_return_only) + 1, starts
+
+
+def _block_size(starts: np.ndarray, text: ListText) -> int:
+    """The reader's block: its default, or room for the longest line (a row must fit in one block)."""
+    longest = int(max(np.diff(starts, append=len(text.data) + 1).max(initial=0), 0))
+    return max(CSV_BLOCK, 2 * longest)
 
 
 def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
@@ -508,16 +516,22 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
         return "skip"
 
     header_line = text.first_content_line()
-    row_lines = _csv_row_lines(text.data)
+    row_lines, starts = _csv_rows(text.data)
     lines = row_lines[row_lines > header_line]
+    # The reader starts after the header, not told to skip lines up to it: it skips only within its
+    # first block, so a header after a megabyte of comments would be an error.
+    if not len(lines):  # the reader calls that an empty file
+        return pa.table({name: pa.array([], pa.string()) for name in header}), lines
     table = pacsv.read_csv(
-        pa.BufferReader(text.data),
-        read_options=pacsv.ReadOptions(use_threads=False, column_names=header, skip_rows=header_line),
+        pa.BufferReader(pa.py_buffer(text.data)[int(starts[header_line]) :]),
+        read_options=pacsv.ReadOptions(
+            use_threads=False, column_names=header, block_size=_block_size(starts, text)
+        ),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
     )
-    if bad_rows:  # pyarrow numbers a row as the skipped lines plus its place among the non-empty rows after
-        line = int(lines[bad_rows[0] - header_line - 1])
+    if bad_rows:  # pyarrow numbers a row by its place among the non-empty rows it read (from 1)
+        line = int(lines[bad_rows[0] - 1])
         raise FormatError(f"expected {len(header)} comma-separated fields", line)
     if table.num_rows != len(lines):  # a quoted value ran over a line break
         spans = [
