@@ -21,6 +21,8 @@ One run, on 127.0.0.1 only:
   scan again at each `--flat-rows` count on the small-image corpus, to show memory stays flat.
 - `--workers-sweep 1,2,4`: the scan at each worker count, total PSS (psutil's memory_full_info().pss summed
   over the process tree) and what each added worker costs: the lists are shared, not copied.
+- `--timeline 2`: each (a) scan in windows of 2 s, the cores each role used and the rows committed: where
+  a stall or a slow start hides in the totals.
 - (a) runs as a user's second scan does, with numba's compiled kernels in its disk cache
   (scanner/kernelcache.py); the line before the table says whether the cache held them when (a) started
   (a first scan on a machine compiles them: about 4 CPU s per process, once).
@@ -204,6 +206,8 @@ class Usage:
     commits: list[tuple[int, float]] = field(default_factory=list)
     # The same moments with every role's CPU seconds: the steady state between the first and last commit.
     role_commits: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    # Every sample: (seconds since the start, rows committed, CPU s by role): for --timeline.
+    timeline: list[tuple[float, int, dict[str, float]]] = field(default_factory=list)
 
     def coordinator_split(self, rows: int) -> tuple[float, int, float, float] | None:
         """(start-up CPU s, rows in the first commit, ms per row from the first commit to the last, ms per
@@ -233,6 +237,9 @@ class TreeMonitor:
         self._parts: dict[str, tuple[str, int]] = {}  # part file -> (its unit, its rows)
         self.commits: list[tuple[int, float]] = []  # (rows committed, the coordinator's CPU s) at each change
         self.role_commits: list[tuple[int, dict[str, float]]] = []  # (rows committed, CPU s by role)
+        self.timeline: list[tuple[float, int, dict[str, float]]] = []  # every sample: for --timeline
+        self._rows = 0  # committed, as last seen
+        self._started = time.perf_counter()
         self._cpu: dict[int, tuple[str, float]] = {}
         self.peak_rss = self.peak_process_rss = self.peak_pss = self._samples = 0
         self.pss_by_role: dict[str, tuple[int, int]] = {}
@@ -285,6 +292,7 @@ class TreeMonitor:
             self.peak_pss, self.pss_by_role = total_pss, roles
         if self._commits is not None and self._root in self._cpu:
             self._new_commits()
+        self.timeline.append((time.perf_counter() - self._started, self._rows, self.cpu_by_role()))
 
     def _new_commits(self) -> None:
         """The coordinator's CPU when new done markers are seen (sampled every 0.1 s)."""
@@ -303,7 +311,8 @@ class TreeMonitor:
         if self._new_parts() or fresh:
             done = {name.split(".")[0][1:] for name in self._markers}
             parted = sum(rows for unit, rows in self._parts.values() if unit not in done)
-            self.role_commits.append((sum(self._markers.values()) + parted, self.cpu_by_role()))
+            self._rows = sum(self._markers.values()) + parted
+            self.role_commits.append((self._rows, self.cpu_by_role()))
 
     def _new_parts(self) -> bool:
         """Read the rows of part files (a unit's rows committed while it runs) not seen before."""
@@ -363,6 +372,7 @@ def run_measured(
     usage.commits = monitor.commits
     usage.pss_by_role = monitor.pss_by_role
     usage.role_commits = monitor.role_commits
+    usage.timeline = monitor.timeline
     return usage
 
 
@@ -691,6 +701,13 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of (a), (b), (c) in turn; ratios per round and median"
     )
+    parser.add_argument(
+        "--timeline",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="after the table, each (a) scan in windows of this many seconds: cores used by role, rows done",
+    )
     parser.add_argument("--skip", default="", help="comma list of runs to skip: a,b,b0,c,flat")
     parser.add_argument("--quick", action="store_true", help="rows 2000, flat 2000,20000, 200 images")
     parser.add_argument("--workdir", help="keep inputs and logs here (default: a temporary directory)")
@@ -758,6 +775,10 @@ def run_all(args: argparse.Namespace, skip: set[str], work: Path) -> None:
     print()
     print_table(results + flat + [r for _, r in sweep], stages, peer_stages)
     print_ratios(results)
+    if args.timeline:
+        for result in results:
+            if result.name.startswith("(a)"):
+                print_timeline(result, args.timeline)
     if sweep:
         print_sweep(sweep)
         print_coordinator_marginal(results, sweep, args.workers or os.cpu_count() or 1)
@@ -875,6 +896,27 @@ def print_coordinator_marginal(results: list[Result], sweep: list[tuple[int, Res
         f"{small.rows} rows, {workers} workers): {1000 * per_row:.3f} ms (target <= 0.1); "
         f"fixed: {fixed:.2f} CPU s (lists, start, merge)"
     )
+
+
+def print_timeline(result: Result, window: float) -> None:
+    """Cores each role used in each window of the scan, and the rows committed by its end: a stall (a
+    role starved, fetching stopped while lists load) shows as a dip that the totals average away. The
+    loopback server is not in the scan's process tree, so not here."""
+    print(f"\n{result.name}: timeline, windows of {window:g} s (cores by role; rows committed by its end)")
+    roles = ["main", "units", "hashing", "helper"]
+    print("| seconds | " + " | ".join(roles) + " | all | rows |")
+    print("|---|" + "---|" * (len(roles) + 2))
+    previous: tuple[float, int, dict[str, float]] = (0.0, 0, {})
+    samples = result.usage.timeline
+    for i, sample in enumerate(samples):
+        at, rows, cpu = sample
+        if at - previous[0] < window and i < len(samples) - 1:
+            continue
+        span = at - previous[0]
+        cores = [(cpu.get(role, 0.0) - previous[2].get(role, 0.0)) / span for role in roles]
+        cells = " | ".join(f"{c:.2f}" for c in cores)
+        print(f"| {previous[0]:5.1f}-{at:5.1f} | {cells} | {sum(cores):.2f} | {rows} |")
+        previous = sample
 
 
 def print_steady_split(scans: list[Result], ceilings: list[Result]) -> None:
