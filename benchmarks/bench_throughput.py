@@ -903,9 +903,8 @@ def print_timeline(result: Result, window: float) -> None:
     role starved, fetching stopped while lists load) shows as a dip that the totals average away. The
     loopback server is not in the scan's process tree, so not here."""
     print(f"\n{result.name}: timeline, windows of {window:g} s (cores by role; rows committed by its end)")
-    roles = ["main", "units", "hashing", "helper"]
-    print("| seconds | " + " | ".join(roles) + " | all | rows |")
-    print("|---|" + "---|" * (len(roles) + 2))
+    print("| seconds | " + " | ".join(ROLES) + " | all | rows |")
+    print("|---|" + "---|" * (len(ROLES) + 2))
     previous: tuple[float, int, dict[str, float]] = (0.0, 0, {})
     samples = result.usage.timeline
     for i, sample in enumerate(samples):
@@ -913,7 +912,7 @@ def print_timeline(result: Result, window: float) -> None:
         if at - previous[0] < window and i < len(samples) - 1:
             continue
         span = at - previous[0]
-        cores = [(cpu.get(role, 0.0) - previous[2].get(role, 0.0)) / span for role in roles]
+        cores = [(cpu.get(role, 0.0) - previous[2].get(role, 0.0)) / span for role in ROLES]
         cells = " | ".join(f"{c:.2f}" for c in cores)
         print(f"| {previous[0]:5.1f}-{at:5.1f} | {cells} | {sum(cores):.2f} | {rows} |")
         previous = sample

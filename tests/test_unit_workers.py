@@ -337,18 +337,23 @@ def test_a_poison_unit_that_kills_its_worker_before_any_row_is_named_and_the_oth
         ScannerError, match=r"^unit 2 failed 3 times, last because its worker process was killed"
     ):
         _run_units_on_one_worker(_PoisonUnitWork(poison=2), 4, committed)
-    assert committed == [0, 1]  # died beside it, then run again each alone; unit 3 waited behind it
+    assert committed == [0, 1, 3]  # 0 and 1 died beside it, then ran alone; 3 ran between its deaths
 
 
-def test_a_poison_unit_is_named_not_the_neighbour_that_had_sent_rows_when_it_killed_their_worker() -> None:
+@pytest.mark.parametrize("poison", [0, 1])
+def test_a_poison_unit_is_named_not_the_neighbour_that_had_sent_rows_when_it_killed_their_worker(
+    poison: int,
+) -> None:
+    """Whether it is first in line or not, on one worker: between its own deaths, alone, the others run,
+    so its deaths in a row never pass for the workers dying whatever they run."""
     from scanner.errors import ScannerError
 
     committed: list[int] = []
     with pytest.raises(
-        ScannerError, match=r"^unit 1 failed 3 times, last because its worker process was killed"
+        ScannerError, match=rf"^unit {poison} failed 3 times, last because its worker process was killed"
     ):
-        _run_units_on_one_worker(_PoisonUnitWork(poison=1, rows_first=True), 3, committed)
-    assert committed == [0]  # run again alone after the first death, and finished; unit 2 waited behind 1
+        _run_units_on_one_worker(_PoisonUnitWork(poison=poison, rows_first=True), 3, committed)
+    assert sorted(committed) == sorted({0, 1, 2} - {poison})
 
 
 class _DeadWorker:
@@ -398,8 +403,26 @@ def test_units_that_died_together_leave_the_bar_and_are_run_again_each_alone_unc
     coordinator._lost(worker)
     assert progress.rows == 0  # units 0 and 1 are counted again when they are done again
     assert dict(coordinator._attempts) == {0: 0, 1: 0, 2: 0}  # any of them may have killed it
-    assert coordinator._suspects == {0, 1, 2}
+    assert set(coordinator._suspects) == {0, 1, 2}
     assert [u.id for u in coordinator._queue] == [0, 1, 2] and replaced == [worker]
+
+
+def test_a_suspect_that_dies_alone_is_charged_clears_its_neighbours_and_waits_behind_the_queue() -> None:
+    from types import SimpleNamespace
+
+    units = [SimpleNamespace(id=i, where=f"unit {i}") for i in range(4)]
+    worker = _DeadWorker({u.id: u for u in units[:3]})
+    coordinator, _ = _coordinator_with(worker, [])
+    coordinator._queue.append(units[3])
+    coordinator._attempts.update({0: 1, 1: 1, 2: 1})
+    coordinator._lost(worker)  # 0, 1 and 2 together: suspects, uncharged, first in line
+    assert [u.id for u in coordinator._queue] == [0, 1, 2, 3]
+    coordinator._queue.popleft()
+    coordinator._attempts[0] += 1
+    worker.running = {0: units[0]}
+    coordinator._lost(worker)  # 0 alone: its doing
+    assert coordinator._attempts[0] == 1 and set(coordinator._suspects) == {0}
+    assert [u.id for u in coordinator._queue] == [1, 2, 3, 0]
 
 
 def test_rows_a_unit_committed_in_parts_stay_on_the_bar_through_every_death() -> None:

@@ -491,20 +491,24 @@ def _content(text: ListText) -> tuple[pa.Array, np.ndarray]:
     return text.lines.filter(pa.array(text.content)), rows + 1
 
 
-def _csv_rows(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """1-based numbers of the lines a CSV reader sees as rows (all but empty ones: "" or "\\r"), and where
-    every line starts."""
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    starts, ends = _line_bounds(buffer)
-    lengths = ends - starts
-    carriage_return_only = (lengths == 1) & (buffer[np.minimum(starts, len(buffer) - 1)] == ord("\r"))
-    return np.flatnonzero((lengths > 0) & ~carriage_return_only) + 1, starts
+@dataclass(frozen=True, slots=True)
+class _CsvRows:
+    """Where a CSV's rows lie: the 1-based lines a CSV reader sees as rows after the header (all but empty
+    ones: "" or "\\r"), the offset of the line after the header, and the longest line's length."""
 
+    lines: np.ndarray
+    body: int
+    longest: int
 
-def _block_size(starts: np.ndarray, text: ListText) -> int:
-    """The reader's block: its default, or room for the longest line (a row must fit in one block)."""
-    longest = int(max(np.diff(starts, append=len(text.data) + 1).max(initial=0), 0))
-    return max(CSV_BLOCK, 2 * longest)
+    @classmethod
+    def of(cls, data: bytes, header_line: int) -> _CsvRows:
+        buffer = np.frombuffer(data, dtype=np.uint8)
+        starts, ends = _line_bounds(buffer)
+        lengths = ends - starts
+        carriage_return_only = (lengths == 1) & (buffer[np.minimum(starts, len(buffer) - 1)] == ord("\r"))
+        rows = np.flatnonzero((lengths > 0) & ~carriage_return_only) + 1
+        body = int(starts[header_line]) if header_line < len(starts) else len(data)
+        return cls(rows[rows > header_line], body, int(lengths.max(initial=0)) + 1)
 
 
 def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
@@ -515,17 +519,16 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
         bad_rows.append(row.number)
         return "skip"
 
-    header_line = text.first_content_line()
-    row_lines, starts = _csv_rows(text.data)
-    lines = row_lines[row_lines > header_line]
-    # The reader starts after the header, not told to skip lines up to it: it skips only within its
-    # first block, so a header after a megabyte of comments would be an error.
+    rows = _CsvRows.of(text.data, text.first_content_line())
+    lines = rows.lines
     if not len(lines):  # the reader calls that an empty file
         return pa.table({name: pa.array([], pa.string()) for name in header}), lines
+    # The reader starts after the header, not told to skip lines up to it: it skips only within its first
+    # block, so a header after a megabyte of comments would be an error; and a row must fit in one block.
     table = pacsv.read_csv(
-        pa.BufferReader(pa.py_buffer(text.data)[int(starts[header_line]) :]),
+        pa.BufferReader(pa.py_buffer(text.data)[rows.body :]),
         read_options=pacsv.ReadOptions(
-            use_threads=False, column_names=header, block_size=_block_size(starts, text)
+            use_threads=False, column_names=header, block_size=max(CSV_BLOCK, 2 * rows.longest)
         ),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),

@@ -331,7 +331,8 @@ class _Coordinator:
         self._kept_shown: dict[int, Counter] = {}  # of those, what the bar was given back at a take-back
         self._deaths = 0  # worker deaths since a row last finished
         self._streak: list[frozenset[int]] = []  # the units in flight at each of those deaths
-        self._suspects: set[int] = set()  # units in flight together at a death: each runs again alone
+        # Units in flight together at a death, each with the units it died beside: each runs again alone.
+        self._suspects: dict[int, frozenset[int]] = {}
 
     def run(self, units: list) -> None:
         self._queue.extend(units)
@@ -407,17 +408,19 @@ class _Coordinator:
             for counted in (self._shown, self._parted, self._kept_shown):
                 counted.pop(report.unit_id, None)
             self._deaths, self._streak = 0, []
-            self._suspects.discard(report.unit_id)
+            self._suspects.pop(report.unit_id, None)
             self._progress.unit_done()
         elif kind == "failed":
             _, error, text = message
             raise error from RemoteTraceback(text)
 
     def _lost(self, worker: UnitWorker) -> None:
-        """A worker died: take what it sent before, then run its units again on a fresh one. A lone unit is
-        charged an attempt. Units that died together are not: any one of them may have killed it (a unit
-        that had sent rows no likelier than one still opening its shard), so each runs again alone
-        (suspects), and the next death names its unit. The bar takes back the rows it counted for them."""
+        """A worker died: take what it sent before, then run its units again on a fresh one. Units that died
+        together are not charged: any one of them may have killed it (a unit that had sent rows no likelier
+        than one still opening its shard), so each runs again alone (suspects), first. A lone unit is
+        charged an attempt and waits behind the queue, so that the others run in between: were it alone
+        to die again and again, the deaths in a row would blame the workers; and a suspect that dies alone
+        clears the units it died beside. The bar takes back the rows it counted for them."""
         if worker not in self._pool.workers:
             return
         with contextlib.suppress(EOFError, OSError):
@@ -430,17 +433,25 @@ class _Coordinator:
             raise self._dying(why)
         units = list(worker.running.values())
         self._streak.append(frozenset(u.id for u in units))
-        charged = units if len(units) == 1 else []
-        if not charged:
-            self._suspects.update(u.id for u in units)
         for unit in units:
             self._take_back(unit.id)
-            if unit not in charged:
+        if len(units) == 1:
+            self._charge(units[0], why)
+        else:
+            together = frozenset(u.id for u in units)
+            self._suspects.update(dict.fromkeys(together, together))
+            for unit in units:
                 self._attempts[unit.id] -= 1  # not known to be its doing
-            elif self._attempts[unit.id] >= MAX_ATTEMPTS:
-                raise self._failed(unit, why)
-        self._queue.extendleft(reversed(units))
+            self._queue.extendleft(reversed(units))
         self._pool.replace(worker)
+
+    def _charge(self, unit: Any, why: str) -> None:
+        """A unit that died alone: its attempt counts, and it runs again after the units waiting."""
+        if self._attempts[unit.id] >= MAX_ATTEMPTS:
+            raise self._failed(unit, why)
+        for other in self._suspects.get(unit.id, frozenset()) - {unit.id}:
+            self._suspects.pop(other, None)
+        self._queue.append(unit)
 
     def _failed(self, unit: Any, why: str) -> ScannerError:
         """A unit charged its last attempt: its own doing when it was in flight at every death since a row
