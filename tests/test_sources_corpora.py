@@ -394,6 +394,33 @@ def test_folder_oversized_and_unreadable_files_are_rows(tmp_path):
     ]
 
 
+def test_a_folder_is_read_elsewhere_with_the_rows_the_plan_listed_whatever_changed_since(tmp_path):
+    """Before: each unit worker listed the folder again, so a file written meanwhile (or a pseudo-file such
+    as /proc/kmsg, sniffed as text by the plan and unreadable by the worker) shifted the rows: a planned
+    file was never read and its row named another."""
+    import pickle
+
+    from scanner.planner import plan
+    from scanner.run.scan import ScanWork
+    from scanner.sources.base import Span
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "b.jpg").write_bytes(image_bytes(1))
+    (folder / "c").write_text("notes, not a picture\n")
+    (folder / "d.png").write_bytes(image_bytes(2))
+    options = SourceOptions()
+    planned = plan([str(folder)], options)
+    work = pickle.loads(pickle.dumps(ScanWork(planned.sources)))  # as a unit worker receives it
+    (folder / "a.jpg").write_bytes(image_bytes(3))  # sorts first
+    (folder / "c").write_bytes(image_bytes(4))  # sniffs as an image now
+    [unit] = planned.units
+    rows = [row for batch in work.opened(options)[str(folder)].read(unit.span) for row in batch]
+    assert unit.span == Span(0, 2)
+    assert [(row.row, row.member) for row in rows] == [(0, "b.jpg"), (1, "d.png")]
+    assert rows[0].body == image_bytes(1)
+
+
 def test_folder_without_images_is_a_named_error(tmp_path):
     (tmp_path / "README.md").write_text("nothing here")
     with pytest.raises(SourceError, match="no dataset shard and no image"):

@@ -106,12 +106,21 @@ class ScanWork:
 
     def __init__(self, sources: Mapping[str, Source] | None = None) -> None:
         self.sources = sources
+        self._listed: dict[str, Source] = {}
 
     def __getstate__(self) -> dict:
-        return {"sources": None}  # an opened shard stays in the process that opened it
+        """An opened shard stays in the process that opened it; a listed one (a folder: its rows are the
+        listing made by the plan) goes with the work, so that its rows are the plan's rows everywhere."""
+        listed = {path: s for path, s in (self.sources or {}).items() if getattr(s, "listed", False)}
+        return {"sources": None, "listed": listed}
 
     def __setstate__(self, state: dict) -> None:
         self.sources = state["sources"]
+        self._listed = state.get("listed", {})
+
+    def opened(self, options: SourceOptions) -> OpenedSources:
+        """The shards as this process reads them: opened on first use, the listed ones as planned."""
+        return OpenedSources(options, self._listed)
 
     def open(
         self, config: ScanConfig, matcher: Matcher, hash_fn: HashFn | None, progress: Progress | None
@@ -119,7 +128,7 @@ class ScanWork:
         """The stages every runner drives, built one way, so a unit is checked alike on any runner; built
         inside the event loop that runs the units (the fetcher's sessions belong to it)."""
         stages = build_stages(config, hash_fn, matcher)
-        sources = self.sources if self.sources is not None else OpenedSources(config.source)
+        sources = self.sources if self.sources is not None else self.opened(config.source)
         policy = FetchPolicy(
             stages,
             sources,
@@ -132,12 +141,13 @@ class ScanWork:
 class OpenedSources(OrderedDict):
     """Shards opened on first use by this process, the least recently used closed past a small bound."""
 
-    def __init__(self, options: SourceOptions) -> None:
+    def __init__(self, options: SourceOptions, listed: Mapping[str, Source] | None = None) -> None:
         super().__init__()
         self._options = options
+        self._listed = dict(listed or {})  # shards opened by the plan, with the rows it numbered
 
     def __missing__(self, shard: str) -> Source:
-        source = open_source(shard, self._options)
+        source = self._listed.get(shard) or open_source(shard, self._options)
         self[shard] = source
         while len(self) > OPEN_SOURCES_PER_PROCESS:
             self.popitem(last=False)

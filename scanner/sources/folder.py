@@ -38,6 +38,10 @@ class FolderSource:
     """A directory tree of image files: one shard, spans are runs of its sorted image paths."""
 
     kind = "folder"
+    # Its rows are the listing made when it opened: it travels to the processes that read it (run/scan.py),
+    # which must not list the folder again (files written or removed since, a pseudo-file that sniffs as
+    # something else at each read: the plan's row numbers would name other files).
+    listed = True
 
     def __init__(self, path: str, options: SourceOptions) -> None:
         self.path = path
