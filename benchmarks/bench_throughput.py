@@ -208,6 +208,8 @@ class Usage:
     role_commits: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     # Every sample: (seconds since the start, rows committed, CPU s by role): for --timeline.
     timeline: list[tuple[float, int, dict[str, float]]] = field(default_factory=list)
+    # The coordinator's PSS at each PSS reading: what it holds once the lists are built and shared.
+    main_pss: list[int] = field(default_factory=list)
 
     def coordinator_split(self, rows: int) -> tuple[float, int, float, float] | None:
         """(start-up CPU s, rows in the first commit, ms per row from the first commit to the last, ms per
@@ -238,6 +240,7 @@ class TreeMonitor:
         self.commits: list[tuple[int, float]] = []  # (rows committed, the coordinator's CPU s) at each change
         self.role_commits: list[tuple[int, dict[str, float]]] = []  # (rows committed, CPU s by role)
         self.timeline: list[tuple[float, int, dict[str, float]]] = []  # every sample: for --timeline
+        self.main_pss: list[int] = []  # the coordinator's PSS at each PSS reading
         self._rows = 0  # committed, as last seen
         self._started = time.perf_counter()
         self._cpu: dict[int, tuple[str, float]] = {}
@@ -288,6 +291,8 @@ class TreeMonitor:
             self.peak_process_rss = max(self.peak_process_rss, rss)
             self._cpu[process.pid] = (role, times.user + times.system)
         self.peak_rss = max(self.peak_rss, total)
+        if with_pss and "main" in roles:
+            self.main_pss.append(roles["main"][0])
         if total_pss > self.peak_pss:
             self.peak_pss, self.pss_by_role = total_pss, roles
         if self._commits is not None and self._root in self._cpu:
@@ -373,6 +378,7 @@ def run_measured(
     usage.pss_by_role = monitor.pss_by_role
     usage.role_commits = monitor.role_commits
     usage.timeline = monitor.timeline
+    usage.main_pss = monitor.main_pss
     return usage
 
 
@@ -856,9 +862,9 @@ def print_sweep(sweep: list[tuple[int, Result]]) -> None:
     print(
         f"| {'workers':>7} | {'img/s':>6} | {'peak PSS MB':>11} | {'peak RSS MB':>11} "
         f"| {'PSS MB per added worker':>23} | {'at peak: main':>13} | {'per unit worker':>15} "
-        f"| {'per hashing':>11} |"
+        f"| {'per hashing':>11} | {'main, 2nd half':>14} |"
     )
-    print("|" + "|".join("-" * w for w in (9, 8, 13, 13, 25, 15, 17, 13)) + "|")
+    print("|" + "|".join("-" * w for w in (9, 8, 13, 13, 25, 15, 17, 13, 16)) + "|")
     first_count, first = sweep[0]
     for count, r in sweep:
         added = (
@@ -869,9 +875,15 @@ def print_sweep(sweep: list[tuple[int, Result]]) -> None:
         print(
             f"| {count:>7} | {r.rate:6.1f} | {r.usage.peak_pss / 2**20:11.0f} "
             f"| {r.usage.peak_rss / 2**20:11.0f} | {added:23.0f} | {_role_pss(r, 'main'):>13} "
-            f"| {_role_pss(r, 'units'):>15} | {_role_pss(r, 'hashing'):>11} |"
+            f"| {_role_pss(r, 'units'):>15} | {_role_pss(r, 'hashing'):>11} | {_late_main_pss(r):>14} |"
         )
-    print("target: <= 150 MB PSS per added worker")
+    print("target: <= 150 MB PSS per added worker; main, 2nd half: the coordinator's median PSS over the")
+    print("second half of the scan, once the lists are built and shared")
+
+
+def _late_main_pss(result: Result) -> str:
+    late = result.usage.main_pss[len(result.usage.main_pss) // 2 :]
+    return f"{statistics.median(late) / 2**20:.0f}" if late else "-"
 
 
 def _role_pss(result: Result, role: str) -> str:

@@ -166,6 +166,41 @@ def test_a_shared_object_loads_in_another_process_as_read_only_views_of_one_seal
     assert result == (value["keys"].sum(dtype=np.int64).item(), 999, False, False)
 
 
+def test_the_coordinator_holds_the_shared_lists_instead_of_its_own_copy_and_matches_the_same(
+    tmp_path,
+) -> None:
+    """Once the image lists are in shared memory, the coordinator keeps the shared copy (mapped, read-only)
+    and lets its own go: the indexes are in memory once, not twice."""
+    from scanner.lists import Matcher
+    from scanner.lists.deferred import deferred
+    from scanner.lists.hashlist import ListSpec
+    from scanner.lists.matcher import Query
+
+    keys = np.random.default_rng(3).integers(0, 256, (5000, 32), dtype=np.uint8)
+    (tmp_path / "pdq.txt").write_text("".join(key.tobytes().hex() + "\n" for key in keys))
+    (tmp_path / "md5.txt").write_text("".join(key[:16].tobytes().hex() + "\n" for key in keys))
+    lists = [
+        deferred(ListSpec.parse(f"{name}:{tmp_path / name}.txt"), digest_now=False) for name in ("pdq", "md5")
+    ]
+    matcher = Matcher.from_lists(lists)
+    near = keys[7].copy()
+    near[0] ^= 0b111  # 3 bits off
+    queries = [Query({"pdq": near.tobytes(), "md5": keys[9][:16].tobytes()}, pdq_quality=100)]
+    before = matcher.match_batch(queries)
+    rest = matcher.rest()
+    own = [index for _, index in rest]
+    lists_shared = shared.SharedObject(rest)
+    try:
+        matcher.hold(lists_shared.load())
+        held = [index for _, index in matcher.rest()]
+        assert all(h is not o for h, o in zip(held, own, strict=True))
+        assert all(not h.keys.flags.writeable for h in held)  # views of the sealed memory
+        assert matcher.match_batch(queries) == before
+        assert {(m.hash_type, m.distance) for m in before[0]} == {("pdq", 3), ("md5", 0)}
+    finally:
+        lists_shared.close()
+
+
 class _Passed:
     """A handle whose descriptor travels to a spawned child as the child's own copy."""
 

@@ -134,6 +134,12 @@ class _Searchable:
         self._entries.set_result(entries)
         self._index.set_result(index)
 
+    def hold(self, entries: HashEntries, index: Index) -> None:
+        """Use these entries and index, equal to the built ones, from now on (see Matcher.hold)."""
+        if self._placeholder or (isinstance(self._index, Future) and not self._index.done()):
+            raise RuntimeError(f"{self.list_name}/{self.hash_type.name} is not built")
+        self._entries, self._index = entries, index
+
     def give_up(self) -> None:
         for future in (self._entries, self._index):
             if isinstance(future, Future) and self._placeholder and not future.done():
@@ -231,6 +237,15 @@ class Matcher:
             raise RuntimeError(f"{len(rest)} lists sent for {len(waiting)} placeholders")
         for searchable, (entries, index) in zip(waiting, rest, strict=True):
             searchable.fill(entries, index)
+
+    def hold(self, rest: Sequence[tuple[HashEntries, Index]]) -> None:
+        """Hold the lists rest() gave as `rest` instead: the same entries and indexes, in other memory (the
+        coordinator's copy in shared memory, mapped), so that this process's own can go."""
+        built = [s for s in self._searchables if s.background]
+        if len(built) != len(rest):
+            raise RuntimeError(f"{len(rest)} lists held for {len(built)} built in the background")
+        for searchable, (entries, index) in zip(built, rest, strict=True):
+            searchable.hold(entries, index)
 
     def give_up(self) -> None:
         """End every match still waiting for a placeholder's lists: they will not come (the run stops)."""

@@ -54,6 +54,13 @@ class Trimmer:
 _trimmer: Trimmer | None = None
 
 
+def now() -> None:
+    """This process's free memory back to the system now: after it let a large part of it go."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def now_and_then() -> None:
     """This process's free memory back to the system, at most once every TRIM_SECONDS."""
     global _trimmer

@@ -212,7 +212,15 @@ class UnitWorkers:
         """In a thread: wait for the lists still loading and building, then put them in shared memory."""
         try:
             rest = matcher.rest()
-            self._rest_built = shared.SharedObject(rest) if shared.supported() else rest
+            if shared.supported():
+                self._rest_built = built = shared.SharedObject(rest)
+                # The coordinator keeps the shared pages (which it never reads), not its own copy: the
+                # indexes once in memory, not twice; the C heap keeps what they freed unless told.
+                del rest
+                matcher.hold(built.load())
+                heap.now()
+            else:
+                self._rest_built = rest
         except BaseException as error:  # the coordinator's loop raises it: the run stops with its message
             self._rest_built = error
         os.write(self._rest_signal, b"\0")

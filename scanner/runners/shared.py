@@ -59,6 +59,12 @@ class SharedObject:
         """What a worker needs to map the memory and rebuild the object."""
         return SharedHandle(self._fd, self.size, self._pickle, tuple(self._extents))
 
+    def load(self) -> Any:
+        """The object as a worker gets it, here: read-only views of the sealed memory, mapped by this
+        process too (so that it can let its own copy go)."""
+        handle = self.handle()
+        return attach(SharedHandle(os.dup(handle.fd), handle.size, handle.data, handle.extents)).load()
+
     def close(self) -> None:
         os.close(self._fd)
 
