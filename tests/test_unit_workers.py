@@ -169,9 +169,10 @@ def test_a_shared_object_loads_in_another_process_as_read_only_views_of_one_seal
 def test_the_coordinator_holds_the_shared_lists_instead_of_its_own_copy_and_matches_the_same(
     tmp_path,
 ) -> None:
-    """Once the image lists are in shared memory, the coordinator keeps the shared copy (mapped, read-only)
-    and lets its own go: the indexes are in memory once, not twice."""
-    from scanner.lists import Matcher
+    """Once lists are in shared memory for the workers, the coordinator keeps the shared copy (mapped,
+    read-only) and lets its own go: the lists ready at once (URL, domain) and the image lists built later
+    are in memory once, not twice."""
+    from scanner.lists import Matcher, load_hashlist
     from scanner.lists.deferred import deferred
     from scanner.lists.hashlist import ListSpec
     from scanner.lists.matcher import Query
@@ -179,26 +180,31 @@ def test_the_coordinator_holds_the_shared_lists_instead_of_its_own_copy_and_matc
     keys = np.random.default_rng(3).integers(0, 256, (5000, 32), dtype=np.uint8)
     (tmp_path / "pdq.txt").write_text("".join(key.tobytes().hex() + "\n" for key in keys))
     (tmp_path / "md5.txt").write_text("".join(key[:16].tobytes().hex() + "\n" for key in keys))
-    lists = [
-        deferred(ListSpec.parse(f"{name}:{tmp_path / name}.txt"), digest_now=False) for name in ("pdq", "md5")
+    (tmp_path / "urls.txt").write_text("http://example.org/x\n")
+    (tmp_path / "domains.txt").write_text("example.com\n")
+    image_lists = [
+        deferred(ListSpec.parse(f"{n}:{tmp_path / n}.txt"), digest_now=False) for n in ("pdq", "md5")
     ]
-    matcher = Matcher.from_lists(lists)
+    url_lists = [load_hashlist(f"{n}:{tmp_path / n}s.txt") for n in ("url", "domain")]
+    matcher = Matcher.from_lists([*url_lists, *image_lists])
     near = keys[7].copy()
     near[0] ^= 0b111  # 3 bits off
-    queries = [Query({"pdq": near.tobytes(), "md5": keys[9][:16].tobytes()}, pdq_quality=100)]
-    before = matcher.match_batch(queries)
-    rest = matcher.rest()
-    own = [index for _, index in rest]
-    lists_shared = shared.SharedObject(rest)
+    image = Query({"pdq": near.tobytes(), "md5": keys[9][:16].tobytes()}, pdq_quality=100)
+    page = Query({"domain": b"img.example.com", "url": b"http://EXAMPLE.org/x"})
+    before = matcher.match_batch([image, page])
+    assert [sorted(m.hash_type for m in found) for found in before] == [["md5", "pdq"], ["domain", "url"]]
+    ready = shared.SharedObject(matcher.ready_part())
+    rest = shared.SharedObject(matcher.rest())
     try:
-        matcher.hold(lists_shared.load())
-        held = [index for _, index in matcher.rest()]
-        assert all(h is not o for h, o in zip(held, own, strict=True))
-        assert all(not h.keys.flags.writeable for h in held)  # views of the sealed memory
-        assert matcher.match_batch(queries) == before
-        assert {(m.hash_type, m.distance) for m in before[0]} == {("pdq", 3), ("md5", 0)}
+        matcher.hold_shared(ready.load())
+        matcher.hold(rest.load())
+        held = [s.index for s in matcher._searchables]
+        assert all(not index.keys.flags.writeable for index in held[2:])  # views of the sealed memory
+        assert all(not s.entries.keys.flags.writeable for s in matcher._searchables)
+        assert matcher.match_batch([image, page]) == before
     finally:
-        lists_shared.close()
+        ready.close()
+        rest.close()
 
 
 class _Passed:

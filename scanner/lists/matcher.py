@@ -247,6 +247,15 @@ class Matcher:
         for searchable, (entries, index) in zip(built, rest, strict=True):
             searchable.hold(entries, index)
 
+    def hold_shared(self, shared: Matcher) -> None:
+        """Hold what `shared` (this matcher or its ready_part(), unpickled over shared memory) has whole,
+        instead of this process's own copies: the lists ready at once, or all of them."""
+        if len(shared._searchables) != len(self._searchables):
+            raise RuntimeError("hold_shared needs this matcher's own lists")
+        for mine, theirs in zip(self._searchables, shared._searchables, strict=True):
+            if not theirs._placeholder:
+                mine.hold(theirs.entries, theirs.index)
+
     def give_up(self) -> None:
         """End every match still waiting for a placeholder's lists: they will not come (the run stops)."""
         for searchable in self._searchables:

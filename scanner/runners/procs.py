@@ -201,6 +201,8 @@ class UnitWorkers:
         self._matcher = matcher.ready_part() if later else matcher
         if shared.supported():
             self._lists = shared.SharedObject(self._matcher)
+            matcher.hold_shared(self._lists.load())  # as the rest below: the lists once in memory
+            heap.now()
         for worker in self.workers:
             with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and it is replaced
                 self._send_lists(worker)
