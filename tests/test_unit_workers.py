@@ -281,6 +281,33 @@ class _PoisonWork:
         return (_refuse_to_load, ())
 
 
+def test_a_suspect_waits_for_one_worker_to_drain_while_the_others_go_on_with_the_units_behind() -> None:
+    """After a death, its units run again each alone: the one first in line must not hold up every worker
+    until one is idle, nor be passed over for ever."""
+    from types import SimpleNamespace
+
+    from scanner.pipeline import Progress
+    from scanner.runners.procs import _Coordinator
+
+    busy, less_busy = _Recorder(), _Recorder()
+    busy.running, less_busy.running = {90: None, 91: None}, {92: None}
+    for index, recorder in enumerate((busy, less_busy)):
+        recorder.index = index
+    pool = SimpleNamespace(workers=[busy, less_busy], hashers=[1, 1], lists_loading=False)
+    config = build_config({"run": {"units_in_flight": 3}}, "test")
+    run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(part_paths=lambda unit_id: []))
+    coordinator = _Coordinator(pool, run, Progress())  # type: ignore[arg-type]
+    coordinator._queue.extend(SimpleNamespace(id=i) for i in range(4))
+    coordinator._suspects = {0: frozenset({0, 1}), 1: frozenset({0, 1})}
+    coordinator._hand_out()
+    assert (busy.sent, less_busy.sent) == ([2], [])  # the less busy one drains for suspect 0
+    assert [u.id for u in coordinator._queue] == [0, 1, 3]
+    less_busy.running = {}
+    coordinator._hand_out()
+    assert less_busy.sent == [0]  # alone, on the worker that drained
+    assert [u.id for u in coordinator._queue] == [1, 3]
+
+
 def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(capfd: pytest.CaptureFixture[str]) -> None:
     from types import SimpleNamespace
 

@@ -362,16 +362,32 @@ class _Coordinator:
     def _hand_out(self) -> None:
         """One unit at a time to the least busy worker: 16 units on 16 workers start on all 16, not three
         each on the first five; a worker's load is counted against its capacity, which follows the hashing
-        processes behind it."""
+        processes behind it. A suspect first in line waits for an idle worker: the least busy takes nothing
+        more until it is idle, while the others go on with the first unit behind that is no suspect."""
         while self._queue and self._pool.workers:
-            worker = min(self._pool.workers, key=lambda w: self._load(w) / self._capacity(w))
-            if not self._takes(worker, self._queue[0].id):
+            order = sorted(self._pool.workers, key=lambda w: self._load(w) / self._capacity(w))
+            head = self._queue[0]
+            if head.id not in self._suspects:
+                if not self._takes(order[0], head.id):
+                    return
+                self._start(order[0], self._queue.popleft())
+                continue
+            idle = next((w for w in order if not w.running), None)
+            if idle is not None:
+                self._start(idle, self._queue.popleft())
+                continue
+            behind = next((u for u in self._queue if u.id not in self._suspects), None)
+            taker = next((w for w in order[1:] if behind and self._takes(w, behind.id)), None)
+            if behind is None or taker is None:
                 return
-            unit = self._queue.popleft()
-            self._attempts[unit.id] += 1
-            worker.running[unit.id] = unit
-            with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
-                worker.send(("unit", unit, self._run.checkpoint.part_paths(unit.id)))
+            self._queue.remove(behind)
+            self._start(taker, behind)
+
+    def _start(self, worker: UnitWorker, unit: Any) -> None:
+        self._attempts[unit.id] += 1
+        worker.running[unit.id] = unit
+        with contextlib.suppress(OSError):  # a dead worker: its sentinel says so, and why
+            worker.send(("unit", unit, self._run.checkpoint.part_paths(unit.id)))
 
     def _capacity(self, worker: UnitWorker) -> int:
         """Units a worker runs at once: run.units_in_flight for each hashing process behind it (or for it
