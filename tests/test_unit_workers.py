@@ -207,6 +207,53 @@ def test_the_coordinator_holds_the_shared_lists_instead_of_its_own_copy_and_matc
         rest.close()
 
 
+class _SlowRest:
+    """A matcher whose image lists are still building when the scan ends: rest() waits for `release`."""
+
+    has_background = True
+
+    def __init__(self) -> None:
+        import threading
+
+        from scanner.lists import Matcher
+
+        self.release = threading.Event()
+        self._ready = Matcher.from_lists([])
+
+    def ready_part(self) -> object:
+        return self._ready
+
+    def hold_shared(self, shared_part: object) -> None:
+        pass
+
+    def rest(self) -> list:
+        self.release.wait(30)
+        return []
+
+    def hold(self, rest: object) -> None:
+        pass
+
+
+def test_lists_built_after_the_pool_ended_touch_none_of_its_closed_descriptors(tmp_path) -> None:
+    """Before: the thread that shares the image lists wrote its signal to the pool's pipe after the pool had
+    closed it, into whatever file had taken that descriptor number since."""
+    import threading
+
+    from scanner.runners.procs import UnitWorkers
+
+    slow = _SlowRest()
+    with UnitWorkers(build_config({"run": {"workers": 1}}, "test"), [0]) as pool:
+        pool.give(_PoisonUnitWork(poison=-1), slow, later=True)  # type: ignore[arg-type]
+        signal_fd = pool._rest_signal
+        [thread] = [t for t in threading.enumerate() if t.name == "lists-rest"]
+    with contextlib.ExitStack() as stack:  # take the freed descriptor numbers, the pipe's among them
+        victims = [stack.enter_context(open(tmp_path / f"victim{i}", "wb")) for i in range(8)]
+        assert signal_fd in {v.fileno() for v in victims}
+        slow.release.set()
+        thread.join(30)
+    assert all((tmp_path / f"victim{i}").read_bytes() == b"" for i in range(8))
+
+
 class _Passed:
     """A handle whose descriptor travels to a spawned child as the child's own copy."""
 

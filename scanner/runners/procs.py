@@ -176,6 +176,10 @@ class UnitWorkers:
         self._rest_built: shared.SharedObject | list | BaseException | None = None
         self.rest_ready: int | None = None  # readable once the rest is built (a pipe's end)
         self._rest_signal: int | None = None
+        # The rest's thread and the pool's end: a thread still building when the scan ends (every row failed
+        # before its hash) must not write to a closed pipe (its number may be another file's by then).
+        self._ending = threading.Lock()
+        self._ended = False
         self._spawn(range(self.count))
 
     @property
@@ -212,20 +216,35 @@ class UnitWorkers:
 
     def _build_rest(self, matcher: Matcher) -> None:
         """In a thread: wait for the lists still loading and building, then put them in shared memory."""
+        built: shared.SharedObject | list | BaseException
         try:
-            rest = matcher.rest()
-            if shared.supported():
-                self._rest_built = built = shared.SharedObject(rest)
-                # The coordinator keeps the shared pages (which it never reads), not its own copy: the
-                # indexes once in memory, not twice; the C heap keeps what they freed unless told.
-                del rest
-                matcher.hold(built.load())
-                heap.now()
-            else:
-                self._rest_built = rest
+            built = self._shared_rest(matcher)
         except BaseException as error:  # the coordinator's loop raises it: the run stops with its message
-            self._rest_built = error
-        os.write(self._rest_signal, b"\0")
+            built = error
+        with self._ending:
+            if self._ended:  # nobody waits for it now
+                if isinstance(built, shared.SharedObject):
+                    built.close()
+                return
+            self._rest_built = built
+            os.write(self._rest_signal, b"\0")
+
+    @staticmethod
+    def _shared_rest(matcher: Matcher) -> shared.SharedObject | list:
+        rest = matcher.rest()
+        if not shared.supported():
+            return rest
+        built = shared.SharedObject(rest)
+        del rest
+        try:
+            # The coordinator keeps the shared pages (which it never reads), not its own copy: the indexes
+            # once in memory, not twice; the C heap keeps what they freed unless told.
+            matcher.hold(built.load())
+        except BaseException:
+            built.close()
+            raise
+        heap.now()
+        return built
 
     @property
     def lists_loading(self) -> bool:
@@ -288,6 +307,8 @@ class UnitWorkers:
                     worker.process.kill()
                 worker.process.join()
                 worker.conn.close()
+            with self._ending:
+                self._ended = True
             for held in (self._lists, self._rest, self._rest_built):
                 if isinstance(held, shared.SharedObject):
                     held.close()
