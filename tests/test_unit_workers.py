@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import multiprocessing
 import os
 import signal
+import weakref
 from typing import Any
 
 import numpy as np
@@ -195,6 +197,7 @@ def test_the_coordinator_holds_the_shared_lists_instead_of_its_own_copy_and_matc
     assert [sorted(m.hash_type for m in found) for found in before] == [["md5", "pdq"], ["domain", "url"]]
     ready = shared.SharedObject(matcher.ready_part())
     rest = shared.SharedObject(matcher.rest())
+    own = [weakref.ref(s.entries.keys) for s in matcher._searchables]
     try:
         matcher.hold_shared(ready.load())
         matcher.hold(rest.load())
@@ -202,6 +205,10 @@ def test_the_coordinator_holds_the_shared_lists_instead_of_its_own_copy_and_matc
         assert all(not index.keys.flags.writeable for index in held[2:])  # views of the sealed memory
         assert all(not s.entries.keys.flags.writeable for s in matcher._searchables)
         assert matcher.match_batch([image, page]) == before
+        gc.collect()
+        assert [key() is None for key in own] == [True] * 4  # gone, though the lists are still held
+        assert [hash_list.result().counts for hash_list in image_lists] == [{"pdq": 5000}, {"md5": 5000}]
+        assert [hash_list.counts for hash_list in url_lists] == [{"url": 1}, {"domain": 1}]
     finally:
         ready.close()
         rest.close()

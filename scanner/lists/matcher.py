@@ -178,6 +178,9 @@ class Matcher:
         self, searchables: Sequence[_Searchable], config: MatchConfig, negative: Collection[str] = ()
     ) -> None:
         self._searchables = tuple(searchables)
+        # Each searchable's list and hash type (from_lists): hold() points the list at the held entries too,
+        # so that this process keeps no copy of them. Never pickled: a worker has its own lists, or none.
+        self._lists: tuple[tuple[HashList | DeferredList, str] | None, ...] = (None,) * len(self._searchables)
         self.config = config
         self.negative = frozenset(negative)  # negative lists: they only ever suppress another list's match
         types = {s.hash_type.name for s in self._searchables}
@@ -199,6 +202,7 @@ class Matcher:
             raise ConfigError(f"two hash lists share a name: {sorted(names)}; name them as NAME=PATH")
         _check_overrides(config, lists)
         searchables, builds = [], []
+        lists_of: list[tuple[HashList | DeferredList, str] | None] = []
         for hash_list in lists:
             for hash_type, source in _sources(hash_list, config.omit_entry_fields):
                 threshold = config.threshold(hash_list.name, hash_type.name)
@@ -210,11 +214,17 @@ class Matcher:
                     assert isinstance(source, HashEntries)
                     entries, index = source, _index(source, threshold)
                 searchables.append(_Searchable(hash_list.name, hash_type, entries, index, threshold))
+                lists_of.append((hash_list, hash_type.name))
         if builds:
             threading.Thread(
                 target=_build_all, args=(builds, config.omit_entry_fields), name="index-build", daemon=True
             ).start()
-        return cls(searchables, config, negative)
+        matcher = cls(searchables, config, negative)
+        matcher._lists = tuple(lists_of)
+        return matcher
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_lists": (None,) * len(self._searchables)}
 
     def ready_part(self) -> Matcher:
         """This matcher with placeholders for the lists still loading or building in the background: what a
@@ -245,7 +255,7 @@ class Matcher:
         if len(built) != len(rest):
             raise RuntimeError(f"{len(rest)} lists held for {len(built)} built in the background")
         for searchable, (entries, index) in zip(built, rest, strict=True):
-            searchable.hold(entries, index)
+            self._hold(searchable, entries, index)
 
     def hold_shared(self, shared: Matcher) -> None:
         """Hold what `shared` (this matcher or its ready_part(), unpickled over shared memory) has whole,
@@ -254,7 +264,16 @@ class Matcher:
             raise RuntimeError("hold_shared needs this matcher's own lists")
         for mine, theirs in zip(self._searchables, shared._searchables, strict=True):
             if not theirs._placeholder:
-                mine.hold(theirs.entries, theirs.index)
+                self._hold(mine, theirs.entries, theirs.index)
+
+    def _hold(self, searchable: _Searchable, entries: HashEntries, index: Index) -> None:
+        searchable.hold(entries, index)
+        held_by = self._lists[self._searchables.index(searchable)]
+        if held_by is not None:
+            hash_list, type_name = held_by
+            loaded = hash_list.result() if isinstance(hash_list, DeferredList) else hash_list
+            if isinstance(loaded.entries, dict):  # its counts stay: the same entries, less omitted fields
+                loaded.entries[type_name] = entries
 
     def give_up(self) -> None:
         """End every match still waiting for a placeholder's lists: they will not come (the run stops)."""
