@@ -415,10 +415,14 @@ def test_a_folder_is_read_elsewhere_with_the_rows_the_plan_listed_whatever_chang
     (folder / "a.jpg").write_bytes(image_bytes(3))  # sorts first
     (folder / "c").write_bytes(image_bytes(4))  # sniffs as an image now
     [unit] = planned.units
+    unit = pickle.loads(pickle.dumps(unit))  # as it reaches the worker
     rows = [row for batch in work.opened(options)[str(folder)].read(unit.span) for row in batch]
-    assert unit.span == Span(0, 2)
+    assert (unit.span.start, unit.span.stop, unit.span.members) == (0, 2, ("b.jpg", "d.png"))
     assert [(row.row, row.member) for row in rows] == [(0, "b.jpg"), (1, "d.png")]
     assert rows[0].body == image_bytes(1)
+    assert len(pickle.dumps(ScanWork(planned.sources))) < 1000  # no listing: each span names its files
+    with pytest.raises(SourceError, match="a span of 3 rows names 2 files"):
+        next(work.opened(options)[str(folder)].read(Span(0, 3, members=("b.jpg", "d.png"))))
 
 
 def test_folder_without_images_is_a_named_error(tmp_path):

@@ -15,6 +15,7 @@ from scanner.run import lifecycle
 from scanner.run.checkpoint import HUB_COMMITS, Checkpoint
 from scanner.run.job import Job, Run, open_run
 from scanner.sources import Source, SourceOptions, expand_inputs, open_source
+from scanner.sources.folder import FolderSource
 from scanner.sources.hub import Pinned, pin_inputs
 from scanner.sources.storage import input_signature
 
@@ -106,21 +107,21 @@ class ScanWork:
 
     def __init__(self, sources: Mapping[str, Source] | None = None) -> None:
         self.sources = sources
-        self._listed: dict[str, Source] = {}
+        self._folders: frozenset[str] = frozenset()
 
     def __getstate__(self) -> dict:
-        """An opened shard stays in the process that opened it; a listed one (a folder: its rows are the
-        listing made by the plan) goes with the work, so that its rows are the plan's rows everywhere."""
-        listed = {path: s for path, s in (self.sources or {}).items() if getattr(s, "listed", False)}
-        return {"sources": None, "listed": listed}
+        """An opened shard stays in the process that opened it; which shards are folders goes with the work
+        (each of their spans names its files, as the plan listed them: they are not listed again)."""
+        folders = frozenset(p for p, s in (self.sources or {}).items() if isinstance(s, FolderSource))
+        return {"sources": None, "folders": folders}
 
     def __setstate__(self, state: dict) -> None:
         self.sources = state["sources"]
-        self._listed = state.get("listed", {})
+        self._folders = state.get("folders", frozenset())
 
     def opened(self, options: SourceOptions) -> OpenedSources:
-        """The shards as this process reads them: opened on first use, the listed ones as planned."""
-        return OpenedSources(options, self._listed)
+        """The shards as this process reads them: opened on first use, folders without listing them."""
+        return OpenedSources(options, self._folders)
 
     def open(
         self, config: ScanConfig, matcher: Matcher, hash_fn: HashFn | None, progress: Progress | None
@@ -141,13 +142,16 @@ class ScanWork:
 class OpenedSources(OrderedDict):
     """Shards opened on first use by this process, the least recently used closed past a small bound."""
 
-    def __init__(self, options: SourceOptions, listed: Mapping[str, Source] | None = None) -> None:
+    def __init__(self, options: SourceOptions, folders: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self._options = options
-        self._listed = dict(listed or {})  # shards opened by the plan, with the rows it numbered
+        self._folders = folders  # read from the files their spans name, not listed again
 
     def __missing__(self, shard: str) -> Source:
-        source = self._listed.get(shard) or open_source(shard, self._options)
+        if shard in self._folders:
+            source: Source = FolderSource(shard, self._options, listed=False)
+        else:
+            source = open_source(shard, self._options)
         self[shard] = source
         while len(self) > OPEN_SOURCES_PER_PROCESS:
             self.popitem(last=False)

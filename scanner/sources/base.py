@@ -54,6 +54,7 @@ class Span:
     stop: int
     row_groups: tuple[int, ...] = ()
     offset: int = 0
+    members: tuple[str, ...] = ()  # a folder's files for these rows, as its plan listed them
 
     @property
     def rows(self) -> int:

@@ -38,16 +38,18 @@ class FolderSource:
     """A directory tree of image files: one shard, spans are runs of its sorted image paths."""
 
     kind = "folder"
-    # Its rows are the listing made when it opened: it travels to the processes that read it (run/scan.py),
-    # which must not list the folder again (files written or removed since, a pseudo-file that sniffs as
-    # something else at each read: the plan's row numbers would name other files).
-    listed = True
 
-    def __init__(self, path: str, options: SourceOptions) -> None:
+    def __init__(self, path: str, options: SourceOptions, listed: bool = True) -> None:
+        """List the folder (the plan); `listed=False` (a process that reads the plan's spans) skips the walk:
+        each span names its files, as the plan listed them. Listed again, the folder could hold other files
+        (written or removed since, a pseudo-file that sniffs as something else at each read), and the
+        plan's row numbers would name other files."""
         self.path = path
         self.options = options
         self.images: list[str] = []
         self.other_files = 0
+        if not listed:
+            return
         for relative in walk_files(path):
             if extension(relative) in IMAGE_EXTENSIONS or sniffs_as_image(os.path.join(path, relative)):
                 self.images.append(relative)
@@ -61,15 +63,22 @@ class FolderSource:
 
     def spans(self) -> list[Span]:
         per_unit = self.options.rows_per_unit
-        return [Span(s, min(s + per_unit, len(self.images))) for s in range(0, len(self.images), per_unit)]
+        starts = range(0, len(self.images), per_unit)
+        return [
+            Span(s, min(s + per_unit, len(self.images)), members=tuple(self.images[s : s + per_unit]))
+            for s in starts
+        ]
 
     def read(self, span: Span) -> Iterator[list[Row]]:
-        """Yield the span's files as rows in small batches, each file read whole into memory."""
-        for start in range(span.start, span.stop, READ_BATCH_ROWS):
-            yield [self._row(i) for i in range(start, min(start + READ_BATCH_ROWS, span.stop))]
+        """Yield the span's files (those it names) as rows in small batches, each file read whole."""
+        members = span.members or tuple(self.images[span.start : span.stop])
+        if len(members) != span.rows:
+            raise SourceError(self.path, f"a span of {span.rows} rows names {len(members)} files")
+        for first in range(0, len(members), READ_BATCH_ROWS):
+            batch = members[first : first + READ_BATCH_ROWS]
+            yield [self._row(span.start + first + i, relative) for i, relative in enumerate(batch)]
 
-    def _row(self, index: int) -> Row:
-        relative = self.images[index]
+    def _row(self, index: int, relative: str) -> Row:
         full = os.path.join(self.path, relative)
         meta = sidecar(os.path.splitext(full)[0] + ".json")
         url = cell_to_str(meta.get(pick_column(list(meta), self.options.url_col, URL_COLUMNS) or ""))
