@@ -98,6 +98,7 @@ class _Searchable:
         entries: HashEntries | Future[HashEntries],
         index: Index | Future[Index],
         threshold: int,
+        origin: HashList | DeferredList | None = None,
     ):
         self.list_name = list_name
         self.hash_type = hash_type
@@ -105,6 +106,9 @@ class _Searchable:
         self._entries = entries
         self._index = index
         self._placeholder = False
+        # The list the entries came from (from_lists): hold() points it at the held entries too, so that this
+        # process keeps no copy of them. Never pickled: a worker has its own lists, or none.
+        self._origin = origin
         self.background = isinstance(index, Future)  # built by the thread (or sent later, to a worker)
 
     @property
@@ -135,10 +139,14 @@ class _Searchable:
         self._index.set_result(index)
 
     def hold(self, entries: HashEntries, index: Index) -> None:
-        """Use these entries and index, equal to the built ones, from now on (see Matcher.hold)."""
+        """Use these entries and index, equal to the built ones, from now on (see Matcher.hold), and so does
+        the list they came from (its counts stay: the same entries, less omitted fields)."""
         if self._placeholder or (isinstance(self._index, Future) and not self._index.done()):
             raise RuntimeError(f"{self.list_name}/{self.hash_type.name} is not built")
         self._entries, self._index = entries, index
+        origin = self._origin.result() if isinstance(self._origin, DeferredList) else self._origin
+        if origin is not None and isinstance(origin.entries, dict):
+            origin.entries[self.hash_type.name] = entries
 
     def give_up(self) -> None:
         for future in (self._entries, self._index):
@@ -147,8 +155,8 @@ class _Searchable:
 
     def __getstate__(self) -> dict[str, object]:
         if self._placeholder:  # only what it is; its entries follow
-            return {**self.__dict__, "_entries": None, "_index": None}
-        return {**self.__dict__, "_entries": self.entries, "_index": self.index}  # never a build
+            return {**self.__dict__, "_entries": None, "_index": None, "_origin": None}
+        return {**self.__dict__, "_entries": self.entries, "_index": self.index, "_origin": None}  # no build
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
@@ -178,9 +186,6 @@ class Matcher:
         self, searchables: Sequence[_Searchable], config: MatchConfig, negative: Collection[str] = ()
     ) -> None:
         self._searchables = tuple(searchables)
-        # Each searchable's list and hash type (from_lists): hold() points the list at the held entries too,
-        # so that this process keeps no copy of them. Never pickled: a worker has its own lists, or none.
-        self._lists: tuple[tuple[HashList | DeferredList, str] | None, ...] = (None,) * len(self._searchables)
         self.config = config
         self.negative = frozenset(negative)  # negative lists: they only ever suppress another list's match
         types = {s.hash_type.name for s in self._searchables}
@@ -202,7 +207,6 @@ class Matcher:
             raise ConfigError(f"two hash lists share a name: {sorted(names)}; name them as NAME=PATH")
         _check_overrides(config, lists)
         searchables, builds = [], []
-        lists_of: list[tuple[HashList | DeferredList, str] | None] = []
         for hash_list in lists:
             for hash_type, source in _sources(hash_list, config.omit_entry_fields):
                 threshold = config.threshold(hash_list.name, hash_type.name)
@@ -213,18 +217,14 @@ class Matcher:
                 else:  # URL screening needs it before the first request
                     assert isinstance(source, HashEntries)
                     entries, index = source, _index(source, threshold)
-                searchables.append(_Searchable(hash_list.name, hash_type, entries, index, threshold))
-                lists_of.append((hash_list, hash_type.name))
+                searchables.append(
+                    _Searchable(hash_list.name, hash_type, entries, index, threshold, hash_list)
+                )
         if builds:
             threading.Thread(
                 target=_build_all, args=(builds, config.omit_entry_fields), name="index-build", daemon=True
             ).start()
-        matcher = cls(searchables, config, negative)
-        matcher._lists = tuple(lists_of)
-        return matcher
-
-    def __getstate__(self) -> dict[str, object]:
-        return {**self.__dict__, "_lists": (None,) * len(self._searchables)}
+        return cls(searchables, config, negative)
 
     def ready_part(self) -> Matcher:
         """This matcher with placeholders for the lists still loading or building in the background: what a
@@ -255,7 +255,7 @@ class Matcher:
         if len(built) != len(rest):
             raise RuntimeError(f"{len(rest)} lists held for {len(built)} built in the background")
         for searchable, (entries, index) in zip(built, rest, strict=True):
-            self._hold(searchable, entries, index)
+            searchable.hold(entries, index)
 
     def hold_shared(self, shared: Matcher) -> None:
         """Hold what `shared` (this matcher or its ready_part(), unpickled over shared memory) has whole,
@@ -264,16 +264,7 @@ class Matcher:
             raise RuntimeError("hold_shared needs this matcher's own lists")
         for mine, theirs in zip(self._searchables, shared._searchables, strict=True):
             if not theirs._placeholder:
-                self._hold(mine, theirs.entries, theirs.index)
-
-    def _hold(self, searchable: _Searchable, entries: HashEntries, index: Index) -> None:
-        searchable.hold(entries, index)
-        held_by = self._lists[self._searchables.index(searchable)]
-        if held_by is not None:
-            hash_list, type_name = held_by
-            loaded = hash_list.result() if isinstance(hash_list, DeferredList) else hash_list
-            if isinstance(loaded.entries, dict):  # its counts stay: the same entries, less omitted fields
-                loaded.entries[type_name] = entries
+                mine.hold(theirs.entries, theirs.index)
 
     def give_up(self) -> None:
         """End every match still waiting for a placeholder's lists: they will not come (the run stops)."""
