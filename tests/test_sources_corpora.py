@@ -425,6 +425,45 @@ def test_a_folder_is_read_elsewhere_with_the_rows_the_plan_listed_whatever_chang
         next(work.opened(options)[str(folder)].read(Span(0, 3, members=("b.jpg", "d.png"))))
 
 
+def test_a_folder_resumes_only_over_the_files_its_plan_listed(tmp_path):
+    """The resume fingerprint of a folder comes from the walk that listed its rows. Before, a second walk
+    took it after the plan: a file written between the two was in the fingerprint but not in the rows, so a
+    resumed run accepted the checkpoint, listed the file and shifted every row after it by one (the rows a
+    unit had committed named other files)."""
+    from scanner.config import build_config
+    from scanner.errors import ResumeError
+    from scanner.reports.records import RowResult, UnitReport
+    from scanner.run.job import open_run
+    from scanner.run.scan import ScanJob
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(image_bytes(1))
+    (folder / "c.jpg").write_bytes(image_bytes(2))
+    before = input_signature(str(folder))
+    (tmp_path / "md5.txt").write_text(hashlib.md5(b"listed").hexdigest() + "\n")
+    settings = {
+        "inputs": [str(folder)],
+        "out": str(tmp_path / "out"),
+        "hashlist": [f"md5:{tmp_path / 'md5.txt'}"],
+    }
+    config = build_config(settings, "test")
+
+    class WrittenWhileStarting(ScanJob):
+        def load(self):
+            units = super().load()
+            (folder / "b.jpg").write_bytes(image_bytes(3))  # after the plan listed a and c
+            return units
+
+    job = WrittenWhileStarting(config)
+    run = open_run(job)
+    assert [unit.span.members for unit in run.units] == [("a.jpg", "c.jpg")]
+    assert job.fingerprint(run.lists)["inputs"] == [[str(folder), *before]]
+    run.checkpoint.commit_part(0, [(0, UnitReport(0, [RowResult(str(folder), 0, None, "a", "invalid")]))])
+    with pytest.raises(ResumeError):
+        open_run(ScanJob(config))  # it lists a, b, c now: not the rows the checkpoint holds
+
+
 def test_folder_without_images_is_a_named_error(tmp_path):
     (tmp_path / "README.md").write_text("nothing here")
     with pytest.raises(SourceError, match="no dataset shard and no image"):

@@ -22,6 +22,12 @@ from scanner.sources.storage import input_signature
 OPEN_SOURCES_PER_PROCESS = 8
 
 
+def signature(path: str, source: Source) -> list[object]:
+    """What the resume fingerprint and the manifest record of an input: a folder's from the plan's own walk
+    (the rows it listed), a shard's from its stat."""
+    return source.signature if isinstance(source, FolderSource) else input_signature(path)
+
+
 class ScanJob(Job):
     """Shards planned into units of rows, each row fetched, hashed and matched."""
 
@@ -51,7 +57,7 @@ class ScanJob(Job):
         return lifecycle.fingerprint(
             self.config,
             lists,
-            inputs=[[p, *input_signature(p)] for p in self._plan.sources],
+            inputs=[[p, *signature(p, source)] for p, source in self._plan.sources.items()],
             skipped=sorted(self._plan.skipped),
             **({HUB_COMMITS: {p.key: p.commit for p in self.pins}} if self.pins else {}),
         )
@@ -66,7 +72,7 @@ class ScanJob(Job):
         """Provenance with the inputs' kinds and sizes, the skipped shards and the unit count."""
         config = self.config
         inputs = [
-            {"path": path, "kind": source.kind, "signature": input_signature(path), **self._commit(path)}
+            {"path": path, "kind": source.kind, "signature": signature(path, source), **self._commit(path)}
             for path, source in self._plan.sources.items()
         ]
         return lifecycle.manifest(

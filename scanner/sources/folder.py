@@ -28,6 +28,7 @@ from scanner.sources.base import (
     parse_json,
     pick_column,
 )
+from scanner.sources.storage import folder_entry, folder_signature
 from scanner.sources.webdataset import IMAGE_EXTENSIONS, SIDECAR_MAX_BYTES
 
 SNIFF_BYTES = 256
@@ -48,14 +49,20 @@ class FolderSource:
         self.options = options
         self.images: list[str] = []
         self.other_files = 0
+        # Taken by the walk that lists the rows: a second walk, for the resume fingerprint, could see a file
+        # written since, that a resumed plan would list and shift the rows after it by.
+        self.signature: list[object] = []
         if not listed:
             return
+        entries = []
         for relative in walk_files(path):
+            entries.append(folder_entry(path, relative))
             if extension(relative) in IMAGE_EXTENSIONS or sniffs_as_image(os.path.join(path, relative)):
                 self.images.append(relative)
             else:
                 self.other_files += 1
         self.images.sort()
+        self.signature = folder_signature(entries)
         if not self.images:
             raise SourceError(
                 path, f"no dataset shard and no image in the directory ({self.other_files} files)"

@@ -84,13 +84,22 @@ def input_signature(path: str) -> list[object]:
 def _folder_signature(path: str) -> list[object]:
     entries = []
     for root, _dirs, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            try:
-                stat = os.stat(full)
-                entries.append(f"{os.path.relpath(full, path)}\0{stat.st_size}\0{stat.st_mtime_ns}")
-            except OSError:
-                entries.append(f"{os.path.relpath(full, path)}\0unreadable")
+        relative = os.path.relpath(root, path).replace(os.sep, "/")
+        entries += [folder_entry(path, name if relative == "." else f"{relative}/{name}") for name in files]
+    return folder_signature(entries)
+
+
+def folder_entry(directory: str, relative: str) -> str:
+    """One file of a folder in its signature: its path, size and mtime, as a stat finds it now."""
+    try:
+        stat = os.stat(os.path.join(directory, relative))
+    except OSError:
+        return f"{relative}\0unreadable"
+    return f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}"
+
+
+def folder_signature(entries: list[str]) -> list[object]:
+    """A folder's signature from its files' entries (folder_entry): their count and a digest of them all."""
     digest = hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape"))
     return [len(entries), digest.hexdigest()]
 
