@@ -293,6 +293,23 @@ def test_csv_value_spanning_lines_names_its_line(tmp_path):
     assert_error(path, str(path), 3, "a quoted value spans lines")
 
 
+@pytest.mark.parametrize(
+    ("rows", "line", "error"),
+    [
+        # Before: the row with a surplus field was named one line early, as if the value were one line.
+        ('md5,{a},"two\nlines"\nmd5,{b},2,surplus\n', 3, "a quoted value spans lines"),
+        ('md5,{a},1\n\nmd5,{b},"two\nlines"\nmd5,{b},2,surplus\n', 5, "a quoted value spans lines"),
+        ('md5,{a},1,surplus\nmd5,{b},"two\nlines"\n', 3, "expected 3 comma-separated fields"),
+        ('md5,{a},1,surplus\nmd5,{a},1,surplus\nmd5,{b},"two\nlines"\n', 3, "expected 3 comma-separated"),
+    ],
+)
+def test_csv_names_the_first_malformed_line_whether_a_value_spans_lines_or_a_row_has_more_fields(
+    tmp_path, rows, line, error
+):
+    path = write(tmp_path, "list.csv", "# note\nhash_type,hash,id\n" + rows.format(a=MD5_A, b=MD5_B))
+    assert_error(path, str(path), line, error)
+
+
 def test_csv_after_comment_lines(tmp_path):
     path = write(
         tmp_path, "list.csv", f"# exported 2024-06-01\n\nhash_type,hash,id\nmd5,{MD5_A},1\nmd5,{MD5_B}\n"

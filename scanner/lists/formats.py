@@ -533,16 +533,29 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
     )
-    if bad_rows:  # pyarrow numbers a row by its place among the non-empty rows it read (from 1)
-        line = int(lines[bad_rows[0] - 1])
-        raise FormatError(f"expected {len(header)} comma-separated fields", line)
-    if table.num_rows != len(lines):  # a quoted value ran over a line break
-        spans = [
-            np.flatnonzero(pc.match_substring(table.column(name), "\n").to_numpy(False)) for name in header
-        ]
-        row = min(int(found[0]) for found in spans if len(found))
-        raise FormatError("a quoted value spans lines", int(lines[row]))
+    # pyarrow numbers a row by its place among the non-empty rows it read, from 1: up to the first value
+    # that spans lines each of them is one line, so the first error in the file is the one reported.
+    spanning = (
+        _first_spanning_row(table, header, bad_rows) if table.num_rows + len(bad_rows) != len(lines) else 0
+    )
+    if bad_rows and not 0 < spanning < bad_rows[0]:
+        raise FormatError(f"expected {len(header)} comma-separated fields", int(lines[bad_rows[0] - 1]))
+    if spanning:
+        raise FormatError("a quoted value spans lines", int(lines[spanning - 1]))
     return table, lines
+
+
+def _first_spanning_row(table: pa.Table, header: list[str], bad_rows: list[int]) -> int:
+    """pyarrow's number of the first row read whose quoted value ran over a line break, or 0 when only a bad
+    row did (bad rows were skipped, not in the table)."""
+    found = [np.flatnonzero(pc.match_substring(table.column(name), "\n").to_numpy(False)) for name in header]
+    first = [int(rows[0]) for rows in found if len(rows)]
+    if not first:
+        return 0
+    number = 1 + min(first)
+    for bad in bad_rows:
+        number += bad <= number
+    return number
 
 
 # A plug-in's name for a type lists name otherwise (NCMEC's `pdna` is pytx's PhotoDNA signal):
