@@ -423,6 +423,12 @@ def test_a_folder_is_read_elsewhere_with_the_rows_the_plan_listed_whatever_chang
     assert len(pickle.dumps(ScanWork(planned.sources))) < 1000  # no listing: each span names its files
     with pytest.raises(SourceError, match="a span of 3 rows names 2 files"):
         next(work.opened(options)[str(folder)].read(Span(0, 3, members=("b.jpg", "d.png"))))
+    # A machine (a Ray node) without the folder: the shard fails with one line, not each file as unreadable.
+    moved = folder.rename(tmp_path / "elsewhere")
+    elsewhere = pickle.loads(pickle.dumps(ScanWork(planned.sources)))
+    with pytest.raises(SourceError, match="no such directory here") as caught:
+        elsewhere.opened(options)[str(folder)]
+    assert caught.value.path == str(folder) and moved.is_dir()
 
 
 def test_a_folder_resumes_only_over_the_files_its_plan_listed(tmp_path):

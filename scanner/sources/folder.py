@@ -53,6 +53,10 @@ class FolderSource:
         # written since, that a resumed plan would list and shift the rows after it by.
         self.signature: list[object] = []
         if not listed:
+            if not os.path.isdir(path):  # a node of a cluster without it: the shard fails, not each file
+                raise SourceError(
+                    path, "no such directory here: every machine of the scan must see the folder"
+                )
             return
         entries = []
         for relative in walk_files(path):
