@@ -65,8 +65,11 @@ SMALL_SIZES = [(256, 256), (320, 240), (400, 300)]
 ROWS_PER_SHARD = 10_000
 PLANTED = 4  # corpus images planted per list hash type
 WANT = frozenset({"md5", "sha1", "pdq", "phash"})
-PSS_EVERY = 20  # samples (of 0.1 s) between PSS readings
-SWEEP_PSS_EVERY = 5  # in the --workers-sweep scans, where PSS is what is measured
+# The monitor samples every SAMPLE_SECONDS: it shares the machine with the scan it measures, which (c) does
+# not (about 0.03 cores at 0.1 s on the 2-core VM, 0.01 now).
+SAMPLE_SECONDS = 0.25
+PSS_EVERY = 8  # samples between PSS readings (2 s)
+SWEEP_PSS_EVERY = 2  # in the --workers-sweep scans, where PSS is what is measured
 ROLES = ("main", "units", "hashing", "helper")
 
 
@@ -229,7 +232,7 @@ class TreeMonitor:
         self,
         root: int,
         role: Callable[[psutil.Process, int], str],
-        interval: float = 0.1,
+        interval: float = SAMPLE_SECONDS,
         pss_every: int = PSS_EVERY,
         commits: Path | None = None,
     ) -> None:
@@ -277,10 +280,7 @@ class TreeMonitor:
                 with process.oneshot():
                     rss, times = process.memory_info().rss, process.cpu_times()
                     pss = process.memory_full_info().pss if with_pss else 0
-                    # Again each time (a unit worker starts childless), but once a unit worker always one
-                    # (its hashing worker stops before it does).
-                    known = self._cpu.get(process.pid, (None, 0.0))[0]
-                    role = known if known == "units" else self._role(process, self._root)
+                    role = self._known_role(process)
             except psutil.Error:
                 continue
             total += rss
@@ -299,8 +299,16 @@ class TreeMonitor:
             self._new_commits()
         self.timeline.append((time.perf_counter() - self._started, self._rows, self.cpu_by_role()))
 
+    def _known_role(self, process: psutil.Process) -> str:
+        """Asked again while it could change (a unit worker starts childless): for a child of the root that
+        looks like a hashing process; once a unit worker, always one (its hashing workers stop first)."""
+        known = self._cpu.get(process.pid, (None, 0.0))[0]
+        if known is None or (known == "hashing" and process.ppid() == self._root):
+            return self._role(process, self._root)
+        return known
+
     def _new_commits(self) -> None:
-        """The coordinator's CPU when new done markers are seen (sampled every 0.1 s)."""
+        """The coordinator's CPU when new done markers are seen (sampled every SAMPLE_SECONDS)."""
         assert self._commits is not None
         fresh = False
         for marker in self._commits.glob("*.done.json") if self._commits.is_dir() else []:
@@ -961,7 +969,7 @@ def print_coordinator_split(scans: list[Result]) -> None:
     """The coordinator's CPU split at its first commit: the fixed start-up (lists loaded and indexed,
     workers spawned, the first units run) and the marginal CPU per row after it: between the first and
     the last commit (hand-out, commits, progress), and to the end (the final merge too)."""
-    print("coordinator CPU split at the first commit (done markers sampled every 0.1 s):")
+    print(f"coordinator CPU split at the first commit (done markers sampled every {SAMPLE_SECONDS} s):")
     print(
         f"| {'run':<28} | {'rows':>7} | {'start-up s':>10} | {'rows then':>9} "
         f"| {'ms/row to last commit':>21} | {'ms/row to end':>13} |"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache, partial
 from itertools import combinations
 from math import comb
 from typing import TYPE_CHECKING
@@ -187,12 +188,10 @@ def chunk_radii(widths: tuple[int, ...], threshold: int, n_entries: int, cost: S
     within radii[c] of the query in some chunk c, and probing each chunk to its radius finds every match.
     A radius of -1 skips the chunk.
     """
+    of = cache(partial(cost.of, n_entries=n_entries))  # even chunks: a width or two, many times
     radii = [-1] * len(widths)
     for _ in range(threshold + 1):
-        extra = [
-            cost.of(w, r + 1, n_entries) - cost.of(w, r, n_entries)
-            for w, r in zip(widths, radii, strict=True)
-        ]
+        extra = [of(w, r + 1) - of(w, r) for w, r in zip(widths, radii, strict=True)]
         radii[int(np.argmin(extra))] += 1
     return tuple(radii)
 
