@@ -696,3 +696,51 @@ def test_lines_split_the_same_whether_evenly_spaced_or_not(
     ]
     starts, ends = np.array([s for s, _ in trimmed]), np.array([e for _, e in trimmed])
     assert (formats._even_lines(buffer, starts, ends) is not None) == even
+
+
+# Quotes: across the reader's blocks, and left open at the end.
+
+
+def _rows_up_to(size: int) -> str:
+    """Well-formed rows of exactly `size` bytes (the last one padded through its id)."""
+    row = f"md5,{MD5_A},1\n"
+    count = size // len(row) - 1
+    last = f"md5,{MD5_A},"
+    return row * count + last + "9" * (size - count * len(row) - len(last) - 1) + "\n"
+
+
+@pytest.mark.parametrize("before", [3, 20, 37])
+def test_csv_value_spanning_lines_across_the_readers_block_boundary_names_its_line(tmp_path, before):
+    """Before, the reader cut its blocks at line ends without following quotes: a row whose quoted value
+    opened within `before` bytes of the cut was parsed as if the quote ended there, and its next line
+    became a row of one field, reported one line late with the wrong message."""
+    from scanner.lists.formats import CSV_BLOCK
+
+    header = "hash_type,hash,id\n"
+    filler = _rows_up_to(CSV_BLOCK - before)
+    text = header + filler + f'md5,{MD5_B},"two\nlines"\n' + f"md5,{MD5_A},1\n"
+    path = write(tmp_path, "list.csv", text)
+    assert_error(path, str(path), 1 + filler.count("\n") + 1, "a quoted value spans lines")
+
+
+@pytest.mark.parametrize("ending", ["\n", "\n\n", ""])
+def test_csv_unterminated_quote_on_the_last_row_is_an_error(tmp_path, ending):
+    """A quote left open on the last row swallows the line break(s) into the value (or ends at the end of
+    the file): the row counts match, and before, the list loaded with an id of 'oops\\n'."""
+    path = write(tmp_path, "list.csv", f'hash_type,hash,id\nmd5,{MD5_A},1\nmd5,{MD5_B},"oops{ending}')
+    with pytest.raises(HashListError) as caught:
+        load_hashlist(str(path))
+    assert caught.value.path == str(path) and caught.value.line == 3
+
+
+def test_csv_unterminated_quote_in_a_large_list_is_a_named_error(tmp_path):
+    """Past one reader block, an unterminated quote is pyarrow's ArrowInvalid (no row named): before, the
+    CLI showed an internal error (exit 70) naming neither the file nor the line."""
+    from scanner.lists.formats import CSV_BLOCK
+
+    row = f"md5,{MD5_A},1\n"
+    text = "hash_type,hash,id\n" + row * 5 + f'md5,{MD5_B},"oops\n' + row * (2 * CSV_BLOCK // len(row))
+    path = write(tmp_path, "list.csv", text)
+    with pytest.raises(HashListError) as caught:
+        load_hashlist(str(path))
+    assert caught.value.path == str(path) and caught.value.line == 7

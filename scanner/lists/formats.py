@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -525,24 +526,68 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
         return pa.table({name: pa.array([], pa.string()) for name in header}), lines
     # The reader starts after the header, not told to skip lines up to it: it skips only within its first
     # block, so a header after a megabyte of comments would be an error; and a row must fit in one block.
-    table = pacsv.read_csv(
-        pa.BufferReader(pa.py_buffer(text.data)[rows.body :]),
-        read_options=pacsv.ReadOptions(
-            use_threads=False, column_names=header, block_size=max(CSV_BLOCK, 2 * rows.longest)
-        ),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
-    )
+    # Quotes are followed across line breaks (newlines_in_values): else a block cut inside a quoted value
+    # closes it there, and its next line reads as a row of its own.
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(pa.py_buffer(text.data)[rows.body :]),
+            read_options=pacsv.ReadOptions(
+                use_threads=False, column_names=header, block_size=max(CSV_BLOCK, 2 * rows.longest)
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
+        )
+    except pa.ArrowInvalid as exc:  # a quote left open past a block: pyarrow names no row
+        line = _first_spanning_line(text.data[rows.body :])
+        if line is None:
+            raise FormatError(
+                f"malformed CSV ({str(exc).splitlines()[0]})", text.first_content_line()
+            ) from exc
+        raise FormatError("a quoted value spans lines", text.first_content_line() + line) from exc
     # pyarrow numbers a row by its place among the non-empty rows it read, from 1: up to the first value
     # that spans lines each of them is one line, so the first error in the file is the one reported.
-    spanning = (
-        _first_spanning_row(table, header, bad_rows) if table.num_rows + len(bad_rows) != len(lines) else 0
-    )
+    spanning = _first_spanning_row(table, header, bad_rows) if _may_span(table, len(lines), bad_rows) else 0
     if bad_rows and not 0 < spanning < bad_rows[0]:
         raise FormatError(f"expected {len(header)} comma-separated fields", int(lines[bad_rows[0] - 1]))
     if spanning:
         raise FormatError("a quoted value spans lines", int(lines[spanning - 1]))
+    if _open_at_end(text.data):
+        raise FormatError("a quoted value is not closed", int(lines[-1]))
     return table, lines
+
+
+def _may_span(table: pa.Table, line_count: int, bad_rows: list[int]) -> bool:
+    """Whether a quoted value may run over a line break: fewer rows than lines, or a last value left open
+    over empty lines only (each of them no row)."""
+    if table.num_rows + len(bad_rows) != line_count:
+        return True
+    last = table.slice(table.num_rows - 1).to_pylist() if table.num_rows else []
+    return any("\n" in (value or "") for value in (last[0].values() if last else ()))
+
+
+def _open_at_end(data: bytes) -> bool:
+    """Whether the last line, with no line break after it, leaves a quoted value open (the reader closes it
+    at the end of the file): a line break added ends up inside that value."""
+    if data.endswith(b"\n"):
+        return False
+    last = data[data.rfind(b"\n") + 1 :].decode("utf-8", "replace")
+    record = next(csv.reader([last + "\n"]), [])
+    return any("\n" in value for value in record)
+
+
+def _first_spanning_line(body: bytes) -> int | None:
+    """The line, counted from the first after the header, where the first record that runs over a line
+    break starts (Python's csv reads it: the error path only)."""
+    reader = csv.reader(io.StringIO(body.decode("utf-8", "replace"), newline=""))
+    done = 0
+    try:
+        for record in reader:
+            if reader.line_num > done + 1 or any("\n" in value for value in record):
+                return done + 1
+            done = reader.line_num
+    except csv.Error:
+        return done + 1
+    return None
 
 
 def _first_spanning_row(table: pa.Table, header: list[str], bad_rows: list[int]) -> int:
