@@ -429,6 +429,9 @@ def test_a_folder_is_read_elsewhere_with_the_rows_the_plan_listed_whatever_chang
     with pytest.raises(SourceError, match="no such directory here") as caught:
         elsewhere.opened(options)[str(folder)]
     assert caught.value.path == str(folder) and moved.is_dir()
+    folder.mkdir()  # the bare mount point of a file system not mounted on that machine
+    with pytest.raises(SourceError, match="every machine of the scan must see the folder"):
+        list(elsewhere.opened(options)[str(folder)].read(unit.span))
 
 
 def test_a_folder_resumes_only_over_the_files_its_plan_listed(tmp_path):

@@ -53,9 +53,12 @@ class FolderSource:
         # written since, that a resumed plan would list and shift the rows after it by.
         self.signature: list[object] = []
         if not listed:
-            if not os.path.isdir(path):  # a node of a cluster without it: the shard fails, not each file
+            # A node of a cluster without the folder (or with the bare mount point of a file system not
+            # mounted there): the shard fails, not each of its files.
+            if not holds_files(path):
                 raise SourceError(
-                    path, "no such directory here: every machine of the scan must see the folder"
+                    path,
+                    "no such directory here, or it is empty: every machine of the scan must see the folder",
                 )
             return
         entries = []
@@ -99,6 +102,17 @@ class FolderSource:
         row.columns = {c: meta.get(c) for c in self.options.extra_cols}
         row.body, row.error = read_file(full, self.options.max_member_bytes)
         return row
+
+
+def holds_files(directory: str) -> bool:
+    """Whether a directory is here and holds anything (a file or a directory)."""
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise SourceError(directory, f"cannot list directory ({exc.strerror})") from exc
 
 
 def walk_files(directory: str) -> Iterator[str]:
