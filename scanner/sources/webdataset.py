@@ -177,6 +177,8 @@ class WebDatasetSource:
         """An image member's bytes, or why they are not read: not a file, too large, or cut short."""
         if not member.isreg():
             return None, link_reason(member)
+        if member.size < 0:  # the walk calls such a header damage: never a read of the rest of the shard
+            return None, SourceReason.CORRUPT_MEMBER
         if member.size > self.options.max_member_bytes:
             return None, SourceReason.MEMBER_TOO_LARGE
         body = read_member(handle, member)
@@ -242,9 +244,12 @@ def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
 
 
 def data_end(member: tarfile.TarInfo, next_header: int) -> int:
-    """Where a member's stored data ends. A sparse member stores only its map's chunks (its size is the
-    expanded one); a map that claims more than the header stored is cut at the next header, so a lying map
-    damages its own member, not the walk."""
+    """Where a member's stored data ends. A link, directory or device stores none whatever its size field
+    says (tarfile reads the next header right after it); a sparse member stores only its map's chunks (its
+    size is the expanded one), and a map that claims more than the header stored is cut at the next
+    header, so a lying map damages its own member, not the walk."""
+    if not member.isreg() and member.type in tarfile.SUPPORTED_TYPES:
+        return member.offset_data
     if not member.issparse():
         return member.offset_data + member.size
     stored = sum(size for _offset, size in member.sparse or ())
@@ -266,14 +271,28 @@ def walk(handle: BinaryIO, start: int, size: int, path: str) -> Iterator[tarfile
             with open_tar(handle, ignore_zeros=True) as tar:
                 while (member := next_member(tar)) is not None:
                     tar.members.clear()  # TarFile keeps every member it has seen; a walk needs none of them
+                    expected = past_global_headers(handle, expected, member.offset)
                     skipped = member.offset > expected and not reported
                     if skipped and not zeros(handle, expected, member.offset):
                         yield Damage(SourceReason.CORRUPT_MEMBER, expected)
+                    if member.size < 0 or tar.offset <= member.offset:  # tarfile would go back or stay
+                        raise _Backwards(member.offset)
                     if data_end(member, tar.offset) > size:
                         yield Damage(SourceReason.TRUNCATED_TAR, member.offset, member.name)
                         return
                     yield member
                     expected, reported = tar.offset, False
+        except _Backwards as exc:  # a negative size: the member is damage, the walk goes on after its header
+            if not reported:
+                yield Damage(SourceReason.CORRUPT_MEMBER, exc.offset)
+            expected = restart = exc.offset + BLOCK
+            reported = True
+            continue
+        except RecursionError:  # tarfile reads a run of extended headers by recursion: too long a run
+            if not reported:
+                yield Damage(SourceReason.CORRUPT_MEMBER, expected)
+            restart, reported = past_extended_headers(handle, max(restart, expected), size), True
+            continue
         except tarfile.ReadError:
             if expected >= size:  # the last member's padding is cut off: tarfile cannot step past it
                 yield Damage(SourceReason.TRUNCATED_TAR, expected)
@@ -300,6 +319,64 @@ def tail_damage(handle: BinaryIO, end: int, size: int) -> Damage | None:
         return None
     ends_with_marker = size - end >= BLOCK and zeros(handle, size - BLOCK, size)
     return Damage(SourceReason.CORRUPT_MEMBER if ends_with_marker else SourceReason.TRUNCATED_TAR, end)
+
+
+class _Backwards(Exception):
+    """A member whose size would send tarfile's next header back (or nowhere): its header's offset."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+def header_at(handle: BinaryIO, offset: int) -> tarfile.TarInfo | None:
+    """The header block at offset as tarfile parses it alone (no extended header applied), if it is one."""
+    handle.seek(offset)
+    try:
+        return tarfile.TarInfo.frombuf(handle.read(BLOCK), "utf-8", "replace")
+    except (tarfile.HeaderError, *DAMAGED_HEADER):
+        return None
+
+
+def after_header(header: tarfile.TarInfo, offset: int) -> int:
+    """Where the next header lies after an extended header at offset and its data."""
+    return offset + BLOCK + -(-header.size // BLOCK) * BLOCK
+
+
+def past_global_headers(handle: BinaryIO, offset: int, member_offset: int) -> int:
+    """Past the global pax headers (git archive writes one) from offset up to a member: tarfile applies
+    them and goes on, so they lie between the last member and the next, and are no damage."""
+    while offset < member_offset:
+        header = header_at(handle, offset)
+        if header is None or header.type != tarfile.XGLTYPE or header.size < 0:
+            break
+        offset = after_header(header, offset)
+    return offset
+
+
+EXTENDED_TYPES = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
+
+
+def past_extended_headers(handle: BinaryIO, offset: int, size: int) -> int:
+    """The first header from offset on that is not an extended one (nor invalid): where a walk resumes
+    after a run of extended headers too long for tarfile, in one pass over the run."""
+    while offset + BLOCK <= size:
+        header = header_at(handle, offset)
+        if header is None or header.size < 0:
+            offset += BLOCK
+        elif header.type in EXTENDED_TYPES:
+            offset = after_header(header, offset)
+        else:
+            return offset
+    return offset
 
 
 def zeros(handle: BinaryIO, start: int, stop: int) -> bool:

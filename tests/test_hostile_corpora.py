@@ -1,0 +1,167 @@
+"""Hostile local corpora found by review: tars whose headers lie or chain, Parquet that expands or repeats
+columns. Each test failed before its fix (8dd9abe)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from scanner.errors import SourceError
+from scanner.sources import SourceOptions, open_source
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_rows(path, **options):
+    source = open_source(str(path), SourceOptions(**options))
+    return [row for span in source.spans() for batch in source.read(span) for row in batch]
+
+
+def summary(rows):
+    return [(r.row, r.member, r.error) for r in rows]
+
+
+def member(name: str, data: bytes = b"", fmt=tarfile.GNU_FORMAT, **fields) -> bytes:
+    """One header block (plus data) as tarfile writes it, fields set on the TarInfo first."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for field, value in fields.items():
+        setattr(info, field, value)
+    return info.tobuf(fmt) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def patch_size(header: bytes, size: int) -> bytes:
+    """Set a header's 12-byte size field (GNU base-256 for negative values) and fix its checksum."""
+    block = bytearray(header[: tarfile.BLOCKSIZE])
+    if size < 0:
+        block[124:136] = (size % 256**12).to_bytes(12, "big")  # 0xff lead byte: a negative number
+    else:
+        block[124:136] = b"%011o\0" % size
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block) + header[tarfile.BLOCKSIZE :]
+
+
+def pax(records: dict[str, str]) -> bytes:
+    """One local ('x') extended header with the given records."""
+    data = b""
+    for keyword, value in records.items():
+        text = f" {keyword}={value}\n".encode()
+        length = len(text) + len(str(len(text)))
+        length += len(str(length)) - len(str(len(text)))
+        data += str(length).encode() + text
+    return member("././@PaxHeader", data, fmt=tarfile.USTAR_FORMAT, type=tarfile.XHDTYPE)
+
+
+END = b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+# 1. A global pax header (git archive writes one, `pax_global_header`) was taken for damage.
+
+
+def test_a_global_pax_header_is_not_a_corrupt_member_row(tmp_path):
+    path = tmp_path / "git-archive-like.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "commit id"}) as tar:
+        for name, data in (("a.jpg", b"x" * 10), ("a.json", json.dumps({"url": "http://e/a"}).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tar:  # a valid archive: one member with an image name
+        assert [m.name for m in tar] == ["a.jpg", "a.json"]
+    rows = read_rows(path)
+    assert summary(rows) == [(0, "a.jpg", None)]  # before: a corrupt_member row 0 first, the image row 1
+
+
+# 2. A run of extended headers recurses in tarfile: it was a RecursionError, exit 70.
+
+
+@pytest.mark.parametrize("kind", ["pax", "gnu-longname"])
+def test_a_run_of_extended_headers_is_damage_not_a_recursion_error(tmp_path, kind):
+    if kind == "pax":
+        header = pax({"comment": "x"})
+    else:
+        header = member("././@LongLink", b"n" * 100 + b"\0", type=tarfile.GNUTYPE_LONGNAME)
+    path = tmp_path / "chain.tar"
+    path.write_bytes(header * 1000 + member("a.jpg", b"x" * 10) + END)  # about 1 MB
+    try:
+        rows = read_rows(path)
+    except SourceError:
+        return  # a named error is fine too
+    # before: RecursionError escaped (a scan exited 70, "internal error")
+    assert rows and all(r.error is not None or r.member == "a.jpg" for r in rows)
+
+
+# 3. A negative member size (GNU base-256, or pax size=-N) sends tarfile backwards: the walk never ended,
+#    or a member's read was handle.read(-1), the whole rest of the shard.
+
+
+def run_bounded(code: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_a_negative_member_size_does_not_loop_forever(tmp_path):
+    path = tmp_path / "backwards.tar"
+    path.write_bytes(member("a.jpg", b"x" * 10) + patch_size(member("b.jpg"), -1024) + END)  # 2.5 KB
+    code = f"""
+        from scanner.sources import SourceOptions, open_source
+        source = open_source({str(path)!r}, SourceOptions())
+        spans = source.spans()
+        print(sum(span.rows for span in spans))
+    """
+    try:
+        done = run_bounded(code, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("spans() of a 2.5 KB tar with a member of size -1024 did not end in 30 s")
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) <= 3
+
+
+def test_a_negative_pax_size_reads_no_more_than_max_member_bytes(tmp_path):
+    path = tmp_path / "minus-one.tar"
+    tail = member("c.bin", b"\1" * (32 * 1024 * 1024))  # 32 MiB of other members after it
+    path.write_bytes(member("a.jpg", b"x" * 10) + pax({"size": "-1"}) + member("b.jpg") + tail + END)
+    code = f"""
+        import tracemalloc
+        from scanner.sources import SourceOptions, open_source
+        source = open_source({str(path)!r}, SourceOptions(max_member_bytes=1024 * 1024))
+        tracemalloc.start()
+        rows = [r for span in source.spans() for batch in source.read(span) for r in batch]
+        print(tracemalloc.get_traced_memory()[1])
+    """
+    done = run_bounded(code, timeout=60)
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stdout)
+    assert peak < 4 * 1024 * 1024, f"reading a member of size -1 held {peak} bytes (max_member_bytes 1 MiB)"
+
+
+# 4. A link, directory, device or FIFO header with a size field past the end of the file: POSIX stores no data
+#    for these types and tarfile (the walk's own reader) goes on to the next header, but the walk calls it
+#    truncated and stopped: every later member was lost.
+
+
+@pytest.mark.parametrize(
+    "kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE]
+)
+def test_a_huge_size_on_a_member_without_data_loses_no_later_member(tmp_path, kind):
+    name = "d" if kind == tarfile.DIRTYPE else "x.jpg"
+    odd = patch_size(member(name, type=kind, linkname="a.jpg"), 10**9)
+    path = tmp_path / "sized-link.tar"
+    path.write_bytes(member("a.jpg", b"abc") + odd + member("b.jpg", b"def") + END)
+    with tarfile.open(path) as tar:
+        assert [m.name for m in tar] == ["a.jpg", name, "b.jpg"]
+    members = [r.member for r in read_rows(path)]
+    assert "b.jpg" in members  # before: [a.jpg, <name> truncated_tar], b.jpg never seen
