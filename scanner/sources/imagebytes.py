@@ -6,16 +6,19 @@ Rows carry the bytes in memory (no fetch); `url` and `key` are filled where the 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scanner.errors import SourceError
 from scanner.outcomes import SourceReason
-from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, cell_to_str, pick_column
+from scanner.sources.base import KEY_COLUMNS, URL_COLUMNS, Row, SourceOptions, Span, cell_to_str, pick_column
 from scanner.sources.parquet import ParquetSource, open_parquet_file
 
 BINARY_IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image", "img")
-# Images are large: a small batch keeps the decoded rows waiting for the pipeline to a few MB.
+# Images are large: a small batch keeps the decoded rows waiting for the pipeline to a few MB; fewer rows
+# when the footer says they are larger (megabytes of zeros compress to nothing: a batch of them does not).
 IMAGE_BATCH_ROWS = 32
+IMAGE_BATCH_BYTES = 8 * 1024 * 1024
 
 
 def open_parquet(path: str, options: SourceOptions) -> ParquetSource:
@@ -24,6 +27,12 @@ def open_parquet(path: str, options: SourceOptions) -> ParquetSource:
     column = image_column(path, file.schema_arrow, options.image_col)
     if column is None:
         return ParquetSource(path, options, file)
+    if is_binary(file.schema_arrow.field(column).type):
+        # A dictionary-encoded column's footer counts each distinct image once: a shard of one image of
+        # zeros a thousand times is a few KB on disk, its footer says one image, and rows read plain are a
+        # thousand copies. Read as a dictionary, it is held once.
+        file.close()
+        file = open_parquet_file(path, dictionary=(column,))
     return ImageParquetSource(path, options, file, column)
 
 
@@ -32,6 +41,8 @@ def image_column(path: str, schema: pa.Schema, wanted: str | None) -> str | None
     if wanted is not None:
         if wanted not in schema.names:
             raise SourceError(path, f"no image column {wanted!r}; columns are: {', '.join(schema.names)}")
+        if schema.names.count(wanted) > 1:
+            raise SourceError(path, f"column {wanted!r} appears more than once: name each once")
         if not holds_bytes(schema.field(wanted).type):
             raise SourceError(
                 path, f"column {wanted!r} is {schema.field(wanted).type}, not binary or an image"
@@ -84,22 +95,40 @@ class ImageParquetSource(ParquetSource):
     def _read_columns(self) -> list[str]:
         return list(dict.fromkeys([self.image_col, *super()._read_columns()]))
 
+    def _batch_rows(self, span: Span) -> int:
+        """IMAGE_BATCH_ROWS, or fewer when the footer says the span's images are larger on average."""
+        meta = self._file.metadata
+        groups = [meta.row_group(g) for g in span.row_groups]
+        largest = max((_image_bytes(g, self.image_col) / max(g.num_rows, 1) for g in groups), default=0.0)
+        return max(1, min(IMAGE_BATCH_ROWS, int(IMAGE_BATCH_BYTES // max(largest, 1.0))))
+
     def _rows(self, batch: pa.RecordBatch, first_row: int) -> list[Row]:
         rows = super()._rows(batch, first_row)
-        for row, cell in zip(rows, batch.column(self.image_col).to_pylist(), strict=True):
-            body, row.member = cell_parts(cell)
-            if body is None:
+        column = batch.column(self.image_col)
+        cells = column.field("bytes") if pa.types.is_struct(column.type) else column
+        values, indices = (
+            (cells.dictionary, cells.indices) if pa.types.is_dictionary(cells.type) else (cells, None)
+        )
+        lengths = pc.binary_length(values)
+        sizes = pc.fill_null(lengths if indices is None else lengths.take(indices), 0).to_pylist()
+        names = column.field("path").to_pylist() if _has_path(column.type) else [None] * len(rows)
+        for i, (row, size) in enumerate(zip(rows, sizes, strict=True)):
+            valid = column[i].is_valid
+            row.member = cell_to_str(names[i]) if valid else None
+            if size == 0 or not valid:
                 row.error = SourceReason.NO_IMAGE_BYTES
-            elif len(body) > self.options.max_member_bytes:
+            elif size > self.options.max_member_bytes:  # never copied out of the batch
                 row.error = SourceReason.MEMBER_TOO_LARGE
             else:
-                row.body = body
+                row.body = values[i if indices is None else indices[i].as_py()].as_py()
         return rows
 
 
-def cell_parts(cell: object) -> tuple[bytes | None, str | None]:
-    """The image bytes and original file name of one cell (a struct's `path`, when it has one)."""
-    if isinstance(cell, dict):
-        body, name = cell.get("bytes"), cell_to_str(cell.get("path"))
-        return (body or None), name
-    return (cell or None), None
+def _has_path(kind: pa.DataType) -> bool:
+    return pa.types.is_struct(kind) and kind.get_field_index("path") >= 0
+
+
+def _image_bytes(group: pq.RowGroupMetaData, column: str) -> int:
+    """The uncompressed bytes the footer gives for a row group's image column (all its leaves)."""
+    chunks = (group.column(i) for i in range(group.num_columns))
+    return sum(c.total_uncompressed_size for c in chunks if c.path_in_schema.split(".")[0] == column)

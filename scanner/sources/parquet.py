@@ -23,12 +23,13 @@ from scanner.sources.storage import open_input
 READ_BATCH_ROWS = 8192
 
 
-def open_parquet_file(path: str) -> pq.ParquetFile:
+def open_parquet_file(path: str, dictionary: tuple[str, ...] = ()) -> pq.ParquetFile:
     """Open a Parquet shard (local, or remote through fsspec) reading only its footer. A local one is handed
-    to pyarrow opened, so that what was checked to be a regular file is what is read."""
+    to pyarrow opened, so that what was checked to be a regular file is what is read. Columns in
+    `dictionary` are read as their dictionary and indices: a value stored once is held once, not per row."""
     handle = open_input(path)
     try:
-        return pq.ParquetFile(handle)
+        return pq.ParquetFile(handle, read_dictionary=list(dictionary) or None)
     except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:  # column names need not be UTF-8
         handle.close()
         raise SourceError(path, f"not a readable Parquet file ({exc})") from exc
@@ -44,7 +45,13 @@ class ParquetSource:
         self.path = path
         self.options = options
         self._file = file or open_parquet_file(path)
-        self._pick_columns(self._file.schema_arrow.names)
+        names = self._file.schema_arrow.names
+        self._pick_columns(names)
+        repeated = sorted({c for c in self._read_columns() if names.count(c) > 1})
+        if repeated:
+            raise SourceError(
+                path, f"column {', '.join(map(repr, repeated))} appears more than once: name each once"
+            )
 
     def _pick_columns(self, names: list[str]) -> None:
         """Find the URL (required), key and extra columns, or fail listing the columns there are."""
@@ -93,7 +100,7 @@ class ParquetSource:
         row = self._first_row(span.row_groups[0]) if span.row_groups else span.start
         try:
             batches = self._file.iter_batches(
-                batch_size=self.read_batch_rows,
+                batch_size=self._batch_rows(span),
                 row_groups=list(span.row_groups),
                 columns=self._read_columns(),
             )
@@ -102,6 +109,8 @@ class ParquetSource:
                 if high > low:
                     yield self._rows(batch.slice(low, high - low), row + low)
                 row += batch.num_rows
+                if row >= span.stop:  # a span cut from a large row group: the rest of the group is not its
+                    break
             if row < span.stop:  # pyarrow can end a damaged row group early without an error
                 raise SourceError(self.path, f"corrupt data near row {row} (fewer rows than the footer says)")
         except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:  # a string cell need not be UTF-8
@@ -109,6 +118,10 @@ class ParquetSource:
 
     def _read_columns(self) -> list[str]:
         return list(dict.fromkeys(c for c in (self.url_col, self.key_col, *self.options.extra_cols) if c))
+
+    def _batch_rows(self, span: Span) -> int:
+        """Rows decoded at once from the span's row groups."""
+        return self.read_batch_rows
 
     def _first_row(self, group: int) -> int:
         meta = self._file.metadata
