@@ -117,6 +117,7 @@ _TRIM_ROUNDS = 4  # whitespace runs longer than this (rare) go to pyarrow's trim
 # first call in a process (its registries, scipy) costs far more than numpy spends on a small file.
 NUMPY_PACK_BYTES = 1 << 20
 NEWLINE_BLOCK = 1 << 20  # bytes searched for line ends at a time
+MAX_CSV_COLUMNS = 1000
 CSV_BLOCK = 1 << 20  # bytes pyarrow's CSV reader parses at a time (its default), unless a line is longer
 
 
@@ -256,6 +257,7 @@ class CsvFormat(ListFormat):
     typed = True
     roles: ClassVar[Mapping[str, tuple[str, ...]]]  # role -> accepted header names (lower_snake_case)
     type_names: ClassVar[Mapping[str, str]]  # type column value (lower case) -> hash type
+    only_own_types: ClassVar[bool] = False  # only type_names (and plug-in aliases), not every listable type
 
     @classmethod
     def sniff(cls, first_line: str, hash_type: str | None) -> bool:
@@ -275,6 +277,11 @@ class CsvFormat(ListFormat):
 
     def read(self, text: ListText, hash_type: str | None) -> RawList:
         header = _header(text.first_line)
+        if len(header) > MAX_CSV_COLUMNS:  # the reader takes kilobytes a column before a row is read
+            raise FormatError(
+                f"a header of {len(header)} columns (a list has a few; at most {MAX_CSV_COLUMNS})",
+                text.first_content_line(),
+            )
         if len(set(header)) != len(header):
             raise FormatError(
                 f"the header repeats a column name: {text.first_line!r}", text.first_content_line()
@@ -287,7 +294,7 @@ class CsvFormat(ListFormat):
         del table
         for role in column:  # each column's chunks go as its one array is made: not the table twice over
             column[role] = column[role].combine_chunks()
-        types, known, skipped = hash_types(column.pop("type"), self.type_names, lines)
+        types, known, skipped = hash_types(column.pop("type"), self.type_names, lines, self.only_own_types)
         raw = RawList(
             hashes=trimmed(column.pop("hash")),
             types=types,
@@ -317,7 +324,15 @@ class NcmecCsv(CsvFormat):
         "id": ("id", "hash_id", "entry_id", "image_id", "record_id", "file_id"),
         "category": ("category", "classification", "label", "class"),
     }
-    type_names: ClassVar = {"md5": "md5", "sha1": "sha1", "sha-1": "sha1", "sha256": "sha256", "pdq": "pdq"}
+    type_names: ClassVar = {
+        "md5": "md5",
+        "sha1": "sha1",
+        "sha-1": "sha1",
+        "sha256": "sha256",
+        "sha-256": "sha256",
+        "pdq": "pdq",
+    }
+    only_own_types = True  # its README entry: md5, sha1 or sha-1, sha256 or sha-256, pdq
 
 
 SIGNAL_TYPES: Mapping[str, str] = {
@@ -500,16 +515,20 @@ class _CsvRows:
     lines: np.ndarray
     body: int
     longest: int
+    commented: int  # the first row's line that starts with "#" (0: none)
 
     @classmethod
     def of(cls, data: bytes, header_line: int) -> _CsvRows:
         buffer = np.frombuffer(data, dtype=np.uint8)
         starts, ends = _line_bounds(buffer)
         lengths = ends - starts
-        carriage_return_only = (lengths == 1) & (buffer[np.minimum(starts, len(buffer) - 1)] == ord("\r"))
+        first_bytes = buffer[np.minimum(starts, len(buffer) - 1)]
+        carriage_return_only = (lengths == 1) & (first_bytes == ord("\r"))
         rows = np.flatnonzero((lengths > 0) & ~carriage_return_only) + 1
         body = int(starts[header_line]) if header_line < len(starts) else len(data)
-        return cls(rows[rows > header_line], body, int(lengths.max(initial=0)) + 1)
+        rows = rows[rows > header_line]
+        commented = rows[first_bytes[rows - 1] == ord("#")]
+        return cls(rows, body, int(lengths.max(initial=0)) + 1, int(commented[0]) if len(commented) else 0)
 
 
 def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
@@ -547,12 +566,20 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
     # pyarrow numbers a row by its place among the non-empty rows it read, from 1: up to the first value
     # that spans lines each of them is one line, so the first error in the file is the one reported.
     spanning = _first_spanning_row(table, header, bad_rows) if _may_span(table, len(lines), bad_rows) else 0
+    errors = []
     if bad_rows and not 0 < spanning < bad_rows[0]:
-        raise FormatError(f"expected {len(header)} comma-separated fields", int(lines[bad_rows[0] - 1]))
+        errors.append((int(lines[bad_rows[0] - 1]), f"expected {len(header)} comma-separated fields"))
     if spanning:
-        raise FormatError("a quoted value spans lines", int(lines[spanning - 1]))
+        errors.append((int(lines[spanning - 1]), "a quoted value spans lines"))
+    if rows.commented:  # every other format skips such a line: here it would be a live entry
+        errors.append(
+            (rows.commented, 'a row starts with "#": delete a commented-out row, or quote the value')
+        )
     if _open_at_end(text.data):
-        raise FormatError("a quoted value is not closed", int(lines[-1]))
+        errors.append((int(lines[-1]), "a quoted value is not closed"))
+    if errors:
+        line, message = min(errors)
+        raise FormatError(message, line)
     return table, lines
 
 
@@ -606,22 +633,33 @@ def _first_spanning_row(table: pa.Table, header: list[str], bad_rows: list[int])
 # A plug-in's name for a type lists name otherwise (NCMEC's `pdna` is pytx's PhotoDNA signal):
 # accepted in every typed format once the plug-in is registered, skipped and counted before.
 TYPE_ALIASES: Mapping[str, str] = {"pdna": "photodna"}
-_TYPE_NAME = r"^[a-z0-9][a-z0-9_.+-]{0,63}$"  # what a list may call a hash type, known or not
+_TYPE_NAME = r"^[a-z][a-z0-9_.+-]{0,63}$"  # what a list may call a hash type, known or not
+_HEX_DIGEST = r"^[0-9a-f]{16,}$"  # a hash in the type column (columns swapped): an error, never a type name
+# Distinct unknown type names a list may hold (each is skipped and named in the reports): more is not a list
+# of hashes the scanner cannot compute but a column of something else.
+MAX_UNKNOWN_TYPES = 100
 
 
 def hash_types(
-    values: pa.Array, names: Mapping[str, str], lines: np.ndarray
+    values: pa.Array, names: Mapping[str, str], lines: np.ndarray, own_only: bool = False
 ) -> tuple[pa.Array, pa.Array, dict[str, SkippedType]]:
     """Row type names mapped to hash types (`names`, else the live registry's listable names: a plug-in's
-    type counts as soon as it is registered), which rows are of a known type, and the rows of other types,
-    counted by name; a value that is no type name at all is an error at its first line."""
+    type counts as soon as it is registered; with own_only, `names` and plug-in aliases only), which rows
+    are of a known type, and the rows of other types, counted by name; a value that is no type name at all
+    (a hash, in swapped columns) is an error at its first line, as are too many unknown names."""
     values = pc.utf8_lower(trimmed(values.cast(pa.string())))
     aliases = {alias: name for alias, name in TYPE_ALIASES.items() if name in LIST_TYPE_NAMES}
-    accepted = {**{name: name for name in LIST_TYPE_NAMES}, **aliases, **names}
-    named = pc.fill_null(pc.match_substring_regex(values, _TYPE_NAME), False)
+    listable = {} if own_only else {name: name for name in LIST_TYPE_NAMES}
+    accepted = {**listable, **aliases, **names}
+    digest = pc.fill_null(pc.match_substring_regex(values, _HEX_DIGEST), False)
+    named = pc.and_(pc.fill_null(pc.match_substring_regex(values, _TYPE_NAME), False), pc.invert(digest))
     bad = np.flatnonzero(~named.to_numpy(zero_copy_only=False))
     if len(bad):
         row = int(bad[0])
+        if digest[row].as_py():  # the list's own hash: not repeated in a message
+            raise FormatError(
+                "a hash where its type's name should be: are the columns swapped?", int(lines[row])
+            )
         raise FormatError(f"not a hash type name: {values[row].as_py()!r}", int(lines[row]))
     known = pc.is_in(values, value_set=pa.array(list(accepted), pa.string()))
     skipped = _skipped_by_name(values, known, lines)
@@ -635,12 +673,21 @@ def _skipped_by_name(values: pa.Array, known: pa.Array, lines: np.ndarray) -> di
     unknown = np.flatnonzero(~known.to_numpy(zero_copy_only=False))
     if not len(unknown):
         return {}
-    names = values.take(pa.array(unknown))
-    counts = pc.value_counts(names)
-    skipped = {}
-    for item in counts.to_pylist():
-        first = unknown[_first_true(pc.equal(names, item["values"]))]
-        skipped[item["values"]] = SkippedType(item["counts"], SkipReason.NO_HASHER, int(lines[first]))
+    encoded = pc.dictionary_encode(values.take(pa.array(unknown)))
+    kinds, firsts, counts = np.unique(
+        encoded.indices.to_numpy(zero_copy_only=False), return_index=True, return_counts=True
+    )
+    names = encoded.dictionary.to_pylist()
+    if len(kinds) > MAX_UNKNOWN_TYPES:
+        raise FormatError(
+            f"{len(kinds)} different hash type names the scanner does not know (at most {MAX_UNKNOWN_TYPES}):"
+            " is this the type column?",
+            int(lines[unknown[firsts.min()]]),
+        )
+    skipped = {
+        names[kind]: SkippedType(int(count), SkipReason.NO_HASHER, int(lines[unknown[first]]))
+        for kind, first, count in zip(kinds, firsts, counts, strict=True)
+    }
     return dict(sorted(skipped.items()))
 
 

@@ -55,7 +55,9 @@ def pages(folder: Path) -> list[Path]:
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
     found = [p for p in folder.iterdir() if p.suffix.lower() == PAGE_SUFFIX and not p.name.startswith(".")]
-    return sorted(found, key=order)
+    return sorted(
+        found, key=lambda path: (order(path), path.name)
+    )  # page-1 and page-01: not by listing order
 
 
 def folder_digest(named_digests: list[tuple[str, str]]) -> str:
@@ -188,8 +190,13 @@ def read_pages(pages_in_order: Iterator[Page], starts: list[tuple[str, int]]) ->
             _parse(page.data, entries, offset)
         except FormatError as error:
             raise PageError(page.name, error.message, error.line) from None
-        offset += page.data.count(b"\n") + 1
+        offset += _lines(page.data)
     return _rows(list(entries.values()))
+
+
+def _lines(data: bytes) -> int:
+    """The lines of a page as the XML parser counts them: a line ends at "\n", "\r\n" or a lone "\r"."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n") + 1
 
 
 def locate(starts: list[tuple[str, int]], line: int) -> tuple[str, int]:
