@@ -88,6 +88,33 @@ def test_a_page_with_cr_line_ends_is_named_in_a_folders_error(tmp_path):
     assert (caught.value.path, caught.value.line) == (str(folder / "page-1.xml"), 5)
 
 
+# 4. For a folder, lines inside messages (the first line of a repeated id, the duplicate warning, a skipped
+# type's first_line) were whole-folder numbers, matching no line of any page.
+def test_a_folders_repeated_id_names_the_earlier_page_and_line(tmp_path):
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    filler = "\n".join(image(f"f{i}", f"<sha1>{i + 1:040x}</sha1>") for i in range(20))
+    write(folder, "page-1.xml", document(filler))
+    write(folder, "page-2.xml", document(image("b", f"<md5>{MD5_A}</md5>")))  # line 4
+    write(folder, "page-3.xml", document(image("b", f"<md5>{MD5_B}</md5>", tag="video"), kind="videos"))
+    with pytest.raises(HashListError) as caught:
+        load_hashlist(str(folder))
+    assert caught.value.path.endswith("page-3.xml") and caught.value.line == 4
+    assert "(the first at page-2.xml line 4)" in caught.value.message  # was "line 31"
+
+
+def test_a_folders_skipped_first_line_is_a_line_of_its_page(tmp_path):
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    filler = "\n".join(image(f"f{i}", f"<sha1>{i + 1:040x}</sha1>") for i in range(20))
+    write(folder, "page-1.xml", document(filler))
+    write(folder, "page-2.xml", document(image("p", f"<pdna>xx</pdna><md5>{MD5_A}</md5>")))  # line 4
+    skipped = load_hashlist(str(folder)).stats["skipped"]["pdna"]
+    assert (skipped["first_line"], skipped["page"]) == (4, "page-2.xml")  # was 31, no page
+    single = load_hashlist(str(folder / "page-2.xml")).stats["skipped"]["pdna"]
+    assert single["first_line"] == 4 and "page" not in single
+
+
 # 5. ncmec.pages: names whose numbers compare equal ("page-1", "page-01") keep the directory's listing
 # order, which differs between file systems: which state of an entry wins, and the folder digest, vary.
 def test_page_order_does_not_depend_on_the_directory_listing_order(tmp_path):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import warnings
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -189,8 +190,13 @@ def _load_ncmec(spec: ListSpec, data: bytes | None) -> HashList:
         raw = ncmec.read_pages(read_all(), starts)
     except ncmec.PageError as error:
         raise HashListError(error.path, error.message, error.line) from None
+
+    def where(line: int) -> str:
+        page, own = ncmec.locate(starts, line)
+        return f"{os.path.basename(page)} line {own}" if data is None else at_line(own)
+
     try:
-        entries, merged = _decode(raw, path)
+        entries, merged = _decode(raw, path, where)
     except HashListError as error:
         if error.line is None:
             raise
@@ -198,7 +204,16 @@ def _load_ncmec(spec: ListSpec, data: bytes | None) -> HashList:
         raise HashListError(page, error.message, line) from None
     digest = digests[0][1] if data is not None else ncmec.folder_digest(digests)
     size = sum(sizes)
-    return HashList(spec.name, spec.path, digest, ncmec.NAME, entries, merged, dict(raw.skipped), size)
+    skipped = {name: _on_page(found, starts, data is None) for name, found in raw.skipped.items()}
+    return HashList(spec.name, spec.path, digest, ncmec.NAME, entries, merged, skipped, size)
+
+
+def _on_page(skipped: SkippedType, starts: list[tuple[str, int]], folder: bool) -> SkippedType:
+    """A folder's skipped type with its first line as a line of its page (and the page named)."""
+    if skipped.first_line is None:
+        return skipped
+    page, line = ncmec.locate(starts, skipped.first_line)
+    return dataclasses.replace(skipped, first_line=line, page=os.path.basename(page) if folder else None)
 
 
 def _checked_text(data: bytes, path: str) -> ListText:
@@ -215,8 +230,16 @@ def _checked_text(data: bytes, path: str) -> ListText:
         raise
 
 
-def _decode(raw: RawList, path: str) -> tuple[dict[str, HashEntries], int]:
-    """Entries per hash type and how many repeated hashes were merged."""
+def at_line(line: int) -> str:
+    """A line of a list file, in a message."""
+    return f"line {line}"
+
+
+def _decode(
+    raw: RawList, path: str, where: Callable[[int], str] = at_line
+) -> tuple[dict[str, HashEntries], int]:
+    """Entries per hash type and how many repeated hashes were merged; `where` names a line of the list in
+    a message (for a folder of pages, the page and its own line)."""
     if len(raw.hashes) == 0 and raw.skipped:
         unknown = "; ".join(
             f"unknown hash type {name!r} on {n.entries} entries ({n.why(name)})"
@@ -234,13 +257,13 @@ def _decode(raw: RawList, path: str) -> tuple[dict[str, HashEntries], int]:
     merged = 0
     for type_name in sorted(groups):
         rows = groups[type_name]
-        entries[type_name], repeats = _decode_type(list_keys(type_name), raw, rows, path)
+        entries[type_name], repeats = _decode_type(list_keys(type_name), raw, rows, path, where)
         merged += repeats
     return entries, merged
 
 
 def _decode_type(
-    hash_type: ListKeys, raw: RawList, rows: pa.Array | None, path: str
+    hash_type: ListKeys, raw: RawList, rows: pa.Array | None, path: str, where: Callable[[int], str]
 ) -> tuple[HashEntries, int]:
     """One type's entries (rows: which of the list's rows hold this type; None for all): decoded keys,
     repeats merged, ids checked."""
@@ -256,13 +279,13 @@ def _decode_type(
         first_repeat = int(lines[np.flatnonzero(~keep)[0]])
         warnings.warn(
             f"{path}: {repeats} repeated {hash_type.name} hash(es) merged into their first entry "
-            f"(first repeat at line {first_repeat})",
+            f"(first repeat at {where(first_repeat)})",
             DuplicateHashWarning,
             stacklevel=2,
         )
         kept = pa.array(keep)
     ids = _subset(_subset(raw.ids, rows), kept) if raw.ids is not None else _subset(parsed.names, kept)
-    _check_unique_ids(ids, lines[keep], hash_type.name, path)
+    _check_unique_ids(ids, lines[keep], hash_type.name, path, where)
     entries = HashEntries(
         hash_type=hash_type,
         keys=aligned_copy(parsed.keys[keep]) if repeats else parsed.keys,
@@ -292,7 +315,9 @@ def _subset(column: ColumnT, mask: pa.Array | None) -> ColumnT:
     return column if column is None or mask is None else column.filter(mask)
 
 
-def _check_unique_ids(ids: pa.Array | None, lines: np.ndarray, type_name: str, path: str) -> None:
+def _check_unique_ids(
+    ids: pa.Array | None, lines: np.ndarray, type_name: str, path: str, where: Callable[[int], str]
+) -> None:
     """Refuse one id given to two different hashes of the same type (repeats are already merged)."""
     if ids is None:
         return
@@ -308,6 +333,6 @@ def _check_unique_ids(ids: pa.Array | None, lines: np.ndarray, type_name: str, p
     raise HashListError(
         path,
         f"id {ids[row].as_py()!r} is given to two different {type_name} hashes "
-        f"(the first at line {lines[first_row]})",
+        f"(the first at {where(int(lines[first_row]))})",
         int(lines[row]),
     )

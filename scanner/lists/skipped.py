@@ -4,6 +4,7 @@ reject the whole list, nor vanish without a word in the reports."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class SkippedType:
     entries: int
     reason: SkipReason
     first_line: int | None = None
+    page: str | None = None  # in a folder of saved pages, the one first_line is a line of
 
     def why(self, type_name: str) -> str:
         """The reason in words, naming what to do about it."""
@@ -38,6 +40,7 @@ class SkippedType:
             "reason": str(self.reason),
             "why": self.why(type_name),
             "first_line": self.first_line,
+            **({"page": self.page} if self.page is not None else {}),
         }
 
 
@@ -51,5 +54,5 @@ def merged(*parts: Mapping[str, SkippedType]) -> dict[str, SkippedType]:
                 total[name] = skipped
             else:
                 entries = earlier.entries + skipped.entries
-                total[name] = SkippedType(entries, earlier.reason, earlier.first_line)
+                total[name] = dataclasses.replace(earlier, entries=entries)
     return dict(sorted(total.items()))
