@@ -167,3 +167,18 @@ def test_ncmec_csv_refuses_types_outside_its_documented_set(tmp_path):
     path = write(tmp_path, "n.csv", f"type,value,id\nmd5,{MD5_A},1\nphash,{'f' * 16},2\n")
     hash_list = load_hashlist(str(path))
     assert "phash" not in hash_list.counts
+
+
+# 9. NCMEC entries are keyed (kind, id); python-threatexchange keys them by member and id: two members'
+# entries with one id were one entry, the later silently replacing the earlier. Now a named error.
+def test_two_members_entries_with_one_id_are_refused(tmp_path):
+    text = document(
+        image("5", f"<md5>{MD5_A}</md5>", member="1"), image("5", f"<md5>{MD5_B}</md5>", member="2")
+    )
+    path = write(tmp_path, "r.xml", text)
+    with pytest.raises(HashListError, match="image id '5' is given by members 1 and 2") as caught:
+        load_hashlist(str(path))
+    assert caught.value.line == 5  # the second entry
+    same_member = document(image("5", f"<md5>{MD5_A}</md5>"), image("5", f"<md5>{MD5_B}</md5>"))
+    updated = load_hashlist(str(write(tmp_path, "u.xml", same_member)))  # a later state of one entry
+    assert updated.counts == {"md5": 1}

@@ -158,8 +158,21 @@ class _Handler(ContentHandler):
         key = (entry.kind, entry.entry_id)
         if entry.deleted:
             self.entries.pop(key, None)
-        else:
-            self.entries[key] = entry  # a later state of an entry replaces the earlier one, in its place
+            return
+        earlier = self.entries.get(key)
+        if (
+            earlier is not None
+            and None not in (earlier.member_id, entry.member_id)
+            and earlier.member_id != entry.member_id
+        ):
+            # Ids may be each member's own (pytx keys entries by member and id): the later would replace
+            # another member's entry without a word.
+            raise FormatError(
+                f"{entry.kind} id {entry.entry_id!r} is given by members {earlier.member_id} and "
+                f"{entry.member_id}: one member's entry would replace the other's",
+                entry.line,
+            )
+        self.entries[key] = entry  # a later state of an entry replaces the earlier one, in its place
 
 
 class PageError(FormatError):
