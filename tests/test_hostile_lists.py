@@ -182,3 +182,9 @@ def test_two_members_entries_with_one_id_are_refused(tmp_path):
     same_member = document(image("5", f"<md5>{MD5_A}</md5>"), image("5", f"<md5>{MD5_B}</md5>"))
     updated = load_hashlist(str(write(tmp_path, "u.xml", same_member)))  # a later state of one entry
     assert updated.counts == {"md5": 1}
+
+
+def test_a_wrong_length_counts_characters_not_bytes(tmp_path):
+    path = write(tmp_path, "w.txt", "\uff10" * 31 + "\n")  # full-width digits: 3 bytes each (was "93")
+    with pytest.raises(HashListError, match="this has 31 characters"):
+        load_hashlist(f"md5:{path}")

@@ -168,7 +168,12 @@ def decode_hex(values: pa.Array, nbytes: int, type_name: str) -> np.ndarray:
     wrong = np.flatnonzero(lengths != 2 * nbytes)
     if len(wrong):
         row = int(wrong[0])
-        raise BadValue(row, f"a {type_name} hash has {2 * nbytes} hex digits, this has {lengths[row]}")
+        characters = len(
+            values[row].as_py()
+        )  # the bytes' count is not what a reader sees (full-width digits)
+        raise BadValue(
+            row, f"a {type_name} hash has {2 * nbytes} hex digits, this has {characters} characters"
+        )
     digits = _ascii_rows(values, 2 * nbytes)
     keys = aligned_empty((len(values), nbytes))
     for first in range(0, len(values), _DECODE_ROWS):
