@@ -173,7 +173,19 @@ def test_a_huge_size_on_a_member_without_data_loses_no_later_member(tmp_path, ki
 #    few-KB shard of zstd'd zeros took GBs (measured: 8.9 KB -> 3.5 GB RSS with 4 x 256 MiB cells).
 
 
-def test_an_image_parquet_compression_bomb_is_read_a_row_at_a_time_and_never_copied(tmp_path):
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "img2dataset",
+        pytest.param(
+            "hugging-face",
+            marks=pytest.mark.xfail(
+                reason="pyarrow reads no nested dictionary: each row's copy", strict=True
+            ),
+        ),
+    ],
+)
+def test_an_image_parquet_compression_bomb_is_read_a_row_at_a_time_and_never_copied(tmp_path, layout):
     """Before, 32 rows were decoded at once and every cell copied before its size was checked. A cell must
     still be decompressed to learn its size (pyarrow gives none without), so what is bounded is how many
     at once: one row when the footer says rows are large, a dictionary-encoded image once (not once per
@@ -182,8 +194,14 @@ def test_an_image_parquet_compression_bomb_is_read_a_row_at_a_time_and_never_cop
     path = tmp_path / "bomb.parquet"
     cell, rows = b"\0" * (16 * 1024 * 1024), 24
     urls = [f"http://e/{i}" for i in range(rows)]
+    if layout == "img2dataset":
+        images = pa.array([cell] * rows, pa.large_binary())
+    else:
+        images = pa.array([{"bytes": cell, "path": f"{i}.jpg"} for i in range(rows)])
     pq.write_table(
-        pa.table({"jpg": pa.array([cell] * rows, pa.large_binary()), "url": urls}), path, compression="zstd"
+        pa.table({"jpg" if layout == "img2dataset" else "image": images, "url": urls}),
+        path,
+        compression="zstd",
     )
     del cell
     assert path.stat().st_size < 100_000

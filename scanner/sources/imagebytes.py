@@ -27,10 +27,11 @@ def open_parquet(path: str, options: SourceOptions) -> ParquetSource:
     column = image_column(path, file.schema_arrow, options.image_col)
     if column is None:
         return ParquetSource(path, options, file)
+    # A dictionary-encoded column's footer counts each distinct image once: a shard of one image of zeros a
+    # thousand times is a few KB on disk, its footer says one image, and rows read plain are a thousand
+    # copies. Read as a dictionary, it is held once.
+    # (Not a Hugging Face struct's `bytes`: pyarrow reads no nested dictionary across chunks.)
     if is_binary(file.schema_arrow.field(column).type):
-        # A dictionary-encoded column's footer counts each distinct image once: a shard of one image of
-        # zeros a thousand times is a few KB on disk, its footer says one image, and rows read plain are a
-        # thousand copies. Read as a dictionary, it is held once.
         file.close()
         file = open_parquet_file(path, dictionary=(column,))
     return ImageParquetSource(path, options, file, column)
