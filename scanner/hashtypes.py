@@ -207,6 +207,8 @@ for _type in (
 ):
     register(_type)
 del _type
+BUILT_IN = frozenset(_REGISTRY)
+"""The types the scanner itself registers; any other is a plug-in's."""
 
 
 @dataclass(frozen=True, slots=True)

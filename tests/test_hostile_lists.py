@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 
 from scanner.errors import HashListError
+from scanner.hashtypes import HashType, registered
 from scanner.lists import load_hashlist, ncmec
 
 MD5_A = "670f8a29aee4a068e0a12171e1cc294c"
@@ -188,3 +189,34 @@ def test_a_wrong_length_counts_characters_not_bytes(tmp_path):
     path = write(tmp_path, "w.txt", "\uff10" * 31 + "\n")  # full-width digits: 3 bytes each (was "93")
     with pytest.raises(HashListError, match="this has 31 characters"):
         load_hashlist(f"md5:{path}")
+
+
+# A second review: ncmec-csv's own types only (above) had dropped a registered plug-in's type by its own name.
+def test_ncmec_csv_takes_a_registered_plug_in_type_by_its_own_name(tmp_path):
+    path = tmp_path / "n.csv"
+    path.write_text(f"hash_type,hash_value,entry_id\nmd5,{MD5_A},1\nPhotoDNA,{MD5_A},2\npdna,{'1' * 32},3\n")
+    with registered(HashType("photodna", 16, "image", index="hamming", threshold=3)):
+        hash_list = load_hashlist(str(path))
+    assert hash_list.counts == {"md5": 1, "photodna": 2}
+    assert hash_list.stats["skipped"] == {}
+
+
+# ncmec._rows called hash_types outside read_pages' try: its errors (a hex-looking fingerprint element name,
+# more than MAX_UNKNOWN_TYPES names) escaped as a bare FormatError: the CLI's "internal error".
+@pytest.mark.parametrize(
+    "fingerprints",
+    [
+        ["<deadbeefdeadbeef>x</deadbeefdeadbeef>"],
+        [f"<t{i}>x</t{i}>" for i in range(101)],
+    ],
+    ids=["hex-element-name", "101-element-names"],
+)
+def test_an_xml_lists_type_errors_are_hash_list_errors(tmp_path, fingerprints):
+    entries = [image("1", f"<md5>{MD5_A}</md5>")] + [image(str(i + 2), f) for i, f in enumerate(fingerprints)]
+    path = tmp_path / "r.xml"
+    path.write_text(document(*entries))
+    try:
+        load_hashlist(str(path))
+    except HashListError as error:
+        assert error.line is not None
+    # a bare FormatError (ValueError) fails the test

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from scanner.hashtypes import BUILT_IN
 from scanner.lists.hashtypes import LIST_TYPE_NAMES, string_buffers
 from scanner.lists.skipped import SkippedType, SkipReason
 
@@ -649,7 +650,8 @@ def hash_types(
     (a hash, in swapped columns) is an error at its first line, as are too many unknown names."""
     values = pc.utf8_lower(trimmed(values.cast(pa.string())))
     aliases = {alias: name for alias, name in TYPE_ALIASES.items() if name in LIST_TYPE_NAMES}
-    listable = {} if own_only else {name: name for name in LIST_TYPE_NAMES}
+    # A format strict in its type values still takes a plug-in's type by its own name (PhotoDNA).
+    listable = {name: name for name in LIST_TYPE_NAMES if not own_only or name not in BUILT_IN}
     accepted = {**listable, **aliases, **names}
     digest = pc.fill_null(pc.match_substring_regex(values, _HEX_DIGEST), False)
     named = pc.and_(pc.fill_null(pc.match_substring_regex(values, _TYPE_NAME), False), pc.invert(digest))
@@ -657,9 +659,7 @@ def hash_types(
     if len(bad):
         row = int(bad[0])
         if digest[row].as_py():  # the list's own hash: not repeated in a message
-            raise FormatError(
-                "a hash where its type's name should be: are the columns swapped?", int(lines[row])
-            )
+            raise FormatError("a hash value where a hash type's name should be", int(lines[row]))
         raise FormatError(f"not a hash type name: {values[row].as_py()!r}", int(lines[row]))
     known = pc.is_in(values, value_set=pa.array(list(accepted), pa.string()))
     skipped = _skipped_by_name(values, known, lines)

@@ -204,7 +204,11 @@ def read_pages(pages_in_order: Iterator[Page], starts: list[tuple[str, int]]) ->
         except FormatError as error:
             raise PageError(page.name, error.message, error.line) from None
         offset += _lines(page.data)
-    return _rows(list(entries.values()))
+    try:
+        return _rows(list(entries.values()))
+    except FormatError as error:  # a fingerprint's element name that is no type name, or too many unknown
+        page, line = locate(starts, error.line) if error.line is not None else (starts[-1][0], None)
+        raise PageError(page, error.message, line) from None
 
 
 def _lines(data: bytes) -> int:

@@ -32,7 +32,7 @@ def open_parquet(path: str, options: SourceOptions) -> ParquetSource:
     # copies. Read as a dictionary, it is held once.
     # (Not a Hugging Face struct's `bytes`: pyarrow reads no nested dictionary across chunks.)
     if is_binary(file.schema_arrow.field(column).type):
-        file.close()
+        file.close(force=True)  # its handle too: pyarrow leaves a file object it was given open
         file = open_parquet_file(path, dictionary=(column,))
     return ImageParquetSource(path, options, file, column)
 

@@ -265,9 +265,10 @@ def walk(handle: BinaryIO, start: int, size: int, path: str) -> Iterator[tarfile
     expected = restart = start
     reported = False
     while True:
-        handle.seek(restart)
         tar: tarfile.TarFile | None = None
         try:
+            refuse_long_run(handle, restart, size)
+            handle.seek(restart)
             with open_tar(handle, ignore_zeros=True) as tar:
                 while (member := next_member(tar)) is not None:
                     tar.members.clear()  # TarFile keeps every member it has seen; a walk needs none of them
@@ -282,13 +283,20 @@ def walk(handle: BinaryIO, start: int, size: int, path: str) -> Iterator[tarfile
                         return
                     yield member
                     expected, reported = tar.offset, False
+                    refuse_long_run(handle, tar.offset, size)
+        except _LongRun as exc:  # tarfile would read it by recursion, as deep as the run is long
+            if not reported:
+                yield Damage(SourceReason.CORRUPT_MEMBER, exc.start)
+            expected = restart = exc.end
+            reported = True
+            continue
         except _Backwards as exc:  # a negative size: the member is damage, the walk goes on after its header
             if not reported:
                 yield Damage(SourceReason.CORRUPT_MEMBER, exc.offset)
             expected = restart = exc.offset + BLOCK
             reported = True
             continue
-        except RecursionError:  # tarfile reads a run of extended headers by recursion: too long a run
+        except RecursionError:  # a run refuse_long_run did not see (past a stretch tarfile skips): the same
             if not reported:
                 yield Damage(SourceReason.CORRUPT_MEMBER, expected)
             restart, reported = past_extended_headers(handle, max(restart, expected), size), True
@@ -363,6 +371,38 @@ EXTENDED_TYPES = frozenset(
         tarfile.GNUTYPE_LONGLINK,
     }
 )
+
+
+class _LongRun(Exception):
+    """A run of more than MAX_EXTENDED_RUN extended headers: where it starts and the header after it."""
+
+    def __init__(self, start: int, end: int) -> None:
+        super().__init__(start, end)
+        self.start, self.end = start, end
+
+
+# Extended headers in a row before a member: a real archive has one or two (a long name, pax records);
+# tarfile reads each by a recursive call, so a long run would reach the recursion limit, at a length that
+# depends on how deep the caller is (the plan and a worker would disagree about the same shard).
+MAX_EXTENDED_RUN = 64
+
+
+def refuse_long_run(handle: BinaryIO, offset: int, size: int) -> None:
+    """Raise _LongRun if the next header tarfile reads from offset (past a few zero or invalid blocks, which
+    it steps over: past more, the RecursionError fallback) starts a run of more than MAX_EXTENDED_RUN
+    extended headers."""
+    limit = min(size, offset + MAX_EXTENDED_RUN * BLOCK)
+    while offset + BLOCK <= limit and header_at(handle, offset) is None:
+        offset += BLOCK
+    start, count = offset, 0
+    while offset + BLOCK <= size:
+        header = header_at(handle, offset)
+        if header is None or header.type not in EXTENDED_TYPES or header.size < 0:
+            return
+        count += 1
+        if count > MAX_EXTENDED_RUN:
+            raise _LongRun(start, past_extended_headers(handle, offset, size))
+        offset = after_header(header, offset)
 
 
 def past_extended_headers(handle: BinaryIO, offset: int, size: int) -> int:
