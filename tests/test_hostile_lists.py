@@ -91,11 +91,17 @@ def test_a_page_with_cr_line_ends_is_named_in_a_folders_error(tmp_path):
 
 # 4. For a folder, lines inside messages (the first line of a repeated id, the duplicate warning, a skipped
 # type's first_line) were whole-folder numbers, matching no line of any page.
-def test_a_folders_repeated_id_names_the_earlier_page_and_line(tmp_path):
+def after_a_long_first_page(tmp_path: Path) -> Path:
+    """A folder of pages whose first holds 20 entries: a whole-folder line number is no line of page 2."""
     folder = tmp_path / "pages"
     folder.mkdir()
     filler = "\n".join(image(f"f{i}", f"<sha1>{i + 1:040x}</sha1>") for i in range(20))
     write(folder, "page-1.xml", document(filler))
+    return folder
+
+
+def test_a_folders_repeated_id_names_the_earlier_page_and_line(tmp_path):
+    folder = after_a_long_first_page(tmp_path)
     write(folder, "page-2.xml", document(image("b", f"<md5>{MD5_A}</md5>")))  # line 4
     write(folder, "page-3.xml", document(image("b", f"<md5>{MD5_B}</md5>", tag="video"), kind="videos"))
     with pytest.raises(HashListError) as caught:
@@ -105,10 +111,7 @@ def test_a_folders_repeated_id_names_the_earlier_page_and_line(tmp_path):
 
 
 def test_a_folders_skipped_first_line_is_a_line_of_its_page(tmp_path):
-    folder = tmp_path / "pages"
-    folder.mkdir()
-    filler = "\n".join(image(f"f{i}", f"<sha1>{i + 1:040x}</sha1>") for i in range(20))
-    write(folder, "page-1.xml", document(filler))
+    folder = after_a_long_first_page(tmp_path)
     write(folder, "page-2.xml", document(image("p", f"<pdna>xx</pdna><md5>{MD5_A}</md5>")))  # line 4
     skipped = load_hashlist(str(folder)).stats["skipped"]["pdna"]
     assert (skipped["first_line"], skipped["page"]) == (4, "page-2.xml")  # was 31, no page
