@@ -119,6 +119,7 @@ _TRIM_ROUNDS = 4  # whitespace runs longer than this (rare) go to pyarrow's trim
 NUMPY_PACK_BYTES = 1 << 20
 NEWLINE_BLOCK = 1 << 20  # bytes searched for line ends at a time
 MAX_CSV_COLUMNS = 1000
+COMMENTED_ROW = 'a row starts with "#": delete a commented-out row, or quote the value'
 CSV_BLOCK = 1 << 20  # bytes pyarrow's CSV reader parses at a time (its default), unless a line is longer
 
 
@@ -558,12 +559,11 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
         )
     except pa.ArrowInvalid as exc:  # a quote left open past a block: pyarrow names no row
-        line = _first_spanning_line(text.data[rows.body :])
-        if line is None:
-            raise FormatError(
-                f"malformed CSV ({str(exc).splitlines()[0]})", text.first_content_line()
-            ) from exc
-        raise FormatError("a quoted value spans lines", text.first_content_line() + line) from exc
+        found = _first_bad_record(text.data[rows.body :], len(header))
+        errors = [(text.first_content_line() + found[0], found[1])] if found else []
+        errors += [(rows.commented, COMMENTED_ROW)] if rows.commented else []
+        line, message = min(errors, default=(text.first_content_line(), f"malformed CSV ({exc})"))
+        raise FormatError(message.splitlines()[0], line) from exc
     # pyarrow numbers a row by its place among the non-empty rows it read, from 1: up to the first value
     # that spans lines each of them is one line, so the first error in the file is the one reported.
     spanning = _first_spanning_row(table, header, bad_rows) if _may_span(table, len(lines), bad_rows) else 0
@@ -573,9 +573,7 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
     if spanning:
         errors.append((int(lines[spanning - 1]), "a quoted value spans lines"))
     if rows.commented:  # every other format skips such a line: here it would be a live entry
-        errors.append(
-            (rows.commented, 'a row starts with "#": delete a commented-out row, or quote the value')
-        )
+        errors.append((rows.commented, COMMENTED_ROW))
     if _open_at_end(text.data):
         errors.append((int(lines[-1]), "a quoted value is not closed"))
     if errors:
@@ -603,18 +601,20 @@ def _open_at_end(data: bytes) -> bool:
     return any("\n" in value for value in record)
 
 
-def _first_spanning_line(body: bytes) -> int | None:
-    """The line, counted from the first after the header, where the first record that runs over a line
-    break starts (Python's csv reads it: the error path only)."""
+def _first_bad_record(body: bytes, fields: int) -> tuple[int, str] | None:
+    """The first record that runs over a line break or has other than `fields` fields: its line, counted
+    from the first after the header, and what is wrong (Python's csv reads it: the error path only)."""
     reader = csv.reader(io.StringIO(body.decode("utf-8", "replace"), newline=""))
     done = 0
     try:
         for record in reader:
             if reader.line_num > done + 1 or any("\n" in value for value in record):
-                return done + 1
+                return done + 1, "a quoted value spans lines"
+            if record and len(record) != fields:
+                return done + 1, f"expected {fields} comma-separated fields"
             done = reader.line_num
-    except csv.Error:
-        return done + 1
+    except csv.Error as exc:
+        return done + 1, f"malformed CSV ({exc})"
     return None
 
 
