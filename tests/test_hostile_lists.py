@@ -183,6 +183,11 @@ def test_two_members_entries_with_one_id_are_refused(tmp_path):
     with pytest.raises(HashListError, match="image id '5' is given by members 1 and 2") as caught:
         load_hashlist(str(path))
     assert caught.value.line == 5  # the second entry
+    deleted = document(
+        image("5", f"<md5>{MD5_A}</md5>", member="1"), image("5", "", member="2", tag="deletedImage")
+    )
+    with pytest.raises(HashListError, match="would delete the other's"):
+        load_hashlist(str(write(tmp_path, "d.xml", deleted)))
     same_member = document(image("5", f"<md5>{MD5_A}</md5>"), image("5", f"<md5>{MD5_B}</md5>"))
     updated = load_hashlist(str(write(tmp_path, "u.xml", same_member)))  # a later state of one entry
     assert updated.counts == {"md5": 1}

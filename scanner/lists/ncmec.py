@@ -156,22 +156,23 @@ class _Handler(ContentHandler):
         if not entry.entry_id:
             raise FormatError(f"an NCMEC {entry.kind} entry without an id", entry.line)
         key = (entry.kind, entry.entry_id)
-        if entry.deleted:
-            self.entries.pop(key, None)
-            return
         earlier = self.entries.get(key)
         if (
             earlier is not None
             and None not in (earlier.member_id, entry.member_id)
             and earlier.member_id != entry.member_id
         ):
-            # Ids may be each member's own (pytx keys entries by member and id): the later would replace
-            # another member's entry without a word.
+            # Ids may be each member's own (pytx keys entries by member and id): the later would replace, or
+            # delete, another member's entry without a word.
+            change = "delete" if entry.deleted else "replace"
             raise FormatError(
                 f"{entry.kind} id {entry.entry_id!r} is given by members {earlier.member_id} and "
-                f"{entry.member_id}: one member's entry would replace the other's",
+                f"{entry.member_id}: one member's entry would {change} the other's",
                 entry.line,
             )
+        if entry.deleted:
+            self.entries.pop(key, None)
+            return
         self.entries[key] = entry  # a later state of an entry replaces the earlier one, in its place
 
 
