@@ -391,18 +391,22 @@ def refuse_long_run(handle: BinaryIO, offset: int, size: int) -> None:
     """Raise _LongRun if the next header tarfile reads from offset (past a few zero or invalid blocks, which
     it steps over: past more, the RecursionError fallback) starts a run of more than MAX_EXTENDED_RUN
     extended headers."""
+
+    def header(at: int) -> tarfile.TarInfo | None:
+        return header_at(handle, at) if at + BLOCK <= size else None
+
     limit = min(size, offset + MAX_EXTENDED_RUN * BLOCK)
-    while offset + BLOCK <= limit and header_at(handle, offset) is None:
+    found = header(offset)  # parsed once: this runs before every member
+    while found is None and offset + BLOCK <= limit:
         offset += BLOCK
+        found = header(offset)
     start, count = offset, 0
-    while offset + BLOCK <= size:
-        header = header_at(handle, offset)
-        if header is None or header.type not in EXTENDED_TYPES or header.size < 0:
-            return
+    while found is not None and found.type in EXTENDED_TYPES and found.size >= 0:
         count += 1
         if count > MAX_EXTENDED_RUN:
             raise _LongRun(start, past_extended_headers(handle, offset, size))
-        offset = after_header(header, offset)
+        offset = after_header(found, offset)
+        found = header(offset)
 
 
 def past_extended_headers(handle: BinaryIO, offset: int, size: int) -> int:
