@@ -32,8 +32,9 @@ def open_parquet(path: str, options: SourceOptions) -> ParquetSource:
     # copies. Read as a dictionary, it is held once.
     # (Not a Hugging Face struct's `bytes`: pyarrow reads no nested dictionary across chunks.)
     if is_binary(file.schema_arrow.field(column).type):
+        footer = file.metadata
         file.close(force=True)  # its handle too: pyarrow leaves a file object it was given open
-        file = open_parquet_file(path, dictionary=(column,))
+        file = open_parquet_file(path, dictionary=(column,), metadata=footer)
     return ImageParquetSource(path, options, file, column)
 
 
@@ -113,15 +114,16 @@ class ImageParquetSource(ParquetSource):
         lengths = pc.binary_length(values)
         sizes = pc.fill_null(lengths if indices is None else lengths.take(indices), 0).to_pylist()
         names = column.field("path").to_pylist() if _has_path(column.type) else [None] * len(rows)
+        valid = column.is_valid().to_pylist()
+        places = range(len(rows)) if indices is None else indices.to_pylist()  # each row's value
         for i, (row, size) in enumerate(zip(rows, sizes, strict=True)):
-            valid = column[i].is_valid
-            row.member = cell_to_str(names[i]) if valid else None
-            if size == 0 or not valid:
+            row.member = cell_to_str(names[i]) if valid[i] else None
+            if size == 0 or not valid[i]:
                 row.error = SourceReason.NO_IMAGE_BYTES
             elif size > self.options.max_member_bytes:  # never copied out of the batch
                 row.error = SourceReason.MEMBER_TOO_LARGE
             else:
-                row.body = values[i if indices is None else indices[i].as_py()].as_py()
+                row.body = values[places[i]].as_py()
         return rows
 
 

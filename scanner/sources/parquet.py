@@ -23,13 +23,16 @@ from scanner.sources.storage import open_input
 READ_BATCH_ROWS = 8192
 
 
-def open_parquet_file(path: str, dictionary: tuple[str, ...] = ()) -> pq.ParquetFile:
-    """Open a Parquet shard (local, or remote through fsspec) reading only its footer. A local one is handed
-    to pyarrow opened, so that what was checked to be a regular file is what is read. Columns in
-    `dictionary` are read as their dictionary and indices: a value stored once is held once, not per row."""
+def open_parquet_file(
+    path: str, dictionary: tuple[str, ...] = (), metadata: pq.FileMetaData | None = None
+) -> pq.ParquetFile:
+    """Open a Parquet shard (local, or remote through fsspec) reading only its footer (none when its
+    `metadata` is given, from an earlier open). A local one is handed to pyarrow opened, so that what was
+    checked to be a regular file is what is read. Columns in `dictionary` are read as their dictionary and
+    indices: a value stored once is held once, not per row."""
     handle = open_input(path)
     try:
-        return pq.ParquetFile(handle, read_dictionary=list(dictionary) or None)
+        return pq.ParquetFile(handle, metadata=metadata, read_dictionary=list(dictionary) or None)
     except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:  # column names need not be UTF-8
         handle.close()
         raise SourceError(path, f"not a readable Parquet file ({exc})") from exc
