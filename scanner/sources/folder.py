@@ -11,6 +11,7 @@ it (a Hugging Face cache snapshot is symlinks into its blob store): the row is t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 
@@ -28,7 +29,6 @@ from scanner.sources.base import (
     parse_json,
     pick_column,
 )
-from scanner.sources.storage import folder_entry, folder_signature
 from scanner.sources.webdataset import IMAGE_EXTENSIONS, SIDECAR_MAX_BYTES
 
 SNIFF_BYTES = 256
@@ -113,6 +113,21 @@ def holds_files(directory: str) -> bool:
         return False
     except OSError as exc:
         raise SourceError(directory, f"cannot list directory ({exc.strerror})") from exc
+
+
+def folder_entry(directory: str, relative: str) -> str:
+    """One file of a folder in its signature: its path, size and mtime, as a stat finds it now."""
+    try:
+        stat = os.stat(os.path.join(directory, relative))
+    except OSError:
+        return f"{relative}\0unreadable"
+    return f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}"
+
+
+def folder_signature(entries: list[str]) -> list[object]:
+    """A folder's signature from its files' entries (folder_entry): their count and a digest of them all."""
+    digest = hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape"))
+    return [len(entries), digest.hexdigest()]
 
 
 def walk_files(directory: str) -> Iterator[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -65,8 +64,7 @@ def check_input_file(path: str) -> None:
 
 def input_signature(path: str) -> list[object]:
     """What changes when a shard's content does, for the resume fingerprint: size and mtime (or ETag, or a
-    Hub file's git blob id);
-    for a folder of images, its file count and a digest of every file's path, size and mtime."""
+    Hub file's git blob id). A folder of images has its own, from the walk that lists it (FolderSource)."""
     if is_remote(path):
         filesystem, inner = _filesystem(path)
         with _remote_errors(path, "stat"):
@@ -75,33 +73,8 @@ def input_signature(path: str) -> list[object]:
             info.get("ETag") or info.get("LastModified") or info.get("mtime") or info.get("blob_id") or ""
         )
         return [info.get("size"), str(version)]
-    if os.path.isdir(path):
-        return _folder_signature(path)
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns]
-
-
-def _folder_signature(path: str) -> list[object]:
-    entries = []
-    for root, _dirs, files in os.walk(path):
-        relative = os.path.relpath(root, path).replace(os.sep, "/")
-        entries += [folder_entry(path, name if relative == "." else f"{relative}/{name}") for name in files]
-    return folder_signature(entries)
-
-
-def folder_entry(directory: str, relative: str) -> str:
-    """One file of a folder in its signature: its path, size and mtime, as a stat finds it now."""
-    try:
-        stat = os.stat(os.path.join(directory, relative))
-    except OSError:
-        return f"{relative}\0unreadable"
-    return f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}"
-
-
-def folder_signature(entries: list[str]) -> list[object]:
-    """A folder's signature from its files' entries (folder_entry): their count and a digest of them all."""
-    digest = hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape"))
-    return [len(entries), digest.hexdigest()]
 
 
 def remote_glob(pattern: str) -> list[str]:
