@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import signal
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import pytest
@@ -152,6 +153,20 @@ def test_a_body_that_kills_its_worker_gets_hashing_crashed_and_the_rest_their_ha
     assert hashes is not None and hashes.md5 == JOB(poison)[0].md5 and hashes.pdq is None
     assert [r for i, r in enumerate(results) if i not in crashed] == [JOB(b) for b in bodies if b != poison]
     assert restarts == 2  # once for the batch that died, once for the body that killed a fresh worker
+
+
+def test_a_worker_that_died_while_idle_costs_no_row() -> None:
+    """The OOM killer ends an idle worker: the next batch finds the pool dead as it is sent, and its bodies
+    are hashed by a fresh pool (the quarantine must start although no batch was in flight to come back)."""
+    bodies = [_image(i) for i in range(3)]
+    with WorkerPool(1) as pool:
+        os.kill(pool.executor.submit(os.getpid).result(60), signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):  # the pool knows now: a submit fails at once
+            pool.executor.submit(os.getpid).result(60)
+        results = asyncio.run(_hash_all(pool, JOB, bodies))
+        restarts = pool.generation
+    assert results == [JOB(b) for b in bodies]
+    assert restarts == 1
 
 
 def test_a_body_that_kills_one_of_several_processes_breaks_its_pool_alone() -> None:

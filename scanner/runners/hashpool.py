@@ -174,11 +174,15 @@ class BatchingHasher:
         return result
 
     def _send(self) -> None:
-        if self._suspects or self._quarantine is not None:
-            if self._in_flight == 0 and self._quarantine is None:
-                self._quarantine = asyncio.ensure_future(self._retry_suspects())
-            return
-        while self._waiting and self._in_flight < self._limit:
+        # Suspects are checked before every batch: a submit can find the pool already dead (a worker that
+        # died while idle) and turn its batch into suspects, which nothing else would come to retry.
+        while True:
+            if self._suspects or self._quarantine is not None:
+                if self._in_flight == 0 and self._quarantine is None:
+                    self._quarantine = asyncio.ensure_future(self._retry_suspects())
+                return
+            if not self._waiting or self._in_flight >= self._limit:
+                return
             size = batch_length([len(body) for body, _ in self._waiting[:MAX_BATCH]])
             batch, self._waiting = self._waiting[:size], self._waiting[size:]
             self._submit(batch)
