@@ -38,15 +38,6 @@ def main():
         print(json.dumps({"owner": os.getpid(), "workers": seen}), flush=True)
         if sys.argv[1] == "wait":
             time.sleep(120)
-        if sys.argv[1] == "busy":  # a job stuck in C code that holds the GIL, as a decoder or plug-in may be
-            first.executor.submit(backtrack)
-            time.sleep(120)
-
-
-def backtrack():
-    import re
-    print(json.dumps({"busy": os.getpid()}), flush=True)
-    re.match(r"(a+)+$", "a" * 40 + "b")
 
 
 if __name__ == "__main__":
@@ -91,16 +82,12 @@ def test_hashing_processes_come_warm_from_one_template_and_leave_no_socket_behin
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-@pytest.mark.parametrize("mode", ["wait", "busy"])
-def test_a_killed_owner_takes_its_hashing_processes_and_template_with_it(tmp_path, mode) -> None:
+def test_a_killed_owner_takes_its_hashing_processes_and_template_with_it(tmp_path) -> None:
     """kill -9 of the process that started the pools (a unit worker, as the OOM killer does): the processes
-    forked from the template, which is not their owner's child, and the template are gone within 5 s, also
-    while one of them runs code that holds the GIL for minutes."""
-    owner = _owner(tmp_path, mode)
+    forked from the template, which is not their owner's child, and the template are gone within 5 s."""
+    owner = _owner(tmp_path, "wait")
     try:
         report = json.loads(owner.stdout.readline())
-        if mode == "busy":
-            assert json.loads(owner.stdout.readline())["busy"] in [w["pid"] for w in report["workers"]]
         workers = [worker["pid"] for worker in report["workers"]]
         template = report["workers"][0]["ppid"]
         assert _parent(template) == owner.pid

@@ -6,13 +6,12 @@ second) before its first image, one per core on every scan and again after every
 template pays it once; a process forked from it starts in about a tenth of that and shares the template's
 pages (the compiled kernels, LLVM, numpy) until it writes to them.
 
-The template holds no body, ever: it warms the hashers on pictures it draws itself, then only forks. The
-kernel ends it when its owner ends (PR_SET_PDEATHSIG, set as it starts: the owner starts it from its main
-thread, whose end the signal follows), and ends what it forked when it ends; each forked process also watches
-its owner through a pidfd (procguard.die_with_starter). None outlives the fetch loop that feeds it bodies.
-Its socket lives in a private temporary directory (0700, the socket 0600), which multiprocessing removes when
-the owner exits; an owner killed leaves that directory (a socket, no content) in $TMPDIR. A Ray actor, with
-one hashing process and ended by ray.kill, spawns it instead.
+The template holds no body, ever: it warms the hashers on pictures it draws itself, then only forks. Each
+process forked from it ends the moment the process that started the pool does (procguard.die_with_starter,
+through a pidfd), and the template ends once they and that process have (multiprocessing ends it when the
+last end of its pipe closes): none outlives the fetch loop that feeds it bodies. Its socket lives in a
+private temporary directory (0700, the socket 0600) that multiprocessing removes when the process that
+started it ends.
 """
 
 from __future__ import annotations
@@ -30,9 +29,6 @@ from scanner import procguard
 # The module multiprocessing's forkserver imports before it forks anything: this one, which warms it.
 _PRELOAD = [__name__]
 _started = False  # start_template() started the template in this process
-# Before 3.10.9 and 3.11.1 the forkserver listened on an abstract socket any local user could connect to and
-# have it unpickle what they sent (CVE-2022-42919): no template there.
-SAFE_FORKSERVER = (3, 11, 1) if sys.version_info >= (3, 11) else (3, 10, 9)
 
 
 @functools.cache
@@ -41,7 +37,6 @@ def forking() -> bool:
     lets a process watch one that is not its parent (procguard.die_with_starter)."""
     return (
         sys.platform.startswith("linux")
-        and sys.version_info >= SAFE_FORKSERVER
         and "forkserver" in multiprocessing.get_all_start_methods()
         and procguard.can_watch_owner()
     )
@@ -128,7 +123,4 @@ def _preloaded() -> bool:
 
 if _preloaded():
     procguard.harden()  # no core file, not dumpable: what it forks inherits both
-    # Killed with its owner by the kernel, and what it forked with it (their death signal names it): a
-    # process busy in code that holds the GIL cannot run its own pidfd watch until that code returns.
-    procguard.die_with_parent(os.getppid())
     warm()
