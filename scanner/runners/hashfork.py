@@ -50,11 +50,6 @@ def context() -> BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def forked(chosen: BaseContext) -> bool:
-    """Whether processes of this context (one context() gave) are forked from the template."""
-    return chosen.get_start_method() == "forkserver"
-
-
 def start_template() -> None:
     """Start the template where there can be one, without waiting for it to warm: the first hashing process
     then starts as soon as it is ready, not after it starts from nothing. Call it before the write guard
