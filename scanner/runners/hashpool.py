@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +20,7 @@ from PIL import Image
 from scanner import procguard
 from scanner.errors import HashingWorkersError
 from scanner.outcomes import HashingReason
-from scanner.runners import hashfork, heap
+from scanner.runners import heap
 from scanner.runners.arena import Arena, Extent
 from scanner.runners.arena import supported as arena_supported
 from scanner.workers import (
@@ -82,11 +82,6 @@ class WorkerPool:
         """Why the current set broke: DECODE_TIMEOUT when a process was killed by its CPU budget (SIGXCPU) or
         a plug-in's wall-clock budget (SIGALRM), else HASHING_CRASHED. Blocks until the processes have
         exited (the pool terminates the others)."""
-        # The executor's own thread reaps the processes; reading their status beside it is a race where
-        # both read one status pipe (forkserver), and the loser sees 255: let it finish first.
-        reaper = threading.Thread(target=self.executor.shutdown, kwargs={"wait": True}, daemon=True)
-        reaper.start()
-        reaper.join(EXIT_STATUS_SECONDS)
         deadline = time.monotonic() + EXIT_STATUS_SECONDS
         for process in self.processes:
             while process.exitcode is None and time.monotonic() < deadline:
@@ -110,7 +105,7 @@ def _started_executor(count: int, arena: Arena | None) -> tuple[ProcessPoolExecu
     while they are being started). Each
     gets this process's id, to end itself when this process dies.
     """
-    context = hashfork.context()
+    context = multiprocessing.get_context("spawn")
     initargs = ((), arena.handle() if arena else None, os.getpid())
     executor = ProcessPoolExecutor(count, mp_context=context, initializer=init_worker, initargs=initargs)
     try:

@@ -30,7 +30,7 @@ from scanner.reports.records import UnitReport
 from scanner.run.job import Job, Run, UnitProcessor, UnitWork, execute, hashing_job
 from scanner.run.lifecycle import ScanResult
 from scanner.run.scan import ScanJob, ScanWork
-from scanner.runners import hashfork, heap
+from scanner.runners import heap
 from scanner.runners.hashpool import BatchingHasher, hashing_workers
 
 logger = logging.getLogger(__name__)
@@ -120,12 +120,10 @@ class UnitWorker:
                 f"scanner {__version__} on this node, {driver_version} on the driver: install one version"
             )
         procguard.harden()  # before any body: no core dump of this actor, not dumpable
-        self._work = work if work is not None else ScanWork()
-        if self._work.hashing:
-            hashfork.start_template()  # before the write guard: it makes its socket's directory
         nostore.install(())
         self._config = config
         self._matcher = matcher
+        self._work = work if work is not None else ScanWork()
         self._processor: UnitProcessor | None = None
         self._hashing = contextlib.ExitStack()
 
