@@ -69,3 +69,23 @@ def test_without_a_ready_limit_only_bytes_count() -> None:
         return budget.held
 
     assert asyncio.run(run()) == 1_000
+
+
+def test_a_waiter_cancelled_while_room_is_handed_on_is_only_cancelled() -> None:
+    """Ctrl-C cancels a fetch waiting for room; room freed before that task runs again makes the budget drop
+    the cancelled waiter first: the task then ends cancelled, not with a ValueError traceback."""
+
+    async def main() -> None:
+        budget = BodyBudget(1_000)
+        held = await budget.acquire(1_000)
+        waiting = asyncio.ensure_future(budget.acquire(500))
+        await asyncio.sleep(0)  # it waits for room now
+        waiting.cancel()  # its waiter is cancelled at once; the task runs its handler later
+        held.release()  # the budget meets the cancelled waiter first and drops it
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert budget.held == 0
+        again = await asyncio.wait_for(budget.acquire(1_000), 5)
+        again.release()
+
+    asyncio.run(main())

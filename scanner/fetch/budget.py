@@ -13,6 +13,7 @@ leave the hashing idle. Bodies being read are bounded by the bytes alone, as bef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -72,7 +73,8 @@ class BodyBudget:
             if waiter.done() and not waiter.cancelled():
                 self._give(size)  # granted as it was cancelled: hand the room on
             else:
-                self._waiters.remove(entry)
+                with contextlib.suppress(ValueError):  # _wake drops a cancelled waiter it meets first
+                    self._waiters.remove(entry)
                 self._wake()
             raise
         return Grant(self, size)
