@@ -120,6 +120,8 @@ NUMPY_PACK_BYTES = 1 << 20
 NEWLINE_BLOCK = 1 << 20  # bytes searched for line ends at a time
 MAX_CSV_COLUMNS = 1000
 COMMENTED_ROW = 'a row starts with "#": delete a commented-out row, or quote the value'
+SPANNING_VALUE = "a quoted value spans lines"
+WRONG_FIELD_COUNT = "expected {} comma-separated fields"
 CSV_BLOCK = 1 << 20  # bytes pyarrow's CSV reader parses at a time (its default), unless a line is longer
 
 
@@ -569,9 +571,9 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
     spanning = _first_spanning_row(table, header, bad_rows) if _may_span(table, len(lines), bad_rows) else 0
     errors = []
     if bad_rows and not 0 < spanning < bad_rows[0]:
-        errors.append((int(lines[bad_rows[0] - 1]), f"expected {len(header)} comma-separated fields"))
+        errors.append((int(lines[bad_rows[0] - 1]), WRONG_FIELD_COUNT.format(len(header))))
     if spanning:
-        errors.append((int(lines[spanning - 1]), "a quoted value spans lines"))
+        errors.append((int(lines[spanning - 1]), SPANNING_VALUE))
     if rows.commented:  # every other format skips such a line: here it would be a live entry
         errors.append((rows.commented, COMMENTED_ROW))
     if _open_at_end(text.data):
@@ -609,9 +611,9 @@ def _first_bad_record(body: bytes, fields: int) -> tuple[int, str] | None:
     try:
         for record in reader:
             if reader.line_num > done + 1 or any("\n" in value for value in record):
-                return done + 1, "a quoted value spans lines"
+                return done + 1, SPANNING_VALUE
             if record and len(record) != fields:
-                return done + 1, f"expected {fields} comma-separated fields"
+                return done + 1, WRONG_FIELD_COUNT.format(fields)
             done = reader.line_num
     except csv.Error as exc:
         return done + 1, f"malformed CSV ({exc})"
