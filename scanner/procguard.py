@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import select
 import signal
 import sys
 import threading
@@ -58,6 +59,50 @@ def die_with_parent(parent: int) -> None:
     # The parent may have died before the line above (the kernel would then never send the signal).
     if os.getppid() != parent:
         os._exit(1)
+
+
+def die_with_starter(owner: int) -> None:
+    """die_with_parent for a process that `owner` started, spawned (its parent) or forked from a forkserver
+    that `owner` started (runners/hashfork.py). A forkserver outlives `owner` while any process it forked
+    lives, so such a process watches `owner` itself, through a pidfd (Linux 5.3): it ends the moment `owner`
+    does, of SIGKILL too, and with its forkserver besides. Ends this process now when `owner` is already
+    gone."""
+    parent = os.getppid()
+    if parent == owner:
+        die_with_parent(owner)
+        return
+    try:
+        handle = os.pidfd_open(owner)  # before the check: a pid reused meanwhile is not `owner`'s pidfd
+    except (AttributeError, OSError):
+        os._exit(1)
+    if _parent_of(parent) != owner:
+        os._exit(1)
+    die_with_parent(parent)
+    threading.Thread(target=_end_with, args=(handle,), name="scanner-owner-watch", daemon=True).start()
+
+
+def _end_with(pidfd: int) -> None:
+    select.select([pidfd], [], [])  # readable once the process has ended
+    os._exit(1)
+
+
+def can_watch_owner() -> bool:
+    """Whether die_with_starter can watch a process that is not its parent (a pidfd and /proc)."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return _parent_of(os.getpid()) == os.getppid()
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent of `pid` as /proc says (Linux); None where it cannot."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses, so read after its last ')'.
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def watch_parent(parent: int, interval: float = PARENT_POLL_SECONDS) -> threading.Thread:

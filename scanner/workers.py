@@ -28,13 +28,13 @@ _arena: mmap.mmap | None = None
 def init_worker(
     allowed_dirs: tuple[str, ...], arena: mmap.mmap | None = None, parent: int | None = None
 ) -> None:
-    """Guard the worker like the main process (no writes, no core dump, not dumpable), end it with its parent
-    (`parent`, the main process), bound each decode's CPU time, and leave Ctrl-C to the main process, which
-    stops the pool."""
+    """Guard the worker like the main process (no writes, no core dump, not dumpable), end it with the
+    process that started it (`parent`, directly or through its forkserver), bound each decode's CPU time,
+    and leave Ctrl-C to the main process, which stops the pool."""
     global _arena
     procguard.harden()
     if parent is not None:
-        procguard.die_with_parent(parent)
+        procguard.die_with_starter(parent)
     procguard.enforce_cpu_budgets()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     nostore.install(allowed_dirs)

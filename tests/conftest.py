@@ -94,6 +94,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("unlimited_core") is None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The processes tests start keep their temporary files under pytest's own directory, not the system's:
+    a unit worker a test kills leaves its hashing template's socket directory (runners/hashfork.py)."""
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmpdir"))
+    yield
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def no_plugins_left() -> Iterator[None]:
     """A test that builds a config with plug-ins registers their hash types in the process-wide registry;

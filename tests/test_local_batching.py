@@ -7,6 +7,8 @@ import asyncio
 import io
 import os
 import signal
+import threading
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -167,6 +169,52 @@ def test_a_worker_that_died_while_idle_costs_no_row() -> None:
         restarts = pool.generation
     assert results == [JOB(b) for b in bodies]
     assert restarts == 1
+
+
+def _held_back(pool: WorkerPool) -> Future:
+    """Make the pool look as a pool forked from a template still warming: not ready until the returned future
+    is settled (by the test, from another thread)."""
+    gate: Future = Future()
+    pool._starting = gate
+    return gate
+
+
+def test_bodies_sent_while_the_processes_start_wait_for_them_without_blocking_the_loop() -> None:
+    """The fetch loop goes on while the pool's processes start (a template still warming): bodies sent
+    meanwhile wait, and are hashed once the processes are ready."""
+    bodies = [_image(i) for i in range(3)]
+
+    async def hash_all(pool: WorkerPool) -> list:
+        pool.executor.submit(JOB, bodies[0]).result(60)  # warm: once ready, 0.3 s hashes them all
+        started = pool.processes
+        gate = _held_back(pool)
+        hasher = BatchingHasher(pool, JOB, 2)
+        hashed = asyncio.gather(*(hasher(b) for b in bodies))
+        await asyncio.sleep(0.3)  # the loop runs meanwhile
+        assert not hashed.done()
+        threading.Thread(target=gate.set_result, args=(started,)).start()
+        return await asyncio.wait_for(hashed, 120)
+
+    with WorkerPool(1) as pool:
+        results = asyncio.run(hash_all(pool))
+    assert results == [JOB(b) for b in bodies]
+
+
+def test_processes_that_cannot_start_fail_the_waiting_rows_with_a_clear_error() -> None:
+    bodies = [_image(i) for i in range(2)]
+
+    async def hash_all(pool: WorkerPool) -> list:
+        gate = _held_back(pool)
+        hasher = BatchingHasher(pool, JOB, 2)
+        hashed = asyncio.gather(*(hasher(b) for b in bodies), return_exceptions=True)
+        await asyncio.sleep(0.05)
+        threading.Thread(target=gate.set_exception, args=(OSError("no template"),)).start()
+        return await asyncio.wait_for(hashed, 120)
+
+    with WorkerPool(1) as pool:
+        results = asyncio.run(hash_all(pool))
+    assert [type(r) for r in results] == [HashingWorkersError] * 2
+    assert str(results[0]) == "hashing processes could not start: no template"
 
 
 def test_a_body_that_kills_one_of_several_processes_breaks_its_pool_alone() -> None:

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")
 IMAGES = {f"/img/{i}.jpg": encode(make_image(900 + i, (120, 90)), "JPEG") for i in range(4)}
 WORKER = "multiprocessing.spawn"
+TEMPLATE = "multiprocessing.forkserver"  # hashing processes are forked from it (runners/hashfork.py)
 TRACKER = "multiprocessing.resource_tracker"
 
 # unlimited_core: conftest.py runs these first, before an in-process scan lowers this process's core limit.
@@ -145,16 +146,29 @@ def _scan_process(args: list[str], cwd: Path, **popen: object) -> Iterator[subpr
         process.communicate()
 
 
+def _hashing(root: int) -> list[int]:
+    """The hashing processes below root: forked from a unit worker's template, or spawned by a unit worker
+    where there is none."""
+    found = []
+    for pid in _descendants(root):
+        stat, command = _stat(pid), _cmdline(pid)
+        if stat is None or TRACKER in command:
+            continue
+        parent = _cmdline(stat[1])
+        forked = TEMPLATE in parent and TEMPLATE in command
+        if forked or (stat[1] != root and WORKER in parent and WORKER in command):
+            found.append(pid)
+    return found
+
+
 def _workers_of(pid: int, count: int) -> list[int]:
     """Wait for `count` hashing workers and the resource tracker below pid; return every descendant."""
     found: list[int] = []
 
     def ready() -> bool:
         found[:] = _descendants(pid)
-        commands = [_cmdline(p) for p in found]
-        return sum(TRACKER not in c and WORKER in c for c in commands) >= count and any(
-            TRACKER in c for c in commands
-        )
+        tracker = any(TRACKER in _cmdline(p) for p in found)
+        return tracker and len(_hashing(pid)) >= count
 
     _wait_for(ready, 60, f"{count} hashing workers and the resource tracker below {pid}")
     return found
@@ -197,7 +211,7 @@ def test_a_segfaulting_worker_leaves_no_core_file_and_every_scan_process_has_a_c
         with _scan_process(args, tmp_path, preexec_fn=_unlimited_core) as scan:
             processes = _workers_of(scan.pid, 2)
             limits = {pid: _core_limit(pid) for pid in [scan.pid, *processes]}
-            victim = next(p for p in processes if TRACKER not in _cmdline(p))
+            victim = _hashing(scan.pid)[0]
             os.kill(victim, signal.SIGSEGV)
             _, stderr = scan.communicate(timeout=120)
     assert scan.returncode == 0, stderr

@@ -23,6 +23,8 @@ from audit_support import images, run_scan, write_list, write_shard
 from conftest import REPO
 from loopback import LoopbackServer
 
+from scanner.run.checkpoint import DONE_SUFFIX, UNITS_DIR
+
 SLOW_ROWS = 6
 LOCKED = "in use by another scanner process (pid {pid}"
 
@@ -121,12 +123,14 @@ def test_second_scan_into_a_locked_out_stops_at_once_naming_the_first(tmp_path, 
 def test_a_killed_scan_leaves_no_lock_and_the_next_one_resumes(tmp_path, slow_server):
     args = slow_scan_args(tmp_path, slow_server, 0.3)
     first = subprocess.Popen(scanner_command(*args), env=scanner_env(), stdout=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: slow_server.total_hits >= 3)
+    units = tmp_path / "out" / UNITS_DIR
+    try:  # killed once a unit has committed, whenever its hashing processes came up
+        wait_for(lambda: slow_server.total_hits >= 3 and any(units.glob(f"*{DONE_SUFFIX}")))
         first.send_signal(signal.SIGKILL)
     finally:
         first.wait()
     fetched_before = requests_per_url(slow_server)
+    assert len(fetched_before) < SLOW_ROWS, "the scan finished before it was killed: nothing was resumed"
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     table = pq.read_table(tmp_path / "out" / "outcomes.parquet")

@@ -4,13 +4,14 @@ hands bodies to it (a unit worker's, a rescan's, a Ray actor's)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
-import multiprocessing
 import os
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, closing, contextmanager
 from functools import partial
@@ -20,7 +21,7 @@ from PIL import Image
 from scanner import procguard
 from scanner.errors import HashingWorkersError
 from scanner.outcomes import HashingReason
-from scanner.runners import heap
+from scanner.runners import hashfork, heap
 from scanner.runners.arena import Arena, Extent
 from scanner.runners.arena import supported as arena_supported
 from scanner.workers import (
@@ -29,8 +30,8 @@ from scanner.workers import (
     hash_batch,
     hash_spans,
     init_worker,
-    started,
 )
+from scanner.workers import started as started_job
 
 # Bodies sent to a worker in one call, at most: few enough to keep every worker busy, many enough that
 # the pickle round trip, the future and the wake-ups (about 0.1 ms of the fetch loop's CPU a batch) are paid
@@ -70,18 +71,45 @@ class WorkerPool:
         self.count = count
         self.arena = arena
         self.generation = 0
-        self.executor, self.processes = _started_executor(count, arena)
+        self.executor, self._starting = _started_executor(count, arena, at_once=False)
+
+    @property
+    def processes(self) -> list:
+        """The current set's Process objects, once started."""
+        return self._starting.result()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the current set has started: a batch sent before waits, in the sender's thread, until it
+        has (for the first set from a template still warming: up to a second or two)."""
+        return self._starting.done()
+
+    @property
+    def start_error(self) -> HashingWorkersError | None:
+        """Why the current set could not start, once it has tried; None when it started."""
+        if not self._starting.done() or self._starting.exception() is None:
+            return None
+        return HashingWorkersError(f"hashing processes could not start: {self._starting.exception()}")
+
+    def on_ready(self, callback: Callable[[], None]) -> None:
+        """Call back (in whatever thread starts the set) once the current set has started or failed to."""
+        self._starting.add_done_callback(lambda _: callback())
 
     def restart(self) -> None:
         """Replace the processes (after one died); what the old set still held is lost with it."""
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.executor, self.processes = _started_executor(self.count, self.arena)
+        self.executor, self._starting = _started_executor(self.count, self.arena, at_once=True)
         self.generation += 1
 
     def death_reason(self) -> HashingReason:
         """Why the current set broke: DECODE_TIMEOUT when a process was killed by its CPU budget (SIGXCPU) or
         a plug-in's wall-clock budget (SIGALRM), else HASHING_CRASHED. Blocks until the processes have
         exited (the pool terminates the others)."""
+        # The executor's own thread reaps the processes; reading their status beside it is a race where
+        # both read one status pipe (forkserver), and the loser sees 255: let it finish first.
+        reaper = threading.Thread(target=self.executor.shutdown, kwargs={"wait": True}, daemon=True)
+        reaper.start()
+        reaper.join(EXIT_STATUS_SECONDS)
         deadline = time.monotonic() + EXIT_STATUS_SECONDS
         for process in self.processes:
             while process.exitcode is None and time.monotonic() < deadline:
@@ -97,27 +125,43 @@ class WorkerPool:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _started_executor(count: int, arena: Arena | None) -> tuple[ProcessPoolExecutor, list]:
-    """The processes, all starting now, and their Process objects.
+def _started_executor(count: int, arena: Arena | None, at_once: bool) -> tuple[ProcessPoolExecutor, Future]:
+    """The processes, all starting now, and a future of their Process objects, done once they have started.
 
-    They start with Ctrl-C ignored (procguard.children_ignore_ctrl_c), so one pressed while they import
-    cannot interrupt them with a traceback: the main process stops the pool (and does, if the Ctrl-C arrives
-    while they are being started). Each
-    gets this process's id, to end itself when this process dies.
+    Processes forked from a template (runners/hashfork.py) start only when the template is warm: unless
+    `at_once` (a restart, the template long warm), a thread waits for that, so that the fetch loop that
+    opens the pool can send its first requests meanwhile. Spawned processes start at once, in this thread,
+    with Ctrl-C ignored (procguard.children_ignore_ctrl_c), so one pressed while they import cannot interrupt
+    them with a traceback: the main process stops the pool (and does, if the Ctrl-C arrives while they are
+    being started); a template ignores Ctrl-C, and so do the processes it forks. Each gets this process's id,
+    to end itself when this process dies.
     """
-    context = multiprocessing.get_context("spawn")
+    context = hashfork.context()
     initargs = ((), arena.handle() if arena else None, os.getpid())
     executor = ProcessPoolExecutor(count, mp_context=context, initializer=init_worker, initargs=initargs)
-    try:
-        with procguard.children_ignore_ctrl_c():  # a Ctrl-C meanwhile is delivered after
-            for _ in range(count):
-                executor.submit(started)  # the pool starts a process per job waiting for one
-    except BaseException:
-        executor.shutdown(wait=True, cancel_futures=True)
-        raise
-    # The executor spawns every process in submit() and exposes none of them; their exit status is the only
-    # word on why one died (SIGXCPU: the decode budget), and it is gone with the executor's own dict.
-    return executor, list(executor._processes.values())  # type: ignore[union-attr]
+    started: Future = Future()
+
+    def start() -> None:
+        try:
+            with procguard.children_ignore_ctrl_c():  # a Ctrl-C meanwhile is delivered after
+                for _ in range(count):
+                    executor.submit(started_job)  # the pool starts a process per job waiting for one
+        except BaseException as exc:
+            executor.shutdown(wait=True, cancel_futures=True)
+            started.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        # The executor spawns every process in submit() and exposes none of them; their exit status is the
+        # only word on why one died (SIGXCPU: the decode budget), and it is gone with the executor's own dict.
+        started.set_result(list(executor._processes.values()))  # type: ignore[union-attr]
+
+    if at_once or not hashfork.forked(context):
+        start()
+        started.result()  # raises what starting raised
+    else:
+        threading.Thread(target=start, name="scanner-hashing-start", daemon=True).start()
+    return executor, started
 
 
 Waiting = list[tuple[bytes, "asyncio.Future[HashResult]"]]
@@ -151,6 +195,7 @@ class BatchingHasher:
         self._quarantine: asyncio.Task[None] | None = None
         self._limit = batches_in_flight
         self._in_flight = 0
+        self._awaiting_start = False
 
     @property
     def bodies_wanted(self) -> int:
@@ -174,6 +219,15 @@ class BatchingHasher:
         return result
 
     def _send(self) -> None:
+        if not self._workers.ready:  # its processes still starting: come back when they have
+            if not self._awaiting_start:
+                self._awaiting_start = True
+                loop = asyncio.get_running_loop()
+                self._workers.on_ready(partial(_call_in, loop, self._pool_started))
+            return
+        if (error := self._workers.start_error) is not None:
+            self._stop_all(error)
+            return
         # Suspects are checked before every batch: a submit can find the pool already dead (a worker that
         # died while idle) and turn its batch into suspects, which nothing else would come to retry.
         while True:
@@ -186,6 +240,10 @@ class BatchingHasher:
             size = batch_length([len(body) for body, _ in self._waiting[:MAX_BATCH]])
             batch, self._waiting = self._waiting[:size], self._waiting[size:]
             self._submit(batch)
+
+    def _pool_started(self) -> None:
+        self._awaiting_start = False
+        self._send()
 
     def _submit(self, batch: Waiting) -> None:
         loop = asyncio.get_running_loop()
@@ -290,6 +348,12 @@ class BatchingHasher:
             raise HashingWorkersError(
                 "hashing workers die even on a known-good image: check memory limits and the decoders"
             ) from exc
+
+
+def _call_in(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Call back in the loop's thread; nothing once the loop has closed (the scan ended first)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
 
 
 def batch_length(sizes: list[int]) -> int:

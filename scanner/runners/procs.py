@@ -49,7 +49,7 @@ from scanner.reports.records import RowResult, UnitReport
 from scanner.run import checkpoint
 from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
 from scanner.run.lifecycle import lists_later
-from scanner.runners import heap, shared
+from scanner.runners import hashfork, heap, shared
 from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_workers, spread
 
 # How often a unit worker reports the rows it finished (and at each unit's end): the bar moves smoothly and
@@ -547,9 +547,11 @@ def worker_main(conn: Connection, config: ScanConfig, hashers: int, parent: int)
     procguard.harden()
     procguard.die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    nostore.install(())
     atexit.register(os._exit, 0)  # nothing to flush: skip tearing down numba, LLVM and the rest
     try:
+        if hashers:
+            hashfork.start_template()  # it warms while this process imports and the lists load
+        nostore.install(())
         load_plugins(config.plugins)  # the registry as the coordinator has it, before any list or record
         with contextlib.ExitStack() as stack:
             transport_class(config.fetch.client)  # its import first (aiohttp: a quarter second of CPU)
