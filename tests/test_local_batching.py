@@ -4,6 +4,7 @@ bodies that kill a worker blamed alone, and the body arena equal to pipes."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import os
 import signal
@@ -19,6 +20,7 @@ from stalling_jpeg import stalling_jpeg
 from scanner.errors import HashingWorkersError
 from scanner.hashing import DecodeLimits
 from scanner.outcomes import HashingReason
+from scanner.runners import hashpool
 from scanner.runners.arena import Arena
 from scanner.runners.arena import supported as arena_supported
 from scanner.runners.hashpool import (
@@ -169,6 +171,27 @@ def test_a_worker_that_died_while_idle_costs_no_row() -> None:
         restarts = pool.generation
     assert results == [JOB(b) for b in bodies]
     assert restarts == 1
+
+
+@pytest.mark.parametrize("died", ["while idle", "hashing a batch"])
+def test_a_pool_that_cannot_restart_fails_every_row_with_a_clear_error(died, monkeypatch) -> None:
+    """A process dies and no fresh set can start (fork refused: no memory or process slot left): every row
+    fails with the reason, none is left waiting, whether the death was found sending a batch or by it."""
+    bodies = [_image(i) for i in range(3)]
+    job = _Killing(WANT, poison=bodies[1]) if died == "hashing a batch" else JOB
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    with WorkerPool(1) as pool:
+        if died == "while idle":
+            os.kill(pool.executor.submit(os.getpid).result(60), signal.SIGKILL)
+            with pytest.raises(BrokenProcessPool):
+                pool.executor.submit(os.getpid).result(60)
+        monkeypatch.setattr(hashpool, "_started_executor", refused)
+        results = asyncio.run(_hash_all(pool, job, bodies))
+    assert [type(r) for r in results] == [HashingWorkersError] * 3, results
+    assert str(results[0]) == "hashing processes could not start: [Errno 11] Resource temporarily unavailable"
 
 
 def _held_back(pool: WorkerPool) -> Future:

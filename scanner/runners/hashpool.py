@@ -96,10 +96,16 @@ class WorkerPool:
         self._starting.add_done_callback(lambda _: callback())
 
     def restart(self) -> None:
-        """Replace the processes (after one died); what the old set still held is lost with it."""
+        """Replace the processes (after one died); what the old set still held is lost with it. A fresh set
+        that cannot start (no memory or process slot left to fork) is not raised here, in a callback whose
+        batch would be lost with it: start_error says it, and every row waiting on the pool fails with it."""
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.executor, self._starting = _started_executor(self.count, self.arena, at_once=True)
         self.generation += 1
+        try:
+            self.executor, self._starting = _started_executor(self.count, self.arena, at_once=True)
+        except Exception as exc:  # the old executor stays, shut down: start_error is checked before any use
+            self._starting = Future()
+            self._starting.set_exception(exc)
 
     def death_reason(self) -> HashingReason:
         """Why the current set broke: DECODE_TIMEOUT when a process was killed by its CPU budget (SIGXCPU) or
@@ -307,6 +313,8 @@ class BatchingHasher:
         loop = asyncio.get_running_loop()
         try:
             while self._suspects:
+                if (error := self._workers.start_error) is not None:
+                    raise error
                 body, future = self._suspects[0]  # stays listed until settled, so _stop_all reaches it
                 try:
                     result = await loop.run_in_executor(self._workers.executor, self._job, body)
@@ -342,6 +350,8 @@ class BatchingHasher:
 
     async def _check_fresh_pool(self) -> None:
         """Raise HashingWorkersError unless a fresh pool hashes a known-good image."""
+        if (error := self._workers.start_error) is not None:
+            raise error
         try:
             await asyncio.get_running_loop().run_in_executor(self._workers.executor, self._job, known_good())
         except BrokenProcessPool as exc:
