@@ -117,3 +117,72 @@ def test_a_killed_owner_takes_its_hashing_processes_and_template_with_it(tmp_pat
         os.kill(pid, signal.SIGKILL)
     owner.stdout.close()
     assert left == []
+
+
+REFUSING = """
+import errno, os
+_fork = os.fork
+_forked = 0
+
+
+def fork():  # the first process forks, its replacement is refused, as when memory or process slots run out
+    global _forked
+    if _forked:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    _forked += 1
+    return _fork()
+
+
+os.fork = fork
+"""
+
+RESTART = """
+import asyncio, io, json, os, signal, sys
+from PIL import Image
+from scanner import nostore
+from scanner.runners import hashfork, hashpool
+from scanner.workers import HashJob
+
+
+def picture(seed):
+    encoded = io.BytesIO()
+    Image.effect_noise((64, 48 + seed), 40).convert("RGB").save(encoded, "PNG")
+    return encoded.getvalue()
+
+
+async def hash_all(pool):
+    hasher = hashpool.BatchingHasher(pool, HashJob(frozenset({"md5", "pdq"})), 2)
+    rows = asyncio.gather(*map(hasher, map(picture, range(3))), return_exceptions=True)
+    return await asyncio.wait_for(rows, 120)
+
+
+def main():
+    hashfork._PRELOAD.append("refusing")
+    hashfork.start_template()
+    nostore.install(())
+    with hashpool.hashing_workers(1) as pool:
+        assert not any(isinstance(r, Exception) for r in asyncio.run(hash_all(pool)))
+        os.kill(pool.processes[0].pid, signal.SIGKILL)
+        print(json.dumps([f"{type(r).__name__}: {r}" for r in asyncio.run(hash_all(pool))]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_a_fork_refused_after_a_death_fails_the_rows_in_one_clear_line(tmp_path) -> None:
+    """A hashing process dies and the template cannot fork its replacement (out of memory, at the process
+    limit): multiprocessing's forkserver ends on that, the rows waiting fail with why, and the template
+    prints no traceback on the scan's stderr."""
+    (tmp_path / "refusing.py").write_text(REFUSING)
+    (tmp_path / "owner.py").write_text(RESTART)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
+    done = subprocess.run(
+        [sys.executable, "owner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    reason = f"HashingWorkersError: hashing processes could not start: {hashfork.ENDED}"
+    assert json.loads(done.stdout.splitlines()[-1]) == [reason] * 3
+    assert "Traceback" not in done.stderr, done.stderr

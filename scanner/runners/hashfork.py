@@ -29,6 +29,9 @@ from scanner import procguard
 
 # The module multiprocessing's forkserver imports before it forks anything: this one, which warms it.
 _PRELOAD = [__name__]
+# Why a pool forked from the template could not start when the template ended as it was asked for a process:
+# the one thing that ends it then is a fork refused (multiprocessing's forkserver raises out of its loop).
+ENDED = "the template they fork from ended (out of memory, or at the process limit?)"
 _started = False  # start_template() started the template in this process
 # Before 3.10.9 and 3.11.1 the forkserver listened on an abstract socket any local user could connect to and
 # have it unpickle what they sent (CVE-2022-42919): no template there.
@@ -126,7 +129,12 @@ def _preloaded() -> bool:
     return False
 
 
+def _end_quietly(kind: type[BaseException], value: BaseException, traceback: object) -> None:
+    """The template's last word: none. Its owner sees it end, and the scan says why in one line (ENDED)."""
+
+
 if _preloaded():
+    sys.excepthook = _end_quietly
     procguard.harden()  # no core file, not dumpable: what it forks inherits both
     # Killed with its owner by the kernel, and what it forked with it (their death signal names it): a
     # process busy in code that holds the GIL cannot run its own pidfd watch until that code returns.

@@ -136,11 +136,12 @@ def _started_executor(count: int, arena: Arena | None, at_once: bool) -> tuple[P
 
     Processes forked from a template (runners/hashfork.py) start only when the template is warm: unless
     `at_once` (a restart, the template long warm), a thread waits for that, so that the fetch loop that
-    opens the pool can send its first requests meanwhile. Spawned processes start at once, in this thread,
-    with Ctrl-C ignored (procguard.children_ignore_ctrl_c), so one pressed while they import cannot interrupt
-    them with a traceback: the main process stops the pool (and does, if the Ctrl-C arrives while they are
-    being started); a template ignores Ctrl-C, and so do the processes it forks. Each gets this process's id,
-    to end itself when this process dies.
+    opens the pool can send its first requests meanwhile. (A template that ended, and every process it
+    forked with it, is started again by the first restart, which then waits a second or so for it to warm.)
+    Spawned processes start at once, in this thread, with Ctrl-C ignored (procguard.children_ignore_ctrl_c),
+    so one pressed while they import cannot interrupt them with a traceback: the main process stops the pool
+    (and does, if the Ctrl-C arrives while they are being started); a template ignores Ctrl-C, and so do the
+    processes it forks. Each gets this process's id, to end itself when this process dies.
     """
     context = hashfork.context()
     initargs = ((), arena.handle() if arena else None, os.getpid())
@@ -154,6 +155,9 @@ def _started_executor(count: int, arena: Arena | None, at_once: bool) -> tuple[P
                     executor.submit(started_job)  # the pool starts a process per job waiting for one
         except BaseException as exc:
             executor.shutdown(wait=True, cancel_futures=True)
+            if isinstance(exc, (EOFError, ConnectionError)) and hashfork.forked(context):
+                started.set_exception(OSError(hashfork.ENDED))  # not "unexpected EOF"
+                return
             started.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
