@@ -186,3 +186,38 @@ def test_a_fork_refused_after_a_death_fails_the_rows_in_one_clear_line(tmp_path)
     reason = f"HashingWorkersError: hashing processes could not start: {hashfork.ENDED}"
     assert json.loads(done.stdout.splitlines()[-1]) == [reason] * 3
     assert "Traceback" not in done.stderr, done.stderr
+
+
+SLOW_WARM = "import time\ntime.sleep(120)  # warming for minutes (a loaded machine, a cold cache)\n"
+
+SHORT = """
+import json, sys, time
+from scanner import nostore
+from scanner.runners import hashfork, hashpool
+
+hashfork._PRELOAD.append("slow_warm")
+hashfork.start_template()
+nostore.install(())
+started = time.monotonic()
+with hashpool.hashing_pools(2) as pools:  # its units end before the template is warm
+    time.sleep(0.5)
+    waiting = [pool.ready for pool in pools]
+print(json.dumps({"ready": waiting, "closed_in": time.monotonic() - started}), flush=True)
+"""
+
+
+def test_pools_closed_before_their_template_is_warm_do_not_wait_for_it(tmp_path) -> None:
+    """A unit worker whose scan ends before its template has warmed (a few dead links) closes its pools at
+    once: the template is ended, the pools waiting for it fail, and nothing is left for the coordinator to
+    kill (which multiprocessing reports as leaked semaphores on the scan's stderr)."""
+    (tmp_path / "slow_warm.py").write_text(SLOW_WARM)
+    (tmp_path / "owner.py").write_text(SHORT)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
+    done = subprocess.run(
+        [sys.executable, "owner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    report = json.loads(done.stdout)
+    assert report["ready"] == [False, False]
+    assert report["closed_in"] < 60, "the pools waited for the template to warm"

@@ -17,10 +17,12 @@ one hashing process and ended by ray.kill, spawns it instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 from multiprocessing.context import BaseContext
@@ -83,6 +85,22 @@ def start_template() -> None:
     finally:
         tempfile.tempdir = chosen
     _started = True
+
+
+def stop_template() -> None:
+    """End the template now, if this process started one: a pool still waiting for it to warm then fails at
+    once instead of holding its owner's exit until the template has warmed and forked. For an owner about
+    to close its pools; the processes forked from the template end with it."""
+    from multiprocessing import forkserver
+
+    pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    if not _started or pid is None:
+        return
+    # Reaped here, so that a pool that asks for a process after this fails (ChildProcessError) rather than
+    # start a fresh template for an owner that is closing.
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def _temporary_base() -> str | None:

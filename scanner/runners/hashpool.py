@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, closing, contextmanager
@@ -58,6 +59,24 @@ def hashing_workers(count: int) -> Iterator[WorkerPool]:
         if arena_supported():
             arena = stack.enter_context(closing(Arena(ARENA_BATCHES * count * ARENA_PER_BATCH)))
         yield stack.enter_context(WorkerPool(count, arena))
+
+
+@contextmanager
+def hashing_pools(count: int) -> Iterator[list[WorkerPool]]:
+    """`count` pools of one hashing process each, closed together. Pools still starting as they close (a
+    unit worker whose units ended before its template warmed) would hold this process's exit until the
+    template has warmed and forked their processes, and past the coordinator's patience (it then kills
+    this process, and multiprocessing warns of leaked semaphores): the template is ended first, and they
+    fail at once."""
+    with ExitStack() as stack:
+        pools = [stack.enter_context(hashing_workers(1)) for _ in range(count)]
+        stack.callback(_let_go, pools)
+        yield pools
+
+
+def _let_go(pools: list[WorkerPool]) -> None:
+    if not all(pool.ready for pool in pools):
+        hashfork.stop_template()
 
 
 class WorkerPool:
@@ -128,6 +147,9 @@ class WorkerPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # A set still starting is left to settle first: its thread shuts the executor down when the start
+        # fails, and two shutdowns at once close one queue twice.
+        futures.wait([self._starting])
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 

@@ -50,7 +50,7 @@ from scanner.run import checkpoint
 from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
 from scanner.run.lifecycle import lists_later
 from scanner.runners import hashfork, heap, shared
-from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_workers, spread
+from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_pools, spread
 
 # How often a unit worker reports the rows it finished (and at each unit's end): the bar moves smoothly and
 # the coordinator reads one message per interval, not one per row.
@@ -558,7 +558,7 @@ def worker_main(conn: Connection, config: ScanConfig, hashers: int, parent: int)
             given = _receive(conn)  # then its hashing processes, which the first request does not wait for
             # A pool of one process each: a body that kills its process breaks that pool alone (its batches
             # are retried alone), while the others go on hashing.
-            pools = [stack.enter_context(hashing_workers(1)) for _ in range(hashers)]
+            pools = stack.enter_context(hashing_pools(hashers))
             if given is not None:
                 heap.fewer_collections()
                 asyncio.run(_serve(conn, config, *given, pools))
