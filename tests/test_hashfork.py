@@ -200,13 +200,14 @@ hashfork.start_template()
 nostore.install(())
 started = time.monotonic()
 with hashpool.hashing_pools(2) as pools:  # its units end before the template is warm
-    time.sleep(0.5)
+    time.sleep(float(sys.argv[1]))
     waiting = [pool.ready for pool in pools]
 print(json.dumps({"ready": waiting, "closed_in": time.monotonic() - started}), flush=True)
 """
 
 
-def test_pools_closed_before_their_template_is_warm_do_not_wait_for_it(tmp_path) -> None:
+@pytest.mark.parametrize("open_for", ["0", "0.5"])
+def test_pools_closed_before_their_template_is_warm_do_not_wait_for_it(tmp_path, open_for) -> None:
     """A unit worker whose scan ends before its template has warmed (a few dead links) closes its pools at
     once: the template is ended, the pools waiting for it fail, and nothing is left for the coordinator to
     kill (which multiprocessing reports as leaked semaphores on the scan's stderr)."""
@@ -215,7 +216,12 @@ def test_pools_closed_before_their_template_is_warm_do_not_wait_for_it(tmp_path)
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
     done = subprocess.run(
-        [sys.executable, "owner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100
+        [sys.executable, "owner.py", open_for],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     report = json.loads(done.stdout)

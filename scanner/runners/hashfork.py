@@ -93,14 +93,16 @@ def stop_template() -> None:
     to close its pools; the processes forked from the template end with it."""
     from multiprocessing import forkserver
 
-    pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
-    if not _started or pid is None:
+    if not _started:
         return
-    # Reaped here, so that a pool that asks for a process after this fails (ChildProcessError) rather than
-    # start a fresh template for an owner that is closing.
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    server = forkserver._forkserver  # type: ignore[attr-defined]
+    # Under the lock multiprocessing checks the template with (ensure_running): a pool asking for a process
+    # meanwhile would reap it itself and start a fresh one to wait for. Reaped here, a later ask fails
+    # (ChildProcessError) rather than start a template for an owner that is closing.
+    with server._lock, contextlib.suppress(OSError):
+        if server._forkserver_pid is not None:
+            os.kill(server._forkserver_pid, signal.SIGKILL)
+            os.waitpid(server._forkserver_pid, 0)
 
 
 def _temporary_base() -> str | None:

@@ -69,9 +69,13 @@ def hashing_pools(count: int) -> Iterator[list[WorkerPool]]:
     this process, and multiprocessing warns of leaked semaphores): the template is ended first, and they
     fail at once."""
     with ExitStack() as stack:
-        pools = [stack.enter_context(hashing_workers(1)) for _ in range(count)]
-        stack.callback(_let_go, pools)
-        yield pools
+        pools: list[WorkerPool] = []
+        try:
+            for _ in range(count):
+                pools.append(stack.enter_context(hashing_workers(1)))
+            yield pools
+        finally:  # before the stack closes them, also when one fails to open
+            _let_go(pools)
 
 
 def _let_go(pools: list[WorkerPool]) -> None:
