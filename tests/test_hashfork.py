@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner.runners import hashfork
+from scanner.runners import hashfork, hashpool
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not hashfork.forking(), reason="no forkserver with a pidfd here")
@@ -183,7 +183,9 @@ def test_a_fork_refused_after_a_death_fails_the_rows_in_one_clear_line(tmp_path)
         [sys.executable, "owner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
     )
     assert done.returncode == 0, done.stderr
-    reason = f"HashingWorkersError: hashing processes could not start: {hashfork.ENDED}"
+    reason = (
+        f"HashingWorkersError: hashing processes could not start ({hashfork.ENDED}): {hashpool.CANNOT_START}"
+    )
     assert json.loads(done.stdout.splitlines()[-1]) == [reason] * 3
     assert "Traceback" not in done.stderr, done.stderr
 
@@ -227,3 +229,47 @@ def test_pools_closed_before_their_template_is_warm_do_not_wait_for_it(tmp_path,
     report = json.loads(done.stdout)
     assert report["ready"] == [False, False]
     assert report["closed_in"] < 60, "the pools waited for the template to warm"
+
+
+RELAUNCHED = """
+import json, os, signal, time
+from multiprocessing import forkserver
+from scanner import nostore
+from scanner.runners import hashfork, hashpool
+
+
+
+def main():
+    hashfork.start_template()
+    first = forkserver._forkserver._forkserver_pid
+    os.kill(first, signal.SIGKILL)  # the OOM killer, while it warms
+    while open(f"/proc/{first}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":  # dead, not yet reaped
+        time.sleep(0.01)
+    nostore.install(())
+    with hashpool.hashing_pools(1) as (pool,):
+        deadline = time.monotonic() + 120
+        while not pool.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the thread that started the pool's process has ended
+        pool.executor.submit(os.getpid).result(60)
+    print(json.dumps({"first": first, "then": forkserver._forkserver._forkserver_pid}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_a_template_that_died_before_the_pools_opened_is_started_again_to_last(tmp_path) -> None:
+    """The template dies before the first pool opens: the pool starts it again from the owner's thread, not
+    from its own short-lived start thread, whose end the new template's death signal would follow (taking
+    the pool's processes with it)."""
+    (tmp_path / "owner.py").write_text(RELAUNCHED)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
+    done = subprocess.run(
+        [sys.executable, "owner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["then"] not in (None, report["first"])

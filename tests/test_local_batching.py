@@ -25,6 +25,7 @@ from scanner.runners.arena import Arena
 from scanner.runners.arena import supported as arena_supported
 from scanner.runners.hashpool import (
     BATCH_BYTES,
+    CANNOT_START,
     MAX_BATCH,
     BatchingHasher,
     WorkerPool,
@@ -191,7 +192,8 @@ def test_a_pool_that_cannot_restart_fails_every_row_with_a_clear_error(died, mon
         monkeypatch.setattr(hashpool, "_started_executor", refused)
         results = asyncio.run(_hash_all(pool, job, bodies))
     assert [type(r) for r in results] == [HashingWorkersError] * 3, results
-    assert str(results[0]) == "hashing processes could not start: [Errno 11] Resource temporarily unavailable"
+    refused = "[Errno 11] Resource temporarily unavailable"
+    assert str(results[0]) == f"hashing processes could not start ({refused}): {CANNOT_START}"
 
 
 def _held_back(pool: WorkerPool) -> Future:
@@ -237,7 +239,7 @@ def test_processes_that_cannot_start_fail_the_waiting_rows_with_a_clear_error() 
     with WorkerPool(1) as pool:
         results = asyncio.run(hash_all(pool))
     assert [type(r) for r in results] == [HashingWorkersError] * 2
-    assert str(results[0]) == "hashing processes could not start: no template"
+    assert str(results[0]) == f"hashing processes could not start (no template): {CANNOT_START}"
 
 
 def test_a_body_that_kills_one_of_several_processes_breaks_its_pool_alone() -> None:

@@ -47,13 +47,17 @@ BATCH_BYTES = 4 * 1024 * 1024
 # not fit (a body larger than BATCH_BYTES) goes through the pipe.
 ARENA_PER_BATCH = BATCH_BYTES
 ARENA_BATCHES = 3
-# How long a dead pool's processes may take to report their exit status (the pool terminates the live ones).
+# What to do when hashing processes cannot start (a fork refused, a template ended).
+CANNOT_START = "free memory, raise the process limit (ulimit -u) or lower run.workers"
+# How long a dead pool's processes may take, in all, to report their exit status (the pool terminates the live
+# ones).
 EXIT_STATUS_SECONDS = 5.0
 
 
 @contextmanager
 def hashing_workers(count: int) -> Iterator[WorkerPool]:
-    """Hashing worker processes and their body arena, ready now and stopped on leaving."""
+    """Hashing worker processes and their body arena, starting now (from a thread when forked from a
+    template still warming: WorkerPool.ready) and stopped on leaving."""
     with ExitStack() as stack:
         arena = None
         if arena_supported():
@@ -94,6 +98,7 @@ class WorkerPool:
         self.count = count
         self.arena = arena
         self.generation = 0
+        self._reaper: threading.Thread | None = None  # death_reason's shutdown of a dead set
         self.executor, self._starting = _started_executor(count, arena, at_once=False)
 
     @property
@@ -112,7 +117,9 @@ class WorkerPool:
         """Why the current set could not start, once it has tried; None when it started."""
         if not self._starting.done() or self._starting.exception() is None:
             return None
-        return HashingWorkersError(f"hashing processes could not start: {self._starting.exception()}")
+        return HashingWorkersError(
+            f"hashing processes could not start ({self._starting.exception()}): {CANNOT_START}"
+        )
 
     def on_ready(self, callback: Callable[[], None]) -> None:
         """Call back (in whatever thread starts the set) once the current set has started or failed to."""
@@ -122,7 +129,8 @@ class WorkerPool:
         """Replace the processes (after one died); what the old set still held is lost with it. A fresh set
         that cannot start (no memory or process slot left to fork) is not raised here, in a callback whose
         batch would be lost with it: start_error says it, and every row waiting on the pool fails with it."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._reaper is None or not self._reaper.is_alive():  # else it is shutting the old set down
+            self.executor.shutdown(wait=False, cancel_futures=True)
         self.generation += 1
         try:
             self.executor, self._starting = _started_executor(self.count, self.arena, at_once=True)
@@ -136,10 +144,10 @@ class WorkerPool:
         exited (the pool terminates the others)."""
         # The executor's own thread reaps the processes; reading their status beside it is a race where
         # both read one status pipe (forkserver), and the loser sees 255: let it finish first.
-        reaper = threading.Thread(target=self.executor.shutdown, kwargs={"wait": True}, daemon=True)
-        reaper.start()
-        reaper.join(EXIT_STATUS_SECONDS)
         deadline = time.monotonic() + EXIT_STATUS_SECONDS
+        self._reaper = threading.Thread(target=self.executor.shutdown, kwargs={"wait": True}, daemon=True)
+        self._reaper.start()
+        self._reaper.join(EXIT_STATUS_SECONDS)  # then what is left of it for the statuses
         for process in self.processes:
             while process.exitcode is None and time.monotonic() < deadline:
                 process.join(0.05)
@@ -196,6 +204,7 @@ def _started_executor(count: int, arena: Arena | None, at_once: bool) -> tuple[P
         start()
         started.result()  # raises what starting raised
     else:
+        hashfork.ensure_template()  # from this thread: the start thread would start one to die with it
         threading.Thread(target=start, name="scanner-hashing-start", daemon=True).start()
     return executor, started
 

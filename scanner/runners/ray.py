@@ -120,12 +120,10 @@ class UnitWorker:
                 f"scanner {__version__} on this node, {driver_version} on the driver: install one version"
             )
         procguard.harden()  # before any body: no core dump of this actor, not dumpable
-        self._work = work if work is not None else ScanWork()
-        # Its one hashing process is spawned: a template would save nothing for one process, and ray.kill
-        # ends an actor without the exit handlers that remove a template's socket directory.
         nostore.install(())
         self._config = config
         self._matcher = matcher
+        self._work = work if work is not None else ScanWork()
         self._processor: UnitProcessor | None = None
         self._hashing = contextlib.ExitStack()
 
@@ -148,6 +146,8 @@ class UnitWorker:
         heap.fewer_collections()
         hash_fn = None
         if self._work.hashing:
+            # Its one hashing process is spawned: a template would save nothing for one process, and ray.kill
+            # ends an actor without the exit handlers that remove a template's socket directory.
             workers = self._hashing.enter_context(hashing_workers(1))
             hash_fn = BatchingHasher(workers, hashing_job(self._config, self._matcher), 2)
         return self._work.open(self._config, self._matcher, hash_fn, None)
