@@ -78,6 +78,16 @@ def _owner(tmp_path: Path, mode: str) -> subprocess.Popen:
     )
 
 
+def _run_owner(tmp_path: Path, script: str, *args: str, **modules: str) -> subprocess.CompletedProcess:
+    """Run an owner script (and the modules its template preloads) in tmp_path, with its own TMPDIR."""
+    for name, text in {"owner": script, **modules}.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
+    command = [sys.executable, "owner.py", *args]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
+
 def test_hashing_processes_come_warm_from_one_template_and_leave_no_socket_behind(tmp_path) -> None:
     """Both pools' processes are children of one template whose parent is the pool's owner, and PDQ's kernels
     are compiled in them before their first job; the template's socket directory is gone after the owner."""
@@ -175,13 +185,7 @@ def test_a_fork_refused_after_a_death_fails_the_rows_in_one_clear_line(tmp_path)
     """A hashing process dies and the template cannot fork its replacement (out of memory, at the process
     limit): multiprocessing's forkserver ends on that, the rows waiting fail with why, and the template
     prints no traceback on the scan's stderr."""
-    (tmp_path / "refusing.py").write_text(REFUSING)
-    (tmp_path / "owner.py").write_text(RESTART)
-    (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
-    done = subprocess.run(
-        [sys.executable, "owner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
-    )
+    done = _run_owner(tmp_path, RESTART, refusing=REFUSING)
     assert done.returncode == 0, done.stderr
     reason = (
         f"HashingWorkersError: hashing processes could not start ({hashfork.ENDED}): {hashpool.CANNOT_START}"
@@ -213,18 +217,7 @@ def test_pools_closed_before_their_template_is_warm_do_not_wait_for_it(tmp_path,
     """A unit worker whose scan ends before its template has warmed (a few dead links) closes its pools at
     once: the template is ended, the pools waiting for it fail, and nothing is left for the coordinator to
     kill (which multiprocessing reports as leaked semaphores on the scan's stderr)."""
-    (tmp_path / "slow_warm.py").write_text(SLOW_WARM)
-    (tmp_path / "owner.py").write_text(SHORT)
-    (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
-    done = subprocess.run(
-        [sys.executable, "owner.py", open_for],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    done = _run_owner(tmp_path, SHORT, open_for, slow_warm=SLOW_WARM)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     report = json.loads(done.stdout)
     assert report["ready"] == [False, False]
@@ -236,7 +229,6 @@ import json, os, signal, time
 from multiprocessing import forkserver
 from scanner import nostore
 from scanner.runners import hashfork, hashpool
-
 
 
 def main():
@@ -264,12 +256,7 @@ def test_a_template_that_died_before_the_pools_opened_is_started_again_to_last(t
     """The template dies before the first pool opens: the pool starts it again from the owner's thread, not
     from its own short-lived start thread, whose end the new template's death signal would follow (taking
     the pool's processes with it)."""
-    (tmp_path / "owner.py").write_text(RELAUNCHED)
-    (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
-    done = subprocess.run(
-        [sys.executable, "owner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
-    )
+    done = _run_owner(tmp_path, RELAUNCHED)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["then"] not in (None, report["first"])
