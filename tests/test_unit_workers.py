@@ -377,22 +377,28 @@ def test_a_suspect_waits_for_one_worker_to_drain_while_the_others_go_on_with_the
     assert [u.id for u in coordinator._queue] == [1, 3]
 
 
-def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(capfd: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("hashers", [0, 1])
+def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(
+    capfd: pytest.CaptureFixture[str], tmp_path, monkeypatch, hashers: int
+) -> None:
+    """... and leaves nothing in $TMPDIR (its hashing template's socket directory, where it had one)."""
     from types import SimpleNamespace
 
     from scanner.lists import Matcher
     from scanner.pipeline import Progress
     from scanner.runners.procs import UnitWorkers, _Coordinator
 
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     config = build_config({"run": {"workers": 1}}, "test")
     run = SimpleNamespace(config=config, checkpoint=SimpleNamespace(part_paths=lambda unit_id: []))
-    with UnitWorkers(config, [0]) as pool:
+    with UnitWorkers(config, [hashers]) as pool:
         pool.give(_PoisonWork(), Matcher.from_lists([]))  # type: ignore[arg-type]
         with pytest.raises(RuntimeError, match="cannot be opened here"):
             _Coordinator(pool, run, Progress()).run([SimpleNamespace(id=0, where="unit 0")])  # type: ignore[arg-type]
         pool.workers[0].process.join(5)
         assert pool.workers[0].process.exitcode == 1
     assert "Traceback" not in capfd.readouterr().err  # one line from the coordinator, not one per worker
+    assert list(tmp_path.iterdir()) == []
 
 
 def _die() -> None:

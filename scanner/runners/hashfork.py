@@ -12,8 +12,9 @@ again if it died, from a thread that lives as long as the owner, as the signal f
 and ends what it forked when it ends; each forked process also watches its owner through a pidfd
 (procguard.die_with_starter). None outlives the fetch loop that feeds it bodies.
 Its socket lives in a private temporary directory (0700, the socket 0600), which multiprocessing removes when
-the owner exits normally; an owner that fails or is killed leaves that directory (a socket, no content) in
-$TMPDIR. A Ray actor, with one hashing process and ended by ray.kill, spawns it instead.
+the owner exits normally (forget_template, before an owner ends with os._exit); an owner killed leaves that
+directory (a socket, no content) in $TMPDIR. A Ray actor, with one hashing process and ended by ray.kill,
+spawns it instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import functools
 import io
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -119,6 +121,17 @@ def stop_template() -> None:
         if server._forkserver_pid is not None:
             os.kill(server._forkserver_pid, signal.SIGKILL)
             os.waitpid(server._forkserver_pid, 0)
+
+
+def forget_template() -> None:
+    """End the template and remove its socket's directory now: for an owner about to end with os._exit,
+    which skips the exit handler that would remove it (a socket, no content, left in $TMPDIR)."""
+    if not _started:
+        return
+    stop_template()
+    directory = multiprocessing.current_process()._config.get("tempdir")  # type: ignore[attr-defined]
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _temporary_base() -> str | None:

@@ -564,6 +564,7 @@ def worker_main(conn: Connection, config: ScanConfig, hashers: int, parent: int)
                 asyncio.run(_serve(conn, config, *given, pools))
     except Exception as exc:  # the coordinator says it in one line; no traceback on stderr, no status 0
         _tell(conn, _failed(exc))
+        hashfork.forget_template()
         os._exit(1)
 
 
