@@ -79,12 +79,8 @@ def hashing_pools(count: int) -> Iterator[list[WorkerPool]]:
                 pools.append(stack.enter_context(hashing_workers(1)))
             yield pools
         finally:  # before the stack closes them, also when one fails to open
-            _let_go(pools)
-
-
-def _let_go(pools: list[WorkerPool]) -> None:
-    if not all(pool.ready for pool in pools):
-        hashfork.stop_template()
+            if not all(pool.ready for pool in pools):
+                hashfork.stop_template()
 
 
 class WorkerPool:
@@ -189,10 +185,8 @@ def _started_executor(count: int, arena: Arena | None, at_once: bool) -> tuple[P
                     executor.submit(started_job)  # the pool starts a process per job waiting for one
         except BaseException as exc:
             executor.shutdown(wait=True, cancel_futures=True)
-            if isinstance(exc, (EOFError, ConnectionError)) and hashfork.forked(context):
-                started.set_exception(OSError(hashfork.ENDED))  # not "unexpected EOF"
-                return
-            started.set_exception(exc)
+            ended = isinstance(exc, (EOFError, ConnectionError)) and hashfork.forked(context)
+            started.set_exception(OSError(hashfork.ENDED) if ended else exc)  # not "unexpected EOF"
             if not isinstance(exc, Exception):
                 raise
             return
