@@ -69,21 +69,24 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _owner(tmp_path: Path, mode: str) -> subprocess.Popen:
-    (tmp_path / "owner.py").write_text(OWNER)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
+def _owner_env(tmp_path: Path, script: str, **modules: str) -> dict[str, str]:
+    """Write an owner script (and the modules its template preloads) in tmp_path; the environment that runs
+    it with the scanner and its own TMPDIR."""
+    for name, text in {"owner": script, **modules}.items():
+        (tmp_path / f"{name}.py").write_text(text)
     (tmp_path / "tmp").mkdir()
+    return {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
+
+
+def _owner(tmp_path: Path, mode: str) -> subprocess.Popen:
+    env = _owner_env(tmp_path, OWNER)
     return subprocess.Popen(
         [sys.executable, "owner.py", mode], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
     )
 
 
 def _run_owner(tmp_path: Path, script: str, *args: str, **modules: str) -> subprocess.CompletedProcess:
-    """Run an owner script (and the modules its template preloads) in tmp_path, with its own TMPDIR."""
-    for name, text in {"owner": script, **modules}.items():
-        (tmp_path / f"{name}.py").write_text(text)
-    (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "tmp")}
+    env = _owner_env(tmp_path, script, **modules)
     command = [sys.executable, "owner.py", *args]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
 

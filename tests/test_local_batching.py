@@ -192,8 +192,8 @@ def test_a_pool_that_cannot_restart_fails_every_row_with_a_clear_error(died, mon
         monkeypatch.setattr(hashpool, "_started_executor", refused)
         results = asyncio.run(_hash_all(pool, job, bodies))
     assert [type(r) for r in results] == [HashingWorkersError] * 3, results
-    refused = "[Errno 11] Resource temporarily unavailable"
-    assert str(results[0]) == f"hashing processes could not start ({refused}): {CANNOT_START}"
+    why = "[Errno 11] Resource temporarily unavailable"
+    assert str(results[0]) == f"hashing processes could not start ({why}): {CANNOT_START}"
 
 
 def _held_back(pool: WorkerPool) -> Future:

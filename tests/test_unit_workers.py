@@ -381,7 +381,8 @@ def test_a_suspect_waits_for_one_worker_to_drain_while_the_others_go_on_with_the
 def test_a_worker_that_fails_to_start_says_why_and_stops_the_run(
     capfd: pytest.CaptureFixture[str], tmp_path, monkeypatch, hashers: int
 ) -> None:
-    """... and leaves nothing in $TMPDIR (its hashing template's socket directory, where it had one)."""
+    """A unit worker that fails before its first unit: the run stops with one line from the coordinator, and
+    the worker leaves nothing in $TMPDIR (its hashing template's socket directory, where it had one)."""
     from types import SimpleNamespace
 
     from scanner.lists import Matcher
