@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "scanner.procguard",
             "scanner.crashlog",
             "scanner.textmode",
+            "scanner.arrowvalues",
         ),
     ),
     ("urls", ("scanner.urls",)),  # URL reading and normal form: fetch and lists use it

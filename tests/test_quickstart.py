@@ -400,3 +400,66 @@ def test_a_unit_worker_imports_the_transport_of_every_client_before_its_lists_ar
     transports = {"aiohttp": "AiohttpTransport", "httpx": "HttpxTransport"}
     for client in TRANSPORTS:
         assert transport_class(client).__name__ == transports[client]
+
+
+# pyarrow's conversion of a Python value (pa.array, pa.scalar, Array.to_numpy, a value given to a compute
+# function) imports pandas wherever it is installed: a quarter second of CPU and tens of MB in each process
+# that does, on the way to the first request when the coordinator or a unit worker does. This stand-in,
+# first on the path, says which process imported it and from where, and is refused like a missing pandas.
+STAND_IN_PANDAS = """\
+import os, sys, traceback
+sys.stderr.write(f"pandas imported by {os.getpid()}:\\n" + "".join(traceback.format_stack()) + "\\n")
+sys.stderr.flush()
+raise ImportError("the test's stand-in for pandas")
+"""
+
+
+def _stand_in_pandas(folder: Path) -> dict[str, str]:
+    (folder / "pandas").mkdir(parents=True)
+    (folder / "pandas" / "__init__.py").write_text(STAND_IN_PANDAS)
+    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{REPO}"}
+
+
+def test_loading_every_kind_of_list_imports_no_pandas(tmp_path: Path) -> None:
+    paths = write_lists(tmp_path, "http://Example.COM:80/a/../listed.jpg#x")
+    typed = tmp_path / "typed.csv"
+    typed.write_text(f"hash_type,hash,id\npdq,{PDQ[0].pdq.hex()},a\nmd5,{PDQ[2].md5.hex()},b\nnewhash,ff,c\n")
+    ncmec = REPO / "tests" / "fixtures" / "ncmec-pages" / "page-1.xml"
+    specs = [f"pdq:{paths['pdq']}", str(paths["md5"]), f"url:{paths['url']}", str(typed), str(ncmec)]
+    code = (
+        "import sys, scanner.cli.main, scanner.runners.procs\n"
+        "from scanner.config import build_config\n"
+        "from scanner.run.lifecycle import load_lists\n"
+        f"config = build_config({{'inputs': ['x'], 'out': 'o', 'hashlist': {specs!r}}}, 'test')\n"
+        "lists, matcher = load_lists(config)\n"
+        "print(sorted(matcher.needed_hash_types), 'pandas' in sys.modules)\n"
+    )
+    env = _stand_in_pandas(tmp_path / "site")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pandas imported" not in done.stderr, done.stderr
+    assert done.stdout.split("]")[1].strip() == "False"
+    assert "url" in done.stdout and "pdq" in done.stdout
+
+
+def test_only_the_coordinator_imports_pandas_and_only_once_rows_are_done(tmp_path: Path) -> None:
+    """Unit workers, hashing processes and their template never import it; the coordinator builds its
+    first committed outcomes table with pyarrow's conversion, after the first request."""
+    files = {f"/{i}.jpg": body for i, body in enumerate(IMAGES)}
+    env = _stand_in_pandas(tmp_path / "site")
+    with LoopbackServer(files) as server:
+        urls = [server.url(f"/{i % len(IMAGES)}.jpg?r={i}") for i in range(8)]
+        paths = write_lists(tmp_path, urls[3])
+        shard = tmp_path / "shard.parquet"
+        pq.write_table(pa.table({"url": urls}), shard)
+        argv = [sys.executable, "-m", "scanner", "scan", str(shard), "--out", str(tmp_path / "out")]
+        argv += ["--hashlist", f"pdq:{paths['pdq']}", "--hashlist", f"url:{paths['url']}"]
+        argv += ["--allow-private-networks", "--quiet", "--workers", "2"]
+        scan_process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        _, stderr = scan_process.communicate(timeout=180)
+    assert scan_process.returncode == 0, stderr
+    importers = [line for line in stderr.splitlines() if line.startswith("pandas imported by ")]
+    assert importers and set(importers) == {f"pandas imported by {scan_process.pid}:"}, stderr
+    assert "checkpoint.py" in stderr.split("pandas imported by", 1)[1], stderr
+    matches = (tmp_path / "out" / "matches.jsonl").read_text().splitlines()
+    assert sorted({json.loads(line)["list"] for line in matches}) == ["pdq", "urls"]

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from scanner import arrowvalues
 from scanner.hashtypes import BUILT_IN
 from scanner.lists.hashtypes import LIST_TYPE_NAMES, string_buffers
 from scanner.lists.skipped import SkippedType, SkipReason
@@ -225,7 +226,7 @@ class RawList:
         return RawList(
             self.hashes.filter(known),
             types,
-            self.lines[known.to_numpy(zero_copy_only=False)],
+            self.lines[arrowvalues.numpy(known)],
             None if self.ids is None else self.ids.filter(known),
             None if self.categories is None else self.categories.filter(known),
             None if self.metadata is None else self.metadata.filter(known),
@@ -508,7 +509,7 @@ def _content(text: ListText) -> tuple[pa.Array, np.ndarray]:
     rows = np.flatnonzero(text.content)
     if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # one run (a final newline, a heading comment)
         return text.lines.slice(int(rows[0]), len(rows)), rows + 1
-    return text.lines.filter(pa.array(text.content)), rows + 1
+    return text.lines.filter(arrowvalues.booleans(text.content)), rows + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,7 +547,7 @@ def _read_csv(text: ListText, header: list[str]) -> tuple[pa.Table, np.ndarray]:
     rows = _CsvRows.of(text.data, text.first_content_line())
     lines = rows.lines
     if not len(lines):  # the reader calls that an empty file
-        return pa.table({name: pa.array([], pa.string()) for name in header}), lines
+        return pa.table({name: arrowvalues.strings([]) for name in header}), lines
     # The reader starts after the header, not told to skip lines up to it: it skips only within its first
     # block, so a header after a megabyte of comments would be an error; and a row must fit in one block.
     # Quotes are followed across line breaks (newlines_in_values): else a block cut inside a quoted value
@@ -623,7 +624,8 @@ def _first_bad_record(body: bytes, fields: int) -> tuple[int, str] | None:
 def _first_spanning_row(table: pa.Table, header: list[str], bad_rows: list[int]) -> int:
     """pyarrow's number of the first row read whose quoted value ran over a line break, or 0 when only a bad
     row did (bad rows were skipped, not in the table)."""
-    found = [np.flatnonzero(pc.match_substring(table.column(name), "\n").to_numpy(False)) for name in header]
+    spans = (pc.match_substring(table.column(name), "\n") for name in header)
+    found = [np.flatnonzero(arrowvalues.numpy(spanning)) for spanning in spans]
     first = [int(rows[0]) for rows in found if len(rows)]
     if not first:
         return 0
@@ -655,29 +657,30 @@ def hash_types(
     # A format strict in its type values still takes a plug-in's type by its own name (PhotoDNA).
     listable = {name: name for name in LIST_TYPE_NAMES if not own_only or name not in BUILT_IN}
     accepted = {**listable, **aliases, **names}
-    digest = pc.fill_null(pc.match_substring_regex(values, _HEX_DIGEST), False)
-    named = pc.and_(pc.fill_null(pc.match_substring_regex(values, _TYPE_NAME), False), pc.invert(digest))
-    bad = np.flatnonzero(~named.to_numpy(zero_copy_only=False))
+    no = arrowvalues.boolean(False)
+    digest = pc.fill_null(pc.match_substring_regex(values, _HEX_DIGEST), no)
+    named = pc.and_(pc.fill_null(pc.match_substring_regex(values, _TYPE_NAME), no), pc.invert(digest))
+    bad = np.flatnonzero(~arrowvalues.numpy(named))
     if len(bad):
         row = int(bad[0])
         if digest[row].as_py():  # the list's own hash: not repeated in a message
             raise FormatError("a hash value where a hash type's name should be", int(lines[row]))
         raise FormatError(f"not a hash type name: {values[row].as_py()!r}", int(lines[row]))
-    known = pc.is_in(values, value_set=pa.array(list(accepted), pa.string()))
+    known = pc.is_in(values, value_set=arrowvalues.strings(list(accepted)))
     skipped = _skipped_by_name(values, known, lines)
     unique = pc.unique(values.filter(known))
-    targets = pa.array([accepted[name] for name in unique.to_pylist()], pa.string())
+    targets = arrowvalues.strings([accepted[name] for name in unique.to_pylist()])
     return pc.take(targets, pc.index_in(values, value_set=unique)), known, skipped
 
 
 def _skipped_by_name(values: pa.Array, known: pa.Array, lines: np.ndarray) -> dict[str, SkippedType]:
     """The rows of unknown types, counted by type name with the line of the first."""
-    unknown = np.flatnonzero(~known.to_numpy(zero_copy_only=False))
+    unknown = np.flatnonzero(~arrowvalues.numpy(known))
     if not len(unknown):
         return {}
-    encoded = pc.dictionary_encode(values.take(pa.array(unknown)))
+    encoded = pc.dictionary_encode(values.take(arrowvalues.integers(unknown)))
     kinds, firsts, counts = np.unique(
-        encoded.indices.to_numpy(zero_copy_only=False), return_index=True, return_counts=True
+        arrowvalues.numpy(encoded.indices), return_index=True, return_counts=True
     )
     names = encoded.dictionary.to_pylist()
     if len(kinds) > MAX_UNKNOWN_TYPES:
@@ -698,12 +701,12 @@ def _optional(values: pa.Array | None) -> pa.Array | None:
     if values is None:
         return None
     text = trimmed(values.cast(pa.string()))
-    empty = pc.fill_null(pc.equal(text, ""), True)
+    empty = pc.fill_null(pc.equal(text, arrowvalues.text("")), arrowvalues.boolean(True))
     if not pc.any(empty).as_py():
         return text
     if pc.all(empty).as_py():
         return None
-    return pc.if_else(empty, pa.scalar(None, pa.string()), text)
+    return pc.if_else(empty, arrowvalues.null(pa.string()), text)
 
 
 def trimmed(values: pa.Array) -> pa.Array:
@@ -718,4 +721,4 @@ def trimmed(values: pa.Array) -> pa.Array:
 
 
 def _first_true(mask: pa.Array) -> int:
-    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+    return int(np.flatnonzero(arrowvalues.numpy(mask))[0])

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scanner import arrowvalues
 from scanner.errors import HashListError
 from scanner.lists import ncmec
 from scanner.lists.formats import FormatError, ListText, RawList, read_list
@@ -252,7 +253,7 @@ def _decode(
     if len(names) == 1:  # every row: no mask, and no copy of the columns through one
         groups: dict[str, pa.Array | None] = {str(names[0]): None}
     else:
-        groups = {str(name): pc.equal(raw.types, name) for name in names}
+        groups = {str(name): pc.equal(raw.types, arrowvalues.text(str(name))) for name in names}
     entries = {}
     merged = 0
     for type_name in sorted(groups):
@@ -267,7 +268,7 @@ def _decode_type(
 ) -> tuple[HashEntries, int]:
     """One type's entries (rows: which of the list's rows hold this type; None for all): decoded keys,
     repeats merged, ids checked."""
-    lines = raw.lines if rows is None else raw.lines[rows.to_numpy(zero_copy_only=False)]
+    lines = raw.lines if rows is None else raw.lines[arrowvalues.numpy(rows)]
     try:
         parsed = hash_type.parse(_subset(raw.hashes, rows))
     except BadValue as error:
@@ -283,7 +284,7 @@ def _decode_type(
             DuplicateHashWarning,
             stacklevel=2,
         )
-        kept = pa.array(keep)
+        kept = arrowvalues.booleans(keep)
     ids = _subset(_subset(raw.ids, rows), kept) if raw.ids is not None else _subset(parsed.names, kept)
     _check_unique_ids(ids, lines[keep], hash_type.name, path, where)
     entries = HashEntries(
@@ -321,10 +322,11 @@ def _check_unique_ids(
     """Refuse one id given to two different hashes of the same type (repeats are already merged)."""
     if ids is None:
         return
-    valid = np.flatnonzero(ids.is_valid().to_numpy(zero_copy_only=False))
-    order = valid[pc.sort_indices(ids.take(valid)).to_numpy()]  # a stable sort: file order within an id
-    ordered = ids.take(order)
-    same = pc.equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)
+    valid = np.flatnonzero(arrowvalues.numpy(ids.is_valid()))
+    # a stable sort: file order within an id
+    order = valid[arrowvalues.numpy(pc.sort_indices(ids.take(arrowvalues.integers(valid))))]
+    ordered = ids.take(arrowvalues.integers(order))
+    same = arrowvalues.numpy(pc.equal(ordered[1:], ordered[:-1]))
     if not same.any():
         return
     later, earlier = order[1:][same], order[:-1][same]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from scanner import arrowvalues
 from scanner.hashtypes import REGISTRY, HashType
 from scanner.lists.index import aligned_empty
 from scanner.urls.normal import BadEntry, normalise_host, normalise_hosts, normalise_url, normalise_urls
@@ -145,7 +146,7 @@ class SignalKeys(ListKeys):
                 signals.append(str(validate(value)))
             except Exception as error:  # the plug-in's own refusal, whatever it raises
                 raise BadValue(row, f"not a valid {self.name} signal ({error})") from None
-        names = pa.array(signals, pa.string())
+        names = arrowvalues.strings(signals)
         keys = aligned_empty((len(names), self.nbytes))
         keys[:] = np.frombuffer(text_keys(names), dtype=np.uint8).reshape(keys.shape)
         return ParsedKeys(keys, names)
@@ -202,7 +203,7 @@ def string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _first(mask: pa.Array) -> int:
-    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+    return int(np.flatnonzero(arrowvalues.numpy(mask))[0])
 
 
 _KEYS: dict[HashType, ListKeys] = {}

@@ -30,6 +30,7 @@ import pyarrow as pa
 from defusedxml import DefusedXmlException
 from defusedxml.expatreader import DefusedExpatParser
 
+from scanner import arrowvalues
 from scanner.lists.formats import FormatError, RawList, hash_types
 from scanner.lists.skipped import SkippedType, SkipReason, merged
 
@@ -267,8 +268,8 @@ def _rows(entries: list[_Entry]) -> RawList:
             lines.append(line)
     names = FINGERPRINT_TYPES  # pdna: formats.TYPE_ALIASES, once a PhotoDNA plug-in is registered
     line_numbers = np.array(lines, dtype=np.int64)
-    types, known, skipped = hash_types(pa.array(columns["type"], pa.string()), names, line_numbers)
-    text = {name: pa.array(values, pa.string()) for name, values in columns.items()}
+    types, known, skipped = hash_types(arrowvalues.strings(columns["type"]), names, line_numbers)
+    text = {name: arrowvalues.strings(values) for name, values in columns.items()}
     raw = RawList(
         hashes=text["hash"],
         types=types,

@@ -36,10 +36,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scanner import arrowvalues
 from scanner.urls.parse import Target, UnusableURL, parse_url
 
 DIGEST_TYPES = ("url_md5", "url_sha1", "url_sha256")
@@ -154,7 +154,7 @@ _SIMPLE_DOMAIN = rf"^(?:\*\.)?{_SIMPLE_HOST}$"
 _MAX_HOST = 253
 _AUTHORITY = r"^(?P<scheme>[A-Za-z]+)://(?P<authority>[^/?#]*)"  # to split a URL known to be simple
 _REWRITTEN = r"/\.\.?(?:[/?#]|$)|^[^?]*\?(?:#|$)"  # a dot segment or an empty query (and a few lookalikes)
-_DEFAULT_PORTS = pa.array(["http:", "https:", "http:80", "https:443"], pa.large_string())
+_DEFAULT_PORTS = ("http:", "https:", "http:80", "https:443")
 _HEX = "0123456789abcdefABCDEF"
 _ESCAPES_TO_REWRITE = "|".join(
     escape for escape in (f"%{a}{b}" for a in _HEX for b in _HEX) if normalise_escapes(escape) != escape
@@ -169,7 +169,10 @@ def simple_urls(values: pa.Array) -> pa.Array:
     authority = pc.ascii_lower(pc.struct_field(parts, "authority"))
     host = pc.utf8_rtrim(pc.replace_substring_regex(authority, ":.*", ""), ".")
     port = pc.replace_substring_regex(authority, "^[^:]*:?", "")
-    default_port = pc.is_in(pc.binary_join_element_wise(scheme, port, _text(":")), _DEFAULT_PORTS)
+    default_port = pc.is_in(
+        pc.binary_join_element_wise(scheme, port, _text(":")),
+        arrowvalues.strings(_DEFAULT_PORTS, pa.large_string()),
+    )
     tail = pc.replace_substring_regex(pc.replace_substring_regex(values, _AUTHORITY, ""), "#.*", "")
     text = pc.binary_join_element_wise(
         scheme,
@@ -181,7 +184,7 @@ def simple_urls(values: pa.Array) -> pa.Array:
         _text(""),
     )
     simple = pc.match_substring_regex(values, _SIMPLE_URL)
-    simple = pc.and_(simple, pc.less_equal(pc.binary_length(host), _MAX_HOST))
+    simple = pc.and_(simple, pc.less_equal(pc.binary_length(host), arrowvalues.integer(_MAX_HOST)))
     rewritten = pc.or_(
         pc.match_substring_regex(values, _REWRITTEN), pc.match_substring_regex(values, _ESCAPES_TO_REWRITE)
     )
@@ -193,30 +196,30 @@ def simple_hosts(values: pa.Array) -> pa.Array:
     values = values.cast(pa.large_string())
     host = pc.utf8_rtrim(pc.ascii_lower(pc.replace_substring(values, "*.", "", max_replacements=1)), ".")
     simple = pc.and_(
-        pc.match_substring_regex(values, _SIMPLE_DOMAIN), pc.less_equal(pc.binary_length(host), _MAX_HOST)
+        pc.match_substring_regex(values, _SIMPLE_DOMAIN),
+        pc.less_equal(pc.binary_length(host), arrowvalues.integer(_MAX_HOST)),
     )
     return _keep(host, simple)
 
 
 def _text(value: str) -> pa.Scalar:
-    return pa.scalar(value, pa.large_string())
+    return arrowvalues.text(value, pa.large_string())
 
 
 def _keep(text: pa.Array, claimed: pa.Array) -> pa.Array:
-    return pc.if_else(pc.fill_null(claimed, False), text, pa.scalar(None, text.type))
+    return pc.if_else(pc.fill_null(claimed, arrowvalues.boolean(False)), text, arrowvalues.null(text.type))
 
 
 def _fill_in(values: pa.Array, simple: pa.Array, normalise_one: Callable[[str], str]) -> pa.Array:
     """The simple normal forms, and normalise_one of each value they leave null; BadEntry names a bad row."""
-    left = simple.is_null().to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero(left)
+    left = simple.is_null()
     normal = []
-    for row, value in zip(rows, values.filter(pa.array(left)).to_pylist(), strict=True):
+    for row, value in zip(pc.indices_nonzero(left).to_pylist(), values.filter(left).to_pylist(), strict=True):
         try:
             normal.append(normalise_one(value or ""))
         except ValueError as error:
-            raise BadEntry(int(row), error) from None
-    return pc.replace_with_mask(simple, pa.array(left), pa.array(normal, simple.type)).cast(pa.string())
+            raise BadEntry(row, error) from None
+    return pc.replace_with_mask(simple, left, arrowvalues.strings(normal, simple.type)).cast(pa.string())
 
 
 def _target(url: str) -> Target:

@@ -1,0 +1,101 @@
+"""Arrow arrays and scalars of plain Python and numpy values, built from their buffers.
+
+pyarrow's own conversion (pa.array, pa.scalar, a Python value given to a compute function) first asks
+whether the value is a pandas object, and that question imports pandas wherever it is installed: 0.2-0.3 s
+of CPU and tens of MB in every process that converts a value. The scanner has no pandas object to convert,
+and the processes on the way to a scan's first request (the coordinator loading URL lists, the unit workers)
+build their arrays here instead, so that a machine with pandas installed starts as fast as one without.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+STRING = pa.string()
+
+
+def strings(values: Sequence[str | None], kind: pa.DataType = STRING) -> pa.Array:
+    """Text values (None: null) as an array of `kind`: string or large_string. A value that is no valid
+    UTF-8 text (a lone surrogate) raises UnicodeEncodeError, as pyarrow's own conversion does."""
+    data = [b"" if value is None else value.encode() for value in values]
+    large = pa.types.is_large_string(kind)
+    offsets = np.zeros(len(data) + 1, np.int64 if large else np.int32)
+    np.cumsum([len(item) for item in data], out=offsets[1:])
+    missing = [value is None for value in values]
+    validity = pa.py_buffer(np.packbits(np.logical_not(missing), bitorder="little")) if any(missing) else None
+    array_class = pa.LargeStringArray if large else pa.StringArray
+    return array_class.from_buffers(
+        len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data)), validity, sum(missing)
+    )
+
+
+def booleans(mask: np.ndarray) -> pa.BooleanArray:
+    """A numpy truth mask as a boolean array."""
+    bits = np.packbits(np.asarray(mask, dtype=bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
+
+
+def integers(values: np.ndarray | Sequence[int]) -> pa.Int64Array:
+    """Whole numbers as an int64 array."""
+    data = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+
+
+@functools.cache
+def text(value: str, kind: pa.DataType = STRING) -> pa.Scalar:
+    """One text value as a scalar of `kind`."""
+    return strings([value], kind)[0]
+
+
+@functools.cache
+def integer(value: int) -> pa.Scalar:
+    """One whole number as an int64 scalar."""
+    return integers([value])[0]
+
+
+@functools.cache
+def boolean(value: bool) -> pa.Scalar:
+    """One truth value as a boolean scalar."""
+    return booleans(np.array([value]))[0]
+
+
+@functools.cache
+def null(kind: pa.DataType) -> pa.Scalar:
+    """The null scalar of a type."""
+    return pa.nulls(1, kind)[0]
+
+
+_NUMPY_TYPES = {
+    pa.int8(): np.int8,
+    pa.int16(): np.int16,
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.uint8(): np.uint8,
+    pa.uint16(): np.uint16,
+    pa.uint32(): np.uint32,
+    pa.uint64(): np.uint64,
+    pa.float32(): np.float32,
+    pa.float64(): np.float64,
+}
+
+
+def numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean or numeric array with no nulls as a numpy array (read-only where it is a view); any other,
+    through pyarrow's own conversion (Array.to_numpy: nulls as NaN or None)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    kind = array.type
+    if array.null_count or not (pa.types.is_boolean(kind) or kind in _NUMPY_TYPES):
+        return array.to_numpy(zero_copy_only=False)
+    data = array.buffers()[1]
+    if data is None:  # an empty array
+        return np.zeros(0, bool if pa.types.is_boolean(kind) else _NUMPY_TYPES[kind])
+    if pa.types.is_boolean(kind):
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+        return bits[array.offset : array.offset + len(array)].astype(bool)
+    dtype = np.dtype(_NUMPY_TYPES[kind])
+    return np.frombuffer(data, dtype, count=len(array), offset=array.offset * dtype.itemsize)
