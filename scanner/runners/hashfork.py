@@ -12,8 +12,9 @@ again if it died, from a thread that lives as long as the owner, as the signal f
 and ends what it forked when it ends; each forked process also watches its owner through a pidfd
 (procguard.die_with_starter). None outlives the fetch loop that feeds it bodies.
 Its socket lives in a private temporary directory (0700, the socket 0600), which multiprocessing removes when
-the owner exits normally (forget_template, before an owner ends with os._exit); an owner killed leaves that
-directory (a socket, no content) in $TMPDIR. A Ray actor, with one hashing process and ended by ray.kill,
+the owner exits normally (forget_template, before an owner ends with os._exit); an owner killed cannot, and a
+unit worker's lies in its scan's scratch directory (runners/scratch.py), which goes with the scan. A Ray
+actor, with one hashing process and ended by ray.kill,
 spawns it instead.
 """
 
@@ -32,6 +33,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from scanner import procguard
+from scanner.runners import scratch
 
 # The module multiprocessing's forkserver imports before it forks anything: this one, which warms it.
 _PRELOAD = [__name__]
@@ -83,7 +85,7 @@ def start_template() -> None:
     from multiprocessing import forkserver
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
-    chosen, tempfile.tempdir = tempfile.tempdir, tempfile.tempdir or _temporary_base()
+    chosen, tempfile.tempdir = tempfile.tempdir, tempfile.tempdir or scratch.temporary_base()
     try:
         with procguard.children_ignore_ctrl_c():
             forkserver.ensure_running()
@@ -132,16 +134,6 @@ def forget_template() -> None:
     directory = multiprocessing.current_process()._config.get("tempdir")  # type: ignore[attr-defined]
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _temporary_base() -> str | None:
-    """Where the template's socket directory goes: the directory tempfile would choose, found without the
-    file tempfile writes there to test it (a write outside the report directory, however brief)."""
-    names = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")] + ["/tmp", "/var/tmp", "/usr/tmp"]
-    for name in filter(None, names):
-        if os.path.isdir(name) and os.access(name, os.W_OK | os.X_OK):
-            return os.path.abspath(name)
-    return None
 
 
 def warm() -> None:

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -49,7 +50,7 @@ from scanner.reports.records import RowResult, UnitReport
 from scanner.run import checkpoint
 from scanner.run.job import Run, UnitProcessor, UnitWork, hashing_job
 from scanner.run.lifecycle import lists_later
-from scanner.runners import hashfork, heap, shared
+from scanner.runners import hashfork, heap, scratch, shared
 from scanner.runners.hashpool import BatchingHasher, WorkerPool, hashing_pools, spread
 
 # How often a unit worker reports the rows it finished (and at each unit's end): the bar moves smoothly and
@@ -137,14 +138,18 @@ def body_budget_note(config: ScanConfig, count: int) -> str | None:
 class UnitWorker:
     """One unit worker process, its end of the pipe, and the units it is running."""
 
-    def __init__(self, config: ScanConfig, index: int, count: int, hashers: int) -> None:
+    def __init__(
+        self, config: ScanConfig, index: int, count: int, hashers: int, scratch_dir: str | None
+    ) -> None:
         self.index = index
         self.running: dict[int, Any] = {}
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         settings = worker_config(config, index, count)
         self.process = context.Process(
-            target=worker_main, args=(child, settings, hashers, os.getpid()), name=f"scanner-unit-{index}"
+            target=worker_main,
+            args=(child, settings, hashers, os.getpid(), scratch_dir),
+            name=f"scanner-unit-{index}",
         )
         self.process.start()
         child.close()
@@ -180,7 +185,14 @@ class UnitWorkers:
         # before its hash) must not write to a closed pipe (its number may be another file's by then).
         self._ending = threading.Lock()
         self._ended = False
-        self._spawn(range(self.count))
+        # Where their hashing templates' sockets go, removed when the pool ends (runners/scratch.py).
+        forking = any(hashers) and hashfork.forking()
+        self.scratch = scratch.open_scratch(scratch.temporary_base()) if forking else None
+        try:
+            self._spawn(range(self.count))
+        except BaseException:
+            self.__exit__()
+            raise
 
     @property
     def count(self) -> int:
@@ -189,7 +201,8 @@ class UnitWorkers:
     def _spawn(self, indexes: range | list[int]) -> None:
         with procguard.children_ignore_ctrl_c():  # the coordinator stops them
             for i in indexes:
-                worker = UnitWorker(self.config, i, self.count, self.hashers[i])
+                where = self.scratch.path if self.scratch else None
+                worker = UnitWorker(self.config, i, self.count, self.hashers[i], where)
                 if i < len(self.workers):
                     self.workers[i] = worker
                 else:
@@ -315,6 +328,8 @@ class UnitWorkers:
             for fd in (self.rest_ready, self._rest_signal):
                 if fd is not None:
                     os.close(fd)
+            if self.scratch is not None:  # the workers have ended: what a killed one left goes too
+                self.scratch.close()
 
     def _stop(self) -> None:
         """Ask every worker to stop (cancelling what it runs) and wait a while for each to close down, reading
@@ -541,15 +556,19 @@ def _row_counts(rows: list[tuple[int, UnitReport]]) -> Counter:
 # ---------------------------------------------------------------- the unit worker's side
 
 
-def worker_main(conn: Connection, config: ScanConfig, hashers: int, parent: int) -> None:
+def worker_main(
+    conn: Connection, config: ScanConfig, hashers: int, parent: int, scratch_dir: str | None = None
+) -> None:
     """A unit worker: hardened and guarded like the coordinator (no writes at all), ending with it, Ctrl-C
-    left to it; it runs units until told to stop."""
+    left to it; it runs units until told to stop. Its hashing template's socket goes in the scan's scratch
+    directory, where there is one."""
     procguard.harden()
     procguard.die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     atexit.register(os._exit, 0)  # nothing to flush: skip tearing down numba, LLVM and the rest
     try:
         if hashers:
+            tempfile.tempdir = scratch_dir or tempfile.tempdir
             hashfork.start_template()  # it warms while this process imports and the lists load
         nostore.install(())
         load_plugins(config.plugins)  # the registry as the coordinator has it, before any list or record

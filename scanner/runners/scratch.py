@@ -1,0 +1,113 @@
+"""A scan's scratch directory: where its unit workers' hashing templates put their sockets' directories
+(runners/hashfork.py), removed with the scan, and by a later scan when this one was killed.
+
+A unit worker that is killed (SIGKILL, the OOM killer, a `kill -9` of the scan, which takes its unit
+workers with it) cannot remove its template's socket directory, and multiprocessing would leave one in $TMPDIR
+for every such death. Under one directory per scan, the coordinator removes them all when the scan ends; a
+coordinator killed too leaves that one directory, which the next scan on the machine removes: it holds an
+advisory lock on it while it lives (flock on the directory itself, no file written), so a directory whose lock
+is free belongs to no live scan. Sockets only: no content is ever written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+
+PREFIX = "scanner-scratch-"
+_UNNAMED = ".scanner-scratch-new-"  # one being made, not yet locked
+UNNAMED_SECONDS = 60.0
+
+
+class Scratch:
+    """One scan's scratch directory (0700), locked for as long as this object is open."""
+
+    def __init__(self, base: str) -> None:
+        sweep(base)
+        # Locked before it takes the name a sweep looks for: another scan's sweep never finds it unlocked.
+        unnamed = tempfile.mkdtemp(prefix=_UNNAMED, dir=base)
+        self._lock: int | None = os.open(unnamed, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            self.path = os.path.join(base, PREFIX + os.path.basename(unnamed).removeprefix(_UNNAMED))
+            os.rename(unnamed, self.path)
+        except OSError:
+            os.close(self._lock)
+            shutil.rmtree(unnamed, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Remove the directory and what the scan's processes left in it, then let its lock go."""
+        if self._lock is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lock)
+        self._lock = None
+
+
+def open_scratch(base: str | None) -> Scratch | None:
+    """A fresh scratch directory under `base` (None: no scratch, as where no temporary directory is writable,
+    or where the directory cannot be made); stale ones there removed first."""
+    if base is None:
+        return None
+    try:
+        return Scratch(base)
+    except OSError:
+        return None
+
+
+def sweep(base: str) -> list[str]:
+    """Remove the scratch directories under `base` that are this user's and locked by no live scan; return
+    them."""
+    removed: list[str] = []
+    stale: list[str] = []
+    with contextlib.suppress(OSError), os.scandir(base) as entries:
+        stale = [entry.path for entry in entries if _stale_candidate(entry)]
+    for path in stale:
+        if _unlocked(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _stale_candidate(entry: os.DirEntry) -> bool:
+    """A directory of this user's with a scratch name, or one being made that a killed scan left (unlocked
+    for an instant while it lives: only one older than UNNAMED_SECONDS)."""
+    named, unnamed = entry.name.startswith(PREFIX), entry.name.startswith(_UNNAMED)
+    try:
+        if not (named or unnamed) or not entry.is_dir(follow_symlinks=False):
+            return False
+        status = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    young = unnamed and time.time() - status.st_mtime < UNNAMED_SECONDS
+    return status.st_uid == os.getuid() and not young
+
+
+def _unlocked(path: str) -> bool:
+    """Whether no process holds the directory's lock (tried without waiting, let go at once)."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(handle)
+    return True
+
+
+def temporary_base() -> str | None:
+    """The directory tempfile would choose, found without the file tempfile writes there to test it (a write
+    outside the report directory, however brief)."""
+    names = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")] + ["/tmp", "/var/tmp", "/usr/tmp"]
+    for name in filter(None, names):
+        if os.path.isdir(name) and os.access(name, os.W_OK | os.X_OK):
+            return os.path.abspath(name)
+    return None
