@@ -10,27 +10,31 @@ build their arrays here instead, so that a machine with pandas installed starts 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 STRING = pa.string()
+LARGE_STRING = pa.large_string()
 
 
-def strings(values: Sequence[str | None], kind: pa.DataType = STRING) -> pa.Array:
+def strings(values: Iterable[str | None], kind: pa.DataType = STRING) -> pa.Array:
     """Text values (None: null) as an array of `kind`: string or large_string. A value that is no valid
-    UTF-8 text (a lone surrogate) raises UnicodeEncodeError, as pyarrow's own conversion does."""
+    UTF-8 text (a lone surrogate) raises UnicodeEncodeError, as pyarrow's own conversion does; more than
+    2 GiB of text in a string array raises ArrowInvalid (where pyarrow's would have split it in chunks)."""
+    if kind not in (STRING, LARGE_STRING):
+        raise TypeError(f"strings() builds string or large_string arrays, not {kind}")
+    values = list(values)
     data = [b"" if value is None else value.encode() for value in values]
-    large = pa.types.is_large_string(kind)
-    offsets = np.zeros(len(data) + 1, np.int64 if large else np.int32)
+    offsets = np.zeros(len(data) + 1, np.int64)
     np.cumsum([len(item) for item in data], out=offsets[1:])
     missing = [value is None for value in values]
     validity = pa.py_buffer(np.packbits(np.logical_not(missing), bitorder="little")) if any(missing) else None
-    array_class = pa.LargeStringArray if large else pa.StringArray
-    return array_class.from_buffers(
+    built = pa.LargeStringArray.from_buffers(
         len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data)), validity, sum(missing)
     )
+    return built if kind == LARGE_STRING else built.cast(STRING)  # the cast checks the offsets fit
 
 
 def booleans(mask: np.ndarray) -> pa.BooleanArray:
@@ -98,4 +102,6 @@ def numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
         bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
         return bits[array.offset : array.offset + len(array)].astype(bool)
     dtype = np.dtype(_NUMPY_TYPES[kind])
-    return np.frombuffer(data, dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    view = np.frombuffer(data, dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    view.flags.writeable = False  # the array's own memory, as Array.to_numpy gives it
+    return view

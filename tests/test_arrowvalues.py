@@ -85,3 +85,16 @@ def test_arrays_with_nulls_or_of_other_types_go_through_pyarrow() -> None:
     np.testing.assert_array_equal(arrowvalues.numpy(with_nulls), with_nulls.to_numpy(zero_copy_only=False))
     texts = pa.array(["a", "b"])
     assert arrowvalues.numpy(texts).tolist() == ["a", "b"]
+
+
+def test_a_view_of_an_arrays_memory_cannot_be_written_through() -> None:
+    numbers = pa.array([1, 2, 3], pa.int64())
+    with pytest.raises(ValueError, match="read-only"):
+        arrowvalues.numpy(numbers)[0] = 99
+    assert numbers.to_pylist() == [1, 2, 3]
+
+
+def test_text_from_a_generator_keeps_its_nulls_and_other_kinds_are_refused() -> None:
+    assert arrowvalues.strings(v for v in ["a", None, "b"]).to_pylist() == ["a", None, "b"]
+    with pytest.raises(TypeError, match="string or large_string"):
+        arrowvalues.strings(["a"], pa.binary())

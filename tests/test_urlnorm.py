@@ -290,3 +290,13 @@ def test_a_bad_entry_among_simple_ones_names_its_file_and_line(
         load_hashlist(f"{spec}:{path}")
     assert (caught.value.path, caught.value.line) == (str(path), 1501)
     assert str(caught.value).startswith(f"{path}:1501: not a valid {spec}")
+
+
+def test_a_column_in_chunks_normalises_as_one_array_does() -> None:
+    urls = ["HTTP://x.com:80/a", "http://a.example/../b?#f", "https://Ä.example/ü"]
+    hosts = ["Example.COM.", "*.b.example", "Ä.example"]
+    for values, normalise_column in ((urls, normalise_urls), (hosts, normalise_hosts)):
+        whole = normalise_column(pa.array(values))
+        chunked = pa.chunked_array([values[:1], values[1:]], pa.string())
+        assert normalise_column(chunked).to_pylist() == whole.to_pylist()
+        assert normalise_column(pa.chunked_array([], pa.string())).to_pylist() == []

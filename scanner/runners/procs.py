@@ -568,7 +568,8 @@ def worker_main(
     atexit.register(os._exit, 0)  # nothing to flush: skip tearing down numba, LLVM and the rest
     try:
         if hashers:
-            tempfile.tempdir = scratch_dir or tempfile.tempdir
+            if scratch_dir is not None and os.path.isdir(scratch_dir):  # else removed under a live scan
+                tempfile.tempdir = scratch_dir
             hashfork.start_template()  # it warms while this process imports and the lists load
         nostore.install(())
         load_plugins(config.plugins)  # the registry as the coordinator has it, before any list or record

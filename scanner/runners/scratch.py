@@ -6,7 +6,8 @@ workers with it) cannot remove its template's socket directory, and multiprocess
 for every such death. Under one directory per scan, the coordinator removes them all when the scan ends; a
 coordinator killed too leaves that one directory, which the next scan on the machine removes: it holds an
 advisory lock on it while it lives (flock on the directory itself, no file written), so a directory whose lock
-is free belongs to no live scan. Sockets only: no content is ever written here.
+is free belongs to no live scan. A sweep removes sockets and directories only: a directory of that name that
+holds anything else (a file of the user's own) is left as it is.
 """
 
 from __future__ import annotations
@@ -14,13 +15,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 
-PREFIX = "scanner-scratch-"
-_UNNAMED = ".scanner-scratch-new-"  # one being made, not yet locked
+PREFIX = "scanner-"
+_UNNAMED = ".scanner-new-"  # one being made, not yet locked
+_NAME = re.compile(r"^(?:scanner-|\.scanner-new-)[a-z0-9_]{8}$")  # what tempfile.mkdtemp adds: 8 characters
 UNNAMED_SECONDS = 60.0
+# A socket's path is at most 107 bytes (AF_UNIX); multiprocessing's, under the scratch, adds
+# "/pymp-XXXXXXXX/listener-XXXXXXXX" (32). Where the scratch would leave too little room, there is none
+# (the template's socket goes where it went before).
+SOCKET_PATH_MAX = 107
+_SOCKET_TAIL = 32
 
 
 class Scratch:
@@ -30,13 +39,15 @@ class Scratch:
         sweep(base)
         # Locked before it takes the name a sweep looks for: another scan's sweep never finds it unlocked.
         unnamed = tempfile.mkdtemp(prefix=_UNNAMED, dir=base)
-        self._lock: int | None = os.open(unnamed, os.O_RDONLY | os.O_DIRECTORY)
+        self._lock: int | None = None
         try:
+            self._lock = os.open(unnamed, os.O_RDONLY | os.O_DIRECTORY)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
             self.path = os.path.join(base, PREFIX + os.path.basename(unnamed).removeprefix(_UNNAMED))
             os.rename(unnamed, self.path)
         except OSError:
-            os.close(self._lock)
+            if self._lock is not None:
+                os.close(self._lock)
             shutil.rmtree(unnamed, ignore_errors=True)
             raise
 
@@ -50,9 +61,10 @@ class Scratch:
 
 
 def open_scratch(base: str | None) -> Scratch | None:
-    """A fresh scratch directory under `base` (None: no scratch, as where no temporary directory is writable,
-    or where the directory cannot be made); stale ones there removed first."""
-    if base is None:
+    """A fresh scratch directory under `base`, stale ones there removed first; None where there is to be no
+    scratch: no temporary directory is writable, a socket's path would be too long under it, or it
+    cannot be made (a file system without flock)."""
+    if base is None or len(os.path.join(base, PREFIX + "x" * 8)) + _SOCKET_TAIL > SOCKET_PATH_MAX:
         return None
     try:
         return Scratch(base)
@@ -61,31 +73,25 @@ def open_scratch(base: str | None) -> Scratch | None:
 
 
 def sweep(base: str) -> list[str]:
-    """Remove the scratch directories under `base` that are this user's and locked by no live scan; return
-    them."""
-    removed: list[str] = []
+    """Remove the scratch directories under `base` that are this user's, locked by no live scan and hold
+    sockets and directories only; return them."""
     stale: list[str] = []
     with contextlib.suppress(OSError), os.scandir(base) as entries:
         stale = [entry.path for entry in entries if _stale_candidate(entry)]
-    for path in stale:
-        if _unlocked(path):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
+    return [path for path in stale if _unlocked(path) and _remove_sockets(path)]
 
 
 def _stale_candidate(entry: os.DirEntry) -> bool:
     """A directory of this user's with a scratch name, or one being made that a killed scan left (unlocked
     for an instant while it lives: only one older than UNNAMED_SECONDS)."""
-    named, unnamed = entry.name.startswith(PREFIX), entry.name.startswith(_UNNAMED)
+    if not _NAME.match(entry.name):
+        return False
     try:
-        if not (named or unnamed) or not entry.is_dir(follow_symlinks=False):
-            return False
         status = entry.stat(follow_symlinks=False)
     except OSError:
         return False
-    young = unnamed and time.time() - status.st_mtime < UNNAMED_SECONDS
-    return status.st_uid == os.getuid() and not young
+    young = entry.name.startswith(_UNNAMED) and time.time() - status.st_mtime < UNNAMED_SECONDS
+    return stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid() and not young
 
 
 def _unlocked(path: str) -> bool:
@@ -100,6 +106,28 @@ def _unlocked(path: str) -> bool:
         return False
     finally:
         os.close(handle)
+    return True
+
+
+def _remove_sockets(path: str) -> bool:
+    """Remove a tree of directories and sockets; False, touching nothing, when it holds anything else."""
+    sockets, folders = [], []
+    try:
+        for root, inner, names in os.walk(path, topdown=False):
+            if any(os.path.islink(os.path.join(root, name)) for name in inner):
+                return False
+            for name in names:
+                where = os.path.join(root, name)
+                if not stat.S_ISSOCK(os.lstat(where).st_mode):
+                    return False
+                sockets.append(where)
+            folders.append(root)
+        for where in sockets:
+            os.unlink(where)
+        for where in folders:
+            os.rmdir(where)
+    except OSError:  # changed meanwhile, or unreadable: left
+        return False
     return True
 
 

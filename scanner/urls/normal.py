@@ -135,12 +135,18 @@ def remove_dot_segments(path: str) -> str:
 
 def normalise_urls(values: pa.Array) -> pa.Array:
     """normalise_url of every value in a string column (null as empty), vectorised where it can be."""
+    values = _whole(values)
     return _fill_in(values, simple_urls(values), normalise_url)
 
 
 def normalise_hosts(values: pa.Array) -> pa.Array:
     """normalise_host of every value in a string column (null as empty), vectorised where it can be."""
+    values = _whole(values)
     return _fill_in(values, simple_hosts(values), normalise_host)
+
+
+def _whole(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 # Characters every step leaves alone in a path or query (quotes, <>, `, {} and backslash are rewritten).
