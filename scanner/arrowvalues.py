@@ -49,6 +49,25 @@ def integers(values: np.ndarray | Sequence[int]) -> pa.Int64Array:
     return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
 
 
+def column(values: Sequence[object], kind: pa.DataType) -> pa.Array:
+    """Python values (None: null) as an array of `kind`: text, a signed integer type or a timestamp (whole
+    numbers of its unit). Out of range, or of another type: pyarrow's own conversion and its errors."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return strings(values, kind)  # type: ignore[arg-type]
+    if pa.types.is_fixed_size_list(kind) and kind.value_type in (STRING, LARGE_STRING):
+        return _text_lists(values, kind)
+    if not (pa.types.is_signed_integer(kind) or pa.types.is_timestamp(kind)):
+        return pa.array(values, kind)
+    missing = np.fromiter((value is None for value in values), bool, len(values))
+    try:
+        data = np.fromiter((0 if value is None else value for value in values), np.int64, len(values))
+    except (TypeError, OverflowError, ValueError):
+        return pa.array(values, kind)
+    validity = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing.any() else None
+    built = pa.Array.from_buffers(pa.int64(), len(values), [validity, pa.py_buffer(data)])
+    return built.cast(kind) if kind != pa.int64() else built  # the cast checks the range
+
+
 @functools.cache
 def text(value: str, kind: pa.DataType = STRING) -> pa.Scalar:
     """One text value as a scalar of `kind`."""
@@ -105,3 +124,14 @@ def numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     view = np.frombuffer(data, dtype, count=len(array), offset=array.offset * dtype.itemsize)
     view.flags.writeable = False  # the array's own memory, as Array.to_numpy gives it
     return view
+
+
+def _text_lists(values: Sequence[object], kind: pa.FixedSizeListType) -> pa.Array:
+    """Lists of `kind.list_size` texts each (None: a null list)."""
+    size = kind.list_size
+    if any(value is not None and len(value) != size for value in values):  # type: ignore[arg-type]
+        return pa.array(values, kind)  # and its error
+    flat = [item for value in values for item in (value if value is not None else [None] * size)]  # type: ignore[union-attr]
+    missing = np.fromiter((value is None for value in values), bool, len(values))
+    mask = booleans(missing) if missing.any() else None
+    return pa.FixedSizeListArray.from_arrays(strings(flat, kind.value_type), type=kind, mask=mask)

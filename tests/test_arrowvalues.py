@@ -98,3 +98,29 @@ def test_text_from_a_generator_keeps_its_nulls_and_other_kinds_are_refused() -> 
     assert arrowvalues.strings(v for v in ["a", None, "b"]).to_pylist() == ["a", None, "b"]
     with pytest.raises(TypeError, match="string or large_string"):
         arrowvalues.strings(["a"], pa.binary())
+
+
+COLUMNS = [
+    (pa.string(), ["a", None, "ü"]),
+    (pa.int64(), [1, None, -(2**62)]),
+    (pa.int32(), [200, None, -5]),
+    (pa.timestamp("ms", tz="UTC"), [1_700_000_000_000, None, 0]),
+    (pa.list_(pa.string(), 2), [["a", "b"], None, ["", "ü"]]),
+    (pa.float64(), [1.5, None, 2.0]),  # another type: pyarrow's own conversion
+    (pa.int64(), []),
+]
+
+
+@pytest.mark.parametrize(("kind", "values"), COLUMNS, ids=[str(kind) for kind, _ in COLUMNS])
+def test_a_column_of_python_values_is_the_array_pyarrow_builds(kind: pa.DataType, values: list) -> None:
+    built = arrowvalues.column(values, kind)
+    built.validate(full=True)
+    assert built.equals(pa.array(values, kind))
+
+
+def test_a_column_refuses_what_pyarrow_refuses() -> None:
+    for values, kind in (([2**31], pa.int32()), ([["a"]], pa.list_(pa.string(), 2)), (["x"], pa.int64())):
+        with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError)):
+            pa.array(values, kind)
+        with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError)):
+            arrowvalues.column(values, kind)

@@ -21,6 +21,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scanner import arrowvalues
 from scanner.errors import InputError
 from scanner.hashtypes import REGISTRY, ImageHashes, recorded_types, variant_types
 from scanner.regularfile import NotRegularFileError, open_regular
@@ -125,7 +126,7 @@ def hashes_table(records: list[dict]) -> pa.Table:
     schema = hashes_schema()
     columns = {name: [r.get(name) for r in records] for name in schema.names}
     columns["fetched_at"] = [None if t is None else int(t * 1000) for t in columns["fetched_at"]]
-    return pa.table(columns, schema=schema)
+    return pa.Table.from_arrays([arrowvalues.column(columns[f.name], f.type) for f in schema], schema=schema)
 
 
 def write_unit_hashes(stem: str, records: list[dict]) -> None:

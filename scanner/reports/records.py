@@ -9,6 +9,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from scanner import arrowvalues
 from scanner.outcomes import Outcome
 
 OUTCOME_SCHEMA = pa.schema(
@@ -134,7 +135,8 @@ def outcomes_table(outcomes: list[RowResult]) -> pa.Table:
     """Build the outcomes table with the fixed schema (timestamps in ms since the epoch, UTC)."""
     columns = {name: [getattr(o, name) for o in outcomes] for name in OUTCOME_SCHEMA.names}
     columns["fetched_at"] = [None if t is None else int(t * 1000) for t in columns["fetched_at"]]
-    return pa.table(columns, schema=OUTCOME_SCHEMA)
+    arrays = [arrowvalues.column(columns[f.name], f.type) for f in OUTCOME_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=OUTCOME_SCHEMA)
 
 
 class UnitFiles(Protocol):

@@ -112,7 +112,7 @@ class ImageParquetSource(ParquetSource):
             (cells.dictionary, cells.indices) if pa.types.is_dictionary(cells.type) else (cells, None)
         )
         lengths = pc.binary_length(values)
-        sizes = pc.fill_null(lengths if indices is None else lengths.take(indices), 0).to_pylist()
+        sizes = [size or 0 for size in (lengths if indices is None else lengths.take(indices)).to_pylist()]
         names = column.field("path").to_pylist() if _has_path(column.type) else [None] * len(rows)
         valid = column.is_valid().to_pylist()
         places = range(len(rows)) if indices is None else indices.to_pylist()  # each row's value
