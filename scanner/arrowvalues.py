@@ -25,16 +25,22 @@ def strings(values: Iterable[str | None], kind: pa.DataType = STRING) -> pa.Arra
     2 GiB of text in a string array raises ArrowInvalid (where pyarrow's would have split it in chunks)."""
     if kind not in (STRING, LARGE_STRING):
         raise TypeError(f"strings() builds string or large_string arrays, not {kind}")
-    values = list(values)
-    data = [b"" if value is None else value.encode() for value in values]
+    values = values if isinstance(values, list) else list(values)
+    has_nulls = None in values
+    data = [b"" if v is None else v.encode() for v in values] if has_nulls else [v.encode() for v in values]
     offsets = np.zeros(len(data) + 1, np.int64)
-    np.cumsum([len(item) for item in data], out=offsets[1:])
-    missing = [value is None for value in values]
-    validity = pa.py_buffer(np.packbits(np.logical_not(missing), bitorder="little")) if any(missing) else None
-    built = pa.LargeStringArray.from_buffers(
-        len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data)), validity, sum(missing)
-    )
-    return built if kind == LARGE_STRING else built.cast(STRING)  # the cast checks the offsets fit
+    np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
+    validity, nulls = None, 0
+    if has_nulls:
+        missing = np.fromiter((value is None for value in values), bool, len(values))
+        validity, nulls = pa.py_buffer(np.packbits(~missing, bitorder="little")), int(missing.sum())
+    text = pa.py_buffer(b"".join(data))
+    if kind == STRING and offsets[-1] <= np.iinfo(np.int32).max:
+        return pa.StringArray.from_buffers(
+            len(data), pa.py_buffer(offsets.astype(np.int32)), text, validity, nulls
+        )
+    built = pa.LargeStringArray.from_buffers(len(data), pa.py_buffer(offsets), text, validity, nulls)
+    return built if kind == LARGE_STRING else built.cast(STRING)  # raises: past what int32 offsets hold
 
 
 def booleans(mask: np.ndarray) -> pa.BooleanArray:
@@ -52,6 +58,8 @@ def integers(values: np.ndarray | Sequence[int]) -> pa.Int64Array:
 def column(values: Sequence[object], kind: pa.DataType) -> pa.Array:
     """Python values (None: null) as an array of `kind`: text, a signed integer type or a timestamp (whole
     numbers of its unit). Out of range, or of another type: pyarrow's own conversion and its errors."""
+    if values and values.count(None) == len(values):  # a column no row filled (reason, member): at once
+        return pa.nulls(len(values), kind)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return strings(values, kind)  # type: ignore[arg-type]
     if pa.types.is_fixed_size_list(kind) and kind.value_type in (STRING, LARGE_STRING):

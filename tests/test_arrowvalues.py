@@ -124,3 +124,8 @@ def test_a_column_refuses_what_pyarrow_refuses() -> None:
             pa.array(values, kind)
         with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError)):
             arrowvalues.column(values, kind)
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.int32(), pa.timestamp("ms", tz="UTC")], ids=str)
+def test_a_column_of_nulls_only_is_the_array_pyarrow_builds(kind: pa.DataType) -> None:
+    assert arrowvalues.column([None, None], kind).equals(pa.array([None, None], kind))
