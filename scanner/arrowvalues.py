@@ -10,6 +10,8 @@ build their arrays here instead, so that a machine with pandas installed starts 
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -55,21 +57,30 @@ def integers(values: np.ndarray | Sequence[int]) -> pa.Int64Array:
     return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
 
 
-def column(values: Sequence[object], kind: pa.DataType) -> pa.Array:
-    """Python values (None: null) as an array of `kind`: text, a signed integer type or a timestamp (whole
-    numbers of its unit). Out of range, or of another type: pyarrow's own conversion and its errors."""
-    if values and values.count(None) == len(values):  # a column no row filled (reason, member): at once
+def column(values: Iterable[object], kind: pa.DataType) -> pa.Array:
+    """Python values (None: null) as an array of `kind`: text, whole numbers of a signed integer type or
+    of a timestamp's unit, fixed-size lists of text. Any other value or type goes through pyarrow's own
+    conversion, with its result or its error (a bool or a str where an integer is wanted is refused)."""
+    values = values if isinstance(values, (list, tuple)) else list(values)
+    if values and all(map(operator.is_, values, itertools.repeat(None))):  # no row filled it (reason, member)
         return pa.nulls(len(values), kind)
+    present = set(map(type, values)) - {type(None)}
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return strings(values, kind)  # type: ignore[arg-type]
-    if pa.types.is_fixed_size_list(kind) and kind.value_type in (STRING, LARGE_STRING):
-        return _text_lists(values, kind)
-    if not (pa.types.is_signed_integer(kind) or pa.types.is_timestamp(kind)):
-        return pa.array(values, kind)
+        if all(issubclass(found, str) for found in present):  # a StrEnum too
+            return strings(values, kind)  # type: ignore[arg-type]
+    elif pa.types.is_fixed_size_list(kind) and kind.value_type in (STRING, LARGE_STRING) and kind.list_size:
+        if present <= {list, tuple}:
+            return _text_lists(values, kind)  # type: ignore[arg-type]
+    elif (pa.types.is_signed_integer(kind) or pa.types.is_timestamp(kind)) and present <= {int}:
+        return _integers_of(values, kind)  # type: ignore[arg-type]
+    return pa.array(values, kind)
+
+
+def _integers_of(values: Sequence[int | None], kind: pa.DataType) -> pa.Array:
     missing = np.fromiter((value is None for value in values), bool, len(values))
     try:
         data = np.fromiter((0 if value is None else value for value in values), np.int64, len(values))
-    except (TypeError, OverflowError, ValueError):
+    except OverflowError:  # past int64: pyarrow's error
         return pa.array(values, kind)
     validity = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing.any() else None
     built = pa.Array.from_buffers(pa.int64(), len(values), [validity, pa.py_buffer(data)])
@@ -140,6 +151,8 @@ def _text_lists(values: Sequence[object], kind: pa.FixedSizeListType) -> pa.Arra
     if any(value is not None and len(value) != size for value in values):  # type: ignore[arg-type]
         return pa.array(values, kind)  # and its error
     flat = [item for value in values for item in (value if value is not None else [None] * size)]  # type: ignore[union-attr]
+    if not all(item is None or isinstance(item, str) for item in flat):
+        return pa.array(values, kind)  # bytes to decode, or its error
     missing = np.fromiter((value is None for value in values), bool, len(values))
     mask = booleans(missing) if missing.any() else None
     return pa.FixedSizeListArray.from_arrays(strings(flat, kind.value_type), type=kind, mask=mask)

@@ -129,3 +129,53 @@ def test_a_column_refuses_what_pyarrow_refuses() -> None:
 @pytest.mark.parametrize("kind", [pa.string(), pa.int32(), pa.timestamp("ms", tz="UTC")], ids=str)
 def test_a_column_of_nulls_only_is_the_array_pyarrow_builds(kind: pa.DataType) -> None:
     assert arrowvalues.column([None, None], kind).equals(pa.array([None, None], kind))
+
+
+class _AlwaysEqual:
+    """Equal to everything (None too), an integer by __index__."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+    def __index__(self) -> int:
+        return 7
+
+
+ODD_COLUMNS = [
+    (pa.int64(), [True, None, 5]),  # a bool is no integer to pyarrow
+    (pa.timestamp("ms", tz="UTC"), [True]),
+    (pa.int64(), ["5", 1]),
+    (pa.int32(), [b"7"]),
+    (pa.string(), [b"abc", None]),
+    (pa.string(), [5]),
+    (pa.list_(pa.string(), 2), [{"a": 1, "b": 2}]),
+    (pa.list_(pa.string(), 2), [[b"a", b"b"]]),
+    (pa.list_(pa.string(), 2), [5]),
+    (pa.list_(pa.string(), 0), [[], None]),
+    (pa.int64(), [_AlwaysEqual(), _AlwaysEqual()]),
+    (pa.int64(), [2**63]),
+]
+
+
+@pytest.mark.parametrize(("kind", "values"), ODD_COLUMNS, ids=range(len(ODD_COLUMNS)))
+def test_values_of_other_types_get_what_pyarrow_gives_them(kind: pa.DataType, values: list) -> None:
+    try:
+        expected: object = pa.array(values, kind)
+    except Exception as exc:  # the error is what is compared
+        expected = type(exc)
+    try:
+        got: object = arrowvalues.column(values, kind)
+    except Exception as exc:
+        got = type(exc)
+    if isinstance(expected, pa.Array):
+        assert isinstance(got, pa.Array) and got.equals(expected)
+    else:
+        assert got == expected
+
+
+def test_a_column_takes_any_iterable_once() -> None:
+    assert arrowvalues.column((v for v in ["a", None]), pa.string()).to_pylist() == ["a", None]
+    assert arrowvalues.column(np.array([1, 2]), pa.int32()).to_pylist() == [1, 2]
+    assert arrowvalues.column((None, None), pa.int32()).null_count == 2
