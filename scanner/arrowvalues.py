@@ -32,10 +32,7 @@ def strings(values: Iterable[str | None], kind: pa.DataType = STRING) -> pa.Arra
     data = [b"" if v is None else v.encode() for v in values] if has_nulls else [v.encode() for v in values]
     offsets = np.zeros(len(data) + 1, np.int64)
     np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
-    validity, nulls = None, 0
-    if has_nulls:
-        missing = np.fromiter((value is None for value in values), bool, len(values))
-        validity, nulls = pa.py_buffer(np.packbits(~missing, bitorder="little")), int(missing.sum())
+    validity, nulls = _validity(values) if has_nulls else (None, 0)
     text = pa.py_buffer(b"".join(data))
     if kind == STRING and offsets[-1] <= np.iinfo(np.int32).max:
         return pa.StringArray.from_buffers(
@@ -43,6 +40,13 @@ def strings(values: Iterable[str | None], kind: pa.DataType = STRING) -> pa.Arra
         )
     built = pa.LargeStringArray.from_buffers(len(data), pa.py_buffer(offsets), text, validity, nulls)
     return built if kind == LARGE_STRING else built.cast(STRING)  # raises: past what int32 offsets hold
+
+
+def _validity(values: Sequence[object]) -> tuple[pa.Buffer | None, int]:
+    """The validity bitmap of values whose None is null (None where none is), and how many are."""
+    missing = np.fromiter((value is None for value in values), bool, len(values))
+    nulls = int(missing.sum())
+    return (pa.py_buffer(np.packbits(~missing, bitorder="little")) if nulls else None), nulls
 
 
 def booleans(mask: np.ndarray) -> pa.BooleanArray:
@@ -77,13 +81,12 @@ def column(values: Iterable[object], kind: pa.DataType) -> pa.Array:
 
 
 def _integers_of(values: Sequence[int | None], kind: pa.DataType) -> pa.Array:
-    missing = np.fromiter((value is None for value in values), bool, len(values))
     try:
         data = np.fromiter((0 if value is None else value for value in values), np.int64, len(values))
     except OverflowError:  # past int64: pyarrow's error
         return pa.array(values, kind)
-    validity = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing.any() else None
-    built = pa.Array.from_buffers(pa.int64(), len(values), [validity, pa.py_buffer(data)])
+    validity, nulls = _validity(values)
+    built = pa.Array.from_buffers(pa.int64(), len(values), [validity, pa.py_buffer(data)], nulls)
     return built.cast(kind) if kind != pa.int64() else built  # the cast checks the range
 
 

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 
 from scanner import arrowvalues
 from scanner.hashtypes import BUILT_IN
-from scanner.lists.hashtypes import LIST_TYPE_NAMES, string_buffers
+from scanner.lists.hashtypes import LIST_TYPE_NAMES, first_true, string_buffers
 from scanner.lists.skipped import SkippedType, SkipReason
 
 
@@ -379,7 +379,7 @@ class ThreatExchangeText(ListFormat):
         values, lines = _content(text)
         parts = pc.extract_regex(values, r"^(?P<signal>\S+)\s+(?P<hash>\S+)$")
         if parts.null_count:
-            row = _first_true(parts.is_null())
+            row = first_true(parts.is_null())
             raise FormatError("expected '<signal_type> <hash>'", int(lines[row]))
         types, known, skipped = hash_types(parts.field("signal"), self.type_names, lines)
         return RawList(hashes=parts.field("hash"), types=types, lines=lines).without_skipped(known, skipped)
@@ -718,7 +718,3 @@ def trimmed(values: pa.Array) -> pa.Array:
     if _ASCII_SPACE[edges].any() or (edges >= 0x80).any():
         return pc.utf8_trim_whitespace(values)
     return values
-
-
-def _first_true(mask: pa.Array) -> int:
-    return int(np.flatnonzero(arrowvalues.numpy(mask))[0])

@@ -138,7 +138,7 @@ class SignalKeys(ListKeys):
 
     def parse(self, values: pa.Array) -> ParsedKeys:
         if values.null_count:
-            raise BadValue(_first(values.is_null()), "missing hash")
+            raise BadValue(first_true(values.is_null()), "missing hash")
         validate = self.type.signal_class().validate_signal_str
         signals = []
         for row, value in enumerate(values.to_pylist()):
@@ -164,7 +164,7 @@ _DECODE_ROWS = 1 << 20  # rows decoded at a time, to bound temporary memory
 def decode_hex(values: pa.Array, nbytes: int, type_name: str) -> np.ndarray:
     """(n, nbytes) uint8 keys from a string array of hex, vectorised; BadValue names the first bad row."""
     if values.null_count:
-        raise BadValue(_first(values.is_null()), "missing hash")
+        raise BadValue(first_true(values.is_null()), "missing hash")
     lengths = np.diff(string_buffers(values)[0])
     wrong = np.flatnonzero(lengths != 2 * nbytes)
     if len(wrong):
@@ -202,7 +202,8 @@ def string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return starts, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
 
 
-def _first(mask: pa.Array) -> int:
+def first_true(mask: pa.Array) -> int:
+    """The first row where a boolean array is true (one is)."""
     return int(np.flatnonzero(arrowvalues.numpy(mask))[0])
 
 

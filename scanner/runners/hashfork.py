@@ -14,8 +14,7 @@ and ends what it forked when it ends; each forked process also watches its owner
 Its socket lives in a private temporary directory (0700, the socket 0600), which multiprocessing removes when
 the owner exits normally (forget_template, before an owner ends with os._exit); an owner killed cannot, and a
 unit worker's lies in its scan's scratch directory (runners/scratch.py), which goes with the scan. A Ray
-actor, with one hashing process and ended by ray.kill,
-spawns it instead.
+actor, with one hashing process and ended by ray.kill, spawns it instead.
 """
 
 from __future__ import annotations

@@ -199,9 +199,9 @@ class UnitWorkers:
         return len(self.hashers)
 
     def _spawn(self, indexes: range | list[int]) -> None:
+        where = self.scratch.path if self.scratch else None
         with procguard.children_ignore_ctrl_c():  # the coordinator stops them
             for i in indexes:
-                where = self.scratch.path if self.scratch else None
                 worker = UnitWorker(self.config, i, self.count, self.hashers[i], where)
                 if i < len(self.workers):
                     self.workers[i] = worker
